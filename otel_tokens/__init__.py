@@ -1,0 +1,41 @@
+"""otel-tokens: every LLM token visible, attributed and capped.
+
+The public API is deliberately small:
+
+- `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans.
+- `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
+- `current_attribution()` — what attribution is in force here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.trace import TracerProvider
+
+from otel_tokens.attribution import attribute, current_attribution
+
+__all__ = ["attribute", "current_attribution", "instrument", "uninstrument"]
+
+_instrumentor: Any = None
+
+
+def instrument(tracer_provider: TracerProvider | None = None, *, capture_content: bool | None = None) -> None:
+    """Instrument every installed supported SDK. Idempotent; undo with `uninstrument()`.
+
+    `capture_content=None` reads OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (off by default):
+    prompts and completions are never recorded unless asked for.
+    """
+    global _instrumentor
+    from otel_tokens.instrumentation import OtelTokensInstrumentor
+
+    if _instrumentor is None:
+        _instrumentor = OtelTokensInstrumentor()
+    if not _instrumentor.is_instrumented_by_opentelemetry:
+        _instrumentor.instrument(tracer_provider=tracer_provider, capture_content=capture_content)
+
+
+def uninstrument() -> None:
+    """Remove every patch `instrument()` applied."""
+    if _instrumentor is not None and _instrumentor.is_instrumented_by_opentelemetry:
+        _instrumentor.uninstrument()

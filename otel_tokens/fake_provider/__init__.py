@@ -1,0 +1,10 @@
+"""A local, keyless stand-in for the OpenAI and Anthropic HTTP APIs (JSON and SSE streaming).
+
+The demo runs agents against it and the tests drive the real SDKs against it. It keeps a ledger of
+exactly what usage it reported (`FakeProvider.reported`), which is what every end-to-end test
+compares the Prometheus totals with.
+"""
+
+from otel_tokens.fake_provider.server import Fault, FakeProvider, FakeRequest, FakeResponse, ReportedUsage
+
+__all__ = ["Fault", "FakeProvider", "FakeRequest", "FakeResponse", "ReportedUsage"]

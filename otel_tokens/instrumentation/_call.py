@@ -1,0 +1,193 @@
+"""The life of one instrumented LLM call's span, shared by every SDK wrapper.
+
+A wrapper opens an `LLMCall` before the SDK sends the request and calls `finish()` exactly once when
+the response (or the last stream chunk, or the error) is in. `LLMCall` owns attribute names, cost,
+estimation flags and status, so the per-SDK modules only translate their SDK's objects into
+`TokenCounts` — the same record the collector builds from spans.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from otel_tokens import semconv as sc
+from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.attribution import current_attribution
+from otel_tokens.pricing import default_price_book
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+
+_INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
+
+_ATTRIBUTION_ATTRIBUTES: dict[str, str] = {
+    "agent": sc.GEN_AI_AGENT_NAME,
+    "task": sc.OTEL_TOKENS_TASK,
+    "task_id": sc.OTEL_TOKENS_TASK_ID,
+    "user": sc.OTEL_TOKENS_USER,
+    "session": sc.GEN_AI_CONVERSATION_ID,
+    "step": sc.OTEL_TOKENS_STEP,
+    "workflow": sc.GEN_AI_WORKFLOW_NAME,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """What every wrapper needs besides the SDK call itself."""
+
+    tracer: trace.Tracer
+    capture_content: bool = False
+
+
+def inside_llm_call() -> bool:
+    """True while an instrumented call is in progress in this context: a nested wrapped SDK method
+    (e.g. `responses.stream()` calling `responses.create()`) must not count the call twice."""
+    return bool(context.get_value(_INSIDE_CALL_KEY))
+
+
+def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue]:
+    return {
+        _ATTRIBUTION_ATTRIBUTES[name]: value for name, value in attribution.items() if value is not None
+    }
+
+
+class LLMCall:
+    """One LLM call's span; `finish()` ends it with usage, cost and status, at most once."""
+
+    __slots__ = ("_ended", "attribution", "operation", "provider", "request_model", "settings", "span")
+
+    def __init__(
+        self,
+        settings: CallSettings,
+        *,
+        provider: str,
+        operation: str,
+        request_model: str,
+        stream: bool = False,
+        server_address: str | None = None,
+        server_port: int | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.operation = operation
+        self.request_model = request_model or "unknown"
+        self.attribution = current_attribution()
+        self._ended = False
+        attributes: dict[str, AttributeValue] = {
+            sc.GEN_AI_OPERATION_NAME: operation,
+            sc.GEN_AI_PROVIDER_NAME: provider,
+            sc.GEN_AI_REQUEST_MODEL: self.request_model,
+            sc.OTEL_TOKENS_MARKER: True,
+        }
+        if stream:
+            attributes[sc.GEN_AI_REQUEST_STREAM] = True
+        if server_address:
+            attributes[sc.SERVER_ADDRESS] = server_address
+        if server_port:
+            attributes[sc.SERVER_PORT] = server_port
+        if max_tokens is not None:
+            attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+        attributes.update(attribution_attributes(self.attribution))
+        self.span = settings.tracer.start_span(
+            f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make the span current while the SDK sends the request, so the SDK's own spans (and HTTP
+        client spans) nest under it and nested wrapped calls are recognised as the same call."""
+        ctx = context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span))
+        token = context.attach(ctx)
+        try:
+            yield
+        finally:
+            context.detach(token)
+
+    def record_content(self, key: str, value: str) -> None:
+        """Prompt/completion text goes on the span only when content capture was switched on."""
+        if self.settings.capture_content and not self._ended:
+            self.span.set_attribute(key, value)
+
+    def finish(
+        self,
+        tokens: TokenCounts | None,
+        *,
+        response_model: str | None = None,
+        response_id: str | None = None,
+        finish_reasons: Sequence[str] = (),
+        estimated: bool = False,
+        error: BaseException | None = None,
+        error_type: str | None = None,
+    ) -> UsageRecord | None:
+        """End the span. Safe to call more than once (only the first call counts); never raises."""
+        if self._ended:
+            return None
+        self._ended = True
+        record: UsageRecord | None = None
+        with swallow_internal_errors("LLMCall.finish"):
+            record = self._build_record(tokens, response_model, estimated, error, error_type)
+            self._set_result_attributes(record, response_id, finish_reasons)
+        self.span.end()
+        return record
+
+    def _build_record(
+        self,
+        tokens: TokenCounts | None,
+        response_model: str | None,
+        estimated: bool,
+        error: BaseException | None,
+        error_type: str | None,
+    ) -> UsageRecord:
+        counts = tokens if tokens is not None else TokenCounts()
+        price_model = response_model or self.request_model
+        cost = default_price_book().cost_usd(self.provider, price_model, counts)
+        if cost is None and response_model and response_model != self.request_model:
+            cost = default_price_book().cost_usd(self.provider, self.request_model, counts)
+        failed = error is not None or error_type is not None
+        return UsageRecord(
+            provider=self.provider,
+            request_model=self.request_model,
+            operation=self.operation,
+            response_model=response_model,
+            tokens=counts,
+            estimated=estimated,
+            cost_usd=cost,
+            attribution=self.attribution,
+            status="error" if failed else "ok",
+            error_type=error_type or (type(error).__qualname__ if error is not None else None),
+            end_time_ns=time.time_ns(),
+            ours=True,
+        )
+
+    def _set_result_attributes(
+        self, record: UsageRecord, response_id: str | None, finish_reasons: Sequence[str]
+    ) -> None:
+        span = self.span
+        t = record.tokens
+        span.set_attribute(sc.GEN_AI_USAGE_INPUT_TOKENS, t.input)
+        span.set_attribute(sc.GEN_AI_USAGE_OUTPUT_TOKENS, t.output)
+        if t.cache_read:
+            span.set_attribute(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, t.cache_read)
+        if t.cache_write:
+            span.set_attribute(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, t.cache_write)
+        if t.reasoning:
+            span.set_attribute(sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, t.reasoning)
+        if record.estimated:
+            span.set_attribute(sc.OTEL_TOKENS_ESTIMATED, True)
+        if record.cost_usd is not None:
+            span.set_attribute(sc.OTEL_TOKENS_COST_USD, record.cost_usd)
+        if record.response_model:
+            span.set_attribute(sc.GEN_AI_RESPONSE_MODEL, record.response_model)
+        if response_id:
+            span.set_attribute(sc.GEN_AI_RESPONSE_ID, response_id)
+        if finish_reasons:
+            span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS, list(finish_reasons))
+        if record.status == "error":
+            span.set_attribute(sc.ERROR_TYPE, record.error_type or "_OTHER")
+            span.set_status(Status(StatusCode.ERROR, record.error_type))

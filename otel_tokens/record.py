@@ -1,0 +1,113 @@
+"""The usage record: the one value every pipeline stage passes on for one LLM call.
+
+Instrumentation builds it from an SDK response, the extractor builds it from a span (ours or another
+instrumentation's); aggregation, budgets and exposition consume only this. Token counts keep the
+semantic-convention meaning (input includes cache tokens, output includes reasoning); `disjoint()`
+gives the non-overlapping split that Prometheus counters need, so that a sum over `token_type` is
+the real total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+Status = Literal["ok", "error"]
+TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+@dataclass(slots=True)
+class TokenCounts:
+    """Token counts of one call, in semconv meaning: `input` includes cache read and cache write,
+    `output` includes reasoning."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+    def disjoint(self) -> dict[str, int]:
+        """Non-overlapping counts by token type (fresh input, visible output, cache, reasoning).
+
+        Clamped at zero so a provider reporting cache tokens larger than its input total (seen in
+        the field with partial usage) cannot produce a negative counter increment.
+        """
+        return {
+            "input": max(self.input - self.cache_read - self.cache_write, 0),
+            "output": max(self.output - self.reasoning, 0),
+            "cache_read": self.cache_read,
+            "cache_write": self.cache_write,
+            "reasoning": self.reasoning,
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.disjoint().values())
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @classmethod
+    def from_anthropic(
+        cls, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0
+    ) -> TokenCounts:
+        """Anthropic's `input_tokens` excludes cache tokens; normalise to the semconv meaning."""
+        return cls(
+            input=input_tokens + cache_read + cache_write,
+            output=output_tokens,
+            cache_read=cache_read,
+            cache_write=cache_write,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who spent the tokens. `task` is a bounded task type; `task_id` is one running instance and
+    never becomes a metric label."""
+
+    agent: str | None = None
+    task: str | None = None
+    task_id: str | None = None
+    user: str | None = None
+    session: str | None = None
+    step: str | None = None
+    workflow: str | None = None
+
+    def merged(self, inner: Attribution) -> Attribution:
+        """This scope overlaid by an inner one: fields the inner scope sets win."""
+        return replace(self, **{k: v for k, v in inner.items() if v is not None})
+
+    def items(self) -> list[tuple[str, str | None]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+ATTRIBUTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Attribution))
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One LLM call. `cost_usd` is None when no price is known for the model (counted as unpriced)."""
+
+    provider: str
+    request_model: str
+    operation: str = "chat"
+    response_model: str | None = None
+    tokens: TokenCounts = field(default_factory=TokenCounts)
+    estimated: bool = False
+    cost_usd: float | None = None
+    attribution: Attribution = field(default_factory=Attribution)
+    status: Status = "ok"
+    error_type: str | None = None
+    trace_id: int = 0
+    span_id: int = 0
+    parent_span_id: int | None = None
+    start_time_ns: int = 0
+    end_time_ns: int = 0
+    #: True when the span came from otel-tokens' own instrumentation (preferred when deduplicating).
+    ours: bool = False
+
+    @property
+    def model(self) -> str:
+        """The metric label: the requested model (bounded, what budgets match on)."""
+        return self.request_model or self.response_model or "unknown"

@@ -1,0 +1,72 @@
+"""Every span attribute and baggage key name otel-tokens writes or reads, in one place.
+
+The GenAI semantic conventions are "development" stability and have been renamed more than once,
+so the names live here and nowhere else: a rename is a one-line change, and the extractor's list of
+dialects it understands (ours, semconv v1.41, the new GenAI semconv repo, OpenLLMetry, OpenInference,
+the anthropic SDK's own spans) is readable next to what we emit.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- GenAI semantic conventions v1.41.1 (what we emit) -------------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_SYSTEM: Final = "gen_ai.system"  # deprecated for gen_ai.provider.name; read only
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"  # includes cache read + write
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"  # includes reasoning
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_WORKFLOW_NAME: Final = "gen_ai.workflow.name"
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"  # opt-in content capture only
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"  # opt-in content capture only
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+ERROR_TYPE: Final = "error.type"
+
+# --- names the new GenAI semconv repo uses for the same things (read only) ------------------------
+GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"
+
+# --- other dialects users already run (read only) ------------------------------------------------
+OPENLLMETRY_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"
+OPENLLMETRY_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
+OPENLLMETRY_TOTAL_TOKENS: Final = "llm.usage.total_tokens"
+OPENLLMETRY_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation_input_tokens"
+OPENLLMETRY_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read_input_tokens"
+OPENLLMETRY_ASSOCIATION_PREFIX: Final = "traceloop.association.properties."
+OPENINFERENCE_PROMPT_TOKENS: Final = "llm.token_count.prompt"
+OPENINFERENCE_COMPLETION_TOKENS: Final = "llm.token_count.completion"
+OPENINFERENCE_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
+OPENINFERENCE_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
+OPENINFERENCE_REASONING: Final = "llm.token_count.completion_details.reasoning"
+OPENINFERENCE_MODEL_NAME: Final = "llm.model_name"
+OPENINFERENCE_PROVIDER: Final = "llm.provider"
+SESSION_ID: Final = "session.id"
+USER_ID: Final = "user.id"
+
+# --- our own namespace: what semconv has no name for ---------------------------------------------
+OTEL_TOKENS_PREFIX: Final = "otel_tokens."
+OTEL_TOKENS_TASK: Final = "otel_tokens.task.name"
+OTEL_TOKENS_TASK_ID: Final = "otel_tokens.task.id"
+OTEL_TOKENS_USER: Final = "otel_tokens.user.id"
+OTEL_TOKENS_STEP: Final = "otel_tokens.step"
+OTEL_TOKENS_COST_USD: Final = "otel_tokens.cost.usd"
+OTEL_TOKENS_ESTIMATED: Final = "otel_tokens.usage.estimated"  # True: counted by tokenizer, not reported
+OTEL_TOKENS_MARKER: Final = "otel_tokens.instrumented"  # True on spans our instrumentation made
+
+#: The instrumentation scope name of our tracer; the collector trusts spans from this scope first.
+INSTRUMENTATION_SCOPE: Final = "otel_tokens"
+
+# --- W3C baggage keys carrying attribution across processes --------------------------------------
+BAGGAGE_PREFIX: Final = "otel_tokens."

@@ -52,8 +52,15 @@ OPENINFERENCE_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
 OPENINFERENCE_REASONING: Final = "llm.token_count.completion_details.reasoning"
 OPENINFERENCE_MODEL_NAME: Final = "llm.model_name"
 OPENINFERENCE_PROVIDER: Final = "llm.provider"
+OPENLLMETRY_REQUEST_TYPE: Final = "llm.request.type"  # "chat" / "completion" / "embedding"
+OPENLLMETRY_WORKFLOW_NAME: Final = "traceloop.workflow.name"
+OPENINFERENCE_TOTAL_TOKENS: Final = "llm.token_count.total"
+OPENINFERENCE_SYSTEM: Final = "llm.system"
 SESSION_ID: Final = "session.id"
 USER_ID: Final = "user.id"
+
+#: The anthropic SDK's own tracer scope (its spans use the semconv meaning: input includes cache).
+ANTHROPIC_SDK_SCOPE: Final = "com.anthropic.sdk.python"
 
 # --- our own namespace: what semconv has no name for ---------------------------------------------
 OTEL_TOKENS_PREFIX: Final = "otel_tokens."

@@ -24,3 +24,32 @@ def env_flag(name: str, default: bool = False) -> bool:
     if raw is None or raw.strip() == "":
         return default
     return raw.strip().lower() in ("1", "true", "yes", "on")
+
+# --- collector (`otel-tokens collector`); every key is documented in collector/README.md ---------
+# Each overrides the YAML key named in its comment and is overridden by the matching CLI flag.
+#: otlp.http.host — interface of the OTLP/HTTP receiver (default 127.0.0.1).
+ENV_COLLECTOR_HTTP_HOST: Final = "OTEL_TOKENS_COLLECTOR_HTTP_HOST"
+#: otlp.http.port — port of the OTLP/HTTP receiver (default 4318; 0 picks a free port).
+ENV_COLLECTOR_HTTP_PORT: Final = "OTEL_TOKENS_COLLECTOR_HTTP_PORT"
+#: otlp.grpc.enabled — "false" turns the OTLP/gRPC receiver off (default true).
+ENV_COLLECTOR_GRPC_ENABLED: Final = "OTEL_TOKENS_COLLECTOR_GRPC_ENABLED"
+#: otlp.grpc.host — interface of the OTLP/gRPC receiver (default 127.0.0.1).
+ENV_COLLECTOR_GRPC_HOST: Final = "OTEL_TOKENS_COLLECTOR_GRPC_HOST"
+#: otlp.grpc.port — port of the OTLP/gRPC receiver (default 4317; 0 picks a free port).
+ENV_COLLECTOR_GRPC_PORT: Final = "OTEL_TOKENS_COLLECTOR_GRPC_PORT"
+#: otlp.max_body_bytes — largest accepted request, compressed and decompressed (default 8 MiB).
+ENV_COLLECTOR_MAX_BODY_BYTES: Final = "OTEL_TOKENS_COLLECTOR_MAX_BODY_BYTES"
+#: metrics.host — interface of the /metrics and /healthz endpoint (default 127.0.0.1).
+ENV_COLLECTOR_METRICS_HOST: Final = "OTEL_TOKENS_COLLECTOR_METRICS_HOST"
+#: metrics.port — port of the /metrics and /healthz endpoint (default 9464; 0 picks a free port).
+ENV_COLLECTOR_METRICS_PORT: Final = "OTEL_TOKENS_COLLECTOR_METRICS_PORT"
+#: metrics.dimensions — comma-separated metric labels (default: the pipeline's default dimensions).
+ENV_COLLECTOR_DIMENSIONS: Final = "OTEL_TOKENS_COLLECTOR_DIMENSIONS"
+#: metrics.max_series — series limit per metric before the overflow bucket (default: pipeline's).
+ENV_COLLECTOR_MAX_SERIES: Final = "OTEL_TOKENS_COLLECTOR_MAX_SERIES"
+#: metrics.dedupe_hold_seconds — how long a span waits for its duplicates (default: pipeline's).
+ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SECONDS"
+#: metrics.flush_interval_seconds — how often held spans are flushed into counters (default 0.5).
+ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_FLUSH_INTERVAL_SECONDS"
+#: budgets_file — path of budgets.yaml (reserved for the budget ledger; default unset).
+ENV_COLLECTOR_BUDGETS_FILE: Final = "OTEL_TOKENS_COLLECTOR_BUDGETS_FILE"

@@ -162,7 +162,8 @@ class FakeProvider:
         return handler(request, self), fault
 
     def _error_body(self, path: str, status: int) -> Any:
-        for prefix, make in self._error_bodies:
+        # The most specific prefix wins: OpenAI's "/v1/" must not answer for Anthropic's "/v1/messages".
+        for prefix, make in sorted(self._error_bodies, key=lambda entry: -len(entry[0])):
             if path.startswith(prefix):
                 return make(status)
         return {"error": {"message": f"injected HTTP {status}"}}

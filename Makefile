@@ -1,0 +1,66 @@
+# otel-tokens — the two commands a newcomer needs:
+#   make demo   create the environment, start the collector and a keyless demo workload
+#   make test   install everything the tests need (Python, Debian prometheus/alertmanager, npm), run them all
+# Inner loop: make unit (seconds).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+COMPAT  ?= .venv-compat
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_TOOLS = promtool amtool prometheus alertmanager docker-compose
+
+.PHONY: demo test unit lint compat-test integration system-deps render check-rendered bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/otel-tokens demo
+
+# Debian's packages start no service here; tests start their own on ports they choose.
+system-deps:
+	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    prometheus prometheus-alertmanager docker-compose >/dev/null; \
+	fi
+
+# The previous major SDK versions (openai 2.x, anthropic 0.x) in a second environment.
+$(COMPAT)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q --upgrade pip
+	$(COMPAT)/bin/pip install -q -e . 'openai>=2,<3' 'anthropic<1' pytest pytest-timeout
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check otel_tokens tests benchmarks
+	$(BIN)/ruff format --check otel_tokens tests benchmarks
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q -m "not integration" -x
+
+compat-test: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider \
+	  tests/test_openai_instrumentation.py tests/test_anthropic_instrumentation.py
+
+test: $(VENV)/.installed system-deps lint
+	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory compat-test
+
+render: $(VENV)/.installed
+	$(BIN)/otel-tokens render examples/budgets.yaml
+
+check-rendered: $(VENV)/.installed
+	$(BIN)/otel-tokens check examples/budgets.yaml
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(COMPAT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,277 @@
+"""Records → counters: a pure, keyed, bounded aggregator (the spanmetrics connector's shape).
+
+Owns the metric model, not its exposition: allow-listed dimensions, a series limit per metric with
+one counted overflow series, the self-metrics, and bounded per-task-instance totals (a task
+instance id is never a label; the budgets code reads `task_instances()` instead). One lock with a
+tiny critical section: label tuples are computed before it is taken.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+
+from otel_tokens.record import TOKEN_TYPES, UsageRecord
+
+__all__ = [
+    "ALLOWED_DIMENSIONS",
+    "OVERFLOW",
+    "REJECT_REASONS",
+    "UNKNOWN",
+    "Aggregator",
+    "MetricsConfig",
+    "Series",
+    "Snapshot",
+    "TaskTotals",
+    "bounded_reason",
+]
+
+UNKNOWN = "unknown"
+OVERFLOW = "__overflow__"
+MAX_LABEL_LENGTH = 128
+
+#: Metric names other code and Prometheus rules depend on.
+TOKENS = "llm_tokens_total"
+COST = "llm_cost_usd_total"
+REQUESTS = "llm_requests_total"
+ESTIMATED = "llm_estimated_tokens_total"
+INPUT_HISTOGRAM = "llm_request_input_tokens"
+UNPRICED = "otel_tokens_unpriced_records_total"
+_DIMENSIONED = (TOKENS, COST, REQUESTS, ESTIMATED, INPUT_HISTOGRAM)
+
+_DIMENSION_GETTERS: dict[str, Callable[[UsageRecord], str | None]] = {
+    "agent": lambda r: r.attribution.agent,
+    "task": lambda r: r.attribution.task,
+    "model": lambda r: r.model,
+    "provider": lambda r: r.provider,
+    "user": lambda r: r.attribution.user,
+    "session": lambda r: r.attribution.session,
+    "workflow": lambda r: r.attribution.workflow,
+    "step": lambda r: r.attribution.step,
+    "operation": lambda r: r.operation,
+}
+ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_GETTERS)
+
+#: Fixed set so `otel_tokens_spans_rejected_total{reason}` stays bounded whatever a sender does.
+REJECT_REASONS: frozenset[str] = frozenset(
+    {
+        "invalid_token_value",
+        "negative_token_count",
+        "token_count_too_large",
+        "invalid_cost",
+        "internal_error",
+        "undecodable_payload",
+        "payload_too_large",
+        "unsupported_media_type",
+        "invalid_payload",
+    }
+)
+
+
+def bounded_reason(reason: str) -> str:
+    return reason if reason in REJECT_REASONS else "invalid_payload"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What the aggregator exposes and how much memory the pipeline may use."""
+
+    dimensions: tuple[str, ...] = ("agent", "task", "model", "provider")
+    max_series_per_metric: int = 2000
+    dedupe_hold_seconds: float = 2.0
+    max_held_spans: int = 10_000
+    max_remembered_spans: int = 100_000
+    #: Input tokens per request: powers of 4 from 256 to 1M, where context growth shows.
+    input_token_buckets: tuple[float, ...] = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
+    max_task_instances: int = 1000
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad key, what was expected and what was given."""
+        unknown = [d for d in self.dimensions if d not in ALLOWED_DIMENSIONS]
+        if unknown or len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(
+                f"dimensions: expected distinct names from {sorted(ALLOWED_DIMENSIONS)} "
+                f"(task_id is never a label), got {list(self.dimensions)}"
+            )
+        for key in ("max_series_per_metric", "max_held_spans", "max_remembered_spans", "max_task_instances"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        hold = self.dedupe_hold_seconds
+        if not isinstance(hold, (int, float)) or not math.isfinite(hold) or hold < 0:
+            raise ValueError(f"dedupe_hold_seconds: expected a finite number >= 0, got {hold!r}")
+        buckets = self.input_token_buckets
+        if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
+            raise ValueError(
+                f"input_token_buckets: expected positive, strictly increasing bounds, got {buckets!r}"
+            )
+
+
+@dataclass(slots=True)
+class Series:
+    """Every dimensioned metric of one label combination (they share the key and the limit)."""
+
+    tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_TYPES))
+    cost_usd: float = 0.0
+    requests_ok: int = 0
+    requests_error: int = 0
+    estimated_tokens: int = 0
+    input_buckets: list[int] = field(default_factory=list)  # per bucket (not cumulative), +Inf last
+    input_sum: float = 0.0
+
+    def copy(self) -> Series:
+        return Series(
+            list(self.tokens), self.cost_usd, self.requests_ok, self.requests_error,
+            self.estimated_tokens, list(self.input_buckets), self.input_sum,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class TaskTotals:
+    """Running totals of one task instance (what per-instance budgets and runaway alerts read)."""
+
+    task_id: str
+    agent: str | None
+    task: str | None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0
+    last_seen_ns: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of every counter, taken under the lock; exposition reads only this."""
+
+    dimensions: tuple[str, ...]
+    buckets: tuple[float, ...]
+    series: dict[tuple[str, ...], Series]
+    spans_received: int
+    spans_rejected: dict[str, int]
+    duplicates_dropped: int
+    series_overflow: dict[str, int]
+    unpriced: dict[tuple[str, str], int]
+
+
+class Aggregator:
+    """Keyed counters over UsageRecords; thread-safe; memory bounded by the config."""
+
+    def __init__(self, config: MetricsConfig | None = None) -> None:
+        self.config = config if config is not None else MetricsConfig()
+        self._getters = [_DIMENSION_GETTERS[d] for d in self.config.dimensions]
+        self._overflow_key = (OVERFLOW,) * len(self.config.dimensions)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], Series] = {}
+        self._spans_received = 0
+        self._rejected: dict[str, int] = {}
+        self._duplicates = 0
+        self._overflow: dict[str, int] = {}
+        self._unpriced: dict[tuple[str, str], int] = {}
+        self._tasks: OrderedDict[str, TaskTotals] = OrderedDict()
+
+    def key_of(self, record: UsageRecord) -> tuple[str, ...]:
+        """The label values of a record, bounded in length; missing attribution is "unknown"."""
+        return tuple((g(record) or UNKNOWN)[:MAX_LABEL_LENGTH] for g in self._getters)
+
+    def add(self, record: UsageRecord) -> None:
+        self.add_many((record,))
+
+    def add_many(self, records: Sequence[UsageRecord], *, duplicates: int = 0) -> None:
+        """Count records (already deduplicated); one lock acquisition per batch."""
+        keyed = [(self.key_of(r), r, r.tokens.disjoint()) for r in records]
+        with self._lock:
+            self._duplicates += duplicates
+            for key, record, disjoint in keyed:
+                self._add_locked(key, record, disjoint)
+
+    def add_ingest_stats(self, spans_received: int, rejected: dict[str, int]) -> None:
+        with self._lock:
+            self._spans_received += spans_received
+            for reason, n in rejected.items():
+                reason = bounded_reason(reason)
+                self._rejected[reason] = self._rejected.get(reason, 0) + n
+
+    def _add_locked(self, key: tuple[str, ...], record: UsageRecord, disjoint: dict[str, int]) -> None:
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        tokens = series.tokens
+        for i, token_type in enumerate(TOKEN_TYPES):
+            tokens[i] += disjoint[token_type]
+        if record.cost_usd is not None:
+            series.cost_usd += record.cost_usd
+        else:
+            self._count_unpriced(record)
+        if record.status == "error":
+            series.requests_error += 1
+        else:
+            series.requests_ok += 1
+        if record.estimated:
+            series.estimated_tokens += record.tokens.total
+        series.input_buckets[bisect_left(self.config.input_token_buckets, record.tokens.input)] += 1
+        series.input_sum += record.tokens.input
+        if record.attribution.task_id:
+            self._add_task_locked(record, sum(disjoint.values()))
+
+    def _new_series(self, key: tuple[str, ...]) -> Series:
+        if len(self._series) >= self.config.max_series_per_metric + (self._overflow_key in self._series):
+            key = self._overflow_key
+            for name in _DIMENSIONED:
+                self._overflow[name] = self._overflow.get(name, 0) + 1
+            existing = self._series.get(key)
+            if existing is not None:
+                return existing
+        series = Series(input_buckets=[0] * (len(self.config.input_token_buckets) + 1))
+        self._series[key] = series
+        return series
+
+    def _count_unpriced(self, record: UsageRecord) -> None:
+        key = (record.provider[:MAX_LABEL_LENGTH], record.model[:MAX_LABEL_LENGTH])
+        if key not in self._unpriced and len(self._unpriced) >= self.config.max_series_per_metric:
+            key = (OVERFLOW, OVERFLOW)
+            self._overflow[UNPRICED] = self._overflow.get(UNPRICED, 0) + 1
+        self._unpriced[key] = self._unpriced.get(key, 0) + 1
+
+    def _add_task_locked(self, record: UsageRecord, tokens: int) -> None:
+        task_id = record.attribution.task_id or ""
+        totals = self._tasks.get(task_id)
+        if totals is None:
+            totals = TaskTotals(task_id, record.attribution.agent, record.attribution.task)
+            self._tasks[task_id] = totals
+            if len(self._tasks) > self.config.max_task_instances:
+                self._tasks.popitem(last=False)  # least recently active
+        else:
+            self._tasks.move_to_end(task_id)
+        totals.tokens += tokens
+        totals.cost_usd += record.cost_usd or 0.0
+        totals.requests += 1
+        totals.last_seen_ns = max(totals.last_seen_ns, record.end_time_ns)
+
+    def task_instances(self) -> list[TaskTotals]:
+        """Copies of the per-task-instance totals, most recently active first."""
+        with self._lock:
+            items = [replace(t) for t in self._tasks.values()]
+        items.reverse()
+        return items
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                dimensions=self.config.dimensions,
+                buckets=self.config.input_token_buckets,
+                series={k: s.copy() for k, s in self._series.items()},
+                spans_received=self._spans_received,
+                spans_rejected=dict(self._rejected),
+                duplicates_dropped=self._duplicates,
+                series_overflow=dict(self._overflow),
+                unpriced=dict(self._unpriced),
+            )
+
+    def iter_keys(self) -> Iterable[tuple[str, ...]]:
+        with self._lock:
+            return list(self._series)

@@ -1,0 +1,400 @@
+"""The budget file's schema: strict pydantic models for `budgets.yaml`.
+
+This module owns the *shape* and the *meaning* of a budget (scope, limit, window, thresholds,
+alert rules, Alertmanager receivers and routes). Every consumer — the exact ledger, the in-process
+guard, the Prometheus / Alertmanager / Grafana renderers — reads these models and nothing else, so
+the names here are a contract. Loading YAML with file:line errors lives in `loader.py`.
+
+Models forbid unknown keys (a typo such as `warn_At` must fail, not silently fall back to a
+default) and names that end up in PromQL string literals, label values and rule group names are
+restricted to a safe charset, so renderers never need to escape anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "SCHEMA_PATH",
+    "Action",
+    "AlertFor",
+    "Alerting",
+    "Budget",
+    "BudgetFile",
+    "ContextGrowthRule",
+    "EmailConfig",
+    "ForecastRule",
+    "Limit",
+    "PagerDutyConfig",
+    "PromptCacheMissRule",
+    "Receiver",
+    "Route",
+    "Scope",
+    "Severity",
+    "SlackConfig",
+    "SpikeRule",
+    "TaskInstanceLimit",
+    "TokenType",
+    "WebhookConfig",
+    "parse_duration",
+    "write_json_schema",
+]
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+Severity = Literal["P1", "P2", "P3"]
+Action = Literal["block", "defer", "downgrade", "compress", "warn"]
+TokenType = Literal["input", "output", "cache_read", "cache_write", "reasoning"]
+CalendarPeriod = Literal["day", "week", "month"]
+CALENDAR_PERIODS: tuple[str, ...] = ("day", "week", "month")
+
+#: Budget and receiver names: label values, rule group names and file names without escaping.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Scope values (agent, task, model, ...): also model ids such as `anthropic/claude-3@2024` — but no
+#: quotes, backslashes or spaces, which would need escaping inside PromQL string literals.
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}$"
+#: Prometheus duration, e.g. `90s`, `5m`, `1h30m`, `7d`.
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN)]
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_MIN_ROLLING_S = 60.0
+_MAX_ROLLING_S = 35 * 86400.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration string (`1h30m` → 5400.0)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 30s, 5m, 1h, 7d)")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text))
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors; models are immutable so a loaded file is a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _semantic(message: str, *path: str | int, kind: str = "semantic") -> PydanticCustomError:
+    """A cross-field error; `path` (relative to the model) lets the loader point at the right line.
+
+    Kind `cross_reference` marks file-wide checks (unique names, receiver references) that the loader
+    also runs on the raw YAML so it can report every occurrence, not only the first.
+    """
+    return PydanticCustomError(kind, message, {"path": path})
+
+
+class Scope(_Strict):
+    """Which calls count: every set key must match the call's label; an empty scope is global."""
+
+    agent: LabelValue | None = None
+    task: LabelValue | None = None
+    user: LabelValue | None = None
+    model: LabelValue | None = None
+    provider: LabelValue | None = None
+
+    def matchers(self) -> dict[str, str]:
+        """The set keys, in a stable order (agent, task, user, model, provider)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Limit(_Strict):
+    """Exactly one of `tokens` or `usd`. `token_types` restricts a token limit (default: all types,
+    using the disjoint split, so input counts fresh input only and cache reads count separately)."""
+
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    usd: Annotated[float, Field(gt=0)] | None = None
+    token_types: list[TokenType] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Limit:
+        if (self.tokens is None) == (self.usd is None):
+            raise _semantic("set exactly one of 'tokens' or 'usd'")
+        if self.usd is not None and self.token_types is not None:
+            raise _semantic("'token_types' only applies to a 'tokens' limit", "token_types")
+        return self
+
+    @property
+    def unit(self) -> Literal["tokens", "usd"]:
+        return "tokens" if self.tokens is not None else "usd"
+
+    @property
+    def amount(self) -> float:
+        return float(self.tokens if self.tokens is not None else self.usd or 0.0)
+
+
+class TaskInstanceLimit(_Strict):
+    """Tokens one task instance (one `task_id`) may spend; `runaway_factor` x this means looping."""
+
+    tokens: Annotated[int, Field(gt=0)]
+    runaway_factor: Annotated[float, Field(ge=1)] = 3.0
+    severity: Severity = "P1"
+
+
+class SpikeRule(_Strict):
+    """Fire when an hour's use exceeds `factor` x the budget's hourly share (limit x 1h / window)."""
+
+    enabled: bool = True
+    factor: Annotated[float, Field(gt=1)] = 2.0
+    severity: Severity = "P2"
+
+
+class ForecastRule(_Strict):
+    """Fire when use projected to the end of the window (burn rate over `lookback`) passes
+    `threshold` x limit."""
+
+    enabled: bool = True
+    threshold: Annotated[float, Field(gt=0, le=2)] = 0.9
+    lookback: Duration = "1h"
+    severity: Severity = "P2"
+
+
+class ContextGrowthRule(_Strict):
+    """Fire when average input tokens per request over `window` exceeds `factor` x the same average
+    `baseline_offset` ago: the agent resends an ever-growing context call after call."""
+
+    factor: Annotated[float, Field(gt=1)] = 1.5
+    window: Duration = "10m"
+    baseline_offset: Duration = "1h"
+    severity: Severity = "P3"
+
+
+class PromptCacheMissRule(_Strict):
+    """Fire when requests average at least `min_input_tokens` of input over `window` yet read
+    nothing from the prompt cache: large prompts paid in full every time."""
+
+    min_input_tokens: Annotated[int, Field(gt=0)] = 10_000
+    window: Duration = "30m"
+    severity: Severity = "P3"
+
+
+class Budget(_Strict):
+    """One budget: a scope, a limit over a window, and what happens near and past it.
+
+    `window` is a rolling duration (`1h`, `1d`, `7d`, `30d`; any from 1m to 35d) or a calendar period
+    (`day`, `week` from Monday, `month`) that resets at local midnight in the file's `timezone`.
+    """
+
+    name: Name
+    description: str | None = None
+    scope: Scope = Field(default_factory=Scope)
+    limit: Limit
+    window: str
+    warn_at: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    warn_severity: Severity = "P3"
+    severity: Severity = "P2"
+    action: Action = "warn"
+    downgrade_to: LabelValue | None = None
+    per_task_instance: TaskInstanceLimit | None = None
+    spike: SpikeRule = Field(default_factory=SpikeRule)
+    forecast: ForecastRule = Field(default_factory=ForecastRule)
+    context_growth: ContextGrowthRule | None = None
+    prompt_cache_miss: PromptCacheMissRule | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        if value in CALENDAR_PERIODS:
+            return value
+        if not re.fullmatch(DURATION_PATTERN, value):
+            raise PydanticCustomError(
+                "window", "must be a duration such as 1h, 1d, 7d, 30d or one of day, week, month"
+            )
+        if not _MIN_ROLLING_S <= parse_duration(value) <= _MAX_ROLLING_S:
+            raise PydanticCustomError("window", "a rolling window must be between 1m and 35d")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Budget:
+        if self.action == "downgrade" and self.downgrade_to is None:
+            raise _semantic("action 'downgrade' needs 'downgrade_to' (the cheaper model)", "action")
+        if self.action != "downgrade" and self.downgrade_to is not None:
+            message = f"'downgrade_to' only applies to action 'downgrade', not {self.action!r}"
+            raise _semantic(message, "downgrade_to")
+        if self.scope.user is not None:
+            # `user` is not a metric label: only the ledger can count it, PromQL cannot filter on it.
+            for key in ("context_growth", "prompt_cache_miss"):
+                if getattr(self, key) is not None:
+                    message = f"'{key}' cannot apply to a 'user' scope (user is not a metric label)"
+                    raise _semantic(message, key)
+        return self
+
+    @property
+    def is_calendar(self) -> bool:
+        return self.window in CALENDAR_PERIODS
+
+    @property
+    def window_seconds(self) -> float:
+        """Length of a rolling window; for calendar periods the nominal length (month = 30d),
+        which is what spike shares and forecasts use."""
+        nominal = {"day": 86400.0, "week": 7 * 86400.0, "month": 30 * 86400.0}
+        return nominal[self.window] if self.is_calendar else parse_duration(self.window)
+
+
+class AlertFor(_Strict):
+    """`for:` of each generated alert kind; tests and end-to-end demos set them to `0s`."""
+
+    budget_warning: Duration = "5m"
+    budget_exceeded: Duration = "0s"
+    runaway_task: Duration = "0s"
+    token_spike: Duration = "5m"
+    budget_forecast: Duration = "15m"
+    context_growth: Duration = "15m"
+    prompt_cache_miss: Duration = "15m"
+
+
+class WebhookConfig(_Strict):
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    send_resolved: bool = True
+    max_alerts: Annotated[int, Field(ge=0)] = 0
+
+
+class SlackConfig(_Strict):
+    """`api_url` or `api_url_file` (a file holding the secret, kept out of the budget file)."""
+
+    api_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    api_url_file: str | None = None
+    channel: Annotated[str, Field(min_length=1)]
+    send_resolved: bool = True
+
+    @model_validator(mode="after")
+    def _one_url(self) -> SlackConfig:
+        if (self.api_url is None) == (self.api_url_file is None):
+            raise _semantic("set exactly one of 'api_url' or 'api_url_file'")
+        return self
+
+
+class EmailConfig(_Strict):
+    to: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+    from_: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")] | None = Field(default=None, alias="from")
+    smarthost: Annotated[str, Field(pattern=r"^\S+:[0-9]+$")] | None = None
+    auth_username: str | None = None
+    auth_password_file: str | None = None
+    require_tls: bool = True
+    send_resolved: bool = False
+
+
+class PagerDutyConfig(_Strict):
+    """Events API v2 `routing_key`, or the older `service_key`; `*_file` variants keep secrets out."""
+
+    routing_key: str | None = None
+    routing_key_file: str | None = None
+    service_key: str | None = None
+    service_key_file: str | None = None
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    send_resolved: bool = True
+
+    @model_validator(mode="after")
+    def _one_key(self) -> PagerDutyConfig:
+        keys = (self.routing_key, self.routing_key_file, self.service_key, self.service_key_file)
+        if sum(k is not None for k in keys) != 1:
+            raise _semantic("set exactly one of routing_key, routing_key_file, service_key, service_key_file")
+        return self
+
+
+class Receiver(_Strict):
+    """An Alertmanager receiver; field names follow Alertmanager's own so its docs apply."""
+
+    name: Name
+    webhook_configs: list[WebhookConfig] = Field(default_factory=list)
+    slack_configs: list[SlackConfig] = Field(default_factory=list)
+    email_configs: list[EmailConfig] = Field(default_factory=list)
+    pagerduty_configs: list[PagerDutyConfig] = Field(default_factory=list)
+
+
+class Route(_Strict):
+    """Alerts of one severity go to `receiver`, re-sent every `repeat_interval` while firing."""
+
+    severity: Severity
+    receiver: Name
+    repeat_interval: Duration = "4h"
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+
+
+class Alerting(_Strict):
+    """Alertmanager routing: the root route's receiver and timers, and one sub-route per severity."""
+
+    default_receiver: Name
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "budget", "agent"])
+    group_wait: Duration = "30s"
+    group_interval: Duration = "5m"
+    repeat_interval: Duration = "4h"
+    receivers: list[Receiver] = Field(min_length=1)
+    routes: list[Route] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Alerting:
+        from otel_tokens.budgets.checks import alerting_problems
+
+        problems = alerting_problems(self.model_dump(by_alias=True))
+        if problems:
+            path, message = problems[0]
+            raise _semantic(message, *path, kind="cross_reference")
+        return self
+
+    def receiver(self, name: str) -> Receiver:
+        return next(r for r in self.receivers if r.name == name)
+
+
+class BudgetFile(_Strict):
+    """The whole `budgets.yaml`."""
+
+    version: Literal[1] = 1
+    timezone: str = "UTC"
+    dashboard_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    alert_for: AlertFor = Field(default_factory=AlertFor)
+    budgets: list[Budget] = Field(min_length=1)
+    alerting: Alerting | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError(
+                "timezone", "unknown IANA time zone (e.g. UTC, Europe/Berlin)"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> BudgetFile:
+        from otel_tokens.budgets.checks import budget_name_problems
+
+        problems = budget_name_problems(self.model_dump(by_alias=True))
+        if problems:
+            path, message = problems[0]
+            raise _semantic(message, *path, kind="cross_reference")
+        return self
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def budget(self, name: str) -> Budget:
+        return next(b for b in self.budgets if b.name == name)
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of `budgets.yaml`, deterministic (sorted keys) for the drift test."""
+    schema: dict[str, Any] = BudgetFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "otel-tokens budgets.yaml"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Regenerate `schema.json` (editor completion via `# yaml-language-server: $schema=...`)."""
+    path.write_text(json_schema_text(), encoding="utf-8")
+    return path

@@ -1,0 +1,114 @@
+"""Time windows of the budget ledger: rolling (bucketed) and calendar (reset at local boundaries).
+
+Pure and lock-free: the ledger owns the lock and passes `now` in, so tests drive time exactly.
+
+Rolling windows keep `BUCKETS_PER_WINDOW` buckets at most, each `max(60 s, window / 1440)` wide: a
+1h or 1d window uses 1-minute buckets, a 30d window 30-minute buckets, so memory is bounded at ~1440
+numbers per budget whatever the window. The price is at the trailing edge: a bucket counts until
+its *end* leaves the window, so `used` includes use from at most one bucket width before the window
+start (≤ 1 min for windows up to 1d, ≤ 30 min for 30d) and never misses use inside the window.
+
+Calendar periods (`day`, `week` from Monday, `month`) start at local midnight in the configured
+zone; the zone's DST rules decide how long a day is (23 h or 25 h on change days).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+__all__ = ["BUCKETS_PER_WINDOW", "CalendarWindow", "RollingWindow", "Window", "period_bounds"]
+
+BUCKETS_PER_WINDOW = 1440
+_MIN_BUCKET_S = 60.0
+
+
+class Window(Protocol):
+    def add(self, amount: float, now: float) -> None: ...
+    def used(self, now: float) -> float: ...
+    def remaining_seconds(self, now: float) -> float: ...
+
+
+class RollingWindow:
+    """Use over the last `seconds`, in buckets of `bucket_seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.bucket_seconds = max(_MIN_BUCKET_S, seconds / BUCKETS_PER_WINDOW)
+        self._buckets: deque[list[float]] = deque()  # [bucket index, amount], oldest first
+        self._total = 0.0
+
+    def add(self, amount: float, now: float) -> None:
+        index = float(int(now // self.bucket_seconds))
+        if self._buckets and self._buckets[-1][0] >= index:
+            # Same bucket (or a clock that stepped back): add to the newest bucket.
+            self._buckets[-1][1] += amount
+        else:
+            self._buckets.append([index, amount])
+        self._total += amount
+        self._expire(now)
+
+    def used(self, now: float) -> float:
+        self._expire(now)
+        # Summing float additions and subtractions drifts; clamp tiny negatives from rounding.
+        return max(self._total, 0.0) if self._buckets else 0.0
+
+    def remaining_seconds(self, now: float) -> float:
+        """A rolling window never ends: projections look one whole window ahead."""
+        return self.seconds
+
+    def _expire(self, now: float) -> None:
+        start = now - self.seconds
+        while self._buckets and (self._buckets[0][0] + 1) * self.bucket_seconds <= start:
+            self._total -= self._buckets.popleft()[1]
+        if not self._buckets:
+            self._total = 0.0
+
+
+def period_bounds(period: str, now: float, zone: ZoneInfo) -> tuple[float, float]:
+    """Unix start and end of the calendar `period` (day, week, month) holding `now` in `zone`."""
+    local = datetime.fromtimestamp(now, zone)
+    start = datetime(local.year, local.month, local.day, tzinfo=zone)
+    if period == "day":
+        end_date = start.date() + timedelta(days=1)
+    elif period == "week":
+        start = datetime.combine(start.date() - timedelta(days=start.weekday()), start.time(), zone)
+        end_date = start.date() + timedelta(days=7)
+    elif period == "month":
+        start = start.replace(day=1)
+        end_date = (start.replace(day=28) + timedelta(days=4)).replace(day=1).date()
+    else:
+        raise ValueError(f"unknown calendar period {period!r}")
+    # Wall-clock midnight of the next period, resolved in the zone: DST days are 23 h or 25 h long.
+    end = datetime(end_date.year, end_date.month, end_date.day, tzinfo=zone)
+    return start.timestamp(), end.timestamp()
+
+
+class CalendarWindow:
+    """Use since the start of the current calendar period; resets to zero at its end."""
+
+    def __init__(self, period: str, zone: ZoneInfo) -> None:
+        self.period = period
+        self.zone = zone
+        self._start = self._end = float("-inf")
+        self._total = 0.0
+
+    def add(self, amount: float, now: float) -> None:
+        self._roll(now)
+        self._total += amount
+
+    def used(self, now: float) -> float:
+        self._roll(now)
+        return self._total
+
+    def remaining_seconds(self, now: float) -> float:
+        self._roll(now)
+        return max(self._end - now, 0.0)
+
+    def _roll(self, now: float) -> None:
+        if not self._start <= now < self._end:
+            start, end = period_bounds(self.period, now, self.zone)
+            if start > self._start:  # never reopen an earlier period when the clock steps back
+                self._start, self._end, self._total = start, end, 0.0

@@ -1,0 +1,72 @@
+"""`otel-tokens` command line: a thin dispatcher over the package's stages; it owns no logic.
+
+Subcommands: `collector` (run the OTLP → Prometheus collector), `demo` (fake provider + collector +
+keyless multi-agent workload), `render` / `check` (budgets as code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-tokens", description="Token-cost observability for LLM agents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("collector", help="run the collector (OTLP in, Prometheus /metrics out)", add_help=False)
+
+    demo = sub.add_parser("demo", help="fake provider + collector + a keyless multi-agent workload")
+    demo.add_argument("--once", action="store_true", help="run the workload once, print totals, exit")
+    demo.add_argument(
+        "--collector",
+        metavar="URL",
+        help="send spans to this OTLP/HTTP collector (e.g. http://collector:4318) instead of starting one",
+    )
+    demo.add_argument("--rounds", type=int, default=1, help="workload rounds per cycle (default 1)")
+    demo.add_argument("--interval", type=float, default=5.0, help="seconds between cycles when looping")
+    demo.add_argument("--budgets", metavar="FILE", help="budget file the embedded collector tracks")
+
+    render = sub.add_parser("render", help="render budgets.yaml into Prometheus/Alertmanager/Grafana files")
+    render.add_argument("budget_file")
+    render.add_argument("--out", default=".", help="directory to write into (default: the project root)")
+
+    check = sub.add_parser("check", help="validate budgets.yaml and check the rendered files")
+    check.add_argument("budget_file")
+    check.add_argument("--out", default=".", help="directory holding the rendered files (default: .)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["collector"]:
+        from otel_tokens.collector import main as collector_main
+
+        return collector_main(args_list[1:])
+    args = _build_parser().parse_args(args_list)
+    if args.command == "demo":
+        from otel_tokens.demo import run_demo
+
+        return run_demo(
+            once=args.once,
+            collector_url=args.collector,
+            rounds=args.rounds,
+            interval=args.interval,
+            budgets_file=args.budgets,
+        )
+    if args.command == "render":
+        from otel_tokens.budgets.cli import render_command
+
+        return render_command(args.budget_file, args.out)
+    if args.command == "check":
+        from otel_tokens.budgets.cli import check_command
+
+        return check_command(args.budget_file, args.out)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

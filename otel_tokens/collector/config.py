@@ -1,0 +1,348 @@
+"""The collector's configuration: one table of keys, one precedence, one error type.
+
+Every key is declared once in `KEYS` with its YAML path, environment variable, CLI flag and meaning;
+the YAML reader, the environment reader, the argparse flags and the reference table in
+collector/README.md are all derived from it, so they cannot drift apart. Precedence, as everywhere
+in otel-tokens: CLI argument > environment variable > YAML file > default.
+
+Configuration is read at start-up, so it fails loudly: every problem from every source is collected
+and raised together as one `ConfigError`, each naming where (`config.yaml:12`, an environment
+variable, a flag), which key, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import yaml
+
+from otel_tokens import settings
+from otel_tokens.aggregate import ALLOWED_DIMENSIONS, MetricsConfig
+
+__all__ = ["KEYS", "CollectorConfig", "ConfigError", "add_arguments", "config_from_args", "load_config"]
+
+_DEFAULT_METRICS = MetricsConfig()
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; `errors` lists every problem found, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid collector configuration:\n  " + "\n  ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything `otel-tokens collector` needs; the defaults run it with zero configuration."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 4318
+    grpc_enabled: bool = True
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    max_body_bytes: int = 8 * 1024 * 1024
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    dimensions: tuple[str, ...] = _DEFAULT_METRICS.dimensions
+    max_series_per_metric: int = _DEFAULT_METRICS.max_series_per_metric
+    dedupe_hold_seconds: float = _DEFAULT_METRICS.dedupe_hold_seconds
+    flush_interval_seconds: float = 0.5
+    #: Reserved for the collector's budget ledger; accepted and kept, not read yet.
+    budgets_file: str | None = None
+
+    def metrics_config(self) -> MetricsConfig:
+        """The pipeline's own config, with the keys the collector passes through."""
+        return replace(
+            _DEFAULT_METRICS,
+            dimensions=tuple(self.dimensions),
+            max_series_per_metric=self.max_series_per_metric,
+            dedupe_hold_seconds=self.dedupe_hold_seconds,
+        )
+
+
+# --- value kinds: what a key accepts, checked the same way whatever the source ---------------------
+
+
+class _Invalid(Exception):
+    """A value does not fit its key; the message is the "expected ..., got ..." part."""
+
+
+@dataclass(frozen=True)
+class _Kind:
+    expected: str
+    check: Callable[[Any], Any]  # python value (from YAML, or converted from text) -> config value
+    from_text: Callable[[str], Any]  # env var / CLI text -> python value for `check`
+
+
+def _got(value: object) -> str:
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _int_text(text: str) -> Any:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+def _float_text(text: str) -> Any:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
+def _bool_text(text: str) -> Any:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False}
+    return words.get(text.strip().lower(), text)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(expected: str, ok: Callable[[Any], bool], from_text: Callable[[str], Any]) -> _Kind:
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise _Invalid(f"expected {expected}, got {_got(value)}")
+        return value
+
+    return _Kind(expected, check, from_text)
+
+
+_DIMENSIONS = f"a list of distinct names from {', '.join(sorted(ALLOWED_DIMENSIONS))}"
+
+
+def _names_check(value: Any) -> tuple[str, ...]:
+    """Checked here, not only by MetricsConfig.validate(), so the error carries the file line."""
+    ok = isinstance(value, list) and all(isinstance(v, str) and v in ALLOWED_DIMENSIONS for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise _Invalid(f"expected {_DIMENSIONS}, got {_got(value)}")
+    return tuple(value)
+
+
+_HOST = _kind("a host name or IP address", lambda v: isinstance(v, str) and v.strip() != "", str)
+_PORT = _kind("a port number from 0 to 65535", lambda v: type(v) is int and 0 <= v <= 65535, _int_text)
+_POS_INT = _kind("a positive integer", lambda v: type(v) is int and v > 0, _int_text)
+_POS_NUM = _kind("a positive number", lambda v: _is_number(v) and v > 0, _float_text)
+_NONNEG_NUM = _kind("a number >= 0", lambda v: _is_number(v) and v >= 0, _float_text)
+_BOOL = _kind("true or false", lambda v: isinstance(v, bool), _bool_text)
+_NAMES = _Kind(_DIMENSIONS, _names_check, lambda t: [s.strip() for s in t.split(",") if s.strip()])
+_PATH = _kind(
+    "a file path or null", lambda v: v is None or (isinstance(v, str) and v != ""), lambda t: t or None
+)
+
+
+@dataclass(frozen=True)
+class _Key:
+    path: str  # YAML path, dotted
+    attr: str  # CollectorConfig attribute
+    env: str
+    flag: str
+    kind: _Kind
+    doc: str
+
+
+KEYS: tuple[_Key, ...] = (
+    _Key("otlp.http.host", "http_host", settings.ENV_COLLECTOR_HTTP_HOST, "--http-host", _HOST,
+         "Interface the OTLP/HTTP receiver (`POST /v1/traces`) binds; `0.0.0.0` for all."),
+    _Key("otlp.http.port", "http_port", settings.ENV_COLLECTOR_HTTP_PORT, "--http-port", _PORT,
+         "Port of the OTLP/HTTP receiver; 0 picks a free port."),
+    _Key("otlp.grpc.enabled", "grpc_enabled", settings.ENV_COLLECTOR_GRPC_ENABLED, "--grpc", _BOOL,
+         "Run the OTLP/gRPC receiver (`--no-grpc` turns it off)."),
+    _Key("otlp.grpc.host", "grpc_host", settings.ENV_COLLECTOR_GRPC_HOST, "--grpc-host", _HOST,
+         "Interface the OTLP/gRPC receiver binds."),
+    _Key("otlp.grpc.port", "grpc_port", settings.ENV_COLLECTOR_GRPC_PORT, "--grpc-port", _PORT,
+         "Port of the OTLP/gRPC receiver; 0 picks a free port."),
+    _Key("otlp.max_body_bytes", "max_body_bytes", settings.ENV_COLLECTOR_MAX_BODY_BYTES, "--max-body-bytes",
+         _POS_INT, "Largest accepted export request, before and after decompression (HTTP 413 / "
+         "gRPC RESOURCE_EXHAUSTED above it)."),
+    _Key("metrics.host", "metrics_host", settings.ENV_COLLECTOR_METRICS_HOST, "--metrics-host", _HOST,
+         "Interface of the Prometheus `/metrics` and `/healthz` endpoint."),
+    _Key("metrics.port", "metrics_port", settings.ENV_COLLECTOR_METRICS_PORT, "--metrics-port", _PORT,
+         "Port of the `/metrics` endpoint; 0 picks a free port."),
+    _Key("metrics.dimensions", "dimensions", settings.ENV_COLLECTOR_DIMENSIONS, "--dimensions", _NAMES,
+         f"Labels of the token, cost and request counters, from: {', '.join(sorted(ALLOWED_DIMENSIONS))} "
+         "(env / flag: comma-separated)."),
+    _Key("metrics.max_series", "max_series_per_metric", settings.ENV_COLLECTOR_MAX_SERIES, "--max-series",
+         _POS_INT, "Series per metric before new label sets go to the overflow series."),
+    _Key("metrics.dedupe_hold_seconds", "dedupe_hold_seconds", settings.ENV_COLLECTOR_DEDUPE_HOLD_SECONDS,
+         "--dedupe-hold-seconds", _NONNEG_NUM,
+         "How long a span waits for another span of the same LLM call before it is counted."),
+    _Key("metrics.flush_interval_seconds", "flush_interval_seconds",
+         settings.ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS, "--flush-interval-seconds", _POS_NUM,
+         "How often held spans are flushed into the counters."),
+    _Key("budgets_file", "budgets_file", settings.ENV_COLLECTOR_BUDGETS_FILE, "--budgets-file", _PATH,
+         "Path of `budgets.yaml` (reserved for the collector's budget ledger)."),
+)  # fmt: skip
+
+_BY_PATH = {k.path: k for k in KEYS}
+_SECTIONS = {p.rsplit(".", i)[0] for p in _BY_PATH for i in range(1, p.count(".") + 1)}
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+_Found = dict[str, Any]  # attr -> checked value
+
+
+def _apply(key: _Key, raw: Any, where: str, found: _Found, errors: list[str], text: bool) -> None:
+    try:
+        value = key.kind.from_text(raw) if text and isinstance(raw, str) else raw
+        found[key.attr] = key.kind.check(value)
+    except _Invalid as exc:
+        errors.append(f"{where}: {key.path}: {exc}")
+
+
+def _from_env(env: Mapping[str, str], errors: list[str]) -> _Found:
+    found: _Found = {}
+    for key in KEYS:
+        raw = env.get(key.env)
+        if raw is not None and raw.strip() != "":
+            _apply(key, raw, f"environment {key.env}", found, errors, text=True)
+    return found
+
+
+def _from_cli(cli: Mapping[str, Any], errors: list[str]) -> _Found:
+    found: _Found = {}
+    for key in KEYS:
+        raw = cli.get(key.attr)
+        if raw is not None:
+            _apply(key, raw, key.flag, found, errors, text=True)
+    return found
+
+
+def _from_yaml(path: str, errors: list[str]) -> _Found:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        errors.append(f"{path}: cannot read config file: {exc.strerror or exc}")
+        return {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        errors.append(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}")
+        return {}
+    found: _Found = {}
+    if root is not None:
+        for key, node, line in _walk(root, "", path, errors):
+            _apply(key, _construct(node), f"{path}:{line}", found, errors, text=False)
+    return found
+
+
+def _construct(node: yaml.Node) -> Any:
+    """The plain Python value of one YAML node (the composed tree keeps line numbers, values don't)."""
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _walk(
+    node: yaml.Node, prefix: str, path: str, errors: list[str]
+) -> Iterator[tuple[_Key, yaml.Node, int]]:
+    """Yield every known leaf key with its node and line; report unknown and duplicate keys."""
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.MappingNode):
+        errors.append(f"{path}:{line}: {prefix.rstrip('.') or 'top level'}: expected a mapping of keys")
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        name, line = str(key_node.value), key_node.start_mark.line + 1
+        full = prefix + name
+        if full in seen:
+            errors.append(f"{path}:{line}: {full}: duplicate key")
+        elif full in _BY_PATH:
+            yield _BY_PATH[full], value_node, line
+        elif full in _SECTIONS:
+            yield from _walk(value_node, full + ".", path, errors)
+        else:
+            errors.append(f"{path}:{line}: {full}: unknown key{_suggest(prefix, name)}")
+        seen.add(full)
+
+
+def _suggest(prefix: str, name: str) -> str:
+    siblings = sorted({p[len(prefix) :].split(".")[0] for p in _BY_PATH if p.startswith(prefix)})
+    close = difflib.get_close_matches(name, siblings, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}known here: {', '.join(siblings)})"
+
+
+# --- assembly ------------------------------------------------------------------------------------
+
+
+def load_config(
+    *, cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None, path: str | None = None
+) -> CollectorConfig:
+    """Merge default < YAML file < environment < CLI; raise one `ConfigError` listing every problem.
+
+    The file is `path`, else the CLI's `config`, else `$OTEL_TOKENS_COLLECTOR_CONFIG`, else none.
+    """
+    cli = cli or {}
+    env = os.environ if env is None else env
+    path = path or cli.get("config") or env.get(settings.ENV_COLLECTOR_CONFIG) or None
+    errors: list[str] = []
+    merged: _Found = {}
+    if path:
+        merged.update(_from_yaml(path, errors))
+    merged.update(_from_env(env, errors))
+    merged.update(_from_cli(cli, errors))
+    config = replace(CollectorConfig(), **merged)
+    errors.extend(_cross_checks(config))
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _cross_checks(config: CollectorConfig) -> list[str]:
+    """Problems no single key shows: clashing ports and what the pipeline's own validation rejects."""
+    errors: list[str] = []
+    ports = {"otlp.http.port": config.http_port, "metrics.port": config.metrics_port}
+    if config.grpc_enabled:
+        ports["otlp.grpc.port"] = config.grpc_port
+    by_port: dict[int, list[str]] = {}
+    for name, port in ports.items():
+        if port:
+            by_port.setdefault(port, []).append(name)
+    errors += [f"{' and '.join(ns)}: both set to port {p}" for p, ns in by_port.items() if len(ns) > 1]
+    try:
+        config.metrics_config().validate()
+    except ValueError as exc:  # normally caught per key above; this keeps the pipeline's word final
+        errors.append(f"metrics.{exc}")
+    return errors
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config` and one flag per key; each defaults to None so unset flags fall through."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see collector/README.md)")
+    for key in KEYS:
+        if key.kind is _BOOL:
+            parser.add_argument(key.flag, dest=key.attr, action=argparse.BooleanOptionalAction, help=key.doc)
+        else:
+            parser.add_argument(
+                key.flag, dest=key.attr, metavar=key.attr.split("_")[-1].upper(), help=key.doc
+            )
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> CollectorConfig:
+    return load_config(cli=vars(args), env=env)
+
+
+def reference_table() -> str:
+    """The Markdown table of every key, embedded verbatim in collector/README.md (a test checks it)."""
+    defaults = CollectorConfig()
+    rows = ["| key | environment variable | CLI flag | default | meaning |", "|---|---|---|---|---|"]
+    for key in KEYS:
+        value = getattr(defaults, key.attr)
+        shown = f"[{', '.join(value)}]" if isinstance(value, tuple) else _got(value).strip("'").lower()
+        flag = f"`{key.flag}` / `--no-{key.flag[2:]}`" if key.kind is _BOOL else f"`{key.flag}`"
+        rows.append(f"| `{key.path}` | `{key.env}` | {flag} | `{shown}` | {key.doc} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,149 @@
+"""The collector as a running service: receivers, /metrics, a flusher thread, start/stop, signals.
+
+`CollectorService` is the embeddable, testable unit: `start()` returns once every listener is bound
+(port 0 resolves to a free port, exposed as `http_port` / `grpc_port` / `metrics_port`), `stop()`
+stops intake first and flushes last so nothing received is lost. `run_collector()` is the
+command-line shell around it: log where it listens, block until SIGINT/SIGTERM, stop cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType, TracebackType
+
+from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.collector.config import CollectorConfig
+from otel_tokens.collector.grpc_receiver import GrpcReceiver
+from otel_tokens.collector.http_receiver import TRACES_PATH, MetricsHttpServer, OtlpHttpServer
+from otel_tokens.pipeline import Pipeline
+
+__all__ = ["CollectorService", "run_collector"]
+
+logger = logging.getLogger("otel_tokens.collector")
+
+
+class CollectorService:
+    """OTLP/HTTP + OTLP/gRPC receivers feeding one `Pipeline`, exposed on /metrics."""
+
+    def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
+        self.config = config if config is not None else CollectorConfig()
+        self.pipeline = pipeline if pipeline is not None else Pipeline(self.config.metrics_config())
+        self._http: OtlpHttpServer | None = None
+        self._metrics: MetricsHttpServer | None = None
+        self._grpc: GrpcReceiver | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> CollectorService:
+        """Bind every listener, then serve in background threads. A bind failure stops whatever was
+        already started and re-raises, so a half-started collector never lingers."""
+        try:
+            self._bind()
+        except BaseException:
+            self.stop()
+            raise
+        self._spawn("otel-tokens-flusher", self._flush_loop)
+        return self
+
+    def _bind(self) -> None:
+        cfg = self.config
+        self._metrics = MetricsHttpServer(cfg.metrics_host, cfg.metrics_port, self.pipeline.registry)
+        self._spawn("otel-tokens-metrics", self._metrics.serve_forever)
+        self._http = OtlpHttpServer(cfg.http_host, cfg.http_port, self.pipeline, cfg.max_body_bytes)
+        self._spawn("otel-tokens-otlp-http", self._http.serve_forever)
+        if cfg.grpc_enabled:
+            self._grpc = GrpcReceiver(cfg.grpc_host, cfg.grpc_port, self.pipeline, cfg.max_body_bytes)
+            self._grpc.start()
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop intake (in-flight requests finish), then count everything still held. Idempotent."""
+        self._stopping.set()
+        if self._grpc is not None:
+            self._grpc.stop()
+        for server in (self._http, self._metrics):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        self._http = self._metrics = self._grpc = None
+        with swallow_internal_errors("collector.final_flush"):
+            self.pipeline.flush(now=float("inf"))
+
+    def _flush_loop(self) -> None:
+        """Held spans (waiting for a duplicate) reach the counters within one interval."""
+        while not self._stopping.wait(self.config.flush_interval_seconds):
+            with swallow_internal_errors("collector.flush"):
+                self.pipeline.flush()
+
+    def __enter__(self) -> CollectorService:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- where it listens ----------------------------------------------------------------------------
+    @property
+    def http_port(self) -> int:
+        return self._http.port if self._http is not None else 0
+
+    @property
+    def grpc_port(self) -> int:
+        return self._grpc.port if self._grpc is not None else 0
+
+    @property
+    def metrics_port(self) -> int:
+        return self._metrics.port if self._metrics is not None else 0
+
+    def endpoints(self) -> list[str]:
+        """Human-readable listen addresses, as logged at start-up."""
+        cfg = self.config
+        lines = [f"OTLP/HTTP on http://{_hostport(cfg.http_host, self.http_port)}{TRACES_PATH}"]
+        if self._grpc is not None:
+            lines.append(f"OTLP/gRPC on {_hostport(cfg.grpc_host, self.grpc_port)}")
+        metrics = _hostport(cfg.metrics_host, self.metrics_port)
+        lines.append(f"Prometheus metrics on http://{metrics}/metrics (health: /healthz)")
+        return lines
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run_collector(config: CollectorConfig | Sequence[str] | None = None) -> int:
+    """Run until SIGINT/SIGTERM; `config` is a config, or CLI arguments to parse. Returns an exit code."""
+    if not isinstance(config, CollectorConfig):
+        from otel_tokens.collector import parse_config
+
+        config = parse_config(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with CollectorService(config) as service:
+            logger.info("otel-tokens collector listening: %s", "; ".join(service.endpoints()))
+            if config.budgets_file:
+                logger.warning("budgets_file is set but the budget ledger is not available yet; ignored")
+            while not stop.wait(1.0):  # a timed wait keeps signal delivery prompt everywhere
+                pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    logger.info("otel-tokens collector stopped; all received spans counted")
+    return 0

@@ -1,0 +1,153 @@
+"""One LLM call, counted once, however many spans describe it.
+
+Several spans can carry the usage of one call: our span and the anthropic SDK's own span nested
+under it (we make ours current while the SDK runs), or two instrumentations of one SDK nested
+either way. Rule: among usage spans linked parent↔child, count one — ours if present, else the
+outermost. Children usually end, and are exported, before their parents, possibly in an earlier
+batch, so:
+
+- ours is counted at once; its span id and parent id are remembered (bounded LRUs keyed with the
+  trace id), so a foreign usage span that is its child or its parent is a duplicate whenever it
+  arrives;
+- a foreign usage span with a parent is held for a short window and counted by `flush(now)`
+  unless ours, or another usage span claiming it as child or parent, arrives first (the outer
+  one wins);
+- a foreign root span is counted at once.
+
+Memory is bounded: past `max_held` a foreign span is counted at once rather than dropped (an
+occasional double count beats a lost call). A span counted before its linked partner arrives
+wins even over ours: totals stay exact, only the richer attribution is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from otel_tokens.record import UsageRecord
+
+__all__ = ["Deduper"]
+
+
+class _RecentKeys:
+    """A bounded set that forgets its oldest entries."""
+
+    __slots__ = ("_items", "_max")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: OrderedDict[int, None] = OrderedDict()
+        self._max = maxsize
+
+    def add(self, key: int) -> None:
+        self._items[key] = None
+        if len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _key(trace_id: int, span_id: int) -> int:
+    """One int per (trace, span): cheaper to hash and store than a tuple."""
+    return (trace_id << 64) | span_id
+
+
+class Deduper:
+    """Decides which usage records to count. Thread-safe; clock passed in by the caller."""
+
+    def __init__(self, *, hold_seconds: float = 2.0, max_held: int = 10_000, max_remembered: int = 100_000):
+        self.hold_seconds = hold_seconds
+        self.max_held = max_held
+        self._lock = threading.Lock()
+        self._counted = _RecentKeys(max_remembered)  # span keys of counted spans
+        self._counted_parents = _RecentKeys(max_remembered)  # parent keys of counted spans
+        # held foreign spans in arrival (hence deadline) order: key → (record, deadline, parent key)
+        self._held: OrderedDict[int, tuple[UsageRecord, float, int | None]] = OrderedDict()
+        self._held_children: dict[int, list[int]] = {}  # parent key → held child keys
+        self.duplicates_dropped = 0
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def offer_many(self, records: Iterable[UsageRecord], now: float) -> tuple[list[UsageRecord], int]:
+        """Records to count now (in order) and how many duplicates were dropped."""
+        counted: list[UsageRecord] = []
+        with self._lock:
+            before = self.duplicates_dropped
+            for record in records:
+                if self._offer(record, now):
+                    counted.append(record)
+            return counted, self.duplicates_dropped - before
+
+    def flush(self, now: float) -> tuple[list[UsageRecord], int]:
+        """Held spans whose window has passed, to be counted now (nothing is dropped here)."""
+        released: list[UsageRecord] = []
+        with self._lock:
+            while self._held:
+                key, (record, deadline, _) = next(iter(self._held.items()))
+                if deadline > now:
+                    break
+                self._pop_held(key)
+                self._remember(key, record)
+                released.append(record)
+        return released, 0
+
+    # --- internals (lock held) -----------------------------------------------------------------
+    def _offer(self, record: UsageRecord, now: float) -> bool:
+        trace_id = record.trace_id
+        key = _key(trace_id, record.span_id)
+        parent = _key(trace_id, record.parent_span_id) if record.parent_span_id else None
+        if key in self._counted or key in self._held:  # the same span again (an exporter retry)
+            return self._duplicate(1)
+        # held children lose to this span: it is outer (or ours)
+        self._duplicate(self._drop_held_children(key))
+        if record.ours and parent is not None and parent in self._held:
+            self._duplicate(self._pop_held(parent))  # a foreign outer span loses to ours
+        if (parent is not None and parent in self._counted) or key in self._counted_parents:
+            return self._duplicate(1)  # a linked span was already counted
+        if not record.ours and parent is not None:
+            if parent in self._held:
+                return self._duplicate(1)  # the held outer span wins
+            if self.hold_seconds > 0 and len(self._held) < self.max_held:
+                self._hold(key, record, now + self.hold_seconds, parent)
+                return False
+        self._remember(key, record)
+        return True
+
+    def _duplicate(self, n: int) -> bool:
+        self.duplicates_dropped += n
+        return False
+
+    def _remember(self, key: int, record: UsageRecord) -> None:
+        self._counted.add(key)
+        if record.parent_span_id:
+            self._counted_parents.add(_key(record.trace_id, record.parent_span_id))
+
+    def _hold(self, key: int, record: UsageRecord, deadline: float, parent: int) -> None:
+        self._held[key] = (record, deadline, parent)
+        self._held_children.setdefault(parent, []).append(key)
+
+    def _pop_held(self, key: int) -> int:
+        """Forget a held span; returns 1 (for counting duplicates)."""
+        _, _, parent = self._held.pop(key)
+        if parent is not None:
+            siblings = self._held_children.get(parent)
+            if siblings is not None:
+                siblings.remove(key)
+                if not siblings:
+                    del self._held_children[parent]
+        return 1
+
+    def _drop_held_children(self, key: int) -> int:
+        children = self._held_children.get(key)
+        if not children:
+            return 0
+        dropped = 0
+        for child in list(children):
+            dropped += self._pop_held(child)
+        return dropped

@@ -1,0 +1,122 @@
+"""The aggregator as Prometheus metrics: a custom prometheus_client Collector.
+
+`collect()` builds fresh metric families from one consistent snapshot on every scrape (the
+client_python model for proxies and exporters), so nothing here holds state of its own and the
+aggregator stays free of any Prometheus import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import cast
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from otel_tokens import aggregate as agg
+from otel_tokens.aggregate import Aggregator, Snapshot
+from otel_tokens.record import TOKEN_TYPES
+
+__all__ = ["TokenMetricsCollector"]
+
+_go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
+
+_HELP = {
+    agg.TOKENS: "LLM tokens by type; types are disjoint, so a sum over token_type is the total.",
+    agg.COST: "LLM cost in USD (unpriced models add nothing; see otel_tokens_unpriced_records_total).",
+    agg.REQUESTS: "LLM calls, counted once each after deduplication.",
+    agg.ESTIMATED: "Tokens counted with a tokenizer because the provider reported no usage.",
+    agg.INPUT_HISTOGRAM: "Input tokens per request (including cache): context growth shows here.",
+}
+
+
+class TokenMetricsCollector(Collector):
+    """Exposes an Aggregator; register it in the registry that /metrics serves."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self._aggregator = aggregator
+
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so a registry detects a second registration without a snapshot."""
+        dims = list(self._aggregator.config.dimensions)
+        yield from self._usage_families(dims)
+        yield from _self_families()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._aggregator.snapshot()
+        dims = list(snap.dimensions)
+        tokens, cost, requests, estimated, hist = self._usage_families(dims)
+        bounds = [_go_float(b) for b in snap.buckets] + ["+Inf"]
+        for key, s in sorted(snap.series.items()):
+            labels = list(key)
+            for token_type, n in zip(TOKEN_TYPES, s.tokens, strict=True):
+                tokens.add_metric([*labels, token_type], n)
+            cost.add_metric(labels, s.cost_usd)
+            if s.requests_ok:
+                requests.add_metric([*labels, "ok"], s.requests_ok)
+            if s.requests_error:
+                requests.add_metric([*labels, "error"], s.requests_error)
+            if s.estimated_tokens:
+                estimated.add_metric(labels, s.estimated_tokens)
+            hist.add_metric(labels, _cumulative(bounds, s.input_buckets), s.input_sum)
+        yield from (tokens, cost, requests, estimated, hist)
+        yield from _self_families(snap)
+
+    @staticmethod
+    def _usage_families(
+        dims: list[str],
+    ) -> tuple[
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        HistogramMetricFamily,
+    ]:
+        return (
+            CounterMetricFamily(agg.TOKENS, _HELP[agg.TOKENS], labels=[*dims, "token_type"]),
+            CounterMetricFamily(agg.COST, _HELP[agg.COST], labels=dims),
+            CounterMetricFamily(agg.REQUESTS, _HELP[agg.REQUESTS], labels=[*dims, "status"]),
+            CounterMetricFamily(agg.ESTIMATED, _HELP[agg.ESTIMATED], labels=dims),
+            HistogramMetricFamily(agg.INPUT_HISTOGRAM, _HELP[agg.INPUT_HISTOGRAM], labels=dims),
+        )
+
+
+def _cumulative(bounds: list[str], per_bucket: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip(bounds, per_bucket, strict=True):
+        running += n
+        out.append((bound, running))
+    return out
+
+
+def _self_families(snap: Snapshot | None = None) -> Iterator[Metric]:
+    """The collector's own health: what came in, what was refused, what was merged or capped."""
+    received = CounterMetricFamily("otel_tokens_spans_received_total", "Spans received (all kinds).")
+    rejected = CounterMetricFamily(
+        "otel_tokens_spans_rejected_total", "Spans or payloads refused, by reason.", labels=["reason"]
+    )
+    duplicates = CounterMetricFamily(
+        "otel_tokens_duplicates_dropped_total", "Usage spans dropped as another span of a counted call."
+    )
+    overflow = CounterMetricFamily(
+        "otel_tokens_series_overflow_total",
+        "Records counted in the __overflow__ series because a metric hit its series limit.",
+        labels=["metric"],
+    )
+    unpriced = CounterMetricFamily(
+        agg.UNPRICED,
+        "Records whose model has no known price (cost counted as 0).",
+        labels=["provider", "model"],
+    )
+    if snap is not None:
+        received.add_metric([], snap.spans_received)
+        duplicates.add_metric([], snap.duplicates_dropped)
+        for reason, n in sorted(snap.spans_rejected.items()):
+            rejected.add_metric([reason], n)
+        for metric, n in sorted(snap.series_overflow.items()):
+            overflow.add_metric([metric], n)
+        for (provider, model), n in sorted(snap.unpriced.items()):
+            unpriced.add_metric([provider, model], n)
+    yield from (received, rejected, duplicates, overflow, unpriced)

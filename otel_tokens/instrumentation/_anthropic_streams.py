@@ -1,0 +1,336 @@
+"""Streams of the anthropic SDK, observed without changing what the application sees.
+
+Both ways of streaming end in the SDK's raw `Stream` / `AsyncStream` of Messages events:
+`messages.create(stream=True)` returns one, and `messages.stream()` builds a `MessageStream` helper
+around one. So usage is read at that single level: a proxy (a `wrapt.ObjectProxy`, so `isinstance`
+and every attribute still answer as the SDK's object) watches `message_start` (input and cache
+tokens) and `message_delta` (cumulative output tokens) and ends our span when the stream ends, fails
+or is closed. Anthropic's usage is in its own meaning (input excludes cache); `TokenCounts.from_anthropic`
+converts it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+import wrapt
+
+from otel_tokens import semconv as sc
+from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.instrumentation._call import LLMCall, inside_llm_call
+from otel_tokens.record import TokenCounts
+
+#: error.type of a stream the server ended without `message_stop` (the application saw no error).
+INCOMPLETE_STREAM = "incomplete_stream"
+
+
+def usage_tokens(usage: Any) -> TokenCounts | None:
+    """A `Usage` model (or None) in semconv meaning; None when the response carried no usage."""
+    if usage is None or getattr(usage, "input_tokens", None) is None:
+        return None
+    return TokenCounts.from_anthropic(
+        int(usage.input_tokens or 0),
+        int(getattr(usage, "output_tokens", 0) or 0),
+        int(getattr(usage, "cache_read_input_tokens", 0) or 0),
+        int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
+    )
+
+
+def estimate_input(request: Mapping[str, Any]) -> int:
+    """Tokenizer estimate of a request's prompt, for calls whose usage never arrived."""
+    from otel_tokens.tokencount import count_message_tokens
+
+    model = str(request.get("model") or "")
+    return count_message_tokens(request.get("messages") or [], model, system=request.get("system"))
+
+
+def estimate_output(text: str, model: str) -> int:
+    from otel_tokens.tokencount import count_text_tokens
+
+    return count_text_tokens(text, model) if text else 0
+
+
+def input_messages_json(request: Mapping[str, Any]) -> str:
+    """The prompt in the semconv `gen_ai.input.messages` shape (only written under content capture)."""
+    system = request.get("system")
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "parts": _parts(system)})
+    for message in request.get("messages") or []:
+        if isinstance(message, Mapping):
+            messages.append({"role": message.get("role"), "parts": _parts(message.get("content"))})
+    return json.dumps(messages, default=str)
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if isinstance(content, list):
+        return [
+            {"type": "text", "content": b.get("text")} if b.get("type") == "text" else {"type": b.get("type")}
+            for b in content
+            if isinstance(b, Mapping)
+        ]
+    return []
+
+
+def output_messages_json(text: str, finish_reason: str | None) -> str:
+    part = {"type": "text", "content": text}
+    return json.dumps([{"role": "assistant", "parts": [part], "finish_reason": finish_reason}])
+
+
+class StreamTracker:
+    """Accumulates one stream's events and finishes its `LLMCall` exactly once."""
+
+    def __init__(self, call: LLMCall, request: Mapping[str, Any]) -> None:
+        self.call = call
+        self._request = request
+        self._reported: TokenCounts | None = None  # from message_start, updated by message_delta
+        self._saw_delta = False
+        self._complete = False
+        self._model: str | None = None
+        self._id: str | None = None
+        self._stop_reason: str | None = None
+        self._text: list[str] = []
+
+    def observe(self, event: Any) -> None:
+        with swallow_internal_errors("anthropic stream event"):
+            kind = getattr(event, "type", None)
+            if kind == "message_start":
+                self._on_start(event.message)
+            elif kind == "content_block_delta":
+                text = getattr(event.delta, "text", None)
+                if isinstance(text, str):
+                    self._text.append(text)
+            elif kind == "message_delta":
+                self._on_delta(event)
+            elif kind == "message_stop":
+                self._complete = True
+
+    def _on_start(self, message: Any) -> None:
+        self._model = getattr(message, "model", None)
+        self._id = getattr(message, "id", None)
+        self._reported = usage_tokens(getattr(message, "usage", None))
+
+    def _on_delta(self, event: Any) -> None:
+        """`message_delta` usage is cumulative; newer APIs repeat input and cache counts there too."""
+        self._saw_delta = True
+        self._stop_reason = getattr(event.delta, "stop_reason", None) or self._stop_reason
+        usage = getattr(event, "usage", None)
+        base = self._reported or TokenCounts()
+        if usage is None:
+            return
+        fresh_input = base.input - base.cache_read - base.cache_write
+
+        def pick(name: str, current: int) -> int:
+            value = getattr(usage, name, None)
+            return int(value) if value is not None else current
+
+        self._reported = TokenCounts.from_anthropic(
+            pick("input_tokens", fresh_input),
+            pick("output_tokens", base.output),
+            pick("cache_read_input_tokens", base.cache_read),
+            pick("cache_creation_input_tokens", base.cache_write),
+        )
+
+    # --- ends -------------------------------------------------------------------------------------
+    def done(self) -> None:
+        """The SDK's iterator ended: complete, or cut short by the server (no `message_stop`)."""
+        self._finish(None if self._complete else INCOMPLETE_STREAM)
+
+    def closed(self) -> None:
+        """The application closed the stream: not an error; what was consumed is recorded."""
+        self._finish(None)
+
+    def fail(self, error: BaseException) -> None:
+        self._finish(None, error)
+
+    def _finish(self, error_type: str | None, error: BaseException | None = None) -> None:
+        tokens: TokenCounts | None = None
+        estimated = False
+        with swallow_internal_errors("anthropic stream usage"):
+            tokens, estimated = self._tokens()
+            if self.call.settings.capture_content:
+                text = "".join(self._text)
+                self.call.record_content(sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self._stop_reason))
+        self.call.finish(
+            tokens,
+            response_model=self._model,
+            response_id=self._id,
+            finish_reasons=[self._stop_reason] if self._stop_reason else (),
+            estimated=estimated,
+            error=error,
+            error_type=error_type,
+        )
+
+    def _tokens(self) -> tuple[TokenCounts, bool]:
+        """Reported usage when it arrived; the tokenizer fills what did not (and says so)."""
+        model = self._model or str(self._request.get("model") or "")
+        text = "".join(self._text)
+        if self._reported is None:
+            return TokenCounts(input=estimate_input(self._request), output=estimate_output(text, model)), True
+        if not self._saw_delta and text:
+            # message_start's output_tokens is a placeholder; the text consumed is the better count.
+            output = max(self._reported.output, estimate_output(text, model))
+            return replace(self._reported, output=output), True
+        return self._reported, False
+
+
+class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The SDK's `Stream`, observed. State lives in `_self_*` attributes (wrapt keeps those on the
+    proxy instead of forwarding them to the stream)."""
+
+    def __init__(self, stream: Any, tracker: StreamTracker) -> None:
+        super().__init__(stream)
+        self._self_tracker = tracker
+
+    def __iter__(self) -> Iterator[Any]:
+        tracker = self._self_tracker
+        try:
+            for event in self.__wrapped__:
+                tracker.observe(event)
+                yield event
+        except GeneratorExit:
+            tracker.closed()
+            raise
+        except BaseException as exc:
+            tracker.fail(exc)
+            raise
+        tracker.done()
+
+    def __next__(self) -> Any:
+        try:
+            event = self.__wrapped__.__next__()
+        except StopIteration:
+            self._self_tracker.done()
+            raise
+        except BaseException as exc:
+            self._self_tracker.fail(exc)
+            raise
+        self._self_tracker.observe(event)
+        return event
+
+    def __enter__(self) -> SyncStreamProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_tracker.closed()
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The SDK's `AsyncStream`, observed (see `SyncStreamProxy`)."""
+
+    def __init__(self, stream: Any, tracker: StreamTracker) -> None:
+        super().__init__(stream)
+        self._self_tracker = tracker
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        tracker = self._self_tracker
+        try:
+            async for event in self.__wrapped__:
+                tracker.observe(event)
+                yield event
+        except GeneratorExit:
+            tracker.closed()
+            raise
+        except BaseException as exc:
+            tracker.fail(exc)
+            raise
+        tracker.done()
+
+    async def __anext__(self) -> Any:
+        try:
+            event = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._self_tracker.done()
+            raise
+        except BaseException as exc:
+            self._self_tracker.fail(exc)
+            raise
+        self._self_tracker.observe(event)
+        return event
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_tracker.closed()
+
+
+OpenTracker = Callable[[], "StreamTracker | None"]
+
+
+def _observe_helper(message_stream: Any, tracker: StreamTracker, proxy: type[Any]) -> None:
+    """Put the proxy between the `MessageStream` helper and its raw stream, which the helper reads
+    lazily, so `text_stream`, `get_final_message()` and `close()` all pass through it."""
+    if hasattr(message_stream, "_raw_stream"):
+        message_stream._raw_stream = proxy(message_stream._raw_stream, tracker)
+    else:  # an SDK whose helper we do not know: count the prompt, say it was estimated
+        tracker.closed()
+
+
+class SyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """`messages.stream()`'s manager: the request is sent in `__enter__`, so the span opens there."""
+
+    def __init__(self, manager: Any, open_tracker: OpenTracker) -> None:
+        super().__init__(manager)
+        self._self_open_tracker = open_tracker
+
+    def __enter__(self) -> Any:
+        tracker = None if inside_llm_call() else self._self_open_tracker()
+        if tracker is None:
+            return self.__wrapped__.__enter__()
+        try:
+            with tracker.call.activate():
+                message_stream = self.__wrapped__.__enter__()
+        except BaseException as exc:
+            tracker.call.finish(None, error=exc)  # no response: nothing was billed
+            raise
+        with swallow_internal_errors("anthropic stream helper"):
+            _observe_helper(message_stream, tracker, SyncStreamProxy)
+        return message_stream
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.__wrapped__.__exit__(*exc_info)
+
+
+class AsyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """`AsyncMessages.stream()`'s manager: the request is awaited in `__aenter__`."""
+
+    def __init__(self, manager: Any, open_tracker: OpenTracker) -> None:
+        super().__init__(manager)
+        self._self_open_tracker = open_tracker
+
+    async def __aenter__(self) -> Any:
+        tracker = None if inside_llm_call() else self._self_open_tracker()
+        if tracker is None:
+            return await self.__wrapped__.__aenter__()
+        try:
+            with tracker.call.activate():
+                message_stream = await self.__wrapped__.__aenter__()
+        except BaseException as exc:
+            tracker.call.finish(None, error=exc)  # no response: nothing was billed
+            raise
+        with swallow_internal_errors("anthropic stream helper"):
+            _observe_helper(message_stream, tracker, AsyncStreamProxy)
+        return message_stream
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self.__wrapped__.__aexit__(*exc_info)

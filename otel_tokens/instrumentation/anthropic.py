@@ -1,0 +1,203 @@
+"""Instrumentation of the `anthropic` SDK's Messages API (sync and async, JSON and streams).
+
+Patched: `Messages.create`, `Messages.stream` and `Messages.parse` and their async twins. In the SDK
+none of them calls another (each sends through `_post`), so each is one call; the
+`inside_llm_call()` guard still keeps a nested patched call from counting twice.
+
+The SDK (>= 1.14) emits its own CLIENT span per call (scope `com.anthropic.sdk.python`, name
+`anthropic.messages.create`). Our span is current while the SDK sends, so the SDK's span is our
+child; the collector treats such a child as the same call, never as a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from otel_tokens import semconv as sc
+from otel_tokens._safety import logger, swallow_internal_errors
+from otel_tokens.instrumentation._anthropic_streams import (
+    AsyncStreamManagerProxy,
+    AsyncStreamProxy,
+    StreamTracker,
+    SyncStreamManagerProxy,
+    SyncStreamProxy,
+    estimate_input,
+    input_messages_json,
+    output_messages_json,
+    usage_tokens,
+)
+from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call
+from otel_tokens.record import TokenCounts
+
+PROVIDER = "anthropic"
+OPERATION = "chat"
+_MODULE = "anthropic.resources.messages.messages"
+_METHODS = ("create", "stream", "parse")
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def instrument(settings: CallSettings) -> None:
+    """Patch the Messages resources; a method this SDK version lacks (0.x has no `parse` in old
+    releases) is skipped."""
+    from anthropic.resources.messages import messages
+
+    wrappers: dict[str, tuple[Wrapper, Wrapper]] = {
+        "create": (_sync_call(settings), _async_call(settings)),
+        "parse": (_sync_call(settings), _async_call(settings)),
+        "stream": (_sync_stream(settings), _async_stream(settings)),
+    }
+    for method, (sync_wrapper, async_wrapper) in wrappers.items():
+        for cls_name, wrapper in (("Messages", sync_wrapper), ("AsyncMessages", async_wrapper)):
+            if hasattr(getattr(messages, cls_name), method):
+                wrap_function_wrapper(_MODULE, f"{cls_name}.{method}", wrapper)
+
+
+def uninstrument() -> None:
+    from anthropic.resources.messages import messages
+
+    for cls in (messages.Messages, messages.AsyncMessages):
+        for method in _METHODS:
+            unwrap(cls, method)
+
+
+# --- opening and finishing a call ---------------------------------------------------------------
+def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]) -> LLMCall | None:
+    """The span of one call, or None if our bookkeeping failed (the SDK call goes ahead unobserved)."""
+    call: LLMCall | None = None
+    with swallow_internal_errors("anthropic: opening span"):
+        host, port = _server(resource)
+        max_tokens = request.get("max_tokens")
+        call = LLMCall(
+            settings,
+            provider=PROVIDER,
+            operation=OPERATION,
+            request_model=str(request.get("model") or ""),
+            stream=request.get("stream") is True,
+            server_address=host,
+            server_port=port,
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        )
+        if settings.capture_content:
+            call.record_content(sc.GEN_AI_INPUT_MESSAGES, input_messages_json(request))
+    return call
+
+
+def _server(resource: Any) -> tuple[str | None, int | None]:
+    url = getattr(getattr(resource, "_client", None), "base_url", None)
+    host = getattr(url, "host", None)
+    port = getattr(url, "port", None)
+    return (str(host) if host else None), (int(port) if isinstance(port, int) else None)
+
+
+def _finish_message(call: LLMCall, message: Any, request: Mapping[str, Any]) -> None:
+    tokens = usage_tokens(getattr(message, "usage", None))
+    estimated = tokens is None
+    if tokens is None:  # a response without usage (a raw response, a proxy that strips it)
+        tokens = TokenCounts(input=estimate_input(request))
+    stop_reason = getattr(message, "stop_reason", None)
+    if call.settings.capture_content:
+        call.record_content(sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(_text(message), stop_reason))
+    call.finish(
+        tokens,
+        response_model=getattr(message, "model", None),
+        response_id=getattr(message, "id", None),
+        finish_reasons=[stop_reason] if isinstance(stop_reason, str) else (),
+        estimated=estimated,
+    )
+
+
+def _text(message: Any) -> str:
+    blocks = getattr(message, "content", None) or []
+    return "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", None) == "text")
+
+
+def _on_result(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
+    """What the application gets back: the SDK's own object, or for a stream the same stream behind
+    an observing proxy. If our bookkeeping fails, the span still ends and the SDK's object returns."""
+    observed: Any = None
+    with swallow_internal_errors("anthropic: reading the response"):
+        observed = _observe(call, result, request)
+    if observed is None:
+        call.finish(None)
+        return result
+    return observed
+
+
+def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
+    from anthropic import AsyncStream, Stream
+
+    if isinstance(result, Stream):
+        return SyncStreamProxy(result, StreamTracker(call, request))
+    if isinstance(result, AsyncStream):
+        return AsyncStreamProxy(result, StreamTracker(call, request))
+    if getattr(result, "usage", None) is None:
+        logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)
+    _finish_message(call, result, request)
+    return result
+
+
+# --- the wrappers -------------------------------------------------------------------------------
+def _sync_call(settings: CallSettings) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with call.activate():
+                result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(None, error=exc)
+            raise
+        return _on_result(call, result, kwargs)
+
+    return wrapper
+
+
+def _async_call(settings: CallSettings) -> Wrapper:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            with call.activate():
+                result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(None, error=exc)
+            raise
+        return _on_result(call, result, kwargs)
+
+    return wrapper
+
+
+def _tracker_opener(settings: CallSettings, resource: Any, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    """The stream helper sends its request only when entered; the span opens then, not here."""
+    request = {**kwargs, "stream": True}
+
+    def open_tracker() -> StreamTracker | None:
+        call = _open_call(settings, resource, request)
+        return None if call is None else StreamTracker(call, request)
+
+    return open_tracker
+
+
+def _sync_stream(settings: CallSettings) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        manager = wrapped(*args, **kwargs)
+        return SyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
+
+    return wrapper
+
+
+def _async_stream(settings: CallSettings) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        manager = wrapped(*args, **kwargs)
+        return AsyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
+
+    return wrapper

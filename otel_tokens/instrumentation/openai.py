@@ -1,0 +1,297 @@
+"""Instrumentation of the `openai` SDK: Chat Completions, Responses and Embeddings, sync and async.
+
+Only the resource methods that send a request are patched (`create`, and `parse`, which posts on its
+own). The `.stream()` helpers call `create(stream=True)` on the same resource, so they are covered
+by the `create` patch; `inside_llm_call()` keeps any nested patched call from counting twice. The
+helpers close the HTTP response directly when their context manager exits, so their `close` is
+patched too, to end the span of a stream abandoned inside a `with` block.
+
+`openai` is imported here only; nothing else in otel_tokens needs it installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call
+from otel_tokens.instrumentation._openai_extract import (
+    Result,
+    chat_result,
+    embeddings_result,
+    estimate_tokens,
+    input_messages_json,
+    output_messages_json,
+    responses_result,
+)
+from otel_tokens.instrumentation._openai_streams import (
+    AsyncStreamProxy,
+    ChatStreamState,
+    ResponsesStreamState,
+    StreamState,
+    SyncStreamProxy,
+    notify_closed,
+)
+from otel_tokens.semconv import GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES
+
+PROVIDER = "openai"
+#: The SDK's request header selecting `.with_raw_response` ("true") / `.with_streaming_response`
+#: ("stream"): the result is then a response wrapper, not the parsed object.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """How one API's request and response read, independent of sync/async."""
+
+    operation: str  # gen_ai.operation.name
+    prompt_arg: str  # the request argument holding the prompt
+    max_tokens_args: tuple[str, ...]
+    result: Callable[[Any], Result]
+    stream_state: type[StreamState] | None  # None: the API does not stream
+    captures_content: bool = True
+
+
+_CHAT = _Endpoint("chat", "messages", ("max_completion_tokens", "max_tokens"), chat_result, ChatStreamState)
+_RESPONSES = _Endpoint("chat", "input", ("max_output_tokens",), responses_result, ResponsesStreamState)
+_EMBEDDINGS = _Endpoint("embeddings", "input", (), embeddings_result, None, captures_content=False)
+
+_CHAT_MODULE = "openai.resources.chat.completions.completions"
+_RESPONSES_MODULE = "openai.resources.responses.responses"
+#: (module, "Class.method", endpoint) — methods missing from an SDK version are skipped.
+_CALL_PATCHES: tuple[tuple[str, str, _Endpoint], ...] = (
+    (_CHAT_MODULE, "Completions.create", _CHAT),
+    (_CHAT_MODULE, "AsyncCompletions.create", _CHAT),
+    (_CHAT_MODULE, "Completions.parse", _CHAT),
+    (_CHAT_MODULE, "AsyncCompletions.parse", _CHAT),
+    (_RESPONSES_MODULE, "Responses.create", _RESPONSES),
+    (_RESPONSES_MODULE, "AsyncResponses.create", _RESPONSES),
+    (_RESPONSES_MODULE, "Responses.parse", _RESPONSES),
+    (_RESPONSES_MODULE, "AsyncResponses.parse", _RESPONSES),
+    ("openai.resources.embeddings", "Embeddings.create", _EMBEDDINGS),
+    ("openai.resources.embeddings", "AsyncEmbeddings.create", _EMBEDDINGS),
+)
+#: The `.stream()` helpers' stream classes, whose `close()` bypasses the raw stream's.
+_HELPER_CLOSE_PATCHES: tuple[tuple[str, str], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream.close"),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream.close"),
+    ("openai.lib.streaming.responses._responses", "ResponseStream.close"),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream.close"),
+)
+
+_patched: list[tuple[type[Any], str]] = []
+
+
+def instrument(settings: CallSettings) -> None:
+    """Patch every supported method this SDK version has. Re-instrumenting replaces the patches."""
+    uninstrument()
+    for module_name, path, endpoint in _CALL_PATCHES:
+        owner = _resolve(module_name, path)
+        if owner is not None:
+            method = path.rsplit(".", 1)[1]
+            # By name: `create` is decorated (`required_args`), hiding that the async one is a coroutine.
+            is_async = path.startswith("Async")
+            _patch(owner, method, (_async_call if is_async else _sync_call)(endpoint, settings))
+    for module_name, path in _HELPER_CLOSE_PATCHES:
+        owner = _resolve(module_name, path)
+        if owner is not None:
+            _patch(owner, "close", _async_helper_close if path.startswith("Async") else _sync_helper_close)
+
+
+def uninstrument() -> None:
+    while _patched:
+        owner, method = _patched.pop()
+        unwrap(owner, method)
+
+
+def _resolve(module_name: str, path: str) -> type[Any] | None:
+    """The class owning `path` ("Class.method"), or None when this SDK version lacks either."""
+    class_name, method = path.split(".")
+    try:
+        owner = getattr(importlib.import_module(module_name), class_name, None)
+    except ImportError:
+        return None
+    return owner if isinstance(owner, type) and callable(getattr(owner, method, None)) else None
+
+
+def _patch(owner: type[Any], method: str, wrapper: Wrapper) -> None:
+    wrapt.wrap_function_wrapper(owner, method, wrapper)
+    _patched.append((owner, method))
+
+
+# --- wrappers -----------------------------------------------------------------------------------
+def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if inside_llm_call():
+            return wrapped(*args, **kwargs)
+        kwargs = _materialise_prompt(endpoint, kwargs)
+        call = _open_call(endpoint, settings, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with call.activate():
+                result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(None, error=exc)
+            raise
+        return _on_result(endpoint, call, kwargs, result)
+
+    return wrapper
+
+
+def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if inside_llm_call():
+            return await wrapped(*args, **kwargs)
+        kwargs = _materialise_prompt(endpoint, kwargs)
+        call = _open_call(endpoint, settings, instance, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            with call.activate():
+                result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(None, error=exc)
+            raise
+        return _on_result(endpoint, call, kwargs, result)
+
+    return wrapper
+
+
+def _sync_helper_close(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        notify_closed(getattr(instance, "_raw_stream", None))
+
+
+async def _async_helper_close(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        notify_closed(getattr(instance, "_raw_stream", None))
+
+
+# --- call lifecycle -------------------------------------------------------------------------------
+def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`messages` may be any iterable; a one-shot iterator would be consumed by the SDK before we
+    could count it, so hand the SDK an equal list instead."""
+    prompt = kwargs.get(endpoint.prompt_arg)
+    if isinstance(prompt, Iterator):
+        return {**kwargs, endpoint.prompt_arg: list(prompt)}
+    return kwargs
+
+
+def _open_call(endpoint: _Endpoint, settings: CallSettings, instance: Any, kwargs: dict[str, Any]) -> LLMCall | None:
+    call: LLMCall | None = None
+    with swallow_internal_errors("openai call start"):
+        address, port = _server(instance)
+        model = kwargs.get("model")
+        call = LLMCall(
+            settings,
+            provider=PROVIDER,
+            operation=endpoint.operation,
+            request_model=model if isinstance(model, str) else "",
+            stream=_is_stream_request(kwargs),
+            server_address=address,
+            server_port=port,
+            max_tokens=_max_tokens(endpoint, kwargs),
+        )
+    if call is not None and endpoint.captures_content and settings.capture_content:
+        with swallow_internal_errors("openai input content"):
+            prompt = kwargs.get(endpoint.prompt_arg)
+            call.record_content(GEN_AI_INPUT_MESSAGES, input_messages_json(prompt, kwargs.get("instructions")))
+    return call
+
+
+def _server(instance: Any) -> tuple[str | None, int | None]:
+    url = getattr(getattr(instance, "_client", None), "base_url", None)
+    host, port = getattr(url, "host", None), getattr(url, "port", None)
+    return (host if isinstance(host, str) else None), (port if isinstance(port, int) else None)
+
+
+def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
+    for name in endpoint.max_tokens_args:
+        value = kwargs.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _is_stream_request(kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("stream") is True
+
+
+def _raw_mode(kwargs: dict[str, Any]) -> str | None:
+    headers = kwargs.get("extra_headers")
+    mode = headers.get(_RAW_RESPONSE_HEADER) if isinstance(headers, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
+def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any) -> Any:
+    """Hand the caller the SDK's result: streams wrapped so the span ends with them, anything else
+    unchanged after the span is finished from it."""
+    raw_mode = _raw_mode(kwargs)
+    if _is_stream_request(kwargs) and endpoint.stream_state is not None and raw_mode is None:
+        state = endpoint.stream_state(call, kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"))
+        proxy_type = AsyncStreamProxy if hasattr(result, "__anext__") else SyncStreamProxy
+        return proxy_type(result, state)
+    if raw_mode == "true" and not _is_stream_request(kwargs) and not inspect.iscoroutinefunction(result.parse):
+        # `.with_raw_response`: `parse()` caches, so the caller's own `parse()` gets the same object.
+        _finish_from_response(endpoint, call, kwargs, result.parse())
+    elif raw_mode is not None:
+        # The body is the caller's to read (`.with_streaming_response`, or a raw stream): count
+        # what the request alone tells us rather than consume it.
+        _finish_estimated(endpoint, call, kwargs)
+    else:
+        _finish_from_response(endpoint, call, kwargs, result)
+    return result
+
+
+def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], response: Any) -> None:
+    try:
+        with swallow_internal_errors("openai response accounting"):
+            result = endpoint.result(response)
+            tokens, estimated = result.tokens, False
+            if tokens is None:
+                model = result.response_model or call.request_model
+                prompt = kwargs.get(endpoint.prompt_arg)
+                tokens = estimate_tokens(prompt, kwargs.get("instructions"), result.output_text, model)
+                estimated = True
+            if endpoint.captures_content:
+                output = output_messages_json(result.output_text, result.finish_reasons)
+                call.record_content(GEN_AI_OUTPUT_MESSAGES, output)
+            call.finish(
+                tokens,
+                response_model=result.response_model,
+                response_id=result.response_id,
+                finish_reasons=result.finish_reasons,
+                estimated=estimated,
+            )
+    finally:
+        call.finish(None)  # no-op unless our accounting above failed: the span must still end
+
+
+def _finish_estimated(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any]) -> None:
+    try:
+        with swallow_internal_errors("openai raw response accounting"):
+            prompt = kwargs.get(endpoint.prompt_arg)
+            tokens = estimate_tokens(prompt, kwargs.get("instructions"), "", call.request_model)
+            call.finish(tokens, estimated=True)
+    finally:
+        call.finish(None)

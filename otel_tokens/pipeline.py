@@ -1,0 +1,154 @@
+"""The traces→metrics pipeline the receivers call: decode is theirs, the rest is here.
+
+extract (span → UsageRecord) ─► dedupe (one LLM call counted once) ─► aggregate (counters)
+─► exposition (a prometheus_client Collector in `registry`), and every counted record goes to the
+listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*` from their own
+threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
+dedupe hold window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
+from otel_tokens.dedupe import Deduper
+from otel_tokens.exposition import TokenMetricsCollector
+from otel_tokens.extract import Extractor, PriceFn, Rejection
+from otel_tokens.record import UsageRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = ["IngestResult", "MetricsConfig", "Pipeline"]
+
+#: How many rejection details an IngestResult carries (enough for an error message, bounded).
+_MAX_REASONS = 5
+
+
+@dataclass
+class IngestResult:
+    """What one export request did; receivers turn rejections into a 400 or an OTLP partial success."""
+
+    spans_received: int = 0
+    records_counted: int = 0
+    spans_rejected: int = 0
+    reasons: list[str] = field(default_factory=list)  # first few reasons, for the error message
+
+
+class _Batch:
+    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
+
+    __slots__ = ("records", "rejected", "result")
+
+    def __init__(self) -> None:
+        self.result = IngestResult()
+        self.records: list[UsageRecord] = []
+        self.rejected: dict[str, int] = {}
+
+    @property
+    def spans_received(self) -> int:
+        return self.result.spans_received
+
+    @spans_received.setter
+    def spans_received(self, value: int) -> None:
+        self.result.spans_received = value
+
+    def add(self, outcome: UsageRecord | Rejection | None) -> None:
+        if outcome is None:
+            return
+        if isinstance(outcome, Rejection):
+            self.rejected[outcome.reason] = self.rejected.get(outcome.reason, 0) + 1
+            self.result.spans_rejected += 1
+            if len(self.result.reasons) < _MAX_REASONS:
+                self.result.reasons.append(outcome.message())
+        else:
+            self.records.append(outcome)
+
+
+class Pipeline:
+    """extract → dedupe → aggregate → exposition, plus listeners. Thread-safe."""
+
+    def __init__(
+        self,
+        config: MetricsConfig | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        price: PriceFn | None = None,
+    ) -> None:
+        self.config = config if config is not None else MetricsConfig()
+        self.config.validate()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.aggregator = Aggregator(self.config)
+        self._clock = clock
+        self._extractor = Extractor(price=price)
+        self._deduper = Deduper(
+            hold_seconds=self.config.dedupe_hold_seconds,
+            max_held=self.config.max_held_spans,
+            max_remembered=self.config.max_remembered_spans,
+        )
+        self._listeners: list[Callable[[UsageRecord], None]] = []
+        self.registry.register(TokenMetricsCollector(self.aggregator))
+
+    def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
+        """Count the usage spans of one decoded OTLP export request."""
+        batch = _Batch()
+        with swallow_internal_errors("Pipeline.ingest_otlp"):
+            self._extractor.extract_otlp(request, batch)
+        return self._finish(batch)
+
+    def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
+        """Count the usage spans among finished SDK spans (the in-process path)."""
+        batch = _Batch()
+        with swallow_internal_errors("Pipeline.ingest_spans"):
+            for span in spans:
+                batch.spans_received += 1
+                batch.add(self._extractor.from_readable_span(span))
+        return self._finish(batch)
+
+    def ingest_records(self, records: Iterable[UsageRecord]) -> int:
+        """Count records built elsewhere (our instrumentation); deduplicated like spans. Returns how
+        many were counted now."""
+        return self._count(list(records))
+
+    def reject_payload(self, reason: str) -> None:
+        """A receiver could not decode a body: count it as one rejection under a bounded reason."""
+        self.aggregator.add_ingest_stats(0, {bounded_reason(reason): 1})
+
+    def flush(self, now: float | None = None) -> None:
+        """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
+        pass `now=float("inf")`)."""
+        released, dropped = self._deduper.flush(self._clock() if now is None else now)
+        self._emit(released, dropped)
+
+    def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
+        """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
+        self._listeners.append(fn)
+
+    # --- internals -----------------------------------------------------------------------------
+    def _finish(self, batch: _Batch) -> IngestResult:
+        self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
+        batch.result.records_counted = self._count(batch.records)
+        return batch.result
+
+    def _count(self, records: list[UsageRecord]) -> int:
+        if not records:
+            return 0
+        counted, dropped = self._deduper.offer_many(records, self._clock())
+        return self._emit(counted, dropped)
+
+    def _emit(self, counted: list[UsageRecord], dropped: int) -> int:
+        self.aggregator.add_many(counted, duplicates=dropped)
+        for fn in self._listeners:
+            for record in counted:
+                with swallow_internal_errors("Pipeline listener"):
+                    fn(record)
+        return len(counted)

@@ -1,0 +1,474 @@
+"""The real `anthropic` SDK, instrumented, against the fake provider's Anthropic wire format.
+
+What a user checks: one span per call with the provider's token counts in semconv meaning (input
+includes cache), the price genai-prices gives, the attribution in force; the SDK behaving exactly as
+without us (same objects, same exceptions); and span totals equal to what the provider reported.
+
+Runs against the current SDK (2.x, `.venv`) and the previous major (0.x, `.venv-compat`); what 0.x
+lacks is skipped by feature detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+from genai_prices import Usage, calc_price
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+import otel_tokens
+from otel_tokens import semconv as sc
+from otel_tokens.fake_provider import Fault, FakeProvider
+from otel_tokens.record import TokenCounts
+from otel_tokens.tokencount import count_message_tokens
+
+MODEL = "claude-sonnet-4-6"
+SDK_SCOPE = "com.anthropic.sdk.python"
+#: anthropic >= 1.14 emits its own spans and takes an `open_telemetry` client option; 0.x does neither.
+SDK_HAS_OWN_SPANS = "open_telemetry" in inspect.signature(anthropic.Anthropic.__init__).parameters
+needs_sdk_spans = pytest.mark.skipif(
+    not SDK_HAS_OWN_SPANS, reason=f"anthropic {anthropic.__version__} emits no OpenTelemetry spans of its own"
+)
+CACHED_SYSTEM = [
+    {"type": "text", "text": "You are a careful research assistant. " * 40, "cache_control": {"type": "ephemeral"}}
+]
+HELLO = [{"role": "user", "content": "Summarise the plot of Hamlet in one line"}]
+
+
+# --- fixtures and helpers -----------------------------------------------------------------------
+def client_options(fake: FakeProvider, tracer_provider: TracerProvider, **extra: Any) -> dict[str, Any]:
+    """Retries off (a fault is seen once); the SDK's own spans go to the test's tracer provider."""
+    options: dict[str, Any] = {"base_url": fake.anthropic_base_url, "api_key": "test-key", "max_retries": 0}
+    if SDK_HAS_OWN_SPANS:
+        options["open_telemetry"] = {"tracer_provider": tracer_provider}
+    return {**options, **extra}
+
+
+@pytest.fixture
+def client(fake_provider: FakeProvider, instrumented: TracerProvider) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(**client_options(fake_provider, instrumented)) as c:
+        yield c
+
+
+@pytest.fixture
+def aclient_options(fake_provider: FakeProvider, instrumented: TracerProvider) -> dict[str, Any]:
+    """An AsyncAnthropic is made inside each test's event loop, from these options."""
+    return client_options(fake_provider, instrumented)
+
+
+def ours(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == sc.INSTRUMENTATION_SCOPE]
+
+
+def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    spans = ours(exporter)
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def span_tokens(span: ReadableSpan) -> TokenCounts:
+    a = span.attributes or {}
+    return TokenCounts(
+        input=int(a.get(sc.GEN_AI_USAGE_INPUT_TOKENS, 0)),
+        output=int(a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS, 0)),
+        cache_read=int(a.get(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, 0)),
+        cache_write=int(a.get(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 0)),
+    )
+
+
+def genai_prices_cost(model: str, tokens: TokenCounts) -> float:
+    usage = Usage(
+        input_tokens=tokens.input,
+        output_tokens=tokens.output,
+        cache_read_tokens=tokens.cache_read,
+        cache_write_tokens=tokens.cache_write,
+    )
+    return float(calc_price(usage, model, provider_id="anthropic").total_price)
+
+
+def assert_ok_call_span(span: ReadableSpan, fake: FakeProvider, *, stream: bool = False) -> None:
+    """The span of one successful call, attribute by attribute, against the provider's own ledger."""
+    (reported,) = fake.reported
+    tokens = reported.tokens
+    a = dict(span.attributes or {})
+    assert span.name == f"chat {MODEL}"
+    assert span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.UNSET
+    assert a.pop(sc.GEN_AI_PROVIDER_NAME) == "anthropic"
+    assert a.pop(sc.GEN_AI_OPERATION_NAME) == "chat"
+    assert a.pop(sc.GEN_AI_REQUEST_MODEL) == MODEL
+    assert a.pop(sc.GEN_AI_RESPONSE_MODEL) == MODEL
+    assert a.pop(sc.GEN_AI_REQUEST_MAX_TOKENS) == 256
+    assert a.pop(sc.GEN_AI_USAGE_INPUT_TOKENS) == tokens.input
+    assert a.pop(sc.GEN_AI_USAGE_OUTPUT_TOKENS) == tokens.output
+    assert a.pop(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, 0) == tokens.cache_read
+    assert a.pop(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 0) == tokens.cache_write
+    assert a.pop(sc.OTEL_TOKENS_COST_USD) == pytest.approx(genai_prices_cost(MODEL, tokens), abs=1e-12)
+    assert a.pop(sc.OTEL_TOKENS_MARKER) is True
+    assert a.pop(sc.GEN_AI_RESPONSE_ID).startswith("msg_")
+    assert a.pop(sc.GEN_AI_RESPONSE_FINISH_REASONS) == ("end_turn",)
+    assert a.pop(sc.SERVER_ADDRESS) == "127.0.0.1"
+    assert a.pop(sc.SERVER_PORT) == int(fake.url.rsplit(":", 1)[1])
+    assert a.pop(sc.GEN_AI_REQUEST_STREAM, False) is stream
+    assert sc.OTEL_TOKENS_ESTIMATED not in a
+    assert not {k for k in a if k.startswith(("gen_ai.input", "gen_ai.output"))}, "no content by default"
+    assert not {k for k in a if k.startswith("gen_ai.usage")}, f"unexpected usage attributes {a}"
+
+
+# --- messages.create ----------------------------------------------------------------------------
+def test_create_returns_the_sdk_message_and_one_span_with_reported_usage_cost_and_attribution(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with otel_tokens.attribute(agent="planner", task="research", task_id="t-42", user="u-7", session="s-1"):
+        with otel_tokens.attribute(step=3, workflow="weekly-report"):
+            message = client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+
+    assert type(message) is anthropic.types.Message
+    span = only_span(span_exporter)
+    attrs = dict(span.attributes or {})
+    attribution = {k: attrs.pop(k) for k in list(attrs) if k in ATTRIBUTION_ATTRIBUTES}
+    assert attribution == {
+        sc.GEN_AI_AGENT_NAME: "planner",
+        sc.OTEL_TOKENS_TASK: "research",
+        sc.OTEL_TOKENS_TASK_ID: "t-42",
+        sc.OTEL_TOKENS_USER: "u-7",
+        sc.GEN_AI_CONVERSATION_ID: "s-1",
+        sc.OTEL_TOKENS_STEP: "3",
+        sc.GEN_AI_WORKFLOW_NAME: "weekly-report",
+    }
+    assert_ok_call_span(span, fake_provider)
+    assert span.attributes and span.attributes[sc.GEN_AI_RESPONSE_ID] == message.id
+
+
+ATTRIBUTION_ATTRIBUTES = {
+    sc.GEN_AI_AGENT_NAME,
+    sc.OTEL_TOKENS_TASK,
+    sc.OTEL_TOKENS_TASK_ID,
+    sc.OTEL_TOKENS_USER,
+    sc.GEN_AI_CONVERSATION_ID,
+    sc.OTEL_TOKENS_STEP,
+    sc.GEN_AI_WORKFLOW_NAME,
+}
+
+
+def test_cache_tokens_are_added_to_input_as_semconv_means_and_priced_at_their_own_rates(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    first = client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+    second = client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+
+    # Anthropic's own input_tokens excludes the cache: the first call writes it, the second reads it.
+    assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    write_span, read_span = ours(span_exporter)
+    for span, usage in ((write_span, first.usage), (read_span, second.usage)):
+        cache_read = usage.cache_read_input_tokens or 0
+        cache_write = usage.cache_creation_input_tokens or 0
+        expected = TokenCounts.from_anthropic(usage.input_tokens, usage.output_tokens, cache_read, cache_write)
+        assert span_tokens(span) == expected
+        assert span.attributes and span.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == (
+            usage.input_tokens + cache_read + cache_write
+        )
+        assert span.attributes[sc.OTEL_TOKENS_COST_USD] == pytest.approx(
+            genai_prices_cost(MODEL, expected), abs=1e-12
+        )
+    assert [span_tokens(s) for s in (write_span, read_span)] == [r.tokens for r in fake_provider.reported]
+    assert sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS in (write_span.attributes or {})
+    assert sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS in (read_span.attributes or {})
+
+
+def test_async_create(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def main() -> anthropic.types.Message:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            return await aclient.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+
+    message = asyncio.run(main())
+    assert type(message) is anthropic.types.Message
+    assert_ok_call_span(only_span(span_exporter), fake_provider)
+
+
+# --- streams --------------------------------------------------------------------------------------
+EVENT_TYPES = ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+               "message_delta", "message_stop"]
+
+
+def test_create_stream_stays_an_sdk_stream_and_counts_message_start_plus_message_delta(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with client.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True) as stream:
+        assert isinstance(stream, anthropic.Stream)
+        assert ours(span_exporter) == [], "the span stays open while the stream is read"
+        kinds = [event.type for event in stream]
+
+    assert sorted(set(kinds), key=EVENT_TYPES.index) == EVENT_TYPES
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_async_create_stream(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def main() -> list[str]:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            stream = await aclient.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True)
+            assert isinstance(stream, anthropic.AsyncStream)
+            async with stream:
+                return [event.type async for event in stream]
+
+    assert asyncio.run(main())[-1] == "message_stop"
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_stream_helper_text_stream_and_final_message_work_and_make_one_span(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
+        assert type(stream).__name__ == "MessageStream"
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+
+    assert text == final.content[0].text and text.startswith("Fake reply:")
+    (reported,) = fake_provider.reported
+    assert TokenCounts.from_anthropic(final.usage.input_tokens, final.usage.output_tokens) == reported.tokens
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_async_stream_helper(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def main() -> tuple[str, anthropic.types.Message]:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            async with aclient.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
+                assert type(stream).__name__ == "AsyncMessageStream"
+                text = "".join([t async for t in stream.text_stream])
+                return text, await stream.get_final_message()
+
+    text, final = asyncio.run(main())
+    assert text == final.content[0].text
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_stream_cut_by_the_server_is_an_error_and_keeps_what_was_consumed(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    # message_start, content_block_start, ping, two text deltas, then the connection drops.
+    fake_provider.inject(Fault(break_after_events=5))
+    with client.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True) as stream:
+        kinds = [event.type for event in stream]  # the SDK itself raises nothing
+
+    assert kinds == ["message_start", "content_block_start", "content_block_delta", "content_block_delta"]
+    span = only_span(span_exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    attrs = span.attributes or {}
+    assert attrs[sc.ERROR_TYPE] == "incomplete_stream"
+    assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == fake_provider.reported[0].tokens.input  # from message_start
+    assert 0 < int(attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) < fake_provider.reported[0].tokens.output
+    assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True  # output counted from the text consumed
+
+
+def test_stream_without_any_usage_is_estimated_with_the_tokenizer(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    fake_provider.inject(Fault(break_after_events=0))  # the connection drops before message_start
+    with client.messages.create(
+        model=MODEL, max_tokens=256, system="Be brief.", messages=HELLO, stream=True
+    ) as stream:
+        assert list(stream) == []
+
+    span = only_span(span_exporter)
+    attrs = span.attributes or {}
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True
+    assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == count_message_tokens(HELLO, MODEL, system="Be brief.")
+    assert attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 0
+
+
+def test_stream_closed_early_by_the_application_is_not_an_error_and_keeps_what_was_consumed(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
+        first_text = next(iter(stream.text_stream))
+
+    assert first_text == "Fake"
+    span = only_span(span_exporter)
+    attrs = span.attributes or {}
+    assert span.status.status_code is StatusCode.UNSET
+    assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == fake_provider.reported[0].tokens.input
+    assert attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] >= 1
+    assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True
+
+
+# --- errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "exception"),
+    [(529, anthropic.OverloadedError), (500, anthropic.InternalServerError), (429, anthropic.RateLimitError)],
+)
+@pytest.mark.parametrize("how", ["create", "create-stream", "stream-helper"])
+def test_http_errors_reach_the_application_unchanged_and_fail_the_span(
+    client: anthropic.Anthropic,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+    status: int,
+    exception: type[anthropic.APIStatusError],
+    how: str,
+) -> None:
+    fake_provider.inject(Fault(status=status))
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        if how == "stream-helper":
+            with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO):
+                pass
+        else:
+            client.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=how == "create-stream")
+
+    assert type(raised.value) is exception and raised.value.status_code == status
+    assert isinstance(raised.value.body, dict) and raised.value.body["type"] == "error"
+    span = only_span(span_exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})[sc.ERROR_TYPE] == exception.__qualname__
+    assert span_tokens(span) == TokenCounts()
+
+
+def test_timeout_reaches_the_application_unchanged_and_fails_the_span(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    fake_provider.inject(Fault(delay_s=2.0))
+    with pytest.raises(anthropic.APITimeoutError):
+        client.with_options(timeout=0.2).messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+
+    span = only_span(span_exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})[sc.ERROR_TYPE] == "APITimeoutError"
+
+
+def test_async_error_reaches_the_application_unchanged(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    fake_provider.inject(Fault(status=500))
+
+    async def main() -> None:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            await aclient.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+
+    with pytest.raises(anthropic.InternalServerError):
+        asyncio.run(main())
+    assert only_span(span_exporter).status.status_code is StatusCode.ERROR
+
+
+# --- the SDK's own spans --------------------------------------------------------------------------
+@needs_sdk_spans
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_sdk_own_span_is_a_child_of_ours_and_carries_the_same_usage(
+    client: anthropic.Anthropic, span_exporter: InMemorySpanExporter, stream: bool
+) -> None:
+    """The collector counts an SDK span whose parent is an otel_tokens span as the same call."""
+    with client.messages.stream(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO) if stream \
+            else _nullcontext() as s:
+        if stream:
+            s.until_done()
+        else:
+            client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+
+    ours_span = only_span(span_exporter)
+    (sdk_span,) = [s for s in span_exporter.get_finished_spans() if s.instrumentation_scope.name == SDK_SCOPE]
+    assert sdk_span.name == "anthropic.messages.create"
+    assert sdk_span.kind is SpanKind.CLIENT
+    assert sdk_span.parent is not None and sdk_span.parent.span_id == ours_span.context.span_id
+    assert sdk_span.context.trace_id == ours_span.context.trace_id
+    sdk, mine = sdk_span.attributes or {}, ours_span.attributes or {}
+    assert sdk[sc.GEN_AI_PROVIDER_NAME] == "anthropic" and sdk[sc.GEN_AI_OPERATION_NAME] == "chat"
+    assert sdk[sc.GEN_AI_USAGE_INPUT_TOKENS] == mine[sc.GEN_AI_USAGE_INPUT_TOKENS]  # both include cache
+    assert sdk[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == mine[sc.GEN_AI_USAGE_OUTPUT_TOKENS]
+    assert sdk[sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS] == mine[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS]
+    assert sdk[sc.GEN_AI_RESPONSE_ID] == mine[sc.GEN_AI_RESPONSE_ID]
+    assert sc.OTEL_TOKENS_MARKER not in sdk
+
+
+@needs_sdk_spans
+def test_the_sdk_own_spans_can_be_turned_off_per_client(
+    fake_provider: FakeProvider, instrumented: TracerProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with anthropic.Anthropic(**client_options(fake_provider, instrumented, open_telemetry=False)) as quiet:
+        quiet.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+    assert [s.instrumentation_scope.name for s in span_exporter.get_finished_spans()] == [sc.INSTRUMENTATION_SCOPE]
+
+
+class _nullcontext:  # noqa: N801 - a context manager used like contextlib.nullcontext, typed loosely
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --- content, transparency, totals ----------------------------------------------------------------
+def test_content_is_captured_only_when_asked(
+    fake_provider: FakeProvider, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    otel_tokens.instrument(tracer_provider=tracer_provider, capture_content=True)
+    try:
+        with anthropic.Anthropic(**client_options(fake_provider, tracer_provider)) as c:
+            reply = c.messages.create(model=MODEL, max_tokens=256, system="Be brief.", messages=HELLO)
+    finally:
+        otel_tokens.uninstrument()
+
+    attrs = only_span(span_exporter).attributes or {}
+    prompt = json.loads(str(attrs[sc.GEN_AI_INPUT_MESSAGES]))
+    assert prompt[0] == {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]}
+    assert prompt[1]["parts"][0]["content"] == HELLO[0]["content"]
+    completion = json.loads(str(attrs[sc.GEN_AI_OUTPUT_MESSAGES]))
+    assert completion[0]["parts"][0]["content"] == reply.content[0].text
+
+
+def test_raw_response_access_still_works_and_is_counted(
+    client: anthropic.Anthropic, span_exporter: InMemorySpanExporter
+) -> None:
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO)
+    assert type(raw.parse()) is anthropic.types.Message
+    assert len(ours(span_exporter)) == 1
+
+
+def test_uninstrument_removes_every_patch(
+    client: anthropic.Anthropic, span_exporter: InMemorySpanExporter
+) -> None:
+    otel_tokens.uninstrument()
+    client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
+        stream.until_done()
+    assert ours(span_exporter) == []
+
+
+def test_span_totals_equal_what_the_provider_reported_for_a_mixed_workload(
+    client: anthropic.Anthropic,
+    aclient_options: dict[str, Any],
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+    for _ in range(2):  # a cache write, then a cache read
+        client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+    for _ in client.messages.create(model=MODEL, max_tokens=8, system=CACHED_SYSTEM, messages=HELLO, stream=True):
+        pass
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO * 1) as stream:
+        stream.get_final_message()
+
+    async def async_calls() -> None:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            await aclient.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+
+    asyncio.run(async_calls())
+
+    spans = ours(span_exporter)
+    assert len(spans) == len(fake_provider.reported) == 6
+    total = TokenCounts()
+    for span in spans:
+        total = total + span_tokens(span)
+    assert total == fake_provider.reported_totals("anthropic")
+    assert total.cache_read > 0 and total.cache_write > 0

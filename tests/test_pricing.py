@@ -1,0 +1,193 @@
+"""Our compiled prices must cost every call exactly as genai-prices' own `calc_price` does."""
+
+from __future__ import annotations
+
+import math
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from genai_prices import Usage, calc_price
+from genai_prices.types import ModelPrice
+
+from otel_tokens import pricing
+from otel_tokens.pricing import PriceBook, default_price_book
+from otel_tokens.record import TokenCounts
+
+# (our semconv provider name, model): OpenAI and Anthropic flagships, a reasoning model, an embedding
+# model, tiered prices (claude-sonnet-4-5, gemini-2.5-pro above 200k input), prices that change by
+# date (o3, claude-opus-4-6) and by time of day (deepseek-chat), a reasoning-token price and a
+# per-request fee (perplexity).
+MODELS = [
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("openai", "gpt-4.1"),
+    ("openai", "gpt-5"),
+    ("openai", "o3-mini"),
+    ("openai", "o3"),
+    ("openai", "text-embedding-3-small"),
+    ("anthropic", "claude-sonnet-4-5"),
+    ("anthropic", "claude-3-5-haiku-20241022"),
+    ("anthropic", "claude-opus-4-1"),
+    ("anthropic", "claude-haiku-4-5"),
+    ("anthropic", "claude-opus-4-6"),
+    ("gcp.gemini", "gemini-2.5-pro"),
+    ("deepseek", "deepseek-chat"),
+    ("perplexity", "sonar-deep-research"),
+    ("perplexity", "sonar"),
+]
+
+TOKENS = [
+    TokenCounts(),
+    TokenCounts(input=1000, output=200),
+    TokenCounts(input=5000, output=300, cache_read=4000),
+    TokenCounts(input=5000, output=300, cache_write=1000),
+    TokenCounts(input=12_000, output=800, cache_read=3000, cache_write=2000),
+    TokenCounts(input=2000, output=5000, reasoning=4000),
+    TokenCounts(input=200_000, output=100, cache_read=150_000),  # at the 200k tier start: base rate
+    TokenCounts(input=200_001, output=100, cache_read=150_000),  # one above: tier rate for all tokens
+    TokenCounts(input=250_000, output=1000, cache_read=100_000, cache_write=50_000, reasoning=500),
+    TokenCounts(input=1_000_000, output=10_000, reasoning=9_000),
+]
+
+
+def reference_cost(provider_id: str | None, model: str, tokens: TokenCounts) -> float:
+    usage = Usage(
+        input_tokens=tokens.input,
+        output_tokens=tokens.output,
+        cache_read_tokens=tokens.cache_read,
+        cache_write_tokens=tokens.cache_write,
+        output_reasoning_tokens=tokens.reasoning,
+    )
+    return float(calc_price(usage, model, provider_id=provider_id).total_price)
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS)
+def test_cost_equals_genai_prices(provider: str, model: str) -> None:
+    book = PriceBook()
+    provider_id = pricing.PROVIDER_IDS[provider]
+    for tokens in TOKENS:
+        ours = book.cost_usd(provider, model, tokens)
+        expected = reference_cost(provider_id, model, tokens)
+        assert ours is not None
+        assert math.isclose(ours, expected, rel_tol=1e-12, abs_tol=0.0), (model, tokens, ours, expected)
+
+
+def test_tier_threshold_is_total_input_including_cache() -> None:
+    """claude-sonnet-4-5 doubles its input rate above 200k input tokens, cache reads included."""
+    book = PriceBook()
+    below = book.cost_usd("anthropic", "claude-sonnet-4-5", TokenCounts(input=200_000))
+    above = book.cost_usd("anthropic", "claude-sonnet-4-5", TokenCounts(input=200_001))
+    assert below is not None and above is not None
+    assert below == pytest.approx(0.6)  # $3/MTok
+    assert above == pytest.approx(200_001 * 6 / 1e6)  # $6/MTok on every token
+
+
+def test_cache_reads_without_a_cache_price_are_billed_as_input() -> None:
+    book = PriceBook()
+    plain = book.cost_usd("openai", "text-embedding-3-small", TokenCounts(input=1000))
+    cached = book.cost_usd("openai", "text-embedding-3-small", TokenCounts(input=1000, cache_read=600))
+    assert plain == cached == pytest.approx(1000 * 0.02 / 1e6)
+
+
+def test_unknown_model_is_unpriced_and_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    real_resolve = pricing._resolve
+
+    def counting_resolve(provider: str, model: str) -> Any:
+        calls.append((provider, model))
+        return real_resolve(provider, model)
+
+    monkeypatch.setattr(pricing, "_resolve", counting_resolve)
+    book = PriceBook()
+    for _ in range(3):
+        assert book.cost_usd("openai", "my-private-finetune-xyz", TokenCounts(input=10)) is None
+    assert calls == [("openai", "my-private-finetune-xyz")]
+
+
+def test_dated_snapshot_name_is_priced_like_its_model() -> None:
+    book = PriceBook()
+    tokens = TokenCounts(input=1000, output=100)
+    assert book.cost_usd("openai", "gpt-4o-2024-08-06", tokens) == pytest.approx(0.0035)
+    assert book.cost_usd("openai", "gpt-4o-2024-08-06", tokens) == book.cost_usd("openai", "gpt-4o", tokens)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("some.new.provider", "gpt-4o"),  # unknown provider: genai-prices picks by model name
+        ("openai", "claude-haiku-4-5"),  # an OpenAI-compatible gateway serving another vendor's model
+        ("aws.bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+        ("azure.ai.openai", "gpt-4o"),
+        ("gcp.vertex_ai", "gemini-2.5-flash"),
+    ],
+)
+def test_provider_names_resolve(provider: str, model: str) -> None:
+    assert default_price_book().cost_usd(provider, model, TokenCounts(input=1000, output=10))
+
+
+def test_cache_is_bounded() -> None:
+    book = PriceBook(max_models=2)
+    for model in ("gpt-4o", "gpt-4.1", "gpt-5", "unknown-1", "unknown-2"):
+        book.cost_usd("openai", model, TokenCounts(input=1))
+    assert len(book._entries) == 2
+
+
+def test_odd_counts_never_raise() -> None:
+    book = PriceBook()
+    # Cache reads above the input total (partial usage seen in the field): genai-prices raises,
+    # we bill the fresh-input leaf as zero.
+    odd = TokenCounts(input=100, output=-5, cache_read=500, cache_write=-1, reasoning=-2)
+    assert book.cost_usd("openai", "gpt-4o", odd) == pytest.approx(500 * 1.25 / 1e6)
+
+
+def test_provider_map_targets_real_genai_prices_providers() -> None:
+    from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
+
+    for provider_id in pricing.PROVIDER_IDS.values():
+        found = find_provider_by_id(get_snapshot().providers, provider_id)
+        assert found is not None and found.id == provider_id
+
+
+def test_prices_updated_by_genai_prices_drop_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genai_prices import data_snapshot
+
+    book = PriceBook()
+    tokens = TokenCounts(input=1_000_000)
+    assert book.cost_usd("openai", "gpt-4o", tokens) == pytest.approx(2.5)
+    snapshot = data_snapshot.get_snapshot()
+    gpt4o = next(m for p in snapshot.providers if p.id == "openai" for m in p.models if m.id == "gpt-4o")
+    cheaper = ModelPrice(**{**vars(gpt4o.prices), "input_mtok": Decimal("1")})
+    monkeypatch.setattr(gpt4o, "prices", cheaper)
+    updated = data_snapshot.DataSnapshot(providers=snapshot.providers, from_auto_update=True)
+    monkeypatch.setattr(data_snapshot, "_custom_snapshot", updated)
+    assert book.cost_usd("openai", "gpt-4o", tokens) == pytest.approx(1.0)
+
+
+def test_default_price_book_is_a_singleton() -> None:
+    assert default_price_book() is default_price_book()
+
+
+def test_concurrent_callers_agree() -> None:
+    book = PriceBook(max_models=8)
+    expected = {
+        m: reference_cost("openai", m, TokenCounts(input=3000, output=70)) for m in ("gpt-4o", "gpt-5")
+    }
+    errors: list[str] = []
+
+    def work() -> None:
+        for i in range(300):
+            model = ("gpt-4o", "gpt-5")[i % 2]
+            got = book.cost_usd("openai", model, TokenCounts(input=3000, output=70))
+            if got is None or not math.isclose(got, expected[model], rel_tol=1e-12):
+                errors.append(f"{model}: {got}")
+            book.cost_usd("openai", f"unknown-{i % 20}", TokenCounts(input=1))  # churns the LRU
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(book._entries) <= 8

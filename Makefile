@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 COMPAT  ?= .venv-compat
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TOOLS = promtool amtool prometheus alertmanager docker-compose
+DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose
 
 .PHONY: demo test unit lint compat-test integration system-deps render check-rendered bench clean
 

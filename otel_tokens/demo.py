@@ -15,7 +15,7 @@ from otel_tokens.attribution import attribute
 from otel_tokens.fake_provider import FakeProvider
 
 SUPPORT_MODEL = "gpt-4o-mini"
-RESEARCH_MODEL = "claude-sonnet-4-5"
+RESEARCH_MODEL = "claude-sonnet-4-6"
 _CACHED_SYSTEM = "You are a careful research assistant. " * 200  # long enough to be worth caching
 
 

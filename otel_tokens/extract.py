@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["WANTED", "Extractor", "PriceFn", "Rejection", "record_from_attributes"]
+__all__ = ["WANTED", "Extractor", "PriceFn", "Rejection", "record_from_attributes", "record_from_slots"]
 
 #: (provider, model, tokens) → USD, or None for a model without a known price.
 PriceFn = Callable[[str, str, TokenCounts], "float | None"]
@@ -40,51 +42,61 @@ MAX_LABEL = 128
 _OTLP_STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 _TL = sc.OPENLLMETRY_ASSOCIATION_PREFIX
 
-_INPUT = (sc.GEN_AI_USAGE_INPUT_TOKENS, sc.OPENLLMETRY_PROMPT_TOKENS, sc.OPENINFERENCE_PROMPT_TOKENS)
-_OUTPUT = (
-    sc.GEN_AI_USAGE_OUTPUT_TOKENS,
-    sc.OPENLLMETRY_COMPLETION_TOKENS,
-    sc.OPENINFERENCE_COMPLETION_TOKENS,
-)
-_CACHE_READ = (
-    sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-    sc.OPENLLMETRY_CACHE_READ_INPUT_TOKENS,
-    sc.OPENINFERENCE_CACHE_READ,
-)
-_CACHE_WRITE = (
-    sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-    sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
-    sc.OPENLLMETRY_CACHE_CREATION_INPUT_TOKENS,
-    sc.OPENINFERENCE_CACHE_WRITE,
-)
-_REASONING = (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, sc.OPENINFERENCE_REASONING)
-_TOTAL = (sc.OPENLLMETRY_TOTAL_TOKENS, sc.OPENINFERENCE_TOTAL_TOKENS)
-_REQUEST_MODEL = (sc.GEN_AI_REQUEST_MODEL, sc.OPENINFERENCE_MODEL_NAME, sc.GEN_AI_RESPONSE_MODEL)
-_PROVIDER = (sc.GEN_AI_PROVIDER_NAME, sc.GEN_AI_SYSTEM, sc.OPENINFERENCE_PROVIDER, sc.OPENINFERENCE_SYSTEM)
-_OPERATION = (sc.GEN_AI_OPERATION_NAME, sc.OPENLLMETRY_REQUEST_TYPE)
+# --- the dialect table: one slot per thing we read, its attribute names best first ---------------
+(IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL) = range(6)
+(REQUEST_MODEL, RESPONSE_MODEL, PROVIDER, OPERATION) = range(6, 10)
+(AGENT, TASK, TASK_ID, USER, SESSION, STEP, WORKFLOW) = range(10, 17)  # Attribution's field order
+(COST, ESTIMATED, MARKER, ERROR_TYPE) = range(17, 21)
+_N_SLOTS = 21
+_NO_RANK = 99
 
-#: Attribution field → attribute names, ours first, then other dialects' nearest equivalents.
-#: `service.name` is deliberately absent: a service is not an agent.
-_ATTRIBUTION: tuple[tuple[str, ...], ...] = (
-    (sc.GEN_AI_AGENT_NAME, sc.GEN_AI_AGENT_ID, _TL + "agent_name", _TL + "agent"),  # agent
-    (sc.OTEL_TOKENS_TASK, _TL + "task_name", _TL + "task"),  # task
-    (sc.OTEL_TOKENS_TASK_ID, _TL + "task_id"),  # task_id
-    (sc.OTEL_TOKENS_USER, sc.USER_ID, _TL + "user_id"),  # user
-    (sc.GEN_AI_CONVERSATION_ID, sc.SESSION_ID, _TL + "session_id", _TL + "conversation_id"),  # session
-    (sc.OTEL_TOKENS_STEP,),  # step
+_DIALECTS: tuple[tuple[str, ...], ...] = (
+    (sc.GEN_AI_USAGE_INPUT_TOKENS, sc.OPENLLMETRY_PROMPT_TOKENS, sc.OPENINFERENCE_PROMPT_TOKENS),
+    (sc.GEN_AI_USAGE_OUTPUT_TOKENS, sc.OPENLLMETRY_COMPLETION_TOKENS, sc.OPENINFERENCE_COMPLETION_TOKENS),
+    (
+        sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+        sc.OPENLLMETRY_CACHE_READ_INPUT_TOKENS,
+        sc.OPENINFERENCE_CACHE_READ,
+    ),
+    (
+        sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+        sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+        sc.OPENLLMETRY_CACHE_CREATION_INPUT_TOKENS,
+        sc.OPENINFERENCE_CACHE_WRITE,
+    ),
+    (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, sc.OPENINFERENCE_REASONING),
+    (sc.OPENLLMETRY_TOTAL_TOKENS, sc.OPENINFERENCE_TOTAL_TOKENS),
+    (sc.GEN_AI_REQUEST_MODEL, sc.OPENINFERENCE_MODEL_NAME),  # then the response model
+    (sc.GEN_AI_RESPONSE_MODEL,),
+    (sc.GEN_AI_PROVIDER_NAME, sc.GEN_AI_SYSTEM, sc.OPENINFERENCE_PROVIDER, sc.OPENINFERENCE_SYSTEM),
+    (sc.GEN_AI_OPERATION_NAME, sc.OPENLLMETRY_REQUEST_TYPE),
+    # attribution: ours first, then other dialects' nearest equivalents. `service.name` is absent on
+    # purpose: a service is not an agent.
+    (sc.GEN_AI_AGENT_NAME, sc.GEN_AI_AGENT_ID, _TL + "agent_name", _TL + "agent"),
+    (sc.OTEL_TOKENS_TASK, _TL + "task_name", _TL + "task"),
+    (sc.OTEL_TOKENS_TASK_ID, _TL + "task_id"),
+    (sc.OTEL_TOKENS_USER, sc.USER_ID, _TL + "user_id"),
+    (sc.GEN_AI_CONVERSATION_ID, sc.SESSION_ID, _TL + "session_id", _TL + "conversation_id"),
+    (sc.OTEL_TOKENS_STEP,),
     (sc.GEN_AI_WORKFLOW_NAME, sc.OPENLLMETRY_WORKFLOW_NAME, _TL + "workflow_name", _TL + "workflow"),
+    (sc.OTEL_TOKENS_COST_USD,),
+    (sc.OTEL_TOKENS_ESTIMATED,),
+    (sc.OTEL_TOKENS_MARKER,),
+    (sc.ERROR_TYPE,),
 )
-_ATTRIBUTION_KEYS: frozenset[str] = frozenset(k for keys in _ATTRIBUTION for k in keys)
+assert len(_DIALECTS) == _N_SLOTS
 
+#: attribute name → (slot, rank); rank 0 is the preferred name for that slot.
+SLOT_OF: dict[str, tuple[int, int]] = {
+    key: (slot, rank) for slot, keys in enumerate(_DIALECTS) for rank, key in enumerate(keys)
+}
+#: Every attribute name the extractor reads; everything else on a span is skipped unconverted.
+WANTED: frozenset[str] = frozenset(SLOT_OF)
 #: A span carries GenAI usage iff it has one of these.
-USAGE_KEYS: frozenset[str] = frozenset(_INPUT + _OUTPUT + _TOTAL)
-#: Every attribute name the extractor reads; the OTLP adapter keeps only these.
-WANTED: frozenset[str] = (
-    USAGE_KEYS
-    | _ATTRIBUTION_KEYS
-    | frozenset(_CACHE_READ + _CACHE_WRITE + _REASONING + _REQUEST_MODEL + _PROVIDER + _OPERATION)
-    | {sc.OTEL_TOKENS_COST_USD, sc.OTEL_TOKENS_ESTIMATED, sc.OTEL_TOKENS_MARKER, sc.ERROR_TYPE}
-)
+USAGE_KEYS: frozenset[str] = frozenset(_DIALECTS[IN] + _DIALECTS[OUT] + _DIALECTS[TOTAL])
+_ATTRIBUTION_KEYS: frozenset[str] = frozenset(k for keys in _DIALECTS[AGENT : WORKFLOW + 1] for k in keys)
+
+_Slots = list[Any]  # one value per slot (None: absent)
 
 
 class Rejection:
@@ -103,12 +115,6 @@ class Rejection:
         return f"Rejection({self.reason!r}, {self.detail!r})"
 
 
-class _Malformed(Exception):
-    def __init__(self, reason: str, key: str, value: object) -> None:
-        super().__init__(reason)
-        self.rejection = Rejection(reason, f"{key}={str(value)[:64]!r}")
-
-
 class _Batch(Protocol):
     spans_received: int
 
@@ -122,73 +128,81 @@ def _default_price(provider: str, model: str, tokens: TokenCounts) -> float | No
 
 
 def _label(value: object) -> str | None:
-    if isinstance(value, str):
-        return value[:MAX_LABEL] if value else None
+    if type(value) is str:
+        return value[:MAX_LABEL] or None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)[:MAX_LABEL]
     return None
 
 
-def _first_label(attrs: Mapping[str, object], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        value = _label(attrs.get(key))
-        if value is not None:
-            return value
-    return None
+def _malformed(reason: str, slot: int, ranks: list[int], value: object) -> Rejection:
+    key = _DIALECTS[slot][ranks[slot]] if ranks[slot] != _NO_RANK else f"slot {slot}"
+    return Rejection(reason, f"{key}={str(value)[:64]!r}")
 
 
-def _first_int(attrs: Mapping[str, object], keys: tuple[str, ...]) -> int | None:
-    for key in keys:
-        value = attrs.get(key)
-        if value is not None:
-            return _token_count(key, value)
-    return None
-
-
-def _token_count(key: str, value: object) -> int:
-    if type(value) is not int:
-        if not (type(value) is float and value.is_integer()):
-            raise _Malformed("invalid_token_value", key, value)
+def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
+    value = vals[slot]
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value  # the fast path: everything else is rare
+    if value is None:
+        return 0
+    if type(value) is float and value.is_integer():
         value = int(value)
+    if type(value) is not int:
+        return _malformed("invalid_token_value", slot, ranks, value)
     if value < 0:
-        raise _Malformed("negative_token_count", key, value)
+        return _malformed("negative_token_count", slot, ranks, value)
     if value > MAX_TOKENS:
-        raise _Malformed("token_count_too_large", key, value)
+        return _malformed("token_count_too_large", slot, ranks, value)
     return value
 
 
-def attribution_from(attrs: Mapping[str, object]) -> Attribution:
-    """Attribution from span (or resource) attributes, ours first, then other dialects'."""
-    return Attribution(*(_first_label(attrs, keys) for keys in _ATTRIBUTION))
-
-
-def tokens_from(attrs: Mapping[str, object]) -> TokenCounts:
-    """Token counts in semconv meaning, whichever dialect reported them. Raises _Malformed."""
-    inp = _first_int(attrs, _INPUT)
-    out = _first_int(attrs, _OUTPUT)
-    cache_read = _first_int(attrs, _CACHE_READ) or 0
-    cache_write = _first_int(attrs, _CACHE_WRITE) or 0
-    reasoning = _first_int(attrs, _REASONING) or 0
-    total = _first_int(attrs, _TOTAL)
-    if inp is None and out is None and total is not None:
+def tokens_from(vals: _Slots, ranks: list[int]) -> TokenCounts | Rejection:
+    """Token counts in semconv meaning, whichever dialect reported them."""
+    counts = [
+        _token_count(vals, ranks, slot) for slot in (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL)
+    ]
+    for c in counts:
+        if type(c) is Rejection:
+            return c
+    inp, out, cache_read, cache_write, reasoning, total = cast("list[int]", counts)
+    if vals[IN] is None and vals[OUT] is None:
         inp = total  # only a total: the best split we have puts it all on input
-    inp = inp or 0
-    out = out or 0
     cached = cache_read + cache_write
-    if cached and (inp < cached or (total is not None and total == inp + out + cached)):
+    if cached and (inp < cached or (vals[TOTAL] is not None and total == inp + out + cached)):
         inp += cached  # Anthropic's raw input_tokens, which excludes cache tokens
     return TokenCounts(inp, out, cache_read, cache_write, reasoning)
 
 
-def _cost(attrs: Mapping[str, object]) -> float | None:
-    value = attrs.get(sc.OTEL_TOKENS_COST_USD)
+def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
+    value = vals[COST]
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Malformed("invalid_cost", sc.OTEL_TOKENS_COST_USD, value)
+        return _malformed("invalid_cost", COST, ranks, value)
     if not math.isfinite(value) or not 0 <= value <= MAX_COST_USD:
-        raise _Malformed("invalid_cost", sc.OTEL_TOKENS_COST_USD, value)
+        return _malformed("invalid_cost", COST, ranks, value)
     return float(value)
+
+
+def attribution_from(vals: _Slots) -> Attribution:
+    return Attribution(*[_label(v) for v in vals[AGENT : WORKFLOW + 1]])
+
+
+def slots_from_mapping(attrs: Mapping[str, object]) -> tuple[_Slots, list[int]]:
+    """The attributes we read, one per slot, the best-ranked name winning."""
+    vals: _Slots = [None] * _N_SLOTS
+    ranks = [_NO_RANK] * _N_SLOTS
+    for key, value in attrs.items():
+        entry = SLOT_OF.get(key)
+        if entry is not None and value is not None and entry[1] < ranks[entry[0]]:
+            vals[entry[0]] = value
+            ranks[entry[0]] = entry[1]
+    return vals, ranks
+
+
+def _has_usage(vals: _Slots) -> bool:
+    return vals[IN] is not None or vals[OUT] is not None or vals[TOTAL] is not None
 
 
 def record_from_attributes(
@@ -198,34 +212,52 @@ def record_from_attributes(
     resource: Attribution | None = None,
     scope_ours: bool = False,
     error: bool = False,
+) -> UsageRecord | Rejection | None:
+    """The dialect logic over a plain mapping: None when the attributes carry no GenAI usage."""
+    vals, ranks = slots_from_mapping(attrs)
+    if not _has_usage(vals):
+        return None
+    return record_from_slots(vals, ranks, price=price, resource=resource, scope_ours=scope_ours, error=error)
+
+
+def record_from_slots(
+    vals: _Slots,
+    ranks: list[int],
+    *,
+    price: PriceFn,
+    resource: Attribution | None,
+    scope_ours: bool,
+    error: bool,
 ) -> UsageRecord | Rejection:
-    """The dialect logic, once: a UsageRecord (ids and times left for the adapter) or a Rejection."""
-    try:
-        tokens = tokens_from(attrs)
-        cost = _cost(attrs)
-    except _Malformed as exc:
-        return exc.rejection
-    provider = (_first_label(attrs, _PROVIDER) or "unknown").lower()
-    request_model = _first_label(attrs, _REQUEST_MODEL) or "unknown"
-    response_model = _label(attrs.get(sc.GEN_AI_RESPONSE_MODEL))
-    attribution = attribution_from(attrs)
+    """A UsageRecord (ids and times are the adapter's) or a Rejection; never raises on bad input."""
+    tokens = tokens_from(vals, ranks)
+    if type(tokens) is Rejection:
+        return tokens
+    cost = _cost(vals, ranks)
+    if type(cost) is Rejection:
+        return cost
+    assert isinstance(tokens, TokenCounts) and not isinstance(cost, Rejection)
+    provider = (_label(vals[PROVIDER]) or "unknown").lower()
+    response_model = _label(vals[RESPONSE_MODEL])
+    request_model = _label(vals[REQUEST_MODEL]) or response_model or "unknown"
+    attribution = attribution_from(vals)
     if resource is not None:
         attribution = resource.merged(attribution)
-    error_type = _label(attrs.get(sc.ERROR_TYPE))
+    error_type = _label(vals[ERROR_TYPE])
     if cost is None:
         cost = _price(price, provider, request_model, response_model, tokens)
     return UsageRecord(
         provider=provider,
         request_model=request_model,
-        operation=_first_label(attrs, _OPERATION) or "chat",
+        operation=_label(vals[OPERATION]) or "chat",
         response_model=response_model,
         tokens=tokens,
-        estimated=attrs.get(sc.OTEL_TOKENS_ESTIMATED) is True,
+        estimated=vals[ESTIMATED] is True,
         cost_usd=cost,
         attribution=attribution,
         status="error" if error or error_type is not None else "ok",
         error_type=error_type,
-        ours=scope_ours or attrs.get(sc.OTEL_TOKENS_MARKER) is True,
+        ours=scope_ours or vals[MARKER] is True,
     )
 
 
@@ -242,33 +274,48 @@ def _price(
     return cost
 
 
-def _any_value(value: Any) -> object:
-    """An OTLP AnyValue as a Python value (arrays and maps are not usage: kept opaque)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    return getattr(value, kind)
-
-
-def _wanted_otlp(attributes: Any) -> dict[str, object] | None:
-    """One pass over the keys; values converted only when the span turns out to carry usage."""
-    kept: dict[str, Any] | None = None
-    usage = False
+def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
+    """One pass over the keys; AnyValues converted only for a span that carries usage."""
+    vals: _Slots | None = None
+    ranks: list[int] = []
     for kv in attributes:
-        key = kv.key
-        if key in WANTED:
-            if kept is None:
-                kept = {}
-            kept[key] = kv.value
-            if key in USAGE_KEYS:
-                usage = True
-    if not usage or kept is None:
+        entry = SLOT_OF.get(kv.key)
+        if entry is None:
+            continue
+        if vals is None:
+            vals = [None] * _N_SLOTS
+            ranks = [_NO_RANK] * _N_SLOTS
+        slot, rank = entry
+        if rank < ranks[slot]:
+            vals[slot] = kv.value
+            ranks[slot] = rank
+    if vals is None or not _has_usage(vals):
         return None
-    return {k: _any_value(v) for k, v in kept.items()}
+    for i, value in enumerate(vals):
+        if value is not None:
+            kind = value.WhichOneof("value")
+            vals[i] = getattr(value, kind) if kind is not None else None
+    return vals, ranks
+
+
+def _otlp_resource_attribution(attributes: Any) -> Attribution | None:
+    found = {kv.key: kv.value for kv in attributes if kv.key in _ATTRIBUTION_KEYS}
+    if not found:
+        return None
+    return _resource_attribution(
+        {k: getattr(v, v.WhichOneof("value") or "string_value") for k, v in found.items()}
+    )
+
+
+def _resource_attribution(attrs: Mapping[str, object]) -> Attribution | None:
+    """Resource-level attribution (an agent deployed as its own service may set
+    `gen_ai.agent.name` there); None when there is none, so spans skip the merge."""
+    attribution = attribution_from(slots_from_mapping(attrs)[0])
+    return attribution if any(v is not None for _, v in attribution.items()) else None
 
 
 class Extractor:
-    """Both adapters around `record_from_attributes`, with a price function injected."""
+    """Both adapters around `record_from_slots`, with a price function injected."""
 
     def __init__(self, price: PriceFn | None = None) -> None:
         self._price = price if price is not None else _default_price
@@ -278,10 +325,7 @@ class Extractor:
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections)."""
         for resource_spans in request.resource_spans:
-            resource = self._resource_attribution(
-                {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes
-                 if kv.key in _ATTRIBUTION_KEYS}
-            )  # fmt: skip
+            resource = _otlp_resource_attribution(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
                 scope_ours = scope_spans.scope.name == sc.INSTRUMENTATION_SCOPE
                 spans = scope_spans.spans
@@ -295,17 +339,17 @@ class Extractor:
         self, span: Any, resource: Attribution | None = None, scope_ours: bool = False
     ) -> UsageRecord | Rejection | None:
         """None for a span without GenAI usage (most spans), else a record or a rejection."""
-        attrs = _wanted_otlp(span.attributes)
-        if attrs is None:
+        found = _slots_from_otlp(span.attributes)
+        if found is None:
             return None
-        outcome = record_from_attributes(
-            attrs,
+        outcome = record_from_slots(
+            *found,
             price=self._price,
             resource=resource,
             scope_ours=scope_ours,
             error=span.status.code == _OTLP_STATUS_ERROR,
         )
-        if isinstance(outcome, UsageRecord):
+        if type(outcome) is UsageRecord:
             outcome.trace_id = int.from_bytes(span.trace_id, "big")
             outcome.span_id = int.from_bytes(span.span_id, "big")
             outcome.parent_span_id = int.from_bytes(span.parent_span_id, "big") or None
@@ -315,23 +359,22 @@ class Extractor:
 
     def from_readable_span(self, span: ReadableSpan) -> UsageRecord | Rejection | None:
         """The in-process adapter: same logic over an SDK span's attributes."""
-        from opentelemetry.trace import StatusCode
-
         raw = span.attributes
         if not raw:
             return None
-        attrs = {k: v for k, v in raw.items() if k in WANTED}
-        if USAGE_KEYS.isdisjoint(attrs):
+        vals, ranks = slots_from_mapping(raw)
+        if not _has_usage(vals):
             return None
         scope = span.instrumentation_scope
-        outcome = record_from_attributes(
-            attrs,
+        outcome = record_from_slots(
+            vals,
+            ranks,
             price=self._price,
             resource=self._sdk_resource_attribution(span),
             scope_ours=scope is not None and scope.name == sc.INSTRUMENTATION_SCOPE,
             error=span.status.status_code == StatusCode.ERROR,
         )
-        if isinstance(outcome, UsageRecord):
+        if type(outcome) is UsageRecord:
             ctx = span.get_span_context()
             if ctx is not None:
                 outcome.trace_id = ctx.trace_id
@@ -346,16 +389,6 @@ class Extractor:
         resource = span.resource
         cached, attribution = self._resource_cache
         if resource is not cached:
-            attrs = {k: v for k, v in resource.attributes.items() if k in _ATTRIBUTION_KEYS}
-            attribution = self._resource_attribution(attrs)
+            attribution = _resource_attribution(resource.attributes)
             self._resource_cache = (resource, attribution)
         return attribution
-
-    @staticmethod
-    def _resource_attribution(attrs: Mapping[str, object]) -> Attribution | None:
-        """Resource-level attribution (e.g. an agent deployed as its own service sets
-        `gen_ai.agent.name` there); None when there is none, so spans skip the merge."""
-        if not attrs:
-            return None
-        attribution = attribution_from(attrs)
-        return attribution if any(v is not None for _, v in attribution.items()) else None

@@ -205,7 +205,7 @@ def test_create_stream_stays_an_sdk_stream_and_counts_message_start_plus_message
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     with client.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True) as stream:
-        assert isinstance(stream, anthropic.Stream)
+        assert type(stream) is anthropic.Stream
         assert ours(span_exporter) == [], "the span stays open while the stream is read"
         kinds = [event.type for event in stream]
 
@@ -219,7 +219,7 @@ def test_async_create_stream(
     async def main() -> list[str]:
         async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
             stream = await aclient.messages.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True)
-            assert isinstance(stream, anthropic.AsyncStream)
+            assert type(stream) is anthropic.AsyncStream
             async with stream:
                 return [event.type async for event in stream]
 

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import Fault, FakeProvider
+from otel_tokens.fake_provider import FakeProvider, Fault
 from otel_tokens.fake_provider.openai_api import REASONING_TOKENS, REPLY_PIECES, REPLY_TEXT, RESPONSE_MODELS
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens, count_text_tokens
@@ -37,13 +37,17 @@ pytestmark = pytest.mark.usefixtures("instrumented")
 # --- helpers ------------------------------------------------------------------------------------
 @pytest.fixture
 def client(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, timeout=10) as c:
+    with openai.OpenAI(
+        base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, timeout=10
+    ) as c:
         yield c
 
 
 @pytest.fixture
 def aclient(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, timeout=10)
+    return openai.AsyncOpenAI(
+        base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, timeout=10
+    )
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -237,11 +241,13 @@ def test_async_stream_helper_makes_one_span(
     aclient: openai.AsyncOpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     async def run() -> Any:
-        async with aclient:
-            async with aclient.chat.completions.stream(
+        async with (
+            aclient,
+            aclient.chat.completions.stream(
                 model=MODEL, messages=MESSAGES, stream_options={"include_usage": True}
-            ) as stream:
-                return await stream.get_final_completion()
+            ) as stream,
+        ):
+            return await stream.get_final_completion()
 
     assert asyncio.run(run()).choices[0].message.content == REPLY_TEXT
     assert_reported_usage(only_span(span_exporter), fake_provider)
@@ -251,7 +257,9 @@ def test_async_stream_helper_makes_one_span(
 def test_responses_create(
     client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    response = client.responses.create(model="o4-mini", input=PROMPT, instructions="Be brief.", prompt_cache_key="k")
+    response = client.responses.create(
+        model="o4-mini", input=PROMPT, instructions="Be brief.", prompt_cache_key="k"
+    )
 
     assert isinstance(response, openai.types.responses.Response)
     assert response.output_text == REPLY_TEXT
@@ -290,7 +298,10 @@ def test_responses_stream_helper_sync_and_async(
     span_exporter.clear()
 
     async def run() -> Any:
-        async with aclient, aclient.responses.stream(model=MODEL, input=[{"role": "user", "content": PROMPT}]) as s:
+        async with (
+            aclient,
+            aclient.responses.stream(model=MODEL, input=[{"role": "user", "content": PROMPT}]) as s,
+        ):
             return await s.get_final_response()
 
     assert asyncio.run(run()).output_text == REPLY_TEXT
@@ -374,9 +385,9 @@ def test_timeout_is_reraised_and_marks_the_span(
     fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     fake_provider.inject(Fault(delay_s=1.0))
-    with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="t", max_retries=0, timeout=0.1) as c:
-        with pytest.raises(openai.APITimeoutError):
-            c.chat.completions.create(model=MODEL, messages=MESSAGES)
+    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="t", max_retries=0, timeout=0.1)
+    with client, pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
 
     span = only_span(span_exporter)
     assert span.status.status_code is StatusCode.ERROR
@@ -416,7 +427,9 @@ def test_stream_closed_early_records_what_was_consumed(
     assert span_tokens(span).output < count_text_tokens(REPLY_TEXT, SNAPSHOT)
 
 
-def test_stream_helper_left_early_ends_the_span(client: openai.OpenAI, span_exporter: InMemorySpanExporter) -> None:
+def test_stream_helper_left_early_ends_the_span(
+    client: openai.OpenAI, span_exporter: InMemorySpanExporter
+) -> None:
     with client.chat.completions.stream(model=MODEL, messages=MESSAGES) as stream:
         for event in stream:
             if event.type == "content.delta" and event.delta:
@@ -427,7 +440,9 @@ def test_stream_helper_left_early_ends_the_span(client: openai.OpenAI, span_expo
     assert span_tokens(span).output == count_text_tokens(REPLY_PIECES[0], SNAPSHOT)
 
 
-def test_garbage_collected_stream_ends_the_span(client: openai.OpenAI, span_exporter: InMemorySpanExporter) -> None:
+def test_garbage_collected_stream_ends_the_span(
+    client: openai.OpenAI, span_exporter: InMemorySpanExporter
+) -> None:
     stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
     next(iter(stream))
     del stream

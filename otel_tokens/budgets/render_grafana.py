@@ -57,6 +57,13 @@ _CACHE_RATIO = (
     " / sum by ({by}) (rate(llm_tokens_total{{"
     'token_type=~"input|cache_read|cache_write"{more}}}' + _RATE + "))"
 )
+# From the ledger's exact figures (one window per budget, so `sum by (budget)` is that window).
+_FORECAST = (
+    "(sum by (budget) (llm_budget_used)"
+    " + sum by (budget) (rate(llm_budget_consumed_total[1h]))"
+    " * sum by (budget) (llm_budget_window_remaining_seconds))"
+    " / sum by (budget) (llm_budget_limit)"
+)
 _AVG_INPUT = (
     "sum by ({by}) (rate(llm_request_input_tokens_sum{{{sel}}}" + _RATE + "))"
     " / sum by ({by}) (rate(llm_request_input_tokens_count{{{sel}}}" + _RATE + "))"
@@ -156,12 +163,12 @@ def _dashboard(uid: str, title: str, description: str, layout: Layout, timezone:
 
 
 def overview_dashboard(
-    budgets: Sequence[BudgetGauge], *, description: str, timezone: str = "browser", forecast_hours: int = 6
+    budgets: Sequence[BudgetGauge], *, description: str, timezone: str = "browser"
 ) -> JsonDict:
     """Fleet-wide view: spend, budgets, efficiency of the agents, and the collector's own health."""
     layout = Layout()
     _spend_row(layout)
-    _budget_row(layout, budgets, forecast_hours)
+    _budget_row(layout, budgets)
     _efficiency_row(layout, by="agent", sel="")
     _collector_row(layout)
     return _dashboard(OVERVIEW_DASHBOARD_UID, "otel-tokens — overview", description, layout, timezone)
@@ -244,7 +251,7 @@ def _requests_by_status(sel: str) -> JsonDict:
     return timeseries("Requests by status", "LLM requests per second.", [q], "reqps", stacked=True)
 
 
-def _budget_row(layout: Layout, budgets: Sequence[BudgetGauge], forecast_hours: int) -> None:
+def _budget_row(layout: Layout, budgets: Sequence[BudgetGauge]) -> None:
     layout.row("Budgets")
     for budget in budgets:
         layout.add(_budget_gauge(budget), 6, 6)
@@ -259,13 +266,17 @@ def _budget_row(layout: Layout, budgets: Sequence[BudgetGauge], forecast_hours: 
         12,
         8,
     )
-    horizon = forecast_hours * 3600
-    forecast = Query(
-        f"max by (budget, window) (predict_linear(llm_budget_usage_ratio[1h], {horizon}))",
-        "{{budget}} ({{window}})",
+    layout.add(
+        timeseries(
+            "Forecast: use at window end",
+            "Exact use now plus the last hour's burn rate until the window ends, as a share of the limit; "
+            "above 100% the budget runs out before the window does.",
+            [Query(_FORECAST, "{{budget}}")],
+            "percentunit",
+        ),
+        12,
+        8,
     )
-    text = f"Budget usage projected {forecast_hours}h ahead from the last hour's trend; above 100% runs out."
-    layout.add(timeseries(f"Forecast ({forecast_hours}h ahead)", text, [forecast], "percentunit"), 12, 8)
 
 
 def _budget_gauge(budget: BudgetGauge) -> JsonDict:

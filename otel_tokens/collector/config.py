@@ -231,8 +231,8 @@ def _from_yaml(path: str, errors: list[str]) -> _Found:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        errors.append(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}")
+        at = f":{mark.line + 1}" if mark is not None else ""
+        errors.append(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}")
         return {}
     found: _Found = {}
     if root is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from google.rpc import status_pb2
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -105,7 +105,9 @@ def _parse_otlp_json(data: bytes) -> ExportTraceServiceRequest:
     try:
         document = json.loads(data)
         _hex_ids_to_base64(document)
-        return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+        request = ExportTraceServiceRequest()
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+        return request
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise Rejected(HTTPStatus.BAD_REQUEST, "undecodable_payload", f"invalid OTLP/JSON: {exc}") from None
 
@@ -156,7 +158,8 @@ def partial_success(result: IngestResult) -> ExportTraceServiceResponse:
 
 def encode_message(message: Message, content_type: str) -> bytes:
     if content_type == JSON:
-        return json_format.MessageToJson(message, indent=None).encode()
+        text: str = json_format.MessageToJson(message, indent=None)
+        return text.encode()
     return bytes(message.SerializeToString())
 
 
@@ -165,12 +168,17 @@ def encode_message(message: Message, content_type: str) -> bytes:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    #: serve_forever()'s poll interval, i.e. how long shutdown() may wait; short for quick stops.
+    poll_interval = 0.05
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
         if ":" in host:  # an IPv6 literal such as "::"
             self.address_family = socket.AF_INET6
         super().__init__((host, port), handler)
+
+    def serve(self) -> None:
+        self.serve_forever(self.poll_interval)
 
     @property
     def port(self) -> int:

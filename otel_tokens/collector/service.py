@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 
 from otel_tokens._safety import swallow_internal_errors
@@ -52,15 +52,15 @@ class CollectorService:
     def _bind(self) -> None:
         cfg = self.config
         self._metrics = MetricsHttpServer(cfg.metrics_host, cfg.metrics_port, self.pipeline.registry)
-        self._spawn("otel-tokens-metrics", self._metrics.serve_forever)
+        self._spawn("otel-tokens-metrics", self._metrics.serve)
         self._http = OtlpHttpServer(cfg.http_host, cfg.http_port, self.pipeline, cfg.max_body_bytes)
-        self._spawn("otel-tokens-otlp-http", self._http.serve_forever)
+        self._spawn("otel-tokens-otlp-http", self._http.serve)
         if cfg.grpc_enabled:
             self._grpc = GrpcReceiver(cfg.grpc_host, cfg.grpc_port, self.pipeline, cfg.max_body_bytes)
             self._grpc.start()
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 

@@ -93,7 +93,9 @@ def _usage_for(body: dict[str, Any], prompt: Any, extra_text: str = "") -> _Usag
     input_tokens = math.ceil(len(text) / 4) + 3 * _count_items(prompt)
     reasoning = REASONING_TOKENS if str(body.get("model", "")).startswith("o") else 0
     cached = input_tokens // 2 if body.get("prompt_cache_key") else 0
-    return _Usage(input=input_tokens, output=len(REPLY_PIECES) + reasoning, cached=cached, reasoning=reasoning)
+    return _Usage(
+        input=input_tokens, output=len(REPLY_PIECES) + reasoning, cached=cached, reasoning=reasoning
+    )
 
 
 def _response_model(body: dict[str, Any]) -> str:
@@ -145,7 +147,7 @@ def _chat_base(body: dict[str, Any], obj: str) -> dict[str, Any]:
 
 
 def _chat_completion(body: dict[str, Any], usage: _Usage) -> dict[str, Any]:
-    message = {"role": "assistant", "content": REPLY_TEXT, "refusal": None, "annotations": []}
+    message: dict[str, Any] = {"role": "assistant", "content": REPLY_TEXT, "refusal": None, "annotations": []}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
     return {**_chat_base(body, "chat.completion"), "choices": [choice], "usage": _chat_usage(usage)}
 

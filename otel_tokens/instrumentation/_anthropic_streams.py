@@ -2,10 +2,12 @@
 
 Both ways of streaming end in the SDK's raw `Stream` / `AsyncStream` of Messages events:
 `messages.create(stream=True)` returns one, and `messages.stream()` builds a `MessageStream` helper
-around one. So usage is read at that single level: a proxy (a `wrapt.ObjectProxy`, so `isinstance`
-and every attribute still answer as the SDK's object) watches `message_start` (input and cache
-tokens) and `message_delta` (cumulative output tokens) and ends our span when the stream ends, fails
-or is closed. Anthropic's usage is in its own meaning (input excludes cache); `TokenCounts.from_anthropic`
+around one. So usage is read at that single level: the stream object the application gets is the
+SDK's own, with its event iterator wrapped, so that `message_start` (input and cache tokens) and
+`message_delta` (cumulative output tokens) are seen and our span ends when the stream ends, fails,
+is closed or is dropped. The stream helpers' managers, which send the request on `__enter__`, are
+wrapped in a `wrapt.ObjectProxy` that opens the span there.
+Anthropic's usage is in its own meaning (input excludes cache); `TokenCounts.from_anthropic`
 converts it.
 """
 
@@ -179,109 +181,74 @@ class StreamTracker:
         return self._reported, False
 
 
-class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
-    """The SDK's `Stream`, observed. State lives in `_self_*` attributes (wrapt keeps those on the
-    proxy instead of forwarding them to the stream)."""
+def observe_sync_stream(stream: Any, tracker: StreamTracker) -> Any:
+    """Route the SDK `Stream`'s events through `tracker` and hear about `close()`; returns the same
+    object. The stream itself is kept (not proxied) because anthropic 0.x overrides
+    `isinstance(x, Stream)` to be true only for the exact class, which no proxy passes."""
+    stream._iterator = _observed_events(stream._iterator, tracker)
+    close = stream.close
 
-    def __init__(self, stream: Any, tracker: StreamTracker) -> None:
-        super().__init__(stream)
-        self._self_tracker = tracker
-
-    def __iter__(self) -> Iterator[Any]:
-        tracker = self._self_tracker
+    def observed_close() -> None:
         try:
-            for event in self.__wrapped__:
-                tracker.observe(event)
-                yield event
-        except GeneratorExit:
-            tracker.closed()
-            raise
-        except BaseException as exc:
-            tracker.fail(exc)
-            raise
-        tracker.done()
-
-    def __next__(self) -> Any:
-        try:
-            event = self.__wrapped__.__next__()
-        except StopIteration:
-            self._self_tracker.done()
-            raise
-        except BaseException as exc:
-            self._self_tracker.fail(exc)
-            raise
-        self._self_tracker.observe(event)
-        return event
-
-    def __enter__(self) -> SyncStreamProxy:
-        self.__wrapped__.__enter__()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.__wrapped__.close()
+            close()
         finally:
-            self._self_tracker.closed()
-
-
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
-    """The SDK's `AsyncStream`, observed (see `SyncStreamProxy`)."""
-
-    def __init__(self, stream: Any, tracker: StreamTracker) -> None:
-        super().__init__(stream)
-        self._self_tracker = tracker
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        tracker = self._self_tracker
-        try:
-            async for event in self.__wrapped__:
-                tracker.observe(event)
-                yield event
-        except GeneratorExit:
             tracker.closed()
-            raise
-        except BaseException as exc:
-            tracker.fail(exc)
-            raise
-        tracker.done()
 
-    async def __anext__(self) -> Any:
+    stream.close = observed_close
+    return stream
+
+
+def observe_async_stream(stream: Any, tracker: StreamTracker) -> Any:
+    """`observe_sync_stream` for `AsyncStream`."""
+    stream._iterator = _observed_async_events(stream._iterator, tracker)
+    close = stream.close
+
+    async def observed_close() -> None:
         try:
-            event = await self.__wrapped__.__anext__()
-        except StopAsyncIteration:
-            self._self_tracker.done()
-            raise
-        except BaseException as exc:
-            self._self_tracker.fail(exc)
-            raise
-        self._self_tracker.observe(event)
-        return event
-
-    async def __aenter__(self) -> AsyncStreamProxy:
-        await self.__wrapped__.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        try:
-            await self.__wrapped__.close()
+            await close()
         finally:
-            self._self_tracker.closed()
+            tracker.closed()
+
+    stream.close = observed_close
+    return stream
+
+
+def _observed_events(events: Iterator[Any], tracker: StreamTracker) -> Iterator[Any]:
+    try:
+        for event in events:
+            tracker.observe(event)
+            yield event
+    except GeneratorExit:  # closed or dropped before the end
+        tracker.closed()
+        raise
+    except BaseException as exc:
+        tracker.fail(exc)
+        raise
+    tracker.done()
+
+
+async def _observed_async_events(events: AsyncIterator[Any], tracker: StreamTracker) -> AsyncIterator[Any]:
+    try:
+        async for event in events:
+            tracker.observe(event)
+            yield event
+    except GeneratorExit:
+        tracker.closed()
+        raise
+    except BaseException as exc:
+        tracker.fail(exc)
+        raise
+    tracker.done()
 
 
 OpenTracker = Callable[[], "StreamTracker | None"]
 
 
-def _observe_helper(message_stream: Any, tracker: StreamTracker, proxy: type[Any]) -> None:
-    """Put the proxy between the `MessageStream` helper and its raw stream, which the helper reads
-    lazily, so `text_stream`, `get_final_message()` and `close()` all pass through it."""
+def _observe_helper(message_stream: Any, tracker: StreamTracker, observe: Callable[..., Any]) -> None:
+    """Observe the raw stream under the `MessageStream` helper, which the helper reads lazily, so
+    `text_stream`, `get_final_message()` and `close()` all pass through it."""
     if hasattr(message_stream, "_raw_stream"):
-        message_stream._raw_stream = proxy(message_stream._raw_stream, tracker)
+        observe(message_stream._raw_stream, tracker)
     else:  # an SDK whose helper we do not know: count the prompt, say it was estimated
         tracker.closed()
 
@@ -304,7 +271,7 @@ class SyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             tracker.call.finish(None, error=exc)  # no response: nothing was billed
             raise
         with swallow_internal_errors("anthropic stream helper"):
-            _observe_helper(message_stream, tracker, SyncStreamProxy)
+            _observe_helper(message_stream, tracker, observe_sync_stream)
         return message_stream
 
     def __exit__(self, *exc_info: Any) -> Any:
@@ -329,7 +296,7 @@ class AsyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             tracker.call.finish(None, error=exc)  # no response: nothing was billed
             raise
         with swallow_internal_errors("anthropic stream helper"):
-            _observe_helper(message_stream, tracker, AsyncStreamProxy)
+            _observe_helper(message_stream, tracker, observe_async_stream)
         return message_stream
 
     async def __aexit__(self, *exc_info: Any) -> Any:

@@ -123,7 +123,9 @@ def _message(item: Any) -> dict[str, Any]:
 
 def input_messages_json(prompt: Any, instructions: Any = None) -> str:
     """The request's messages (chat) or input (Responses API) in the semconv message shape."""
-    messages = [{"role": "system", "parts": [_text_part(instructions)]}] if isinstance(instructions, str) else []
+    messages = (
+        [{"role": "system", "parts": [_text_part(instructions)]}] if isinstance(instructions, str) else []
+    )
     if isinstance(prompt, str):
         messages.append({"role": "user", "parts": [_text_part(prompt)]})
     elif isinstance(prompt, (list, tuple)):

@@ -82,7 +82,9 @@ class StreamState:
                 if tokens is None:
                     tokens, estimated = self._estimate(), True
                 text = "".join(self.text)
-                self.call.record_content(GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self.finish_reasons))
+                self.call.record_content(
+                    GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self.finish_reasons)
+                )
         finally:
             self.call.finish(
                 tokens,

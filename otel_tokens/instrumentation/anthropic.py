@@ -21,12 +21,12 @@ from otel_tokens import semconv as sc
 from otel_tokens._safety import logger, swallow_internal_errors
 from otel_tokens.instrumentation._anthropic_streams import (
     AsyncStreamManagerProxy,
-    AsyncStreamProxy,
     StreamTracker,
     SyncStreamManagerProxy,
-    SyncStreamProxy,
     estimate_input,
     input_messages_json,
+    observe_async_stream,
+    observe_sync_stream,
     output_messages_json,
     usage_tokens,
 )
@@ -117,8 +117,8 @@ def _text(message: Any) -> str:
 
 
 def _on_result(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
-    """What the application gets back: the SDK's own object, or for a stream the same stream behind
-    an observing proxy. If our bookkeeping fails, the span still ends and the SDK's object returns."""
+    """What the application gets back: always the SDK's own object (a stream with its events
+    observed). If our bookkeeping fails, the span still ends and the SDK's object returns as is."""
     observed: Any = None
     with swallow_internal_errors("anthropic: reading the response"):
         observed = _observe(call, result, request)
@@ -132,9 +132,9 @@ def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
     from anthropic import AsyncStream, Stream
 
     if isinstance(result, Stream):
-        return SyncStreamProxy(result, StreamTracker(call, request))
+        return observe_sync_stream(result, StreamTracker(call, request))
     if isinstance(result, AsyncStream):
-        return AsyncStreamProxy(result, StreamTracker(call, request))
+        return observe_async_stream(result, StreamTracker(call, request))
     if getattr(result, "usage", None) is None:
         logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)
     _finish_message(call, result, request)

@@ -130,7 +130,9 @@ def _patch(owner: type[Any], method: str, wrapper: Wrapper) -> None:
 
 # --- wrappers -----------------------------------------------------------------------------------
 def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if inside_llm_call():
             return wrapped(*args, **kwargs)
         kwargs = _materialise_prompt(endpoint, kwargs)
@@ -197,7 +199,9 @@ def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str
     return kwargs
 
 
-def _open_call(endpoint: _Endpoint, settings: CallSettings, instance: Any, kwargs: dict[str, Any]) -> LLMCall | None:
+def _open_call(
+    endpoint: _Endpoint, settings: CallSettings, instance: Any, kwargs: dict[str, Any]
+) -> LLMCall | None:
     call: LLMCall | None = None
     with swallow_internal_errors("openai call start"):
         address, port = _server(instance)
@@ -215,7 +219,9 @@ def _open_call(endpoint: _Endpoint, settings: CallSettings, instance: Any, kwarg
     if call is not None and endpoint.captures_content and settings.capture_content:
         with swallow_internal_errors("openai input content"):
             prompt = kwargs.get(endpoint.prompt_arg)
-            call.record_content(GEN_AI_INPUT_MESSAGES, input_messages_json(prompt, kwargs.get("instructions")))
+            call.record_content(
+                GEN_AI_INPUT_MESSAGES, input_messages_json(prompt, kwargs.get("instructions"))
+            )
     return call
 
 
@@ -251,7 +257,11 @@ def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], resul
         state = endpoint.stream_state(call, kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"))
         proxy_type = AsyncStreamProxy if hasattr(result, "__anext__") else SyncStreamProxy
         return proxy_type(result, state)
-    if raw_mode == "true" and not _is_stream_request(kwargs) and not inspect.iscoroutinefunction(result.parse):
+    if (
+        raw_mode == "true"
+        and not _is_stream_request(kwargs)
+        and not inspect.iscoroutinefunction(result.parse)
+    ):
         # `.with_raw_response`: `parse()` caches, so the caller's own `parse()` gets the same object.
         _finish_from_response(endpoint, call, kwargs, result.parse())
     elif raw_mode is not None:

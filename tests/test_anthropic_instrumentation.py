@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import Fault, FakeProvider
+from otel_tokens.fake_provider import FakeProvider, Fault
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens
 
@@ -37,9 +37,24 @@ needs_sdk_spans = pytest.mark.skipif(
     not SDK_HAS_OWN_SPANS, reason=f"anthropic {anthropic.__version__} emits no OpenTelemetry spans of its own"
 )
 CACHED_SYSTEM = [
-    {"type": "text", "text": "You are a careful research assistant. " * 40, "cache_control": {"type": "ephemeral"}}
+    {
+        "type": "text",
+        "text": "You are a careful research assistant. " * 40,
+        "cache_control": {"type": "ephemeral"},
+    }
 ]
 HELLO = [{"role": "user", "content": "Summarise the plot of Hamlet in one line"}]
+
+
+ATTRIBUTION_ATTRIBUTES = {
+    sc.GEN_AI_AGENT_NAME,
+    sc.OTEL_TOKENS_TASK,
+    sc.OTEL_TOKENS_TASK_ID,
+    sc.OTEL_TOKENS_USER,
+    sc.GEN_AI_CONVERSATION_ID,
+    sc.OTEL_TOKENS_STEP,
+    sc.GEN_AI_WORKFLOW_NAME,
+}
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------
@@ -64,7 +79,9 @@ def aclient_options(fake_provider: FakeProvider, instrumented: TracerProvider) -
 
 
 def ours(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == sc.INSTRUMENTATION_SCOPE]
+    return [
+        s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == sc.INSTRUMENTATION_SCOPE
+    ]
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -147,17 +164,6 @@ def test_create_returns_the_sdk_message_and_one_span_with_reported_usage_cost_an
     assert span.attributes and span.attributes[sc.GEN_AI_RESPONSE_ID] == message.id
 
 
-ATTRIBUTION_ATTRIBUTES = {
-    sc.GEN_AI_AGENT_NAME,
-    sc.OTEL_TOKENS_TASK,
-    sc.OTEL_TOKENS_TASK_ID,
-    sc.OTEL_TOKENS_USER,
-    sc.GEN_AI_CONVERSATION_ID,
-    sc.OTEL_TOKENS_STEP,
-    sc.GEN_AI_WORKFLOW_NAME,
-}
-
-
 def test_cache_tokens_are_added_to_input_as_semconv_means_and_priced_at_their_own_rates(
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
@@ -171,7 +177,9 @@ def test_cache_tokens_are_added_to_input_as_semconv_means_and_priced_at_their_ow
     for span, usage in ((write_span, first.usage), (read_span, second.usage)):
         cache_read = usage.cache_read_input_tokens or 0
         cache_write = usage.cache_creation_input_tokens or 0
-        expected = TokenCounts.from_anthropic(usage.input_tokens, usage.output_tokens, cache_read, cache_write)
+        expected = TokenCounts.from_anthropic(
+            usage.input_tokens, usage.output_tokens, cache_read, cache_write
+        )
         assert span_tokens(span) == expected
         assert span.attributes and span.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == (
             usage.input_tokens + cache_read + cache_write
@@ -197,8 +205,14 @@ def test_async_create(
 
 
 # --- streams --------------------------------------------------------------------------------------
-EVENT_TYPES = ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
-               "message_delta", "message_stop"]
+EVENT_TYPES = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
 
 
 def test_create_stream_stays_an_sdk_stream_and_counts_message_start_plus_message_delta(
@@ -339,7 +353,7 @@ def test_http_errors_reach_the_application_unchanged_and_fail_the_span(
 def test_timeout_reaches_the_application_unchanged_and_fails_the_span(
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    fake_provider.inject(Fault(delay_s=2.0))
+    fake_provider.inject(Fault(delay_s=1.0))
     with pytest.raises(anthropic.APITimeoutError):
         client.with_options(timeout=0.2).messages.create(model=MODEL, max_tokens=256, messages=HELLO)
 
@@ -369,12 +383,11 @@ def test_the_sdk_own_span_is_a_child_of_ours_and_carries_the_same_usage(
     client: anthropic.Anthropic, span_exporter: InMemorySpanExporter, stream: bool
 ) -> None:
     """The collector counts an SDK span whose parent is an otel_tokens span as the same call."""
-    with client.messages.stream(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO) if stream \
-            else _nullcontext() as s:
-        if stream:
+    if stream:
+        with client.messages.stream(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO) as s:
             s.until_done()
-        else:
-            client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
+    else:
+        client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
 
     ours_span = only_span(span_exporter)
     (sdk_span,) = [s for s in span_exporter.get_finished_spans() if s.instrumentation_scope.name == SDK_SCOPE]
@@ -397,15 +410,9 @@ def test_the_sdk_own_spans_can_be_turned_off_per_client(
 ) -> None:
     with anthropic.Anthropic(**client_options(fake_provider, instrumented, open_telemetry=False)) as quiet:
         quiet.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
-    assert [s.instrumentation_scope.name for s in span_exporter.get_finished_spans()] == [sc.INSTRUMENTATION_SCOPE]
-
-
-class _nullcontext:  # noqa: N801 - a context manager used like contextlib.nullcontext, typed loosely
-    def __enter__(self) -> Any:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    assert [s.instrumentation_scope.name for s in span_exporter.get_finished_spans()] == [
+        sc.INSTRUMENTATION_SCOPE
+    ]
 
 
 # --- content, transparency, totals ----------------------------------------------------------------
@@ -454,9 +461,11 @@ def test_span_totals_equal_what_the_provider_reported_for_a_mixed_workload(
     client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
     for _ in range(2):  # a cache write, then a cache read
         client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
-    for _ in client.messages.create(model=MODEL, max_tokens=8, system=CACHED_SYSTEM, messages=HELLO, stream=True):
+    for _ in client.messages.create(
+        model=MODEL, max_tokens=8, system=CACHED_SYSTEM, messages=HELLO, stream=True
+    ):
         pass
-    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO * 1) as stream:
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
         stream.get_final_message()
 
     async def async_calls() -> None:

@@ -308,6 +308,20 @@ def test_responses_stream_helper_sync_and_async(
     assert_reported_usage(only_span(span_exporter), fake_provider)
 
 
+def test_parse_helpers_make_one_span(
+    client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    if not hasattr(client.chat.completions, "parse") or not hasattr(client.responses, "parse"):
+        pytest.skip("this openai version has no chat.completions.parse / responses.parse")
+    parsed = client.chat.completions.parse(model=MODEL, messages=MESSAGES)
+    assert parsed.choices[0].message.content == REPLY_TEXT
+    assert_reported_usage(only_span(span_exporter), fake_provider)
+    span_exporter.clear()
+
+    assert client.responses.parse(model=MODEL, input=PROMPT).output_text == REPLY_TEXT
+    assert_reported_usage(only_span(span_exporter), fake_provider)
+
+
 # --- embeddings ---------------------------------------------------------------------------------
 def test_embeddings_sync_and_async(
     client: openai.OpenAI,

@@ -186,7 +186,9 @@ def _message(err: ErrorDetails, loc: Loc) -> str:
         key, words = _BOUND_WORDS[kind]
         if kind == "greater_than" and ctx.get(key) == 0:
             return f"must be positive{got}"
-        return f"must be {words} {ctx.get(key)}{got}"
+        bound = ctx.get(key)
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"must be {words} {bound}{got}"
     if kind == "missing":
         return "required key missing"
     if kind == "extra_forbidden":

@@ -204,7 +204,7 @@ def notification_template(header: str, dashboard_url: str | None) -> str:
         "{{ with .Annotations.summary }}{{ . }}\n{{ end }}"
         "{{ with .Annotations.used }}used {{ . }}{{ end }}"
         "{{ with .Annotations.limit }} of limit {{ . }}{{ end }}"
-        "{{ with .Annotations.percent }} ({{ . }}%){{ end }}"
+        "{{ with .Annotations.percent }} ({{ . }}){{ end }}"
         "{{ with .Annotations.window }} over {{ . }}{{ end }}\n"
         "{{ with .Annotations.description }}{{ . }}\n{{ end }}"
         "{{ with .Annotations.dashboard }}dashboard: {{ . }}\n{{ end }}"

@@ -92,7 +92,9 @@ class _MessagesApi:
         stop_reason = "max_tokens" if len(words) > int(body["max_tokens"]) else "end_turn"
         words = words[: int(body["max_tokens"])]
         usage = self._usage(body, len(words))
-        fake.record(ReportedUsage(provider="anthropic", model=model, tokens=usage.semconv(), path=request.path))
+        fake.record(
+            ReportedUsage(provider="anthropic", model=model, tokens=usage.semconv(), path=request.path)
+        )
         with self._lock:
             message_id = f"msg_fake{next(self._ids):06d}"
         headers = {"request-id": f"req_{message_id}"}
@@ -176,8 +178,10 @@ def _stream_events(
     start["usage"] = {**usage.wire(), "output_tokens": 1}
     events: list[tuple[str | None, Any]] = [
         ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         ("ping", {"type": "ping"}),
     ]
     for n, word in enumerate(words):
@@ -185,9 +189,14 @@ def _stream_events(
         events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
     events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                           "usage": {"output_tokens": usage.output_tokens}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": usage.output_tokens},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return events

@@ -14,8 +14,8 @@ converts it.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import wrapt
@@ -157,7 +157,9 @@ class StreamTracker:
             tokens, estimated = self._tokens()
             if self.call.settings.capture_content:
                 text = "".join(self._text)
-                self.call.record_content(sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self._stop_reason))
+                self.call.record_content(
+                    sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self._stop_reason)
+                )
         self.call.finish(
             tokens,
             response_model=self._model,

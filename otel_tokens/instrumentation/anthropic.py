@@ -143,7 +143,9 @@ def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
 
 # --- the wrappers -------------------------------------------------------------------------------
 def _sync_call(settings: CallSettings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -188,7 +190,9 @@ def _tracker_opener(settings: CallSettings, resource: Any, kwargs: dict[str, Any
 
 
 def _sync_stream(settings: CallSettings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         manager = wrapped(*args, **kwargs)
         return SyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
 
@@ -196,7 +200,9 @@ def _sync_stream(settings: CallSettings) -> Wrapper:
 
 
 def _async_stream(settings: CallSettings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         manager = wrapped(*args, **kwargs)
         return AsyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam, TextBlockParam
 from genai_prices import Usage, calc_price
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -36,14 +37,14 @@ SDK_HAS_OWN_SPANS = "open_telemetry" in inspect.signature(anthropic.Anthropic.__
 needs_sdk_spans = pytest.mark.skipif(
     not SDK_HAS_OWN_SPANS, reason=f"anthropic {anthropic.__version__} emits no OpenTelemetry spans of its own"
 )
-CACHED_SYSTEM = [
+CACHED_SYSTEM: list[TextBlockParam] = [
     {
         "type": "text",
         "text": "You are a careful research assistant. " * 40,
         "cache_control": {"type": "ephemeral"},
     }
 ]
-HELLO = [{"role": "user", "content": "Summarise the plot of Hamlet in one line"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "Summarise the plot of Hamlet in one line"}]
 
 
 ATTRIBUTION_ATTRIBUTES = {
@@ -78,10 +79,22 @@ def aclient_options(fake_provider: FakeProvider, instrumented: TracerProvider) -
     return client_options(fake_provider, instrumented)
 
 
+def scope_of(span: ReadableSpan) -> str:
+    return span.instrumentation_scope.name if span.instrumentation_scope else ""
+
+
+def int_attr(span: ReadableSpan, key: str) -> int:
+    value = (span.attributes or {}).get(key, 0)
+    assert isinstance(value, int), (key, value)
+    return value
+
+
+def text_of(message: anthropic.types.Message) -> str:
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
 def ours(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return [
-        s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == sc.INSTRUMENTATION_SCOPE
-    ]
+    return [s for s in exporter.get_finished_spans() if scope_of(s) == sc.INSTRUMENTATION_SCOPE]
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -91,12 +104,11 @@ def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
 
 
 def span_tokens(span: ReadableSpan) -> TokenCounts:
-    a = span.attributes or {}
     return TokenCounts(
-        input=int(a.get(sc.GEN_AI_USAGE_INPUT_TOKENS, 0)),
-        output=int(a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS, 0)),
-        cache_read=int(a.get(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, 0)),
-        cache_write=int(a.get(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 0)),
+        input=int_attr(span, sc.GEN_AI_USAGE_INPUT_TOKENS),
+        output=int_attr(span, sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+        cache_read=int_attr(span, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        cache_write=int_attr(span, sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
     )
 
 
@@ -129,7 +141,7 @@ def assert_ok_call_span(span: ReadableSpan, fake: FakeProvider, *, stream: bool 
     assert a.pop(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 0) == tokens.cache_write
     assert a.pop(sc.OTEL_TOKENS_COST_USD) == pytest.approx(genai_prices_cost(MODEL, tokens), abs=1e-12)
     assert a.pop(sc.OTEL_TOKENS_MARKER) is True
-    assert a.pop(sc.GEN_AI_RESPONSE_ID).startswith("msg_")
+    assert str(a.pop(sc.GEN_AI_RESPONSE_ID)).startswith("msg_")
     assert a.pop(sc.GEN_AI_RESPONSE_FINISH_REASONS) == ("end_turn",)
     assert a.pop(sc.SERVER_ADDRESS) == "127.0.0.1"
     assert a.pop(sc.SERVER_PORT) == int(fake.url.rsplit(":", 1)[1])
@@ -143,9 +155,9 @@ def assert_ok_call_span(span: ReadableSpan, fake: FakeProvider, *, stream: bool 
 def test_create_returns_the_sdk_message_and_one_span_with_reported_usage_cost_and_attribution(
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    with otel_tokens.attribute(agent="planner", task="research", task_id="t-42", user="u-7", session="s-1"):
-        with otel_tokens.attribute(step=3, workflow="weekly-report"):
-            message = client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
+    outer = otel_tokens.attribute(agent="planner", task="research", task_id="t-42", user="u-7", session="s-1")
+    with outer, otel_tokens.attribute(step=3, workflow="weekly-report"):  # nested scopes merge
+        message = client.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
 
     assert type(message) is anthropic.types.Message
     span = only_span(span_exporter)
@@ -249,7 +261,7 @@ def test_stream_helper_text_stream_and_final_message_work_and_make_one_span(
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
 
-    assert text == final.content[0].text and text.startswith("Fake reply:")
+    assert text == text_of(final) and text.startswith("Fake reply:")
     (reported,) = fake_provider.reported
     assert TokenCounts.from_anthropic(final.usage.input_tokens, final.usage.output_tokens) == reported.tokens
     assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
@@ -259,14 +271,16 @@ def test_async_stream_helper(
     aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     async def main() -> tuple[str, anthropic.types.Message]:
-        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
-            async with aclient.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
-                assert type(stream).__name__ == "AsyncMessageStream"
-                text = "".join([t async for t in stream.text_stream])
-                return text, await stream.get_final_message()
+        async with (
+            anthropic.AsyncAnthropic(**aclient_options) as aclient,
+            aclient.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream,
+        ):
+            assert type(stream).__name__ == "AsyncMessageStream"
+            text = "".join([t async for t in stream.text_stream])
+            return text, await stream.get_final_message()
 
     text, final = asyncio.run(main())
-    assert text == final.content[0].text
+    assert text == text_of(final)
     assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
 
 
@@ -284,7 +298,7 @@ def test_stream_cut_by_the_server_is_an_error_and_keeps_what_was_consumed(
     attrs = span.attributes or {}
     assert attrs[sc.ERROR_TYPE] == "incomplete_stream"
     assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == fake_provider.reported[0].tokens.input  # from message_start
-    assert 0 < int(attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) < fake_provider.reported[0].tokens.output
+    assert 0 < int_attr(span, sc.GEN_AI_USAGE_OUTPUT_TOKENS) < fake_provider.reported[0].tokens.output
     assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True  # output counted from the text consumed
 
 
@@ -316,7 +330,7 @@ def test_stream_closed_early_by_the_application_is_not_an_error_and_keeps_what_w
     attrs = span.attributes or {}
     assert span.status.status_code is StatusCode.UNSET
     assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == fake_provider.reported[0].tokens.input
-    assert attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] >= 1
+    assert int_attr(span, sc.GEN_AI_USAGE_OUTPUT_TOKENS) >= 1
     assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True
 
 
@@ -390,7 +404,7 @@ def test_the_sdk_own_span_is_a_child_of_ours_and_carries_the_same_usage(
         client.messages.create(model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO)
 
     ours_span = only_span(span_exporter)
-    (sdk_span,) = [s for s in span_exporter.get_finished_spans() if s.instrumentation_scope.name == SDK_SCOPE]
+    (sdk_span,) = [s for s in span_exporter.get_finished_spans() if scope_of(s) == SDK_SCOPE]
     assert sdk_span.name == "anthropic.messages.create"
     assert sdk_span.kind is SpanKind.CLIENT
     assert sdk_span.parent is not None and sdk_span.parent.span_id == ours_span.context.span_id
@@ -410,9 +424,7 @@ def test_the_sdk_own_spans_can_be_turned_off_per_client(
 ) -> None:
     with anthropic.Anthropic(**client_options(fake_provider, instrumented, open_telemetry=False)) as quiet:
         quiet.messages.create(model=MODEL, max_tokens=256, messages=HELLO)
-    assert [s.instrumentation_scope.name for s in span_exporter.get_finished_spans()] == [
-        sc.INSTRUMENTATION_SCOPE
-    ]
+    assert [scope_of(s) for s in span_exporter.get_finished_spans()] == [sc.INSTRUMENTATION_SCOPE]
 
 
 # --- content, transparency, totals ----------------------------------------------------------------
@@ -431,7 +443,7 @@ def test_content_is_captured_only_when_asked(
     assert prompt[0] == {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]}
     assert prompt[1]["parts"][0]["content"] == HELLO[0]["content"]
     completion = json.loads(str(attrs[sc.GEN_AI_OUTPUT_MESSAGES]))
-    assert completion[0]["parts"][0]["content"] == reply.content[0].text
+    assert completion[0]["parts"][0]["content"] == text_of(reply)
 
 
 def test_raw_response_access_still_works_and_is_counted(

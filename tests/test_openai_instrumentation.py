@@ -361,6 +361,18 @@ def test_with_raw_response_still_works_and_is_counted(
     assert_reported_usage(only_span(span_exporter), fake_provider)
 
 
+def test_with_streaming_response_leaves_the_body_to_the_caller(
+    client: openai.OpenAI, span_exporter: InMemorySpanExporter
+) -> None:
+    """The caller reads this body; the span counts the prompt only, flagged as an estimate."""
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES) as response:
+        assert response.parse().choices[0].message.content == REPLY_TEXT
+
+    span = only_span(span_exporter)
+    assert attrs(span)[sc.OTEL_TOKENS_ESTIMATED] is True
+    assert span_tokens(span) == TokenCounts(input=count_message_tokens(MESSAGES, MODEL))
+
+
 def test_generator_of_messages_reaches_the_provider_intact(
     client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:

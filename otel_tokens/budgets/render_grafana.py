@@ -224,6 +224,7 @@ def _spend_row(layout: Layout) -> None:
     layout.add(_tokens_by("token_type", ""), 12, 8)
     layout.add(_cost_by("agent", ""), 12, 8)
     layout.add(_cost_by("model", ""), 12, 8)
+    layout.add(_requests_by_status(""), 12, 8)
     top = Query(
         "topk(10, sum by (agent, task) (increase(llm_cost_usd_total[$__range])))",
         "{{agent}} / {{task}}",

@@ -255,7 +255,7 @@ def _observe_helper(message_stream: Any, tracker: StreamTracker, observe: Callab
         tracker.closed()
 
 
-class SyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncStreamManagerProxy(wrapt.ObjectProxy[Any]):
     """`messages.stream()`'s manager: the request is sent in `__enter__`, so the span opens there."""
 
     def __init__(self, manager: Any, open_tracker: OpenTracker) -> None:
@@ -280,7 +280,7 @@ class SyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return self.__wrapped__.__exit__(*exc_info)
 
 
-class AsyncStreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamManagerProxy(wrapt.ObjectProxy[Any]):
     """`AsyncMessages.stream()`'s manager: the request is awaited in `__aenter__`."""
 
     def __init__(self, manager: Any, open_tracker: OpenTracker) -> None:

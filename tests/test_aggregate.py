@@ -1,0 +1,205 @@
+"""Records → counters and their Prometheus exposition, read back the way Prometheus would."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
+from otel_tokens.exposition import TokenMetricsCollector
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+
+
+def rec(
+    agent: str | None = "coder",
+    *,
+    tokens: TokenCounts | None = None,
+    cost: float | None = 0.5,
+    model: str = "gpt-4o",
+    status: str = "ok",
+    task_id: str | None = None,
+    user: str | None = None,
+    estimated: bool = False,
+    end: int = 0,
+) -> UsageRecord:
+    return UsageRecord(
+        provider="openai",
+        request_model=model,
+        tokens=tokens if tokens is not None else TokenCounts(1000, 100, 200, 50, 10),
+        cost_usd=cost,
+        attribution=Attribution(agent=agent, task="fix", task_id=task_id, user=user),
+        status=status,  # type: ignore[arg-type]
+        estimated=estimated,
+        end_time_ns=end,
+    )
+
+
+def scrape(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry()
+    registry.register(TokenMetricsCollector(agg))
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_config_validation_names_the_key() -> None:
+    MetricsConfig().validate()
+    MetricsConfig(dimensions=("agent", "user", "operation")).validate()
+    bad = [
+        (MetricsConfig(dimensions=("agent", "task_id")), "dimensions"),
+        (MetricsConfig(dimensions=("agent", "agent")), "dimensions"),
+        (MetricsConfig(max_series_per_metric=0), "max_series_per_metric"),
+        (MetricsConfig(dedupe_hold_seconds=-1), "dedupe_hold_seconds"),
+        (MetricsConfig(max_held_spans=0), "max_held_spans"),
+        (MetricsConfig(input_token_buckets=(10, 5)), "input_token_buckets"),
+    ]
+    for config, key in bad:
+        with pytest.raises(ValueError, match=key):
+            config.validate()
+
+
+def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up() -> None:
+    agg = Aggregator()
+    agg.add_many([rec(), rec(status="error", cost=None), rec(agent=None)])
+    m = scrape(agg)
+    labels = (("agent", "coder"), ("model", "gpt-4o"), ("provider", "openai"), ("task", "fix"))
+    by_type = {t: m[("llm_tokens_total", tuple(sorted((*labels, ("token_type", t)))))] for t in
+               ("input", "output", "cache_read", "cache_write", "reasoning")}  # fmt: skip
+    assert by_type == {"input": 1500, "output": 180, "cache_read": 400, "cache_write": 100, "reasoning": 20}
+    assert sum(by_type.values()) == 2 * TokenCounts(1000, 100, 200, 50, 10).total
+    assert m[("llm_cost_usd_total", labels)] == 0.5
+    assert m[("llm_requests_total", tuple(sorted((*labels, ("status", "ok")))))] == 1
+    assert m[("llm_requests_total", tuple(sorted((*labels, ("status", "error")))))] == 1
+    unknown = (("agent", "unknown"), *labels[1:])
+    assert m[("llm_requests_total", tuple(sorted((*unknown, ("status", "ok")))))] == 1
+    assert m[("otel_tokens_unpriced_records_total", (("model", "gpt-4o"), ("provider", "openai")))] == 1
+
+
+def test_overflow_series_appears_exactly_at_the_limit_and_is_counted() -> None:
+    agg = Aggregator(MetricsConfig(max_series_per_metric=3))
+    agg.add_many([rec("a"), rec("b"), rec("c"), rec("a")])
+    assert OVERFLOW not in {k[0] for k in agg.iter_keys()}
+    agg.add_many([rec("d"), rec("e"), rec("b")])
+    keys = set(agg.iter_keys())
+    assert len(keys) == 4 and (OVERFLOW,) * 4 in keys
+    m = scrape(agg)
+    over = tuple(sorted({"agent": OVERFLOW, "task": OVERFLOW, "model": OVERFLOW, "provider": OVERFLOW}.items()))
+    assert m[("llm_requests_total", tuple(sorted((*over, ("status", "ok")))))] == 2
+    assert m[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 2
+    assert m[("otel_tokens_series_overflow_total", (("metric", "llm_request_input_tokens"),))] == 2
+    b = tuple(sorted({"agent": "b", "task": "fix", "model": "gpt-4o", "provider": "openai"}.items()))
+    assert m[("llm_requests_total", tuple(sorted((*b, ("status", "ok")))))] == 2  # existing series still grow
+
+
+def test_opt_in_dimensions_and_estimated_tokens() -> None:
+    agg = Aggregator(MetricsConfig(dimensions=("agent", "user", "operation")))
+    agg.add_many([rec(user="alice", estimated=True, tokens=TokenCounts(10, 5))])
+    m = scrape(agg)
+    labels = (("agent", "coder"), ("operation", "chat"), ("user", "alice"))
+    assert m[("llm_estimated_tokens_total", labels)] == 15
+    assert m[("llm_tokens_total", tuple(sorted((*labels, ("token_type", "input")))))] == 10
+
+
+def test_input_histogram_buckets() -> None:
+    agg = Aggregator(MetricsConfig(dimensions=("agent",), input_token_buckets=(256, 1024)))
+    agg.add_many([rec(tokens=TokenCounts(256)), rec(tokens=TokenCounts(257)), rec(tokens=TokenCounts(5000))])
+    m = scrape(agg)
+    h = "llm_request_input_tokens"
+    assert m[(f"{h}_bucket", (("agent", "coder"), ("le", "256.0")))] == 1
+    assert m[(f"{h}_bucket", (("agent", "coder"), ("le", "1024.0")))] == 2
+    assert m[(f"{h}_bucket", (("agent", "coder"), ("le", "+Inf")))] == 3
+    assert m[(f"{h}_count", (("agent", "coder"),))] == 3
+    assert m[(f"{h}_sum", (("agent", "coder"),))] == 256 + 257 + 5000
+
+
+def test_task_instances_are_bounded_recent_first_and_never_a_label() -> None:
+    agg = Aggregator(MetricsConfig(max_task_instances=2))
+    agg.add_many([rec(task_id="t1", end=1), rec(task_id="t2", end=2), rec(task_id="t1", end=3)])
+    agg.add_many([rec(task_id="t3", end=4)])  # evicts t2, the least recently active
+    tasks = agg.task_instances()
+    assert [t.task_id for t in tasks] == ["t3", "t1"]
+    t1 = tasks[1]
+    total = TokenCounts(1000, 100, 200, 50, 10).total
+    assert (t1.tokens, t1.requests, t1.cost_usd, t1.last_seen_ns, t1.agent, t1.task) == (
+        2 * total, 2, 1.0, 3, "coder", "fix",
+    )  # fmt: skip
+    assert not any("t1" in str(k) for k in scrape(agg))
+
+
+def test_unpriced_series_are_bounded() -> None:
+    agg = Aggregator(MetricsConfig(max_series_per_metric=2))
+    agg.add_many([rec(cost=None, model=f"m{i}") for i in range(4)])
+    unpriced = agg.snapshot().unpriced
+    assert unpriced[(OVERFLOW, OVERFLOW)] == 2 and len(unpriced) == 3
+
+
+def test_concurrent_adds_are_exact() -> None:
+    agg = Aggregator()
+
+    def work(agent: str) -> None:
+        for _ in range(500):
+            agg.add(rec(agent, tokens=TokenCounts(3, 2), cost=0.25))
+
+    threads = [threading.Thread(target=work, args=(f"a{i % 3}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = agg.snapshot()
+    assert sum(sum(s.tokens) for s in snap.series.values()) == 8 * 500 * 5
+    assert sum(s.requests_ok for s in snap.series.values()) == 4000
+    assert sum(s.cost_usd for s in snap.series.values()) == 1000.0
+
+
+GOLDEN = """\
+# HELP llm_tokens_total LLM tokens by type; types are disjoint, so a sum over token_type is the total.
+# TYPE llm_tokens_total counter
+llm_tokens_total{agent="coder",token_type="input"} 750.0
+llm_tokens_total{agent="coder",token_type="output"} 90.0
+llm_tokens_total{agent="coder",token_type="cache_read"} 200.0
+llm_tokens_total{agent="coder",token_type="cache_write"} 50.0
+llm_tokens_total{agent="coder",token_type="reasoning"} 10.0
+# HELP llm_cost_usd_total LLM cost in USD (unpriced models add nothing; see otel_tokens_unpriced_records_total).
+# TYPE llm_cost_usd_total counter
+llm_cost_usd_total{agent="coder"} 0.5
+# HELP llm_requests_total LLM calls, counted once each after deduplication.
+# TYPE llm_requests_total counter
+llm_requests_total{agent="coder",status="ok"} 1.0
+# HELP llm_estimated_tokens_total Tokens counted with a tokenizer because the provider reported no usage.
+# TYPE llm_estimated_tokens_total counter
+# HELP llm_request_input_tokens Input tokens per request (including cache): context growth shows here.
+# TYPE llm_request_input_tokens histogram
+llm_request_input_tokens_bucket{agent="coder",le="256.0"} 0.0
+llm_request_input_tokens_bucket{agent="coder",le="1024.0"} 1.0
+llm_request_input_tokens_bucket{agent="coder",le="+Inf"} 1.0
+llm_request_input_tokens_count{agent="coder"} 1.0
+llm_request_input_tokens_sum{agent="coder"} 1000.0
+# HELP otel_tokens_spans_received_total Spans received (all kinds).
+# TYPE otel_tokens_spans_received_total counter
+otel_tokens_spans_received_total 3.0
+# HELP otel_tokens_spans_rejected_total Spans or payloads refused, by reason.
+# TYPE otel_tokens_spans_rejected_total counter
+otel_tokens_spans_rejected_total{reason="negative_token_count"} 1.0
+# HELP otel_tokens_duplicates_dropped_total Usage spans dropped as another span of a counted call.
+# TYPE otel_tokens_duplicates_dropped_total counter
+otel_tokens_duplicates_dropped_total 1.0
+# HELP otel_tokens_series_overflow_total Records counted in the __overflow__ series because a metric hit its series limit.
+# TYPE otel_tokens_series_overflow_total counter
+# HELP otel_tokens_unpriced_records_total Records whose model has no known price (cost counted as 0).
+# TYPE otel_tokens_unpriced_records_total counter
+"""
+
+
+def test_golden_exposition_text() -> None:
+    agg = Aggregator(MetricsConfig(dimensions=("agent",), input_token_buckets=(256, 1024)))
+    agg.add_ingest_stats(3, {"negative_token_count": 1})
+    agg.add_many([rec()], duplicates=1)
+    registry = CollectorRegistry()
+    registry.register(TokenMetricsCollector(agg))
+    assert generate_latest(registry).decode() == GOLDEN

@@ -96,7 +96,7 @@ class FakeProvider:
         return self.url
 
     def start(self) -> FakeProvider:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-provider", daemon=True)
+        self._thread = threading.Thread(target=lambda: self._server.serve_forever(poll_interval=0.05), name="fake-provider", daemon=True)
         self._thread.start()
         return self
 

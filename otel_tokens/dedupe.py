@@ -99,6 +99,8 @@ class Deduper:
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _offer(self, record: UsageRecord, now: float) -> bool:
+        if not record.span_id:
+            return True  # no identity (a record built without a span): nothing to link it to
         trace_id = record.trace_id
         key = _key(trace_id, record.span_id)
         parent = _key(trace_id, record.parent_span_id) if record.parent_span_id else None

@@ -24,7 +24,7 @@ _go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
 
 _HELP = {
     agg.TOKENS: "LLM tokens by type; types are disjoint, so a sum over token_type is the total.",
-    agg.COST: "LLM cost in USD (unpriced models add nothing; see otel_tokens_unpriced_records_total).",
+    agg.COST: "LLM cost in USD; unpriced calls add 0 (see otel_tokens_unpriced_records_total).",
     agg.REQUESTS: "LLM calls, counted once each after deduplication.",
     agg.ESTIMATED: "Tokens counted with a tokenizer because the provider reported no usage.",
     agg.INPUT_HISTOGRAM: "Input tokens per request (including cache): context growth shows here.",
@@ -102,7 +102,7 @@ def _self_families(snap: Snapshot | None = None) -> Iterator[Metric]:
     )
     overflow = CounterMetricFamily(
         "otel_tokens_series_overflow_total",
-        "Records counted in the __overflow__ series because a metric hit its series limit.",
+        "Records sent to the __overflow__ series by the series limit.",
         labels=["metric"],
     )
     unpriced = CounterMetricFamily(

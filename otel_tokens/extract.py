@@ -1,10 +1,11 @@
 """Span → UsageRecord, for every dialect of GenAI usage attributes we know.
 
-The dialect logic is written once over a plain mapping of the attributes we care about
-(`record_from_attributes`); two thin adapters feed it: OTLP protobuf spans (the collector) and SDK
-`ReadableSpan`s (the in-process processor). Walking every attribute value of every protobuf span
-costs ~6x the decode itself, so the OTLP adapter makes one pass over the keys, keeps only names in
-`WANTED` (a frozenset lookup) and converts values only for spans that carry a usage key.
+The dialect table (`_DIALECTS`: one slot per thing we read, its attribute names best first) and the
+logic over it (`record_from_slots`) are written once; two thin adapters fill the slots: OTLP
+protobuf spans (the collector) and SDK `ReadableSpan`s (the in-process processor), and
+`record_from_attributes` takes any plain mapping. Converting every attribute of every protobuf span
+costs several times the decode itself, so the OTLP adapter makes one pass over the keys (a dict
+lookup each), and converts values only for a span that turns out to carry usage.
 
 Normalisation: records keep the semconv meaning (input includes cache read and write). Ours, the
 anthropic SDK's own spans, the official OpenAI instrumentation, current OpenLLMetry and
@@ -97,6 +98,12 @@ USAGE_KEYS: frozenset[str] = frozenset(_DIALECTS[IN] + _DIALECTS[OUT] + _DIALECT
 _ATTRIBUTION_KEYS: frozenset[str] = frozenset(k for keys in _DIALECTS[AGENT : WORKFLOW + 1] for k in keys)
 
 _Slots = list[Any]  # one value per slot (None: absent)
+
+#: The AnyValue field each slot normally arrives in (one attribute read instead of WhichOneof).
+_EXPECTED_FIELD: tuple[str, ...] = (
+    ("int_value",) * 6 + ("string_value",) * 11 + ("double_value", "bool_value", "bool_value", "string_value")
+)
+assert len(_EXPECTED_FIELD) == _N_SLOTS
 
 
 class Rejection:
@@ -293,8 +300,12 @@ def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
         return None
     for i, value in enumerate(vals):
         if value is not None:
-            kind = value.WhichOneof("value")
-            vals[i] = getattr(value, kind) if kind is not None else None
+            # read the field the slot expects; a zero/empty result may be another kind: ask then
+            converted = getattr(value, _EXPECTED_FIELD[i])
+            if not converted:
+                kind = value.WhichOneof("value")
+                converted = getattr(value, kind) if kind is not None else None
+            vals[i] = converted
     return vals, ranks
 
 

@@ -89,7 +89,9 @@ def test_overflow_series_appears_exactly_at_the_limit_and_is_counted() -> None:
     keys = set(agg.iter_keys())
     assert len(keys) == 4 and (OVERFLOW,) * 4 in keys
     m = scrape(agg)
-    over = tuple(sorted({"agent": OVERFLOW, "task": OVERFLOW, "model": OVERFLOW, "provider": OVERFLOW}.items()))
+    over = tuple(
+        sorted({"agent": OVERFLOW, "task": OVERFLOW, "model": OVERFLOW, "provider": OVERFLOW}.items())
+    )
     assert m[("llm_requests_total", tuple(sorted((*over, ("status", "ok")))))] == 2
     assert m[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 2
     assert m[("otel_tokens_series_overflow_total", (("metric", "llm_request_input_tokens"),))] == 2
@@ -165,7 +167,7 @@ llm_tokens_total{agent="coder",token_type="output"} 90.0
 llm_tokens_total{agent="coder",token_type="cache_read"} 200.0
 llm_tokens_total{agent="coder",token_type="cache_write"} 50.0
 llm_tokens_total{agent="coder",token_type="reasoning"} 10.0
-# HELP llm_cost_usd_total LLM cost in USD (unpriced models add nothing; see otel_tokens_unpriced_records_total).
+# HELP llm_cost_usd_total LLM cost in USD; unpriced calls add 0 (see otel_tokens_unpriced_records_total).
 # TYPE llm_cost_usd_total counter
 llm_cost_usd_total{agent="coder"} 0.5
 # HELP llm_requests_total LLM calls, counted once each after deduplication.
@@ -189,7 +191,7 @@ otel_tokens_spans_rejected_total{reason="negative_token_count"} 1.0
 # HELP otel_tokens_duplicates_dropped_total Usage spans dropped as another span of a counted call.
 # TYPE otel_tokens_duplicates_dropped_total counter
 otel_tokens_duplicates_dropped_total 1.0
-# HELP otel_tokens_series_overflow_total Records counted in the __overflow__ series because a metric hit its series limit.
+# HELP otel_tokens_series_overflow_total Records sent to the __overflow__ series by the series limit.
 # TYPE otel_tokens_series_overflow_total counter
 # HELP otel_tokens_unpriced_records_total Records whose model has no known price (cost counted as 0).
 # TYPE otel_tokens_unpriced_records_total counter

@@ -88,7 +88,13 @@ def test_ours_semconv_keeps_meaning_and_uses_span_cost() -> None:
         parent=7,
     )
     assert r.tokens == TokenCounts(1000, 200, 300, 100, 50)
-    assert r.tokens.disjoint() == {"input": 600, "output": 150, "cache_read": 300, "cache_write": 100, "reasoning": 50}
+    assert r.tokens.disjoint() == {
+        "input": 600,
+        "output": 150,
+        "cache_read": 300,
+        "cache_write": 100,
+        "reasoning": 50,
+    }
     assert (r.cost_usd, r.ours, r.model, r.response_model) == (0.25, True, "gpt-4o", "gpt-4o-2024-08-06")
     a = r.attribution
     assert (a.agent, a.task, a.task_id, a.user, a.session, a.step, a.workflow) == (
@@ -255,7 +261,9 @@ def test_spans_without_usage_are_skipped() -> None:
 
 
 def test_outsider_labels_are_truncated() -> None:
-    r = record({sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "a" * 10_000, sc.GEN_AI_REQUEST_MODEL: 7})
+    r = record(
+        {sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "a" * 10_000, sc.GEN_AI_REQUEST_MODEL: 7}
+    )
     assert r.attribution.agent == "a" * 128 and r.model == "7"
 
 
@@ -265,7 +273,9 @@ def _request(spans: list[Span], resource: dict[str, Any], scope: str) -> Any:
     return ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
-                resource=Resource(attributes=[KeyValue(key=k, value=any_value(v)) for k, v in resource.items()]),
+                resource=Resource(
+                    attributes=[KeyValue(key=k, value=any_value(v)) for k, v in resource.items()]
+                ),
                 scope_spans=[ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)],
             )
         ]
@@ -315,17 +325,16 @@ def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree() -> None:
     provider = TracerProvider(resource=SdkResource.create({sc.OTEL_TOKENS_USER: "res-user"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("some.instrumentation")
-    with tracer.start_as_current_span("agent"):
-        with tracer.start_as_current_span("chat claude", attributes={
-            sc.GEN_AI_PROVIDER_NAME: "anthropic",
-            sc.GEN_AI_REQUEST_MODEL: "claude-sonnet-4-5",
-            sc.GEN_AI_USAGE_INPUT_TOKENS: 1500,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 20,
-            sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 1000,
-            sc.GEN_AI_RESPONSE_FINISH_REASONS: ("end_turn",),
-            sc.GEN_AI_AGENT_NAME: "coder",
-        }) as span:  # fmt: skip
-            span.set_status(StatusCode.ERROR)
+    with tracer.start_as_current_span("agent"), tracer.start_as_current_span("chat claude", attributes={
+        sc.GEN_AI_PROVIDER_NAME: "anthropic",
+        sc.GEN_AI_REQUEST_MODEL: "claude-sonnet-4-5",
+        sc.GEN_AI_USAGE_INPUT_TOKENS: 1500,
+        sc.GEN_AI_USAGE_OUTPUT_TOKENS: 20,
+        sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 1000,
+        sc.GEN_AI_RESPONSE_FINISH_REASONS: ("end_turn",),
+        sc.GEN_AI_AGENT_NAME: "coder",
+    }) as span:  # fmt: skip
+        span.set_status(StatusCode.ERROR)
     finished = exporter.get_finished_spans()
     result = IngestResult()
     batch = _Collect(result)

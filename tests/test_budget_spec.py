@@ -92,8 +92,10 @@ def test_example_covers_the_planning_table() -> None:
 def test_windows() -> None:
     budgets = parse_budget_text(
         "budgets:\n"
-        + "".join(f"  - {{name: b{i}, limit: {{tokens: 1}}, window: {w}}}\n" for i, w in enumerate(
-            ["1h", "1d", "7d", "30d", "day", "week", "month"]))  # fmt: skip
+        + "".join(
+            f"  - {{name: b{i}, limit: {{tokens: 1}}, window: {w}}}\n"
+            for i, w in enumerate(["1h", "1d", "7d", "30d", "day", "week", "month"])
+        )
     ).budgets
     assert [b.is_calendar for b in budgets] == [False] * 4 + [True] * 3
     assert [b.window_seconds for b in budgets[:4]] == [3600, 86400, 7 * 86400, 30 * 86400]

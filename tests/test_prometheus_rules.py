@@ -28,7 +28,9 @@ from otel_tokens.budgets.render_prometheus import (
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "budgets.yaml"
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt install prometheus)")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (apt install prometheus)"
+)
 
 EVAL = "120m"  # every synthetic series runs 130 minutes at 1-minute steps
 DASH = "http://grafana.test/d/overview"
@@ -53,8 +55,15 @@ budgets:
 
 
 def budgets_with_for(duration: str) -> BudgetFile:
-    kinds = ["budget_warning", "budget_exceeded", "runaway_task", "token_spike", "budget_forecast",
-             "context_growth", "prompt_cache_miss"]  # fmt: skip
+    kinds = [
+        "budget_warning",
+        "budget_exceeded",
+        "runaway_task",
+        "token_spike",
+        "budget_forecast",
+        "context_growth",
+        "prompt_cache_miss",
+    ]
     return parse_budget_text(BUDGETS + "alert_for: {" + ", ".join(f"{k}: {duration}" for k in kinds) + "}\n")
 
 
@@ -102,8 +111,10 @@ class Case:
 
 
 def ratio(value: float) -> dict[str, str]:
-    return {'llm_budget_used{budget="b",window="1d",unit="tokens"}': const(600),
-            'llm_budget_usage_ratio{budget="b",window="1d"}': const(value)}  # fmt: skip
+    return {
+        'llm_budget_used{budget="b",window="1d",unit="tokens"}': const(600),
+        'llm_budget_usage_ratio{budget="b",window="1d"}': const(value),
+    }
 
 
 B_LABELS = {"budget": "b", "agent": "a", "task": "t"}
@@ -121,7 +132,9 @@ CASES = [
         above=ratio(1.0),
         below=[ratio(0.9999)],
         labels={**B_LABELS, "severity": "P2", "window": "1d"},
-        annotations=annotations_b("Budget b exceeded: 100% of 24k tokens per 1d (action: warn)", percent="100%"),
+        annotations=annotations_b(
+            "Budget b exceeded: 100% of 24k tokens per 1d (action: warn)", percent="100%"
+        ),
         ledger={},
     ),
     Case(
@@ -149,7 +162,9 @@ CASES = [
         above={'llm_budget_consumed_total{budget="b",unit="tokens"}': ramp(16)},
         below=[{'llm_budget_consumed_total{budget="b",unit="tokens"}': ramp(14)}],
         labels={**B_LABELS, "severity": "P2"},
-        annotations=annotations_b("Budget b is projected at 96% of 24k tokens per 1d by the end of the window"),
+        annotations=annotations_b(
+            "Budget b is projected at 96% of 24k tokens per 1d by the end of the window"
+        ),
     ),
     Case(
         # Calendar month: $50 used + rate x 10 h left. $0.12/min → $122 (122%); $0.06/min → $86.
@@ -170,10 +185,16 @@ CASES = [
     Case(
         # One request a minute; 1000 input tokens each until minute 70, then 2000 (or 1400: below 1.5x).
         "ContextGrowth",
-        above={f"llm_request_input_tokens_sum{HIST}": "0+1000x69 71000+2000x60",
-               f"llm_request_input_tokens_count{HIST}": ramp(1)},  # fmt: skip
-        below=[{f"llm_request_input_tokens_sum{HIST}": "0+1000x69 70400+1400x60",
-                f"llm_request_input_tokens_count{HIST}": ramp(1)}],  # fmt: skip
+        above={
+            f"llm_request_input_tokens_sum{HIST}": "0+1000x69 71000+2000x60",
+            f"llm_request_input_tokens_count{HIST}": ramp(1),
+        },
+        below=[
+            {
+                f"llm_request_input_tokens_sum{HIST}": "0+1000x69 70400+1400x60",
+                f"llm_request_input_tokens_count{HIST}": ramp(1),
+            }
+        ],
         labels={**B_LABELS, "severity": "P3"},
         annotations=annotations_b(
             "Agent a (task t): input tokens per request grew 2.00x against 1h ago — the context keeps growing"
@@ -181,17 +202,26 @@ CASES = [
     ),
     Case(
         "PromptCacheMiss",
-        above={f"llm_request_input_tokens_sum{HIST}": ramp(12000),
-               f"llm_request_input_tokens_count{HIST}": ramp(1),
-               f'llm_tokens_total{HIST[:-1]},token_type="cache_read"}}': const(0)},  # fmt: skip
+        above={
+            f"llm_request_input_tokens_sum{HIST}": ramp(12000),
+            f"llm_request_input_tokens_count{HIST}": ramp(1),
+            f'llm_tokens_total{HIST[:-1]},token_type="cache_read"}}': const(0),
+        },
         below=[
-            {f"llm_request_input_tokens_sum{HIST}": ramp(9000), f"llm_request_input_tokens_count{HIST}": ramp(1)},
-            {f"llm_request_input_tokens_sum{HIST}": ramp(12000),
-             f"llm_request_input_tokens_count{HIST}": ramp(1),
-             f'llm_tokens_total{HIST[:-1]},token_type="cache_read"}}': ramp(100)},  # fmt: skip
+            {
+                f"llm_request_input_tokens_sum{HIST}": ramp(9000),
+                f"llm_request_input_tokens_count{HIST}": ramp(1),
+            },
+            {
+                f"llm_request_input_tokens_sum{HIST}": ramp(12000),
+                f"llm_request_input_tokens_count{HIST}": ramp(1),
+                f'llm_tokens_total{HIST[:-1]},token_type="cache_read"}}': ramp(100),
+            },
         ],
         labels={**B_LABELS, "severity": "P3"},
-        annotations=annotations_b("Agent a (task t) sends 12k input tokens per request with no prompt-cache reads in 30m"),
+        annotations=annotations_b(
+            "Agent a (task t) sends 12k input tokens per request with no prompt-cache reads in 30m"
+        ),
     ),
 ]
 
@@ -212,6 +242,7 @@ def unit_test(case: Case, series: dict[str, str], fires: bool) -> dict[str, Any]
 
 
 def run_promtool_tests(tmp_path: Path, budgets: BudgetFile, tests: list[dict[str, Any]]) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "rules.yml").write_text(render_rules(budgets, "test-budgets.yaml"))
     spec = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -227,10 +258,14 @@ def test_every_alert_kind_has_a_case() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.alert}-{c.labels['budget']}" for c in CASES])
 def test_alert_fires_above_boundary_silent_below_and_respects_for(case: Case, tmp_path: Path) -> None:
-    elapsed = [unit_test(case, case.above, fires=True)] + [unit_test(case, s, fires=False) for s in case.below]
+    elapsed = [unit_test(case, case.above, fires=True)] + [
+        unit_test(case, s, fires=False) for s in case.below
+    ]
     run_promtool_tests(tmp_path / "for-30m", budgets_with_for("30m"), elapsed)
     # Same series, but `for: 3h` has not elapsed at the evaluation time: the alert is only pending.
-    run_promtool_tests(tmp_path / "for-3h", budgets_with_for("3h"), [unit_test(case, case.above, fires=False)])
+    run_promtool_tests(
+        tmp_path / "for-3h", budgets_with_for("3h"), [unit_test(case, case.above, fires=False)]
+    )
 
 
 @needs_promtool

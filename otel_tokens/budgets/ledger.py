@@ -165,8 +165,10 @@ class BudgetLedger:
         """The top task instances of `budget` as (task_id, agent, task, tokens), largest first."""
         with self._lock:
             now = self._clock()
-            account = next(a for a in self._accounts if a.spec.name == budget)
-            return account.instances.top(now) if account.instances else []
+            for account in self._accounts:
+                if account.spec.name == budget:
+                    return account.instances.top(now) if account.instances else []
+        raise KeyError(f"no budget named {budget!r}")
 
     def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
         """Count every record the pipeline counts and export the gauges on its registry."""

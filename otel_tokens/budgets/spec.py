@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from otel_tokens.budgets.checks import alerting_problems, budget_name_problems
+
 __all__ = [
     "SCHEMA_PATH",
     "Action",
@@ -335,8 +337,6 @@ class Alerting(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Alerting:
-        from otel_tokens.budgets.checks import alerting_problems
-
         problems = alerting_problems(self.model_dump(by_alias=True))
         if problems:
             path, message = problems[0]
@@ -370,8 +370,6 @@ class BudgetFile(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> BudgetFile:
-        from otel_tokens.budgets.checks import budget_name_problems
-
         problems = budget_name_problems(self.model_dump(by_alias=True))
         if problems:
             path, message = problems[0]

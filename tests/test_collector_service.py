@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.collector.http_receiver import decode_request
 
 pytestmark = pytest.mark.integration
 
@@ -359,7 +361,21 @@ def test_run_collector_logs_where_it_listens_and_stops_on_sigterm() -> None:
         proc.wait()
 
 
-def test_a_taken_port_fails_start_cleanly(service: CollectorService) -> None:
-    clash = CollectorConfig(http_port=0, grpc_port=0, metrics_port=service.metrics_port)
-    with pytest.raises(OSError):
-        CollectorService(clash).start()
+def test_a_taken_port_fails_start_and_leaves_nothing_running(service: CollectorService) -> None:
+    before = {t.name for t in threading.enumerate()}
+    for clash in (
+        CollectorConfig(http_port=0, grpc_port=0, metrics_port=service.metrics_port),
+        CollectorConfig(http_port=0, grpc_port=service.grpc_port, metrics_port=0),  # after HTTP is up
+    ):
+        with pytest.raises(OSError):
+            CollectorService(clash).start()
+    assert {t.name for t in threading.enumerate()} <= before
+
+
+def test_json_hex_ids_decode_to_the_same_bytes_as_protobuf() -> None:
+    trace_id, span_id = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
+    span = {"traceId": trace_id, "spanId": span_id, "links": [{"traceId": trace_id, "spanId": span_id}]}
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    decoded = decode_request(body, "application/json", "", 1 << 20).resource_spans[0].scope_spans[0].spans[0]
+    assert (decoded.trace_id.hex(), decoded.span_id.hex()) == (trace_id, span_id)
+    assert (decoded.links[0].trace_id.hex(), decoded.links[0].span_id.hex()) == (trace_id, span_id)

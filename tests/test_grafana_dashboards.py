@@ -112,15 +112,12 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_metric_names(spec: BudgetFile) -> set[str]:
     """Series names the collector's own Prometheus collectors expose, as Prometheus stores them."""
-    collectors = [TokenMetricsCollector(Aggregator()), BudgetLedgerCollector(BudgetLedger(spec))]
-    names: set[str] = set()
-    for collector in collectors:
-        for family in collector.describe():
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
-                family.type, [""]
-            )
-            names.update(family.name + suffix for suffix in suffixes)
-    return names
+    families = [
+        *TokenMetricsCollector(Aggregator()).describe(),
+        *BudgetLedgerCollector(BudgetLedger(spec)).describe(),
+    ]
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    return {family.name + suffix for family in families for suffix in suffixes.get(family.type, [""])}
 
 
 # --- structure ------------------------------------------------------------------------------------
@@ -267,6 +264,7 @@ def type_check(tsc: Path, files: list[Path], out: Path) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.integration  # first run installs the pinned npm packages
 def test_dashboards_satisfy_grafanas_typescript_schema(
     tsc: Path, dashboards: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -278,6 +276,7 @@ def test_dashboards_satisfy_grafanas_typescript_schema(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_schema_check_rejects_a_broken_dashboard(
     tsc: Path, dashboards: dict[str, Any], tmp_path: Path
 ) -> None:

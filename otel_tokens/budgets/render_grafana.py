@@ -209,7 +209,7 @@ def _agent_variables() -> list[JsonDict]:
 def _spend_row(layout: Layout) -> None:
     layout.row("Spend")
     burn = Query("sum(rate(llm_tokens_total" + _RATE + "))")
-    layout.add(stat("Burn rate", "All token types, all agents.", burn, "short"), 6, 5)
+    layout.add(stat("Burn rate (tokens/s)", "All token types, all agents.", burn, "short"), 6, 5)
     cost = Query("sum(rate(llm_cost_usd_total" + _RATE + ")) * 3600")
     layout.add(stat("Cost per hour", "Spend rate in US dollars per hour.", cost, "currencyUSD"), 6, 5)
     spent = Query("sum(increase(llm_cost_usd_total[$__range]))")

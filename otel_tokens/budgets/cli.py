@@ -1,0 +1,59 @@
+"""`otel-tokens render` and `otel-tokens check`: thin commands over the budget renderers.
+
+`check` validates the budget file, compares the committed generated files with a fresh rendering,
+and — when Prometheus' and Alertmanager's own tools are installed — lets them judge the output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from otel_tokens.budgets.loader import BudgetFileError, load_budget_file
+from otel_tokens.budgets.render_all import ALERTMANAGER_CONFIG, RULES_FILE, check_rendered, render_all
+
+
+def render_command(budget_file: str, out_dir: str) -> int:
+    try:
+        written = render_all(budget_file, out_dir)
+    except BudgetFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def check_command(budget_file: str, out_dir: str) -> int:
+    try:
+        spec = load_budget_file(budget_file)
+    except BudgetFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{budget_file}: valid ({len(spec.budgets)} budgets)")
+    problems = check_rendered(budget_file, out_dir)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    failed = bool(problems)
+    out = Path(out_dir)
+    failed |= not _run_tool("promtool", ["check", "rules", str(out / RULES_FILE)])
+    failed |= not _run_tool("amtool", ["check-config", str(out / ALERTMANAGER_CONFIG)])
+    if not failed:
+        print("rendered files are up to date and accepted by their tools")
+    return 1 if failed else 0
+
+
+def _run_tool(tool: str, args: list[str]) -> bool:
+    """Run Prometheus'/Alertmanager's own checker when present; absent tools are reported, not failed."""
+    binary = shutil.which(tool)
+    if binary is None:
+        print(f"{tool} not installed: skipped `{tool} {' '.join(args)}`")
+        return True
+    result = subprocess.run([binary, *args], capture_output=True, text=True, check=False)
+    output = (result.stdout + result.stderr).strip()
+    print(f"{tool} {' '.join(args)}: {'ok' if result.returncode == 0 else 'FAILED'}")
+    if result.returncode != 0:
+        print(output, file=sys.stderr)
+    return result.returncode == 0

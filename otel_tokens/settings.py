@@ -25,6 +25,7 @@ def env_flag(name: str, default: bool = False) -> bool:
         return default
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
+
 # --- collector (`otel-tokens collector`); every key is documented in collector/README.md ---------
 # Each overrides the YAML key named in its comment and is overridden by the matching CLI flag.
 #: otlp.http.host — interface of the OTLP/HTTP receiver (default 127.0.0.1).

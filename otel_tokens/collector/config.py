@@ -79,6 +79,7 @@ class _Kind:
     expected: str
     check: Callable[[Any], Any]  # python value (from YAML, or converted from text) -> config value
     from_text: Callable[[str], Any]  # env var / CLI text -> python value for `check`
+    metavar: str  # how --help shows the flag's argument
 
 
 def _got(value: object) -> str:
@@ -110,13 +111,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _kind(expected: str, ok: Callable[[Any], bool], from_text: Callable[[str], Any]) -> _Kind:
+def _kind(expected: str, ok: Callable[[Any], bool], from_text: Callable[[str], Any], metavar: str) -> _Kind:
     def check(value: Any) -> Any:
         if not ok(value):
             raise _Invalid(f"expected {expected}, got {_got(value)}")
         return value
 
-    return _Kind(expected, check, from_text)
+    return _Kind(expected, check, from_text, metavar)
 
 
 _DIMENSIONS = f"a list of distinct names from {', '.join(sorted(ALLOWED_DIMENSIONS))}"
@@ -130,16 +131,16 @@ def _names_check(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_HOST = _kind("a host name or IP address", lambda v: isinstance(v, str) and v.strip() != "", str)
-_PORT = _kind("a port number from 0 to 65535", lambda v: type(v) is int and 0 <= v <= 65535, _int_text)
-_POS_INT = _kind("a positive integer", lambda v: type(v) is int and v > 0, _int_text)
-_POS_NUM = _kind("a positive number", lambda v: _is_number(v) and v > 0, _float_text)
-_NONNEG_NUM = _kind("a number >= 0", lambda v: _is_number(v) and v >= 0, _float_text)
-_BOOL = _kind("true or false", lambda v: isinstance(v, bool), _bool_text)
-_NAMES = _Kind(_DIMENSIONS, _names_check, lambda t: [s.strip() for s in t.split(",") if s.strip()])
-_PATH = _kind(
-    "a file path or null", lambda v: v is None or (isinstance(v, str) and v != ""), lambda t: t or None
+_HOST = _kind("a host name or IP address", lambda v: isinstance(v, str) and v.strip() != "", str, "HOST")
+_PORT = _kind(
+    "a port number from 0 to 65535", lambda v: type(v) is int and 0 <= v <= 65535, _int_text, "PORT"
 )
+_POS_INT = _kind("a positive integer", lambda v: type(v) is int and v > 0, _int_text, "N")
+_POS_NUM = _kind("a positive number", lambda v: _is_number(v) and v > 0, _float_text, "SECONDS")
+_NONNEG_NUM = _kind("a number >= 0", lambda v: _is_number(v) and v >= 0, _float_text, "SECONDS")
+_BOOL = _kind("true or false", lambda v: isinstance(v, bool), _bool_text, "BOOL")
+_NAMES = _Kind(_DIMENSIONS, _names_check, lambda t: [s.strip() for s in t.split(",") if s.strip()], "LABELS")
+_PATH = _kind("a file path or null", lambda v: v is None or (isinstance(v, str) and v != ""), str, "FILE")
 
 
 @dataclass(frozen=True)
@@ -327,9 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if key.kind is _BOOL:
             parser.add_argument(key.flag, dest=key.attr, action=argparse.BooleanOptionalAction, help=key.doc)
         else:
-            parser.add_argument(
-                key.flag, dest=key.attr, metavar=key.attr.split("_")[-1].upper(), help=key.doc
-            )
+            parser.add_argument(key.flag, dest=key.attr, metavar=key.kind.metavar, help=key.doc)
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> CollectorConfig:

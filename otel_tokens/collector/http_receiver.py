@@ -254,7 +254,9 @@ class _OtlpHandler(_Handler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise Rejected(HTTPStatus.LENGTH_REQUIRED, "invalid_payload", "Content-Length required") from None
-        if length > limit or length < 0:
+        if length < 0:
+            raise Rejected(HTTPStatus.BAD_REQUEST, "invalid_payload", f"invalid Content-Length {length}")
+        if length > limit:
             raise Rejected(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
                 f"body of {length} bytes exceeds the limit of {limit} bytes (otlp.max_body_bytes)",

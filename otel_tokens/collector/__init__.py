@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from otel_tokens.budgets.loader import BudgetFileError
 from otel_tokens.collector.config import CollectorConfig, ConfigError, add_arguments, config_from_args
 from otel_tokens.collector.service import CollectorService, run_collector
 
@@ -71,6 +72,9 @@ def _main_from_args(args: argparse.Namespace) -> int:
         return 2
     try:
         return run_collector(config)
+    except BudgetFileError as exc:
+        print(f"otel-tokens collector: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"otel-tokens collector: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.pipeline import IngestResult, Pipeline
 
 __all__ = ["MetricsHttpServer", "OtlpHttpServer", "decode_request", "partial_success"]
@@ -43,6 +45,7 @@ __all__ = ["MetricsHttpServer", "OtlpHttpServer", "decode_request", "partial_suc
 logger = logging.getLogger("otel_tokens.collector")
 
 TRACES_PATH = "/v1/traces"
+BUDGETS_PATH = "/api/v1/budgets"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _GRPC_INVALID_ARGUMENT = 3  # google.rpc.Code, used in the Status body of 4xx responses
@@ -195,8 +198,14 @@ class OtlpHttpServer(_Server):
 
 
 class MetricsHttpServer(_Server):
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    """/metrics for Prometheus, /healthz, and /api/v1/budgets (the ledger's exact standing, as JSON,
+    for in-process guards and scripts) when the collector tracks budgets."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, budgets: BudgetLedger | None = None
+    ) -> None:
         self.registry = registry
+        self.budgets = budgets
         super().__init__(host, port, _MetricsHandler)
 
 
@@ -314,6 +323,10 @@ class _MetricsHandler(_Handler):
         path = self.path.partition("?")[0]
         if path == "/healthz":
             return self._reply(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        if path == BUDGETS_PATH and self.server.budgets is not None:
+            status = [dataclasses.asdict(s) for s in self.server.budgets.status()]
+            body = json.dumps({"budgets": status}, sort_keys=True).encode()
+            return self._reply(HTTPStatus.OK, body, "application/json")
         if path != "/metrics":
             return self._not_found()
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 
 from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.budgets.ledger import BudgetLedger
+from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.collector.config import CollectorConfig
 from otel_tokens.collector.grpc_receiver import GrpcReceiver
 from otel_tokens.collector.http_receiver import TRACES_PATH, MetricsHttpServer, OtlpHttpServer
@@ -31,6 +33,12 @@ class CollectorService:
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
         self.pipeline = pipeline if pipeline is not None else Pipeline(self.config.metrics_config())
+        #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
+        #: makes a broken budget file stop start-up with every error listed, before any port opens.
+        self.ledger: BudgetLedger | None = None
+        if self.config.budgets_file:
+            self.ledger = BudgetLedger(load_budget_file(self.config.budgets_file))
+            self.ledger.attach(self.pipeline)
         self._http: OtlpHttpServer | None = None
         self._metrics: MetricsHttpServer | None = None
         self._grpc: GrpcReceiver | None = None
@@ -51,7 +59,9 @@ class CollectorService:
 
     def _bind(self) -> None:
         cfg = self.config
-        self._metrics = MetricsHttpServer(cfg.metrics_host, cfg.metrics_port, self.pipeline.registry)
+        self._metrics = MetricsHttpServer(
+            cfg.metrics_host, cfg.metrics_port, self.pipeline.registry, budgets=self.ledger
+        )
         self._spawn("otel-tokens-metrics", self._metrics.serve)
         self._http = OtlpHttpServer(cfg.http_host, cfg.http_port, self.pipeline, cfg.max_body_bytes)
         self._spawn("otel-tokens-otlp-http", self._http.serve)
@@ -115,6 +125,8 @@ class CollectorService:
             lines.append(f"OTLP/gRPC on {_hostport(cfg.grpc_host, self.grpc_port)}")
         metrics = _hostport(cfg.metrics_host, self.metrics_port)
         lines.append(f"Prometheus metrics on http://{metrics}/metrics (health: /healthz)")
+        if self.ledger is not None:
+            lines.append(f"Budget status on http://{metrics}/api/v1/budgets")
         return lines
 
 
@@ -138,8 +150,8 @@ def run_collector(config: CollectorConfig | Sequence[str] | None = None) -> int:
     try:
         with CollectorService(config) as service:
             logger.info("otel-tokens collector listening: %s", "; ".join(service.endpoints()))
-            if config.budgets_file:
-                logger.warning("budgets_file is set but the budget ledger is not available yet; ignored")
+            if service.ledger is not None:
+                logger.info("tracking %d budgets from %s", len(service.ledger.status()), config.budgets_file)
             while not stop.wait(1.0):  # a timed wait keeps signal delivery prompt everywhere
                 pass
     finally:

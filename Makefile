@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/otel-tokens demo
+	$(BIN)/otel-tokens demo --budgets examples/budgets.yaml
 
 # Debian's packages start no service here; tests start their own on ports they choose.
 system-deps:

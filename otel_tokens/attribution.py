@@ -55,7 +55,7 @@ def _clean(fields: dict[str, object]) -> Attribution:
     return Attribution(**{k: str(v)[:_MAX_VALUE_LENGTH] for k, v in fields.items() if v is not None})
 
 
-class attribute:  # noqa: N801 - used like a function: `with attribute(...)` / `@attribute(...)`
+class attribute:
     """Attribute every LLM call inside this scope to an agent, task, user, session or step.
 
     Use as a context manager (`with attribute(agent="planner", task="research"):`) or a decorator
@@ -74,8 +74,15 @@ class attribute:  # noqa: N801 - used like a function: `with attribute(...)` / `
         workflow: str | None = None,
     ) -> None:
         self._scope = _clean(
-            {"agent": agent, "task": task, "task_id": task_id, "user": user, "session": session,
-             "step": step, "workflow": workflow}
+            {
+                "agent": agent,
+                "task": task,
+                "task_id": task_id,
+                "user": user,
+                "session": session,
+                "step": step,
+                "workflow": workflow,
+            }
         )
         self._tokens: list[object] = []
 

@@ -29,6 +29,11 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=1, help="workload rounds per cycle (default 1)")
     demo.add_argument("--interval", type=float, default=5.0, help="seconds between cycles when looping")
     demo.add_argument("--budgets", metavar="FILE", help="budget file the embedded collector tracks")
+    demo.add_argument(
+        "--alerts-listen",
+        metavar="HOST:PORT",
+        help="also receive Alertmanager webhooks here and print each page (docker-compose uses 0.0.0.0:8080)",
+    )
 
     render = sub.add_parser("render", help="render budgets.yaml into Prometheus/Alertmanager/Grafana files")
     render.add_argument("budget_file")
@@ -56,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds=args.rounds,
             interval=args.interval,
             budgets_file=args.budgets,
+            alerts_listen=args.alerts_listen,
         )
     if args.command == "render":
         from otel_tokens.budgets.cli import render_command

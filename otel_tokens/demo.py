@@ -86,10 +86,16 @@ def run_demo(
     rounds: int = 1,
     interval: float = 5.0,
     budgets_file: str | None = None,
+    alerts_listen: str | None = None,
 ) -> int:
     from otel_tokens.demo_runtime import DemoRuntime
 
-    with DemoRuntime(collector_url=collector_url, budgets_file=budgets_file) as runtime:
+    runtime_args = {
+        "collector_url": collector_url,
+        "budgets_file": budgets_file,
+        "alerts_listen": alerts_listen,
+    }
+    with DemoRuntime(**runtime_args) as runtime:
         openai_client, anthropic_client = make_clients(runtime.fake)
         cycle = 0
         while True:

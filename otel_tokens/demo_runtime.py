@@ -3,8 +3,11 @@ summary it prints. Kept apart from `demo.py` so the workload reads as plain agen
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
@@ -18,8 +21,15 @@ _WAIT_SECONDS = 15.0
 class DemoRuntime:
     """Fake provider + (embedded collector unless `collector_url`) + instrumentation exporting OTLP."""
 
-    def __init__(self, *, collector_url: str | None = None, budgets_file: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        collector_url: str | None = None,
+        budgets_file: str | None = None,
+        alerts_listen: str | None = None,
+    ) -> None:
         self.fake = FakeProvider()
+        self.pages = AlertPrinter(alerts_listen) if alerts_listen else None
         self.collector: Any = None
         self._collector_url = collector_url
         self._budgets_file = budgets_file
@@ -27,6 +37,8 @@ class DemoRuntime:
 
     def __enter__(self) -> DemoRuntime:
         self.fake.start()
+        if self.pages is not None:
+            self.pages.start()
         otlp_url = self._collector_url
         if otlp_url is None:
             from otel_tokens.collector import CollectorConfig, CollectorService
@@ -49,6 +61,8 @@ class DemoRuntime:
         self._tracer_provider.shutdown()
         if self.collector is not None:
             self.collector.stop()
+        if self.pages is not None:
+            self.pages.stop()
         self.fake.stop()
 
     def flush(self) -> None:
@@ -73,10 +87,16 @@ class DemoRuntime:
         text = self._scrape()
         if first:
             print("\n".join(["otel-tokens demo: the collector is up.", *self.collector.endpoints()]))
-            print("Look at the counters:  curl -s http://127.0.0.1:%d/metrics | grep ^llm_" % (
-                self.collector.metrics_port))
+            print(
+                f"Look at the counters:  curl -s http://127.0.0.1:{self.collector.metrics_port}/metrics"
+                " | grep ^llm_"
+            )
             print("Full stack (Prometheus, Alertmanager, Grafana): see README.md, 'docker compose up'.\n")
         print(_table(text), flush=True)
+        if self.collector.ledger is not None:
+            for b in self.collector.ledger.status():
+                if b.used:
+                    print(f"budget {b.name:<24} {b.used:>12.4g} / {b.limit:<10.4g} {b.unit:<6} {b.state}")
         if first and looping:
             print("\nThe workload repeats every few seconds; Ctrl-C stops the demo.", flush=True)
 
@@ -93,9 +113,7 @@ def _tracer_provider(endpoint: str) -> Any:
 
 
 def _sample_sum(text: str, name: str) -> float:
-    return sum(
-        s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name
-    )
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
 def _table(text: str) -> str:
@@ -111,3 +129,44 @@ def _table(text: str) -> str:
     rows = [f"{'agent':<14}{'tokens':>12}{'cost (USD)':>14}"]
     rows += [f"{a:<14}{tokens[a]:>12.0f}{cost.get(a, 0.0):>14.6f}" for a in sorted(tokens)]
     return "\n".join(rows)
+
+
+class AlertPrinter:
+    """An Alertmanager webhook receiver that prints each alert as one line: the demo's pager."""
+
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self._server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _PageHandler)
+
+    def start(self) -> None:
+        threading.Thread(target=self._server.serve_forever, name="demo-pager", daemon=True).start()
+        host, port = self._server.server_address[:2]
+        print(f"demo pager: printing Alertmanager webhooks received on http://{host!s}:{port}/", flush=True)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+        try:
+            notification = json.loads(raw)
+        except ValueError:
+            print(f"demo pager: a webhook body that is not JSON ({len(raw)} bytes)", flush=True)
+            return
+        for alert in notification.get("alerts", []):
+            labels, notes = alert.get("labels", {}), alert.get("annotations", {})
+            print(
+                f"PAGE {alert.get('status', '?').upper()} [{labels.get('severity', '?')}] "
+                f"{labels.get('alertname', '?')} budget={labels.get('budget', '-')} "
+                f"agent={labels.get('agent', '-')}: {notes.get('summary', '')}",
+                flush=True,
+            )

@@ -10,11 +10,11 @@ import pytest
 # Our own internal errors must fail tests instead of being logged and swallowed.
 os.environ.setdefault("OTEL_TOKENS_RAISE_INTERNAL_ERRORS", "1")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_tokens.fake_provider import FakeProvider  # noqa: E402
+from otel_tokens.fake_provider import FakeProvider
 
 
 @pytest.fixture

@@ -93,7 +93,10 @@ class Prometheus:
 
 @contextmanager
 def run_prometheus(
-    tmp: Path, targets: list[str], rule_files: list[Path] = (), alertmanager: str | None = None  # type: ignore[assignment]
+    tmp: Path,
+    targets: list[str],
+    rule_files: list[Path] = (),
+    alertmanager: str | None = None,  # type: ignore[assignment]
 ) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -111,9 +114,14 @@ def run_prometheus(
     log = tmp / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_ready(f"http://127.0.0.1:{port}/-/ready", proc, log)
@@ -134,9 +142,15 @@ def run_alertmanager(tmp: Path, config_text: str) -> Iterator[str]:
     log = tmp / "alertmanager.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [ALERTMANAGER_BIN, f"--config.file={cfg}", f"--storage.path={tmp / 'am'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                ALERTMANAGER_BIN,
+                f"--config.file={cfg}",
+                f"--storage.path={tmp / 'am'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_ready(f"http://127.0.0.1:{port}/-/ready", proc, log)

@@ -46,8 +46,17 @@ def test_budget_status_endpoint_reports_exact_use(tmp_path: Path) -> None:
     with CollectorService(config) as collector:
         tokens = TokenCounts(input=700, output=150, cache_read=200)
         collector.pipeline.ingest_records(
-            [UsageRecord(provider="openai", request_model="gpt-4o-mini", tokens=tokens, cost_usd=0.5,
-                         attribution=Attribution(agent="support"), span_id=1, trace_id=1)]
+            [
+                UsageRecord(
+                    provider="openai",
+                    request_model="gpt-4o-mini",
+                    tokens=tokens,
+                    cost_usd=0.5,
+                    attribution=Attribution(agent="support"),
+                    span_id=1,
+                    trace_id=1,
+                )
+            ]
         )
         status = http_get_json(f"http://127.0.0.1:{collector.metrics_port}/api/v1/budgets")["budgets"]
     by_name = {s["name"]: s for s in status}
@@ -72,9 +81,23 @@ def test_collector_command_exits_with_the_budget_errors(tmp_path: Path) -> None:
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(BROKEN)
     run = subprocess.run(
-        [sys.executable, "-m", "otel_tokens.cli", "collector", "--http-port", "0", "--grpc-port", "0",
-         "--metrics-port", "0", "--budgets-file", str(budgets)],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "otel_tokens.cli",
+            "collector",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--budgets-file",
+            str(budgets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode != 0
     assert "budgets.yaml:5:" in run.stderr

@@ -92,24 +92,32 @@ def test_runaway_agent_pages_oncall_and_agent_under_budget_does_not(
     )
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
     provider = TracerProvider()
-    with CollectorService(config) as collector, run_alertmanager(tmp_path, am_config) as am, \
-            run_prometheus(tmp_path, [f"127.0.0.1:{collector.metrics_port}"], [rules], am) as prom:
+    with (
+        CollectorService(config) as collector,
+        run_alertmanager(tmp_path, am_config) as am,
+        run_prometheus(tmp_path, [f"127.0.0.1:{collector.metrics_port}"], [rules], am) as prom,
+    ):
         exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{collector.http_port}/v1/traces")
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         otel_tokens.instrument(tracer_provider=provider)
         try:
             client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
             with otel_tokens.attribute(agent="research", task="lookup", task_id="r-1"):
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
             with otel_tokens.attribute(agent="support", task="answer-ticket", task_id="ticket-7"):
                 _runaway_loop(client, until_tokens=3 * 400 + 1, fake=fake_provider)
         finally:
             otel_tokens.uninstrument()
             provider.shutdown()
 
-        pages = poll(webhook.alerts, lambda alerts: any(
-            a["labels"].get("alertname") == "RunawayTask" for a in alerts), timeout=30,
-            what="the RunawayTask page at the webhook")
+        pages = poll(
+            webhook.alerts,
+            lambda alerts: any(a["labels"].get("alertname") == "RunawayTask" for a in alerts),
+            timeout=30,
+            what="the RunawayTask page at the webhook",
+        )
         runaway = next(a for a in pages if a["labels"]["alertname"] == "RunawayTask")
         assert runaway["status"] == "firing"
         assert runaway["labels"]["severity"] == "P1"
@@ -117,8 +125,11 @@ def test_runaway_agent_pages_oncall_and_agent_under_budget_does_not(
         assert runaway["labels"]["agent"] == "support"
         assert runaway["labels"]["task"] == "answer-ticket"
         assert runaway["labels"]["task_id"] == "ticket-7"
-        receivers = {n["receiver"] for n in webhook.notifications if any(
-            a["labels"].get("alertname") == "RunawayTask" for a in n["alerts"])}
+        receivers = {
+            n["receiver"]
+            for n in webhook.notifications
+            if any(a["labels"].get("alertname") == "RunawayTask" for a in n["alerts"])
+        }
         assert receivers == {"oncall"}, "P1 routes to the on-call receiver"
 
         # The agent under budget: Prometheus has evaluated the same rules over its series, and nothing

@@ -42,18 +42,27 @@ def _run_agents(fake: FakeProvider, exporter: SpanExporter, *, agents: tuple[str
         an = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
         cached = [{"type": "text", "text": "Policy. " * 400, "cache_control": {"type": "ephemeral"}}]
         with otel_tokens.attribute(agent=agents[0], task="triage", user="u1"):
-            oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}])
+            oa.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}]
+            )
             for _ in oa.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "stream please"}],
-                stream=True, stream_options={"include_usage": True},
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "stream please"}],
+                stream=True,
+                stream_options={"include_usage": True},
             ):
                 pass
         with otel_tokens.attribute(agent=agents[1], task="summarise"):
             for prompt in ("first question", "second question"):  # cache write, then cache read
-                an.messages.create(model="claude-sonnet-4-6", max_tokens=100, system=cached,
-                                   messages=[{"role": "user", "content": prompt}])
-            with an.messages.stream(model="claude-sonnet-4-6", max_tokens=100,
-                                    messages=[{"role": "user", "content": "stream it"}]) as stream:
+                an.messages.create(
+                    model="claude-sonnet-4-6",
+                    max_tokens=100,
+                    system=cached,
+                    messages=[{"role": "user", "content": prompt}],
+                )
+            with an.messages.stream(
+                model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "stream it"}]
+            ) as stream:
                 stream.get_final_message()
     finally:
         otel_tokens.uninstrument()
@@ -64,8 +73,12 @@ def _expected_cost(usages: list[ReportedUsage]) -> float:
     total = 0.0
     for u in usages:
         t = u.tokens
-        usage = Usage(input_tokens=t.input, output_tokens=t.output, cache_read_tokens=t.cache_read,
-                      cache_write_tokens=t.cache_write)
+        usage = Usage(
+            input_tokens=t.input,
+            output_tokens=t.output,
+            cache_read_tokens=t.cache_read,
+            cache_write_tokens=t.cache_write,
+        )
         total += float(calc_price(usage, u.model, provider_id=u.provider).total_price)
     return total
 
@@ -85,7 +98,7 @@ def test_prometheus_reads_exactly_what_the_provider_reported(
     _run_agents(fake_provider, http, agents=("support", "research"))
     over_http = list(fake_provider.reported)
     _run_agents(fake_provider, grpc, agents=("codegen", "data-analysis"))
-    over_grpc = fake_provider.reported[len(over_http):]
+    over_grpc = fake_provider.reported[len(over_http) :]
     assert all(u.sent for u in fake_provider.reported), "every call in this workload reports usage"
     assert any(u.tokens.cache_read for u in fake_provider.reported), "the workload includes a cache hit"
 
@@ -94,8 +107,11 @@ def test_prometheus_reads_exactly_what_the_provider_reported(
     expected_by_agent |= _by_agent(over_grpc, {"openai": "codegen", "anthropic": "data-analysis"})
 
     with run_prometheus(tmp_path, [f"127.0.0.1:{collector.metrics_port}"]) as prom:
-        poll(lambda: prom.scalar("sum(llm_tokens_total)"), lambda v: v == expected_total.total,
-             what="Prometheus to scrape every token")
+        poll(
+            lambda: prom.scalar("sum(llm_tokens_total)"),
+            lambda v: v == expected_total.total,
+            what="Prometheus to scrape every token",
+        )
         by_agent = prom.by_label("sum by (agent) (llm_tokens_total)", "agent")
         by_type = prom.by_label("sum by (token_type) (llm_tokens_total)", "token_type")
         cost = prom.scalar("sum(llm_cost_usd_total)")

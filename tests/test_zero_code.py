@@ -51,13 +51,19 @@ def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: Fake
         }
         run = subprocess.run(
             [str(bin_dir / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples" / "agent.py")],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert run.returncode == 0, run.stderr
         expected = fake_provider.reported_totals("openai").total
         assert len(fake_provider.reported) == 2
-        poll(lambda: _metric_sum(collector.metrics_port, "llm_tokens_total", model="gpt-4o-mini"),
-             lambda v: v == expected, what="the agent's tokens on /metrics")
+        poll(
+            lambda: _metric_sum(collector.metrics_port, "llm_tokens_total", model="gpt-4o-mini"),
+            lambda v: v == expected,
+            what="the agent's tokens on /metrics",
+        )
         assert _metric_sum(collector.metrics_port, "llm_requests_total", agent="unknown", status="ok") == 2
 
 
@@ -93,8 +99,9 @@ def test_attribution_crosses_a_process_boundary_in_w3c_baggage(fake_provider: Fa
 
     tracer = TracerProvider().get_tracer("caller")
     headers: dict[str, str] = {}
-    with tracer.start_as_current_span("planner step") as parent, otel_tokens.attribute(
-        agent="planner", task="research", task_id="run-7", user="alice", session="s-1"
+    with (
+        tracer.start_as_current_span("planner step") as parent,
+        otel_tokens.attribute(agent="planner", task="research", task_id="run-7", user="alice", session="s-1"),
     ):
         propagate.inject(headers)  # what an instrumented HTTP client does
         trace_id = format(parent.get_span_context().trace_id, "032x")
@@ -102,7 +109,10 @@ def test_attribution_crosses_a_process_boundary_in_w3c_baggage(fake_provider: Fa
 
     run = subprocess.run(
         [sys.executable, "-c", _CALLEE, json.dumps(headers), fake_provider.openai_base_url],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
     attrs = json.loads(run.stdout.strip().splitlines()[-1])

@@ -5,6 +5,6 @@ exactly what usage it reported (`FakeProvider.reported`), which is what every en
 compares the Prometheus totals with.
 """
 
-from otel_tokens.fake_provider.server import Fault, FakeProvider, FakeRequest, FakeResponse, ReportedUsage
+from otel_tokens.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, Fault, ReportedUsage
 
-__all__ = ["Fault", "FakeProvider", "FakeRequest", "FakeResponse", "ReportedUsage"]
+__all__ = ["FakeProvider", "FakeRequest", "FakeResponse", "Fault", "ReportedUsage"]

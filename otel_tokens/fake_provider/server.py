@@ -96,7 +96,9 @@ class FakeProvider:
         return self.url
 
     def start(self) -> FakeProvider:
-        self._thread = threading.Thread(target=lambda: self._server.serve_forever(poll_interval=0.05), name="fake-provider", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: self._server.serve_forever(poll_interval=0.05), name="fake-provider", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -172,6 +174,7 @@ class FakeProvider:
 def _make_handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else keep-alive calls stall ~40 ms on delayed ACKs
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the ledger
             pass

@@ -51,9 +51,7 @@ def inside_llm_call() -> bool:
 
 
 def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue]:
-    return {
-        _ATTRIBUTION_ATTRIBUTES[name]: value for name, value in attribution.items() if value is not None
-    }
+    return {_ATTRIBUTION_ATTRIBUTES[name]: value for name, value in attribution.items() if value is not None}
 
 
 class LLMCall:

@@ -9,9 +9,10 @@ estimation flags and status, so the per-SDK modules only translate their SDK's o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -106,6 +107,27 @@ class LLMCall:
             yield
         finally:
             context.detach(token)
+
+    def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Send the SDK call as this span. The SDK's own exception ends the span as an error and
+        propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
+        try:
+            with self.activate():
+                return wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self.finish(None, error=exc)
+            raise
+
+    async def invoke_async(
+        self, wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """`invoke` for the async clients."""
+        try:
+            with self.activate():
+                return await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self.finish(None, error=exc)
+            raise
 
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""

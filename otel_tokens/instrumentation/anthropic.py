@@ -149,12 +149,7 @@ def _sync_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        try:
-            with call.activate():
-                result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.finish(None, error=exc)
-            raise
+        result = call.invoke(wrapped, args, kwargs)
         return _on_result(call, result, kwargs)
 
     return wrapper
@@ -167,12 +162,7 @@ def _async_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
-        try:
-            with call.activate():
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.finish(None, error=exc)
-            raise
+        result = await call.invoke_async(wrapped, args, kwargs)
         return _on_result(call, result, kwargs)
 
     return wrapper

@@ -139,12 +139,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        try:
-            with call.activate():
-                result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.finish(None, error=exc)
-            raise
+        result = call.invoke(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 
     return wrapper
@@ -160,12 +155,7 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
-        try:
-            with call.activate():
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.finish(None, error=exc)
-            raise
+        result = await call.invoke_async(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 
     return wrapper

@@ -59,7 +59,12 @@ render: $(VENV)/.installed
 check-rendered: $(VENV)/.installed
 	$(BIN)/otel-tokens check examples/budgets.yaml
 
-bench: $(VENV)/.installed
+# The official OpenTelemetry OpenAI instrumentation, our peer, supports openai 2.x (see benchmarks/README.md).
+$(COMPAT)/.bench-installed: $(COMPAT)/.installed
+	$(COMPAT)/bin/pip install -q 'opentelemetry-instrumentation-openai-v2==2.4b0' 'opentelemetry-util-genai==1.1b0'
+	touch $@
+
+bench: $(VENV)/.installed $(COMPAT)/.bench-installed
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -1,0 +1,274 @@
+"""Collector throughput on realistic OTLP traffic, each stage against raw protobuf decoding, in one run.
+
+The payload: 512-span `ExportTraceServiceRequest` batches built from real SDK spans (`encode_spans`,
+as the OTLP exporters do) with the attributes otel-tokens' instrumentation puts on a chat span —
+GenAI usage incl. cache and reasoning tokens, cost, attribution — plus the usual request extras,
+eight calls per trace under an agent-step parent, a typical agent's resource.
+
+Measured, interleaved round by round (spans/s, and as a ratio of `ParseFromString`):
+- `ExportTraceServiceRequest.FromString` alone — the floor every receiver pays;
+- `Pipeline().ingest_otlp(FromString(...))` — decode + extract + dedupe + aggregate, in process;
+- a running `CollectorService`, HTTP POST of the protobuf bytes over one keep-alive connection;
+- the same service fed by the real `OTLPSpanExporter` (HTTP) exporting pre-built ReadableSpans —
+  what an agent's exporter costs end to end, including its own encoding. Client and server share
+  this process (and its GIL), so both end-to-end figures are lower bounds.
+
+Every span is a distinct LLM call and every block checks that all of them were counted. The batches
+are replayed, so the dedupe memory (`max_remembered_spans`) is set just below the replay cycle: a
+span is forgotten before its batch comes round again, as in a steady-state collector whose memory is
+full (the LRU evicts one key per insert either way).
+
+Run: `.venv/bin/python benchmarks/bench_collector.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import itertools
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.util.types import AttributeValue
+
+from otel_tokens import semconv as sc
+from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.pipeline import Pipeline
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _harness import QUICK, Block, Samples, interleave, record, rounds, spread
+
+BENCH = "collector"
+BATCH = 512
+N_BATCHES = 4  # replayed round-robin; distinct spans in each
+CALLS_PER_TRACE = 8
+PARSE, ENCODE, PIPELINE, HTTP_POST, EXPORTER = (
+    "ParseFromString",
+    "encode_spans + Serialize (client)",
+    "Pipeline.ingest_otlp",
+    "CollectorService, HTTP POST",
+    "CollectorService, OTLPSpanExporter",
+)
+
+AGENTS = ("coder", "reviewer", "planner", "support-bot")
+TASKS = ("fix-bug", "write-tests", "triage", "summarize", "answer-ticket")
+#: (provider, request model, response model, reasons?)
+MODELS = (
+    ("openai", "gpt-4o", "gpt-4o-2024-08-06", False),
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", False),
+    ("openai", "o3", "o3-2025-04-16", True),
+    ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", False),
+)
+RESOURCE = Resource.create(
+    {
+        "service.name": "coding-agent",
+        "service.version": "1.14.2",
+        "service.namespace": "agents",
+        "deployment.environment.name": "production",
+        "host.name": "agent-worker-7f9c",
+        "process.pid": 48213,
+        "process.runtime.name": "cpython",
+        "process.runtime.version": "3.11.7",
+    }
+)
+
+
+# --- payload -------------------------------------------------------------------------------------
+
+
+def _attributes(rnd: random.Random, i: int) -> dict[str, AttributeValue]:
+    provider, model, response_model, reasons = MODELS[rnd.randrange(len(MODELS))]
+    agent, task = rnd.choice(AGENTS), rnd.choice(TASKS)
+    input_tokens, output_tokens = rnd.randint(800, 120_000), rnd.randint(20, 4000)
+    attrs: dict[str, AttributeValue] = {
+        sc.GEN_AI_OPERATION_NAME: "chat",
+        sc.GEN_AI_PROVIDER_NAME: provider,
+        sc.GEN_AI_REQUEST_MODEL: model,
+        sc.OTEL_TOKENS_MARKER: True,
+        sc.SERVER_ADDRESS: "api.openai.com" if provider == "openai" else "api.anthropic.com",
+        sc.SERVER_PORT: 443,
+        sc.GEN_AI_REQUEST_MAX_TOKENS: 4096,
+        gen_ai.GEN_AI_REQUEST_TEMPERATURE: 0.2,
+        gen_ai.GEN_AI_REQUEST_TOP_P: 1.0,
+        sc.GEN_AI_AGENT_NAME: agent,
+        sc.OTEL_TOKENS_TASK: task,
+        sc.OTEL_TOKENS_TASK_ID: f"{task}-{rnd.randrange(200):04d}",
+        sc.OTEL_TOKENS_USER: f"user-{rnd.randrange(50)}",
+        sc.GEN_AI_CONVERSATION_ID: f"conv-{i // CALLS_PER_TRACE:06d}",
+        sc.OTEL_TOKENS_STEP: i % CALLS_PER_TRACE,
+        sc.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
+        sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+        sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: input_tokens // 2 if i % 3 else 0,
+        sc.OTEL_TOKENS_COST_USD: round(input_tokens * 2.5e-6 + output_tokens * 1e-5, 6),
+        sc.GEN_AI_RESPONSE_MODEL: response_model,
+        sc.GEN_AI_RESPONSE_ID: f"chatcmpl-{rnd.getrandbits(96):024x}",
+        sc.GEN_AI_RESPONSE_FINISH_REASONS: ("stop",),
+    }
+    if reasons:
+        attrs[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = output_tokens // 2
+    return attrs
+
+
+def make_batches(n_batches: int, seed: int = 7) -> list[list[ReadableSpan]]:
+    """Finished SDK spans, as our instrumentation would have exported them."""
+    rnd = random.Random(seed)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, "0.1.0")
+    start = 1_767_225_600_000_000_000  # ns
+    parent: Any = None
+    for i in range(n_batches * BATCH):
+        if i % CALLS_PER_TRACE == 0:  # a new agent step: its span is the parent of the next calls
+            step = SpanContext(
+                rnd.getrandbits(128), rnd.getrandbits(64), False, TraceFlags(TraceFlags.SAMPLED)
+            )
+            parent = trace.set_span_in_context(NonRecordingSpan(step))
+        attrs = _attributes(rnd, i)
+        span = tracer.start_span(
+            f"chat {attrs[sc.GEN_AI_REQUEST_MODEL]!s}", parent, SpanKind.CLIENT, attrs, start_time=start
+        )
+        span.end(end_time=start + rnd.randint(300, 20_000) * 1_000_000)
+        start += 50_000_000
+    spans = list(exporter.get_finished_spans())
+    provider.shutdown()
+    return [spans[b * BATCH : (b + 1) * BATCH] for b in range(n_batches)]
+
+
+# --- the measured operations (one op = one 512-span batch) ---------------------------------------
+
+
+@dataclass
+class Counted:
+    """Checks that a pipeline counted every span of the ops a block ran, once."""
+
+    pipeline: Pipeline
+    before: int = 0
+
+    def _requests(self) -> int:
+        snap = self.pipeline.aggregator.snapshot()
+        return sum(s.requests_ok + s.requests_error for s in snap.series.values())
+
+    def setup(self) -> None:
+        self.before = self._requests()
+
+    def check(self, what: str, n: int) -> None:
+        counted = self._requests() - self.before
+        if counted != n * BATCH:
+            snap = self.pipeline.aggregator.snapshot()
+            raise AssertionError(
+                f"{what}: {n * BATCH} spans sent, {counted} counted (duplicates dropped: "
+                f"{snap.duplicates_dropped}, rejected: {snap.spans_rejected})"
+            )
+
+
+def parse(payloads: list[bytes], order: Iterator[int], n: int) -> None:
+    for _ in range(n):
+        ExportTraceServiceRequest.FromString(payloads[next(order)])
+
+
+def encode(batches: list[list[ReadableSpan]], order: Iterator[int], n: int) -> None:
+    """The exporter's own share of the end-to-end path: it encodes before it sends."""
+    for _ in range(n):
+        encode_spans(batches[next(order)]).SerializeToString()
+
+
+def ingest(pipeline: Pipeline, payloads: list[bytes], order: Iterator[int], n: int) -> None:
+    for _ in range(n):
+        pipeline.ingest_otlp(ExportTraceServiceRequest.FromString(payloads[next(order)]))
+
+
+def post(conn: http.client.HTTPConnection, payloads: list[bytes], order: Iterator[int], n: int) -> None:
+    headers = {"Content-Type": "application/x-protobuf"}
+    for _ in range(n):
+        conn.request("POST", "/v1/traces", body=payloads[next(order)], headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise AssertionError(f"collector answered HTTP {response.status}: {body[:200]!r}")
+
+
+def export(
+    exporter: OTLPSpanExporter, batches: list[list[ReadableSpan]], order: Iterator[int], n: int
+) -> None:
+    for _ in range(n):
+        if exporter.export(batches[next(order)]) is not SpanExportResult.SUCCESS:
+            raise AssertionError("OTLPSpanExporter.export failed")
+
+
+# --- run and report ------------------------------------------------------------------------------
+
+
+def _counting_block(name: str, run: Any, counted: Counted) -> Block:
+    return Block(name, run, setup=counted.setup, check=functools.partial(counted.check, name))
+
+
+def report(names: list[str], s: Samples, n_rounds: int, payload_bytes: int, n_attrs: int) -> None:
+    print(f"OTLP export requests of {BATCH} spans ({payload_bytes:,} bytes, {n_attrs} attributes a span): "
+          f"{n_rounds} rounds x {s.ops_per_block} batches; spans/s, median (min..max of rounds)")  # fmt: skip
+    rates: dict[str, float] = {}
+    for name in names:
+        rates[name] = BATCH / s.median(name)
+        per_round = [BATCH / t for t in s.per_op[name]]
+        line = f"  {name:<36}{rates[name]:>11,.0f} spans/s  ({spread(per_round, 1e-3, 0)}k)"
+        if name != PARSE:
+            ratio = sorted(p / t for p, t in zip(s.per_op[PARSE], s.per_op[name], strict=True))
+            mid = ratio[len(ratio) // 2]
+            line += f"  x{mid:.3f} of ParseFromString ({1 / mid:.1f}x slower)"
+        print(line)
+        note = f"x{rates[name] / rates[PARSE]:.3f} of ParseFromString" if name != PARSE else ""
+        record(BENCH, name, rates[name], "spans/s", note)
+    summary = ", ".join(f"{n} {rates[n] / 1e3:,.0f}k" for n in names)
+    ratios = ", ".join(f"{n} {rates[n] / rates[PARSE]:.3f}" for n in names if n != PARSE)
+    print(f"collector throughput (spans/s): {summary}; ratio vs ParseFromString: {ratios}")
+
+
+def main() -> None:
+    batches = make_batches(N_BATCHES)
+    payloads = [encode_spans(b).SerializeToString() for b in batches]
+    n_attrs = len(batches[0][0].attributes or {})
+    with_memory = replace(CollectorConfig().metrics_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)
+    in_process = Pipeline(with_memory)
+    service_pipeline = Pipeline(with_memory)
+    with CollectorService(config, pipeline=service_pipeline) as service:
+        conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=30)
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{service.http_port}/v1/traces", timeout=30)
+        to_service = itertools.cycle(range(N_BATCHES))  # one replay order for both paths into the service
+        blocks = [
+            Block(PARSE, functools.partial(parse, payloads, itertools.cycle(range(N_BATCHES)))),
+            Block(ENCODE, functools.partial(encode, batches, itertools.cycle(range(N_BATCHES)))),
+            _counting_block(
+                PIPELINE,
+                functools.partial(ingest, in_process, payloads, itertools.cycle(range(N_BATCHES))),
+                Counted(in_process),
+            ),
+            _counting_block(
+                HTTP_POST, functools.partial(post, conn, payloads, to_service), Counted(service_pipeline)
+            ),
+            _counting_block(
+                EXPORTER, functools.partial(export, exporter, batches, to_service), Counted(service_pipeline)
+            ),
+        ]
+        n_rounds = rounds(full=7)
+        samples = interleave(blocks, n_rounds, target_s=0.05 if QUICK else 0.6)
+        conn.close()
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+    report([b.name for b in blocks], samples, n_rounds, len(payloads[0]), n_attrs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Run every `benchmarks/bench_*.py` in its own process, under each interpreter it is meant for, and
+print one summary table of the headline numbers (what `make bench` runs).
+
+Each benchmark runs under this interpreter (the main venv: current SDKs). The instrumentation
+benchmark also runs under `.venv-compat` (openai 2.x), the one environment where the official
+OpenTelemetry OpenAI instrumentation works, so the three-way comparison comes from there. A
+benchmark adds summary rows through `_harness.record()`; one that does not (bench_pricing.py) still
+runs and its own output stands.
+
+    python benchmarks/run_all.py [--quick] [NAME ...]   # NAME: a substring of the file name
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _harness import QUICK_ENV, RESULTS_ENV  # noqa: E402
+
+COMPAT_PYTHON = ROOT / ".venv-compat" / "bin" / "python"
+#: Benchmarks that also run under the compat venv (the previous major SDK versions).
+ALSO_UNDER_COMPAT = {"bench_instrumentation.py"}
+OFFICIAL_INSTALL = (
+    ".venv-compat/bin/pip install 'opentelemetry-instrumentation-openai-v2==2.4b0' "
+    "'opentelemetry-util-genai==1.1b0'"
+)
+TIMEOUT_S = 300
+
+
+@dataclass
+class Run:
+    bench: str
+    interpreter: str
+    seconds: float
+    returncode: int
+    rows: list[dict[str, Any]]
+
+
+def plan(names: list[str]) -> list[tuple[Path, str, Path]]:
+    """(benchmark, interpreter label, python) for every run, in order."""
+    runs: list[tuple[Path, str, Path]] = []
+    for bench in sorted(HERE.glob("bench_*.py")):
+        if names and not any(n in bench.name for n in names):
+            continue
+        runs.append((bench, "main", Path(sys.executable)))
+        if bench.name in ALSO_UNDER_COMPAT:
+            if COMPAT_PYTHON.exists():
+                runs.append((bench, "compat", COMPAT_PYTHON))
+            else:
+                print(f"note: {COMPAT_PYTHON.relative_to(ROOT)} missing, {bench.name} runs under main only "
+                      "(`make compat-test` creates it)")  # fmt: skip
+    return runs
+
+
+def run_one(bench: Path, label: str, python: Path, quick: bool) -> Run:
+    env = dict(os.environ)
+    # The compat venv may not have otel-tokens installed; the checkout is what is being measured.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if quick:
+        env[QUICK_ENV] = "1"
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl", encoding="utf-8") as results:
+        env[RESULTS_ENV] = results.name
+        print(f"\n=== {bench.name} under {label} ({os.path.relpath(python, ROOT)})", flush=True)
+        start = time.monotonic()
+        try:
+            code = subprocess.run([str(python), str(bench)], env=env, cwd=ROOT, timeout=TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            print(f"!!! {bench.name} timed out after {TIMEOUT_S} s", flush=True)
+            code = -1
+        rows = [json.loads(line) for line in results.read().splitlines() if line.strip()]
+    return Run(bench.name, label, time.monotonic() - start, code, rows)
+
+
+def _value(row: dict[str, Any]) -> str:
+    value, unit = row["value"], row["unit"]
+    if value is None:
+        return "n/a"
+    if unit == "x":
+        return f"x{value:.3f}"
+    if unit == "spans/s":
+        return f"{value:,.0f} spans/s"
+    return f"{value:+.1f} {unit}" if unit == "µs" else f"{value:.4g} {unit}"
+
+
+def summary(runs: list[Run]) -> None:
+    table = [("benchmark", "venv", "measured", "value", "")]
+    for run in runs:
+        status = "ok" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
+        table.append((run.bench, run.interpreter, f"[{status}, {run.seconds:.1f} s]", "", ""))
+        if not run.rows:
+            table.append(("", "", "(no summary rows: see its output above)", "", ""))
+        table.extend(("", "", row["metric"], _value(row), row["note"]) for row in run.rows)
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    print("\n=== summary")
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths[:4]))
+
+
+def official_missing(runs: list[Run]) -> bool:
+    """The compat run of the instrumentation benchmark measured no official instrumentation."""
+    for run in runs:
+        if run.bench in ALSO_UNDER_COMPAT and run.interpreter == "compat":
+            return not any("official" in r["metric"] and r["value"] is not None for r in run.rows)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help=f"tiny iteration counts (sets {QUICK_ENV}=1)")
+    parser.add_argument("names", nargs="*", help="run only benchmarks whose file name contains one of these")
+    args = parser.parse_args(argv)
+    runs = [run_one(bench, label, python, args.quick) for bench, label, python in plan(args.names)]
+    if not runs:
+        print("no benchmark matched", file=sys.stderr)
+        return 2
+    summary(runs)
+    if official_missing(runs):
+        print(
+            f"\nnote: no official OpenAI instrumentation measured in .venv-compat; add it: {OFFICIAL_INSTALL}"
+        )
+    return 0 if all(r.returncode == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """`otel-tokens` command line: a thin dispatcher over the package's stages; it owns no logic.
 
 Subcommands: `collector` (run the OTLP → Prometheus collector), `demo` (fake provider + collector +
-keyless multi-agent workload), `render` / `check` (budgets as code).
+keyless multi-agent workload), `render` / `check` (budgets as code), `status` (a running
+collector's budget standing).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate budgets.yaml and check the rendered files")
     check.add_argument("budget_file")
     check.add_argument("--out", default=".", help="directory holding the rendered files (default: .)")
+    status = sub.add_parser("status", help="show a running collector's exact budget standing")
+    status.add_argument(
+        "--collector",
+        default="http://127.0.0.1:9464",
+        metavar="URL",
+        help="the collector's metrics address (default http://127.0.0.1:9464)",
+    )
     return parser
 
 
@@ -71,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from otel_tokens.budgets.cli import check_command
 
         return check_command(args.budget_file, args.out)
+    if args.command == "status":
+        from otel_tokens.budgets.cli import status_command
+
+        return status_command(args.collector)
     return 2
 
 

@@ -102,3 +102,43 @@ def test_collector_command_exits_with_the_budget_errors(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "budgets.yaml:5:" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_status_command_prints_the_standing_and_explains_a_missing_ledger(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(GOOD)
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
+    with CollectorService(config) as collector:
+        collector.pipeline.ingest_records(
+            [
+                UsageRecord(
+                    provider="openai",
+                    request_model="gpt-4o-mini",
+                    tokens=TokenCounts(input=900),
+                    attribution=Attribution(agent="support"),
+                    span_id=2,
+                    trace_id=2,
+                )
+            ]
+        )
+        url = f"http://127.0.0.1:{collector.metrics_port}"
+        run = subprocess.run(
+            [sys.executable, "-m", "otel_tokens.cli", "status", "--collector", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert run.returncode == 0, run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("support-daily"))
+    assert "900" in line and "90.0%" in line and "warning" in line
+
+    with CollectorService(CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)) as plain:
+        url = f"http://127.0.0.1:{plain.metrics_port}"
+        run = subprocess.run(
+            [sys.executable, "-m", "otel_tokens.cli", "status", "--collector", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert run.returncode == 1
+    assert "--budgets-file" in run.stderr

@@ -57,3 +57,29 @@ def _run_tool(tool: str, args: list[str]) -> bool:
     if result.returncode != 0:
         print(output, file=sys.stderr)
     return result.returncode == 0
+
+
+def status_command(metrics_url: str) -> int:
+    """Print the collector's exact budget standing (its /api/v1/budgets), one budget a line."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = metrics_url.rstrip("/") + "/api/v1/budgets"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            budgets = json.loads(response.read())["budgets"]
+    except urllib.error.HTTPError as exc:
+        hint = " (is the collector running with --budgets-file?)" if exc.code == 404 else ""
+        print(f"otel-tokens status: {url}: HTTP {exc.code}{hint}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"otel-tokens status: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'budget':<28}{'window':>8}{'used':>14}{'limit':>14}{'%':>7}  state")
+    for b in budgets:
+        print(
+            f"{b['name']:<28}{b['window']:>8}{b['used']:>14.6g}{b['limit']:>14.6g}"
+            f"{100 * b['ratio']:>6.1f}%  {b['state']} ({b['unit']})"
+        )
+    return 0

@@ -3,7 +3,8 @@
 Owns the metric model, not its exposition: allow-listed dimensions, a series limit per metric with
 one counted overflow series, the self-metrics, and bounded per-task-instance totals (a task
 instance id is never a label; the budgets code reads `task_instances()` instead). One lock with a
-tiny critical section: label tuples are computed before it is taken.
+tiny critical section: label tuples are computed before it is taken, and a batch of records is
+counted under one acquisition.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
+from operator import attrgetter
+from typing import Any
 
 from otel_tokens.record import TOKEN_TYPES, UsageRecord
 
@@ -44,18 +47,19 @@ INPUT_HISTOGRAM = "llm_request_input_tokens"
 UNPRICED = "otel_tokens_unpriced_records_total"
 _DIMENSIONED = (TOKENS, COST, REQUESTS, ESTIMATED, INPUT_HISTOGRAM)
 
-_DIMENSION_GETTERS: dict[str, Callable[[UsageRecord], str | None]] = {
-    "agent": lambda r: r.attribution.agent,
-    "task": lambda r: r.attribution.task,
-    "model": lambda r: r.model,
-    "provider": lambda r: r.provider,
-    "user": lambda r: r.attribution.user,
-    "session": lambda r: r.attribution.session,
-    "workflow": lambda r: r.attribution.workflow,
-    "step": lambda r: r.attribution.step,
-    "operation": lambda r: r.operation,
+#: dimension → where a UsageRecord holds its value (an `operator.attrgetter` path).
+_DIMENSION_PATHS: dict[str, str] = {
+    "agent": "attribution.agent",
+    "task": "attribution.task",
+    "model": "model",
+    "provider": "provider",
+    "user": "attribution.user",
+    "session": "attribution.session",
+    "workflow": "attribution.workflow",
+    "step": "attribution.step",
+    "operation": "operation",
 }
-ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_GETTERS)
+ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_PATHS)
 
 #: Fixed set so `otel_tokens_spans_rejected_total{reason}` stays bounded whatever a sender does.
 REJECT_REASONS: frozenset[str] = frozenset(
@@ -71,6 +75,14 @@ REJECT_REASONS: frozenset[str] = frozenset(
         "invalid_payload",
     }
 )
+
+
+def _values_getter(paths: Sequence[str]) -> Callable[[UsageRecord], tuple[str | None, ...]]:
+    """One C call fetching every dimension's raw value (attrgetter returns a bare value for one path)."""
+    getter: Callable[[UsageRecord], Any] = attrgetter(*paths)
+    if len(paths) == 1:
+        return lambda record: (getter(record),)
+    return getter
 
 
 def bounded_reason(reason: str) -> str:
@@ -163,8 +175,9 @@ class Aggregator:
 
     def __init__(self, config: MetricsConfig | None = None) -> None:
         self.config = config if config is not None else MetricsConfig()
-        self._getters = [_DIMENSION_GETTERS[d] for d in self.config.dimensions]
+        self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in self.config.dimensions])
         self._overflow_key = (OVERFLOW,) * len(self.config.dimensions)
+        self._buckets = self.config.input_token_buckets
         self._lock = threading.Lock()
         self._series: dict[tuple[str, ...], Series] = {}
         self._spans_received = 0
@@ -176,18 +189,19 @@ class Aggregator:
 
     def key_of(self, record: UsageRecord) -> tuple[str, ...]:
         """The label values of a record, bounded in length; missing attribution is "unknown"."""
-        return tuple((g(record) or UNKNOWN)[:MAX_LABEL_LENGTH] for g in self._getters)
+        return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in self._label_values(record)])
 
     def add(self, record: UsageRecord) -> None:
         self.add_many((record,))
 
     def add_many(self, records: Sequence[UsageRecord], *, duplicates: int = 0) -> None:
         """Count records (already deduplicated); one lock acquisition per batch."""
-        keyed = [(self.key_of(r), r, r.tokens.disjoint()) for r in records]
+        key_of = self.key_of
+        keyed = [(key_of(r), r) for r in records]
         with self._lock:
             self._duplicates += duplicates
-            for key, record, disjoint in keyed:
-                self._add_locked(key, record, disjoint)
+            for key, record in keyed:
+                self._add_locked(key, record)
 
     def add_ingest_stats(self, spans_received: int, rejected: dict[str, int]) -> None:
         with self._lock:
@@ -196,13 +210,22 @@ class Aggregator:
                 reason = bounded_reason(reason)
                 self._rejected[reason] = self._rejected.get(reason, 0) + n
 
-    def _add_locked(self, key: tuple[str, ...], record: UsageRecord, disjoint: dict[str, int]) -> None:
+    def _add_locked(self, key: tuple[str, ...], record: UsageRecord) -> None:
         series = self._series.get(key)
         if series is None:
             series = self._new_series(key)
+        counts = record.tokens
+        # `TokenCounts.disjoint()` without its dict (this runs per record), in TOKEN_TYPES order;
+        # a test pins it to disjoint()
+        fresh_input = max(counts.input - counts.cache_read - counts.cache_write, 0)
+        visible_output = max(counts.output - counts.reasoning, 0)
         tokens = series.tokens
-        for i, token_type in enumerate(TOKEN_TYPES):
-            tokens[i] += disjoint[token_type]
+        tokens[0] += fresh_input
+        tokens[1] += visible_output
+        tokens[2] += counts.cache_read
+        tokens[3] += counts.cache_write
+        tokens[4] += counts.reasoning
+        total = fresh_input + visible_output + counts.cache_read + counts.cache_write + counts.reasoning
         if record.cost_usd is not None:
             series.cost_usd += record.cost_usd
         else:
@@ -212,11 +235,11 @@ class Aggregator:
         else:
             series.requests_ok += 1
         if record.estimated:
-            series.estimated_tokens += record.tokens.total
-        series.input_buckets[bisect_left(self.config.input_token_buckets, record.tokens.input)] += 1
-        series.input_sum += record.tokens.input
+            series.estimated_tokens += total
+        series.input_buckets[bisect_left(self._buckets, counts.input)] += 1
+        series.input_sum += counts.input
         if record.attribution.task_id:
-            self._add_task_locked(record, sum(disjoint.values()))
+            self._add_task_locked(record, total)
 
     def _new_series(self, key: tuple[str, ...]) -> Series:
         if len(self._series) >= self.config.max_series_per_metric + (self._overflow_key in self._series):

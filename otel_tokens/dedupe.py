@@ -30,25 +30,18 @@ from otel_tokens.record import UsageRecord
 __all__ = ["Deduper"]
 
 
-class _RecentKeys:
-    """A bounded set that forgets its oldest entries."""
-
-    __slots__ = ("_items", "_max")
+class _RecentKeys(OrderedDict[int, None]):
+    """A bounded set that forgets its oldest entries. An OrderedDict itself, not a wrapper, so `in`
+    (several per record) stays a C call."""
 
     def __init__(self, maxsize: int) -> None:
-        self._items: OrderedDict[int, None] = OrderedDict()
+        super().__init__()
         self._max = maxsize
 
     def add(self, key: int) -> None:
-        self._items[key] = None
-        if len(self._items) > self._max:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: int) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
+        self[key] = None
+        if len(self) > self._max:
+            self.popitem(last=False)
 
 
 def _key(trace_id: int, span_id: int) -> int:
@@ -99,26 +92,31 @@ class Deduper:
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _offer(self, record: UsageRecord, now: float) -> bool:
-        if not record.span_id:
+        span_id = record.span_id
+        if not span_id:
             return True  # no identity (a record built without a span): nothing to link it to
         trace_id = record.trace_id
-        key = _key(trace_id, record.span_id)
-        parent = _key(trace_id, record.parent_span_id) if record.parent_span_id else None
-        if key in self._counted or key in self._held:  # the same span again (an exporter retry)
+        key = _key(trace_id, span_id)
+        parent_span_id = record.parent_span_id
+        parent = _key(trace_id, parent_span_id) if parent_span_id else None
+        held = self._held
+        if key in self._counted or key in held:  # the same span again (an exporter retry)
             return self._duplicate(1)
-        # held children lose to this span: it is outer (or ours)
-        self._duplicate(self._drop_held_children(key))
-        if record.ours and parent is not None and parent in self._held:
+        if key in self._held_children:  # held children lose to this span: it is outer (or ours)
+            self._duplicate(self._drop_held_children(key))
+        if record.ours and parent is not None and parent in held:
             self._duplicate(self._pop_held(parent))  # a foreign outer span loses to ours
         if (parent is not None and parent in self._counted) or key in self._counted_parents:
             return self._duplicate(1)  # a linked span was already counted
         if not record.ours and parent is not None:
-            if parent in self._held:
+            if parent in held:
                 return self._duplicate(1)  # the held outer span wins
-            if self.hold_seconds > 0 and len(self._held) < self.max_held:
+            if self.hold_seconds > 0 and len(held) < self.max_held:
                 self._hold(key, record, now + self.hold_seconds, parent)
                 return False
-        self._remember(key, record)
+        self._counted.add(key)  # == self._remember(key, record), inline on the hot path
+        if parent is not None:
+            self._counted_parents.add(parent)
         return True
 
     def _duplicate(self, n: int) -> bool:

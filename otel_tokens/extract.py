@@ -5,7 +5,8 @@ logic over it (`record_from_slots`) are written once; two thin adapters fill the
 protobuf spans (the collector) and SDK `ReadableSpan`s (the in-process processor), and
 `record_from_attributes` takes any plain mapping. Converting every attribute of every protobuf span
 costs several times the decode itself, so the OTLP adapter makes one pass over the keys (a dict
-lookup each), and converts values only for a span that turns out to carry usage.
+lookup each) and converts only the values of the attributes we read, from the AnyValue field the
+table expects them in.
 
 Normalisation: records keep the semconv meaning (input includes cache read and write). Ours, the
 anthropic SDK's own spans, the official OpenAI instrumentation, current OpenLLMetry and
@@ -19,14 +20,15 @@ Malformed values never raise: the span becomes a `Rejection` with a bounded reas
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TokenCounts, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -104,6 +106,11 @@ _EXPECTED_FIELD: tuple[str, ...] = (
     ("int_value",) * 6 + ("string_value",) * 11 + ("double_value", "bool_value", "bool_value", "string_value")
 )
 assert len(_EXPECTED_FIELD) == _N_SLOTS
+#: attribute name → (slot, rank, the AnyValue field it normally arrives in): the OTLP walk's table.
+_OTLP_ENTRY: dict[str, tuple[int, int, str]] = {
+    key: (slot, rank, _EXPECTED_FIELD[slot]) for key, (slot, rank) in SLOT_OF.items()
+}
+_resource_values = attrgetter(*ATTRIBUTION_FIELDS)  # an Attribution's fields as one tuple
 
 
 class Rejection:
@@ -142,6 +149,11 @@ def _label(value: object) -> str | None:
     return None
 
 
+def _labels(values: Iterable[object]) -> list[str | None]:
+    """`_label` of each value, with the common cases (absent, a string) inline: this is per span."""
+    return [None if v is None else (v[:MAX_LABEL] or None) if type(v) is str else _label(v) for v in values]
+
+
 def _malformed(reason: str, slot: int, ranks: list[int], value: object) -> Rejection:
     key = _DIALECTS[slot][ranks[slot]] if ranks[slot] != _NO_RANK else f"slot {slot}"
     return Rejection(reason, f"{key}={str(value)[:64]!r}")
@@ -166,12 +178,15 @@ def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
 
 def tokens_from(vals: _Slots, ranks: list[int]) -> TokenCounts | Rejection:
     """Token counts in semconv meaning, whichever dialect reported them."""
-    counts = [
-        _token_count(vals, ranks, slot) for slot in (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL)
-    ]
-    for c in counts:
-        if type(c) is Rejection:
-            return c
+    counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
+    for slot, value in enumerate(counts):
+        if value is None:
+            counts[slot] = 0
+        elif type(value) is not int or not 0 <= value <= MAX_TOKENS:  # rare: let _token_count judge
+            count = _token_count(vals, ranks, slot)
+            if type(count) is Rejection:
+                return count
+            counts[slot] = count
     inp, out, cache_read, cache_write, reasoning, total = cast("list[int]", counts)
     if vals[IN] is None and vals[OUT] is None:
         inp = total  # only a total: the best split we have puts it all on input
@@ -193,7 +208,7 @@ def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
 
 
 def attribution_from(vals: _Slots) -> Attribution:
-    return Attribution(*[_label(v) for v in vals[AGENT : WORKFLOW + 1]])
+    return Attribution(*_labels(vals[AGENT : WORKFLOW + 1]))
 
 
 def slots_from_mapping(attrs: Mapping[str, object]) -> tuple[_Slots, list[int]]:
@@ -240,30 +255,30 @@ def record_from_slots(
     tokens = tokens_from(vals, ranks)
     if type(tokens) is Rejection:
         return tokens
-    cost = _cost(vals, ranks)
+    cost = _cost(vals, ranks) if vals[COST] is not None else None
     if type(cost) is Rejection:
         return cost
     assert isinstance(tokens, TokenCounts) and not isinstance(cost, Rejection)
-    provider = (_label(vals[PROVIDER]) or "unknown").lower()
-    response_model = _label(vals[RESPONSE_MODEL])
-    request_model = _label(vals[REQUEST_MODEL]) or response_model or "unknown"
-    attribution = attribution_from(vals)
-    if resource is not None:
-        attribution = resource.merged(attribution)
-    error_type = _label(vals[ERROR_TYPE])
+    # slots REQUEST_MODEL..WORKFLOW are adjacent: one pass labels them all (this runs per span)
+    request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
+    provider = (provider or "unknown").lower()
+    request_model = request_model or response_model or "unknown"
+    if resource is not None:  # == resource.merged(attribution), without building the inner one
+        who = [v if v is not None else r for v, r in zip(who, _resource_values(resource), strict=True)]
+    error_type = _label(vals[ERROR_TYPE]) if vals[ERROR_TYPE] is not None else None
     if cost is None:
         cost = _price(price, provider, request_model, response_model, tokens)
     return UsageRecord(
-        provider=provider,
-        request_model=request_model,
-        operation=_label(vals[OPERATION]) or "chat",
-        response_model=response_model,
-        tokens=tokens,
-        estimated=vals[ESTIMATED] is True,
-        cost_usd=cost,
-        attribution=attribution,
-        status="error" if error or error_type is not None else "ok",
-        error_type=error_type,
+        provider,
+        request_model,
+        operation or "chat",
+        response_model,
+        tokens,
+        vals[ESTIMATED] is True,  # estimated
+        cost,
+        Attribution(*who),
+        "error" if error or error_type is not None else "ok",  # status
+        error_type,
         ours=scope_ours or vals[MARKER] is True,
     )
 
@@ -272,40 +287,45 @@ def _price(
     price: PriceFn, provider: str, request_model: str, response_model: str | None, tokens: TokenCounts
 ) -> float | None:
     """The response model (often a dated snapshot) prices more exactly; fall back to the request's."""
-    cost: float | None = None
-    with swallow_internal_errors("extract pricing"):
+    try:
+        cost = None
         if response_model and response_model != request_model:
             cost = price(provider, response_model, tokens)
         if cost is None:
             cost = price(provider, request_model, tokens)
-    return cost
+        return cost
+    except Exception:
+        # the shared policy logs once (or re-raises under tests); a `with` around the happy path
+        # would cost more than the cached price lookup itself
+        with swallow_internal_errors("extract pricing"):
+            raise
+        return None
 
 
 def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
-    """One pass over the keys; AnyValues converted only for a span that carries usage."""
+    """One pass over the keys; only the AnyValues of names we read are converted."""
     vals: _Slots | None = None
     ranks: list[int] = []
     for kv in attributes:
-        entry = SLOT_OF.get(kv.key)
+        entry = _OTLP_ENTRY.get(kv.key)
         if entry is None:
             continue
         if vals is None:
             vals = [None] * _N_SLOTS
             ranks = [_NO_RANK] * _N_SLOTS
-        slot, rank = entry
+        slot, rank, expected = entry
         if rank < ranks[slot]:
-            vals[slot] = kv.value
-            ranks[slot] = rank
-    if vals is None or not _has_usage(vals):
-        return None
-    for i, value in enumerate(vals):
-        if value is not None:
+            value = kv.value
             # read the field the slot expects; a zero/empty result may be another kind: ask then
-            converted = getattr(value, _EXPECTED_FIELD[i])
+            converted = getattr(value, expected)
             if not converted:
                 kind = value.WhichOneof("value")
                 converted = getattr(value, kind) if kind is not None else None
-            vals[i] = converted
+            vals[slot] = converted
+            ranks[slot] = rank
+    # usage is decided on the names present (an empty AnyValue under a usage name still counts)
+    if vals is None or ranks[IN] == ranks[OUT] == ranks[TOTAL] == _NO_RANK:
+        return None
     return vals, ranks
 
 
@@ -335,6 +355,7 @@ class Extractor:
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections)."""
+        from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
         for resource_spans in request.resource_spans:
             resource = _otlp_resource_attribution(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
@@ -342,9 +363,9 @@ class Extractor:
                 spans = scope_spans.spans
                 batch.spans_received += len(spans)
                 for span in spans:
-                    outcome = self.from_otlp_span(span, resource, scope_ours)
+                    outcome = from_span(span, resource, scope_ours)
                     if outcome is not None:
-                        batch.add(outcome)
+                        add(outcome)
 
     def from_otlp_span(
         self, span: Any, resource: Attribution | None = None, scope_ours: bool = False

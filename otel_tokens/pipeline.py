@@ -62,15 +62,15 @@ class _Batch:
         self.result.spans_received = value
 
     def add(self, outcome: UsageRecord | Rejection | None) -> None:
-        if outcome is None:
-            return
-        if isinstance(outcome, Rejection):
+        if type(outcome) is UsageRecord:  # the common case first: this runs per usage span
+            self.records.append(outcome)
+        elif isinstance(outcome, Rejection):
             self.rejected[outcome.reason] = self.rejected.get(outcome.reason, 0) + 1
             self.result.spans_rejected += 1
             if len(self.result.reasons) < _MAX_REASONS:
                 self.result.reasons.append(outcome.message())
-        else:
-            self.records.append(outcome)
+        elif outcome is not None:
+            self.records.append(outcome)  # a UsageRecord subclass
 
 
 class Pipeline:
@@ -149,6 +149,11 @@ class Pipeline:
         self.aggregator.add_many(counted, duplicates=dropped)
         for fn in self._listeners:
             for record in counted:
-                with swallow_internal_errors("Pipeline listener"):
+                try:
                     fn(record)
+                except Exception:
+                    # the shared policy logs once (or re-raises under tests); entering it per record
+                    # would cost more than a ledger update
+                    with swallow_internal_errors("Pipeline listener"):
+                        raise
         return len(counted)

@@ -205,3 +205,30 @@ def test_golden_exposition_text() -> None:
     registry = CollectorRegistry()
     registry.register(TokenMetricsCollector(agg))
     assert generate_latest(registry).decode() == GOLDEN
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        TokenCounts(1000, 100, 200, 50, 10),
+        TokenCounts(100, 10, 300, 0, 0),  # cache read above input (partial usage): clamped at 0
+        TokenCounts(5, 10, 0, 9, 40),  # reasoning above output: clamped at 0
+        TokenCounts(),
+    ],
+)
+def test_token_counters_are_the_records_disjoint_split(tokens: TokenCounts) -> None:
+    """The aggregator inlines TokenCounts.disjoint() on its hot path; it must stay the same split."""
+    agg = Aggregator(MetricsConfig(dimensions=("agent",)))
+    agg.add_many([rec(tokens=tokens, estimated=True, task_id="t1")])
+    m = scrape(agg)
+    for token_type, n in tokens.disjoint().items():
+        assert m[("llm_tokens_total", (("agent", "coder"), ("token_type", token_type)))] == n
+    assert m.get(("llm_estimated_tokens_total", (("agent", "coder"),)), 0) == tokens.total
+    assert agg.task_instances()[0].tokens == tokens.total
+
+
+def test_a_single_dimension_and_long_or_missing_labels() -> None:
+    agg = Aggregator(MetricsConfig(dimensions=("model",)))
+    assert agg.key_of(rec(model="m" * 300)) == ("m" * 128,)
+    agg = Aggregator(MetricsConfig(dimensions=("agent", "model", "session")))
+    assert agg.key_of(rec(agent=None)) == ("unknown", "gpt-4o", "unknown")

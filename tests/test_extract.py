@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 from otel_tokens import semconv as sc
 from otel_tokens.extract import Extractor, Rejection, record_from_attributes
 from otel_tokens.pipeline import IngestResult
-from otel_tokens.record import TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
 PRICES: list[tuple[str, str]] = []
 
@@ -348,3 +348,55 @@ def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree() -> None:
         TokenCounts(1500, 20, 1000), "error", "coder", "res-user",
     )  # fmt: skip
     assert r.parent_span_id == finished[1].context.span_id and r.span_id == finished[0].context.span_id
+
+
+def test_every_field_of_an_otlp_record() -> None:
+    """Pins the whole record the OTLP adapter builds (it constructs records positionally)."""
+    r = record(
+        {
+            sc.GEN_AI_SYSTEM: "OpenAI",
+            sc.OPENINFERENCE_MODEL_NAME: "gpt-4o",
+            sc.GEN_AI_OPERATION_NAME: "text_completion",
+            sc.GEN_AI_USAGE_INPUT_TOKENS: 10,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 5,
+            sc.OTEL_TOKENS_ESTIMATED: True,
+            sc.ERROR_TYPE: "timeout",
+            sc.OTEL_TOKENS_STEP: 3,
+            sc.USER_ID: "bob",
+        },
+        span_id=4,
+    )
+    assert r == UsageRecord(
+        provider="openai",
+        request_model="gpt-4o",
+        operation="text_completion",
+        response_model=None,
+        tokens=TokenCounts(10, 5),
+        estimated=True,
+        cost_usd=0.015,
+        attribution=Attribution(user="bob", step="3"),
+        status="error",
+        error_type="timeout",
+        trace_id=1,
+        span_id=4,
+        parent_span_id=None,
+        start_time_ns=10,
+        end_time_ns=20,
+        ours=False,
+    )
+
+
+def test_a_usage_name_with_an_empty_value_still_makes_a_record() -> None:
+    """Usage is decided by the attribute names present; an empty AnyValue counts as zero tokens."""
+    span = otlp_span({sc.GEN_AI_REQUEST_MODEL: "gpt-4o"})
+    span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue()))
+    out = Extractor(price=fake_price).from_otlp_span(span)
+    assert isinstance(out, UsageRecord) and out.tokens == TokenCounts()
+
+
+def test_the_first_of_duplicate_names_wins_and_better_names_win_in_any_order() -> None:
+    span = otlp_span({sc.OPENLLMETRY_PROMPT_TOKENS: 7, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 1})
+    span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue(int_value=40)))
+    span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue(int_value=99)))
+    out = Extractor(price=fake_price).from_otlp_span(span)
+    assert isinstance(out, UsageRecord) and out.tokens.input == 40

@@ -252,3 +252,31 @@ def test_concurrent_ingest_is_exact(pipeline: Pipeline) -> None:
     assert requests_total(pipeline) == 1200 and dropped(pipeline) == 1200
     assert sum(v for k, v in m.items() if k.startswith("llm_tokens_total")) == 1200 * 110
     assert m["otel_tokens_spans_received_total{}"] == 2400
+
+
+def test_a_failing_listener_skips_no_record_and_no_other_listener(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TOKENS_RAISE_INTERNAL_ERRORS", "0")
+    seen: list[int] = []
+
+    def flaky(record: UsageRecord) -> None:
+        if record.span_id == 96:
+            raise RuntimeError("ledger down")
+
+    pipeline.add_listener(flaky)
+    pipeline.add_listener(lambda r: seen.append(r.span_id))
+    pipeline.ingest_otlp(request((OURS, span(96, 1)), (OURS, span(97, 2))))
+    assert seen == [96, 97]
+    assert requests_total(pipeline) == 2
+
+
+def test_dedupe_memory_is_bounded_and_forgets_the_oldest_spans(clock: Clock) -> None:
+    p = Pipeline(
+        MetricsConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
+    )
+    for span_id in (1, 2, 3):
+        p.ingest_otlp(request((OURS, span(span_id))))
+    assert p.ingest_otlp(request((OURS, span(3)))).records_counted == 0  # remembered: a retry
+    assert p.ingest_otlp(request((OURS, span(1)))).records_counted == 1  # forgotten: counted again
+    assert requests_total(p) == 4 and dropped(p) == 1

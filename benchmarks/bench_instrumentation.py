@@ -7,8 +7,13 @@ rotated so drift hits all alike:
 - uninstrumented: the bare SDK;
 - otel-tokens: `otel_tokens.instrument(tracer_provider=tp)`;
 - official openai-v2: `OpenAIInstrumentor().instrument(tracer_provider=tp)` (default settings:
-  content capture off, global no-op meter and logger providers).
-Both instrumentations get the same real SDK `TracerProvider` with a `SimpleSpanProcessor` and a
+  content capture off, global no-op meter and logger providers);
+- bare span (floor): a `wrapt` wrapper that only starts a CLIENT span with five request attributes,
+  makes it current while `create` runs and ends it when `create` returns — nothing read from the
+  request beyond the model, nothing from the response, no stream proxy (a stream's span ends
+  before its chunks are read). What any span-per-call instrumentation pays with this
+  `TracerProvider`; the report gives each instrumentation's overhead as a multiple of it.
+All three get the same real SDK `TracerProvider` with a `SimpleSpanProcessor` and a
 counting no-op exporter; every block checks it emitted exactly one span per call (zero for the
 uninstrumented one), so a patch that silently failed to apply cannot pass as "fast".
 
@@ -38,17 +43,22 @@ from types import ModuleType
 from typing import Any
 
 import openai
+import wrapt
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 import otel_tokens
+from otel_tokens import semconv as sc
 from otel_tokens.fake_provider import FakeProvider
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _harness import Block, Samples, interleave, record, rounds, spread
 
 BENCH = "instrumentation"
-BASELINE, OURS, OFFICIAL = "uninstrumented", "otel-tokens", "official openai-v2"
+BASELINE, OURS, OFFICIAL, FLOOR = "uninstrumented", "otel-tokens", "official openai-v2", "bare span (floor)"
 MOCK, SERVER = "mock transport", "local HTTP server"
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [
@@ -175,9 +185,45 @@ def official_instrumentor() -> tuple[Any | None, str]:
     )
 
 
+_CHAT_MODULE, _CREATE = "openai.resources.chat.completions.completions", "Completions.create"
+
+
+def bare_span_variant(tp: TracerProvider) -> Variant:
+    """The floor: one CLIENT span around `create`, current while it runs, and nothing else."""
+    tracer = tp.get_tracer("otel-tokens-bench.bare-span")
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        model = kwargs.get("model", "")
+        attributes = {
+            sc.GEN_AI_OPERATION_NAME: "chat",
+            sc.GEN_AI_PROVIDER_NAME: "openai",
+            sc.GEN_AI_REQUEST_MODEL: model,
+            sc.SERVER_ADDRESS: "mock.invalid",
+            sc.SERVER_PORT: 80,
+        }
+        span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            context.detach(token)
+            span.end()
+
+    def enable() -> None:
+        wrapt.wrap_function_wrapper(_CHAT_MODULE, _CREATE, wrapper)
+
+    def disable() -> None:
+        unwrap(importlib.import_module(_CHAT_MODULE).Completions, "create")
+
+    return Variant(FLOOR, enable, disable, 1)
+
+
 def variants(tp: TracerProvider) -> tuple[list[Variant], str]:
     found = [
         Variant(BASELINE, lambda: None, lambda: None, 0),
+        bare_span_variant(tp),
         Variant(OURS, lambda: otel_tokens.instrument(tracer_provider=tp), otel_tokens.uninstrument, 1),
     ]
     official, about = official_instrumentor()
@@ -232,10 +278,28 @@ def report(scenario: Scenario, names: list[str], s: Samples, n_rounds: int) -> N
         ratio_text = f"{ratio_value:.2f}"
     print(f"instrumentation overhead per call ({scenario.label}): {OURS} {ours:+.1f} µs, "
           f"{OFFICIAL} {theirs}, ratio ours/official = {ratio_text}")  # fmt: skip
+    floor = overhead[FLOOR]
+    of_floor = {name: _ratio(overhead.get(name), floor) for name in (OURS, OFFICIAL)}
+    print(
+        f"overhead vs the bare-span floor ({scenario.label}): {FLOOR} {floor:+.1f} µs; "
+        + ", ".join(f"{name} {_times(of_floor[name])}" for name in (OURS, OFFICIAL))
+    )
     if scenario.transport == MOCK:  # without a socket the per-call overhead is the headline
         record(BENCH, f"{scenario.label}: {OURS}", ours, "µs", "overhead per call")
         record(BENCH, f"{scenario.label}: {OFFICIAL}", official, "µs", "overhead per call")
+        record(BENCH, f"{scenario.label}: {FLOOR}", floor, "µs", "overhead per call")
         record(BENCH, f"{scenario.label}: ours/official", ratio_value, "x", "overhead ratio")
+        record(BENCH, f"{scenario.label}: ours/floor", of_floor[OURS], "x", "overhead ratio")
+        record(BENCH, f"{scenario.label}: official/floor", of_floor[OFFICIAL], "x", "overhead ratio")
+
+
+def _ratio(overhead: float | None, floor: float) -> float | None:
+    """An overhead as a multiple of the floor's; None when either is missing or not positive (noise)."""
+    return overhead / floor if overhead is not None and overhead > 0 and floor > 0 else None
+
+
+def _times(ratio: float | None) -> str:
+    return f"x{ratio:.2f} of floor" if ratio is not None else "n/a"
 
 
 def main() -> None:

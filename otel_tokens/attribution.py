@@ -4,13 +4,18 @@ A scope lives in the OpenTelemetry context, so it follows threads and asyncio ta
 spans do, and is mirrored into W3C baggage so that the standard propagators carry it across
 process boundaries (an agent calling another agent over HTTP keeps the caller's task and user).
 Inside a process the context value wins over baggage; baggage only fills what the context lacks.
+
+`current_attribution()` runs on every instrumented call, so it is cheap in the common cases: no
+baggage returns the scope (or one shared empty `Attribution`) as is, and the baggage-derived result
+is remembered for the last (scope, baggage) pair seen, since a loop of calls inside one
+`attribute()` block sees the same pair every time.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -24,20 +29,35 @@ _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: What `current_attribution()` returns when nothing is in force (one shared, immutable object).
+NO_ATTRIBUTION = Attribution()
+#: (scope, a copy of the baggage entries, their merged attribution) of the last lookup with baggage.
+#: Replaced whole, never mutated, so concurrent readers see one consistent triple.
+_last: tuple[Attribution | None, dict[str, object], Attribution] = (None, {}, NO_ATTRIBUTION)
+
 
 def current_attribution(ctx: context.Context | None = None) -> Attribution:
     """The attribution in force: context scopes overlaid on whatever arrived in baggage."""
-    from_baggage = _from_baggage(ctx)
+    global _last
+    if ctx is None:
+        ctx = context.get_current()
     scoped = context.get_value(_ATTRIBUTION_KEY, ctx)
-    if isinstance(scoped, Attribution):
-        return from_baggage.merged(scoped)
-    return from_baggage
-
-
-def _from_baggage(ctx: context.Context | None) -> Attribution:
+    if not isinstance(scoped, Attribution):
+        scoped = None
     entries = baggage.get_all(ctx)
     if not entries:
-        return Attribution()
+        return NO_ATTRIBUTION if scoped is None else scoped
+    last_scope, last_entries, last_result = _last
+    if (last_scope is scoped or last_scope == scoped) and last_entries == entries:
+        return last_result
+    result = _from_baggage(entries)
+    if scoped is not None:
+        result = result.merged(scoped)
+    _last = (scoped, dict(entries), result)
+    return result
+
+
+def _from_baggage(entries: Mapping[str, object]) -> Attribution:
     values = {
         name: str(entries[BAGGAGE_PREFIX + name])[:_MAX_VALUE_LENGTH]
         for name in ATTRIBUTION_FIELDS

@@ -16,6 +16,7 @@ from typing import Any
 import genai_prices
 import openai
 import pytest
+from opentelemetry import baggage, context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -130,6 +131,41 @@ def test_chat_completion_span_is_complete_and_carries_no_content(
     assert a[sc.OTEL_TOKENS_USER] == "u-1"
     assert sc.GEN_AI_INPUT_MESSAGES not in a and sc.GEN_AI_OUTPUT_MESSAGES not in a
     assert not [v for v in a.values() if isinstance(v, str) and (PROMPT in v or REPLY_TEXT in v)]
+
+
+def test_each_call_sees_the_attribution_and_server_in_force_at_that_call(
+    client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    """Attribution and server address are remembered between calls (hot-path caches); a change of
+    scope, of incoming baggage or of the client's base URL must still show on the next span."""
+
+    def call() -> dict[str, Any]:
+        span_exporter.clear()
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        return attrs(only_span(span_exporter))
+
+    with otel_tokens.attribute(agent="planner", user="u-1"):
+        first, second = call(), call()
+        token = context.attach(baggage.set_baggage("otel_tokens.task", "from-baggage"))
+        try:
+            with_baggage = call()
+        finally:
+            context.detach(token)
+        after_baggage = call()
+    with otel_tokens.attribute(agent="coder", user="u-1"):
+        other_scope = call()
+    unscoped = call()
+    client.base_url = fake_provider.openai_base_url.replace("127.0.0.1", "localhost")
+    moved = call()
+
+    assert first[sc.GEN_AI_AGENT_NAME] == second[sc.GEN_AI_AGENT_NAME] == "planner"
+    assert with_baggage[sc.OTEL_TOKENS_TASK] == "from-baggage"
+    assert with_baggage[sc.GEN_AI_AGENT_NAME] == "planner" and with_baggage[sc.OTEL_TOKENS_USER] == "u-1"
+    assert sc.OTEL_TOKENS_TASK not in after_baggage and after_baggage[sc.GEN_AI_AGENT_NAME] == "planner"
+    assert other_scope[sc.GEN_AI_AGENT_NAME] == "coder"
+    assert sc.GEN_AI_AGENT_NAME not in unscoped and sc.OTEL_TOKENS_USER not in unscoped
+    assert first[sc.SERVER_ADDRESS] == unscoped[sc.SERVER_ADDRESS] == "127.0.0.1"
+    assert moved[sc.SERVER_ADDRESS] == "localhost"
 
 
 def test_cached_and_reasoning_tokens_are_normalised(

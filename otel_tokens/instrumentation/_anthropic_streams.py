@@ -22,7 +22,7 @@ import wrapt
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.instrumentation._call import LLMCall, inside_llm_call
+from otel_tokens.instrumentation._call import LLMCall, inside_llm_call, internal_error
 from otel_tokens.record import TokenCounts
 
 #: error.type of a stream the server ended without `message_stop` (the application saw no error).
@@ -99,18 +99,20 @@ class StreamTracker:
         self._text: list[str] = []
 
     def observe(self, event: Any) -> None:
-        with swallow_internal_errors("anthropic stream event"):
+        try:
             kind = getattr(event, "type", None)
-            if kind == "message_start":
-                self._on_start(event.message)
-            elif kind == "content_block_delta":
+            if kind == "content_block_delta":  # the most frequent event first
                 text = getattr(event.delta, "text", None)
                 if isinstance(text, str):
                     self._text.append(text)
+            elif kind == "message_start":
+                self._on_start(event.message)
             elif kind == "message_delta":
                 self._on_delta(event)
             elif kind == "message_stop":
                 self._complete = True
+        except Exception:
+            internal_error("anthropic stream event")
 
     def _on_start(self, message: Any) -> None:
         self._model = getattr(message, "model", None)
@@ -153,13 +155,15 @@ class StreamTracker:
     def _finish(self, error_type: str | None, error: BaseException | None = None) -> None:
         tokens: TokenCounts | None = None
         estimated = False
-        with swallow_internal_errors("anthropic stream usage"):
+        try:
             tokens, estimated = self._tokens()
             if self.call.settings.capture_content:
                 text = "".join(self._text)
                 self.call.record_content(
                     sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self._stop_reason)
                 )
+        except Exception:
+            internal_error("anthropic stream usage")
         self.call.finish(
             tokens,
             response_model=self._model,
@@ -172,15 +176,17 @@ class StreamTracker:
 
     def _tokens(self) -> tuple[TokenCounts, bool]:
         """Reported usage when it arrived; the tokenizer fills what did not (and says so)."""
+        if self._reported is not None and (self._saw_delta or not self._text):
+            return self._reported, False  # the usual end: no text to join, nothing to estimate
         model = self._model or str(self._request.get("model") or "")
         text = "".join(self._text)
         if self._reported is None:
             return TokenCounts(input=estimate_input(self._request), output=estimate_output(text, model)), True
-        if not self._saw_delta and text:
-            # message_start's output_tokens is a placeholder; the text consumed is the better count.
-            output = max(self._reported.output, estimate_output(text, model))
-            return replace(self._reported, output=output), True
-        return self._reported, False
+        if not text:
+            return self._reported, False
+        # message_start's output_tokens is a placeholder; the text consumed is the better count.
+        output = max(self._reported.output, estimate_output(text, model))
+        return replace(self._reported, output=output), True
 
 
 def observe_sync_stream(stream: Any, tracker: StreamTracker) -> Any:

@@ -4,6 +4,11 @@ A wrapper opens an `LLMCall` before the SDK sends the request and calls `finish(
 the response (or the last stream chunk, or the error) is in. `LLMCall` owns attribute names, cost,
 estimation flags and status, so the per-SDK modules only translate their SDK's objects into
 `TokenCounts` — the same record the collector builds from spans.
+
+This is the hot path of every instrumented call, so it avoids what costs microseconds here: no
+`contextlib` context managers (our error policy runs from `except` blocks via `internal_error`),
+span attributes set in one `set_attributes` batch (one lock and one validation pass in the SDK,
+not one per attribute), and no content-capture work unless capture is on.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +26,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import current_attribution
+from otel_tokens.attribution import NO_ATTRIBUTION, current_attribution
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
@@ -35,6 +41,7 @@ _ATTRIBUTION_ATTRIBUTES: dict[str, str] = {
     "step": sc.OTEL_TOKENS_STEP,
     "workflow": sc.GEN_AI_WORKFLOW_NAME,
 }
+_ATTRIBUTION_PAIRS: tuple[tuple[str, str], ...] = tuple(_ATTRIBUTION_ATTRIBUTES.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +59,17 @@ def inside_llm_call() -> bool:
 
 
 def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue]:
-    return {_ATTRIBUTION_ATTRIBUTES[name]: value for name, value in attribution.items() if value is not None}
+    if attribution is NO_ATTRIBUTION:  # the common case: no scope, no baggage
+        return {}
+    values = ((key, getattr(attribution, name)) for name, key in _ATTRIBUTION_PAIRS)
+    return {key: value for key, value in values if value is not None}
+
+
+def internal_error(where: str) -> None:
+    """Apply the shared policy (log once and carry on; re-raise under tests) to the exception being
+    handled. Called from `except Exception:` so the happy path pays for no context manager."""
+    with swallow_internal_errors(where):
+        raise  # the exception the caller is handling
 
 
 class LLMCall:
@@ -92,7 +109,8 @@ class LLMCall:
             attributes[sc.SERVER_PORT] = server_port
         if max_tokens is not None:
             attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-        attributes.update(attribution_attributes(self.attribution))
+        if self.attribution is not NO_ATTRIBUTION:
+            attributes.update(attribution_attributes(self.attribution))
         self.span = settings.tracer.start_span(
             f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
         )
@@ -101,33 +119,42 @@ class LLMCall:
     def activate(self) -> Iterator[None]:
         """Make the span current while the SDK sends the request, so the SDK's own spans (and HTTP
         client spans) nest under it and nested wrapped calls are recognised as the same call."""
-        ctx = context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span))
-        token = context.attach(ctx)
+        token = self._attach()
         try:
             yield
         finally:
             context.detach(token)
 
+    def _attach(self) -> Token[context.Context]:
+        """`activate()` without the context manager, for `invoke` on the hot path."""
+        return context.attach(context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span)))
+
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
         propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
+        token = self._attach()
         try:
-            with self.activate():
-                return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
         except BaseException as exc:
+            context.detach(token)
             self.finish(None, error=exc)
             raise
+        context.detach(token)
+        return result
 
     async def invoke_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """`invoke` for the async clients."""
+        token = self._attach()
         try:
-            with self.activate():
-                return await wrapped(*args, **kwargs)
+            result = await wrapped(*args, **kwargs)
         except BaseException as exc:
+            context.detach(token)
             self.finish(None, error=exc)
             raise
+        context.detach(token)
+        return result
 
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""
@@ -150,9 +177,11 @@ class LLMCall:
             return None
         self._ended = True
         record: UsageRecord | None = None
-        with swallow_internal_errors("LLMCall.finish"):
+        try:
             record = self._build_record(tokens, response_model, estimated, error, error_type)
             self._set_result_attributes(record, response_id, finish_reasons)
+        except Exception:
+            internal_error("LLMCall.finish")
         self.span.end()
         return record
 
@@ -165,10 +194,10 @@ class LLMCall:
         error_type: str | None,
     ) -> UsageRecord:
         counts = tokens if tokens is not None else TokenCounts()
-        price_model = response_model or self.request_model
-        cost = default_price_book().cost_usd(self.provider, price_model, counts)
+        prices = default_price_book()
+        cost = prices.cost_usd(self.provider, response_model or self.request_model, counts)
         if cost is None and response_model and response_model != self.request_model:
-            cost = default_price_book().cost_usd(self.provider, self.request_model, counts)
+            cost = prices.cost_usd(self.provider, self.request_model, counts)
         failed = error is not None or error_type is not None
         return UsageRecord(
             provider=self.provider,
@@ -188,26 +217,29 @@ class LLMCall:
     def _set_result_attributes(
         self, record: UsageRecord, response_id: str | None, finish_reasons: Sequence[str]
     ) -> None:
-        span = self.span
         t = record.tokens
-        span.set_attribute(sc.GEN_AI_USAGE_INPUT_TOKENS, t.input)
-        span.set_attribute(sc.GEN_AI_USAGE_OUTPUT_TOKENS, t.output)
+        attributes: dict[str, AttributeValue] = {
+            sc.GEN_AI_USAGE_INPUT_TOKENS: t.input,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: t.output,
+        }
         if t.cache_read:
-            span.set_attribute(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, t.cache_read)
+            attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cache_read
         if t.cache_write:
-            span.set_attribute(sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, t.cache_write)
+            attributes[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write
         if t.reasoning:
-            span.set_attribute(sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, t.reasoning)
+            attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning
         if record.estimated:
-            span.set_attribute(sc.OTEL_TOKENS_ESTIMATED, True)
+            attributes[sc.OTEL_TOKENS_ESTIMATED] = True
         if record.cost_usd is not None:
-            span.set_attribute(sc.OTEL_TOKENS_COST_USD, record.cost_usd)
+            attributes[sc.OTEL_TOKENS_COST_USD] = record.cost_usd
         if record.response_model:
-            span.set_attribute(sc.GEN_AI_RESPONSE_MODEL, record.response_model)
+            attributes[sc.GEN_AI_RESPONSE_MODEL] = record.response_model
         if response_id:
-            span.set_attribute(sc.GEN_AI_RESPONSE_ID, response_id)
+            attributes[sc.GEN_AI_RESPONSE_ID] = response_id
         if finish_reasons:
-            span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS, list(finish_reasons))
+            attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = list(finish_reasons)
         if record.status == "error":
-            span.set_attribute(sc.ERROR_TYPE, record.error_type or "_OTHER")
-            span.set_status(Status(StatusCode.ERROR, record.error_type))
+            attributes[sc.ERROR_TYPE] = record.error_type or "_OTHER"
+        self.span.set_attributes(attributes)
+        if record.status == "error":
+            self.span.set_status(Status(StatusCode.ERROR, record.error_type))

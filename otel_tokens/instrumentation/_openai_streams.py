@@ -12,6 +12,12 @@ A stream can end four ways, and each ends the span exactly once:
 - closed early by the caller (`close()`, leaving a `with` block, the SDK helper's close): ok status,
   the consumed part estimated;
 - garbage-collected unread: as closed early.
+
+Per chunk the work is a few attribute reads and, for text deltas, one list append (no context
+manager, no allocation otherwise). The text is kept even when the request asked for usage
+(`include_usage`): usage only comes on the last chunk, and a stream broken or closed before it is
+estimated from the text consumed. It is joined only when it is needed: for that estimate, or for
+the output message under content capture.
 """
 
 from __future__ import annotations
@@ -21,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.instrumentation._call import LLMCall
+from otel_tokens.instrumentation._call import LLMCall, internal_error
 from otel_tokens.instrumentation._openai_extract import (
     chat_tokens,
     estimate_tokens,
@@ -57,8 +62,10 @@ class StreamState:
         self._done = False
 
     def observe(self, item: Any) -> None:
-        with swallow_internal_errors("openai stream item"):
+        try:
             self._observe(item)
+        except Exception:
+            internal_error("openai stream item")
 
     def _observe(self, item: Any) -> None:
         raise NotImplementedError
@@ -78,13 +85,15 @@ class StreamState:
         self._done = True
         tokens, estimated = self.tokens, False
         try:
-            with swallow_internal_errors("openai stream accounting"):
-                if tokens is None:
-                    tokens, estimated = self._estimate(), True
+            if tokens is None:
+                tokens, estimated = self._estimate(), True
+            if self.call.settings.capture_content:
                 text = "".join(self.text)
                 self.call.record_content(
                     GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self.finish_reasons)
                 )
+        except Exception:
+            internal_error("openai stream accounting")
         finally:
             self.call.finish(
                 tokens,
@@ -106,12 +115,17 @@ class ChatStreamState(StreamState):
     the request asked for it with `stream_options={"include_usage": True}`."""
 
     def _observe(self, chunk: Any) -> None:
-        self.response_model = getattr(chunk, "model", None) or self.response_model
-        self.response_id = getattr(chunk, "id", None) or self.response_id
+        # The last non-empty model and id win (Azure's first chunk has neither).
+        model = getattr(chunk, "model", None)
+        if model:
+            self.response_model = model
+        response_id = getattr(chunk, "id", None)
+        if response_id:
+            self.response_id = response_id
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.tokens = chat_tokens(usage)
-        for choice in getattr(chunk, "choices", None) or []:
+        for choice in getattr(chunk, "choices", None) or ():
             content = getattr(getattr(choice, "delta", None), "content", None)
             if isinstance(content, str):
                 self.text.append(content)
@@ -162,15 +176,19 @@ class SyncStreamProxy(_ProxyBase):
         return self
 
     def __next__(self) -> Any:
+        state = self._self_state
         try:
             item = self.__wrapped__.__next__()
         except StopIteration:
-            self._self_state.end_of_stream()
+            state.end_of_stream()
             raise
         except BaseException as exc:
-            self._self_state.failed(exc)
+            state.failed(exc)
             raise
-        self._self_state.observe(item)
+        try:  # `state.observe(item)`, inlined: this runs once per chunk
+            state._observe(item)
+        except Exception:
+            internal_error("openai stream item")
         return item
 
     def __enter__(self) -> SyncStreamProxy:
@@ -207,15 +225,19 @@ class AsyncStreamProxy(_ProxyBase):
         return self
 
     async def __anext__(self) -> Any:
+        state = self._self_state
         try:
             item = await self.__wrapped__.__anext__()
         except StopAsyncIteration:
-            self._self_state.end_of_stream()
+            state.end_of_stream()
             raise
         except BaseException as exc:
-            self._self_state.failed(exc)
+            state.failed(exc)
             raise
-        self._self_state.observe(item)
+        try:  # `state.observe(item)`, inlined: this runs once per chunk
+            state._observe(item)
+        except Exception:
+            internal_error("openai stream item")
         return item
 
     async def __aenter__(self) -> AsyncStreamProxy:

@@ -11,6 +11,7 @@ child; the collector treats such a child as the same call, never as a second one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from otel_tokens import semconv as sc
-from otel_tokens._safety import logger, swallow_internal_errors
+from otel_tokens._safety import logger
 from otel_tokens.instrumentation._anthropic_streams import (
     AsyncStreamManagerProxy,
     StreamTracker,
@@ -30,7 +31,7 @@ from otel_tokens.instrumentation._anthropic_streams import (
     output_messages_json,
     usage_tokens,
 )
-from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call
+from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
 from otel_tokens.record import TokenCounts
 
 PROVIDER = "anthropic"
@@ -69,7 +70,7 @@ def uninstrument() -> None:
 def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]) -> LLMCall | None:
     """The span of one call, or None if our bookkeeping failed (the SDK call goes ahead unobserved)."""
     call: LLMCall | None = None
-    with swallow_internal_errors("anthropic: opening span"):
+    try:
         host, port = _server(resource)
         max_tokens = request.get("max_tokens")
         call = LLMCall(
@@ -84,6 +85,8 @@ def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]
         )
         if settings.capture_content:
             call.record_content(sc.GEN_AI_INPUT_MESSAGES, input_messages_json(request))
+    except Exception:
+        internal_error("anthropic: opening span")
     return call
 
 
@@ -120,20 +123,29 @@ def _on_result(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
     """What the application gets back: always the SDK's own object (a stream with its events
     observed). If our bookkeeping fails, the span still ends and the SDK's object returns as is."""
     observed: Any = None
-    with swallow_internal_errors("anthropic: reading the response"):
+    try:
         observed = _observe(call, result, request)
+    except Exception:
+        internal_error("anthropic: reading the response")
     if observed is None:
         call.finish(None)
         return result
     return observed
 
 
-def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
+@functools.cache
+def _stream_classes() -> tuple[type[Any], type[Any]]:
+    """The SDK's stream classes, imported once rather than by an import statement on every call."""
     from anthropic import AsyncStream, Stream
 
-    if isinstance(result, Stream):
+    return Stream, AsyncStream
+
+
+def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
+    stream_class, async_stream_class = _stream_classes()
+    if isinstance(result, stream_class):
         return observe_sync_stream(result, StreamTracker(call, request))
-    if isinstance(result, AsyncStream):
+    if isinstance(result, async_stream_class):
         return observe_async_stream(result, StreamTracker(call, request))
     if getattr(result, "usage", None) is None:
         logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)

@@ -20,8 +20,7 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call
+from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
 from otel_tokens.instrumentation._openai_extract import (
     Result,
     chat_result,
@@ -184,7 +183,7 @@ def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str
     """`messages` may be any iterable; a one-shot iterator would be consumed by the SDK before we
     could count it, so hand the SDK an equal list instead."""
     prompt = kwargs.get(endpoint.prompt_arg)
-    if isinstance(prompt, Iterator):
+    if type(prompt) is not list and isinstance(prompt, Iterator):  # skips the ABC check for a list
         return {**kwargs, endpoint.prompt_arg: list(prompt)}
     return kwargs
 
@@ -192,8 +191,7 @@ def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str
 def _open_call(
     endpoint: _Endpoint, settings: CallSettings, instance: Any, kwargs: dict[str, Any]
 ) -> LLMCall | None:
-    call: LLMCall | None = None
-    with swallow_internal_errors("openai call start"):
+    try:
         address, port = _server(instance)
         model = kwargs.get("model")
         call = LLMCall(
@@ -206,19 +204,38 @@ def _open_call(
             server_port=port,
             max_tokens=_max_tokens(endpoint, kwargs),
         )
-    if call is not None and endpoint.captures_content and settings.capture_content:
-        with swallow_internal_errors("openai input content"):
+    except Exception:
+        internal_error("openai call start")
+        return None
+    if endpoint.captures_content and settings.capture_content:
+        try:
             prompt = kwargs.get(endpoint.prompt_arg)
             call.record_content(
                 GEN_AI_INPUT_MESSAGES, input_messages_json(prompt, kwargs.get("instructions"))
             )
+        except Exception:
+            internal_error("openai input content")
     return call
 
 
+#: (URL, host, port) of the last base URL read: URL objects are immutable, and a process usually
+#: has one client, so the SDK's URL parsing properties are read once, not on every call.
+_last_server: tuple[Any, str | None, int | None] = (None, None, None)
+
+
 def _server(instance: Any) -> tuple[str | None, int | None]:
-    url = getattr(getattr(instance, "_client", None), "base_url", None)
-    host, port = getattr(url, "host", None), getattr(url, "port", None)
-    return (host if isinstance(host, str) else None), (port if isinstance(port, int) else None)
+    global _last_server
+    client = getattr(instance, "_client", None)
+    # `_base_url` is what the `base_url` property returns; in openai 3.x the property costs ~1 µs.
+    url = getattr(client, "_base_url", None)
+    if url is None:
+        url = getattr(client, "base_url", None)
+    last_url, host, port = _last_server
+    if url is not last_url:
+        host, port = getattr(url, "host", None), getattr(url, "port", None)
+        host, port = (host if isinstance(host, str) else None), (port if isinstance(port, int) else None)
+        _last_server = (url, host, port)
+    return host, port
 
 
 def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
@@ -265,33 +282,35 @@ def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], resul
 
 def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], response: Any) -> None:
     try:
-        with swallow_internal_errors("openai response accounting"):
-            result = endpoint.result(response)
-            tokens, estimated = result.tokens, False
-            if tokens is None:
-                model = result.response_model or call.request_model
-                prompt = kwargs.get(endpoint.prompt_arg)
-                tokens = estimate_tokens(prompt, kwargs.get("instructions"), result.output_text, model)
-                estimated = True
-            if endpoint.captures_content:
-                output = output_messages_json(result.output_text, result.finish_reasons)
-                call.record_content(GEN_AI_OUTPUT_MESSAGES, output)
-            call.finish(
-                tokens,
-                response_model=result.response_model,
-                response_id=result.response_id,
-                finish_reasons=result.finish_reasons,
-                estimated=estimated,
-            )
+        result = endpoint.result(response)
+        tokens, estimated = result.tokens, False
+        if tokens is None:
+            model = result.response_model or call.request_model
+            prompt = kwargs.get(endpoint.prompt_arg)
+            tokens = estimate_tokens(prompt, kwargs.get("instructions"), result.output_text, model)
+            estimated = True
+        if endpoint.captures_content and call.settings.capture_content:
+            output = output_messages_json(result.output_text, result.finish_reasons)
+            call.record_content(GEN_AI_OUTPUT_MESSAGES, output)
+        call.finish(
+            tokens,
+            response_model=result.response_model,
+            response_id=result.response_id,
+            finish_reasons=result.finish_reasons,
+            estimated=estimated,
+        )
+    except Exception:
+        internal_error("openai response accounting")
     finally:
         call.finish(None)  # no-op unless our accounting above failed: the span must still end
 
 
 def _finish_estimated(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any]) -> None:
     try:
-        with swallow_internal_errors("openai raw response accounting"):
-            prompt = kwargs.get(endpoint.prompt_arg)
-            tokens = estimate_tokens(prompt, kwargs.get("instructions"), "", call.request_model)
-            call.finish(tokens, estimated=True)
+        prompt = kwargs.get(endpoint.prompt_arg)
+        tokens = estimate_tokens(prompt, kwargs.get("instructions"), "", call.request_model)
+        call.finish(tokens, estimated=True)
+    except Exception:
+        internal_error("openai raw response accounting")
     finally:
         call.finish(None)

@@ -5,6 +5,13 @@ one counted overflow series, the self-metrics, and bounded per-task-instance tot
 instance id is never a label; the budgets code reads `task_instances()` instead). One lock with a
 tiny critical section: label tuples are computed before it is taken, and a batch of records is
 counted under one acquisition.
+
+Tokens per completed task: a task instance's calls may come from several processes, so only here is
+its total known. When its owner signals completion (`complete_tasks`, from the task span), the
+instance's accumulated tokens and cost are observed once into the `llm_task_tokens` /
+`llm_task_cost_usd` histograms (labels agent, task, status) and the instance is forgotten; the
+completion's span is remembered so a re-sent task span is not observed twice. Calls counted after
+their task completed still count in every counter, but in no task histogram.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_tokens.record import TOKEN_TYPES, UsageRecord
+
+if TYPE_CHECKING:
+    from otel_tokens.extract import TaskCompletion
 
 __all__ = [
     "ALLOWED_DIMENSIONS",
@@ -30,6 +40,7 @@ __all__ = [
     "MetricsConfig",
     "Series",
     "Snapshot",
+    "TaskSeries",
     "TaskTotals",
     "bounded_reason",
 ]
@@ -45,7 +56,11 @@ REQUESTS = "llm_requests_total"
 ESTIMATED = "llm_estimated_tokens_total"
 INPUT_HISTOGRAM = "llm_request_input_tokens"
 UNPRICED = "otel_tokens_unpriced_records_total"
+TASK_TOKENS = "llm_task_tokens"
+TASK_COST = "llm_task_cost_usd"
 _DIMENSIONED = (TOKENS, COST, REQUESTS, ESTIMATED, INPUT_HISTOGRAM)
+#: The task histograms' labels: a task is owned by one agent; status says whether its scope raised.
+TASK_LABELS: tuple[str, ...] = ("agent", "task", "status")
 
 #: dimension → where a UsageRecord holds its value (an `operator.attrgetter` path).
 _DIMENSION_PATHS: dict[str, str] = {
@@ -101,6 +116,10 @@ class MetricsConfig:
     #: Input tokens per request: powers of 4 from 256 to 1M, where context growth shows.
     input_token_buckets: tuple[float, ...] = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
     max_task_instances: int = 1000
+    #: Tokens per completed task: powers of 4 from 1Ki to 1Gi (a runaway loop shows up top right).
+    task_token_buckets: tuple[float, ...] = tuple(float(4**n) for n in range(5, 16))
+    #: USD per completed task: 1-3-10 steps from a tenth of a cent to $100.
+    task_cost_buckets: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad key, what was expected and what was given."""
@@ -117,11 +136,10 @@ class MetricsConfig:
         hold = self.dedupe_hold_seconds
         if not isinstance(hold, (int, float)) or not math.isfinite(hold) or hold < 0:
             raise ValueError(f"dedupe_hold_seconds: expected a finite number >= 0, got {hold!r}")
-        buckets = self.input_token_buckets
-        if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
-            raise ValueError(
-                f"input_token_buckets: expected positive, strictly increasing bounds, got {buckets!r}"
-            )
+        for key in ("input_token_buckets", "task_token_buckets", "task_cost_buckets"):
+            buckets = getattr(self, key)
+            if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
+                raise ValueError(f"{key}: expected positive, strictly increasing bounds, got {buckets!r}")
 
 
 @dataclass(slots=True)
@@ -141,6 +159,20 @@ class Series:
             list(self.tokens), self.cost_usd, self.requests_ok, self.requests_error,
             self.estimated_tokens, list(self.input_buckets), self.input_sum,
         )  # fmt: skip
+
+
+@dataclass(slots=True)
+class TaskSeries:
+    """Both task histograms of one (agent, task, status): per-bucket counts (not cumulative, +Inf
+    last) and sums; the count is the number of completed task instances."""
+
+    token_buckets: list[int]
+    cost_buckets: list[int]
+    token_sum: float = 0.0
+    cost_sum: float = 0.0
+
+    def copy(self) -> TaskSeries:
+        return TaskSeries(list(self.token_buckets), list(self.cost_buckets), self.token_sum, self.cost_sum)
 
 
 @dataclass(slots=True)
@@ -168,6 +200,9 @@ class Snapshot:
     duplicates_dropped: int
     series_overflow: dict[str, int]
     unpriced: dict[tuple[str, str], int]
+    task_series: dict[tuple[str, ...], TaskSeries] = field(default_factory=dict)
+    task_token_buckets: tuple[float, ...] = ()
+    task_cost_buckets: tuple[float, ...] = ()
 
 
 class Aggregator:
@@ -186,6 +221,9 @@ class Aggregator:
         self._overflow: dict[str, int] = {}
         self._unpriced: dict[tuple[str, str], int] = {}
         self._tasks: OrderedDict[str, TaskTotals] = OrderedDict()
+        self._task_series: dict[tuple[str, ...], TaskSeries] = {}
+        #: completions already observed (by task span, else task id): a re-sent span is not re-observed
+        self._completed: OrderedDict[object, None] = OrderedDict()
 
     def key_of(self, record: UsageRecord) -> tuple[str, ...]:
         """The label values of a record, bounded in length; missing attribution is "unknown"."""
@@ -275,6 +313,54 @@ class Aggregator:
         totals.requests += 1
         totals.last_seen_ns = max(totals.last_seen_ns, record.end_time_ns)
 
+    def complete_tasks(self, completions: Iterable[TaskCompletion]) -> int:
+        """Observe each completed instance's total into the task histograms, once; returns how many
+        were observed. An instance with no counted call is observed as 0 (a task that needed no LLM
+        call still completed)."""
+        observed = 0
+        with self._lock:
+            for completion in completions:
+                observed += self._complete_locked(completion)
+        return observed
+
+    def _complete_locked(self, completion: TaskCompletion) -> int:
+        span_id = completion.span_id
+        seen: object = (completion.trace_id << 64) | span_id if span_id else completion.task_id
+        if seen in self._completed:
+            return 0  # the same task span again (an exporter retry)
+        self._completed[seen] = None
+        if len(self._completed) > self.config.max_task_instances:
+            self._completed.popitem(last=False)
+        totals = self._tasks.pop(completion.task_id, None)
+        agent = completion.agent or (totals.agent if totals is not None else None)
+        task = completion.task or (totals.task if totals is not None else None)
+        key = tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in (agent, task, completion.status)])
+        series = self._task_series.get(key)
+        if series is None:
+            series = self._new_task_series(key)
+        tokens = totals.tokens if totals is not None else 0
+        cost = totals.cost_usd if totals is not None else 0.0
+        series.token_buckets[bisect_left(self.config.task_token_buckets, tokens)] += 1
+        series.token_sum += tokens
+        series.cost_buckets[bisect_left(self.config.task_cost_buckets, cost)] += 1
+        series.cost_sum += cost
+        return 1
+
+    def _new_task_series(self, key: tuple[str, ...]) -> TaskSeries:
+        overflow_key = (OVERFLOW,) * len(TASK_LABELS)
+        if len(self._task_series) >= self.config.max_series_per_metric + (overflow_key in self._task_series):
+            key = overflow_key
+            for name in (TASK_TOKENS, TASK_COST):
+                self._overflow[name] = self._overflow.get(name, 0) + 1
+            existing = self._task_series.get(key)
+            if existing is not None:
+                return existing
+        series = TaskSeries(
+            [0] * (len(self.config.task_token_buckets) + 1), [0] * (len(self.config.task_cost_buckets) + 1)
+        )
+        self._task_series[key] = series
+        return series
+
     def task_instances(self) -> list[TaskTotals]:
         """Copies of the per-task-instance totals, most recently active first."""
         with self._lock:
@@ -293,6 +379,9 @@ class Aggregator:
                 duplicates_dropped=self._duplicates,
                 series_overflow=dict(self._overflow),
                 unpriced=dict(self._unpriced),
+                task_series={k: s.copy() for k, s in self._task_series.items()},
+                task_token_buckets=self.config.task_token_buckets,
+                task_cost_buckets=self.config.task_cost_buckets,
             )
 
     def iter_keys(self) -> Iterable[tuple[str, ...]]:

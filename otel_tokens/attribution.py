@@ -9,6 +9,14 @@ Inside a process the context value wins over baggage; baggage only fills what th
 baggage returns the scope (or one shared empty `Attribution`) as is, and the baggage-derived result
 is remembered for the last (scope, baggage) pair seen, since a loop of calls inside one
 `attribute()` block sees the same pair every time.
+
+A scope that introduces a task instance (a `task_id` not already in force here, from an outer scope
+or incoming baggage) also opens an INTERNAL `task {name}` span for its lifetime, marked
+`otel_tokens.task.scope`: the task's LLM call spans nest under it, and its end is how the collector
+learns the instance completed (only the collector sees every process's calls, so only it knows the
+instance's total). A process that received the task id in baggage never opens one, so a task is
+completed once, by the process that owns it. The span goes through the tracer `instrument()` made
+from the user's tracer provider (`set_task_tracer`); not instrumented, no span.
 """
 
 from __future__ import annotations
@@ -19,8 +27,12 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from opentelemetry import baggage, context
+from opentelemetry import baggage, context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
+from otel_tokens import semconv as sc
+from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution
 from otel_tokens.semconv import BAGGAGE_PREFIX
 
@@ -34,6 +46,36 @@ NO_ATTRIBUTION = Attribution()
 #: (scope, a copy of the baggage entries, their merged attribution) of the last lookup with baggage.
 #: Replaced whole, never mutated, so concurrent readers see one consistent triple.
 _last: tuple[Attribution | None, dict[str, object], Attribution] = (None, {}, NO_ATTRIBUTION)
+
+#: Attribution field → the span attribute carrying it (LLM call spans and task spans alike).
+SPAN_ATTRIBUTES: dict[str, str] = {
+    "agent": sc.GEN_AI_AGENT_NAME,
+    "task": sc.OTEL_TOKENS_TASK,
+    "task_id": sc.OTEL_TOKENS_TASK_ID,
+    "user": sc.OTEL_TOKENS_USER,
+    "session": sc.GEN_AI_CONVERSATION_ID,
+    "step": sc.OTEL_TOKENS_STEP,
+    "workflow": sc.GEN_AI_WORKFLOW_NAME,
+}
+_SPAN_ATTRIBUTE_PAIRS: tuple[tuple[str, str], ...] = tuple(SPAN_ATTRIBUTES.items())
+
+#: The tracer task spans are started with; None while otel-tokens is not instrumented.
+_task_tracer: trace.Tracer | None = None
+
+
+def set_task_tracer(tracer: trace.Tracer | None) -> None:
+    """Called by the instrumentation (`instrument()` / `uninstrument()`): attribution never imports
+    it, since the instrumentation imports attribution."""
+    global _task_tracer
+    _task_tracer = tracer
+
+
+def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue]:
+    """The span attributes of an attribution (only the fields that are set)."""
+    if attribution is NO_ATTRIBUTION:  # the common case: no scope, no baggage
+        return {}
+    values = ((key, getattr(attribution, name)) for name, key in _SPAN_ATTRIBUTE_PAIRS)
+    return {key: value for key, value in values if value is not None}
 
 
 def current_attribution(ctx: context.Context | None = None) -> Attribution:
@@ -104,21 +146,33 @@ class attribute:
                 "workflow": workflow,
             }
         )
-        self._tokens: list[object] = []
+        #: per entry (one object may be entered again, nested): the context token, and the task
+        #: span this entry opened, if any
+        self._tokens: list[tuple[object, trace.Span | None]] = []
 
     def __enter__(self) -> Attribution:
-        merged = current_attribution().merged(self._scope)
+        outer = current_attribution()
+        merged = outer.merged(self._scope)
         ctx = context.set_value(_ATTRIBUTION_KEY, merged)
         for name, value in merged.items():
             if value is not None:
                 ctx = baggage.set_baggage(BAGGAGE_PREFIX + name, value, ctx)
-        self._tokens.append(context.attach(ctx))
+        task_id = self._scope.task_id
+        span = None
+        if task_id and task_id != outer.task_id and _task_tracer is not None:
+            span = _start_task_span(_task_tracer, merged, ctx)
+            if span is not None:
+                ctx = trace.set_span_in_context(span, ctx)
+        self._tokens.append((context.attach(ctx), span))
         return merged
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        context.detach(cast(Any, self._tokens.pop()))
+        token, span = self._tokens.pop()
+        context.detach(cast(Any, token))
+        if span is not None:
+            _end_task_span(span, exc)
 
     def __call__(self, func: F) -> F:
         scope = self._scope
@@ -144,3 +198,30 @@ class attribute:
                 return func(*args, **kwargs)
 
         return cast(F, wrapper)
+
+
+def _start_task_span(tracer: trace.Tracer, merged: Attribution, ctx: context.Context) -> trace.Span | None:
+    """The span of one task instance, a child of whatever span is current (so the task tree shows
+    in traces). It carries the task-level attribution; a step is per call, not per task."""
+    try:
+        attributes = attribution_attributes(merged)
+        attributes.pop(sc.OTEL_TOKENS_STEP, None)
+        attributes[sc.OTEL_TOKENS_TASK_SCOPE] = True
+        return tracer.start_span(f"task {merged.task or 'unnamed'}", ctx, SpanKind.INTERNAL, attributes)
+    except Exception:
+        with swallow_internal_errors("attribute: task span"):
+            raise
+        return None
+
+
+def _end_task_span(span: trace.Span, exc: BaseException | None) -> None:
+    """The task instance is over: an exception escaping the scope marks it failed."""
+    try:
+        if exc is not None:
+            error_type = type(exc).__qualname__
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, error_type))
+        span.end()
+    except Exception:
+        with swallow_internal_errors("attribute: task span end"):
+            raise

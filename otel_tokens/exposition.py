@@ -28,6 +28,8 @@ _HELP = {
     agg.REQUESTS: "LLM calls, counted once each after deduplication.",
     agg.ESTIMATED: "Tokens counted with a tokenizer because the provider reported no usage.",
     agg.INPUT_HISTOGRAM: "Input tokens per request (including cache): context growth shows here.",
+    agg.TASK_TOKENS: "Tokens per completed task instance (all its calls, every process); count = tasks.",
+    agg.TASK_COST: "USD per completed task instance (unpriced calls add 0).",
 }
 
 
@@ -41,6 +43,7 @@ class TokenMetricsCollector(Collector):
         """Names only, so a registry detects a second registration without a snapshot."""
         dims = list(self._aggregator.config.dimensions)
         yield from self._usage_families(dims)
+        yield from _task_families()
         yield from _self_families()
 
     def collect(self) -> Iterator[Metric]:
@@ -61,6 +64,7 @@ class TokenMetricsCollector(Collector):
                 estimated.add_metric(labels, s.estimated_tokens)
             hist.add_metric(labels, _cumulative(bounds, s.input_buckets), s.input_sum)
         yield from (tokens, cost, requests, estimated, hist)
+        yield from _task_families(snap)
         yield from _self_families(snap)
 
     @staticmethod
@@ -80,6 +84,20 @@ class TokenMetricsCollector(Collector):
             CounterMetricFamily(agg.ESTIMATED, _HELP[agg.ESTIMATED], labels=dims),
             HistogramMetricFamily(agg.INPUT_HISTOGRAM, _HELP[agg.INPUT_HISTOGRAM], labels=dims),
         )
+
+
+def _task_families(snap: Snapshot | None = None) -> Iterator[Metric]:
+    """Tokens and cost per completed task instance, by (agent, task, status)."""
+    labels = list(agg.TASK_LABELS)
+    tokens = HistogramMetricFamily(agg.TASK_TOKENS, _HELP[agg.TASK_TOKENS], labels=labels)
+    cost = HistogramMetricFamily(agg.TASK_COST, _HELP[agg.TASK_COST], labels=labels)
+    if snap is not None:
+        token_bounds = [_go_float(b) for b in snap.task_token_buckets] + ["+Inf"]
+        cost_bounds = [_go_float(b) for b in snap.task_cost_buckets] + ["+Inf"]
+        for key, s in sorted(snap.task_series.items()):
+            tokens.add_metric(list(key), _cumulative(token_bounds, s.token_buckets), s.token_sum)
+            cost.add_metric(list(key), _cumulative(cost_bounds, s.cost_buckets), s.cost_sum)
+    yield from (tokens, cost)
 
 
 def _cumulative(bounds: list[str], per_bucket: list[int]) -> list[tuple[str, float]]:

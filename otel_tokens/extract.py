@@ -15,12 +15,18 @@ recognised when it is smaller than the cache tokens, or when a reported total on
 the cache added, and is then normalised.
 
 Malformed values never raise: the span becomes a `Rejection` with a bounded reason.
+
+One kind of span without usage is not skipped: the task span an `attribute(task_id=...)` scope opens
+(marked `otel_tokens.task.scope`) becomes a `TaskCompletion`, so the aggregator can observe the
+instance's total. The marker is one more slot in the table, so a span with neither usage nor the
+marker is skipped exactly as cheaply as before.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -28,13 +34,21 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, Status, TokenCounts, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["WANTED", "Extractor", "PriceFn", "Rejection", "record_from_attributes", "record_from_slots"]
+__all__ = [
+    "WANTED",
+    "Extractor",
+    "PriceFn",
+    "Rejection",
+    "TaskCompletion",
+    "record_from_attributes",
+    "record_from_slots",
+]
 
 #: (provider, model, tokens) → USD, or None for a model without a known price.
 PriceFn = Callable[[str, str, TokenCounts], "float | None"]
@@ -49,8 +63,8 @@ _TL = sc.OPENLLMETRY_ASSOCIATION_PREFIX
 (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL) = range(6)
 (REQUEST_MODEL, RESPONSE_MODEL, PROVIDER, OPERATION) = range(6, 10)
 (AGENT, TASK, TASK_ID, USER, SESSION, STEP, WORKFLOW) = range(10, 17)  # Attribution's field order
-(COST, ESTIMATED, MARKER, ERROR_TYPE) = range(17, 21)
-_N_SLOTS = 21
+(COST, ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE) = range(17, 22)
+_N_SLOTS = 22
 _NO_RANK = 99
 
 _DIALECTS: tuple[tuple[str, ...], ...] = (
@@ -86,6 +100,7 @@ _DIALECTS: tuple[tuple[str, ...], ...] = (
     (sc.OTEL_TOKENS_ESTIMATED,),
     (sc.OTEL_TOKENS_MARKER,),
     (sc.ERROR_TYPE,),
+    (sc.OTEL_TOKENS_TASK_SCOPE,),
 )
 assert len(_DIALECTS) == _N_SLOTS
 
@@ -103,7 +118,9 @@ _Slots = list[Any]  # one value per slot (None: absent)
 
 #: The AnyValue field each slot normally arrives in (one attribute read instead of WhichOneof).
 _EXPECTED_FIELD: tuple[str, ...] = (
-    ("int_value",) * 6 + ("string_value",) * 11 + ("double_value", "bool_value", "bool_value", "string_value")
+    ("int_value",) * 6
+    + ("string_value",) * 11
+    + ("double_value", "bool_value", "bool_value", "string_value", "bool_value")
 )
 assert len(_EXPECTED_FIELD) == _N_SLOTS
 #: attribute name → (slot, rank, the AnyValue field it normally arrives in): the OTLP walk's table.
@@ -129,10 +146,27 @@ class Rejection:
         return f"Rejection({self.reason!r}, {self.detail!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class TaskCompletion:
+    """A task instance's scope ended in the process that owns it: its task span arrived. Rare (one
+    per instance), so a plain dataclass."""
+
+    task_id: str
+    task: str | None
+    agent: str | None
+    status: Status = "ok"
+    trace_id: int = 0
+    span_id: int = 0
+    end_time_ns: int = 0
+
+
+Outcome = UsageRecord | Rejection | TaskCompletion | None
+
+
 class _Batch(Protocol):
     spans_received: int
 
-    def add(self, outcome: UsageRecord | Rejection | None) -> None: ...
+    def add(self, outcome: Outcome) -> None: ...
 
 
 def _default_price(provider: str, model: str, tokens: TokenCounts) -> float | None:
@@ -324,9 +358,31 @@ def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
             vals[slot] = converted
             ranks[slot] = rank
     # usage is decided on the names present (an empty AnyValue under a usage name still counts)
-    if vals is None or ranks[IN] == ranks[OUT] == ranks[TOTAL] == _NO_RANK:
+    if vals is None:
+        return None
+    if ranks[IN] == ranks[OUT] == ranks[TOTAL] == _NO_RANK and vals[TASK_SCOPE] is not True:
         return None
     return vals, ranks
+
+
+def _completion(
+    vals: _Slots, resource: Attribution | None, error: bool, trace_id: int, span_id: int, end_time_ns: int
+) -> TaskCompletion | None:
+    """A task span's completion event; None without a task id (nothing to complete)."""
+    agent, task, task_id = _labels(vals[AGENT : TASK_ID + 1])
+    if task_id is None:
+        return None
+    if resource is not None:
+        agent, task = agent or resource.agent, task or resource.task
+    return TaskCompletion(
+        task_id,
+        task,
+        agent,
+        "error" if error or vals[ERROR_TYPE] is not None else "ok",
+        trace_id=trace_id,
+        span_id=span_id,
+        end_time_ns=end_time_ns,
+    )
 
 
 def _otlp_resource_attribution(attributes: Any) -> Attribution | None:
@@ -369,17 +425,18 @@ class Extractor:
 
     def from_otlp_span(
         self, span: Any, resource: Attribution | None = None, scope_ours: bool = False
-    ) -> UsageRecord | Rejection | None:
-        """None for a span without GenAI usage (most spans), else a record or a rejection."""
+    ) -> Outcome:
+        """None for a span without GenAI usage (most spans), else a record or a rejection; a task
+        span is a TaskCompletion."""
         found = _slots_from_otlp(span.attributes)
         if found is None:
             return None
+        error = span.status.code == _OTLP_STATUS_ERROR
+        if found[0][TASK_SCOPE] is True:
+            trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
+            return _completion(found[0], resource, error, trace_id, span_id, span.end_time_unix_nano)
         outcome = record_from_slots(
-            *found,
-            price=self._price,
-            resource=resource,
-            scope_ours=scope_ours,
-            error=span.status.code == _OTLP_STATUS_ERROR,
+            *found, price=self._price, resource=resource, scope_ours=scope_ours, error=error
         )
         if type(outcome) is UsageRecord:
             outcome.trace_id = int.from_bytes(span.trace_id, "big")
@@ -389,12 +446,14 @@ class Extractor:
             outcome.end_time_ns = span.end_time_unix_nano
         return outcome
 
-    def from_readable_span(self, span: ReadableSpan) -> UsageRecord | Rejection | None:
+    def from_readable_span(self, span: ReadableSpan) -> Outcome:
         """The in-process adapter: same logic over an SDK span's attributes."""
         raw = span.attributes
         if not raw:
             return None
         vals, ranks = slots_from_mapping(raw)
+        if vals[TASK_SCOPE] is True:
+            return self._readable_completion(span, vals)
         if not _has_usage(vals):
             return None
         scope = span.instrumentation_scope
@@ -415,6 +474,17 @@ class Extractor:
             outcome.start_time_ns = span.start_time or 0
             outcome.end_time_ns = span.end_time or 0
         return outcome
+
+    def _readable_completion(self, span: ReadableSpan, vals: _Slots) -> TaskCompletion | None:
+        ctx = span.get_span_context()
+        return _completion(
+            vals,
+            self._sdk_resource_attribution(span),
+            span.status.status_code == StatusCode.ERROR,
+            ctx.trace_id if ctx is not None else 0,
+            ctx.span_id if ctx is not None else 0,
+            span.end_time or 0,
+        )
 
     def _sdk_resource_attribution(self, span: ReadableSpan) -> Attribution | None:
         """A provider's spans share one Resource object: convert it once, not per span."""

@@ -5,11 +5,19 @@ extract (span → UsageRecord) ─► dedupe (one LLM call counted once) ─► 
 listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*` from their own
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
 dedupe hold window.
+
+Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
+calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
+hold window), a completion waits as long as they do and is observed by `flush()` after them: a
+held span may be one of the task's calls. Our own call spans are never held, so with otel-tokens'
+instrumentation a completion is normally observed at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,7 +28,7 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
 from otel_tokens.dedupe import Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, PriceFn, Rejection
+from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection, TaskCompletion
 from otel_tokens.record import UsageRecord
 
 if TYPE_CHECKING:
@@ -41,17 +49,19 @@ class IngestResult:
     records_counted: int = 0
     spans_rejected: int = 0
     reasons: list[str] = field(default_factory=list)  # first few reasons, for the error message
+    tasks_completed: int = 0  # task spans received (observed now or after the dedupe window)
 
 
 class _Batch:
     """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
 
-    __slots__ = ("records", "rejected", "result")
+    __slots__ = ("completions", "records", "rejected", "result")
 
     def __init__(self) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
+        self.completions: list[TaskCompletion] = []
 
     @property
     def spans_received(self) -> int:
@@ -61,15 +71,17 @@ class _Batch:
     def spans_received(self, value: int) -> None:
         self.result.spans_received = value
 
-    def add(self, outcome: UsageRecord | Rejection | None) -> None:
+    def add(self, outcome: Outcome) -> None:
         if type(outcome) is UsageRecord:  # the common case first: this runs per usage span
             self.records.append(outcome)
+        elif type(outcome) is TaskCompletion:
+            self.completions.append(outcome)
         elif isinstance(outcome, Rejection):
             self.rejected[outcome.reason] = self.rejected.get(outcome.reason, 0) + 1
             self.result.spans_rejected += 1
             if len(self.result.reasons) < _MAX_REASONS:
                 self.result.reasons.append(outcome.message())
-        elif outcome is not None:
+        elif isinstance(outcome, UsageRecord):
             self.records.append(outcome)  # a UsageRecord subclass
 
 
@@ -96,6 +108,9 @@ class Pipeline:
             max_remembered=self.config.max_remembered_spans,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
+        # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
+        self._pending: deque[tuple[float, TaskCompletion]] = deque()
+        self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
@@ -126,8 +141,11 @@ class Pipeline:
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
-        released, dropped = self._deduper.flush(self._clock() if now is None else now)
+        now = self._clock() if now is None else now
+        released, dropped = self._deduper.flush(now)
         self._emit(released, dropped)
+        if self._pending:
+            self.aggregator.complete_tasks(self._due_completions(now))
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
@@ -137,7 +155,30 @@ class Pipeline:
     def _finish(self, batch: _Batch) -> IngestResult:
         self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
         batch.result.records_counted = self._count(batch.records)
+        if batch.completions:
+            batch.result.tasks_completed = len(batch.completions)
+            self._complete(batch.completions)
         return batch.result
+
+    def _complete(self, completions: list[TaskCompletion]) -> None:
+        """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
+        hold = self.config.dedupe_hold_seconds
+        if not self._deduper.held or hold <= 0:
+            self.aggregator.complete_tasks(completions)
+            return
+        deadline = self._clock() + hold
+        with self._pending_lock:
+            room = max(self.config.max_held_spans - len(self._pending), 0)
+            self._pending.extend((deadline, c) for c in completions[:room])
+        if completions[room:]:  # bounded: past the limit, observe at once rather than drop
+            self.aggregator.complete_tasks(completions[room:])
+
+    def _due_completions(self, now: float) -> list[TaskCompletion]:
+        due: list[TaskCompletion] = []
+        with self._pending_lock:
+            while self._pending and self._pending[0][0] <= now:
+                due.append(self._pending.popleft()[1])
+        return due
 
     def _count(self, records: list[UsageRecord]) -> int:
         if not records:

@@ -71,6 +71,9 @@ OTEL_TOKENS_STEP: Final = "otel_tokens.step"
 OTEL_TOKENS_COST_USD: Final = "otel_tokens.cost.usd"
 OTEL_TOKENS_ESTIMATED: Final = "otel_tokens.usage.estimated"  # True: counted by tokenizer, not reported
 OTEL_TOKENS_MARKER: Final = "otel_tokens.instrumented"  # True on spans our instrumentation made
+#: True on the INTERNAL span an `attribute(task_id=...)` scope opens for one task instance: its end
+#: tells the collector the instance completed (only the process owning the task emits it).
+OTEL_TOKENS_TASK_SCOPE: Final = "otel_tokens.task.scope"
 
 #: The instrumentation scope name of our tracer; the collector trusts spans from this scope first.
 INSTRUMENTATION_SCOPE: Final = "otel_tokens"

@@ -182,6 +182,10 @@ llm_request_input_tokens_bucket{agent="coder",le="1024.0"} 1.0
 llm_request_input_tokens_bucket{agent="coder",le="+Inf"} 1.0
 llm_request_input_tokens_count{agent="coder"} 1.0
 llm_request_input_tokens_sum{agent="coder"} 1000.0
+# HELP llm_task_tokens Tokens per completed task instance (all its calls, every process); count = tasks.
+# TYPE llm_task_tokens histogram
+# HELP llm_task_cost_usd USD per completed task instance (unpriced calls add 0).
+# TYPE llm_task_cost_usd histogram
 # HELP otel_tokens_spans_received_total Spans received (all kinds).
 # TYPE otel_tokens_spans_received_total counter
 otel_tokens_spans_received_total 3.0

@@ -94,7 +94,12 @@ def text_of(message: anthropic.types.Message) -> str:
 
 
 def ours(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if scope_of(s) == sc.INSTRUMENTATION_SCOPE]
+    """Our LLM call spans (not the task spans `attribute(task_id=...)` opens, also from our scope)."""
+    return [
+        s
+        for s in exporter.get_finished_spans()
+        if scope_of(s) == sc.INSTRUMENTATION_SCOPE and sc.OTEL_TOKENS_TASK_SCOPE not in (s.attributes or {})
+    ]
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -174,6 +179,10 @@ def test_create_returns_the_sdk_message_and_one_span_with_reported_usage_cost_an
     }
     assert_ok_call_span(span, fake_provider)
     assert span.attributes and span.attributes[sc.GEN_AI_RESPONSE_ID] == message.id
+    # the scope introducing task t-42 opened its task span, and the call nests under it
+    (task_span,) = [s for s in span_exporter.get_finished_spans() if s.name == "task research"]
+    assert span.parent is not None and span.parent.span_id == task_span.context.span_id
+    assert (task_span.attributes or {})[sc.OTEL_TOKENS_TASK_ID] == "t-42"
 
 
 def test_cache_tokens_are_added_to_input_as_semconv_means_and_priced_at_their_own_rates(

@@ -3,6 +3,10 @@
 `OtelTokensInstrumentor` is what the `opentelemetry-instrument` entry point loads; it only wires
 patches. Each SDK has its own module (`openai.py`, `anthropic.py`) exposing `instrument(settings)`
 and `uninstrument()`; an SDK that is not installed is skipped, so neither is a hard dependency.
+
+The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
+to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
+and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from otel_tokens.attribution import set_task_tracer
 from otel_tokens.instrumentation._call import CallSettings
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
 from otel_tokens.settings import ENV_CAPTURE_CONTENT, env_flag
@@ -60,8 +65,10 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 logger.debug("otel-tokens: %s not installed, not instrumenting it", sdk)
                 continue
             importlib.import_module(module_name).instrument(settings)
+        set_task_tracer(tracer)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        set_task_tracer(None)
         for sdk, module_name in _SDK_MODULES:
             if importlib.util.find_spec(sdk) is not None:
                 importlib.import_module(module_name).uninstrument()

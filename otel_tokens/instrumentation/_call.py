@@ -26,22 +26,11 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import NO_ATTRIBUTION, current_attribution
+from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
 from otel_tokens.pricing import default_price_book
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import TokenCounts, UsageRecord
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
-
-_ATTRIBUTION_ATTRIBUTES: dict[str, str] = {
-    "agent": sc.GEN_AI_AGENT_NAME,
-    "task": sc.OTEL_TOKENS_TASK,
-    "task_id": sc.OTEL_TOKENS_TASK_ID,
-    "user": sc.OTEL_TOKENS_USER,
-    "session": sc.GEN_AI_CONVERSATION_ID,
-    "step": sc.OTEL_TOKENS_STEP,
-    "workflow": sc.GEN_AI_WORKFLOW_NAME,
-}
-_ATTRIBUTION_PAIRS: tuple[tuple[str, str], ...] = tuple(_ATTRIBUTION_ATTRIBUTES.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +45,6 @@ def inside_llm_call() -> bool:
     """True while an instrumented call is in progress in this context: a nested wrapped SDK method
     (e.g. `responses.stream()` calling `responses.create()`) must not count the call twice."""
     return bool(context.get_value(_INSIDE_CALL_KEY))
-
-
-def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue]:
-    if attribution is NO_ATTRIBUTION:  # the common case: no scope, no baggage
-        return {}
-    values = ((key, getattr(attribution, name)) for name, key in _ATTRIBUTION_PAIRS)
-    return {key: value for key, value in values if value is not None}
 
 
 def internal_error(where: str) -> None:

@@ -48,7 +48,7 @@ def scrape(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     }
 
 
-def test_config_validation_names_the_key() -> None:
+def test_config_validation_names_the_key():
     MetricsConfig().validate()
     MetricsConfig(dimensions=("agent", "user", "operation")).validate()
     bad = [
@@ -64,7 +64,7 @@ def test_config_validation_names_the_key() -> None:
             config.validate()
 
 
-def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up() -> None:
+def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up():
     agg = Aggregator()
     agg.add_many([rec(), rec(status="error", cost=None), rec(agent=None)])
     m = scrape(agg)
@@ -81,7 +81,7 @@ def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up() -> Non
     assert m[("otel_tokens_unpriced_records_total", (("model", "gpt-4o"), ("provider", "openai")))] == 1
 
 
-def test_overflow_series_appears_exactly_at_the_limit_and_is_counted() -> None:
+def test_overflow_series_appears_exactly_at_the_limit_and_is_counted():
     agg = Aggregator(MetricsConfig(max_series_per_metric=3))
     agg.add_many([rec("a"), rec("b"), rec("c"), rec("a")])
     assert OVERFLOW not in {k[0] for k in agg.iter_keys()}
@@ -99,7 +99,7 @@ def test_overflow_series_appears_exactly_at_the_limit_and_is_counted() -> None:
     assert m[("llm_requests_total", tuple(sorted((*b, ("status", "ok")))))] == 2  # existing series still grow
 
 
-def test_opt_in_dimensions_and_estimated_tokens() -> None:
+def test_opt_in_dimensions_and_estimated_tokens():
     agg = Aggregator(MetricsConfig(dimensions=("agent", "user", "operation")))
     agg.add_many([rec(user="alice", estimated=True, tokens=TokenCounts(10, 5))])
     m = scrape(agg)
@@ -108,7 +108,7 @@ def test_opt_in_dimensions_and_estimated_tokens() -> None:
     assert m[("llm_tokens_total", tuple(sorted((*labels, ("token_type", "input")))))] == 10
 
 
-def test_input_histogram_buckets() -> None:
+def test_input_histogram_buckets():
     agg = Aggregator(MetricsConfig(dimensions=("agent",), input_token_buckets=(256, 1024)))
     agg.add_many([rec(tokens=TokenCounts(256)), rec(tokens=TokenCounts(257)), rec(tokens=TokenCounts(5000))])
     m = scrape(agg)
@@ -120,7 +120,7 @@ def test_input_histogram_buckets() -> None:
     assert m[(f"{h}_sum", (("agent", "coder"),))] == 256 + 257 + 5000
 
 
-def test_task_instances_are_bounded_recent_first_and_never_a_label() -> None:
+def test_task_instances_are_bounded_recent_first_and_never_a_label():
     agg = Aggregator(MetricsConfig(max_task_instances=2))
     agg.add_many([rec(task_id="t1", end=1), rec(task_id="t2", end=2), rec(task_id="t1", end=3)])
     agg.add_many([rec(task_id="t3", end=4)])  # evicts t2, the least recently active
@@ -134,14 +134,14 @@ def test_task_instances_are_bounded_recent_first_and_never_a_label() -> None:
     assert not any("t1" in str(k) for k in scrape(agg))
 
 
-def test_unpriced_series_are_bounded() -> None:
+def test_unpriced_series_are_bounded():
     agg = Aggregator(MetricsConfig(max_series_per_metric=2))
     agg.add_many([rec(cost=None, model=f"m{i}") for i in range(4)])
     unpriced = agg.snapshot().unpriced
     assert unpriced[(OVERFLOW, OVERFLOW)] == 2 and len(unpriced) == 3
 
 
-def test_concurrent_adds_are_exact() -> None:
+def test_concurrent_adds_are_exact():
     agg = Aggregator()
 
     def work(agent: str) -> None:
@@ -202,7 +202,7 @@ otel_tokens_duplicates_dropped_total 1.0
 """
 
 
-def test_golden_exposition_text() -> None:
+def test_golden_exposition_text():
     agg = Aggregator(MetricsConfig(dimensions=("agent",), input_token_buckets=(256, 1024)))
     agg.add_ingest_stats(3, {"negative_token_count": 1})
     agg.add_many([rec()], duplicates=1)
@@ -220,7 +220,7 @@ def test_golden_exposition_text() -> None:
         TokenCounts(),
     ],
 )
-def test_token_counters_are_the_records_disjoint_split(tokens: TokenCounts) -> None:
+def test_token_counters_are_the_records_disjoint_split(tokens: TokenCounts):
     """The aggregator inlines TokenCounts.disjoint() on its hot path; it must stay the same split."""
     agg = Aggregator(MetricsConfig(dimensions=("agent",)))
     agg.add_many([rec(tokens=tokens, estimated=True, task_id="t1")])
@@ -231,7 +231,7 @@ def test_token_counters_are_the_records_disjoint_split(tokens: TokenCounts) -> N
     assert agg.task_instances()[0].tokens == tokens.total
 
 
-def test_a_single_dimension_and_long_or_missing_labels() -> None:
+def test_a_single_dimension_and_long_or_missing_labels():
     agg = Aggregator(MetricsConfig(dimensions=("model",)))
     assert agg.key_of(rec(model="m" * 300)) == ("m" * 128,)
     agg = Aggregator(MetricsConfig(dimensions=("agent", "model", "session")))

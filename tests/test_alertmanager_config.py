@@ -90,7 +90,7 @@ def spec(request: pytest.FixtureRequest) -> BudgetFile:
 
 
 @needs_amtool
-def test_amtool_accepts_the_rendered_config_and_template(spec: BudgetFile, tmp_path: Path) -> None:
+def test_amtool_accepts_the_rendered_config_and_template(spec: BudgetFile, tmp_path: Path):
     config = write_config(spec, tmp_path)
     result = amtool("check-config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -98,7 +98,7 @@ def test_amtool_accepts_the_rendered_config_and_template(spec: BudgetFile, tmp_p
 
 
 @needs_amtool
-def test_each_severity_reaches_its_receiver(spec: BudgetFile, tmp_path: Path) -> None:
+def test_each_severity_reaches_its_receiver(spec: BudgetFile, tmp_path: Path):
     config = write_config(spec, tmp_path)
     assert spec.alerting is not None
     for route in spec.alerting.routes:
@@ -108,7 +108,7 @@ def test_each_severity_reaches_its_receiver(spec: BudgetFile, tmp_path: Path) ->
     assert routed_receiver(config, "alertname=Other") == spec.alerting.default_receiver
 
 
-def test_example_pages_p1_and_sends_p3_to_lower_urgency() -> None:
+def test_example_pages_p1_and_sends_p3_to_lower_urgency():
     config = yaml.safe_load(alertmanager_yaml(load_budget_file(EXAMPLE), "test"))
     routes = {r["matchers"][0]: r for r in config["route"]["routes"]}
     assert routes['severity="P1"']["receiver"] == "oncall-webhook"
@@ -120,7 +120,7 @@ def test_example_pages_p1_and_sends_p3_to_lower_urgency() -> None:
     ]
 
 
-def test_grouping_and_timers_come_from_the_budget_file() -> None:
+def test_grouping_and_timers_come_from_the_budget_file():
     spec = parse_budget_text(ALL_RECEIVERS, "all-receivers.yaml")
     route = yaml.safe_load(alertmanager_yaml(spec, "test"))["route"]
     assert route["group_by"] == ["alertname", "budget", "agent"]
@@ -129,7 +129,7 @@ def test_grouping_and_timers_come_from_the_budget_file() -> None:
     assert (p1["group_wait"], p1["repeat_interval"]) == ("0s", "1h")
 
 
-def test_exceeded_inhibits_warning_and_forecast_of_the_same_budget() -> None:
+def test_exceeded_inhibits_warning_and_forecast_of_the_same_budget():
     config = yaml.safe_load(alertmanager_yaml(load_budget_file(EXAMPLE), "test"))
     assert config["inhibit_rules"] == [
         {
@@ -141,7 +141,7 @@ def test_exceeded_inhibits_warning_and_forecast_of_the_same_budget() -> None:
 
 
 @needs_amtool
-def test_overrides_send_everything_to_one_webhook_without_waiting(tmp_path: Path) -> None:
+def test_overrides_send_everything_to_one_webhook_without_waiting(tmp_path: Path):
     spec = parse_budget_text(ALL_RECEIVERS, "all-receivers.yaml")
     overrides = AlertmanagerOverrides(
         webhook_url="http://127.0.0.1:9/hook", group_wait="0s", group_interval="1s"
@@ -159,7 +159,7 @@ def test_overrides_send_everything_to_one_webhook_without_waiting(tmp_path: Path
 
 
 @needs_amtool
-def test_a_file_without_alerting_renders_a_valid_null_route(tmp_path: Path) -> None:
+def test_a_file_without_alerting_renders_a_valid_null_route(tmp_path: Path):
     spec = parse_budget_text("budgets: [{name: b, limit: {tokens: 10}, window: 1d}]\n", "minimal.yaml")
     config = write_config(spec, tmp_path)
     assert amtool("check-config", str(config)).returncode == 0
@@ -167,7 +167,7 @@ def test_a_file_without_alerting_renders_a_valid_null_route(tmp_path: Path) -> N
 
 
 @needs_amtool
-def test_notification_template_renders_title_and_dashboard_link(tmp_path: Path) -> None:
+def test_notification_template_renders_title_and_dashboard_link(tmp_path: Path):
     write_config(load_budget_file(EXAMPLE), tmp_path)
     text = '{{ template "otel_tokens.title" . }}|{{ template "otel_tokens.dashboard" . }}'
     result = amtool(
@@ -235,7 +235,7 @@ def _wait_until(check: Any, timeout: float = 10.0) -> Any:
 
 
 @pytest.mark.integration
-def test_real_alertmanager_suppresses_only_the_exceeded_budgets_warning(alertmanager: str) -> None:
+def test_real_alertmanager_suppresses_only_the_exceeded_budgets_warning(alertmanager: str):
     def alert(name: str, budget: str, severity: str) -> dict[str, Any]:
         return {"labels": {"alertname": name, "budget": budget, "agent": "support", "severity": severity}}
 

@@ -10,7 +10,7 @@ from opentelemetry import baggage, context
 from otel_tokens import attribute, current_attribution
 
 
-def test_nested_scopes_merge_and_the_inner_one_wins() -> None:
+def test_nested_scopes_merge_and_the_inner_one_wins():
     with attribute(agent="planner", task="research", user="alice"):
         with attribute(task="search", step=2):
             inner = current_attribution()
@@ -20,7 +20,7 @@ def test_nested_scopes_merge_and_the_inner_one_wins() -> None:
     assert current_attribution().agent is None
 
 
-def test_decorator_on_sync_and_async_functions() -> None:
+def test_decorator_on_sync_and_async_functions():
     @attribute(agent="coder", task="write-code")
     def sync_work() -> tuple[str | None, str | None]:
         a = current_attribution()
@@ -36,7 +36,7 @@ def test_decorator_on_sync_and_async_functions() -> None:
     assert current_attribution().agent is None
 
 
-def test_concurrent_asyncio_tasks_keep_their_own_scopes() -> None:
+def test_concurrent_asyncio_tasks_keep_their_own_scopes():
     @attribute(task="shared")
     async def agent(name: str) -> tuple[str | None, str | None]:
         with attribute(agent=name):
@@ -50,14 +50,14 @@ def test_concurrent_asyncio_tasks_keep_their_own_scopes() -> None:
     assert asyncio.run(main()) == [(f"a{i}", "shared") for i in range(20)]
 
 
-def test_scope_is_mirrored_into_baggage_for_propagation() -> None:
+def test_scope_is_mirrored_into_baggage_for_propagation():
     with attribute(agent="planner", task="research"):
         assert baggage.get_baggage("otel_tokens.agent") == "planner"
         assert baggage.get_baggage("otel_tokens.task") == "research"
     assert baggage.get_baggage("otel_tokens.agent") is None
 
 
-def test_incoming_baggage_fills_what_the_context_lacks() -> None:
+def test_incoming_baggage_fills_what_the_context_lacks():
     ctx = baggage.set_baggage("otel_tokens.user", "bob", baggage.set_baggage("otel_tokens.agent", "remote"))
     token = context.attach(ctx)
     try:
@@ -68,11 +68,11 @@ def test_incoming_baggage_fills_what_the_context_lacks() -> None:
     assert (a.agent, a.user) == ("local", "bob")
 
 
-def test_unknown_field_is_a_clear_error() -> None:
+def test_unknown_field_is_a_clear_error():
     with pytest.raises(TypeError, match="agnet"):
         attribute(agnet="typo")  # type: ignore[call-arg]
 
 
-def test_values_are_bounded() -> None:
+def test_values_are_bounded():
     with attribute(agent="x" * 10_000):
         assert len(current_attribution().agent or "") == 256

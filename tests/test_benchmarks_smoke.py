@@ -61,13 +61,13 @@ def assert_instrumentation_lines(out: str, with_official: bool) -> None:
     assert len(re.findall(rf"x{NUMBER} of uninstrumented", out)) == len(LABELS) * variants
 
 
-def test_instrumentation_benchmark_main_venv() -> None:
+def test_instrumentation_benchmark_main_venv():
     out = run_quick(sys.executable, str(BENCHMARKS / "bench_instrumentation.py"))
     assert_instrumentation_lines(out, with_official=official_installed(sys.executable))
 
 
 @pytest.mark.skipif(not COMPAT_PYTHON.exists(), reason=".venv-compat not created (make compat-test)")
-def test_instrumentation_benchmark_compat_venv_compares_with_the_official_instrumentation() -> None:
+def test_instrumentation_benchmark_compat_venv_compares_with_the_official_instrumentation():
     if not official_installed(COMPAT_PYTHON):
         pytest.skip("official instrumentation not installed in .venv-compat (see benchmarks/README.md)")
     out = run_quick(COMPAT_PYTHON, str(BENCHMARKS / "bench_instrumentation.py"))
@@ -75,7 +75,7 @@ def test_instrumentation_benchmark_compat_venv_compares_with_the_official_instru
     assert_instrumentation_lines(out, with_official=True)
 
 
-def test_collector_benchmark() -> None:
+def test_collector_benchmark():
     out = run_quick(sys.executable, str(BENCHMARKS / "bench_collector.py"))
     stages = ("Pipeline.ingest_otlp", "CollectorService, HTTP POST", "CollectorService, OTLPSpanExporter")
     for stage in stages:
@@ -84,7 +84,7 @@ def test_collector_benchmark() -> None:
     assert re.search(totals, out), out
 
 
-def test_run_all_prints_a_summary_table() -> None:
+def test_run_all_prints_a_summary_table():
     out = run_quick(sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "bench_collector")
     summary = out.split("=== summary", 1)[1]
     assert re.search(r"bench_collector\.py +main +\[ok, ", summary), summary

@@ -68,7 +68,7 @@ def used(ledger: BudgetLedger) -> dict[str, float]:
     return {s.name: s.used for s in ledger.status()}
 
 
-def test_rolling_window_rolls_off_exactly_at_the_bucket_edge() -> None:
+def test_rolling_window_rolls_off_exactly_at_the_bucket_edge():
     clock = Clock(3600.0 * 1000)  # a bucket boundary
     ledger = ledger_for("budgets: [{name: h, limit: {tokens: 1000}, window: 1h}]", clock)
     clock.now += 30
@@ -83,7 +83,7 @@ def test_rolling_window_rolls_off_exactly_at_the_bucket_edge() -> None:
     assert used(ledger) == {"h": 0}
 
 
-def test_long_windows_use_coarser_buckets_so_memory_stays_bounded() -> None:
+def test_long_windows_use_coarser_buckets_so_memory_stays_bounded():
     window = RollingWindow(30 * 86400)
     assert window.bucket_seconds == 1800  # 30d / 1440; the documented error bound at the edge
     for minute in range(40 * 24 * 60):  # 40 days of one call per minute
@@ -93,7 +93,7 @@ def test_long_windows_use_coarser_buckets_so_memory_stays_bounded() -> None:
     assert 30 * 24 * 60 <= window.used(now) <= 30 * 24 * 60 + 30
 
 
-def test_calendar_day_resets_at_local_midnight_not_utc() -> None:
+def test_calendar_day_resets_at_local_midnight_not_utc():
     start = datetime(2024, 6, 10, 23, 30, tzinfo=BERLIN).timestamp()
     clock = Clock(start)
     ledger = ledger_for(
@@ -111,7 +111,7 @@ def test_calendar_day_resets_at_local_midnight_not_utc() -> None:
     assert status.remaining_seconds == 21.5 * 3600
 
 
-def test_calendar_day_spans_a_dst_change() -> None:
+def test_calendar_day_spans_a_dst_change():
     # 2024-03-31 in Berlin: clocks jump from 02:00 to 03:00, the day lasts 23 hours.
     noon = datetime(2024, 3, 31, 12, tzinfo=BERLIN).timestamp()
     start, end = period_bounds("day", noon, BERLIN)
@@ -130,7 +130,7 @@ def test_calendar_day_spans_a_dst_change() -> None:
     assert end - start == 25 * 3600
 
 
-def test_calendar_week_starts_monday_and_month_on_the_first() -> None:
+def test_calendar_week_starts_monday_and_month_on_the_first():
     wednesday = datetime(2024, 2, 28, 15, tzinfo=BERLIN).timestamp()
     start, end = period_bounds("week", wednesday, BERLIN)
     assert datetime.fromtimestamp(start, BERLIN) == datetime(2024, 2, 26, tzinfo=BERLIN)
@@ -142,7 +142,7 @@ def test_calendar_week_starts_monday_and_month_on_the_first() -> None:
     assert datetime.fromtimestamp(end, BERLIN) == datetime(2025, 1, 1, tzinfo=BERLIN)
 
 
-def test_token_type_restriction_uses_the_disjoint_split() -> None:
+def test_token_type_restriction_uses_the_disjoint_split():
     ledger = ledger_for(
         "budgets:\n"
         "  - {name: all, limit: {tokens: 10000}, window: 1d}\n"
@@ -158,7 +158,7 @@ def test_token_type_restriction_uses_the_disjoint_split() -> None:
     assert used(ledger) == {"all": 1500, "fresh-input": 300, "thinking": 500, "cached": 600}
 
 
-def test_usd_limits_count_cost_and_unpriced_calls_count_nothing() -> None:
+def test_usd_limits_count_cost_and_unpriced_calls_count_nothing():
     ledger = ledger_for("budgets: [{name: usd, limit: {usd: 2}, window: month}]", Clock())
     ledger.observe(record(cost=0.75))
     ledger.observe(record(cost=None))
@@ -169,7 +169,7 @@ def test_usd_limits_count_cost_and_unpriced_calls_count_nothing() -> None:
     assert status.ratio == pytest.approx(0.8)
 
 
-def test_scope_matching() -> None:
+def test_scope_matching():
     ledger = ledger_for(
         "budgets:\n"
         "  - {name: global, limit: {tokens: 1000000}, window: 1d}\n"
@@ -196,7 +196,7 @@ def test_scope_matching() -> None:
     }
 
 
-def test_status_states_follow_warn_at_and_limit() -> None:
+def test_status_states_follow_warn_at_and_limit():
     ledger = ledger_for("budgets: [{name: b, limit: {tokens: 100}, window: 1h, warn_at: 0.5}]", Clock())
     states = []
     for tokens in (49, 1, 49, 1):
@@ -208,7 +208,7 @@ def test_status_states_follow_warn_at_and_limit() -> None:
     assert status.to_dict()["ratio"] == 1.0
 
 
-def test_task_instances_are_tracked_top_n_and_forgotten_when_idle() -> None:
+def test_task_instances_are_tracked_top_n_and_forgotten_when_idle():
     clock = Clock()
     ledger = ledger_for(
         "budgets: [{name: b, limit: {tokens: 1000000}, window: 1d, per_task_instance: {tokens: 100}}]",
@@ -226,7 +226,7 @@ def test_task_instances_are_tracked_top_n_and_forgotten_when_idle() -> None:
     assert ledger.task_instances("b") == [("a", "support", "triage", 11)]
 
 
-def test_instance_table_is_bounded() -> None:
+def test_instance_table_is_bounded():
     table = InstanceTable(top_n=3, idle_seconds=1e9, max_tracked=100)
     for i in range(1000):
         table.add(f"t{i}", "a", "t", float(i), float(i))
@@ -234,7 +234,7 @@ def test_instance_table_is_bounded() -> None:
     assert [row[0] for row in table.top(1000.0)] == ["t999", "t998", "t997"]
 
 
-def test_concurrent_observations_are_all_counted() -> None:
+def test_concurrent_observations_are_all_counted():
     ledger = ledger_for("budgets: [{name: b, limit: {tokens: 1000000000}, window: 1h}]", Clock())
 
     def work() -> None:
@@ -260,7 +260,7 @@ budgets:
 """
 
 
-def test_attach_to_a_real_pipeline_exports_the_gauges() -> None:
+def test_attach_to_a_real_pipeline_exports_the_gauges():
     clock = Clock()
     pipeline = Pipeline(registry=CollectorRegistry(), clock=clock)
     BudgetLedger(parse_budget_text(BUDGETS), clock=clock).attach(pipeline)
@@ -283,6 +283,6 @@ def test_attach_to_a_real_pipeline_exports_the_gauges() -> None:
     assert 'llm_task_instance_tokens{agent="support",budget="all-usd"' not in text
 
 
-def test_ledger_without_budgets_is_rejected() -> None:
+def test_ledger_without_budgets_is_rejected():
     with pytest.raises(ValueError):
         BudgetFile.model_validate({"budgets": []})

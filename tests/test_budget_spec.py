@@ -25,19 +25,19 @@ GOOD = sorted(FIXTURES.glob("*.good.yaml"))
 BAD = sorted(FIXTURES.glob("*.bad.yaml"))
 
 
-def test_fixture_sets_are_not_empty() -> None:
+def test_fixture_sets_are_not_empty():
     assert len(GOOD) >= 2 and len(BAD) >= 5
 
 
 @pytest.mark.parametrize("path", [*GOOD, EXAMPLE], ids=lambda p: p.name)
-def test_good_files_load_and_match_the_json_schema(path: Path) -> None:
+def test_good_files_load_and_match_the_json_schema(path: Path):
     load_budget_file(path)
     # The published schema accepts what the loader accepts (editors must not flag valid files).
     jsonschema.validate(yaml.safe_load(path.read_text()), json.loads(SCHEMA_PATH.read_text()))
 
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
-def test_bad_files_report_every_promised_error(path: Path) -> None:
+def test_bad_files_report_every_promised_error(path: Path):
     expected = re.findall(r"^# error: (\d+): (.*)$", path.read_text(), flags=re.MULTILINE)
     assert expected, f"{path.name} declares no '# error:' lines"
     with pytest.raises(BudgetFileError) as info:
@@ -48,7 +48,7 @@ def test_bad_files_report_every_promised_error(path: Path) -> None:
         assert str(error).startswith(f"{path}:{error.line}: ")
 
 
-def test_error_message_lists_every_problem_with_file_and_line() -> None:
+def test_error_message_lists_every_problem_with_file_and_line():
     text = "budgets:\n  - name: a\n    limit: {tokens: -5}\n    window: 1d\n    severity: P9\n"
     with pytest.raises(BudgetFileError) as info:
         parse_budget_text(text, "budgets.yaml")
@@ -58,12 +58,12 @@ def test_error_message_lists_every_problem_with_file_and_line() -> None:
     assert "budgets.yaml:5: budgets[0].severity: must be one of 'P1', 'P2' or 'P3', got 'P9'" in message
 
 
-def test_missing_file_is_a_budget_file_error(tmp_path: Path) -> None:
+def test_missing_file_is_a_budget_file_error(tmp_path: Path):
     with pytest.raises(BudgetFileError, match="cannot read"):
         load_budget_file(tmp_path / "absent.yaml")
 
 
-def test_defaults_are_the_seed_rules() -> None:
+def test_defaults_are_the_seed_rules():
     budget = parse_budget_text("budgets: [{name: a, limit: {tokens: 10}, window: 1d}]").budgets[0]
     assert (budget.warn_at, budget.warn_severity, budget.severity, budget.action) == (0.8, "P3", "P2", "warn")
     assert (budget.spike.enabled, budget.spike.factor, budget.spike.severity) == (True, 2.0, "P2")
@@ -71,7 +71,7 @@ def test_defaults_are_the_seed_rules() -> None:
     assert budget.scope.matchers() == {}
 
 
-def test_example_covers_the_planning_table() -> None:
+def test_example_covers_the_planning_table():
     example = load_budget_file(EXAMPLE)
     tokens = {b.scope.agent: b.limit.tokens for b in example.budgets if b.scope.agent}
     assert tokens == {
@@ -89,7 +89,7 @@ def test_example_covers_the_planning_table() -> None:
     assert example.alerting.receiver("oncall-webhook").webhook_configs
 
 
-def test_windows() -> None:
+def test_windows():
     budgets = parse_budget_text(
         "budgets:\n"
         + "".join(
@@ -104,7 +104,7 @@ def test_windows() -> None:
         parse_duration("1 hour")
 
 
-def test_models_enforce_the_same_rules_when_built_in_python() -> None:
+def test_models_enforce_the_same_rules_when_built_in_python():
     """The guard or a test may build a BudgetFile without YAML: cross-checks still apply."""
     one = {"name": "a", "limit": {"tokens": 1}, "window": "1d"}
     with pytest.raises(ValidationError, match="duplicate budget name"):
@@ -113,6 +113,6 @@ def test_models_enforce_the_same_rules_when_built_in_python() -> None:
         BudgetFile.model_validate({"budgets": [{**one, "action": "downgrade"}]})
 
 
-def test_committed_json_schema_is_current() -> None:
+def test_committed_json_schema_is_current():
     """Regenerate with `python -c 'from otel_tokens.budgets.spec import write_json_schema as w; w()'`."""
     assert SCHEMA_PATH.read_text() == json_schema_text()

@@ -39,7 +39,7 @@ BROKEN = textwrap.dedent(
 )
 
 
-def test_budget_status_endpoint_reports_exact_use(tmp_path: Path) -> None:
+def test_budget_status_endpoint_reports_exact_use(tmp_path: Path):
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(GOOD)
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
@@ -66,7 +66,7 @@ def test_budget_status_endpoint_reports_exact_use(tmp_path: Path) -> None:
     assert by_name["everything-usd"]["state"] == "ok"
 
 
-def test_broken_budget_file_stops_startup_with_every_error(tmp_path: Path) -> None:
+def test_broken_budget_file_stops_startup_with_every_error(tmp_path: Path):
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(BROKEN)
     with pytest.raises(BudgetFileError) as err:
@@ -77,7 +77,7 @@ def test_broken_budget_file_stops_startup_with_every_error(tmp_path: Path) -> No
     assert "support-daily" in text  # the duplicate name
 
 
-def test_collector_command_exits_with_the_budget_errors(tmp_path: Path) -> None:
+def test_collector_command_exits_with_the_budget_errors(tmp_path: Path):
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(BROKEN)
     run = subprocess.run(
@@ -104,7 +104,7 @@ def test_collector_command_exits_with_the_budget_errors(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_status_command_prints_the_standing_and_explains_a_missing_ledger(tmp_path: Path) -> None:
+def test_status_command_prints_the_standing_and_explains_a_missing_ledger(tmp_path: Path):
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(GOOD)
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))

@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_zero_configuration_listens_on_loopback_standard_ports() -> None:
+def test_zero_configuration_listens_on_loopback_standard_ports():
     config = load_config(env={})
     assert config == CollectorConfig()
     assert (config.http_host, config.http_port) == ("127.0.0.1", 4318)
@@ -30,7 +30,7 @@ def test_zero_configuration_listens_on_loopback_standard_ports() -> None:
     assert config.max_body_bytes == 8 * 1024 * 1024
 
 
-def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path):
     path = write(
         tmp_path,
         """
@@ -48,7 +48,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
     assert config.max_body_bytes == CollectorConfig().max_body_bytes  # default
 
 
-def test_config_file_from_env_and_flag_wins(tmp_path: Path) -> None:
+def test_config_file_from_env_and_flag_wins(tmp_path: Path):
     from_env = write(tmp_path, "otlp: {http: {port: 1001}}\n")
     from_flag = tmp_path / "other.yaml"
     from_flag.write_text("otlp: {http: {port: 1002}}\n")
@@ -57,7 +57,7 @@ def test_config_file_from_env_and_flag_wins(tmp_path: Path) -> None:
     assert load_config(cli={"config": str(from_flag)}, env=env).http_port == 1002
 
 
-def test_cli_flags_parse_through_the_same_table(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_flags_parse_through_the_same_table(monkeypatch: pytest.MonkeyPatch):
     for key in KEYS:
         monkeypatch.delenv(key.env, raising=False)
     monkeypatch.delenv(settings.ENV_COLLECTOR_CONFIG, raising=False)
@@ -68,7 +68,7 @@ def test_cli_flags_parse_through_the_same_table(monkeypatch: pytest.MonkeyPatch)
     assert config.metrics_config().dimensions == ("agent", "model")
 
 
-def test_every_error_is_reported_at_once_with_file_lines(tmp_path: Path) -> None:
+def test_every_error_is_reported_at_once_with_file_lines(tmp_path: Path):
     path = write(
         tmp_path,
         """
@@ -109,7 +109,7 @@ def _allowed() -> str:
     return ", ".join(sorted(ALLOWED_DIMENSIONS))
 
 
-def test_unknown_and_duplicate_keys_are_rejected(tmp_path: Path) -> None:
+def test_unknown_and_duplicate_keys_are_rejected(tmp_path: Path):
     path = write(tmp_path, "metrics:\n  max_serie: 5\n  port: 1\n  port: 2\n")
     with pytest.raises(ConfigError) as info:
         load_config(path=path, env={})
@@ -119,7 +119,7 @@ def test_unknown_and_duplicate_keys_are_rejected(tmp_path: Path) -> None:
     assert info.value.errors[1] == f"{path}:4: metrics.port: duplicate key"
 
 
-def test_yaml_syntax_error_and_missing_file_and_wrong_shape(tmp_path: Path) -> None:
+def test_yaml_syntax_error_and_missing_file_and_wrong_shape(tmp_path: Path):
     bad = write(tmp_path, "otlp:\n  http: [\n")
     with pytest.raises(ConfigError, match=r"config\.yaml:3: not valid YAML"):
         load_config(path=bad, env={})
@@ -129,11 +129,11 @@ def test_yaml_syntax_error_and_missing_file_and_wrong_shape(tmp_path: Path) -> N
         load_config(path=write(tmp_path, "otlp: 5\n"), env={})
 
 
-def test_empty_file_means_defaults(tmp_path: Path) -> None:
+def test_empty_file_means_defaults(tmp_path: Path):
     assert load_config(path=write(tmp_path, "# nothing\n"), env={}) == CollectorConfig()
 
 
-def test_clashing_ports_are_reported(tmp_path: Path) -> None:
+def test_clashing_ports_are_reported(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"otlp\.http\.port and metrics\.port: both set to port 9000"):
         load_config(cli={"http_port": "9000", "metrics_port": "9000"}, env={})
     # port 0 (ephemeral) never clashes
@@ -152,19 +152,19 @@ def test_main_exits_2_listing_errors(
     assert "--http-port: otlp.http.port: expected a port number from 0 to 65535, got -3" in err
 
 
-def test_table_covers_every_field_and_env_constant() -> None:
+def test_table_covers_every_field_and_env_constant():
     assert sorted(k.attr for k in KEYS) == sorted(f.name for f in dataclasses.fields(CollectorConfig))
     declared = {v for k, v in vars(settings).items() if k.startswith("ENV_COLLECTOR_")}
     assert {k.env for k in KEYS} | {settings.ENV_COLLECTOR_CONFIG} == declared
     assert all(k.env.startswith("OTEL_TOKENS_COLLECTOR_") for k in KEYS)
 
 
-def test_readme_documents_every_key_in_one_table() -> None:
+def test_readme_documents_every_key_in_one_table():
     readme = (ROOT / "collector" / "README.md").read_text()
     assert reference_table() in readme, "collector/README.md drifted: paste config.reference_table()"
 
 
-def test_shipped_config_is_valid_documents_every_key_and_binds_all_interfaces() -> None:
+def test_shipped_config_is_valid_documents_every_key_and_binds_all_interfaces():
     path = str(ROOT / "collector" / "config.yaml")
     config = load_config(path=path, env={})
     assert (config.http_host, config.grpc_host, config.metrics_host) == ("0.0.0.0",) * 3

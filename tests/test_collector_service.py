@@ -159,7 +159,7 @@ def service() -> Iterator[CollectorService]:
 # --- the happy paths, with the real exporters ----------------------------------------------------
 
 
-def test_http_exporter_spans_become_exact_token_and_cost_counters(service: CollectorService) -> None:
+def test_http_exporter_spans_become_exact_token_and_cost_counters(service: CollectorService):
     exporter = HttpExporter(endpoint=f"http://127.0.0.1:{service.http_port}/v1/traces")
     assert exporter.export(make_spans(7)) == SpanExportResult.SUCCESS
     assert exporter.export(make_spans(3, agent="coder")) == SpanExportResult.SUCCESS
@@ -175,7 +175,7 @@ def test_http_exporter_spans_become_exact_token_and_cost_counters(service: Colle
     assert total(samples, "llm_requests_total", **support, status="ok") == 7
 
 
-def test_grpc_exporter_with_gzip_counts_the_same(service: CollectorService) -> None:
+def test_grpc_exporter_with_gzip_counts_the_same(service: CollectorService):
     exporter = GrpcExporter(
         endpoint=f"127.0.0.1:{service.grpc_port}", insecure=True, compression=grpc.Compression.Gzip
     )
@@ -185,7 +185,7 @@ def test_grpc_exporter_with_gzip_counts_the_same(service: CollectorService) -> N
     assert total(samples, "llm_cost_usd_total") == pytest.approx(0.05)
 
 
-def test_gzip_http_and_foreign_spans_flushed_after_the_dedupe_hold(service: CollectorService) -> None:
+def test_gzip_http_and_foreign_spans_flushed_after_the_dedupe_hold(service: CollectorService):
     exporter = HttpExporter(
         endpoint=f"http://127.0.0.1:{service.http_port}/v1/traces", compression=Compression.Gzip
     )
@@ -197,7 +197,7 @@ def test_gzip_http_and_foreign_spans_flushed_after_the_dedupe_hold(service: Coll
     wait_for_tokens(service, 4 * 120)  # only the flusher thread can count these
 
 
-def test_otlp_json_with_hex_ids_is_accepted_and_answered_in_json(service: CollectorService) -> None:
+def test_otlp_json_with_hex_ids_is_accepted_and_answered_in_json(service: CollectorService):
     span = {
         "traceId": "5b8efff798038103d269b633813fc60c",
         "spanId": "eee19b7ec3c1b174",
@@ -223,7 +223,7 @@ def test_otlp_json_with_hex_ids_is_accepted_and_answered_in_json(service: Collec
     wait_for_tokens(service, 16, agent="json-agent")
 
 
-def test_partial_success_names_the_rejected_spans(service: CollectorService) -> None:
+def test_partial_success_names_the_rejected_spans(service: CollectorService):
     good, bad = make_spans(2), make_spans(1, **{sc.GEN_AI_USAGE_OUTPUT_TOKENS: -4})
     status, _, reply = post(service, protobuf_body(good + bad), PB)
     response = ExportTraceServiceResponse.FromString(reply)
@@ -237,7 +237,7 @@ def test_partial_success_names_the_rejected_spans(service: CollectorService) -> 
 # --- bad input: refused clearly, nothing counted lost, still serving -----------------------------
 
 
-def test_malformed_bodies_get_400_and_the_collector_keeps_counting(service: CollectorService) -> None:
+def test_malformed_bodies_get_400_and_the_collector_keeps_counting(service: CollectorService):
     assert post(service, protobuf_body(make_spans(2)), PB)[0] == 200
     wait_for_tokens(service, 240)
 
@@ -256,7 +256,7 @@ def test_malformed_bodies_get_400_and_the_collector_keeps_counting(service: Coll
     assert total(samples, "otel_tokens_spans_rejected_total", reason="undecodable_payload") == 3
 
 
-def test_oversize_bodies_and_gzip_bombs_get_413(service: CollectorService) -> None:
+def test_oversize_bodies_and_gzip_bombs_get_413(service: CollectorService):
     limit = service.config.max_body_bytes
     status, _, reply = post(service, b"\0" * (limit + 1), PB)
     assert status == 413 and b"exceeds the limit" in reply
@@ -269,7 +269,7 @@ def test_oversize_bodies_and_gzip_bombs_get_413(service: CollectorService) -> No
     assert total(samples, "otel_tokens_spans_rejected_total", reason="payload_too_large") == 2
 
 
-def test_wrong_content_type_method_and_path(service: CollectorService) -> None:
+def test_wrong_content_type_method_and_path(service: CollectorService):
     assert post(service, b"{}", {"Content-Type": "text/plain"})[0] == 415
     assert post(service, b"", {**PB, "Content-Encoding": "br"})[0] == 415
     assert post(service, b"", PB, path="/v1/metrics")[0] == 404
@@ -278,7 +278,7 @@ def test_wrong_content_type_method_and_path(service: CollectorService) -> None:
     assert info.value.code == 405 and info.value.headers["Allow"] == "POST"
 
 
-def test_grpc_malformed_and_oversize_requests(service: CollectorService) -> None:
+def test_grpc_malformed_and_oversize_requests(service: CollectorService):
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
         export = channel.unary_unary(
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -302,7 +302,7 @@ def test_grpc_malformed_and_oversize_requests(service: CollectorService) -> None
 # --- the service itself --------------------------------------------------------------------------
 
 
-def test_keep_alive_connection_is_reused(service: CollectorService) -> None:
+def test_keep_alive_connection_is_reused(service: CollectorService):
     conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=5)
     for _ in range(3):
         conn.request("POST", "/v1/traces", body=protobuf_body(make_spans(1)), headers=PB)
@@ -313,7 +313,7 @@ def test_keep_alive_connection_is_reused(service: CollectorService) -> None:
     wait_for_tokens(service, 360)
 
 
-def test_metrics_endpoint_speaks_openmetrics_and_health(service: CollectorService) -> None:
+def test_metrics_endpoint_speaks_openmetrics_and_health(service: CollectorService):
     base = f"http://127.0.0.1:{service.metrics_port}"
     request = urllib.request.Request(
         base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -325,7 +325,7 @@ def test_metrics_endpoint_speaks_openmetrics_and_health(service: CollectorServic
         assert response.read() == b"ok\n"
 
 
-def test_stop_counts_spans_still_held_for_dedupe() -> None:
+def test_stop_counts_spans_still_held_for_dedupe():
     config = CollectorConfig(http_port=0, grpc_enabled=False, metrics_port=0, dedupe_hold_seconds=3600)
     service = CollectorService(config).start()
     try:
@@ -343,7 +343,7 @@ def test_stop_counts_spans_still_held_for_dedupe() -> None:
     assert total(samples, "llm_tokens_total") == 240
 
 
-def test_run_collector_logs_where_it_listens_and_stops_on_sigterm() -> None:
+def test_run_collector_logs_where_it_listens_and_stops_on_sigterm():
     code = "import sys; from otel_tokens.collector import main; sys.exit(main(sys.argv[1:]))"
     args = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_TOKENS_COLLECTOR_")}
@@ -361,7 +361,7 @@ def test_run_collector_logs_where_it_listens_and_stops_on_sigterm() -> None:
         proc.wait()
 
 
-def test_a_taken_port_fails_start_and_leaves_nothing_running(service: CollectorService) -> None:
+def test_a_taken_port_fails_start_and_leaves_nothing_running(service: CollectorService):
     before = {t.name for t in threading.enumerate()}
     for clash in (
         CollectorConfig(http_port=0, grpc_port=0, metrics_port=service.metrics_port),
@@ -372,7 +372,7 @@ def test_a_taken_port_fails_start_and_leaves_nothing_running(service: CollectorS
     assert {t.name for t in threading.enumerate()} <= before
 
 
-def test_json_hex_ids_decode_to_the_same_bytes_as_protobuf() -> None:
+def test_json_hex_ids_decode_to_the_same_bytes_as_protobuf():
     trace_id, span_id = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
     span = {"traceId": trace_id, "spanId": span_id, "links": [{"traceId": trace_id, "spanId": span_id}]}
     body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()

@@ -51,7 +51,7 @@ def mounts(service: dict[str, Any]) -> dict[str, Path]:
 
 
 @pytest.mark.skipif(CHECK_JSONSCHEMA is None, reason="check-jsonschema missing: pip install check-jsonschema")
-def test_valid_against_the_compose_specification() -> None:
+def test_valid_against_the_compose_specification():
     assert CHECK_JSONSCHEMA is not None
     command = [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -59,21 +59,21 @@ def test_valid_against_the_compose_specification() -> None:
 
 
 @pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose missing: apt-get install docker-compose")
-def test_debian_docker_compose_accepts_it() -> None:
+def test_debian_docker_compose_accepts_it():
     assert DOCKER_COMPOSE is not None
     command = [DOCKER_COMPOSE, "-f", str(COMPOSE), "config", "-q"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_services_and_their_documented_ports(compose: dict[str, Any]) -> None:
+def test_services_and_their_documented_ports(compose: dict[str, Any]):
     services = compose["services"]
     assert set(services) == {*EXPECTED_PORTS, "demo-agent"}
     for name, ports in EXPECTED_PORTS.items():
         assert set(services[name]["ports"]) == ports, name
 
 
-def test_collector_and_demo_agent_build_from_the_collector_dockerfile(compose: dict[str, Any]) -> None:
+def test_collector_and_demo_agent_build_from_the_collector_dockerfile(compose: dict[str, Any]):
     for name in ("collector", "demo-agent"):
         build = compose["services"][name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
@@ -82,7 +82,7 @@ def test_collector_and_demo_agent_build_from_the_collector_dockerfile(compose: d
     assert command[command.index("--collector") + 1] == "http://collector:4318"
 
 
-def test_every_mounted_file_exists_in_the_repository(compose: dict[str, Any]) -> None:
+def test_every_mounted_file_exists_in_the_repository(compose: dict[str, Any]):
     missing = [
         f"{name}: {source.relative_to(ROOT)}"
         for name, service in compose["services"].items()
@@ -92,7 +92,7 @@ def test_every_mounted_file_exists_in_the_repository(compose: dict[str, Any]) ->
     assert not missing, f"missing (run `otel-tokens render examples/budgets.yaml`): {missing}"
 
 
-def test_mounts_land_where_the_generated_configs_look(compose: dict[str, Any]) -> None:
+def test_mounts_land_where_the_generated_configs_look(compose: dict[str, Any]):
     services = compose["services"]
     grafana = mounts(services["grafana"])
     assert grafana[DASHBOARDS_DIR] == ROOT / "grafana" / "dashboards"
@@ -117,7 +117,7 @@ def test_mounts_land_where_the_generated_configs_look(compose: dict[str, Any]) -
         assert prometheus[str(Path(rule_glob).parent)] == ROOT / "prometheus" / "rules"
 
 
-def test_prometheus_scrapes_and_alerts_the_compose_services(compose: dict[str, Any]) -> None:
+def test_prometheus_scrapes_and_alerts_the_compose_services(compose: dict[str, Any]):
     prometheus = mounts(compose["services"]["prometheus"])
     config = yaml.safe_load(prometheus["/etc/prometheus/prometheus.yml"].read_text(encoding="utf-8"))
     scrape = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
@@ -128,7 +128,7 @@ def test_prometheus_scrapes_and_alerts_the_compose_services(compose: dict[str, A
     assert alerting == {"alertmanager:9093"}
 
 
-def test_alert_webhooks_point_at_a_compose_service(compose: dict[str, Any]) -> None:
+def test_alert_webhooks_point_at_a_compose_service(compose: dict[str, Any]):
     """The example's receivers post inside the compose network; their hosts must be services."""
     alertmanager = mounts(compose["services"]["alertmanager"])
     config = yaml.safe_load(alertmanager["/etc/alertmanager/alertmanager.yml"].read_text(encoding="utf-8"))

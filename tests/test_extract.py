@@ -64,7 +64,7 @@ def record(attrs: dict[str, Any], **kw: Any) -> UsageRecord:
     return out
 
 
-def test_ours_semconv_keeps_meaning_and_uses_span_cost() -> None:
+def test_ours_semconv_keeps_meaning_and_uses_span_cost():
     r = record(
         {
             sc.GEN_AI_PROVIDER_NAME: "openai",
@@ -104,7 +104,7 @@ def test_ours_semconv_keeps_meaning_and_uses_span_cost() -> None:
     assert r.status == "ok"
 
 
-def test_anthropic_sdk_span_input_already_includes_cache() -> None:
+def test_anthropic_sdk_span_input_already_includes_cache():
     # anthropic/lib/_tracing: input_tokens + cache_read + cache_creation, cache_write under the new name
     r = record(
         {
@@ -121,7 +121,7 @@ def test_anthropic_sdk_span_input_already_includes_cache() -> None:
     assert r.ours is False
 
 
-def test_raw_anthropic_input_smaller_than_cache_is_normalised() -> None:
+def test_raw_anthropic_input_smaller_than_cache_is_normalised():
     r = record(
         {
             sc.GEN_AI_SYSTEM: "Anthropic",
@@ -137,7 +137,7 @@ def test_raw_anthropic_input_smaller_than_cache_is_normalised() -> None:
 
 
 @pytest.mark.parametrize(("prompt", "total", "expected_input"), [(1000, 1300, 1200), (1200, 1300, 1200)])
-def test_openllmetry_total_tells_raw_from_normalised(prompt: int, total: int, expected_input: int) -> None:
+def test_openllmetry_total_tells_raw_from_normalised(prompt: int, total: int, expected_input: int):
     r = record(
         {
             sc.GEN_AI_SYSTEM: "anthropic",
@@ -152,7 +152,7 @@ def test_openllmetry_total_tells_raw_from_normalised(prompt: int, total: int, ex
     assert r.tokens.total == 1300
 
 
-def test_openllmetry_association_properties_attribute() -> None:
+def test_openllmetry_association_properties_attribute():
     r = record(
         {
             sc.GEN_AI_SYSTEM: "openai",
@@ -168,7 +168,7 @@ def test_openllmetry_association_properties_attribute() -> None:
     assert r.tokens == TokenCounts(100, 5)
 
 
-def test_openinference_dialect() -> None:
+def test_openinference_dialect():
     r = record(
         {
             sc.OPENINFERENCE_PROVIDER: "openai",
@@ -185,7 +185,7 @@ def test_openinference_dialect() -> None:
     assert (r.attribution.session, r.attribution.user, r.attribution.agent) == ("sess", "u1", "agent-7")
 
 
-def test_our_names_win_over_fallbacks() -> None:
+def test_our_names_win_over_fallbacks():
     r = record(
         {
             sc.GEN_AI_USAGE_INPUT_TOKENS: 1,
@@ -199,12 +199,12 @@ def test_our_names_win_over_fallbacks() -> None:
     assert (r.tokens.input, r.attribution.user, r.provider) == (1, "ours", "new")
 
 
-def test_only_a_total_counts_as_input_and_missing_names_are_unknown() -> None:
+def test_only_a_total_counts_as_input_and_missing_names_are_unknown():
     r = record({sc.OPENLLMETRY_TOTAL_TOKENS: 42})
     assert (r.tokens, r.provider, r.model, r.operation) == (TokenCounts(42), "unknown", "unknown", "chat")
 
 
-def test_pricing_prefers_response_model_and_falls_back_to_request_model() -> None:
+def test_pricing_prefers_response_model_and_falls_back_to_request_model():
     PRICES.clear()
     base = {sc.GEN_AI_PROVIDER_NAME: "openai", sc.GEN_AI_USAGE_INPUT_TOKENS: 1000}
     r = record({**base, sc.GEN_AI_REQUEST_MODEL: "gpt-4o", sc.GEN_AI_RESPONSE_MODEL: "gpt-4o-2024-08-06"})
@@ -216,13 +216,13 @@ def test_pricing_prefers_response_model_and_falls_back_to_request_model() -> Non
     assert r.cost_usd is None
 
 
-def test_default_price_book_prices_known_models() -> None:
+def test_default_price_book_prices_known_models():
     attrs = {sc.GEN_AI_PROVIDER_NAME: "openai", sc.GEN_AI_REQUEST_MODEL: "gpt-4o"}
     out = Extractor().from_otlp_span(otlp_span({**attrs, sc.GEN_AI_USAGE_INPUT_TOKENS: 1000}))
     assert isinstance(out, UsageRecord) and out.cost_usd is not None and out.cost_usd > 0
 
 
-def test_error_status_and_error_type() -> None:
+def test_error_status_and_error_type():
     assert record({sc.GEN_AI_USAGE_INPUT_TOKENS: 0}, error=True).status == "error"
     r = record({sc.GEN_AI_USAGE_INPUT_TOKENS: 0, sc.ERROR_TYPE: "RateLimitError"})
     assert (r.status, r.error_type) == ("error", "RateLimitError")
@@ -239,28 +239,28 @@ def test_error_status_and_error_type() -> None:
         (10**12, "token_count_too_large"),
     ],
 )
-def test_malformed_token_values_are_rejected_with_reason(value: Any, reason: str) -> None:
+def test_malformed_token_values_are_rejected_with_reason(value: Any, reason: str):
     out = extract({sc.GEN_AI_USAGE_INPUT_TOKENS: 10, sc.GEN_AI_USAGE_OUTPUT_TOKENS: value})
     assert isinstance(out, Rejection) and out.reason == reason
     assert sc.GEN_AI_USAGE_OUTPUT_TOKENS in out.message()
 
 
 @pytest.mark.parametrize("cost", [-1.0, float("nan"), float("inf"), "free", 1e9])
-def test_malformed_cost_is_rejected(cost: Any) -> None:
+def test_malformed_cost_is_rejected(cost: Any):
     out = extract({sc.GEN_AI_USAGE_INPUT_TOKENS: 10, sc.OTEL_TOKENS_COST_USD: cost})
     assert isinstance(out, Rejection) and out.reason == "invalid_cost"
 
 
-def test_integral_float_tokens_are_accepted() -> None:
+def test_integral_float_tokens_are_accepted():
     assert record({sc.GEN_AI_USAGE_INPUT_TOKENS: 12.0}).tokens.input == 12
 
 
-def test_spans_without_usage_are_skipped() -> None:
+def test_spans_without_usage_are_skipped():
     assert extract({"http.method": "GET", sc.GEN_AI_REQUEST_MODEL: "gpt-4o", sc.USER_ID: "x"}) is None
     assert record_from_attributes({}) is None
 
 
-def test_outsider_labels_are_truncated() -> None:
+def test_outsider_labels_are_truncated():
     r = record(
         {sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "a" * 10_000, sc.GEN_AI_REQUEST_MODEL: 7}
     )
@@ -282,7 +282,7 @@ def _request(spans: list[Span], resource: dict[str, Any], scope: str) -> Any:
     )
 
 
-def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent() -> None:
+def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent():
     spans = [
         otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 1}, span_id=2),
         otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "span-agent"}, span_id=3),
@@ -320,7 +320,7 @@ class _Collect:
         self.records.append(outcome)
 
 
-def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree() -> None:
+def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree():
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=SdkResource.create({sc.OTEL_TOKENS_USER: "res-user"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -350,7 +350,7 @@ def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree() -> None:
     assert r.parent_span_id == finished[1].context.span_id and r.span_id == finished[0].context.span_id
 
 
-def test_every_field_of_an_otlp_record() -> None:
+def test_every_field_of_an_otlp_record():
     """Pins the whole record the OTLP adapter builds (it constructs records positionally)."""
     r = record(
         {
@@ -386,7 +386,7 @@ def test_every_field_of_an_otlp_record() -> None:
     )
 
 
-def test_a_usage_name_with_an_empty_value_still_makes_a_record() -> None:
+def test_a_usage_name_with_an_empty_value_still_makes_a_record():
     """Usage is decided by the attribute names present; an empty AnyValue counts as zero tokens."""
     span = otlp_span({sc.GEN_AI_REQUEST_MODEL: "gpt-4o"})
     span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue()))
@@ -394,7 +394,7 @@ def test_a_usage_name_with_an_empty_value_still_makes_a_record() -> None:
     assert isinstance(out, UsageRecord) and out.tokens == TokenCounts()
 
 
-def test_the_first_of_duplicate_names_wins_and_better_names_win_in_any_order() -> None:
+def test_the_first_of_duplicate_names_wins_and_better_names_win_in_any_order():
     span = otlp_span({sc.OPENLLMETRY_PROMPT_TOKENS: 7, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 1})
     span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue(int_value=40)))
     span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue(int_value=99)))

@@ -123,7 +123,7 @@ def exported_metric_names(spec: BudgetFile) -> set[str]:
 # --- structure ------------------------------------------------------------------------------------
 
 
-def test_rendering_is_canonical_and_deterministic(spec: BudgetFile, dashboards: dict[str, Any]) -> None:
+def test_rendering_is_canonical_and_deterministic(spec: BudgetFile, dashboards: dict[str, Any]):
     for dashboard in dashboards.values():
         text = dashboard_json(dashboard)
         assert dashboard_json(json.loads(text)) == text  # sorted keys, fixed indent: a fixed point
@@ -131,7 +131,7 @@ def test_rendering_is_canonical_and_deterministic(spec: BudgetFile, dashboards: 
     assert dashboard_json(again) == dashboard_json(dashboards["otel-tokens-overview"])
 
 
-def test_panel_ids_are_unique_and_panels_do_not_overlap(dashboards: dict[str, Any]) -> None:
+def test_panel_ids_are_unique_and_panels_do_not_overlap(dashboards: dict[str, Any]):
     for dashboard in dashboards.values():
         ids = [p["id"] for p in dashboard["panels"]]
         assert ids == list(range(1, len(ids) + 1))
@@ -144,7 +144,7 @@ def test_panel_ids_are_unique_and_panels_do_not_overlap(dashboards: dict[str, An
             cells |= area
 
 
-def test_every_panel_uses_the_provisioned_datasource(dashboards: dict[str, Any]) -> None:
+def test_every_panel_uses_the_provisioned_datasource(dashboards: dict[str, Any]):
     provisioned = yaml.safe_load(datasource_yaml("test"))["datasources"][0]
     assert provisioned["uid"] == DATASOURCE_UID
     for dashboard in dashboards.values():
@@ -153,13 +153,13 @@ def test_every_panel_uses_the_provisioned_datasource(dashboards: dict[str, Any])
             assert all(t["datasource"]["uid"] == DATASOURCE_UID for t in panel["targets"])
 
 
-def test_provider_reads_the_dashboards_directory() -> None:
+def test_provider_reads_the_dashboards_directory():
     provider = yaml.safe_load(dashboard_provider_yaml("test"))["providers"][0]
     assert provider["options"]["path"] == DASHBOARDS_DIR
     assert provider["allowUiUpdates"] is False  # generated files: edits belong in budgets.yaml
 
 
-def test_one_gauge_per_budget_with_the_files_thresholds(spec: BudgetFile, dashboards: dict[str, Any]) -> None:
+def test_one_gauge_per_budget_with_the_files_thresholds(spec: BudgetFile, dashboards: dict[str, Any]):
     gauges = {p["title"]: p for p in panels(dashboards["otel-tokens-overview"]) if p["type"] == "gauge"}
     assert list(gauges) == [b.name for b in spec.budgets]
     for budget in spec.budgets:
@@ -170,7 +170,7 @@ def test_one_gauge_per_budget_with_the_files_thresholds(spec: BudgetFile, dashbo
         assert gauges[budget.name]["targets"][0]["expr"] == f'max(llm_budget_used{{budget="{budget.name}"}})'
 
 
-def test_overview_shows_what_the_issue_promises(dashboards: dict[str, Any]) -> None:
+def test_overview_shows_what_the_issue_promises(dashboards: dict[str, Any]):
     exprs = " ".join(expr for _, expr in queries(dashboards["otel-tokens-overview"]))
     assert "sum(rate(llm_tokens_total[$__rate_interval]))" in exprs  # burn rate
     assert (
@@ -185,7 +185,7 @@ def test_overview_shows_what_the_issue_promises(dashboards: dict[str, Any]) -> N
     assert "otel_tokens_spans_rejected_total" in exprs and "otel_tokens_unpriced_records_total" in exprs
 
 
-def test_agent_dashboard_is_driven_by_template_variables(dashboards: dict[str, Any]) -> None:
+def test_agent_dashboard_is_driven_by_template_variables(dashboards: dict[str, Any]):
     dashboard = dashboards["otel-tokens-agent"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert list(variables) == ["agent", "task", "model"]
@@ -213,13 +213,13 @@ def test_every_query_reads_metrics_the_collector_exports(
             assert metric and metric.group(1) in exported
 
 
-def test_metric_name_extraction_ignores_functions_labels_and_keywords() -> None:
+def test_metric_name_extraction_ignores_functions_labels_and_keywords():
     expr = 'sum by (le, task) (rate(a_total{x="y", task=~"b|c"}[5m])) / on (task) group_left b_sum offset 1h'
     assert metric_names(expr) == {"a_total", "b_sum"}
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus")
-def test_promtool_parses_every_panel_query(dashboards: dict[str, Any], tmp_path: Path) -> None:
+def test_promtool_parses_every_panel_query(dashboards: dict[str, Any], tmp_path: Path):
     rules = [
         {"record": f"grafana_check:{uid.replace('-', '_')}:{i}", "expr": substitute(expr)}
         for uid, dashboard in dashboards.items()

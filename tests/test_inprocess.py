@@ -36,7 +36,7 @@ def _setup() -> tuple[TracerProvider, TokenMetricsSpanProcessor]:
     return provider, processor
 
 
-def test_our_span_and_the_sdk_span_inside_it_are_counted_once() -> None:
+def test_our_span_and_the_sdk_span_inside_it_are_counted_once():
     provider, processor = _setup()
     ours = provider.get_tracer(sc.INSTRUMENTATION_SCOPE)
     sdk = provider.get_tracer(sc.ANTHROPIC_SDK_SCOPE)
@@ -61,7 +61,7 @@ def test_our_span_and_the_sdk_span_inside_it_are_counted_once() -> None:
     provider.shutdown()
 
 
-def test_held_foreign_span_is_released_at_shutdown() -> None:
+def test_held_foreign_span_is_released_at_shutdown():
     provider, processor = _setup()
     tracer = provider.get_tracer("opentelemetry.instrumentation.openai_v2")
     usage: dict[str, AttributeValue] = {
@@ -79,7 +79,7 @@ def test_held_foreign_span_is_released_at_shutdown() -> None:
     assert sum(_tokens_by_type(text).values()) == 10
 
 
-def test_serve_metrics_on_loopback() -> None:
+def test_serve_metrics_on_loopback():
     provider, processor = _setup()
     server, thread = processor.serve_metrics(port=0)
     try:

@@ -593,7 +593,7 @@ def test_span_totals_equal_what_the_provider_reported(
     assert total.cache_read > 0 and total.reasoning > 0
 
 
-def test_uninstrument_removes_the_patches(client: openai.OpenAI, span_exporter: InMemorySpanExporter) -> None:
+def test_uninstrument_removes_the_patches(client: openai.OpenAI, span_exporter: InMemorySpanExporter):
     otel_tokens.uninstrument()
     client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert span_exporter.get_finished_spans() == ()

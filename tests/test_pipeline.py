@@ -102,7 +102,7 @@ def dropped(p: Pipeline) -> float:
     return metrics(p)["otel_tokens_duplicates_dropped_total{}"]
 
 
-def test_counts_tokens_and_reports_result(pipeline: Pipeline) -> None:
+def test_counts_tokens_and_reports_result(pipeline: Pipeline):
     result = pipeline.ingest_otlp(
         request((OURS, span(2, 1, gen_ai__agent__name="coder")), (OURS, span(3, 0, usage=False)))
     )
@@ -120,7 +120,7 @@ def test_counts_tokens_and_reports_result(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.parametrize("order", ["child_first", "parent_first", "separate_batches"])
-def test_our_span_and_the_sdk_child_count_once(pipeline: Pipeline, order: str) -> None:
+def test_our_span_and_the_sdk_child_count_once(pipeline: Pipeline, order: str):
     ours, sdk = (OURS, span(10, 1, gen_ai__agent__name="coder")), (SDK, span(11, 10))
     if order == "child_first":
         pipeline.ingest_otlp(request(sdk, ours))
@@ -135,7 +135,7 @@ def test_our_span_and_the_sdk_child_count_once(pipeline: Pipeline, order: str) -
 
 
 @pytest.mark.parametrize("ours_first", [True, False])
-def test_foreign_instrumentation_outside_ours_counts_once(pipeline: Pipeline, ours_first: bool) -> None:
+def test_foreign_instrumentation_outside_ours_counts_once(pipeline: Pipeline, ours_first: bool):
     outer, inner = (FOREIGN, span(20, 0, gen_ai__system="openai")), (OURS, span(21, 20))
     pipeline.ingest_otlp(request(inner, outer) if ours_first else request(outer))
     if not ours_first:
@@ -145,7 +145,7 @@ def test_foreign_instrumentation_outside_ours_counts_once(pipeline: Pipeline, ou
     assert requests_total(pipeline) == 1 and dropped(pipeline) == 1
 
 
-def test_two_foreign_spans_the_outer_one_wins(pipeline: Pipeline, clock: Clock) -> None:
+def test_two_foreign_spans_the_outer_one_wins(pipeline: Pipeline, clock: Clock):
     inner, outer = (SDK, span(31, 30)), (FOREIGN, span(30, 5, gen_ai__agent__name="outer"))
     pipeline.ingest_otlp(request(inner))
     pipeline.ingest_otlp(request(outer))
@@ -156,7 +156,7 @@ def test_two_foreign_spans_the_outer_one_wins(pipeline: Pipeline, clock: Clock) 
     assert any("agent=outer" in k for k in metrics(pipeline) if k.startswith("llm_requests_total"))
 
 
-def test_hold_window_expiry_with_injected_clock(pipeline: Pipeline, clock: Clock) -> None:
+def test_hold_window_expiry_with_injected_clock(pipeline: Pipeline, clock: Clock):
     counted: list[UsageRecord] = []
     pipeline.add_listener(counted.append)
     result = pipeline.ingest_otlp(request((SDK, span(41, 40))))  # parent 40 is a non-usage span
@@ -172,19 +172,19 @@ def test_hold_window_expiry_with_injected_clock(pipeline: Pipeline, clock: Clock
     assert requests_total(pipeline) == 1 and dropped(pipeline) == 1 and len(counted) == 1
 
 
-def test_foreign_root_counts_at_once_and_retries_are_dropped(pipeline: Pipeline) -> None:
+def test_foreign_root_counts_at_once_and_retries_are_dropped(pipeline: Pipeline):
     req = request((FOREIGN, span(50, 0)))
     assert pipeline.ingest_otlp(req).records_counted == 1
     assert pipeline.ingest_otlp(req).records_counted == 0  # an exporter retry of the same span
     assert requests_total(pipeline) == 1 and dropped(pipeline) == 1
 
 
-def test_same_span_ids_in_different_traces_are_different_calls(pipeline: Pipeline) -> None:
+def test_same_span_ids_in_different_traces_are_different_calls(pipeline: Pipeline):
     pipeline.ingest_otlp(request((OURS, span(60, 1, trace=1)), (OURS, span(60, 1, trace=2))))
     assert requests_total(pipeline) == 2
 
 
-def test_held_overflow_counts_at_once_rather_than_dropping(clock: Clock) -> None:
+def test_held_overflow_counts_at_once_rather_than_dropping(clock: Clock):
     p = Pipeline(MetricsConfig(max_held_spans=2), registry=CollectorRegistry(), clock=clock, price=price)
     results = [p.ingest_otlp(request((SDK, span(70 + i, 1)))).records_counted for i in range(4)]
     assert results == [0, 0, 1, 1]
@@ -192,7 +192,7 @@ def test_held_overflow_counts_at_once_rather_than_dropping(clock: Clock) -> None
     assert requests_total(p) == 4
 
 
-def test_malformed_spans_are_rejected_and_earlier_counts_stay(pipeline: Pipeline) -> None:
+def test_malformed_spans_are_rejected_and_earlier_counts_stay(pipeline: Pipeline):
     pipeline.ingest_otlp(request((OURS, span(80, 1))))
     bad = request(
         (OURS, span(81, 1, gen_ai__usage__input_tokens=-3)),
@@ -213,7 +213,7 @@ def test_malformed_spans_are_rejected_and_earlier_counts_stay(pipeline: Pipeline
     assert m["otel_tokens_spans_rejected_total{reason=invalid_payload}"] == 1
 
 
-def test_listeners_see_every_counted_record_once(pipeline: Pipeline) -> None:
+def test_listeners_see_every_counted_record_once(pipeline: Pipeline):
     seen: list[int] = []
     pipeline.add_listener(lambda r: seen.append(r.span_id))
     pipeline.ingest_otlp(request((SDK, span(91, 90)), (OURS, span(90, 1))))
@@ -222,7 +222,7 @@ def test_listeners_see_every_counted_record_once(pipeline: Pipeline) -> None:
     assert seen == [90, 0, 0]
 
 
-def test_a_failing_listener_never_breaks_ingest(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_listener_never_breaks_ingest(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OTEL_TOKENS_RAISE_INTERNAL_ERRORS", "0")
 
     def boom(record: UsageRecord) -> None:
@@ -233,7 +233,7 @@ def test_a_failing_listener_never_breaks_ingest(pipeline: Pipeline, monkeypatch:
     assert requests_total(pipeline) == 1
 
 
-def test_concurrent_ingest_is_exact(pipeline: Pipeline) -> None:
+def test_concurrent_ingest_is_exact(pipeline: Pipeline):
     def work(thread: int) -> None:
         for i in range(200):
             pipeline.ingest_otlp(
@@ -271,7 +271,7 @@ def test_a_failing_listener_skips_no_record_and_no_other_listener(
     assert requests_total(pipeline) == 2
 
 
-def test_dedupe_memory_is_bounded_and_forgets_the_oldest_spans(clock: Clock) -> None:
+def test_dedupe_memory_is_bounded_and_forgets_the_oldest_spans(clock: Clock):
     p = Pipeline(
         MetricsConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
     )

@@ -64,7 +64,7 @@ def reference_cost(provider_id: str | None, model: str, tokens: TokenCounts) -> 
 
 
 @pytest.mark.parametrize(("provider", "model"), MODELS)
-def test_cost_equals_genai_prices(provider: str, model: str) -> None:
+def test_cost_equals_genai_prices(provider: str, model: str):
     book = PriceBook()
     provider_id = pricing.PROVIDER_IDS[provider]
     for tokens in TOKENS:
@@ -74,7 +74,7 @@ def test_cost_equals_genai_prices(provider: str, model: str) -> None:
         assert math.isclose(ours, expected, rel_tol=1e-12, abs_tol=0.0), (model, tokens, ours, expected)
 
 
-def test_tier_threshold_is_total_input_including_cache() -> None:
+def test_tier_threshold_is_total_input_including_cache():
     """claude-sonnet-4-5 doubles its input rate above 200k input tokens, cache reads included."""
     book = PriceBook()
     below = book.cost_usd("anthropic", "claude-sonnet-4-5", TokenCounts(input=200_000))
@@ -84,14 +84,14 @@ def test_tier_threshold_is_total_input_including_cache() -> None:
     assert above == pytest.approx(200_001 * 6 / 1e6)  # $6/MTok on every token
 
 
-def test_cache_reads_without_a_cache_price_are_billed_as_input() -> None:
+def test_cache_reads_without_a_cache_price_are_billed_as_input():
     book = PriceBook()
     plain = book.cost_usd("openai", "text-embedding-3-small", TokenCounts(input=1000))
     cached = book.cost_usd("openai", "text-embedding-3-small", TokenCounts(input=1000, cache_read=600))
     assert plain == cached == pytest.approx(1000 * 0.02 / 1e6)
 
 
-def test_unknown_model_is_unpriced_and_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_model_is_unpriced_and_resolved_once(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple[str, str]] = []
     real_resolve = pricing._resolve
 
@@ -106,7 +106,7 @@ def test_unknown_model_is_unpriced_and_resolved_once(monkeypatch: pytest.MonkeyP
     assert calls == [("openai", "my-private-finetune-xyz")]
 
 
-def test_dated_snapshot_name_is_priced_like_its_model() -> None:
+def test_dated_snapshot_name_is_priced_like_its_model():
     book = PriceBook()
     tokens = TokenCounts(input=1000, output=100)
     assert book.cost_usd("openai", "gpt-4o-2024-08-06", tokens) == pytest.approx(0.0035)
@@ -123,18 +123,18 @@ def test_dated_snapshot_name_is_priced_like_its_model() -> None:
         ("gcp.vertex_ai", "gemini-2.5-flash"),
     ],
 )
-def test_provider_names_resolve(provider: str, model: str) -> None:
+def test_provider_names_resolve(provider: str, model: str):
     assert default_price_book().cost_usd(provider, model, TokenCounts(input=1000, output=10))
 
 
-def test_cache_is_bounded() -> None:
+def test_cache_is_bounded():
     book = PriceBook(max_models=2)
     for model in ("gpt-4o", "gpt-4.1", "gpt-5", "unknown-1", "unknown-2"):
         book.cost_usd("openai", model, TokenCounts(input=1))
     assert len(book._entries) == 2
 
 
-def test_odd_counts_never_raise() -> None:
+def test_odd_counts_never_raise():
     book = PriceBook()
     # Cache reads above the input total (partial usage seen in the field): genai-prices raises,
     # we bill the fresh-input leaf as zero.
@@ -142,7 +142,7 @@ def test_odd_counts_never_raise() -> None:
     assert book.cost_usd("openai", "gpt-4o", odd) == pytest.approx(500 * 1.25 / 1e6)
 
 
-def test_provider_map_targets_real_genai_prices_providers() -> None:
+def test_provider_map_targets_real_genai_prices_providers():
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 
     for provider_id in pricing.PROVIDER_IDS.values():
@@ -150,7 +150,7 @@ def test_provider_map_targets_real_genai_prices_providers() -> None:
         assert found is not None and found.id == provider_id
 
 
-def test_prices_updated_by_genai_prices_drop_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prices_updated_by_genai_prices_drop_the_cache(monkeypatch: pytest.MonkeyPatch):
     from genai_prices import data_snapshot
 
     book = PriceBook()
@@ -165,11 +165,11 @@ def test_prices_updated_by_genai_prices_drop_the_cache(monkeypatch: pytest.Monke
     assert book.cost_usd("openai", "gpt-4o", tokens) == pytest.approx(1.0)
 
 
-def test_default_price_book_is_a_singleton() -> None:
+def test_default_price_book_is_a_singleton():
     assert default_price_book() is default_price_book()
 
 
-def test_concurrent_callers_agree() -> None:
+def test_concurrent_callers_agree():
     book = PriceBook(max_models=8)
     expected = {
         m: reference_cost("openai", m, TokenCounts(input=3000, output=70)) for m in ("gpt-4o", "gpt-5")

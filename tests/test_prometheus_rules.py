@@ -250,14 +250,14 @@ def run_promtool_tests(tmp_path: Path, budgets: BudgetFile, tests: list[dict[str
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_alert_kind_has_a_case() -> None:
+def test_every_alert_kind_has_a_case():
     assert {c.alert for c in CASES} == set(ALERT_NAMES)
 
 
 @needs_promtool
 @pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.alert}-{c.labels['budget']}" for c in CASES])
-def test_alert_fires_above_boundary_silent_below_and_respects_for(case: Case, tmp_path: Path) -> None:
+def test_alert_fires_above_boundary_silent_below_and_respects_for(case: Case, tmp_path: Path):
     elapsed = [unit_test(case, case.above, fires=True)] + [
         unit_test(case, s, fires=False) for s in case.below
     ]
@@ -270,13 +270,13 @@ def test_alert_fires_above_boundary_silent_below_and_respects_for(case: Case, tm
 
 @needs_promtool
 @pytest.mark.integration
-def test_rendered_example_passes_promtool_check_rules(tmp_path: Path) -> None:
+def test_rendered_example_passes_promtool_check_rules(tmp_path: Path):
     (tmp_path / "rules.yml").write_text(render_rules(load_budget_file(EXAMPLE), "examples/budgets.yaml"))
     result = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_example_renders_the_seed_alert_rules() -> None:
+def test_example_renders_the_seed_alert_rules():
     """The seed's table: warning at 80% (P3), runaway at 3x (P1), spike at 2x (P2), forecast 90% (P2)."""
     groups = rule_groups(load_budget_file(EXAMPLE))
     support = next(g for g in groups if g["name"] == "otel-tokens-budget-support-daily")
@@ -295,14 +295,14 @@ def test_example_renders_the_seed_alert_rules() -> None:
         assert {"summary", "used", "limit", "percent", "window", "dashboard"} <= set(rule["annotations"])
 
 
-def test_exact_budget_alerts_read_the_ledger_not_increase() -> None:
+def test_exact_budget_alerts_read_the_ledger_not_increase():
     for group in rule_groups(load_budget_file(EXAMPLE))[1:]:
         for rule in group["rules"]:
             if rule["alert"] in ("BudgetWarning", "BudgetExceeded", "RunawayTask"):
                 assert "increase(" not in rule["expr"] and "rate(" not in rule["expr"]
 
 
-def test_rendering_is_deterministic_and_marked_generated() -> None:
+def test_rendering_is_deterministic_and_marked_generated():
     budgets = load_budget_file(EXAMPLE)
     text = render_rules(budgets, "examples/budgets.yaml")
     assert text == render_rules(load_budget_file(EXAMPLE), "examples/budgets.yaml")
@@ -312,7 +312,7 @@ def test_rendering_is_deterministic_and_marked_generated() -> None:
 
 @needs_promtool
 @pytest.mark.integration
-def test_prometheus_config_renders_and_passes_promtool(tmp_path: Path) -> None:
+def test_prometheus_config_renders_and_passes_promtool(tmp_path: Path):
     (tmp_path / "rules.yml").write_text(render_rules(load_budget_file(EXAMPLE)))
     config = render_prometheus_config(
         collector="127.0.0.1:19464",

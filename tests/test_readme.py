@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_readme_budget_example_is_a_valid_budget_file(tmp_path: Path) -> None:
+def test_readme_budget_example_is_a_valid_budget_file(tmp_path: Path):
     (example,) = [b for b in re.findall(r"```yaml\n(.*?)```", README, re.S) if "budgets:" in b]
     path = tmp_path / "budgets.yaml"
     path.write_text(example)
@@ -21,7 +21,7 @@ def test_readme_budget_example_is_a_valid_budget_file(tmp_path: Path) -> None:
     assert spec.budgets[0].name == "support-daily"
 
 
-def test_readme_names_the_two_commands_and_they_exist_in_the_makefile() -> None:
+def test_readme_names_the_two_commands_and_they_exist_in_the_makefile():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("demo", "test", "unit"):
         assert f"make {target}" in README
@@ -29,7 +29,7 @@ def test_readme_names_the_two_commands_and_they_exist_in_the_makefile() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_cli_subcommands_exist() -> None:
+def test_readme_cli_subcommands_exist():
     shell = "\n".join(re.findall(r"```sh\n(.*?)```", README, re.S))
     subcommands = set(re.findall(r"^otel-tokens (\w+)", shell, re.M))
     assert {"collector", "render", "check"} <= subcommands

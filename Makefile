@@ -49,7 +49,7 @@ compat-test: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider \
 	  tests/test_openai_instrumentation.py tests/test_anthropic_instrumentation.py
 
-test: $(VENV)/.installed system-deps lint
+test: $(VENV)/.installed $(COMPAT)/.bench-installed system-deps lint
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory compat-test
 

@@ -193,6 +193,8 @@ def test_agent_dashboard_is_driven_by_template_variables(dashboards: dict[str, A
     assert "$agent" in variables["task"]["query"]["query"]
     for where, expr in queries(dashboard):
         assert '"$agent"' in expr, f"{where} ignores the selected agent: {expr}"
+    exprs = " ".join(expr for _, expr in queries(dashboard))
+    assert "llm_task_tokens_sum" in exprs and "llm_task_tokens_count" in exprs  # tokens per completed task
 
 
 # --- checked by the real consumers ------------------------------------------------------------------

@@ -187,6 +187,7 @@ def agent_dashboard(*, description: str, timezone: str = "browser") -> JsonDict:
     layout.row("Task instances")
     layout.add(_input_tokens_p95(sel), 12, 8)
     layout.add(_task_instances(), 12, 8)
+    layout.add(_tokens_per_completed_task(), 12, 8)
     dashboard = _dashboard(AGENT_DASHBOARD_UID, "otel-tokens — agent", description, layout, timezone)
     dashboard["templating"] = {"list": _agent_variables()}
     return dashboard
@@ -330,6 +331,18 @@ def _task_instances() -> JsonDict:
     )
     text = "Tokens of the largest running or offending task instances, from the collector's ledger."
     return bar_ranking("Largest task instances", text, q, "short")
+
+
+def _tokens_per_completed_task() -> JsonDict:
+    # llm_task_tokens has no model label: narrowing by $model would hide every series.
+    sel = 'agent=~"$agent", task=~"$task"'
+    q = Query(
+        f"sum by (task) (rate(llm_task_tokens_sum{{{sel}}}" + _RATE + "))"
+        f" / sum by (task) (rate(llm_task_tokens_count{{{sel}}}" + _RATE + "))",
+        "{{task}}",
+    )
+    text = "Average tokens a task instance used, all its calls included, over the tasks that completed."
+    return timeseries("Tokens per completed task", text, [q])
 
 
 def _collector_row(layout: Layout) -> None:

@@ -94,9 +94,13 @@ class DemoRuntime:
             print("Full stack (Prometheus, Alertmanager, Grafana): see README.md, 'docker compose up'.\n")
         print(_table(text), flush=True)
         if self.collector.ledger is not None:
+            from otel_tokens.budgets.cli import format_amount
+
+            print(f"\n{'budget':<24}{'used':>12}{'limit':>14}  state")
             for b in self.collector.ledger.status():
                 if b.used:
-                    print(f"budget {b.name:<24} {b.used:>12.4g} / {b.limit:<10.4g} {b.unit:<6} {b.state}")
+                    used, limit = format_amount(b.used, b.unit), format_amount(b.limit, b.unit)
+                    print(f"{b.name:<24}{used:>12}{limit:>14}  {b.state} ({b.window})")
         if first and looping:
             print("\nThe workload repeats every few seconds; Ctrl-C stops the demo.", flush=True)
 

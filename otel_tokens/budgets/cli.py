@@ -15,6 +15,14 @@ from otel_tokens.budgets.loader import BudgetFileError, load_budget_file
 from otel_tokens.budgets.render_all import ALERTMANAGER_CONFIG, RULES_FILE, check_rendered, render_all
 
 
+def format_amount(value: float, unit: str) -> str:
+    """A budget figure as people read it: whole tokens with separators, dollars to the cent (or
+    finer below a dollar, where demo-sized spend lives)."""
+    if unit == "usd":
+        return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
+    return f"{value:,.0f}"
+
+
 def render_command(budget_file: str, out_dir: str) -> int:
     try:
         written = render_all(budget_file, out_dir)
@@ -78,8 +86,6 @@ def status_command(metrics_url: str) -> int:
         return 1
     print(f"{'budget':<28}{'window':>8}{'used':>14}{'limit':>14}{'%':>7}  state")
     for b in budgets:
-        print(
-            f"{b['name']:<28}{b['window']:>8}{b['used']:>14.6g}{b['limit']:>14.6g}"
-            f"{100 * b['ratio']:>6.1f}%  {b['state']} ({b['unit']})"
-        )
+        used, limit = format_amount(b["used"], b["unit"]), format_amount(b["limit"], b["unit"])
+        print(f"{b['name']:<28}{b['window']:>8}{used:>14}{limit:>14}{100 * b['ratio']:>6.1f}%  {b['state']}")
     return 0

@@ -6,6 +6,7 @@ Wire formats live in `openai_api.py` and `anthropic_api.py`; this module knows n
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -73,7 +74,7 @@ class FakeProvider:
         self._lock = threading.Lock()
         self.reported: list[ReportedUsage] = []
         self.requests: list[FakeRequest] = []
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         from otel_tokens.fake_provider import anthropic_api, openai_api
@@ -169,6 +170,14 @@ class FakeProvider:
             if path.startswith(prefix):
                 return make(status)
         return {"error": {"message": f"injected HTTP {status}"}}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that gave up (a timeout test) leaves a broken pipe behind: expected, not news."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _make_handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:

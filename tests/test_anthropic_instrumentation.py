@@ -11,6 +11,7 @@ lacks is skipped by feature detection.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 from collections.abc import Iterator
@@ -436,6 +437,231 @@ def test_the_sdk_own_spans_can_be_turned_off_per_client(
     assert [scope_of(s) for s in span_exporter.get_finished_spans()] == [sc.INSTRUMENTATION_SCOPE]
 
 
+# --- .with_raw_response and .with_streaming_response ---------------------------------------------
+async def parse_async(response: Any) -> Any:
+    """`parse()` of an async client's response wrapper: a coroutine in `AsyncAPIResponse`, plain in
+    anthropic 0.x's `LegacyAPIResponse` (its `.with_raw_response`)."""
+    parsed = response.parse()
+    return await parsed if inspect.isawaitable(parsed) else parsed
+
+
+def assert_estimated_prompt_only(span: ReadableSpan, *, stream: bool = False) -> None:
+    """The span of a call whose body the application read without the SDK: the prompt, estimated."""
+    attrs = span.attributes or {}
+    assert span.status.status_code is StatusCode.UNSET
+    assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True
+    assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == count_message_tokens(HELLO, MODEL)
+    assert attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 0
+    assert attrs.get(sc.GEN_AI_REQUEST_STREAM, False) is stream
+
+
+def wire_tokens(body: bytes) -> TokenCounts:
+    """The usage in a non-stream JSON body, in semconv meaning: the body is whole and readable."""
+    usage = json.loads(body)["usage"]
+    return TokenCounts.from_anthropic(usage["input_tokens"], usage["output_tokens"])
+
+
+def test_with_raw_response_is_counted_exactly_at_once_and_the_response_is_untouched(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO)
+
+    # The SDK read the body before returning; the span ends now, whether or not the app parses.
+    span = only_span(span_exporter)
+    assert_ok_call_span(span, fake_provider)
+    assert type(raw).__module__.startswith("anthropic."), "the SDK's own wrapper, not a proxy"
+    assert raw.status_code == 200
+    body = raw.http_response.content
+    assert wire_tokens(body) == fake_provider.reported[0].tokens
+    message = raw.parse()
+    assert type(message) is anthropic.types.Message and raw.parse() is message
+    assert message.id == json.loads(body)["id"] == (span.attributes or {})[sc.GEN_AI_RESPONSE_ID]
+    assert text_of(message).startswith("Fake reply:")
+    assert len(ours(span_exporter)) == 1
+
+
+def test_async_with_raw_response_is_counted_exactly(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def main() -> anthropic.types.Message:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            raw = await aclient.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO)
+            assert_ok_call_span(only_span(span_exporter), fake_provider)
+            assert wire_tokens(raw.http_response.content) == fake_provider.reported[0].tokens
+            return await parse_async(raw)  # type: ignore[no-any-return]
+
+    assert type(asyncio.run(main())) is anthropic.types.Message
+    assert len(ours(span_exporter)) == 1
+
+
+def test_with_raw_response_stream_is_counted_exactly_from_the_stream_the_application_parses(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True)
+    assert ours(span_exporter) == [], "the body is the stream, still unread"
+    stream = raw.parse()
+    assert type(stream) is anthropic.Stream and raw.parse() is stream
+    kinds = [event.type for event in stream]
+
+    assert sorted(set(kinds), key=EVENT_TYPES.index) == EVENT_TYPES
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_async_with_raw_response_stream_is_counted_exactly(
+    aclient_options: dict[str, Any], fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def main() -> list[str]:
+        async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
+            raw = await aclient.messages.with_raw_response.create(
+                model=MODEL, max_tokens=256, messages=HELLO, stream=True
+            )
+            stream = await parse_async(raw)
+            assert type(stream) is anthropic.AsyncStream
+            return [event.type async for event in stream]
+
+    assert asyncio.run(main())[-1] == "message_stop"
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+
+
+def test_a_dropped_raw_response_ends_its_span_but_not_the_stream_parsed_from_it(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    # The wrapper is a temporary: only the stream lives on, and it alone ends the span.
+    stream = client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=256, messages=HELLO, stream=True
+    ).parse()
+    gc.collect()
+    assert ours(span_exporter) == []
+    list(stream)
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=True)
+    span_exporter.clear()
+
+    # Neither parsed nor closed (the application read `http_response` itself, or nothing at all).
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO, stream=True)
+    raw.http_response.close()
+    del raw
+    gc.collect()
+    assert_estimated_prompt_only(only_span(span_exporter), stream=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
+    client: anthropic.Anthropic,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+    stream: bool,
+) -> None:
+    with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=256, messages=HELLO, stream=stream
+    ) as response:
+        assert ours(span_exporter) == [], "the body is not read until the application reads it"
+        parsed = response.parse()
+        if stream:
+            assert type(parsed) is anthropic.Stream and response.parse() is parsed
+            assert [event.type for event in parsed][-1] == "message_stop"
+        else:
+            assert type(parsed) is anthropic.types.Message and text_of(parsed).startswith("Fake reply:")
+
+    assert_ok_call_span(only_span(span_exporter), fake_provider, stream=stream)
+
+
+@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+def test_with_streaming_response_body_read_by_the_application(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter, how: str
+) -> None:
+    """A body the application read whole is parsed from those bytes when the response closes; one
+    it iterated itself was never kept, so the prompt is estimated, and the span says so."""
+    with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=256, messages=HELLO
+    ) as response:
+        if how == "read":
+            body = response.read()
+        elif how == "json":
+            body = json.dumps(response.json()).encode()
+        elif how == "text":
+            body = response.text().encode()
+        elif how == "iter_bytes":
+            body = b"".join(response.iter_bytes())
+        else:
+            body = "\n".join(response.iter_lines()).encode()
+        assert ours(span_exporter) == [], "the span ends when the response is closed"
+
+    assert wire_tokens(body) == fake_provider.reported[0].tokens  # the application got it all
+    span = only_span(span_exporter)
+    if how.startswith("iter_"):
+        assert_estimated_prompt_only(span)
+    else:
+        assert_ok_call_span(span, fake_provider)
+
+
+def test_with_streaming_response_stream_read_as_lines_is_estimated_when_the_response_closes(
+    client: anthropic.Anthropic, span_exporter: InMemorySpanExporter
+) -> None:
+    with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=256, messages=HELLO, stream=True
+    ) as response:
+        lines = list(response.iter_lines())
+        assert ours(span_exporter) == []
+
+    assert "event: message_stop" in lines  # every event reached the application
+    assert_estimated_prompt_only(only_span(span_exporter), stream=True)
+
+
+def test_with_streaming_response_stream_left_early_keeps_what_was_consumed(
+    client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=256, messages=HELLO, stream=True
+    ) as response:
+        for event in response.parse():
+            if event.type == "content_block_delta":
+                break
+
+    span = only_span(span_exporter)
+    attrs = span.attributes or {}
+    assert span.status.status_code is StatusCode.UNSET
+    assert attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] == fake_provider.reported[0].tokens.input  # message_start
+    assert 1 <= int_attr(span, sc.GEN_AI_USAGE_OUTPUT_TOKENS) < fake_provider.reported[0].tokens.output
+    assert attrs[sc.OTEL_TOKENS_ESTIMATED] is True
+
+
+@pytest.mark.parametrize(
+    ("stream", "how"), [(False, "parse"), (True, "parse"), (False, "read"), (True, "lines")]
+)
+def test_async_with_streaming_response(
+    aclient_options: dict[str, Any],
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+    stream: bool,
+    how: str,
+) -> None:
+    async def main() -> None:
+        async with (
+            anthropic.AsyncAnthropic(**aclient_options) as aclient,
+            aclient.messages.with_streaming_response.create(
+                model=MODEL, max_tokens=256, messages=HELLO, stream=stream
+            ) as response,
+        ):
+            assert ours(span_exporter) == []
+            if how == "lines":
+                assert "event: message_stop" in [line async for line in response.iter_lines()]
+            elif how == "read":
+                assert wire_tokens(await response.read()) == fake_provider.reported[0].tokens
+            elif stream:
+                parsed = await response.parse()
+                assert type(parsed) is anthropic.AsyncStream
+                assert [event.type async for event in parsed][-1] == "message_stop"
+            else:
+                assert type(await response.parse()) is anthropic.types.Message
+
+    asyncio.run(main())
+    span = only_span(span_exporter)
+    if how == "lines":
+        assert_estimated_prompt_only(span, stream=True)
+    else:
+        assert_ok_call_span(span, fake_provider, stream=stream)
+
+
 # --- content, transparency, totals ----------------------------------------------------------------
 def test_content_is_captured_only_when_asked(
     fake_provider: FakeProvider, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
@@ -453,14 +679,6 @@ def test_content_is_captured_only_when_asked(
     assert prompt[1]["parts"][0]["content"] == HELLO[0]["content"]
     completion = json.loads(str(attrs[sc.GEN_AI_OUTPUT_MESSAGES]))
     assert completion[0]["parts"][0]["content"] == text_of(reply)
-
-
-def test_raw_response_access_still_works_and_is_counted(
-    client: anthropic.Anthropic, span_exporter: InMemorySpanExporter
-) -> None:
-    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO)
-    assert type(raw.parse()) is anthropic.types.Message
-    assert len(ours(span_exporter)) == 1
 
 
 def test_uninstrument_removes_every_patch(
@@ -488,6 +706,13 @@ def test_span_totals_equal_what_the_provider_reported_for_a_mixed_workload(
         pass
     with client.messages.stream(model=MODEL, max_tokens=256, messages=HELLO) as stream:
         stream.get_final_message()
+    client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=256, system=CACHED_SYSTEM, messages=HELLO
+    )
+    with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=64, messages=HELLO, stream=True
+    ) as response:
+        list(response.parse())
 
     async def async_calls() -> None:
         async with anthropic.AsyncAnthropic(**aclient_options) as aclient:
@@ -496,7 +721,7 @@ def test_span_totals_equal_what_the_provider_reported_for_a_mixed_workload(
     asyncio.run(async_calls())
 
     spans = ours(span_exporter)
-    assert len(spans) == len(fake_provider.reported) == 6
+    assert len(spans) == len(fake_provider.reported) == 8
     total = TokenCounts()
     for span in spans:
         total = total + span_tokens(span)

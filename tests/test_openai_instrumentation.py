@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import genai_prices
 import openai
+import pydantic
 import pytest
 from opentelemetry import baggage, context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -99,6 +101,30 @@ def estimated_usage(model: str, output_text: str, prompt: Any = MESSAGES) -> Tok
     return TokenCounts(
         input=count_message_tokens(prompt, model), output=count_text_tokens(output_text, model)
     )
+
+
+async def parse_async(response: Any) -> Any:
+    """`parse()` of an async client's response wrapper: plain in `LegacyAPIResponse`
+    (`.with_raw_response`), a coroutine in `AsyncAPIResponse` (`.with_streaming_response`)."""
+    parsed = response.parse()
+    return await parsed if inspect.isawaitable(parsed) else parsed
+
+
+def chat_wire_tokens(body: bytes) -> TokenCounts:
+    """The usage in a Chat Completions JSON body: the body is whole and readable."""
+    usage = json.loads(body)["usage"]
+    return TokenCounts(
+        input=usage["prompt_tokens"],
+        output=usage["completion_tokens"],
+        cache_read=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+        reasoning=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0,
+    )
+
+
+def stream_text(api: str, stream: Any) -> str:
+    if api == "chat":
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    return "".join(e.delta for e in stream if e.type == "response.output_text.delta")
 
 
 # --- chat completions ---------------------------------------------------------------------------
@@ -397,16 +423,182 @@ def test_with_raw_response_still_works_and_is_counted(
     assert_reported_usage(only_span(span_exporter), fake_provider)
 
 
-def test_with_streaming_response_leaves_the_body_to_the_caller(
-    client: openai.OpenAI, span_exporter: InMemorySpanExporter
+def test_with_raw_response_is_counted_before_the_application_parses(
+    client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    """The caller reads this body; the span counts the prompt only, flagged as an estimate."""
-    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES) as response:
-        assert response.parse().choices[0].message.content == REPLY_TEXT
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+
+    assert_reported_usage(only_span(span_exporter), fake_provider)  # from the body the SDK read
+    body = raw.http_response.content
+    assert chat_wire_tokens(body) == last_reported(fake_provider)
+    assert raw.parse() is raw.parse()
+    assert raw.parse().id == json.loads(body)["id"] == attrs(only_span(span_exporter))[sc.GEN_AI_RESPONSE_ID]
+
+
+def test_async_with_raw_response_is_counted_exactly(
+    aclient: openai.AsyncOpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def run() -> Any:
+        async with aclient:
+            raw = await aclient.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+            assert_reported_usage(only_span(span_exporter), fake_provider)
+            return await parse_async(raw)
+
+    assert asyncio.run(run()).choices[0].message.content == REPLY_TEXT
+
+
+def test_with_raw_response_parse_helper_raises_only_where_the_sdk_does(
+    client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    """The structured-output post-parser runs in the application's `parse()`, not in the call:
+    counting the call must not run it early (its error would surface from `create`)."""
+    if not hasattr(client.chat.completions.with_raw_response, "parse"):
+        pytest.skip("this openai version has no chat.completions.with_raw_response.parse")
+
+    class Capital(pydantic.BaseModel):
+        city: str
+
+    raw = client.chat.completions.with_raw_response.parse(
+        model=MODEL, messages=MESSAGES, response_format=Capital
+    )
+    assert_reported_usage(only_span(span_exporter), fake_provider)
+    with pytest.raises(pydantic.ValidationError):  # the fake's reply is not a Capital
+        raw.parse()
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_with_raw_response_stream_is_counted_exactly_from_the_stream_the_application_parses(
+    api: str, client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    if api == "chat":
+        raw: Any = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    else:
+        raw = client.responses.with_raw_response.create(model=MODEL, input=PROMPT, stream=True)
+    assert span_exporter.get_finished_spans() == (), "the body is the stream, still unread"
+    stream = raw.parse()
+    assert isinstance(stream, openai.Stream) and raw.parse() is stream
+    assert stream_text(api, stream) == REPLY_TEXT
 
     span = only_span(span_exporter)
-    assert attrs(span)[sc.OTEL_TOKENS_ESTIMATED] is True
-    assert span_tokens(span) == TokenCounts(input=count_message_tokens(MESSAGES, MODEL))
+    assert attrs(span)[sc.GEN_AI_REQUEST_STREAM] is True
+    assert_reported_usage(span, fake_provider)
+
+
+def test_async_with_raw_response_stream_is_counted_exactly(
+    aclient: openai.AsyncOpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    async def run() -> str:
+        async with aclient:
+            raw = await aclient.chat.completions.with_raw_response.create(
+                model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+            stream = await parse_async(raw)
+            assert isinstance(stream, openai.AsyncStream)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(run()) == REPLY_TEXT
+    assert_reported_usage(only_span(span_exporter), fake_provider)
+
+
+@pytest.mark.parametrize(("api", "stream"), [("chat", False), ("chat", True), ("responses", True)])
+def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
+    api: str,
+    stream: bool,
+    client: openai.OpenAI,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    if api == "chat":
+        usage: Any = {"stream_options": {"include_usage": True}} if stream else {}
+        manager: Any = client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=MESSAGES, stream=stream, **usage
+        )
+    else:
+        manager = client.responses.with_streaming_response.create(model=MODEL, input=PROMPT, stream=stream)
+    with manager as response:
+        assert span_exporter.get_finished_spans() == (), "the body is not read until the application reads it"
+        parsed = response.parse()
+        if stream:
+            assert isinstance(parsed, openai.Stream) and response.parse() is parsed
+            assert stream_text(api, parsed) == REPLY_TEXT
+        else:
+            assert parsed.choices[0].message.content == REPLY_TEXT
+
+    span = only_span(span_exporter)
+    assert attrs(span).get(sc.GEN_AI_REQUEST_STREAM, False) is stream
+    assert_reported_usage(span, fake_provider)
+
+
+@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+def test_with_streaming_response_body_read_by_the_application(
+    how: str, client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    """A body the application read whole is parsed from those bytes when the response closes; one
+    it iterated itself was never kept, so the prompt is estimated, and the span says so."""
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES) as response:
+        if how == "read":
+            body = response.read()
+        elif how == "json":
+            body = json.dumps(response.json()).encode()
+        elif how == "text":
+            body = response.text().encode()
+        elif how == "iter_bytes":
+            body = b"".join(response.iter_bytes())
+        else:
+            body = "\n".join(response.iter_lines()).encode()
+        assert span_exporter.get_finished_spans() == (), "the span ends when the response is closed"
+
+    assert chat_wire_tokens(body) == last_reported(fake_provider)  # the application got it all
+    span = only_span(span_exporter)
+    if how.startswith("iter_"):
+        assert attrs(span)[sc.OTEL_TOKENS_ESTIMATED] is True
+        assert span_tokens(span) == TokenCounts(input=count_message_tokens(MESSAGES, MODEL))
+    else:
+        assert_reported_usage(span, fake_provider)
+
+
+@pytest.mark.parametrize(
+    ("stream", "how"), [(False, "parse"), (True, "parse"), (False, "read"), (True, "lines")]
+)
+def test_async_with_streaming_response(
+    stream: bool,
+    how: str,
+    aclient: openai.AsyncOpenAI,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    async def run() -> None:
+        async with (
+            aclient,
+            aclient.chat.completions.with_streaming_response.create(
+                model=MODEL,
+                messages=MESSAGES,
+                stream=stream,
+                stream_options={"include_usage": True} if stream else openai.NOT_GIVEN,
+            ) as response,
+        ):
+            assert span_exporter.get_finished_spans() == ()
+            if how == "lines":
+                assert "data: [DONE]" in [line async for line in response.iter_lines()]
+            elif how == "read":
+                assert chat_wire_tokens(await response.read()) == last_reported(fake_provider)
+            elif stream:
+                parsed = await response.parse()
+                assert isinstance(parsed, openai.AsyncStream)
+                text = "".join([c.choices[0].delta.content or "" async for c in parsed if c.choices])
+                assert text == REPLY_TEXT
+            else:
+                assert (await response.parse()).choices[0].message.content == REPLY_TEXT
+
+    asyncio.run(run())
+    span = only_span(span_exporter)
+    if how == "lines":
+        assert attrs(span)[sc.OTEL_TOKENS_ESTIMATED] is True
+        assert span_tokens(span) == TokenCounts(input=count_message_tokens(MESSAGES, MODEL))
+    else:
+        assert_reported_usage(span, fake_provider)
 
 
 def test_generator_of_messages_reaches_the_provider_intact(
@@ -575,6 +767,11 @@ def test_span_totals_equal_what_the_provider_reported(
     client.responses.create(model="o4-mini", input=PROMPT * 5, prompt_cache_key="c")
     list(client.responses.create(model=MODEL, input=PROMPT, stream=True))
     client.embeddings.create(model="text-embedding-3-small", input=[PROMPT, PROMPT])
+    client.chat.completions.with_raw_response.create(model="o4-mini", messages=MESSAGES).parse()
+    with client.responses.with_streaming_response.create(
+        model="o4-mini", input=PROMPT, stream=True
+    ) as response:
+        list(response.parse())
 
     async def run() -> None:
         async with aclient:
@@ -584,7 +781,7 @@ def test_span_totals_equal_what_the_provider_reported(
 
     asyncio.run(run())
     spans = span_exporter.get_finished_spans()
-    assert len(spans) == len(fake_provider.reported) == 8
+    assert len(spans) == len(fake_provider.reported) == 10
     assert all(r.sent for r in fake_provider.reported)
     total = TokenCounts()
     for span in spans:

@@ -97,6 +97,11 @@ class LLMCall:
             f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
         )
 
+    @property
+    def ended(self) -> bool:
+        """True once `finish()` has ended the span."""
+        return self._ended
+
     @contextmanager
     def activate(self) -> Iterator[None]:
         """Make the span current while the SDK sends the request, so the SDK's own spans (and HTTP

@@ -3,6 +3,8 @@
 Patched: `Messages.create`, `Messages.stream` and `Messages.parse` and their async twins. In the SDK
 none of them calls another (each sends through `_post`), so each is one call; the
 `inside_llm_call()` guard still keeps a nested patched call from counting twice.
+`.with_raw_response` / `.with_streaming_response` call the same patched `create`; their response
+wrapper is accounted for by `_raw_response` from what the SDK or the application reads of its body.
 
 The SDK (>= 1.14) emits its own CLIENT span per call (scope `com.anthropic.sdk.python`, name
 `anthropic.messages.create`). Our span is current while the SDK sends, so the SDK's span is our
@@ -32,6 +34,7 @@ from otel_tokens.instrumentation._anthropic_streams import (
     usage_tokens,
 )
 from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
+from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
 from otel_tokens.record import TokenCounts
 
 PROVIDER = "anthropic"
@@ -100,7 +103,7 @@ def _server(resource: Any) -> tuple[str | None, int | None]:
 def _finish_message(call: LLMCall, message: Any, request: Mapping[str, Any]) -> None:
     tokens = usage_tokens(getattr(message, "usage", None))
     estimated = tokens is None
-    if tokens is None:  # a response without usage (a raw response, a proxy that strips it)
+    if tokens is None:  # a response without usage (a proxy that strips it)
         tokens = TokenCounts(input=estimate_input(request))
     stop_reason = getattr(message, "stop_reason", None)
     if call.settings.capture_content:
@@ -142,6 +145,8 @@ def _stream_classes() -> tuple[type[Any], type[Any]]:
 
 
 def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
+    if raw_response_mode(request) is not None:  # `.with_raw_response` / `.with_streaming_response`
+        return _RawResponse(call, request).attach(result)
     stream_class, async_stream_class = _stream_classes()
     if isinstance(result, stream_class):
         return observe_sync_stream(result, StreamTracker(call, request))
@@ -151,6 +156,29 @@ def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
         logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)
     _finish_message(call, result, request)
     return result
+
+
+class _RawResponse(RawResponseCall):
+    """A Messages call made through `.with_raw_response` or `.with_streaming_response`."""
+
+    def __init__(self, call: LLMCall, request: Mapping[str, Any]) -> None:
+        super().__init__(call, stream=request.get("stream") is True)
+        self.request = request
+
+    def finish_parsed(self, parsed: Any) -> None:
+        _finish_message(self.call, parsed, self.request)
+
+    def observe_stream(self, stream: Any) -> ObservedStream | None:
+        stream_class, async_stream_class = _stream_classes()
+        tracker = StreamTracker(self.call, self.request)
+        if isinstance(stream, stream_class):
+            return observe_sync_stream(stream, tracker), tracker.closed
+        if isinstance(stream, async_stream_class):
+            return observe_async_stream(stream, tracker), tracker.closed
+        return None
+
+    def finish_estimated(self) -> None:
+        self.call.finish(TokenCounts(input=estimate_input(self.request)), estimated=True)
 
 
 # --- the wrappers -------------------------------------------------------------------------------

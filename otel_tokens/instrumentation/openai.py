@@ -4,7 +4,9 @@ Only the resource methods that send a request are patched (`create`, and `parse`
 own). The `.stream()` helpers call `create(stream=True)` on the same resource, so they are covered
 by the `create` patch; `inside_llm_call()` keeps any nested patched call from counting twice. The
 helpers close the HTTP response directly when their context manager exits, so their `close` is
-patched too, to end the span of a stream abandoned inside a `with` block.
+patched too, to end the span of a stream abandoned inside a `with` block. Calls made through
+`.with_raw_response` / `.with_streaming_response` return the SDK's response wrapper, accounted for
+by `_raw_response` from what the SDK or the application reads of its body.
 
 `openai` is imported here only; nothing else in otel_tokens needs it installed.
 """
@@ -12,7 +14,6 @@ patched too, to end the span of a stream abandoned inside a `with` block.
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,10 @@ from otel_tokens.instrumentation._openai_streams import (
     SyncStreamProxy,
     notify_closed,
 )
+from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
 from otel_tokens.semconv import GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES
 
 PROVIDER = "openai"
-#: The SDK's request header selecting `.with_raw_response` ("true") / `.with_streaming_response`
-#: ("stream"): the result is then a response wrapper, not the parsed object.
-_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -250,34 +249,50 @@ def _is_stream_request(kwargs: dict[str, Any]) -> bool:
     return kwargs.get("stream") is True
 
 
-def _raw_mode(kwargs: dict[str, Any]) -> str | None:
-    headers = kwargs.get("extra_headers")
-    mode = headers.get(_RAW_RESPONSE_HEADER) if isinstance(headers, dict) else None
-    return mode if isinstance(mode, str) else None
-
-
 def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any) -> Any:
-    """Hand the caller the SDK's result: streams wrapped so the span ends with them, anything else
-    unchanged after the span is finished from it."""
-    raw_mode = _raw_mode(kwargs)
-    if _is_stream_request(kwargs) and endpoint.stream_state is not None and raw_mode is None:
+    """Hand the caller the SDK's result: streams wrapped so the span ends with them, a raw-response
+    wrapper watched until its body is read, anything else unchanged after the span is finished."""
+    if raw_response_mode(kwargs) is not None:  # `.with_raw_response` / `.with_streaming_response`
+        try:
+            return _RawResponse(endpoint, call, kwargs).attach(result)
+        except Exception:
+            internal_error("openai raw response")
+            call.finish(None)
+            return result
+    if _is_stream_request(kwargs) and endpoint.stream_state is not None:
         state = endpoint.stream_state(call, kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"))
         proxy_type = AsyncStreamProxy if hasattr(result, "__anext__") else SyncStreamProxy
         return proxy_type(result, state)
-    if (
-        raw_mode == "true"
-        and not _is_stream_request(kwargs)
-        and not inspect.iscoroutinefunction(result.parse)
-    ):
-        # `.with_raw_response`: `parse()` caches, so the caller's own `parse()` gets the same object.
-        _finish_from_response(endpoint, call, kwargs, result.parse())
-    elif raw_mode is not None:
-        # The body is the caller's to read (`.with_streaming_response`, or a raw stream): count
-        # what the request alone tells us rather than consume it.
-        _finish_estimated(endpoint, call, kwargs)
-    else:
-        _finish_from_response(endpoint, call, kwargs, result)
+    _finish_from_response(endpoint, call, kwargs, result)
     return result
+
+
+class _RawResponse(RawResponseCall):
+    """A call made through `.with_raw_response` or `.with_streaming_response`."""
+
+    def __init__(self, endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any]) -> None:
+        super().__init__(call, stream=_is_stream_request(kwargs) and endpoint.stream_state is not None)
+        self.endpoint = endpoint
+        self.kwargs = kwargs
+
+    def finish_parsed(self, parsed: Any) -> None:
+        _finish_from_response(self.endpoint, self.call, self.kwargs, parsed)
+
+    def observe_stream(self, stream: Any) -> ObservedStream | None:
+        state_type = self.endpoint.stream_state
+        if hasattr(stream, "__anext__"):
+            proxy_type: type[SyncStreamProxy | AsyncStreamProxy] = AsyncStreamProxy
+        elif hasattr(stream, "__next__"):
+            proxy_type = SyncStreamProxy
+        else:
+            return None  # `parse(to=...)` into something that is not a stream
+        assert state_type is not None  # `stream` is only set for endpoints that stream
+        kwargs = self.kwargs
+        state = state_type(self.call, kwargs.get(self.endpoint.prompt_arg), kwargs.get("instructions"))
+        return proxy_type(stream, state), state.closed
+
+    def finish_estimated(self) -> None:
+        _finish_estimated(self.endpoint, self.call, self.kwargs)
 
 
 def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], response: Any) -> None:

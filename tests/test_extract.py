@@ -17,7 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens.extract import Extractor, Rejection, record_from_attributes
-from otel_tokens.pipeline import IngestResult
+from otel_tokens.pipeline import _Batch
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
 PRICES: list[tuple[str, str]] = []
@@ -288,8 +288,8 @@ def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent():
         otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "span-agent"}, span_id=3),
         otlp_span({"http.method": "GET"}, span_id=4),
     ]
-    result = IngestResult()
-    batch = _Collect(result)
+    batch = _Batch()  # the pipeline's own batch: records, rejections, counts
+    result = batch.result
     resource = {"service.name": "svc", sc.GEN_AI_AGENT_NAME: "res-agent", sc.OTEL_TOKENS_TASK: "t"}
     Extractor(price=fake_price).extract_otlp(_request(spans, resource, sc.INSTRUMENTATION_SCOPE), batch)
     assert result.spans_received == 3
@@ -300,24 +300,6 @@ def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent():
     batch.records.clear()
     Extractor(price=fake_price).extract_otlp(_request(spans[:1], {"service.name": "svc"}, "x"), batch)
     assert [(r.attribution.agent, r.ours) for r in batch.records] == [(None, False)]
-
-
-class _Collect:
-    def __init__(self, result: IngestResult) -> None:
-        self.result = result
-        self.records: list[UsageRecord] = []
-
-    @property
-    def spans_received(self) -> int:
-        return self.result.spans_received
-
-    @spans_received.setter
-    def spans_received(self, value: int) -> None:
-        self.result.spans_received = value
-
-    def add(self, outcome: UsageRecord | Rejection | None) -> None:
-        assert isinstance(outcome, UsageRecord), outcome
-        self.records.append(outcome)
 
 
 def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree():
@@ -336,13 +318,14 @@ def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree():
     }) as span:  # fmt: skip
         span.set_status(StatusCode.ERROR)
     finished = exporter.get_finished_spans()
-    result = IngestResult()
-    batch = _Collect(result)
+    batch = _Batch()  # the pipeline's own batch: records, rejections, counts
+    result = batch.result
     extractor = Extractor(price=fake_price)
     extractor.extract_otlp(encode_spans(finished), batch)
     direct = [extractor.from_readable_span(s) for s in finished]
     assert result.spans_received == 2 and len(batch.records) == 1
     assert direct[0] == batch.records[0] and direct[1] is None
+    assert not batch.rejected
     r = batch.records[0]
     assert (r.tokens, r.status, r.attribution.agent, r.attribution.user) == (
         TokenCounts(1500, 20, 1000), "error", "coder", "res-user",

@@ -1,0 +1,77 @@
+"""Every Prometheus metric and label name otel-tokens exports, defined once.
+
+Users' dashboards, alert rules and scripts are written against these names, so they are spelled
+here and nowhere else: the aggregator, the budget ledger, the exposition, the rule and dashboard
+renderers, the demo and the CLI import them. A name that changes here changes everywhere (and the
+golden tests of the rendered files fail, as they should). Counter names carry their `_total`
+suffix as exposed; histogram names are the family name (`_bucket`, `_sum`, `_count` are derived).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- token types: the values of the `token_type` label, disjoint so a sum is the total ----------
+TOKEN_TYPES: Final[tuple[str, ...]] = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+# --- label names --------------------------------------------------------------------------------
+AGENT: Final = "agent"
+TASK: Final = "task"
+TASK_ID: Final = "task_id"
+MODEL: Final = "model"
+PROVIDER: Final = "provider"
+USER: Final = "user"
+TOKEN_TYPE: Final = "token_type"
+STATUS: Final = "status"
+REASON: Final = "reason"
+METRIC: Final = "metric"
+BUDGET: Final = "budget"
+WINDOW: Final = "window"
+UNIT: Final = "unit"
+ACTION: Final = "action"
+
+#: The default dimensions of the usage metrics (configurable in the collector).
+DEFAULT_DIMENSIONS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, PROVIDER)
+#: The task histograms' labels: a task is owned by one agent; status says whether its scope raised.
+TASK_LABELS: Final[tuple[str, ...]] = (AGENT, TASK, STATUS)
+
+# --- usage metrics (the aggregator) ---------------------------------------------------------------
+TOKENS: Final = "llm_tokens_total"
+COST: Final = "llm_cost_usd_total"
+REQUESTS: Final = "llm_requests_total"
+ESTIMATED: Final = "llm_estimated_tokens_total"
+INPUT_HISTOGRAM: Final = "llm_request_input_tokens"
+TASK_TOKENS: Final = "llm_task_tokens"
+TASK_COST: Final = "llm_task_cost_usd"
+
+# --- the collector's own health -------------------------------------------------------------------
+SPANS_RECEIVED: Final = "otel_tokens_spans_received_total"
+SPANS_REJECTED: Final = "otel_tokens_spans_rejected_total"
+DUPLICATES_DROPPED: Final = "otel_tokens_duplicates_dropped_total"
+SERIES_OVERFLOW: Final = "otel_tokens_series_overflow_total"
+UNPRICED: Final = "otel_tokens_unpriced_records_total"
+
+# --- budget ledger gauges (exact windows, what budget alerts read) --------------------------------
+BUDGET_USED: Final = "llm_budget_used"
+BUDGET_LIMIT: Final = "llm_budget_limit"
+BUDGET_RATIO: Final = "llm_budget_usage_ratio"
+BUDGET_WINDOW_REMAINING: Final = "llm_budget_window_remaining_seconds"
+#: A counter family; exposed with the `_total` suffix.
+BUDGET_CONSUMED: Final = "llm_budget_consumed"
+BUDGET_CONSUMED_TOTAL: Final = "llm_budget_consumed_total"
+TASK_INSTANCE_TOKENS: Final = "llm_task_instance_tokens"
+TASK_INSTANCE_LIMIT: Final = "llm_task_instance_limit"
+
+# --- the in-process guard's decisions -------------------------------------------------------------
+GUARD_ACTIONS: Final = "llm_guard_actions_total"
+TOKENS_SAVED: Final = "llm_tokens_saved_total"
+
+#: The value of `metric` on the overflow counter, and of every label in an overflow series.
+OVERFLOW: Final = "__overflow__"
+#: A label value the record did not carry.
+UNKNOWN: Final = "unknown"
+
+
+def histogram_series(family: str) -> tuple[str, str, str]:
+    """The (`_bucket`, `_sum`, `_count`) series names of a histogram family."""
+    return f"{family}_bucket", f"{family}_sum", f"{family}_count"

@@ -21,7 +21,7 @@ import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from itertools import pairwise
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -112,7 +112,10 @@ class MetricsConfig:
     max_series_per_metric: int = 2000
     dedupe_hold_seconds: float = 2.0
     max_held_spans: int = 10_000
-    max_remembered_spans: int = 100_000
+    #: A counted span is remembered this long, so an exporter's resend is dropped (exactly once).
+    dedupe_window_seconds: float = 600.0
+    #: Memory cap of that window (~150 bytes a span); at most this many spans are remembered.
+    max_remembered_spans: int = 1_000_000
     #: Input tokens per request: powers of 4 from 256 to 1M, where context growth shows.
     input_token_buckets: tuple[float, ...] = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
     max_task_instances: int = 1000
@@ -136,6 +139,9 @@ class MetricsConfig:
         hold = self.dedupe_hold_seconds
         if not isinstance(hold, (int, float)) or not math.isfinite(hold) or hold < 0:
             raise ValueError(f"dedupe_hold_seconds: expected a finite number >= 0, got {hold!r}")
+        window = self.dedupe_window_seconds
+        if not isinstance(window, (int, float)) or not math.isfinite(window) or window <= 0:
+            raise ValueError(f"dedupe_window_seconds: expected a finite number > 0, got {window!r}")
         for key in ("input_token_buckets", "task_token_buckets", "task_cost_buckets"):
             buckets = getattr(self, key)
             if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
@@ -387,3 +393,45 @@ class Aggregator:
     def iter_keys(self) -> Iterable[tuple[str, ...]]:
         with self._lock:
             return list(self._series)
+
+    # --- durable state (the collector's store snapshots and restores it) ---------------------------
+    def state(self) -> dict[str, Any]:
+        """Every counter as plain JSON-able values (fresh copies), with the shape they depend on."""
+        with self._lock:
+            return {
+                "shape": self._shape(),
+                "series": [[list(k), *astuple(s)] for k, s in self._series.items()],
+                "spans_received": self._spans_received,
+                "rejected": dict(self._rejected),
+                "duplicates": self._duplicates,
+                "overflow": dict(self._overflow),
+                "unpriced": [[*k, n] for k, n in self._unpriced.items()],
+                "tasks": [astuple(t) for t in self._tasks.values()],  # least recently active first
+                "task_series": [[list(k), *astuple(s)] for k, s in self._task_series.items()],
+                "completed": list(self._completed),
+            }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace every counter by `state()` of an aggregator of the same shape (dimensions and
+        bucket bounds); raises ValueError naming what differs, leaving the counters untouched."""
+        if state["shape"] != self._shape():
+            raise ValueError(f"counters were kept for {state['shape']}, this collector has {self._shape()}")
+        with self._lock:
+            self._series = {tuple(k): Series(*v) for k, *v in state["series"]}
+            self._spans_received = state["spans_received"]
+            self._rejected = dict(state["rejected"])
+            self._duplicates = state["duplicates"]
+            self._overflow = dict(state["overflow"])
+            self._unpriced = {(p, m): n for p, m, n in state["unpriced"]}
+            self._tasks = OrderedDict((t[0], TaskTotals(*t)) for t in state["tasks"])
+            self._task_series = {tuple(k): TaskSeries(*v) for k, *v in state["task_series"]}
+            self._completed = OrderedDict.fromkeys(state["completed"])
+
+    def _shape(self) -> dict[str, list[Any]]:
+        c = self.config
+        return {
+            "dimensions": list(c.dimensions),
+            "input_token_buckets": list(c.input_token_buckets),
+            "task_token_buckets": list(c.task_token_buckets),
+            "task_cost_buckets": list(c.task_cost_buckets),
+        }

@@ -6,6 +6,12 @@ listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*`
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
 dedupe hold window.
 
+Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
+`gate`: by default applied at once; the collector's durable store (otel_tokens.collector.durable)
+installs one that journals each change before the receiver answers, and replays the journal at
+start-up through the same `apply_*` methods. Those are deterministic given the clock, which is why
+each reads it once.
+
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
 hold window), a completion waits as long as they do and is observed by `flush()` after them: a
@@ -20,13 +26,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
-from otel_tokens.dedupe import Deduper
+from otel_tokens.dedupe import Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection, TaskCompletion
 from otel_tokens.record import UsageRecord
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["IngestResult", "MetricsConfig", "Pipeline"]
+__all__ = ["Batch", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -52,16 +58,19 @@ class IngestResult:
     tasks_completed: int = 0  # task spans received (observed now or after the dedupe window)
 
 
-class _Batch:
-    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
+class Batch:
+    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once.
+    `by_content`: the records came from spans, so one without a span id is deduplicated by its
+    content (a resend of it is not counted twice)."""
 
-    __slots__ = ("completions", "records", "rejected", "result")
+    __slots__ = ("by_content", "completions", "records", "rejected", "result")
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_content: bool = False) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
+        self.by_content = by_content
 
     @property
     def spans_received(self) -> int:
@@ -85,6 +94,45 @@ class _Batch:
             self.records.append(outcome)  # a UsageRecord subclass
 
 
+_Batch = Batch  # the name tests and older callers import
+
+
+class Gate(Protocol):
+    """Where every change to a pipeline's state passes; it calls the pipeline's `apply_*` method
+    (the collector's durable store journals the change around that call)."""
+
+    def batch(self, batch: Batch) -> IngestResult: ...
+
+    def flush(self, until: float | None) -> None: ...
+
+    def rejection(self, reason: str) -> None: ...
+
+
+class _ApplyAtOnce:
+    """The default gate: no journal, state in memory only."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def batch(self, batch: Batch) -> IngestResult:
+        return self._pipeline.apply_batch(batch)
+
+    def flush(self, until: float | None) -> None:
+        self._pipeline.apply_flush(until)
+
+    def rejection(self, reason: str) -> None:
+        self._pipeline.apply_rejection(reason)
+
+
+@dataclass
+class PipelineState:
+    """What a pipeline remembers besides the aggregator's counters: the dedupe memory and the task
+    completions waiting for held spans, as (deadline, completion)."""
+
+    deduper: DeduperState
+    pending: list[tuple[float, TaskCompletion]]
+
+
 class Pipeline:
     """extract → dedupe → aggregate → exposition, plus listeners. Thread-safe."""
 
@@ -106,67 +154,106 @@ class Pipeline:
             hold_seconds=self.config.dedupe_hold_seconds,
             max_held=self.config.max_held_spans,
             max_remembered=self.config.max_remembered_spans,
+            window_seconds=self.config.dedupe_window_seconds,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
         # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
         self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
+        #: Every state change passes here (see the module docstring); replaced by a durable store.
+        self.gate: Gate = _ApplyAtOnce(self)
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_spans"):
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[UsageRecord]) -> int:
         """Count records built elsewhere (our instrumentation); deduplicated like spans. Returns how
         many were counted now."""
-        return self._count(list(records))
+        batch = Batch()
+        batch.records = list(records)
+        return self.gate.batch(batch).records_counted
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.aggregator.add_ingest_stats(0, {bounded_reason(reason): 1})
+        self.gate.rejection(reason)
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
-        now = self._clock() if now is None else now
+        self.gate.flush(now)
+
+    # --- the state transitions a gate applies (deterministic given the clock) ----------------------
+    def apply_batch(self, batch: Batch) -> IngestResult:
+        """Dedupe, count and observe one batch; the clock is read once."""
+        now = self._clock()
+        self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
+        batch.result.records_counted = self._count(batch.records, now, batch.by_content)
+        if batch.completions:
+            batch.result.tasks_completed = len(batch.completions)
+            self._complete(batch.completions, now)
+        return batch.result
+
+    def apply_flush(self, until: float | None = None) -> bool:
+        """Count held spans due by `until` (default: now); True when that changed anything."""
+        now = self._clock() if until is None else until
         released, dropped = self._deduper.flush(now)
         self._emit(released, dropped)
-        if self._pending:
-            self.aggregator.complete_tasks(self._due_completions(now))
+        due = self._due_completions(now) if self._pending else []
+        if due:
+            self.aggregator.complete_tasks(due)
+        return bool(released or dropped or due)
+
+    def apply_rejection(self, reason: str) -> None:
+        self.aggregator.add_ingest_stats(0, {bounded_reason(reason): 1})
+
+    def state(self) -> PipelineState:
+        """A copy of the dedupe memory and the waiting completions (the aggregator has its own)."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        return PipelineState(self._deduper.state(), pending)
+
+    def restore(self, state: PipelineState) -> None:
+        self._deduper.restore(state.deduper)
+        with self._pending_lock:
+            self._pending.clear()
+            self._pending.extend(state.pending)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The injected clock (share it with the budget ledger, so both count at one time)."""
+        return self._clock
+
+    @property
+    def held_spans(self) -> int:
+        """Foreign spans waiting for a twin (counted by `flush`)."""
+        return self._deduper.held
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
         self._listeners.append(fn)
 
     # --- internals -----------------------------------------------------------------------------
-    def _finish(self, batch: _Batch) -> IngestResult:
-        self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
-        batch.result.records_counted = self._count(batch.records)
-        if batch.completions:
-            batch.result.tasks_completed = len(batch.completions)
-            self._complete(batch.completions)
-        return batch.result
-
-    def _complete(self, completions: list[TaskCompletion]) -> None:
+    def _complete(self, completions: list[TaskCompletion], now: float) -> None:
         """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
         hold = self.config.dedupe_hold_seconds
         if not self._deduper.held or hold <= 0:
             self.aggregator.complete_tasks(completions)
             return
-        deadline = self._clock() + hold
+        deadline = now + hold
         with self._pending_lock:
             room = max(self.config.max_held_spans - len(self._pending), 0)
             self._pending.extend((deadline, c) for c in completions[:room])
@@ -180,10 +267,10 @@ class Pipeline:
                 due.append(self._pending.popleft()[1])
         return due
 
-    def _count(self, records: list[UsageRecord]) -> int:
+    def _count(self, records: list[UsageRecord], now: float, by_content: bool) -> int:
         if not records:
             return 0
-        counted, dropped = self._deduper.offer_many(records, self._clock())
+        counted, dropped = self._deduper.offer_many(records, now, by_content=by_content)
         return self._emit(counted, dropped)
 
     def _emit(self, counted: list[UsageRecord], dropped: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["InstanceTable"]
 
@@ -47,6 +48,13 @@ class InstanceTable:
         self._expire(now)
         ranked = sorted(self._items.items(), key=lambda kv: (-kv[1].tokens, kv[0]))[: self.top_n]
         return [(task_id, i.agent, i.task, i.tokens) for task_id, i in ranked]
+
+    def state(self) -> list[list[Any]]:
+        """(task_id, agent, task, tokens, last_seen), least recently active first."""
+        return [[task_id, i.agent, i.task, i.tokens, i.last_seen] for task_id, i in self._items.items()]
+
+    def restore(self, state: list[list[Any]]) -> None:
+        self._items = OrderedDict((t, _Instance(a, k, float(n), float(s))) for t, a, k, n, s in state)
 
     def __len__(self) -> int:
         return len(self._items)

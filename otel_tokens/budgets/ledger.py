@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -115,6 +115,26 @@ class _BudgetAccount:
             tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
             self.instances.add(task_id, labels["agent"], labels["task"], tokens, now)
 
+    def signature(self) -> str:
+        """What the kept use depends on: a budget whose window, scope or unit changed restarts."""
+        spec, limit = self.spec, self.spec.limit
+        window = getattr(self.window, "zone", None)
+        return repr((spec.window, str(window), limit.unit, limit.token_types, sorted(self.matchers.items())))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature(),
+            "window": self.window.state(),
+            "consumed": self.consumed,
+            "instances": self.instances.state() if self.instances is not None else [],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.window.restore(state["window"])
+        self.consumed = float(state["consumed"])
+        if self.instances is not None:
+            self.instances.restore(state["instances"])
+
     def status(self, now: float) -> BudgetStatus:
         spec = self.spec
         used, limit = self.window.used(now), spec.limit.amount
@@ -169,6 +189,24 @@ class BudgetLedger:
                 if account.spec.name == budget:
                     return account.instances.top(now) if account.instances else []
         raise KeyError(f"no budget named {budget!r}")
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Each budget's window, lifetime total and task instances, by name, as plain values."""
+        with self._lock:
+            return {a.spec.name: a.state() for a in self._accounts}
+
+    def restore(self, state: dict[str, dict[str, Any]]) -> list[str]:
+        """Take back what `state()` kept; returns the budgets that start afresh instead (new, or
+        their window, scope or unit changed since)."""
+        fresh: list[str] = []
+        with self._lock:
+            for account in self._accounts:
+                kept = state.get(account.spec.name)
+                if kept is not None and kept["signature"] == account.signature():
+                    account.restore(kept)
+                else:
+                    fresh.append(account.spec.name)
+        return fresh
 
     def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
         """Count every record the pipeline counts and export the gauges on its registry."""

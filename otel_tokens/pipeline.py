@@ -24,12 +24,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
 from otel_tokens.dedupe import Deduper, DeduperState
@@ -133,6 +136,27 @@ class PipelineState:
     pending: list[tuple[float, TaskCompletion]]
 
 
+class _DedupeMemoryCollector(Collector):
+    """How full the dedupe memory is, and whether its cap broke the exactly-once window."""
+
+    def __init__(self, deduper: Deduper) -> None:
+        self._deduper = deduper
+
+    def collect(self) -> Iterator[Metric]:
+        early = CounterMetricFamily(
+            mn.DEDUPE_FORGOTTEN_EARLY,
+            "Counted spans forgotten by the dedupe memory's size cap before their window passed "
+            "(a resend of one would be counted again): raise the cap or shorten the window.",
+        )
+        early.add_metric([], self._deduper.evicted_early)
+        remembered = GaugeMetricFamily(
+            mn.DEDUPE_REMEMBERED, "Counted spans the dedupe memory holds (each ~150 bytes)."
+        )
+        remembered.add_metric([], self._deduper.remembered)
+        yield early
+        yield remembered
+
+
 class Pipeline:
     """extract → dedupe → aggregate → exposition, plus listeners. Thread-safe."""
 
@@ -161,6 +185,7 @@ class Pipeline:
         self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
+        self.registry.register(_DedupeMemoryCollector(self._deduper))
         #: Every state change passes here (see the module docstring); replaced by a durable store.
         self.gate: Gate = _ApplyAtOnce(self)
 

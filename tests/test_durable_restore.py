@@ -137,3 +137,17 @@ def test_a_record_written_by_an_older_or_newer_version_still_reads():
     older["UsageRecord"] = [n for n in older["UsageRecord"] if n != "ours"]
     without = [v for n, v in zip(schema()["UsageRecord"], values, strict=True) if n != "ours"]
     assert Decoders(older).record(without) == record  # the missing field takes its default
+
+
+def test_unusable_or_unreadable_data_dirs_stop_start_up_with_the_reason(tmp_path: Path, budgets: Path):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    with pytest.raises(StoreError, match="not-a-dir: cannot open the state database"):
+        Store(a_file)
+    clock = Clock()
+    first = Collector(tmp_path / "data", budgets, clock)
+    first.pipeline.ingest_records([_record(1, 10)])
+    first.store.run(lambda db: db.execute("UPDATE journal SET entry = x'7b7b'"))  # "{{": not JSON
+    first.store.close()
+    with pytest.raises(StoreError, match=r"kept state cannot be read .* move the directory aside"):
+        Collector(tmp_path / "data", budgets, clock)

@@ -12,6 +12,7 @@ The dedupe memory can hold a million keys; those go as fixed-width bytes, not JS
 from __future__ import annotations
 
 import json
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import fields
@@ -93,11 +94,16 @@ def decode_json(data: bytes) -> Any:
 def pack_keys(items: list[tuple[int, float]]) -> tuple[bytes, bytes]:
     """Dedupe keys with their times as two byte strings (fixed-width keys, native doubles)."""
     keys = b"".join([k.to_bytes(_KEY_BYTES, "big") for k, _ in items])
-    return keys, array("d", [t for _, t in items]).tobytes()
+    times = array("d", [t for _, t in items])
+    if sys.byteorder == "big":  # little-endian on disk, so a data dir can move between machines
+        times.byteswap()
+    return keys, times.tobytes()
 
 
 def unpack_keys(keys: bytes, times: bytes) -> list[tuple[int, float]]:
     at = array("d")
     at.frombytes(times)
+    if sys.byteorder == "big":
+        at.byteswap()
     n = _KEY_BYTES
     return [(int.from_bytes(keys[i * n : (i + 1) * n], "big"), at[i]) for i in range(len(at))]

@@ -33,7 +33,7 @@ from otel_tokens.collector.codec import (
     schema,
     unpack_keys,
 )
-from otel_tokens.collector.store import Store
+from otel_tokens.collector.store import Store, StoreError
 from otel_tokens.dedupe import DeduperState
 from otel_tokens.pipeline import Batch, IngestResult, Pipeline, PipelineState
 
@@ -45,6 +45,8 @@ __all__ = ["DEFAULT_SNAPSHOT_SECONDS", "Durability", "PinnedClock"]
 logger = logging.getLogger("otel_tokens.collector")
 
 DEFAULT_SNAPSHOT_SECONDS = 30.0
+#: ...or sooner, once this many records were journaled since the last one: bounds replay at start-up.
+SNAPSHOT_AFTER_RECORDS = 200_000
 _SCHEMA_KEY = "codec_schema"
 
 
@@ -91,6 +93,7 @@ class Durability:
         self._lock = threading.Lock()  # one order of changes: the journal's
         self._snapshot_lock = threading.Lock()
         self._changes_since_snapshot = 0
+        self._records_since_snapshot = 0
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
         self._previous_gate = pipeline.gate
@@ -98,7 +101,17 @@ class Durability:
     # --- lifecycle ---------------------------------------------------------------------------------
     def restore(self) -> str:
         """Load the snapshot and replay the journal into the (fresh) pipeline and ledger; returns a
-        line for the start-up log."""
+        line for the start-up log. Unreadable state stops start-up (StoreError) rather than start
+        from zero silently."""
+        try:
+            return self._restore()
+        except (ValueError, KeyError, TypeError) as exc:  # JSON, missing parts, wrong shapes
+            raise StoreError(
+                f"data dir {self._store.path}: the kept state cannot be read ({type(exc).__name__}: {exc}); "
+                "move the directory aside to start from zero"
+            ) from exc
+
+    def _restore(self) -> str:
         written = self._store.meta(_SCHEMA_KEY)
         after, notes = self._load_snapshot()
         decoders = Decoders(json.loads(written) if written else schema())
@@ -149,6 +162,7 @@ class Durability:
                 result = self._pipeline.apply_batch(batch)
             seq = self._store.append(lambda: _encode_batch(now, batch))
             self._changes_since_snapshot += 1
+            self._records_since_snapshot += len(batch.records)
         if batch.records or batch.completions:  # what is money waits for the disk; span tallies don't
             self._store.wait(seq)
         return result
@@ -179,12 +193,15 @@ class Durability:
                 counters = self._pipeline.aggregator.state()
                 budgets = self._ledger.state() if self._ledger is not None else {}
                 pipeline = self._pipeline.state()
-                self._changes_since_snapshot = 0
+                self._changes_since_snapshot = self._records_since_snapshot = 0
             self._store.write_snapshot(seq, _encode_snapshot(counters, budgets, pipeline))
 
     def _snapshot_loop(self) -> None:
-        while not self._stop.wait(self._snapshot_seconds):
-            if self._changes_since_snapshot:
+        last = time.monotonic()
+        while not self._stop.wait(min(1.0, self._snapshot_seconds)):
+            due = time.monotonic() - last >= self._snapshot_seconds and self._changes_since_snapshot
+            if due or self._records_since_snapshot >= SNAPSHOT_AFTER_RECORDS:
+                last = time.monotonic()
                 try:
                     self.snapshot()
                 except Exception:  # the journal still holds everything; try again next time

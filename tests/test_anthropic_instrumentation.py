@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens
 

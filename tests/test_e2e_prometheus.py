@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider, ReportedUsage
+from otel_tokens.demo.fake_provider import FakeProvider, ReportedUsage
 from tests.services import poll, run_prometheus
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from tests.services import poll
 
 pytestmark = pytest.mark.integration

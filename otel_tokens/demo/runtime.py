@@ -1,5 +1,5 @@
 """What the demo stands up around the workload: fake provider, collector, tracer provider, and the
-summary it prints. Kept apart from `demo.py` so the workload reads as plain agent code."""
+summary it prints. Kept apart from `workload.py` so the workload reads as plain agent code."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 
 _WAIT_SECONDS = 15.0
 

@@ -77,7 +77,7 @@ class FakeProvider:
         self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
-        from otel_tokens.fake_provider import anthropic_api, openai_api
+        from otel_tokens.demo.fake_provider import anthropic_api, openai_api
 
         openai_api.register(self)
         anthropic_api.register(self)

@@ -63,7 +63,7 @@ def test_missing_file_is_a_budget_file_error(tmp_path: Path):
         load_budget_file(tmp_path / "absent.yaml")
 
 
-def test_defaults_are_the_seed_rules():
+def test_defaults_are_the_four_standard_rules():
     budget = parse_budget_text("budgets: [{name: a, limit: {tokens: 10}, window: 1d}]").budgets[0]
     assert (budget.warn_at, budget.warn_severity, budget.severity, budget.action) == (0.8, "P3", "P2", "warn")
     assert (budget.spike.enabled, budget.spike.factor, budget.spike.severity) == (True, 2.0, "P2")

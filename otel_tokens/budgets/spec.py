@@ -1,9 +1,10 @@
 """The budget file's schema: strict pydantic models for `budgets.yaml`.
 
 This module owns the *shape* and the *meaning* of a budget (scope, limit, window, thresholds,
-alert rules, Alertmanager receivers and routes). Every consumer — the exact ledger, the in-process
-guard, the Prometheus / Alertmanager / Grafana renderers — reads these models and nothing else, so
-the names here are a contract. Loading YAML with file:line errors lives in `loader.py`.
+alert rules, Alertmanager receivers and routes). Every consumer — the collector's exact ledger and
+the Prometheus / Alertmanager / Grafana renderers — reads these models and nothing else, so the
+names here are a contract. `action` is validated and carried into alert text and the ledger's status;
+nothing enforces it in-process yet. Loading YAML with file:line errors lives in `loader.py`.
 
 Models forbid unknown keys (a typo such as `warn_At` must fail, not silently fall back to a
 default) and names that end up in PromQL string literals, label values and rule group names are
@@ -195,8 +196,16 @@ class Budget(_Strict):
     warn_at: Annotated[float, Field(gt=0, lt=1)] = 0.8
     warn_severity: Severity = "P3"
     severity: Severity = "P2"
-    action: Action = "warn"
-    downgrade_to: LabelValue | None = None
+    action: Action = Field(
+        "warn",
+        description=(
+            "What should happen once the budget is exhausted. Validated and shown in alert text and "
+            "in the collector's /api/v1/budgets; in-process enforcement is not implemented yet."
+        ),
+    )
+    downgrade_to: LabelValue | None = Field(
+        None, description="The cheaper model for action 'downgrade' (required with it, rejected without)."
+    )
     per_task_instance: TaskInstanceLimit | None = None
     spike: SpikeRule = Field(default_factory=SpikeRule)
     forecast: ForecastRule = Field(default_factory=ForecastRule)

@@ -26,7 +26,7 @@ from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
 from tests.services import Webhook, poll, run_alertmanager, run_prometheus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 BUDGETS = textwrap.dedent(
     """

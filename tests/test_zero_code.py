@@ -12,28 +12,19 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import propagate
-from prometheus_client.parser import text_string_to_metric_families
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
+from tests import prom_text
 from tests.services import poll
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _metric_sum(port: int, name: str, **labels: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return prom_text.total(prom_text.scrape(port), name, **labels)
 
 
 def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: FakeProvider):

@@ -2,9 +2,9 @@
 
 Each command's arguments are declared here (the collector's come from its config table, one flag
 per key) and its work is done by the stage it names: `collector` (run the OTLP → Prometheus
-collector), `demo` (fake provider + collector + keyless multi-agent workload), `render` / `check`
-(budgets as code), `status` (a running collector's budget standing). Stages are imported only when
-their command runs.
+collector), `demo` (fake provider + collector + keyless multi-agent workload), `fake-provider`
+(the keyless provider alone, for one's own agent), `render` / `check` (budgets as code), `status`
+(a running collector's budget standing). Stages are imported only when their command runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otel-tokens", description="Token-cost observability for LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_collector, _demo, _render, _check, _status):
+    for register in (_collector, _demo, _fake_provider, _render, _check, _status):
         register(sub)
     return parser
 
@@ -63,11 +63,13 @@ def _run_collector(args: argparse.Namespace) -> int:
 
 # --- demo and the keyless provider ----------------------------------------------------------------
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otel_tokens.demo.ports import DEMO_PORTS
+
     demo = _command(sub, "demo", _run_demo, help="fake provider + collector + a keyless multi-agent workload")
     demo.add_argument(
         "--once",
         action="store_true",
-        help="run the workload once, print totals, exit",
+        help="run the workload once, print the totals and budgets, stop the collector and exit",
     )
     demo.add_argument(
         "--collector",
@@ -82,9 +84,18 @@ def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="also receive Alertmanager webhooks here and print each page (docker-compose uses 0.0.0.0:8080)",
     )
+    for port in DEMO_PORTS:
+        demo.add_argument(
+            port.flag,
+            type=int,
+            default=port.default,
+            metavar="N",
+            help=f"the embedded collector's {port.what} port (default {port.default})",
+        )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from otel_tokens.demo.ports import DEMO_PORTS
     from otel_tokens.demo.run import run_demo
 
     return run_demo(
@@ -94,7 +105,30 @@ def _run_demo(args: argparse.Namespace) -> int:
         interval=args.interval,
         budgets_file=args.budgets,
         alerts_listen=args.alerts_listen,
+        ports={port.attr: getattr(args, port.attr) for port in DEMO_PORTS},
     )
+
+
+def _fake_provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        sub,
+        "fake-provider",
+        _run_fake_provider,
+        help="a keyless stand-in for the OpenAI and Anthropic APIs, to point one's own agent at",
+        description=(
+            "Serve the OpenAI (chat completions, responses, embeddings) and Anthropic (messages) wire "
+            "formats, JSON and streaming, with fixed replies and realistic usage, until Ctrl-C. "
+            "Point an SDK's base_url at it; any API key is accepted."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=18080, help="port to listen on (default 18080)")
+
+
+def _run_fake_provider(args: argparse.Namespace) -> int:
+    from otel_tokens.demo.fake_provider.command import serve
+
+    return serve(args.host, args.port)
 
 
 # --- budgets as code ------------------------------------------------------------------------------
@@ -103,9 +137,7 @@ def _render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub, "render", _run_render, help="render budgets.yaml into Prometheus/Alertmanager/Grafana files"
     )
     render.add_argument("budget_file")
-    render.add_argument(
-        "--out", default=".", help="directory to write into (default: . , the current directory)"
-    )
+    render.add_argument("--out", default=".", help="directory to write into (default: the current directory)")
 
 
 def _run_render(args: argparse.Namespace) -> int:
@@ -118,7 +150,7 @@ def _check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = _command(sub, "check", _run_check, help="validate budgets.yaml and check the rendered files")
     check.add_argument("budget_file")
     check.add_argument(
-        "--out", default=".", help="directory holding the rendered files (default: . , the current directory)"
+        "--out", default=".", help="directory holding the rendered files (default: the current directory)"
     )
 
 
@@ -134,6 +166,10 @@ def _status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "status",
         _run_status,
         help="show a running collector's exact budget standing",
+        description=(
+            "Print every budget's standing from a running collector. Exit code: 0 every budget ok, "
+            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the collector could not be read."
+        ),
     )
     status.add_argument(
         "--collector",

@@ -4,6 +4,10 @@
 patches. Each SDK has its own module (`openai.py`, `anthropic.py`) exposing `instrument(settings)`
 and `uninstrument()`; an SDK that is not installed is skipped, so neither is a hard dependency.
 
+With no `tracer_provider` argument the global provider is used; when the application configured
+none, `_export.ensure_tracer_provider()` first sets one up from the standard `OTEL_*` variables, so
+`otel_tokens.instrument()` alone exports (an application's own provider is left untouched).
+
 The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
 to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
 and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
@@ -22,6 +26,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_tokens.attribution import set_task_tracer
 from otel_tokens.instrumentation._call import CallSettings
+from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
 from otel_tokens.settings import ENV_CAPTURE_CONTENT, env_flag
 
@@ -52,9 +57,8 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer = trace.get_tracer(
-            INSTRUMENTATION_SCOPE, _version(), tracer_provider=kwargs.get("tracer_provider")
-        )
+        provider = kwargs.get("tracer_provider") or ensure_tracer_provider()
+        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, _version(), tracer_provider=provider)
         capture = kwargs.get("capture_content")
         settings = CallSettings(
             tracer=tracer,

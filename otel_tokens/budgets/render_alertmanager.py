@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from otel_tokens import metric_names as mn
+from otel_tokens.budgets.promql import eq, regex
 from otel_tokens.budgets.spec import (
     Alerting,
     BudgetFile,
@@ -39,6 +41,8 @@ __all__ = [
 TEMPLATE_GLOB = "templates/*.tmpl"
 #: Receiver used when the budget file has no `alerting` section: alerts are kept, sent nowhere.
 DEFAULT_RECEIVER = "otel-tokens-null"
+#: The label Prometheus puts the alert's name in.
+ALERTNAME = "alertname"
 #: The exceeded alert inhibits these for the same budget: once over, "nearly over" is noise.
 INHIBITED_BY_EXCEEDED = ("BudgetWarning", "BudgetForecast")
 
@@ -77,9 +81,9 @@ def alertmanager_config(spec: BudgetFile, overrides: AlertmanagerOverrides | Non
         "route": _root_route(alerting, o),
         "inhibit_rules": [
             {
-                "source_matchers": ['alertname="BudgetExceeded"'],
-                "target_matchers": [f'alertname=~"{"|".join(INHIBITED_BY_EXCEEDED)}"'],
-                "equal": ["budget"],
+                "source_matchers": [str(eq(ALERTNAME, "BudgetExceeded"))],
+                "target_matchers": [str(regex(ALERTNAME, "|".join(INHIBITED_BY_EXCEEDED)))],
+                "equal": [mn.BUDGET],
             }
         ],
         "receivers": [_receiver(r, o.webhook_url) for r in alerting.receivers],
@@ -99,7 +103,7 @@ def _root_route(alerting: Alerting, o: AlertmanagerOverrides) -> dict[str, Any]:
 
 
 def _severity_route(route: Route, o: AlertmanagerOverrides) -> dict[str, Any]:
-    out: dict[str, Any] = {"receiver": route.receiver, "matchers": [f'severity="{route.severity}"']}
+    out: dict[str, Any] = {"receiver": route.receiver, "matchers": [str(eq(mn.SEVERITY, route.severity))]}
     group_wait = o.group_wait or route.group_wait
     group_interval = o.group_interval or route.group_interval
     if group_wait:

@@ -249,7 +249,7 @@ def _alert(
     summary: str,
     figures: dict[str, str] | None = None,
 ) -> AlertingRule:
-    labels = {"severity": severity, mn.BUDGET: b.name, **b.scope.matchers()}
+    labels = {mn.SEVERITY: severity, mn.BUDGET: b.name, **b.scope.matchers()}
     notes = {"summary": summary, **(figures or _standing(bf, b))}
     if b.description:
         notes["description"] = t.literal(b.description)

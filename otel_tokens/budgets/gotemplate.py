@@ -11,9 +11,10 @@ commas — the same digits `otel_tokens.humanize.format_usd` prints for static t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
-from otel_tokens.budgets.promql import PLACEHOLDER, num
+from otel_tokens.budgets.promql import num
 
 __all__ = [
     "VALUE",
@@ -28,6 +29,7 @@ __all__ = [
     "usd",
 ]
 
+_PLACEHOLDER = re.compile(r"%\[(\d+)\]q")
 #: The alert expression's value for the series that fired.
 VALUE = "$value"
 #: How many times the thousands-separator regex runs: each pass adds one comma (enough below 10^18).
@@ -97,14 +99,15 @@ def percent(var: str) -> str:
 def query_value(expr: str, formatter: Callable[[str], str] = percent, *, labels: Sequence[str] = ()) -> str:
     """The first value `expr` returns at notification time, formatted; nothing when it is empty.
 
-    With `labels`, `expr` holds one `%q` placeholder per label (`promql.same_as_alert`), in order:
-    `printf` fills in the firing series' values, quoted as PromQL (Go) strings.
+    With `labels`, `expr` holds `%[n]q` placeholders (`promql.same_as_alert`) for the n-th of
+    them: `printf` fills in the firing series' values, quoted as PromQL (Go) strings.
     """
     body = formatter("$v")
     expr = expr.replace("\n", " ")  # one line in the annotation; PromQL strings hold no raw newline
     if labels:
-        if expr.count("%") != len(labels) or expr.count(PLACEHOLDER) != len(labels):
-            raise ValueError(f"{len(labels)} placeholder(s) expected, and no other %, in {expr!r}")
+        positions = {int(n) for n in _PLACEHOLDER.findall(expr)}
+        if positions != set(range(1, len(labels) + 1)) or expr.count("%") != len(_PLACEHOLDER.findall(expr)):
+            raise ValueError(f"placeholders %[1]q..%[{len(labels)}]q, and no other %, expected in {expr!r}")
         args = " ".join(label(name) for name in labels)
         source = f"printf {raw(expr)} {args} | query"
     else:

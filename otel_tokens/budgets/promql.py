@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
-#: What a placeholder matcher's value reads as until `printf` quotes the real value in.
-PLACEHOLDER = "%q"
 
 
 @dataclass(frozen=True)
@@ -41,12 +39,13 @@ class Matcher:
     label: str
     value: str
     op: MatchOp = "="
-    #: The value is filled in later by Go's `printf` (`%q`): an alert annotation's query about the
-    #: firing series (see `otel_tokens.budgets.gotemplate.query_value`).
-    placeholder: bool = False
+    #: 1-based: the value is filled in later by Go's `printf` from its argument at this position
+    #: (`%[n]q`), for an alert annotation's query about the firing series (see
+    #: `otel_tokens.budgets.gotemplate.query_value`).
+    placeholder: int = 0
 
     def __str__(self) -> str:
-        value = PLACEHOLDER if self.placeholder else quote(self.value)
+        value = f"%[{self.placeholder}]q" if self.placeholder else quote(self.value)
         return f"{self.label}{self.op}{value}"
 
 
@@ -68,9 +67,12 @@ def regex(label: str, value: str) -> Matcher:
     return Matcher(label, value, "=~")
 
 
-def same_as_alert(label: str) -> Matcher:
-    """`label` equal to the firing alert's own `label` value, filled in at notification time."""
-    return Matcher(label, "", "=", placeholder=True)
+def same_as_alert(label: str, position: int) -> Matcher:
+    """`label` equal to the firing alert's own `label` value, filled in at notification time from
+    the `position`-th (1-based) label passed to `gotemplate.query_value`."""
+    if position < 1:
+        raise ValueError(f"placeholder positions start at 1, got {position}")
+    return Matcher(label, "", "=", placeholder=position)
 
 
 def selector(metric: str, *matchers: Matcher) -> str:

@@ -229,7 +229,8 @@ def _spend_row(layout: Layout) -> None:
         stat("Cost in range", "Dollars spent over the dashboard time range.", spent, "currencyUSD"), 6, 5
     )
     failed = sum_by((), rate(selector(mn.REQUESTS, eq(mn.STATUS, "error"))))
-    errors = Query(f"({_or_zero(failed)}) / {sum_by((), rate(mn.REQUESTS))}")
+    # No request in the window: nothing failed either (0, not 0/0 = NaN).
+    errors = Query(_or_zero(f"({_or_zero(failed)}) / ({sum_by((), rate(mn.REQUESTS))} > 0)"))
     text = "Share of LLM requests that failed (0 until one does)."
     layout.add(stat("Error ratio", text, errors, "percentunit"), 6, 5)
     layout.add(_tokens_by(mn.TOKEN_TYPE, ()), 12, 8)

@@ -64,11 +64,13 @@ def _ratio(numerator: str, denominator: str) -> str:
 
 
 def cache_hit_ratio(by: Sequence[str], window: str, *matchers: Matcher) -> str:
-    """cache_read / (input + cache_read + cache_write): the share of prompt tokens served from cache."""
-    return _ratio(
-        sum_by(by, rate(selector(mn.TOKENS, _CACHE_READ, *matchers), window)),
-        sum_by(by, rate(selector(mn.TOKENS, _PROMPT, *matchers), window)),
-    )
+    """cache_read / (input + cache_read + cache_write): the share of prompt tokens served from cache.
+
+    An agent that never read from the cache has no `cache_read` series at all; its ratio is 0, not
+    missing, so the numerator falls back to the prompt rate times 0 for exactly those groups."""
+    prompt = sum_by(by, rate(selector(mn.TOKENS, _PROMPT, *matchers), window))
+    cached = sum_by(by, rate(selector(mn.TOKENS, _CACHE_READ, *matchers), window))
+    return _ratio(f"({cached} or {prompt} * 0)", prompt)
 
 
 def _per_hour(by: Sequence[str], window: str) -> str:
@@ -226,8 +228,8 @@ def _cache_miss(bf: BudgetFile, b: Budget) -> AlertingRule:
         f"Agent {agent} (task {task}) sends {t.tokens(t.VALUE)} input tokens per request with no"
         f" prompt-cache reads in {w}"
     )
-    this_series = (same_as_alert(mn.AGENT), same_as_alert(mn.TASK))
-    hit_ratio = t.query_value(cache_hit_ratio((), w, *this_series), labels=(mn.AGENT, mn.TASK) * 2)
+    this_series = (same_as_alert(mn.AGENT, 1), same_as_alert(mn.TASK, 2))
+    hit_ratio = t.query_value(cache_hit_ratio((), w, *this_series), labels=(mn.AGENT, mn.TASK))
     notes = {
         "used": f"{t.tokens(t.VALUE)} input tokens per request, prompt-cache hit ratio {hit_ratio}",
         "limit": f"prompts of {format_tokens(rule.min_input_tokens)}+ input tokens should hit the cache",

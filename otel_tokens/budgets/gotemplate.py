@@ -19,6 +19,8 @@ from otel_tokens.budgets.promql import num
 __all__ = [
     "VALUE",
     "action",
+    "comment",
+    "define",
     "label",
     "literal",
     "percent",
@@ -27,6 +29,7 @@ __all__ = [
     "raw",
     "tokens",
     "usd",
+    "with_",
 ]
 
 _PLACEHOLDER = re.compile(r"%\[(\d+)\]q")
@@ -56,6 +59,23 @@ def literal(text: str) -> str:
 
 def action(pipeline: str) -> str:
     return "{{ " + pipeline + " }}"
+
+
+def with_(pipeline: str, body: str, otherwise: str | None = None) -> str:
+    """`body` with `.` set to the pipeline's value, only when it is non-empty (else `otherwise`)."""
+    alt = "" if otherwise is None else "{{ else }}" + otherwise
+    return f"{{{{ with {pipeline} }}}}{body}{alt}{{{{ end }}}}"
+
+
+def define(name: str, body: str) -> str:
+    """A named template (`{{ template "name" . }}`), trimmed of the newlines around its body."""
+    return f'{{{{ define "{name}" -}}}}\n{body}\n{{{{- end }}}}\n'
+
+
+def comment(text: str) -> str:
+    if "*/" in text:
+        raise ValueError(f"a template comment cannot contain */: {text!r}")
+    return f"{{{{/* {text} */}}}}"
 
 
 def label(name: str) -> str:

@@ -369,6 +369,9 @@ def test_prometheus_config_renders_and_passes_promtool(tmp_path: Path):
     assert data["global"] == {"scrape_interval": "200ms", "evaluation_interval": "200ms"}
     assert data["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19464"]
     assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19093"]
+    # Several collectors: several targets of one job, each its own `instance` that the rules sum over.
+    fleet = yaml.safe_load(render_prometheus_config(collector=["c1:9464", "c2:9464"]))
+    assert fleet["scrape_configs"][0]["static_configs"][0]["targets"] == ["c1:9464", "c2:9464"]
     default = yaml.safe_load(render_prometheus_config())
     assert default["scrape_configs"][0]["static_configs"][0]["targets"] == ["collector:9464"]
     assert default["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]

@@ -6,7 +6,10 @@ fails when the committed JSON drifts from the budget file. Output is canonical J
 two-space indent, trailing newline) with panel ids assigned in build order.
 
 Every query reads only metrics the collector exports (see `tests/test_grafana_dashboards.py`):
-token and cost counters, the request histogram, the exact budget ledger gauges and self-metrics.
+token and cost counters, the request histogram, the exact budget ledger gauges and self-metrics —
+plus the one series the rules record for the forecast, so the forecast panel shows exactly what the
+forecast alert checks. Queries sum over collector instances (`budget_queries`), and a counter that
+has had no events yet reads 0 rather than "No data" (`tests/test_dashboards_live.py`).
 """
 
 from __future__ import annotations

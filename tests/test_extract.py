@@ -564,3 +564,27 @@ def test_enrichment_failures_reported_by_a_span_are_kept_and_counted():
     assert value(mn.ENRICHMENT_FAILURES, {mn.STEP: "pricing"}) == 1
     assert value(mn.ENRICHMENT_FAILURES, {mn.STEP: "attribution"}) == 0
     assert value(mn.RECORDS_CLAMPED, {mn.REASON: "reasoning_exceeds_output"}) == 0
+
+
+def test_the_collector_ceiling_is_a_config_key(tmp_path: Any):
+    """`otlp.max_tokens_per_call` (file, env, flag) reaches the collector's extractor."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from otel_tokens import settings
+    from otel_tokens.collector import CollectorService
+    from otel_tokens.collector.config import ConfigError, load_config
+
+    path = tmp_path / "collector.yaml"
+    path.write_text("otlp:\n  max_tokens_per_call: 1000\n")
+    config = load_config(path=str(path), env={})
+    assert config.max_tokens_per_call == 1000
+    assert load_config(env={settings.ENV_COLLECTOR_MAX_TOKENS_PER_CALL: "50"}).max_tokens_per_call == 50
+    path.write_text("otlp:\n  max_tokens_per_call: -3\n")
+    with pytest.raises(ConfigError, match=r"collector.yaml:2: otlp.max_tokens_per_call: expected a positive"):
+        load_config(path=str(path), env={})
+    service = CollectorService(config)  # not started: no ports opened
+    request: ExportTraceServiceRequest = _request(
+        [otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 990, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 11})], {}, "x"
+    )
+    result = service.pipeline.ingest_otlp(request)
+    assert result.spans_rejected == 1 and "token_count_too_large" in result.reasons[0]

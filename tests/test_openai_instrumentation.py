@@ -791,3 +791,62 @@ def test_instrumenting_twice_makes_one_span_per_call(
     otel_tokens.instrument(tracer_provider=tracer_provider)
     client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert len(span_exporter.get_finished_spans()) == 1
+
+
+# --- service tiers --------------------------------------------------------------------------------
+TIER_MODEL = "gpt-5"
+
+
+def tier_cost(tokens: TokenCounts, tier: str) -> float:
+    """genai-prices' price of the call served in `tier` (its `price_context`)."""
+    usage = genai_prices.Usage(
+        input_tokens=tokens.input, cache_read_tokens=tokens.cache_read, output_tokens=tokens.output
+    )
+    calc = genai_prices.calc_price(
+        usage, TIER_MODEL, provider_id="openai", price_context={"service_tier": tier}
+    )
+    return float(calc.total_price)
+
+
+def tiered_call(client: openai.OpenAI, how: str, tier: str) -> str | None:
+    """One call in `tier`, the way `how` says; returns the service tier the SDK's object reports."""
+    if how == "chat":
+        return client.chat.completions.create(
+            model=TIER_MODEL, messages=MESSAGES, service_tier=tier
+        ).service_tier  # type: ignore[arg-type]
+    if how == "chat_stream":
+        stream = client.chat.completions.create(
+            model=TIER_MODEL,
+            messages=MESSAGES,
+            service_tier=tier,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return [chunk.service_tier for chunk in stream][-1]
+    if how == "responses":
+        return client.responses.create(model=TIER_MODEL, input=PROMPT, service_tier=tier).service_tier  # type: ignore[arg-type]
+    events = list(client.responses.create(model=TIER_MODEL, input=PROMPT, service_tier=tier, stream=True))  # type: ignore[arg-type]
+    return events[-1].response.service_tier  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["chat", "chat_stream", "responses", "responses_stream"])
+@pytest.mark.parametrize("tier", ["flex", "priority", "default"])
+def test_service_tier_is_recorded_and_prices_the_call(
+    how: str,
+    tier: str,
+    client: openai.OpenAI,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """A flex call costs half, a priority call double: the span says which tier served the call
+    (`openai.response.service_tier`) and its cost is genai-prices' for that tier."""
+    assert tiered_call(client, how, tier) == tier
+    span = only_span(span_exporter)
+    a = attrs(span)
+    reported = last_reported(fake_provider)
+    assert span_tokens(span) == reported
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == tier
+    assert a[sc.OTEL_TOKENS_COST_USD] == pytest.approx(tier_cost(reported, tier), rel=1e-12)
+    standard = genai_prices_cost(TIER_MODEL, reported)
+    expected_ratio = {"flex": 0.5, "priority": 2.0, "default": 1.0}[tier]
+    assert a[sc.OTEL_TOKENS_COST_USD] == pytest.approx(standard * expected_ratio, rel=1e-9)

@@ -94,6 +94,15 @@ def parse_budget_text(text: str, filename: str = "budgets.yaml") -> BudgetFile:
         raise BudgetFileError(
             [BudgetError(filename, line, "", f"YAML syntax error: {exc.problem}")]
         ) from None
+    except yaml.reader.ReaderError as exc:  # a control character: found by fuzzing, has no mark
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise BudgetFileError(
+            [
+                BudgetError(
+                    filename, line, "", f"YAML syntax error: character {exc.character:#x} is not allowed"
+                )
+            ]
+        ) from None
     if not isinstance(data, dict) or root is None:
         raise BudgetFileError([BudgetError(filename, 1, "", "expected a mapping with a 'budgets' list")])
     errors = _duplicate_keys(root, filename, ())

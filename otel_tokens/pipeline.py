@@ -37,7 +37,15 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
 from otel_tokens.dedupe import Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection, TaskCompletion
+from otel_tokens.extract import (
+    DEFAULT_MAX_TOKENS_PER_CALL,
+    Extractor,
+    Outcome,
+    PriceFn,
+    Rejection,
+    TaskCompletion,
+)
+from otel_tokens.extract_stats import ExtractStatsCollector
 from otel_tokens.record import UsageRecord
 
 if TYPE_CHECKING:
@@ -167,13 +175,14 @@ class Pipeline:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
+        max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config)
         self._clock = clock
-        self._extractor = Extractor(price=price)
+        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
         self._deduper = Deduper(
             hold_seconds=self.config.dedupe_hold_seconds,
             max_held=self.config.max_held_spans,
@@ -185,6 +194,7 @@ class Pipeline:
         self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
+        self.registry.register(ExtractStatsCollector(self._extractor.stats))
         self.registry.register(_DedupeMemoryCollector(self._deduper))
         #: Every state change passes here (see the module docstring); replaced by a durable store.
         self.gate: Gate = _ApplyAtOnce(self)

@@ -129,6 +129,7 @@ def test_a_second_collector_on_the_same_data_dir_is_refused(tmp_path: Path):
 
 def test_a_record_written_by_an_older_or_newer_version_still_reads():
     record = _record(5, 1000, agent="coder")
+    record.failed_steps = ("pricing",)
     values = RECORD.encode(record)
     written = schema()
     written["UsageRecord"] = [*written["UsageRecord"], "a_field_from_the_future"]

@@ -40,6 +40,8 @@ class _Codec(Generic[T]):
         self._get: Callable[[T], tuple[Any, ...]] = attrgetter(*self.names)
         self._nested = [(self.names.index(n), c) for n, c in (nested or {}).items()]
         self._by_name = dict(nested or {})
+        #: JSON has no tuples: fields that default to one get one back (`failed_steps`)
+        self._tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}  # type: ignore[arg-type]
 
     def encode(self, obj: T) -> list[Any]:
         values = list(self._get(obj))
@@ -52,6 +54,7 @@ class _Codec(Generic[T]):
         written = schemas.get(self.cls.__name__, self.names)
         nested = {n: c.decoder(schemas) for n, c in self._by_name.items()}
         known = set(self.names)
+        tuples = self._tuples
         cls = self.cls
 
         def decode(values: list[Any]) -> T:
@@ -59,6 +62,8 @@ class _Codec(Generic[T]):
             for name, dec in nested.items():
                 if name in kwargs:
                     kwargs[name] = dec(kwargs[name])
+            for name in tuples & kwargs.keys():
+                kwargs[name] = tuple(kwargs[name])
             return cls(**kwargs)
 
         return decode

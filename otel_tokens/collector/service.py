@@ -43,10 +43,7 @@ class CollectorService:
 
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
-        #: One clock for the pipeline and the ledger, pinned per change by the durable store.
-        self.pipeline = (
-            pipeline if pipeline is not None else Pipeline(self.config.metrics_config(), clock=PinnedClock())
-        )
+        self.pipeline = pipeline if pipeline is not None else self._pipeline()
         #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
         #: makes a broken budget file stop start-up with every error listed, before any port opens.
         self.ledger: BudgetLedger | None = None
@@ -66,6 +63,14 @@ class CollectorService:
         self._threads: list[threading.Thread] = []
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    def _pipeline(self) -> Pipeline:
+        """One clock for the pipeline and the ledger, pinned per change by the durable store."""
+        return Pipeline(
+            self.config.metrics_config(),
+            max_tokens_per_call=self.config.max_tokens_per_call,
+            clock=PinnedClock(),
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> CollectorService:

@@ -60,6 +60,8 @@ class _RecentKeys(OrderedDict[int, float]):
         self.evicted_early = 0  # forgotten by the size cap while still inside the window
 
     def add(self, key: int, now: float) -> None:
+        if key in self:  # a parent seen again (siblings): keep the order by time for `expire`
+            self.move_to_end(key)
         self[key] = now
         if len(self) > self._max:
             self.popitem(last=False)

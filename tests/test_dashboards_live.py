@@ -58,8 +58,8 @@ def _all_queries() -> list[tuple[str, str]]:
 def _run_demo_workload(otlp_http_url: str, rounds: int) -> int:
     """The demo's own workload, exporting to `otlp_http_url`; returns the number of LLM calls."""
     # Imported here: the demo modules are a package of their own, not the pipeline's.
-    from otel_tokens.demo import make_clients, run_workload
-    from otel_tokens.demo_runtime import DemoRuntime
+    from otel_tokens.demo.runtime import DemoRuntime
+    from otel_tokens.demo.workload import make_clients, run_workload
 
     with DemoRuntime(collector_url=otlp_http_url) as runtime:
         openai_client, anthropic_client = make_clients(runtime.fake)

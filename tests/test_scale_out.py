@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 import otel_tokens
 from otel_tokens.budgets import parse_budget_text
 from otel_tokens.budgets.render_prometheus import render_rules
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from tests.services import free_port, poll, run_prometheus
 
 pytestmark = pytest.mark.integration

@@ -231,3 +231,23 @@ def test_fake_provider_history_is_bounded_when_asked():
         for _ in range(5):
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
         assert len(fake.reported) == 2 and len(fake.requests) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--budgets", "nope.yaml"],
+            "otel-tokens demo: 1 problem in budget file:\n  nope.yaml: file not found",
+        ),
+        (
+            ["--alerts-listen", "nonsense"],
+            "otel-tokens demo: --alerts-listen wants HOST:PORT, got 'nonsense'",
+        ),
+    ],
+)
+def test_demo_start_up_problems_are_one_clear_message(args: list[str], said: str):
+    run = cli("demo", "--once", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args)
+    assert run.returncode == 1
+    assert said in run.stderr and "Traceback" not in run.stderr

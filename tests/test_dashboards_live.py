@@ -9,6 +9,7 @@ request failed yet, no series overflowed, every model is priced).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,5 +101,19 @@ def test_no_panel_is_empty_after_the_demo_workload(tmp_path: Path):
         # Rates need two scrapes after the workload, the forecast one rule evaluation: poll.
         still_empty = poll(empty, lambda left: not left, timeout=30, what="every panel query to return data")
         assert still_empty == []
+        # Every template variable offers values to choose from (Grafana's label_values, as PromQL).
+        for dashboard in (
+            overview_dashboard(budget_gauges(spec), description="live"),
+            agent_dashboard(description="live"),
+        ):
+            for variable in dashboard["templating"]["list"]:
+                metric, label = re.fullmatch(
+                    r"label_values\((.+), (\w+)\)", variable["query"]["query"]
+                ).groups()
+                values = prom.by_label(
+                    f"count by ({label}) ({metric.replace('$agent', 'support').replace('$task', '.*')})",
+                    label,
+                )
+                assert values, f"variable {variable['name']} of {dashboard['uid']} offers nothing"
         # The zero answers read as zero, not as missing.
         assert prom.scalar(dict(queries)["otel-tokens-overview 'Error ratio' A"]) == 0

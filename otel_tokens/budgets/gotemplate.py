@@ -73,9 +73,8 @@ def define(name: str, body: str) -> str:
 
 
 def comment(text: str) -> str:
-    if "*/" in text:
-        raise ValueError(f"a template comment cannot contain */: {text!r}")
-    return f"{{{{/* {text} */}}}}"
+    """A template comment (prints nothing), e.g. the generated-file notice."""
+    return "{{/* " + _without(text, "*/", "a template comment") + " */}}"
 
 
 def label(name: str) -> str:
@@ -87,18 +86,22 @@ def label(name: str) -> str:
 
 def raw(text: str) -> str:
     """A Go raw string literal: no escapes, so PromQL's double quotes pass through unchanged."""
-    if "`" in text:
-        raise ValueError(f"a backquote cannot appear in a Go raw string: {text!r}")
-    return f"`{text}`"
+    return "`" + _without(text, "`", "a Go raw string") + "`"
+
+
+def _without(text: str, forbidden: str, where: str) -> str:
+    if forbidden in text:
+        raise ValueError(f"{where} cannot contain {forbidden!r}: {text!r}")
+    return text
 
 
 def usd(var: str) -> str:
     """Money held in template variable `var`: `$0`, `$0.0017`, `$0.42`, `$1,234.57`."""
-    parts = ['{{ if eq ', var, ' 0.0 }}$0{{ else if ge ', var, " 1.0 }}$",
-             action(f'printf "%.2f" {var}{_COMMAS}')]  # fmt: skip
+    parts = [action(f"if eq {var} 0.0"), "$0", action(f"else if ge {var} 1.0"), "$"]
+    parts.append(action(f'printf "%.2f" {var}{_COMMAS}'))
     for bound, fmt in _SMALL_USD:
-        parts += [f"{{{{ else if ge {var} {bound:.10f} }}}}$", action(f'printf "{fmt}" {var}')]
-    parts += ["{{ else }}$", action(f'printf "%.2g" {var}'), "{{ end }}"]
+        parts += [action(f"else if ge {var} {bound:.10f}"), "$", action(f'printf "{fmt}" {var}')]
+    parts += [action("else"), "$", action(f'printf "%.2g" {var}'), action("end")]
     return "".join(parts)
 
 

@@ -198,7 +198,7 @@ class Durability:
 
     def _snapshot_loop(self) -> None:
         last = time.monotonic()
-        while not self._stop.wait(min(1.0, self._snapshot_seconds)):
+        while not self._stop.wait(min(1.0, self._snapshot_seconds)) and not self._store.closed:
             due = time.monotonic() - last >= self._snapshot_seconds and self._changes_since_snapshot
             if due or self._records_since_snapshot >= SNAPSHOT_AFTER_RECORDS:
                 last = time.monotonic()

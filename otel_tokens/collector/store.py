@@ -70,6 +70,7 @@ class Store:
         self._last_seq = int(last.fetchone()[0] or 0)
         self._durable_seq = self._last_seq
         self._closing = False
+        self.closed = False
         self._broken: BaseException | None = None  # a bug in the writer: fail waiters, never hang them
         self._writer: threading.Thread | None = None
 
@@ -168,6 +169,8 @@ class Store:
 
     def run(self, job: Callable[[sqlite3.Connection], None]) -> None:
         """Run `job` on the writer's connection, after every entry queued so far; wait for it."""
+        if self.closed:
+            raise StoreError(f"data dir {self.path}: the store is closed")
         if self._writer is None:
             job(self._db)
             return
@@ -186,6 +189,7 @@ class Store:
             self._writer.join(timeout=30)
         with self._cond:
             self._writer = None
+            self.closed = True
             self._cond.notify_all()
         self._db.close()
         self._lock_file.close()

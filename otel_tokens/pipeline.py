@@ -142,6 +142,8 @@ class PipelineState:
 
     deduper: DeduperState
     pending: list[tuple[float, TaskCompletion]]
+    #: the extractor's self-metrics (clamped records, enrichment failures), as ExtractStats.snapshot()
+    extract_stats: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
 
 class _DedupeMemoryCollector(Collector):
@@ -259,10 +261,11 @@ class Pipeline:
         """A copy of the dedupe memory and the waiting completions (the aggregator has its own)."""
         with self._pending_lock:
             pending = list(self._pending)
-        return PipelineState(self._deduper.state(), pending)
+        return PipelineState(self._deduper.state(), pending, self._extractor.stats.snapshot())
 
     def restore(self, state: PipelineState) -> None:
         self._deduper.restore(state.deduper)
+        self._extractor.stats.restore(*state.extract_stats)
         with self._pending_lock:
             self._pending.clear()
             self._pending.extend(state.pending)

@@ -119,6 +119,19 @@ def test_the_ledger_keeps_original_arrival_times(tmp_path: Path, budgets: Path):
     second.durability.close()
 
 
+def test_a_clean_restart_keeps_the_extractor_self_metrics(tmp_path: Path, budgets: Path):
+    clock = Clock()
+    first = Collector(tmp_path / "data", budgets, clock)
+    contradicting = span(1, gen_ai__usage__output_tokens=10, gen_ai__usage__reasoning__output_tokens=50)
+    assert first.pipeline.ingest_otlp(request((OURS, contradicting))).records_counted == 1
+    kept = first.pipeline.state().extract_stats
+    assert sum(kept[0].values()) == 1  # reasoning > output, made consistent and counted
+    first.durability.close()
+    second = Collector(tmp_path / "data", budgets, clock)
+    assert second.pipeline.state().extract_stats == kept
+    second.durability.close()
+
+
 def test_a_second_collector_on_the_same_data_dir_is_refused(tmp_path: Path):
     store = Store(tmp_path / "data")
     with pytest.raises(StoreError, match="in use by another collector"):

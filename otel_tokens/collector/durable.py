@@ -10,7 +10,9 @@ memory and the budget ledger's windows exactly, original arrival times included.
 
 A snapshot of the whole state (aggregator, ledger, dedupe memory, held spans) is written every
 `snapshot_seconds` and at shutdown; it replaces the journal up to its position, so a restart
-reads one snapshot and replays what came after.
+reads one snapshot and replays what came after. The extractor's own self-metrics (records
+clamped, enrichment failures) are counted before a change reaches the gate, so they are kept by
+the snapshots only: a `kill -9` can lose their last few seconds, never a token.
 """
 
 from __future__ import annotations
@@ -279,6 +281,7 @@ def _encode_snapshot(
             "pending": [[d, COMPLETION.encode(c)] for d, c in pipeline.pending],
             "duplicates_dropped": dedupe.duplicates_dropped,
             "evicted_early": dedupe.evicted_early,
+            "extract_stats": list(pipeline.extract_stats),
         },
     }
     return {
@@ -299,4 +302,5 @@ def _decode_pipeline(state: dict[str, Any], parts: dict[str, bytes], decoders: D
         evicted_early=int(state["evicted_early"]),
     )
     pending = [(float(d), decoders.completion(c)) for d, c in state["pending"]]
-    return PipelineState(dedupe, pending)
+    clamped, failed = state.get("extract_stats", ({}, {}))
+    return PipelineState(dedupe, pending, (clamped, failed))

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -43,7 +44,11 @@ class CollectorService:
 
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
+        #: Registered first in a registry we create, so its count moves at the *start* of a scrape.
+        self._scrapes = _ScrapeWatch()
         self.pipeline = pipeline if pipeline is not None else self._pipeline()
+        if pipeline is not None:
+            pipeline.registry.register(self._scrapes)
         #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
         #: makes a broken budget file stop start-up with every error listed, before any port opens.
         self.ledger: BudgetLedger | None = None
@@ -55,8 +60,6 @@ class CollectorService:
         self.state_note = (
             "no data dir: counters, budgets and dedupe memory are kept in memory only (set --data-dir)"
         )
-        self._scrapes = _ScrapeWatch()
-        self.pipeline.registry.register(self._scrapes)
         self._http: OtlpHttpServer | None = None
         self._metrics: MetricsHttpServer | None = None
         self._grpc: GrpcReceiver | None = None
@@ -66,8 +69,11 @@ class CollectorService:
 
     def _pipeline(self) -> Pipeline:
         """One clock for the pipeline and the ledger, pinned per change by the durable store."""
+        registry = CollectorRegistry()
+        registry.register(self._scrapes)
         return Pipeline(
             self.config.metrics_config(),
+            registry=registry,
             max_tokens_per_call=self.config.max_tokens_per_call,
             clock=PinnedClock(),
         )
@@ -127,10 +133,10 @@ class CollectorService:
             self._http.server_close()
         if self._flusher is not None:
             self._flusher.join(timeout=5)  # the final flush below is the last one
-        scrapes = self._scrapes.count
         held = self.pipeline.held_spans
         with swallow_internal_errors("collector.final_flush"):
             self.pipeline.flush(now=float("inf"))
+        scrapes = self._scrapes.count  # a scrape counted from here on collects after the flush
         if self.durability is not None:
             self.durability.close()
             self.durability = None
@@ -185,7 +191,8 @@ class CollectorService:
 
 
 class _ScrapeWatch(Collector):
-    """Counts scrapes of the registry (it yields no metrics), so shutdown can wait for one."""
+    """Counts scrapes of the registry (it yields no metrics), so shutdown can wait for one. The
+    registry collects in registration order, so registered first it counts a scrape as it begins."""
 
     def __init__(self) -> None:
         self.count = 0

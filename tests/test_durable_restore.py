@@ -132,6 +132,13 @@ def test_a_clean_restart_keeps_the_extractor_self_metrics(tmp_path: Path, budget
     second.durability.close()
 
 
+def test_an_export_after_the_final_snapshot_is_refused_not_acknowledged(tmp_path: Path, budgets: Path):
+    c = Collector(tmp_path / "data", budgets, Clock())
+    c.durability.close()  # what stop() does after the final flush
+    with pytest.raises(StoreError, match="shutting down; resend"):  # the exporter resends it
+        c.pipeline.ingest_otlp(request((OURS, span(7))))
+
+
 def test_a_second_collector_on_the_same_data_dir_is_refused(tmp_path: Path):
     store = Store(tmp_path / "data")
     with pytest.raises(StoreError, match="in use by another collector"):

@@ -98,7 +98,7 @@ class Durability:
         self._records_since_snapshot = 0
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
-        self._previous_gate = pipeline.gate
+        self._closed = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def restore(self) -> str:
@@ -142,8 +142,9 @@ class Durability:
         return self
 
     def close(self) -> None:
-        """Write a last snapshot and release the data directory. Call after the final flush; a
-        change arriving later still counts, in memory only."""
+        """Write a last snapshot and release the data directory. Call after the final flush. An
+        export arriving later (a keep-alive connection outliving its listener) is refused with
+        StoreError, so its exporter resends it to the next collector instead of being told OK."""
         self._stop.set()
         if self._snapshotter is not None:
             self._snapshotter.join(timeout=30)
@@ -151,7 +152,7 @@ class Durability:
             self.snapshot()
         finally:
             with self._lock:
-                self._pipeline.gate = self._previous_gate
+                self._closed = True
             self._store.close()
 
     # --- the gate ------------------------------------------------------------------------------------
@@ -159,6 +160,8 @@ class Durability:
         if not (batch.records or batch.completions or batch.rejected or batch.result.spans_received):
             return batch.result  # nothing to count, nothing to keep
         with self._lock:
+            if self._closed:
+                raise StoreError(f"data dir {self._store.path}: the collector is shutting down; resend")
             now = self._clock.base()
             with self._clock.pinned(now):
                 result = self._pipeline.apply_batch(batch)
@@ -174,7 +177,7 @@ class Durability:
             now = self._clock.base()
             with self._clock.pinned(now):
                 changed = self._pipeline.apply_flush(until)
-            if changed:
+            if changed and not self._closed:
                 self._store.append(lambda: encode_json({"t": now, "f": until}))
                 self._changes_since_snapshot += 1
 
@@ -183,6 +186,8 @@ class Durability:
             now = self._clock.base()
             with self._clock.pinned(now):
                 self._pipeline.apply_rejection(reason)
+            if self._closed:
+                return
             self._store.append(lambda: encode_json({"t": now, "r": reason}))
             self._changes_since_snapshot += 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import statistics
 import sys
 import tempfile
 import threading
@@ -53,6 +54,7 @@ class Target:
         self.pipeline = Pipeline(metrics, clock=PinnedClock())
         self.service = CollectorService(config, pipeline=self.pipeline).start()
         self.before = 0
+        self.groups: dict[str, list[float]] = {}  # block -> exports per journal commit, per round
         #: one replay order across all blocks: a batch comes round again only after all the others
         self.order = itertools.cycle(range(N_BATCHES))
 
@@ -60,10 +62,18 @@ class Target:
         snap = self.pipeline.aggregator.snapshot()
         return sum(s.requests_ok + s.requests_error for s in snap.series.values())
 
+    def _commits(self) -> tuple[int, int]:
+        durability = self.service.durability
+        return (durability.store.commits, durability.store.entries_committed) if durability else (0, 0)
+
     def setup(self) -> None:
         self.before = self.requests()
+        self.commits_before = self._commits()
 
     def check(self, name: str, n: int) -> None:
+        commits, entries = (a - b for a, b in zip(self._commits(), self.commits_before, strict=True))
+        if commits:
+            self.groups.setdefault(name, []).append(entries / commits)
         counted = self.requests() - self.before
         if counted != n * BATCH:
             raise AssertionError(f"{name}: {n * BATCH} spans sent, {counted} counted")
@@ -143,10 +153,12 @@ def main() -> None:
         "client; spans/s, median (min..max of rounds)"
     )
     rates: dict[str, float] = {}
-    for name, _, clients in names:
+    for name, target, clients in names:
         per_round = [clients * BATCH / t for t in samples.per_op[name]]
         rates[name] = clients * BATCH / samples.median(name)
-        print(f"  {name:<24}{rates[name]:>11,.0f} spans/s  ({spread(per_round, 1e-3, 1)}k)")
+        groups = target.groups.get(name)
+        group = f"; {statistics.median(groups):.1f} exports per fsync" if groups else ""
+        print(f"  {name:<24}{rates[name]:>11,.0f} spans/s  ({spread(per_round, 1e-3, 1)}k){group}")
         record(BENCH, name, rates[name], "spans/s")
     for clients in (1, CLIENTS):
         suffix = "1 client" if clients == 1 else f"{clients} clients"

@@ -100,6 +100,10 @@ class Durability:
         self._snapshotter: threading.Thread | None = None
         self._closed = False
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     # --- lifecycle ---------------------------------------------------------------------------------
     def restore(self) -> str:
         """Load the snapshot and replay the journal into the (fresh) pipeline and ledger; returns a

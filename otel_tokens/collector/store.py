@@ -71,6 +71,8 @@ class Store:
         self._durable_seq = self._last_seq
         self._closing = False
         self.closed = False
+        #: journal commits (fsyncs) and the entries they carried: entries / commits is the group size
+        self.commits = self.entries_committed = 0
         self._broken: BaseException | None = None  # a bug in the writer: fail waiters, never hang them
         self._writer: threading.Thread | None = None
 
@@ -239,6 +241,8 @@ class Store:
                 delay = min(delay * 2, _RETRY_MAX_S)
         with self._cond:
             self._durable_seq = rows[-1][0]
+            self.commits += 1
+            self.entries_committed += len(rows)
             self._cond.notify_all()
 
     def _rollback(self) -> None:

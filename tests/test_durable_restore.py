@@ -160,6 +160,16 @@ def test_a_record_written_by_an_older_or_newer_version_still_reads():
     assert Decoders(older).record(without) == record  # the missing field takes its default
 
 
+def test_any_string_a_sender_can_send_survives_the_journal(tmp_path: Path, budgets: Path):
+    clock = Clock()
+    first = Collector(tmp_path / "data", budgets, clock)
+    odd = _record(1, 10, agent="lone \ud800 surrogate, 日本語, \x00")
+    assert first.pipeline.ingest_records([odd]) == 1
+    running = first.state()
+    first.store.close()
+    assert Collector(tmp_path / "data", budgets, clock).state() == running
+
+
 def test_unusable_or_unreadable_data_dirs_stop_start_up_with_the_reason(tmp_path: Path, budgets: Path):
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("")

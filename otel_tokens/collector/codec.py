@@ -89,7 +89,9 @@ class Decoders:
 
 
 def encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """ASCII JSON: a label value a sender made of lone surrogates (OTLP/JSON allows `\\ud800`) is
+    escaped and read back as it was, where encoding it as UTF-8 would fail."""
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def decode_json(data: bytes) -> Any:

@@ -182,3 +182,16 @@ def test_unusable_or_unreadable_data_dirs_stop_start_up_with_the_reason(tmp_path
     first.store.close()
     with pytest.raises(StoreError, match=r"kept state cannot be read .* move the directory aside"):
         Collector(tmp_path / "data", budgets, clock)
+
+
+def test_an_entry_that_cannot_be_encoded_fails_its_export_alone(tmp_path: Path):
+    store = Store(tmp_path / "data").start()
+
+    def broken() -> bytes:
+        raise RuntimeError("a bug in one entry")
+
+    bad, good = store.append(broken), store.append(lambda: b"{}")
+    with pytest.raises(StoreError, match=f"entry {bad} could not be encoded"):
+        store.wait(bad)
+    store.wait(good)  # later exports are not stuck behind it
+    store.close()

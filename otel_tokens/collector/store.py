@@ -74,6 +74,7 @@ class Store:
         #: journal commits (fsyncs) and the entries they carried: entries / commits is the group size
         self.commits = self.entries_committed = 0
         self._broken: BaseException | None = None  # a bug in the writer: fail waiters, never hang them
+        self._unwritable: set[int] = set()  # entries whose encoding failed (a bug): their waiters fail
         self._writer: threading.Thread | None = None
 
     @staticmethod
@@ -154,6 +155,11 @@ class Store:
                 if self._writer is None:
                     raise StoreError(f"data dir {self.path}: the store is closed")
                 self._cond.wait()
+            if seq in self._unwritable:
+                self._unwritable.discard(seq)
+                raise StoreError(
+                    f"data dir {self.path}: journal entry {seq} could not be encoded (see the log)"
+                )
 
     def write_snapshot(self, seq: int, parts: dict[str, bytes]) -> None:
         """Replace the snapshot by `parts` as of position `seq` and drop the journal up to it;
@@ -226,9 +232,15 @@ class Store:
                     done.set_result(None)
 
     def _commit(self, entries: list[tuple[int, Callable[[], bytes]]]) -> None:
-        rows = [(seq, encode()) for seq, encode in entries]
+        rows, unwritable = [], []
+        for seq, encode in entries:
+            try:
+                rows.append((seq, encode()))
+            except Exception:  # a bug in one entry must not stop every later export
+                logger.exception("cannot encode journal entry %d for %s; its export fails", seq, self.path)
+                unwritable.append(seq)
         delay = 0.05
-        while True:
+        while rows:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT INTO journal (seq, entry) VALUES (?, ?)", rows)
@@ -240,7 +252,8 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
         with self._cond:
-            self._durable_seq = rows[-1][0]
+            self._unwritable.update(unwritable)
+            self._durable_seq = entries[-1][0]
             self.commits += 1
             self.entries_committed += len(rows)
             self._cond.notify_all()

@@ -29,6 +29,8 @@ BUDGET: Final = "budget"
 WINDOW: Final = "window"
 UNIT: Final = "unit"
 ACTION: Final = "action"
+#: On every generated alert: the P1/P2/P3 that Alertmanager routes by.
+SEVERITY: Final = "severity"
 STEP: Final = "step"
 
 #: The default dimensions of the usage metrics (configurable in the collector).

@@ -28,9 +28,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens
+from tests.sdk_responses import BODY_READS, parse_async, read_body
 
 MODEL = "claude-sonnet-4-6"
 SDK_SCOPE = "com.anthropic.sdk.python"
@@ -498,13 +499,6 @@ def test_the_sdk_own_spans_can_be_turned_off_per_client(
 
 
 # --- .with_raw_response and .with_streaming_response ---------------------------------------------
-async def parse_async(response: Any) -> Any:
-    """`parse()` of an async client's response wrapper: a coroutine in `AsyncAPIResponse`, plain in
-    anthropic 0.x's `LegacyAPIResponse` (its `.with_raw_response`)."""
-    parsed = response.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed
-
-
 def assert_estimated_prompt_only(span: ReadableSpan, *, stream: bool = False) -> None:
     """The span of a call whose body the application read without the SDK: the prompt, estimated."""
     attrs = span.attributes or {}
@@ -625,7 +619,7 @@ def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
     assert_ok_call_span(only_span(span_exporter), fake_provider, stream=stream)
 
 
-@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("how", BODY_READS)
 def test_with_streaming_response_body_read_by_the_application(
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter, how: str
 ) -> None:
@@ -634,16 +628,7 @@ def test_with_streaming_response_body_read_by_the_application(
     with client.messages.with_streaming_response.create(
         model=MODEL, max_tokens=256, messages=HELLO
     ) as response:
-        if how == "read":
-            body = response.read()
-        elif how == "json":
-            body = json.dumps(response.json()).encode()
-        elif how == "text":
-            body = response.text().encode()
-        elif how == "iter_bytes":
-            body = b"".join(response.iter_bytes())
-        else:
-            body = "\n".join(response.iter_lines()).encode()
+        body = read_body(response, how)
         assert ours(span_exporter) == [], "the span ends when the response is closed"
 
     assert wire_tokens(body) == fake_provider.reported[0].tokens  # the application got it all

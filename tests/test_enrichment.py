@@ -32,7 +32,7 @@ from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
 from otel_tokens import tokencount
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.instrumentation import _call
 from otel_tokens.record import TokenCounts
 from otel_tokens.settings import ENV_RAISE_INTERNAL_ERRORS

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +24,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider, Fault
-from otel_tokens.fake_provider.openai_api import REASONING_TOKENS, REPLY_PIECES, REPLY_TEXT, RESPONSE_MODELS
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider.openai_api import (
+    REASONING_TOKENS,
+    REPLY_PIECES,
+    REPLY_TEXT,
+    RESPONSE_MODELS,
+)
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens, count_text_tokens
+from tests.sdk_responses import BODY_READS, parse_async, read_body
 
 MODEL = "gpt-4o-mini"
 SNAPSHOT = RESPONSE_MODELS[MODEL]
@@ -101,13 +106,6 @@ def estimated_usage(model: str, output_text: str, prompt: Any = MESSAGES) -> Tok
     return TokenCounts(
         input=count_message_tokens(prompt, model), output=count_text_tokens(output_text, model)
     )
-
-
-async def parse_async(response: Any) -> Any:
-    """`parse()` of an async client's response wrapper: plain in `LegacyAPIResponse`
-    (`.with_raw_response`), a coroutine in `AsyncAPIResponse` (`.with_streaming_response`)."""
-    parsed = response.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed
 
 
 def chat_wire_tokens(body: bytes) -> TokenCounts:
@@ -531,23 +529,14 @@ def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
     assert_reported_usage(span, fake_provider)
 
 
-@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("how", BODY_READS)
 def test_with_streaming_response_body_read_by_the_application(
     how: str, client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     """A body the application read whole is parsed from those bytes when the response closes; one
     it iterated itself was never kept, so the prompt is estimated, and the span says so."""
     with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES) as response:
-        if how == "read":
-            body = response.read()
-        elif how == "json":
-            body = json.dumps(response.json()).encode()
-        elif how == "text":
-            body = response.text().encode()
-        elif how == "iter_bytes":
-            body = b"".join(response.iter_bytes())
-        else:
-            body = "\n".join(response.iter_lines()).encode()
+        body = read_body(response, how)
         assert span_exporter.get_finished_spans() == (), "the span ends when the response is closed"
 
     assert chat_wire_tokens(body) == last_reported(fake_provider)  # the application got it all

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from otel_tokens.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
+from otel_tokens.demo.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
 from otel_tokens.record import TokenCounts
 
 PATH = "/v1/messages"

@@ -56,7 +56,7 @@ _LIMIT = 1 << 20
 
 settings.register_profile(
     "ci",
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,

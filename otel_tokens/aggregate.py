@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from otel_tokens.record import TOKEN_TYPES, UsageRecord
 
 if TYPE_CHECKING:
-    from otel_tokens.extract import TaskCompletion
+    from otel_tokens.record import TaskCompletion
 
 __all__ = [
     "ALLOWED_DIMENSIONS",

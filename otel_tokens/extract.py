@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -34,7 +33,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, Status, TokenCounts, UsageRecord
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion, TokenCounts, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -45,7 +44,6 @@ __all__ = [
     "Extractor",
     "PriceFn",
     "Rejection",
-    "TaskCompletion",
     "record_from_attributes",
     "record_from_slots",
 ]
@@ -144,20 +142,6 @@ class Rejection:
 
     def __repr__(self) -> str:
         return f"Rejection({self.reason!r}, {self.detail!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class TaskCompletion:
-    """A task instance's scope ended in the process that owns it: its task span arrived. Rare (one
-    per instance), so a plain dataclass."""
-
-    task_id: str
-    task: str | None
-    agent: str | None
-    status: Status = "ok"
-    trace_id: int = 0
-    span_id: int = 0
-    end_time_ns: int = 0
 
 
 Outcome = UsageRecord | Rejection | TaskCompletion | None

@@ -4,7 +4,9 @@ extract (span → UsageRecord) ─► dedupe (one LLM call counted once) ─► 
 ─► exposition (a prometheus_client Collector in `registry`), and every counted record goes to the
 listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*` from their own
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
-dedupe hold window.
+dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
+enter through `ingest_records` and skip extraction; spans of other instrumentations through
+`ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
 
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
@@ -28,8 +30,8 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
 from otel_tokens.dedupe import Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection, TaskCompletion
-from otel_tokens.record import UsageRecord
+from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -129,10 +131,15 @@ class Pipeline:
                 batch.add(self._extractor.from_readable_span(span))
         return self._finish(batch)
 
-    def ingest_records(self, records: Iterable[UsageRecord]) -> int:
-        """Count records built elsewhere (our instrumentation); deduplicated like spans. Returns how
-        many were counted now."""
-        return self._count(list(records))
+    def ingest_records(self, records: Iterable[Record]) -> IngestResult:
+        """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
+        no extraction; deduplicated against spans like any span. Each record stands for the span it
+        describes, so it counts as a span received."""
+        batch = _Batch()
+        for record in records:
+            batch.spans_received += 1
+            batch.add(record)
+        return self._finish(batch)
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""

@@ -4,13 +4,14 @@ Instrumentation builds it from an SDK response, the extractor builds it from a s
 instrumentation's); aggregation, budgets and exposition consume only this. Token counts keep the
 semantic-convention meaning (input includes cache tokens, output includes reasoning); `disjoint()`
 gives the non-overlapping split that Prometheus counters need, so that a sum over `token_type` is
-the real total.
+the real total. A `TaskCompletion` (a task instance's scope ended) is the other record that flows:
+in-process consumers receive both from `otel_tokens.sinks`, the collector builds both from spans.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Literal, TypeAlias
 
 Status = Literal["ok", "error"]
 TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning")
@@ -111,3 +112,21 @@ class UsageRecord:
     def model(self) -> str:
         """The metric label: the requested model (bounded, what budgets match on)."""
         return self.request_model or self.response_model or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCompletion:
+    """A task instance's scope ended in the process that owns it (its task span ended). Rare (one
+    per instance), so a plain dataclass; the ids let a re-sent task span be recognised."""
+
+    task_id: str
+    task: str | None
+    agent: str | None
+    status: Status = "ok"
+    trace_id: int = 0
+    span_id: int = 0
+    end_time_ns: int = 0
+
+
+#: What flows to in-process consumers and through the pipeline: one LLM call, or one finished task.
+Record: TypeAlias = UsageRecord | TaskCompletion

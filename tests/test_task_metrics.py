@@ -34,11 +34,11 @@ from otel_tokens import semconv as sc
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, TaskCompletion
+from otel_tokens.extract import Extractor
 from otel_tokens.fake_provider import FakeProvider
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 from tests.services import poll
 
 MODEL = "gpt-4o-mini"

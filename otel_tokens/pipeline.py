@@ -27,17 +27,18 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
-from otel_tokens.dedupe import Deduper
+from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["IngestResult", "MetricsConfig", "Pipeline"]
+__all__ = ["DedupeConfig", "IngestResult", "MetricsConfig", "Pipeline"]
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -94,20 +95,23 @@ class Pipeline:
         self,
         config: MetricsConfig | None = None,
         *,
+        dedupe: DedupeConfig | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
+        self.dedupe = dedupe if dedupe is not None else DedupeConfig()
+        self.dedupe.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.aggregator = Aggregator(self.config)
+        self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
         self._extractor = Extractor(price=price)
         self._deduper = Deduper(
-            hold_seconds=self.config.dedupe_hold_seconds,
-            max_held=self.config.max_held_spans,
-            max_remembered=self.config.max_remembered_spans,
+            hold_seconds=self.dedupe.hold_seconds,
+            max_held=self.dedupe.max_held_spans,
+            max_remembered=self.dedupe.max_remembered_spans,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
         # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
@@ -143,14 +147,14 @@ class Pipeline:
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.aggregator.add_ingest_stats(0, {bounded_reason(reason): 1})
+        self.aggregator.ingest_stats.add(rejected={bounded_reason(reason): 1})
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
         now = self._clock() if now is None else now
-        released, dropped = self._deduper.flush(now)
-        self._emit(released, dropped)
+        released, _ = self._deduper.flush(now)
+        self._emit(released)
         if self._pending:
             self.aggregator.complete_tasks(self._due_completions(now))
 
@@ -160,8 +164,11 @@ class Pipeline:
 
     # --- internals -----------------------------------------------------------------------------
     def _finish(self, batch: _Batch) -> IngestResult:
-        self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
-        batch.result.records_counted = self._count(batch.records)
+        dropped = 0
+        if batch.records:
+            counted, dropped = self._deduper.offer_many(batch.records, self._clock())
+            batch.result.records_counted = self._emit(counted)
+        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions)
@@ -169,13 +176,13 @@ class Pipeline:
 
     def _complete(self, completions: list[TaskCompletion]) -> None:
         """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
-        hold = self.config.dedupe_hold_seconds
+        hold = self.dedupe.hold_seconds
         if not self._deduper.held or hold <= 0:
             self.aggregator.complete_tasks(completions)
             return
         deadline = self._clock() + hold
         with self._pending_lock:
-            room = max(self.config.max_held_spans - len(self._pending), 0)
+            room = max(self.dedupe.max_held_spans - len(self._pending), 0)
             self._pending.extend((deadline, c) for c in completions[:room])
         if completions[room:]:  # bounded: past the limit, observe at once rather than drop
             self.aggregator.complete_tasks(completions[room:])
@@ -187,14 +194,10 @@ class Pipeline:
                 due.append(self._pending.popleft()[1])
         return due
 
-    def _count(self, records: list[UsageRecord]) -> int:
-        if not records:
+    def _emit(self, counted: list[UsageRecord]) -> int:
+        if not counted:
             return 0
-        counted, dropped = self._deduper.offer_many(records, self._clock())
-        return self._emit(counted, dropped)
-
-    def _emit(self, counted: list[UsageRecord], dropped: int) -> int:
-        self.aggregator.add_many(counted, duplicates=dropped)
+        self.aggregator.add_many(counted)
         for fn in self._listeners:
             for record in counted:
                 try:

@@ -13,8 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, TypeAlias
 
+from otel_tokens.metric_names import TOKEN_TYPES
+
+__all__ = [
+    "ATTRIBUTION_FIELDS",
+    "TOKEN_TYPES",
+    "Attribution",
+    "Record",
+    "Status",
+    "TaskCompletion",
+    "TokenCounts",
+    "UsageRecord",
+]
+
 Status = Literal["ok", "error"]
-TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 @dataclass(slots=True)
@@ -28,23 +40,30 @@ class TokenCounts:
     cache_write: int = 0
     reasoning: int = 0
 
-    def disjoint(self) -> dict[str, int]:
-        """Non-overlapping counts by token type (fresh input, visible output, cache, reasoning).
+    def disjoint_counts(self) -> tuple[int, int, int, int, int]:
+        """Non-overlapping counts in `TOKEN_TYPES` order (fresh input, visible output, cache read,
+        cache write, reasoning): the one definition of the split; a tuple, since the aggregator
+        calls it per record.
 
         Clamped at zero so a provider reporting cache tokens larger than its input total (seen in
         the field with partial usage) cannot produce a negative counter increment.
         """
-        return {
-            "input": max(self.input - self.cache_read - self.cache_write, 0),
-            "output": max(self.output - self.reasoning, 0),
-            "cache_read": self.cache_read,
-            "cache_write": self.cache_write,
-            "reasoning": self.reasoning,
-        }
+        cache_read, cache_write, reasoning = self.cache_read, self.cache_write, self.reasoning
+        return (
+            max(self.input - cache_read - cache_write, 0),
+            max(self.output - reasoning, 0),
+            cache_read,
+            cache_write,
+            reasoning,
+        )
+
+    def disjoint(self) -> dict[str, int]:
+        """`disjoint_counts()` by token type name."""
+        return dict(zip(TOKEN_TYPES, self.disjoint_counts(), strict=True))
 
     @property
     def total(self) -> int:
-        return sum(self.disjoint().values())
+        return sum(self.disjoint_counts())
 
     def __add__(self, other: TokenCounts) -> TokenCounts:
         return TokenCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

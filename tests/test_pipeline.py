@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
-from otel_tokens.aggregate import MetricsConfig
+from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import TokenCounts, UsageRecord
 
@@ -185,7 +185,9 @@ def test_same_span_ids_in_different_traces_are_different_calls(pipeline: Pipelin
 
 
 def test_held_overflow_counts_at_once_rather_than_dropping(clock: Clock):
-    p = Pipeline(MetricsConfig(max_held_spans=2), registry=CollectorRegistry(), clock=clock, price=price)
+    p = Pipeline(
+        dedupe=DedupeConfig(max_held_spans=2), registry=CollectorRegistry(), clock=clock, price=price
+    )
     results = [p.ingest_otlp(request((SDK, span(70 + i, 1)))).records_counted for i in range(4)]
     assert results == [0, 0, 1, 1]
     p.flush(float("inf"))
@@ -275,7 +277,7 @@ def test_a_failing_listener_skips_no_record_and_no_other_listener(
 
 def test_dedupe_memory_is_bounded_and_forgets_the_oldest_spans(clock: Clock):
     p = Pipeline(
-        MetricsConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
+        dedupe=DedupeConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
     )
     for span_id in (1, 2, 3):
         p.ingest_otlp(request((OURS, span(span_id))))

@@ -29,15 +29,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from otel_tokens.budgets.instances import InstanceTable
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
-from otel_tokens.record import UsageRecord
+from otel_tokens.record import TOKEN_TYPES, UsageRecord
+from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
 __all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStatus", "State"]
 
 State = Literal["ok", "warning", "exceeded"]
 UNKNOWN = "unknown"
+#: How many task instances a per-instance budget remembers at most (the top-N come from these).
+_MAX_TRACKED_INSTANCES = 10_000
 
 
 @dataclass(frozen=True)
@@ -91,20 +93,26 @@ class _BudgetAccount:
             else RollingWindow(spec.window_seconds)
         )
         self.consumed = 0.0
+        self.top_n = top_n
         self.instances = (
-            InstanceTable(top_n=top_n, idle_seconds=idle_seconds) if spec.per_task_instance else None
+            TaskInstanceTable(max_tracked=max(_MAX_TRACKED_INSTANCES, top_n), idle_seconds=idle_seconds)
+            if spec.per_task_instance
+            else None
         )
+        types = spec.limit.token_types
+        #: positions in `disjoint_counts()` of the token types the limit counts (None: all)
+        self.type_positions = [TOKEN_TYPES.index(t) for t in types] if types else None
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels[key] == value for key, value in self.matchers.items())
 
     def amount(self, record: UsageRecord) -> float:
         """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
-        limit = self.spec.limit
-        if limit.unit == "usd":
+        if self.spec.limit.unit == "usd":
             return record.cost_usd or 0.0
-        counts = record.tokens.disjoint()
-        return float(sum(counts[t] for t in limit.token_types) if limit.token_types else sum(counts.values()))
+        counts = record.tokens.disjoint_counts()
+        positions = self.type_positions
+        return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
 
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
@@ -113,7 +121,10 @@ class _BudgetAccount:
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
             tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
-            self.instances.add(task_id, labels["agent"], labels["task"], tokens, now)
+            self.instances.add(task_id, labels["agent"], labels["task"], tokens, 0.0, now)
+
+    def top_instances(self, now: float) -> list[TaskTotals]:
+        return self.instances.top(self.top_n, now) if self.instances is not None else []
 
     def status(self, now: float) -> BudgetStatus:
         spec = self.spec
@@ -167,7 +178,7 @@ class BudgetLedger:
             now = self._clock()
             for account in self._accounts:
                 if account.spec.name == budget:
-                    return account.instances.top(now) if account.instances else []
+                    return _rows(account.top_instances(now))
         raise KeyError(f"no budget named {budget!r}")
 
     def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
@@ -180,10 +191,11 @@ class BudgetLedger:
     def _snapshot(self) -> list[tuple[BudgetStatus, float, Budget, list[tuple[str, str, str, float]]]]:
         with self._lock:
             now = self._clock()
-            return [
-                (a.status(now), a.consumed, a.spec, a.instances.top(now) if a.instances else [])
-                for a in self._accounts
-            ]
+            return [(a.status(now), a.consumed, a.spec, _rows(a.top_instances(now))) for a in self._accounts]
+
+
+def _rows(instances: list[TaskTotals]) -> list[tuple[str, str, str, float]]:
+    return [(t.task_id, t.agent or UNKNOWN, t.task or UNKNOWN, t.tokens) for t in instances]
 
 
 class BudgetLedgerCollector(Collector):

@@ -32,7 +32,11 @@ class CollectorService:
 
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
-        self.pipeline = pipeline if pipeline is not None else Pipeline(self.config.metrics_config())
+        self.pipeline = (
+            pipeline
+            if pipeline is not None
+            else Pipeline(self.config.metrics_config(), dedupe=self.config.dedupe_config())
+        )
         #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
         #: makes a broken budget file stop start-up with every error listed, before any port opens.
         self.ledger: BudgetLedger | None = None

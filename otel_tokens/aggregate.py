@@ -65,10 +65,10 @@ _DIMENSION_PATHS: dict[str, str] = {
     names.MODEL: "model",
     names.PROVIDER: "provider",
     names.USER: "attribution.user",
-    "session": "attribution.session",
-    "workflow": "attribution.workflow",
-    "step": "attribution.step",
-    "operation": "operation",
+    names.SESSION: "attribution.session",
+    names.WORKFLOW: "attribution.workflow",
+    names.STEP: "attribution.step",
+    names.OPERATION: "operation",
 }
 ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_PATHS)
 

@@ -29,15 +29,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from otel_tokens import metric_names as names
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
-from otel_tokens.record import TOKEN_TYPES, UsageRecord
+from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
+from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
 __all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStatus", "State"]
 
 State = Literal["ok", "warning", "exceeded"]
-UNKNOWN = "unknown"
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
 _MAX_TRACKED_INSTANCES = 10_000
 
@@ -73,11 +74,11 @@ def record_labels(record: UsageRecord) -> dict[str, str]:
     """The values scopes match against; unattributed calls are `unknown`, as on the metrics."""
     a = record.attribution
     return {
-        "agent": a.agent or UNKNOWN,
-        "task": a.task or UNKNOWN,
-        "user": a.user or UNKNOWN,
-        "model": record.model,
-        "provider": record.provider or UNKNOWN,
+        names.AGENT: a.agent or UNKNOWN,
+        names.TASK: a.task or UNKNOWN,
+        names.USER: a.user or UNKNOWN,
+        names.MODEL: record.model,
+        names.PROVIDER: record.provider or UNKNOWN,
     }
 
 
@@ -121,7 +122,7 @@ class _BudgetAccount:
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
             tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
-            self.instances.add(task_id, labels["agent"], labels["task"], tokens, 0.0, now)
+            self.instances.add(task_id, labels[names.AGENT], labels[names.TASK], tokens, 0.0, now)
 
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
@@ -217,28 +218,28 @@ class BudgetLedgerCollector(Collector):
     @staticmethod
     def _families() -> dict[str, Metric]:
         g, c = GaugeMetricFamily, CounterMetricFamily
-        bwu, bw = ["budget", "window", "unit"], ["budget", "window"]
+        bwu, bw = [names.BUDGET, names.WINDOW, names.UNIT], [names.BUDGET, names.WINDOW]
         return {
-            "used": g("llm_budget_used", "Exact use of the budget in its current window.", labels=bwu),
-            "limit": g("llm_budget_limit", "The budget's limit per window.", labels=bwu),
-            "ratio": g("llm_budget_usage_ratio", "used / limit (1 = exhausted).", labels=bw),
+            "used": g(names.BUDGET_USED, "Exact use of the budget in its current window.", labels=bwu),
+            "limit": g(names.BUDGET_LIMIT, "The budget's limit per window.", labels=bwu),
+            "ratio": g(names.BUDGET_RATIO, "used / limit (1 = exhausted).", labels=bw),
             "remaining": g(
-                "llm_budget_window_remaining_seconds",
+                names.BUDGET_WINDOW_REMAINING,
                 "Seconds to the calendar period's end; a rolling window's length.",
                 labels=bw,
             ),
             "consumed": c(
-                "llm_budget_consumed",
+                names.BUDGET_CONSUMED,
                 "Everything ever counted toward the budget (no roll-off).",
-                labels=["budget", "unit"],
+                labels=[names.BUDGET, names.UNIT],
             ),
             "instance": g(
-                "llm_task_instance_tokens",
+                names.TASK_INSTANCE_TOKENS,
                 "Tokens of the top task instances of a budget.",
-                labels=["budget", "agent", "task", "task_id"],
+                labels=[names.BUDGET, names.AGENT, names.TASK, names.TASK_ID],
             ),
             "instance_limit": g(
-                "llm_task_instance_limit", "Per-task-instance token limit of a budget.", labels=["budget"]
+                names.TASK_INSTANCE_LIMIT, "Per-task-instance token limit of a budget.", labels=[names.BUDGET]
             ),
         }
 

@@ -103,7 +103,7 @@ class Deduper:
                     counted.append(record)
             return counted, self.duplicates_dropped - before
 
-    def flush(self, now: float) -> tuple[list[UsageRecord], int]:
+    def flush(self, now: float) -> list[UsageRecord]:
         """Held spans whose window has passed, to be counted now (nothing is dropped here)."""
         released: list[UsageRecord] = []
         with self._lock:
@@ -114,7 +114,7 @@ class Deduper:
                 self._pop_held(key)
                 self._remember(key, record)
                 released.append(record)
-        return released, 0
+        return released
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _offer(self, record: UsageRecord, now: float) -> bool:

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
-    "WANTED",
     "Extractor",
     "PriceFn",
     "Rejection",
@@ -106,10 +105,6 @@ assert len(_DIALECTS) == _N_SLOTS
 SLOT_OF: dict[str, tuple[int, int]] = {
     key: (slot, rank) for slot, keys in enumerate(_DIALECTS) for rank, key in enumerate(keys)
 }
-#: Every attribute name the extractor reads; everything else on a span is skipped unconverted.
-WANTED: frozenset[str] = frozenset(SLOT_OF)
-#: A span carries GenAI usage iff it has one of these.
-USAGE_KEYS: frozenset[str] = frozenset(_DIALECTS[IN] + _DIALECTS[OUT] + _DIALECTS[TOTAL])
 _ATTRIBUTION_KEYS: frozenset[str] = frozenset(k for keys in _DIALECTS[AGENT : WORKFLOW + 1] for k in keys)
 
 _Slots = list[Any]  # one value per slot (None: absent)

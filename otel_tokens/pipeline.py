@@ -153,8 +153,7 @@ class Pipeline:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
         now = self._clock() if now is None else now
-        released, _ = self._deduper.flush(now)
-        self._emit(released)
+        self._emit(self._deduper.flush(now))
         if self._pending:
             self.aggregator.complete_tasks(self._due_completions(now))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -36,7 +36,7 @@ from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
-__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStatus", "State"]
+__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStanding", "BudgetStatus", "State"]
 
 State = Literal["ok", "warning", "exceeded"]
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
@@ -60,8 +60,17 @@ class BudgetStatus:
     state: State
     remaining_seconds: float
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class BudgetStanding:
+    """Everything the ledger exports about one budget, read at one instant."""
+
+    status: BudgetStatus
+    #: everything ever counted toward the budget (no roll-off)
+    consumed: float
+    spec: Budget
+    #: the top task instances (per-instance budgets only), largest first
+    instances: list[TaskTotals]
 
 
 class _Pipeline(Protocol):
@@ -179,8 +188,21 @@ class BudgetLedger:
             now = self._clock()
             for account in self._accounts:
                 if account.spec.name == budget:
-                    return _rows(account.top_instances(now))
+                    return [
+                        (t.task_id, t.agent or UNKNOWN, t.task or UNKNOWN, t.tokens)
+                        for t in account.top_instances(now)
+                    ]
         raise KeyError(f"no budget named {budget!r}")
+
+    def standings(self) -> list[BudgetStanding]:
+        """Every budget's status, lifetime total and top task instances, read at one instant (what
+        the exported gauges show), in file order."""
+        with self._lock:
+            now = self._clock()
+            return [
+                BudgetStanding(a.status(now), a.consumed, a.spec, a.top_instances(now))
+                for a in self._accounts
+            ]
 
     def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
         """Count every record the pipeline counts and export the gauges on its registry."""
@@ -188,15 +210,6 @@ class BudgetLedger:
         collector = BudgetLedgerCollector(self)
         pipeline.registry.register(collector)
         return collector
-
-    def _snapshot(self) -> list[tuple[BudgetStatus, float, Budget, list[tuple[str, str, str, float]]]]:
-        with self._lock:
-            now = self._clock()
-            return [(a.status(now), a.consumed, a.spec, _rows(a.top_instances(now))) for a in self._accounts]
-
-
-def _rows(instances: list[TaskTotals]) -> list[tuple[str, str, str, float]]:
-    return [(t.task_id, t.agent or UNKNOWN, t.task or UNKNOWN, t.tokens) for t in instances]
 
 
 class BudgetLedgerCollector(Collector):
@@ -211,8 +224,8 @@ class BudgetLedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        for status, consumed, spec, instances in self._ledger._snapshot():
-            _add_budget(families, status, consumed, spec, instances)
+        for standing in self._ledger.standings():
+            _add_budget(families, standing)
         yield from families.values()
 
     @staticmethod
@@ -244,23 +257,20 @@ class BudgetLedgerCollector(Collector):
         }
 
 
-def _add_budget(
-    families: dict[str, Metric],
-    status: BudgetStatus,
-    consumed: float,
-    spec: Budget,
-    instances: list[tuple[str, str, str, float]],
-) -> None:
+def _add_budget(families: dict[str, Metric], standing: BudgetStanding) -> None:
+    status, spec = standing.status, standing.spec
     budget, window, unit = status.name, status.window, status.unit
     _sample(families["used"], [budget, window, unit], status.used)
     _sample(families["limit"], [budget, window, unit], status.limit)
     _sample(families["ratio"], [budget, window], status.ratio)
     _sample(families["remaining"], [budget, window], status.remaining_seconds)
-    _sample(families["consumed"], [budget, unit], consumed)
+    _sample(families["consumed"], [budget, unit], standing.consumed)
     if spec.per_task_instance is not None:
         _sample(families["instance_limit"], [budget], float(spec.per_task_instance.tokens))
-        for task_id, agent, task, tokens in instances:
-            _sample(families["instance"], [budget, agent, task, task_id], tokens)
+        for t in standing.instances:
+            _sample(
+                families["instance"], [budget, t.agent or UNKNOWN, t.task or UNKNOWN, t.task_id], t.tokens
+            )
 
 
 def _sample(family: Metric, labels: list[str], value: float) -> None:

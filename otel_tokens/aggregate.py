@@ -2,7 +2,7 @@
 
 What it holds, each kept by a small module of its own: the usage series by allow-listed dimensions,
 the unpriced-record counts and the task histograms are each a `KeyedFamily` (keyed.py: series limit,
-one counted overflow series); the running
+one counted overflow series, budgeted names always admitted, idle series expiring); the running
 per-task-instance totals a `TaskInstanceTable` (task_instances.py, the same table the budget ledger
 keeps); the ingest self-metrics an `IngestStats` (ingest_stats.py, locked on its own). Exposition is
 exposition.py's, from `snapshot()` copies; this module knows nothing of Prometheus. One lock with a
@@ -20,11 +20,12 @@ their task completed still count in every counter, but in no task histogram.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import attrgetter
@@ -91,6 +92,12 @@ class MetricsConfig:
 
     dimensions: tuple[str, ...] = names.DEFAULT_DIMENSIONS
     max_series_per_metric: int = 2000
+    #: Extra series per metric for label values named by a budget's scope (budgets.yaml): a
+    #: cardinality attack that fills the limit never pushes a budgeted agent into `__overflow__`.
+    max_budgeted_series_per_metric: int = 1000
+    #: A series not updated for this long is dropped from /metrics (0: never), so newcomers are not
+    #: starved. A series that comes back restarts from 0; Prometheus' rate() reads that as a reset.
+    series_idle_seconds: float = 3600.0
     #: Input tokens per request: powers of 4 from 256 to 1M, where context growth shows.
     input_token_buckets: tuple[float, ...] = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
     max_task_instances: int = 1000
@@ -111,6 +118,17 @@ class MetricsConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        budgeted = self.max_budgeted_series_per_metric
+        if not isinstance(budgeted, int) or isinstance(budgeted, bool) or budgeted < 0:
+            raise ValueError(f"max_budgeted_series_per_metric: expected an integer >= 0, got {budgeted!r}")
+        idle = self.series_idle_seconds
+        if (
+            isinstance(idle, bool)
+            or not isinstance(idle, (int, float))
+            or not math.isfinite(idle)
+            or idle < 0
+        ):
+            raise ValueError(f"series_idle_seconds: expected a finite number >= 0 (0: never), got {idle!r}")
         for key in ("input_token_buckets", "task_token_buckets", "task_cost_buckets"):
             buckets = getattr(self, key)
             if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
@@ -189,7 +207,7 @@ class Snapshot:
 
 class Aggregator:
     """Keyed counters over UsageRecords; thread-safe; memory bounded by the config; clock injected
-    (it only dates series and task instances)."""
+    (it only dates series for idle expiry and task instances for recency)."""
 
     def __init__(
         self, config: MetricsConfig | None = None, *, clock: Callable[[], float] = time.time
@@ -215,11 +233,29 @@ class Aggregator:
 
     def _family(self, new: Callable[[], Any], width: int) -> KeyedFamily[Any]:
         cfg = self.config
-        return KeyedFamily(new, width=width, limit=cfg.max_series_per_metric)
+        return KeyedFamily(
+            new,
+            width=width,
+            limit=cfg.max_series_per_metric,
+            admitted_limit=cfg.max_budgeted_series_per_metric,
+            idle_seconds=cfg.series_idle_seconds,
+        )
 
     def key_of(self, record: UsageRecord) -> Key:
         """The label values of a record, bounded in length; missing attribution is "unknown"."""
         return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in self._label_values(record)])
+
+    def always_admit(self, values: Mapping[str, Iterable[str]]) -> None:
+        """Label values (by label name: agent, task, model, ...) that always get series of their own,
+        beyond the series limit (the budget ledger registers its scopes' names here)."""
+        cut = {label: {v[:MAX_LABEL_LENGTH] for v in vs} for label, vs in values.items()}
+        with self._lock:
+            for family, labels in (
+                (self._series, self.config.dimensions),
+                (self._unpriced, UNPRICED_LABELS),
+                (self._task_series, TASK_LABELS),
+            ):
+                family.reserve([cut.get(label, ()) for label in labels])
 
     def add(self, record: UsageRecord) -> None:
         self.add_many((record,))
@@ -295,8 +331,9 @@ class Aggregator:
         return 1
 
     def snapshot(self) -> Snapshot:
-        """Copies of every counter, taken at one instant."""
+        """Copies of every counter (idle series expired first, so they leave /metrics)."""
         ingest = self.ingest_stats.snapshot()
+        now = self._clock()
         with self._lock:
             overflow: dict[str, int] = {}
             for family, metrics in (
@@ -304,6 +341,7 @@ class Aggregator:
                 (self._unpriced, _UNPRICED_METRICS),
                 (self._task_series, _TASK_METRICS),
             ):
+                family.expire(now)
                 if family.overflowed:
                     overflow.update(dict.fromkeys(metrics, family.overflowed))
             return Snapshot(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -160,6 +160,11 @@ class Pipeline:
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
         self._listeners.append(fn)
+
+    def always_admit(self, values: Mapping[str, Iterable[str]]) -> None:
+        """Label values (by label name) that always get series of their own beyond the series limit:
+        the budget ledger registers the names its budgets' scopes match on."""
+        self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
     def _finish(self, batch: _Batch) -> IngestResult:

@@ -9,8 +9,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
+from otel_tokens.budgets import parse_budget_text
+from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.exposition import TokenMetricsCollector
+from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 
 
@@ -57,6 +60,8 @@ def test_config_validation_names_the_key():
         (MetricsConfig(dimensions=("agent", "agent")), "dimensions"),
         (MetricsConfig(max_series_per_metric=0), "max_series_per_metric"),
         (MetricsConfig(input_token_buckets=(10, 5)), "input_token_buckets"),
+        (MetricsConfig(series_idle_seconds=-1), "series_idle_seconds"),
+        (MetricsConfig(max_budgeted_series_per_metric=-1), "max_budgeted_series_per_metric"),
     ]
     for config, key in bad:
         with pytest.raises(ValueError, match=key):
@@ -256,3 +261,102 @@ def test_a_single_dimension_and_long_or_missing_labels():
     assert agg.key_of(rec(model="m" * 300)) == ("m" * 128,)
     agg = Aggregator(MetricsConfig(dimensions=("agent", "model", "session")))
     assert agg.key_of(rec(agent=None)) == ("unknown", "gpt-4o", "unknown")
+
+
+# --- series admission and expiry -----------------------------------------------------------------
+
+BUDGETED = """
+budgets:
+  - name: support-daily
+    scope: {agent: support}
+    limit: {tokens: 100000000}
+    window: 1d
+"""
+
+
+def _requests_by_agent(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (name, labels), v in m.items():
+        if name == "llm_requests_total":
+            agent = dict(labels)["agent"]
+            out[agent] = out.get(agent, 0) + v
+    return out
+
+
+def test_a_cardinality_attack_never_pushes_a_budgeted_agent_into_overflow():
+    """5,000 fake agents fill the series limit; the agent budgets.yaml names is still counted under
+    its own name (and so is its budget), while an unbudgeted newcomer goes to the overflow series."""
+    pipeline = Pipeline(registry=CollectorRegistry(), price=lambda *_: None)
+    ledger = BudgetLedger(parse_budget_text(BUDGETED))
+    ledger.attach(pipeline)
+    pipeline.ingest_records([rec(f"fake-{i}") for i in range(5000)])
+    genuine = rec("support", tokens=TokenCounts(1234, 56))
+    pipeline.ingest_records([genuine, rec("newcomer")])
+
+    text = generate_latest(pipeline.registry).decode()
+    m = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    by_agent = _requests_by_agent(m)
+    assert by_agent["support"] == 1
+    assert by_agent[OVERFLOW] == 5000 - 2000 + 1  # the fakes past the limit, and the newcomer
+    assert "newcomer" not in by_agent and len(by_agent) == 2000 + 2
+    support = {"agent": "support", "task": "fix", "model": "gpt-4o", "provider": "openai"}
+    for token_type, n in genuine.tokens.disjoint().items():
+        assert m[("llm_tokens_total", tuple(sorted({**support, "token_type": token_type}.items())))] == n
+    assert m[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 3001
+    assert ledger.status()[0].used == genuine.tokens.total
+
+
+def test_spoofing_a_budgeted_name_is_bounded_too():
+    """Budgeted names get series beyond the limit from a quota of their own, so endless task names
+    under a budgeted agent cannot grow memory without bound."""
+    agg = Aggregator(MetricsConfig(max_series_per_metric=10, max_budgeted_series_per_metric=5))
+    agg.always_admit({"agent": ["support"]})
+    agg.add_many([rec(f"fake-{i}") for i in range(10)])
+    spoofed = [rec("support") for _ in range(20)]
+    for i, r in enumerate(spoofed):
+        r.attribution = Attribution(agent="support", task=f"task-{i}")
+    agg.add_many(spoofed)
+    snap = agg.snapshot()
+    assert len(snap.series) == 10 + 5 + 1  # the limit, the budgeted quota, one overflow series
+    assert snap.series[(OVERFLOW,) * 4].requests_ok == 15
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_series_expire_so_newcomers_get_series_and_a_comeback_restarts_at_zero():
+    clock = Clock()
+    agg = Aggregator(MetricsConfig(max_series_per_metric=3, series_idle_seconds=60), clock=clock)
+    agg.add_many([rec("a"), rec("b"), rec("c")])
+    clock.now += 30
+    agg.add_many([rec("a"), rec("d")])  # a stays active; d finds the limit full
+    assert _requests_by_agent(scrape(agg)) == {"a": 2, "b": 1, "c": 1, OVERFLOW: 1}
+
+    clock.now += 31  # b and c idle for 61 s
+    agg.add_many([rec("e")])
+    assert _requests_by_agent(scrape(agg)) == {"a": 2, "e": 1, OVERFLOW: 1}, "b and c left /metrics"
+
+    agg.add_many([rec("b")])  # back after expiring: a new series, counting from 0
+    assert _requests_by_agent(scrape(agg))["b"] == 1
+
+    clock.now += 3600
+    assert _requests_by_agent(scrape(agg)) == {}, "every idle series expired, the overflow one too"
+    assert scrape(agg)[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 1
+
+
+def test_series_never_expire_when_idle_expiry_is_off():
+    clock = Clock()
+    agg = Aggregator(MetricsConfig(max_series_per_metric=1, series_idle_seconds=0), clock=clock)
+    agg.add_many([rec("a")])
+    clock.now += 10 * 365 * 86400
+    agg.add_many([rec("b")])
+    assert _requests_by_agent(scrape(agg)) == {"a": 1, OVERFLOW: 1}

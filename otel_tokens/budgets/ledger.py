@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -77,6 +77,8 @@ class _Pipeline(Protocol):
     registry: CollectorRegistry
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None: ...
+
+    def always_admit(self, values: Mapping[str, Iterable[str]]) -> None: ...
 
 
 def record_labels(record: UsageRecord) -> dict[str, str]:
@@ -204,9 +206,20 @@ class BudgetLedger:
                 for a in self._accounts
             ]
 
+    def scope_names(self) -> dict[str, set[str]]:
+        """The label values the budgets' scopes name, by label (agent, task, user, model, provider)."""
+        named: dict[str, set[str]] = {}
+        for account in self._accounts:
+            for label, value in account.matchers.items():
+                named.setdefault(label, set()).add(value)
+        return named
+
     def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
-        """Count every record the pipeline counts and export the gauges on its registry."""
+        """Count every record the pipeline counts and export the gauges on its registry. The names
+        the budgets match on always get series of their own in the pipeline's metrics, whatever
+        fills the series limit."""
         pipeline.add_listener(self.observe)
+        pipeline.always_admit(self.scope_names())
         collector = BudgetLedgerCollector(self)
         pipeline.registry.register(collector)
         return collector

@@ -30,7 +30,8 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
 from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.extract_stats import ExtractStatsCollector
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
@@ -99,6 +100,7 @@ class Pipeline:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
+        max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
@@ -107,7 +109,7 @@ class Pipeline:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
-        self._extractor = Extractor(price=price)
+        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
         self._deduper = Deduper(
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
@@ -118,6 +120,7 @@ class Pipeline:
         self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
+        self.registry.register(ExtractStatsCollector(self._extractor.stats))
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""

@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
 from otel_tokens.budgets import parse_budget_text
@@ -15,6 +14,7 @@ from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
+from tests import prom_text
 
 
 def rec(
@@ -44,12 +44,7 @@ def rec(
 def scrape(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(TokenMetricsCollector(agg))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return {(name, tuple(sorted(labels))): v for (name, labels), v in prom_text.samples(registry).items()}
 
 
 def test_config_validation_names_the_key():
@@ -293,11 +288,8 @@ def test_a_cardinality_attack_never_pushes_a_budgeted_agent_into_overflow():
     genuine = rec("support", tokens=TokenCounts(1234, 56))
     pipeline.ingest_records([genuine, rec("newcomer")])
 
-    text = generate_latest(pipeline.registry).decode()
     m = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        (name, tuple(sorted(labels))): v for (name, labels), v in prom_text.samples(pipeline.registry).items()
     }
     by_agent = _requests_by_agent(m)
     assert by_agent["support"] == 1

@@ -12,16 +12,16 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 import otel_tokens
 from otel_tokens import attribute
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import Record, TaskCompletion, TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
+from tests import prom_text
 
 #: anthropic >= 1.14 emits its own spans and takes an `open_telemetry` client option; 0.x does neither.
 SDK_HAS_OWN_SPANS = "open_telemetry" in inspect.signature(anthropic.Anthropic.__init__).parameters
@@ -36,12 +36,7 @@ def _price(provider: str, model: str, tokens: TokenCounts) -> float | None:
 
 
 def _tokens_by_type(text: str) -> dict[str, float]:
-    return {
-        s.labels["token_type"]: s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "llm_tokens"
-        for s in family.samples
-    }
+    return {dict(labels)["token_type"]: v for labels, v in prom_text.series(text, "llm_tokens_total").items()}
 
 
 def _setup() -> tuple[TracerProvider, TokenMetricsSpanProcessor]:

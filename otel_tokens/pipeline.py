@@ -140,12 +140,15 @@ class Pipeline:
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
         """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
-        no extraction; deduplicated against spans like any span. Each record stands for the span it
+        no extraction, but the extractor's rules for a record (consistency, ceiling, pricing when
+        unpriced); deduplicated against spans like any span. Each record stands for the span it
         describes, so it counts as a span received."""
         batch = _Batch()
-        for record in records:
-            batch.spans_received += 1
-            batch.add(record)
+        admit = self._extractor.admit_record
+        with swallow_internal_errors("Pipeline.ingest_records"):
+            for record in records:
+                batch.spans_received += 1
+                batch.add(admit(record) if isinstance(record, UsageRecord) else record)
         return self._finish(batch)
 
     def reject_payload(self, reason: str) -> None:

@@ -50,8 +50,8 @@ class Target:
 
     def __init__(self, data_dir: str | None) -> None:
         config = CollectorConfig(http_port=0, grpc_enabled=False, metrics_port=0, data_dir=data_dir)
-        metrics = replace(config.metrics_config(), max_remembered_spans=BATCH)
-        self.pipeline = Pipeline(metrics, clock=PinnedClock())
+        dedupe = replace(config.dedupe_config(), max_remembered_spans=BATCH)
+        self.pipeline = Pipeline(config.metrics_config(), dedupe=dedupe, clock=PinnedClock())
         self.service = CollectorService(config, pipeline=self.pipeline).start()
         self.before = 0
         self.groups: dict[str, list[float]] = {}  # block -> exports per journal commit, per round

@@ -34,6 +34,7 @@ too; records built in-process without a span keep the old rule (nothing to link 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -41,11 +42,38 @@ from dataclasses import dataclass, field
 
 from otel_tokens.record import UsageRecord
 
-__all__ = ["DEFAULT_WINDOW_SECONDS", "Deduper", "DeduperState"]
+__all__ = ["DEFAULT_WINDOW_SECONDS", "DedupeConfig", "Deduper", "DeduperState"]
 
 #: How long a counted span is remembered: the OTLP exporters retry for up to their timeout (10 s by
 #: default, longer when configured) with backoff 1, 2, 4, ... s; ten minutes leaves a wide margin.
 DEFAULT_WINDOW_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """How long a foreign span waits for its duplicates, how long and how many counted spans the
+    deduper remembers (exactly once within `window_seconds`, memory capped by `max_remembered_spans`)."""
+
+    hold_seconds: float = 2.0
+    max_held_spans: int = 10_000
+    #: Memory cap of the window (~150 bytes a span); at most this many spans are remembered.
+    max_remembered_spans: int = 1_000_000
+    #: A counted span is remembered this long, so an exporter's resend is dropped.
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad key, what was expected and what was given."""
+        for key in ("max_held_spans", "max_remembered_spans"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        for key, low in (("hold_seconds", "a finite number >= 0"), ("window_seconds", "a finite number > 0")):
+            value = getattr(self, key)
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if bad or value < 0 or (key == "window_seconds" and value == 0):
+                raise ValueError(f"{key}: expected {low}, got {value!r}")
+
+
 #: Content keys live above every (trace << 64 | span) key, so the two kinds never collide.
 _CONTENT_TAG = 1 << 192
 
@@ -183,7 +211,7 @@ class Deduper:
                     self._held_children.setdefault(parent, []).append(key)
             self.duplicates_dropped = state.duplicates_dropped
 
-    def flush(self, now: float) -> tuple[list[UsageRecord], int]:
+    def flush(self, now: float) -> list[UsageRecord]:
         """Held spans whose window has passed, to be counted now (nothing is dropped here)."""
         released: list[UsageRecord] = []
         with self._lock:
@@ -196,7 +224,7 @@ class Deduper:
                 self._pop_held(key)
                 self._remember(key, record, now)
                 released.append(record)
-        return released, 0
+        return released
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _expire(self, now: float) -> None:

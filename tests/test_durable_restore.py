@@ -12,8 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
+from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.collector.codec import RECORD, Decoders, schema
@@ -41,9 +42,11 @@ BUDGETS = textwrap.dedent(
 class Collector:
     """A pipeline + ledger + durable store on `data_dir`, as the collector service wires them."""
 
-    def __init__(self, data_dir: Path, budgets: Path, clock: Clock) -> None:
+    def __init__(
+        self, data_dir: Path, budgets: Path, clock: Clock, metrics: MetricsConfig | None = None
+    ) -> None:
         pinned = PinnedClock(base=clock)
-        self.pipeline = Pipeline(registry=CollectorRegistry(), clock=pinned, price=price)
+        self.pipeline = Pipeline(metrics, registry=CollectorRegistry(), clock=pinned, price=price)
         self.ledger = BudgetLedger(load_budget_file(budgets), clock=pinned)
         self.ledger.attach(self.pipeline)
         self.store = Store(data_dir)
@@ -98,7 +101,8 @@ def test_journal_replay_after_a_crash_restores_the_exact_state(tmp_path: Path, b
     assert second.state() == running
     assert second.pipeline.held_spans == 1  # still waiting for its twin, with its own deadline
     # and it goes on from there: a resend is a duplicate, the held span is counted when due
-    assert second.pipeline.ingest_records([_record(202, 1200, agent="coder", task_id="run-200")]) == 0
+    resend = [_record(202, 1200, agent="coder", task_id="run-200")]
+    assert second.pipeline.ingest_records(resend).records_counted == 0
     clock.now += 3
     second.pipeline.flush()
     assert second.pipeline.held_spans == 0
@@ -117,6 +121,22 @@ def test_the_ledger_keeps_original_arrival_times(tmp_path: Path, budgets: Path):
     hourly = {s.name: s for s in second.ledger.status()}["hourly"]
     assert hourly.used == 30_007  # not 90,014: replay counted each call at its own arrival time
     second.durability.close()
+
+
+def test_idle_series_expire_as_journaled_changes_so_a_replay_agrees(tmp_path: Path, budgets: Path):
+    clock = Clock()
+    metrics = MetricsConfig(series_idle_seconds=60)
+    first = Collector(tmp_path / "data", budgets, clock, metrics)
+    first.pipeline.ingest_records([_record(1, 100, agent="gone-quiet")])
+    clock.now += 120
+    generate_latest(first.pipeline.registry)  # a scrape: not a change, so it expires nothing
+    first.pipeline.flush()  # the periodic sweep, journaled: the idle series leaves here
+    first.pipeline.ingest_records([_record(2, 5, agent="gone-quiet")])  # and comes back from 0
+    series = first.pipeline.aggregator.snapshot().series
+    assert [sum(s.tokens) for s in series.values()] == [5 + 7]
+    running = first.state()
+    first.store.close()
+    assert Collector(tmp_path / "data", budgets, clock, metrics).state() == running
 
 
 def test_a_clean_restart_keeps_the_extractor_self_metrics(tmp_path: Path, budgets: Path):
@@ -164,7 +184,7 @@ def test_any_string_a_sender_can_send_survives_the_journal(tmp_path: Path, budge
     clock = Clock()
     first = Collector(tmp_path / "data", budgets, clock)
     odd = _record(1, 10, agent="lone \ud800 surrogate, 日本語, \x00")
-    assert first.pipeline.ingest_records([odd]) == 1
+    assert first.pipeline.ingest_records([odd]).records_counted == 1
     running = first.state()
     first.store.close()
     assert Collector(tmp_path / "data", budgets, clock).state() == running

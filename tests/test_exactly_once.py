@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from prometheus_client import CollectorRegistry
 
 from otel_tokens import metric_names as mn
-from otel_tokens.aggregate import MetricsConfig
+from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import UsageRecord
 from tests.collector_process import CollectorProcess, collector_args
@@ -47,14 +47,15 @@ def test_a_resend_after_the_backoff_is_dropped_however_many_spans_came_between(c
     assert p.ingest_otlp(resent).records_counted == 1
     for second in range(7):  # the exporter backs off 1 + 2 + 4 s; the collector keeps ingesting
         clock.now += 1
-        assert p.ingest_records(_others(OLD_MEMORY // 6, 1_000_000 * (second + 1))) == OLD_MEMORY // 6
+        others = _others(OLD_MEMORY // 6, 1_000_000 * (second + 1))
+        assert p.ingest_records(others).records_counted == OLD_MEMORY // 6
     assert p.ingest_otlp(resent).records_counted == 0
     assert dropped(p) == 1
 
 
 def test_the_window_is_time_and_configurable(clock: Clock):
-    config = MetricsConfig(dedupe_window_seconds=60)
-    p = Pipeline(config, registry=CollectorRegistry(), clock=clock, price=price)
+    config = DedupeConfig(window_seconds=60)
+    p = Pipeline(dedupe=config, registry=CollectorRegistry(), clock=clock, price=price)
     resent = request((OURS, span(1)))
     p.ingest_otlp(resent)
     clock.now += 59
@@ -65,9 +66,8 @@ def test_the_window_is_time_and_configurable(clock: Clock):
 
 
 def test_the_memory_cap_holds_and_says_when_it_broke_the_window(clock: Clock):
-    p = Pipeline(
-        MetricsConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
-    )
+    config = DedupeConfig(max_remembered_spans=2)
+    p = Pipeline(dedupe=config, registry=CollectorRegistry(), clock=clock, price=price)
     for span_id in (1, 2, 3):
         p.ingest_otlp(request((OURS, span(span_id))))
     m = metrics(p)

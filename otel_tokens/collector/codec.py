@@ -19,8 +19,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from otel_tokens.extract import TaskCompletion
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 
 __all__ = ["Schema", "decode_json", "encode_json", "pack_keys", "schema", "unpack_keys"]
 

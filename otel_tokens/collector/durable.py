@@ -99,6 +99,8 @@ class Durability:
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
         self._closed = False
+        #: idle series leave as journaled flush changes, not at scrape time (replayable)
+        pipeline.aggregator.expire_on_snapshot = False
 
     @property
     def store(self) -> Store:

@@ -73,6 +73,7 @@ class CollectorService:
         registry.register(self._scrapes)
         return Pipeline(
             self.config.metrics_config(),
+            dedupe=self.config.dedupe_config(),
             registry=registry,
             max_tokens_per_call=self.config.max_tokens_per_call,
             clock=PinnedClock(),

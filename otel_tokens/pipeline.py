@@ -112,7 +112,7 @@ class Gate(Protocol):
 
     def flush(self, until: float | None) -> None: ...
 
-    def rejection(self, reason: str) -> None: ...
+    def rejection(self, reason: str, rejected: int, received: int) -> None: ...
 
 
 class _ApplyAtOnce:
@@ -127,8 +127,8 @@ class _ApplyAtOnce:
     def flush(self, until: float | None) -> None:
         self._pipeline.apply_flush(until)
 
-    def rejection(self, reason: str) -> None:
-        self._pipeline.apply_rejection(reason)
+    def rejection(self, reason: str, rejected: int, received: int) -> None:
+        self._pipeline.apply_rejection(reason, rejected, received)
 
 
 @dataclass
@@ -231,7 +231,13 @@ class Pipeline:
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.gate.rejection(reason)
+        self.gate.rejection(reason, 1, 0)
+
+    def reject_spans(self, reason: str, count: int) -> None:
+        """A receiver decoded a request but not `count` of its spans: count them as received and
+        rejected (through the gate, so a durable collector keeps the figures too)."""
+        if count > 0:
+            self.gate.rejection(reason, count, count)
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
@@ -268,8 +274,8 @@ class Pipeline:
             aggregator.expire(now)
         return bool(released or due or swept)
 
-    def apply_rejection(self, reason: str) -> None:
-        self.aggregator.ingest_stats.add(rejected={bounded_reason(reason): 1})
+    def apply_rejection(self, reason: str, rejected: int = 1, received: int = 0) -> None:
+        self.aggregator.ingest_stats.add(received, {bounded_reason(reason): rejected})
 
     def state(self) -> PipelineState:
         """A copy of the dedupe memory and the waiting completions (the aggregator has its own)."""

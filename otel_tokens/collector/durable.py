@@ -187,14 +187,14 @@ class Durability:
                 self._store.append(lambda: encode_json({"t": now, "f": until}))
                 self._changes_since_snapshot += 1
 
-    def rejection(self, reason: str) -> None:
+    def rejection(self, reason: str, rejected: int, received: int) -> None:
         with self._lock:
             now = self._clock.base()
             with self._clock.pinned(now):
-                self._pipeline.apply_rejection(reason)
+                self._pipeline.apply_rejection(reason, rejected, received)
             if self._closed:
                 return
-            self._store.append(lambda: encode_json({"t": now, "r": reason}))
+            self._store.append(lambda: encode_json({"t": now, "r": reason, "m": rejected, "n": received}))
             self._changes_since_snapshot += 1
 
     # --- snapshots -----------------------------------------------------------------------------------
@@ -248,7 +248,9 @@ class Durability:
             elif "f" in entry:
                 self._pipeline.apply_flush(None if entry["f"] is None else float(entry["f"]))
             elif "r" in entry:
-                self._pipeline.apply_rejection(str(entry["r"]))
+                self._pipeline.apply_rejection(
+                    str(entry["r"]), int(entry.get("m", 1)), int(entry.get("n", 0))
+                )
 
 
 # --- encoding of changes and snapshots ----------------------------------------------------------

@@ -75,6 +75,7 @@ def _workload(c: Collector, clock: Clock, start: int) -> None:
     p.ingest_records([_record(start + 2, 1200, agent="coder", task_id=f"run-{start}")])  # a retry
     p.ingest_otlp(request((FOREIGN, span(start + 3, 0))))
     p.reject_payload("undecodable_payload")
+    p.reject_spans("invalid_payload", 3)  # spans of a request the receiver could not decode
     p.flush()  # the held span's window has passed: counted now, at this time
     p.ingest_otlp(request((SDK, span(start + 4, 501))))  # held across the "crash"
     clock.now += 0.5

@@ -17,7 +17,6 @@ and is answered once the disk is back).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import sqlite3
 import threading
@@ -81,6 +80,10 @@ class Store:
     def _lock(path: Path) -> IO[str]:
         """One collector per data directory: two would each replay and overwrite the other."""
         handle = path.open("a+")
+        try:
+            import fcntl  # POSIX; released by the OS when the process dies, kill -9 included
+        except ImportError:  # pragma: no cover - Windows: no advisory lock, one collector by convention
+            return handle
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,7 +25,7 @@ from tests.collector_process import CollectorProcess, collector_args
 from tests.services import poll
 from tests.test_collector_service import make_spans
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 BUDGETS = textwrap.dedent(
     """

@@ -196,6 +196,7 @@ PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(60)
 def test_a_resend_after_the_backoff_counts_once_after_more_spans_than_the_old_memory(
     collector: CollectorProcess,
 ):
@@ -218,6 +219,7 @@ def test_a_resend_after_the_backoff_counts_once_after_more_spans_than_the_old_me
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(60)
 def test_a_resend_without_span_ids_counts_once_even_across_a_kill_9(collector: CollectorProcess):
     proxy = ReplyLosingProxy(collector.http_port)
     exporter = OTLPSpanExporter(endpoint=proxy.url, timeout=50)

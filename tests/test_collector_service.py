@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.collector.http_receiver import decode_request
+from otel_tokens.collector.otlp_codec import decode_request
 
 pytestmark = pytest.mark.integration
 

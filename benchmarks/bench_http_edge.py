@@ -152,7 +152,9 @@ def _serve_hypercorn() -> None:
     async def forever() -> None:  # a shutdown trigger, so hypercorn installs no signal handlers
         await asyncio.Event().wait()
 
-    threading.Thread(target=lambda: asyncio.run(serve(app, config, shutdown_trigger=forever)), daemon=True).start()
+    threading.Thread(
+        target=lambda: asyncio.run(serve(app, config, shutdown_trigger=forever)), daemon=True
+    ).start()
     _announce(port)
 
 

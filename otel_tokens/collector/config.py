@@ -164,13 +164,14 @@ class _Key:
 
 KEYS: tuple[_Key, ...] = (
     _Key("otlp.http.host", "http_host", settings.ENV_COLLECTOR_HTTP_HOST, "--http-host", _HOST,
-         "Interface the OTLP/HTTP receiver (`POST /v1/traces`) binds; `0.0.0.0` for all."),
+         "Interface the OTLP/HTTP receiver (`POST /v1/traces`) binds; `0.0.0.0`: every IPv4 "
+         "interface, `::`: IPv6 (and IPv4 where the system maps it)."),
     _Key("otlp.http.port", "http_port", settings.ENV_COLLECTOR_HTTP_PORT, "--http-port", _PORT,
          "Port of the OTLP/HTTP receiver; 0 picks a free port."),
     _Key("otlp.grpc.enabled", "grpc_enabled", settings.ENV_COLLECTOR_GRPC_ENABLED, "--grpc", _BOOL,
          "Run the OTLP/gRPC receiver (`--no-grpc` turns it off)."),
     _Key("otlp.grpc.host", "grpc_host", settings.ENV_COLLECTOR_GRPC_HOST, "--grpc-host", _HOST,
-         "Interface the OTLP/gRPC receiver binds."),
+         "Interface the OTLP/gRPC receiver binds (`0.0.0.0`: IPv4 only)."),
     _Key("otlp.grpc.port", "grpc_port", settings.ENV_COLLECTOR_GRPC_PORT, "--grpc-port", _PORT,
          "Port of the OTLP/gRPC receiver; 0 picks a free port."),
     _Key("otlp.max_body_bytes", "max_body_bytes", settings.ENV_COLLECTOR_MAX_BODY_BYTES, "--max-body-bytes",
@@ -197,7 +198,7 @@ KEYS: tuple[_Key, ...] = (
     _Key("server.idle_timeout_seconds", "idle_timeout_seconds", settings.ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS,
          "--idle-timeout-seconds", _POS_NUM,
          "A connection that sends no request for this long (from connect, or since its last response) "
-         "is closed, on every listener; for gRPC also the time to finish the connection handshake."),
+         "is closed, on every listener (gRPC: no RPC; its handshake must finish within 10 s)."),
     _Key("server.read_timeout_seconds", "read_timeout_seconds", settings.ENV_COLLECTOR_READ_TIMEOUT_SECONDS,
          "--read-timeout-seconds", _POS_NUM,
          "Time allowed to receive one request body over HTTP (408 after it)."),

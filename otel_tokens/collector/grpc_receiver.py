@@ -37,6 +37,9 @@ __all__ = ["GrpcReceiver", "GrpcTls"]
 
 logger = logging.getLogger("otel_tokens.collector")
 
+#: A real client finishes TCP+TLS+HTTP/2 setup in milliseconds; a silent socket holds a slot till this.
+_HANDSHAKE_TIMEOUT_MS = 10_000
+
 _SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
 
 
@@ -121,11 +124,12 @@ class GrpcReceiver:
 
 def _options(max_message_bytes: int, limits: EdgeLimits) -> list[tuple[str, int]]:
     idle_ms = int(limits.idle_timeout * 1000)
+    handshake_ms = min(idle_ms, _HANDSHAKE_TIMEOUT_MS)
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
-        ("grpc.server_handshake_timeout_ms", idle_ms),  # a silent socket never finishes HTTP/2 setup
+        ("grpc.server_handshake_timeout_ms", handshake_ms),  # a silent socket never finishes HTTP/2 setup
         ("grpc.max_connection_idle_ms", idle_ms),  # no RPC for this long: GOAWAY
     ]
 

@@ -8,10 +8,11 @@ work to a small worker pool (`HttpEdge.run_blocking`) so the loop keeps acceptin
 batch is decoded.
 
 What aiohttp does not have is a connection cap, added here as a wrapper around its protocol
-factory (`_ConnectionCap`): at the cap, a new connection takes the place of the one quiet the
-longest (an idle flood cannot lock exporters out), or is closed at once when every connection is
-busy. Sockets are bound here too, before the loop starts, so a port already in use fails start-up
-with the port and the flag that moves it, and port 0 resolves at once.
+factory (`_ConnectionCap`): at the cap, a new connection takes the place of one that never sent a
+byte, else of the one quiet the longest (an idle flood cannot lock exporters out), or is reset at
+once when every connection sent bytes within the last second. Sockets are bound here too, before
+the loop starts, so a port already in use fails start-up with the port and the flag that moves it,
+and port 0 resolves at once.
 """
 
 from __future__ import annotations
@@ -199,8 +200,12 @@ class _ConnectionCap:
         return True
 
     def _evict_quietest(self) -> bool:
-        quietest = min(self.open, key=lambda c: c.last_activity, default=None)
-        if quietest is None or time.monotonic() - quietest.last_activity < _EVICT_AFTER_QUIET_SECONDS:
+        """Make room by closing the connection quiet the longest: one that never sent a byte first
+        (it has no request in flight), else one quiet for a while (likely idle between requests)."""
+        quietest = min(self.open, key=lambda c: (c.has_spoken, c.last_activity), default=None)
+        if quietest is None or (
+            quietest.has_spoken and time.monotonic() - quietest.last_activity < _EVICT_AFTER_QUIET_SECONDS
+        ):
             return False
         self.evicted += 1
         self.open.pop(quietest, None)
@@ -216,6 +221,7 @@ class _Capped(asyncio.Protocol):
         self._inner = inner
         self._transport: asyncio.Transport | None = None
         self._admitted = False
+        self.has_spoken = False
         self.last_activity = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,6 +237,7 @@ class _Capped(asyncio.Protocol):
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.has_spoken = True
         self.last_activity = time.monotonic()
         self._inner.data_received(data)
 

@@ -15,7 +15,6 @@ without a thread each, a connection that does not finish its handshake or sends 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Iterator
@@ -177,4 +176,4 @@ def _bind_failure(host: str, port: int) -> OSError:
             probe.bind((host, port))
         except OSError as exc:
             return bind_error(exc, host, port, "OTLP/gRPC", "--grpc-port (otlp.grpc.port)")
-    return OSError(errno.EADDRNOTAVAIL, f"cannot bind OTLP/gRPC on {host}:{port}; see --grpc-host")
+    return OSError(f"cannot bind OTLP/gRPC on {host}:{port}; see --grpc-host (otlp.grpc.host)")

@@ -88,12 +88,14 @@ def bind_error(exc: OSError, host: str, port: int, what: str, moved_by: str) -> 
     """The error a user can act on: which port, for what, and how to pick another."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
-        return AddressInUse(
-            errno.EADDRINUSE,
+        error: OSError = AddressInUse(
             f"port {port} is already in use ({what} on {where}); another collector may be running — "
-            f"stop it or choose another port with {moved_by}",
+            f"stop it or choose another port with {moved_by}"
         )
-    return OSError(exc.errno, f"cannot listen on {where} ({what}): {exc.strerror or exc}; see {moved_by}")
+    else:
+        error = OSError(f"cannot listen on {where} ({what}): {exc.strerror or exc}; see {moved_by}")
+    error.errno = exc.errno  # a message without the "[Errno N]" prefix, the number still there
+    return error
 
 
 class HttpEdge:
@@ -171,6 +173,14 @@ class HttpEdge:
             server.close()
         for runner in self._runners:
             await runner.cleanup()
+        for cap in self.caps.values():  # whatever aiohttp did not close (e.g. mid-handshake)
+            for conn in list(cap.open):
+                conn.abort()
+        # Let the handlers of just-closed connections finish, so none is destroyed while pending.
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         self._servers.clear()
         self._runners.clear()
 

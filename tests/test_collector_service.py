@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.collector.otlp_codec import decode_request
+from otel_tokens.collector.otlp_codec import decode_body
 
 pytestmark = pytest.mark.integration
 
@@ -376,6 +376,8 @@ def test_json_hex_ids_decode_to_the_same_bytes_as_protobuf():
     trace_id, span_id = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
     span = {"traceId": trace_id, "spanId": span_id, "links": [{"traceId": trace_id, "spanId": span_id}]}
     body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
-    decoded = decode_request(body, "application/json", "", 1 << 20).resource_spans[0].scope_spans[0].spans[0]
+    decoded = (
+        decode_body(body, "application/json", "", 1 << 20).request.resource_spans[0].scope_spans[0].spans[0]
+    )
     assert (decoded.trace_id.hex(), decoded.span_id.hex()) == (trace_id, span_id)
     assert (decoded.links[0].trace_id.hex(), decoded.links[0].span_id.hex()) == (trace_id, span_id)

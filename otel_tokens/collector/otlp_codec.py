@@ -39,8 +39,8 @@ __all__ = [
     "PROTOBUF",
     "Decoded",
     "Rejected",
+    "decode_body",
     "decode_protobuf",
-    "decode_request",
     "encode_message",
     "partial_success",
 ]
@@ -70,17 +70,9 @@ class Decoded:
     first_error: str = ""
 
 
-def decode_request(body: bytes, content_type: str, encoding: str, limit: int) -> ExportTraceServiceRequest:
-    """Decompress and parse one export body; raise `Rejected` with the status the spec asks for.
-    (The whole-request form: a span that cannot be decoded rejects the request.)"""
-    decoded = decode_body(body, content_type, encoding, limit)
-    if decoded.undecodable_spans:
-        raise Rejected(HTTPStatus.BAD_REQUEST, UNDECODABLE, f"invalid OTLP protobuf: {decoded.first_error}")
-    return decoded.request
-
-
 def decode_body(body: bytes, content_type: str, encoding: str, limit: int) -> Decoded:
-    """Like `decode_request`, but a protobuf body with undecodable spans keeps its good spans."""
+    """Decompress and parse one export body; raise `Rejected` with the status the spec asks for when
+    the body as a whole is unusable. A protobuf body with undecodable spans keeps its good spans."""
     data = _decompress(body, encoding, limit)
     if content_type == PROTOBUF:
         return decode_protobuf(data)

@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
+from otel_tokens import metric_names
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.collector.otlp_codec import decode_body
@@ -311,6 +312,28 @@ def test_keep_alive_connection_is_reused(service: CollectorService):
         response.read()
     conn.close()
     wait_for_tokens(service, 360)
+
+
+def test_chunked_body_is_accepted(service: CollectorService):
+    body = protobuf_body(make_spans(2))
+    conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=5)
+    try:
+        chunks = iter([body[:1000], body[1000:]])
+        conn.request("POST", "/v1/traces", body=chunks, headers=PB, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+    finally:
+        conn.close()
+    wait_for_tokens(service, 240)
+
+
+def test_metrics_endpoint_gzip_when_accepted(service: CollectorService):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{service.metrics_port}/metrics", headers={"Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert metric_names.SPANS_RECEIVED.encode() in gzip.decompress(response.read())
 
 
 def test_metrics_endpoint_speaks_openmetrics_and_health(service: CollectorService):

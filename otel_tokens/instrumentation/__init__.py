@@ -4,6 +4,16 @@
 patches. Each SDK has its own module (`openai.py`, `anthropic.py`) exposing `instrument(settings)`
 and `uninstrument()`; an SDK that is not installed is skipped, so neither is a hard dependency.
 
+An SDK is patched when the application imports it (a post-import hook), never by importing it
+ourselves: an app that uses only `openai` must not pay the ~1 s and ~40 MB of importing the
+anthropic SDK. If the SDK is already imported, the hook runs at once. Import hooks cannot be
+removed, so each SDK's hook is registered once per process and patches with whatever settings are
+in force when it fires (none after `uninstrument()`).
+
+With no `tracer_provider` argument the global provider is used; when the application configured
+none, `_export.ensure_tracer_provider()` first sets one up from the standard `OTEL_*` variables, so
+`otel_tokens.instrument()` alone exports (an application's own provider is left untouched).
+
 The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
 to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
 and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
@@ -14,14 +24,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
+import threading
 from collections.abc import Collection
 from typing import Any
 
+import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otel_tokens.attribution import set_task_tracer
 from otel_tokens.instrumentation._call import CallSettings
+from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
 from otel_tokens.settings import ENV_CAPTURE_CONTENT, env_flag
 
@@ -32,6 +46,38 @@ _SDK_MODULES: tuple[tuple[str, str], ...] = (
     ("openai", "otel_tokens.instrumentation.openai"),
     ("anthropic", "otel_tokens.instrumentation.anthropic"),
 )
+
+
+#: The settings each SDK is to be patched with when it is imported (absent: not instrumented).
+_pending: dict[str, CallSettings] = {}
+_hooked: set[str] = set()
+_lock = threading.Lock()
+
+
+def _patch_when_imported(sdk: str, module_name: str, settings: CallSettings) -> None:
+    """Patch `sdk` now if the application imported it already, else as soon as it does."""
+    with _lock:
+        _pending[sdk] = settings
+        first = sdk not in _hooked
+        _hooked.add(sdk)
+    if first:
+        wrapt.register_post_import_hook(lambda _module: _on_import(sdk, module_name), sdk)
+    elif sdk in sys.modules:
+        _on_import(sdk, module_name)
+
+
+def _on_import(sdk: str, module_name: str) -> None:
+    with _lock:
+        settings = _pending.get(sdk)
+    if settings is not None:
+        importlib.import_module(module_name).instrument(settings)
+
+
+def _unpatch(sdk: str, module_name: str) -> None:
+    with _lock:
+        was_pending = _pending.pop(sdk, None) is not None
+    if was_pending and sdk in sys.modules:
+        importlib.import_module(module_name).uninstrument()
 
 
 def _version() -> str:
@@ -52,9 +98,8 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer = trace.get_tracer(
-            INSTRUMENTATION_SCOPE, _version(), tracer_provider=kwargs.get("tracer_provider")
-        )
+        provider = kwargs.get("tracer_provider") or ensure_tracer_provider()
+        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, _version(), tracer_provider=provider)
         capture = kwargs.get("capture_content")
         settings = CallSettings(
             tracer=tracer,
@@ -64,11 +109,10 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if importlib.util.find_spec(sdk) is None:
                 logger.debug("otel-tokens: %s not installed, not instrumenting it", sdk)
                 continue
-            importlib.import_module(module_name).instrument(settings)
+            _patch_when_imported(sdk, module_name, settings)
         set_task_tracer(tracer)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         set_task_tracer(None)
         for sdk, module_name in _SDK_MODULES:
-            if importlib.util.find_spec(sdk) is not None:
-                importlib.import_module(module_name).uninstrument()
+            _unpatch(sdk, module_name)

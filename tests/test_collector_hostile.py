@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import resource
@@ -95,6 +96,31 @@ def test_a_bad_resource_rejects_only_its_own_spans(service: CollectorService):
     assert ExportTraceServiceResponse.FromString(reply).partial_success.rejected_spans == 3
     samples = wait_for_tokens(service, 2 * 120)
     assert total(samples, "llm_tokens_total", agent="other") == 0
+
+
+def _json_span(n: int, agent: str, input_tokens: object) -> dict[str, object]:
+    return {
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": f"{n + 1:016x}",
+        "name": "chat gpt-4o", "kind": 3,
+        "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
+        "attributes": [
+            {"key": sc.GEN_AI_PROVIDER_NAME, "value": {"stringValue": "openai"}},
+            {"key": sc.GEN_AI_REQUEST_MODEL, "value": {"stringValue": "gpt-4o"}},
+            {"key": sc.GEN_AI_USAGE_INPUT_TOKENS, "value": {"intValue": input_tokens}},
+            {"key": sc.GEN_AI_USAGE_OUTPUT_TOKENS, "value": {"intValue": 5}},
+            {"key": sc.GEN_AI_AGENT_NAME, "value": {"stringValue": agent}},
+        ],
+    }  # fmt: skip
+
+
+def test_an_otlp_json_span_that_does_not_parse_is_rejected_alone(service: CollectorService):
+    spans = [_json_span(0, "json-a", "11"), _json_span(1, "json-bad", "many"), _json_span(2, "json-b", 20)]
+    body = {"resourceSpans": [{"scopeSpans": [{"scope": {"name": "x"}, "spans": spans}]}]}
+    status, _, reply = post(service, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert status == 200
+    assert json.loads(reply)["partialSuccess"]["rejectedSpans"] == "1"
+    samples = wait_for_tokens(service, 16 + 25)
+    assert total(samples, "llm_tokens_total", agent="json-bad") == 0
 
 
 def test_broken_framing_still_gets_400(service: CollectorService):

@@ -7,7 +7,8 @@ bomb stops at the limit), a `partial_success` response when spans were rejected.
 A protobuf body whose *framing* is sound but one of whose spans cannot be decoded (typically invalid
 UTF-8 in a string attribute, which the protobuf runtime rejects for the whole message) is decoded
 again piecewise (`split_decode`): every span that parses is kept, every one that does not is
-counted as rejected and reported through partial success. Exporters do not retry a 400, so
+counted as rejected and reported through partial success. OTLP/JSON gets the same treatment for a
+span that does not fit the schema (`_split_json`). Exporters do not retry a 400, so
 refusing the whole batch would lose the good spans with the bad.
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "Decoded",
     "Rejected",
     "decode_body",
+    "decode_json",
     "decode_protobuf",
     "encode_message",
     "partial_success",
@@ -76,7 +78,7 @@ def decode_body(body: bytes, content_type: str, encoding: str, limit: int) -> De
     data = _decompress(body, encoding, limit)
     if content_type == PROTOBUF:
         return decode_protobuf(data)
-    return Decoded(_parse_otlp_json(data))
+    return decode_json(data)
 
 
 def decode_protobuf(data: bytes) -> Decoded:
@@ -257,15 +259,63 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def _parse_otlp_json(data: bytes) -> ExportTraceServiceRequest:
+_JSON_ERRORS = (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError)
+
+
+def decode_json(data: bytes) -> Decoded:
+    """Parse an OTLP/JSON export request; a span that does not parse (say `"intValue": "many"`) is
+    rejected alone, like an undecodable protobuf span. Broken JSON is a 400."""
     try:
         document = json.loads(data)
         _hex_ids_to_base64(document)
-        request = ExportTraceServiceRequest()
-        json_format.ParseDict(document, request, ignore_unknown_fields=True)
-        return request
-    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+    except _JSON_ERRORS as exc:
         raise Rejected(HTTPStatus.BAD_REQUEST, UNDECODABLE, f"invalid OTLP/JSON: {exc}") from None
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+        return Decoded(request)
+    except _JSON_ERRORS as exc:
+        error = str(exc)
+    decoded = _split_json(document, error)
+    if decoded is None:
+        raise Rejected(HTTPStatus.BAD_REQUEST, UNDECODABLE, f"invalid OTLP/JSON: {error}")
+    return decoded
+
+
+def _split_json(document: Any, error: str) -> Decoded | None:
+    """The JSON twin of `split_decode`: resource, scope and span parsed one by one."""
+    out, bad = ExportTraceServiceRequest(), 0
+    for resource_json in _items(document, "resourceSpans", "resource_spans"):
+        resource_spans = ResourceSpans()
+        resource_ok = _parse_json(_without(resource_json, "scopeSpans", "scope_spans"), resource_spans)
+        for scope_json in _items(resource_json, "scopeSpans", "scope_spans"):
+            scope_spans = ScopeSpans()
+            scope_ok = resource_ok and _parse_json(_without(scope_json, "spans"), scope_spans)
+            for span_json in _items(scope_json, "spans"):
+                span = Span()
+                if scope_ok and _parse_json(span_json, span):
+                    scope_spans.spans.append(span)
+                else:
+                    bad += 1
+            if scope_spans.spans:
+                resource_spans.scope_spans.append(scope_spans)
+        if resource_spans.scope_spans:
+            out.resource_spans.append(resource_spans)
+    if bad == 0:  # the error was not inside a span: no precise rejection possible
+        return None
+    return Decoded(out, bad, error)
+
+
+def _without(obj: Any, *names: str) -> Any:
+    return {k: v for k, v in obj.items() if k not in names} if isinstance(obj, dict) else obj
+
+
+def _parse_json(obj: Any, message: Message) -> bool:
+    try:
+        json_format.ParseDict(obj, message, ignore_unknown_fields=True)
+        return True
+    except _JSON_ERRORS:
+        return False
 
 
 _ID_LENGTHS = {"traceId": 32, "trace_id": 32, "spanId": 16, "span_id": 16, "parentSpanId": 16,

@@ -56,8 +56,10 @@ def _work() -> Any:
     from otel_tokens.collector.otlp_codec import decode_protobuf, encode_message, partial_success
     from otel_tokens.pipeline import Pipeline
 
-    config = replace(CollectorConfig().metrics_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
-    pipeline = Pipeline(config)
+    config = CollectorConfig()
+    # as in bench_collector: the replayed batches are forgotten by the dedupe memory before they return
+    dedupe = replace(config.dedupe_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
+    pipeline = Pipeline(config.metrics_config(), dedupe=dedupe)
 
     def handle(body: bytes) -> bytes:
         decoded = decode_protobuf(body)

@@ -159,7 +159,7 @@ def ingest_decoded(pipeline: Pipeline, decoded: Decoded) -> IngestResult:
     if decoded.undecodable_spans:
         n = decoded.undecodable_spans
         with swallow_internal_errors("collector.reject_spans"):
-            pipeline.aggregator.add_ingest_stats(n, {UNDECODABLE: n})
+            pipeline.aggregator.ingest_stats.add(spans_received=n, rejected={UNDECODABLE: n})
     return pipeline.ingest_otlp(decoded.request)
 
 

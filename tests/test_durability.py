@@ -8,11 +8,13 @@ does) and starts it again on the same ports. What a user checks: `/metrics` and
 
 from __future__ import annotations
 
+import http.client
 import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
@@ -21,9 +23,10 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
+from otel_tokens.collector import CollectorConfig, CollectorService
 from tests.collector_process import CollectorProcess, collector_args
 from tests.services import poll
-from tests.test_collector_service import make_spans
+from tests.test_collector_service import make_spans, protobuf_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -154,3 +157,20 @@ def test_sigterm_counts_held_spans_while_metrics_still_serves(tmp_path: Path):
     finally:
         collector.stop()
     assert max(seen) == 10 * TOKENS_PER_SPAN, collector.log()
+
+
+def test_an_export_the_store_cannot_keep_is_refused_with_a_status_exporters_retry(tmp_path: Path):
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, data_dir=str(tmp_path / "data"))
+    with CollectorService(config) as service:
+        assert service.durability is not None
+        service.durability.close()  # the store is gone, as at the very end of a shutdown
+        body = protobuf_body(make_spans(2))
+        conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=10)
+        conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+        assert conn.getresponse().status == 503  # retryable; a 500 would make the exporter drop it
+        conn.close()
+        with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            with pytest.raises(grpc.RpcError) as refused:
+                export(body, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -151,6 +151,8 @@ class Durability:
         """Write a last snapshot and release the data directory. Call after the final flush. An
         export arriving later (a keep-alive connection outliving its listener) is refused with
         StoreError, so its exporter resends it to the next collector instead of being told OK."""
+        if self._store.closed:
+            return
         self._stop.set()
         if self._snapshotter is not None:
             self._snapshotter.join(timeout=30)

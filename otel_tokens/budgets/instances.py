@@ -42,6 +42,12 @@ class InstanceTable:
         while len(self._items) > self.max_tracked:
             self._items.popitem(last=False)
 
+    def tokens_of(self, task_id: str, now: float) -> float:
+        """The running total of one instance (0 when unknown or forgotten after idling)."""
+        self._expire(now)
+        item = self._items.get(task_id)
+        return item.tokens if item is not None else 0.0
+
     def top(self, now: float) -> list[tuple[str, str, str, float]]:
         """(task_id, agent, task, tokens) of the largest active instances, largest first."""
         self._expire(now)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
@@ -34,7 +34,17 @@ from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
 from otel_tokens.record import UsageRecord
 
-__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStatus", "State"]
+__all__ = [
+    "BudgetLedger",
+    "BudgetLedgerCollector",
+    "BudgetStatus",
+    "State",
+    "budget_window",
+    "instance_amount",
+    "record_amount",
+    "record_labels",
+    "scope_matches",
+]
 
 State = Literal["ok", "warning", "exceeded"]
 UNKNOWN = "unknown"
@@ -79,32 +89,52 @@ def record_labels(record: UsageRecord) -> dict[str, str]:
     }
 
 
+# What a budget counts of a record. The in-process guard (`otel_tokens.guard`) uses the same four
+# functions, so a call is matched, measured and windowed alike in the agent and in the collector.
+def scope_matches(matchers: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """True when every key the budget's scope sets (`Scope.matchers()`) equals the call's label."""
+    return all(labels[key] == value for key, value in matchers.items())
+
+
+def record_amount(spec: Budget, record: UsageRecord) -> float:
+    """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
+    limit = spec.limit
+    if limit.unit == "usd":
+        return record.cost_usd or 0.0
+    counts = record.tokens.disjoint()
+    return float(sum(counts[t] for t in limit.token_types) if limit.token_types else sum(counts.values()))
+
+
+def instance_amount(spec: Budget, amount: float, record: UsageRecord) -> float:
+    """Tokens a record adds to its task instance (per-instance limits are in tokens even when the
+    budget's limit is in USD)."""
+    return amount if spec.limit.unit == "tokens" else float(record.tokens.total)
+
+
+def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
+    """A fresh window for `spec`: a calendar period in the file's zone, or a rolling duration."""
+    if spec.is_calendar:
+        return CalendarWindow(spec.window, budget_file.zone)
+    return RollingWindow(spec.window_seconds)
+
+
 class _BudgetAccount:
     """One budget's window, lifetime total and task instances. Not locked: the ledger locks."""
 
     def __init__(self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float) -> None:
         self.spec = spec
         self.matchers = spec.scope.matchers()
-        self.window: Window = (
-            CalendarWindow(spec.window, budget.zone)
-            if spec.is_calendar
-            else RollingWindow(spec.window_seconds)
-        )
+        self.window: Window = budget_window(budget, spec)
         self.consumed = 0.0
         self.instances = (
             InstanceTable(top_n=top_n, idle_seconds=idle_seconds) if spec.per_task_instance else None
         )
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels[key] == value for key, value in self.matchers.items())
+        return scope_matches(self.matchers, labels)
 
     def amount(self, record: UsageRecord) -> float:
-        """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
-        limit = self.spec.limit
-        if limit.unit == "usd":
-            return record.cost_usd or 0.0
-        counts = record.tokens.disjoint()
-        return float(sum(counts[t] for t in limit.token_types) if limit.token_types else sum(counts.values()))
+        return record_amount(self.spec, record)
 
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
@@ -112,7 +142,7 @@ class _BudgetAccount:
         self.consumed += amount
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
-            tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
+            tokens = instance_amount(self.spec, amount, record)
             self.instances.add(task_id, labels["agent"], labels["task"], tokens, now)
 
     def status(self, now: float) -> BudgetStatus:

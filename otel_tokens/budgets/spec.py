@@ -33,6 +33,7 @@ __all__ = [
     "ContextGrowthRule",
     "EmailConfig",
     "ForecastRule",
+    "GuardSettings",
     "Limit",
     "PagerDutyConfig",
     "PromptCacheMissRule",
@@ -72,6 +73,8 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _MIN_ROLLING_S = 60.0
 _MAX_ROLLING_S = 35 * 86400.0
+#: Longest a deferred call may wait for room (`defer_wait`): a thread parked longer is a hang.
+_MAX_DEFER_WAIT_S = 3600.0
 
 
 def parse_duration(text: str) -> float:
@@ -197,6 +200,7 @@ class Budget(_Strict):
     severity: Severity = "P2"
     action: Action = "warn"
     downgrade_to: LabelValue | None = None
+    defer_wait: Duration = "0s"
     per_task_instance: TaskInstanceLimit | None = None
     spike: SpikeRule = Field(default_factory=SpikeRule)
     forecast: ForecastRule = Field(default_factory=ForecastRule)
@@ -229,6 +233,19 @@ class Budget(_Strict):
                 if getattr(self, key) is not None:
                     message = f"'{key}' cannot apply to a 'user' scope (user is not a metric label)"
                     raise _semantic(message, key)
+        return self
+
+    @model_validator(mode="after")
+    def _defer_wait_applies(self) -> Budget:
+        """`defer_wait`: how long the in-process guard holds a deferred call waiting for room
+        before it raises `BudgetDeferred` (default 0: raise at once)."""
+        if "defer_wait" not in self.model_fields_set:
+            return self
+        if self.action != "defer":
+            message = f"'defer_wait' only applies to action 'defer', not {self.action!r}"
+            raise _semantic(message, "defer_wait")
+        if parse_duration(self.defer_wait) > _MAX_DEFER_WAIT_S:
+            raise _semantic("'defer_wait' must be at most 1h (a longer wait is a hung agent)", "defer_wait")
         return self
 
     @property
@@ -347,6 +364,14 @@ class Alerting(_Strict):
         return next(r for r in self.receivers if r.name == name)
 
 
+class GuardSettings(_Strict):
+    """How the in-process guard estimates a call before it is sent."""
+
+    #: Output ceiling assumed for a request that sets no `max_tokens` / `max_completion_tokens` /
+    #: `max_output_tokens` (an OpenAI call may omit it; Anthropic requires it).
+    default_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 4096
+
+
 class BudgetFile(_Strict):
     """The whole `budgets.yaml`."""
 
@@ -356,6 +381,10 @@ class BudgetFile(_Strict):
     alert_for: AlertFor = Field(default_factory=AlertFor)
     budgets: list[Budget] = Field(min_length=1)
     alerting: Alerting | None = None
+    #: Model tiering for `action: downgrade`: model → the cheaper model to send instead. When it names
+    #: the call's model it wins over the budget's `downgrade_to` (which may be another provider's).
+    tiers: dict[LabelValue, LabelValue] = Field(default_factory=dict)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
 
     @field_validator("timezone")
     @classmethod
@@ -374,6 +403,20 @@ class BudgetFile(_Strict):
         if problems:
             path, message = problems[0]
             raise _semantic(message, *path, kind="cross_reference")
+        return self
+
+    @model_validator(mode="after")
+    def _tiers_descend(self) -> BudgetFile:
+        """A tier must name another model, and following tiers must end: a cycle never gets cheaper."""
+        for model, cheaper in self.tiers.items():
+            if model == cheaper:
+                raise _semantic(f"tier {model!r} maps to itself", "tiers", model)
+            seen, current = {model}, cheaper
+            while current in self.tiers:
+                if current in seen:
+                    raise _semantic(f"tiers starting at {model!r} loop back to {current!r}", "tiers", model)
+                seen.add(current)
+                current = self.tiers[current]
         return self
 
     @property

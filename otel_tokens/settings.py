@@ -54,3 +54,8 @@ ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SE
 ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_FLUSH_INTERVAL_SECONDS"
 #: budgets_file — path of budgets.yaml (reserved for the budget ledger; default unset).
 ENV_COLLECTOR_BUDGETS_FILE: Final = "OTEL_TOKENS_COLLECTOR_BUDGETS_FILE"
+
+# --- the in-process budget guard ------------------------------------------------------------------
+#: Path of budgets.yaml whose `action`s the agent process enforces before each call (the zero-code
+#: `opentelemetry-instrument` path; `otel_tokens.instrument(budgets=...)` wins). Unset: no guard.
+ENV_BUDGETS_FILE: Final = "OTEL_TOKENS_BUDGETS_FILE"

@@ -71,4 +71,25 @@ def file_problems(data: Mapping[str, Any]) -> list[Problem]:
     alerting = data.get("alerting")
     if isinstance(alerting, Mapping):
         problems += [(("alerting", *path), msg) for path, msg in alerting_problems(alerting)]
+    return problems + tier_problems(data)
+
+
+def tier_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """`tiers` (model → cheaper model) must name another model and never loop: a downgrade along a
+    cycle never gets cheaper."""
+    tiers = data.get("tiers")
+    if not isinstance(tiers, Mapping):
+        return []
+    problems: list[Problem] = []
+    for model, cheaper in tiers.items():
+        if model == cheaper:
+            problems.append((("tiers", model), f"tier {model!r} maps to itself"))
+            continue
+        seen, current = {model}, cheaper
+        while isinstance(current, str) and current in tiers:
+            if current in seen:
+                problems.append((("tiers", model), f"tiers starting at {model!r} loop back to {current!r}"))
+                break
+            seen.add(current)
+            current = tiers[current]
     return problems

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from otel_tokens.budgets.checks import alerting_problems, budget_name_problems
+from otel_tokens.budgets.checks import alerting_problems, budget_name_problems, tier_problems
 
 __all__ = [
     "SCHEMA_PATH",
@@ -407,16 +407,10 @@ class BudgetFile(_Strict):
 
     @model_validator(mode="after")
     def _tiers_descend(self) -> BudgetFile:
-        """A tier must name another model, and following tiers must end: a cycle never gets cheaper."""
-        for model, cheaper in self.tiers.items():
-            if model == cheaper:
-                raise _semantic(f"tier {model!r} maps to itself", "tiers", model)
-            seen, current = {model}, cheaper
-            while current in self.tiers:
-                if current in seen:
-                    raise _semantic(f"tiers starting at {model!r} loop back to {current!r}", "tiers", model)
-                seen.add(current)
-                current = self.tiers[current]
+        problems = tier_problems(self.model_dump(by_alias=True))
+        if problems:
+            path, message = problems[0]
+            raise _semantic(message, *path, kind="cross_reference")
         return self
 
     @property

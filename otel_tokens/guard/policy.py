@@ -46,23 +46,20 @@ class Pressure:
 
     def exceeded(self, retry_after: float | None = None) -> BudgetExceeded:
         """The error to raise: `BudgetDeferred` when a `retry_after` is given."""
-        resets_at = (
-            None if self.room_in is None else datetime.fromtimestamp(self.now + self.room_in, timezone.utc)
-        )
-        numbers = {
-            "used": self.used,
-            "reserved": self.reserved,
-            "limit": self.limit,
-            "estimate": self.estimate,
-        }
+        resets_at = None
+        if self.room_in is not None:
+            # to the millisecond: `now + (end - now)` must read as the period's end, not 1 µs after
+            resets_at = datetime.fromtimestamp(round(self.now + self.room_in, 3), timezone.utc)
+        name, scope, window, unit = self.budget.name, self.scope, self.window, self.unit
+        used, reserved, limit, estimate = self.used, self.reserved, self.limit, self.estimate
         if retry_after is not None:
             return BudgetDeferred(
-                retry_after=retry_after, budget=self.budget.name, scope=self.scope, window=self.window,
-                resets_at=resets_at, unit=self.unit, estimate=self.estimate, **numbers,
+                retry_after=retry_after, budget=name, scope=scope, used=used, reserved=reserved,
+                limit=limit, window=window, resets_at=resets_at, estimate=estimate, unit=unit,
             )  # fmt: skip
         return BudgetExceeded(
-            budget=self.budget.name, scope=self.scope, window=self.window, resets_at=resets_at,
-            unit=self.unit, estimate=self.estimate, **numbers,
+            budget=name, scope=scope, used=used, reserved=reserved, limit=limit, window=window,
+            resets_at=resets_at, estimate=estimate, unit=unit,
         )  # fmt: skip
 
 

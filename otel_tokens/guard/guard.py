@@ -25,12 +25,14 @@ from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_t
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, pressure_of, resolve
 from otel_tokens.guard.state import BudgetState, Claim, LocalBudgetState, Reservation
 from otel_tokens.pricing import PriceBook, default_price_book
-from otel_tokens.record import TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
 __all__ = ["Admission", "Guard"]
 
 #: How often an async deferred call looks again for room (a thread waits on a condition instead).
 _ASYNC_POLL_S = 0.05
+#: Distinct (provider, model, attribution) combinations whose matching budgets are remembered.
+_MAX_CACHED_MATCHES = 4096
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class Guard:
         self.state: BudgetState = state if state is not None else LocalBudgetState(budget_file, clock)
         self._prices = prices or default_price_book()
         self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
+        self._matches: dict[tuple[str, str, Attribution], list[Budget]] = {}
         self._tiers = dict(budget_file.tiers)
         self._default_output = budget_file.guard.default_output_tokens
 
@@ -78,8 +81,10 @@ class Guard:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""
         estimate = estimate_tokens(request, self._default_output)
         admission, wait_s = self._attempt(request, estimate)
+        if wait_s <= 0:
+            return admission
         deadline = time.monotonic() + wait_s
-        while wait_s > 0 and isinstance(admission.refusal, BudgetDeferred):
+        while isinstance(admission.refusal, BudgetDeferred):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -91,8 +96,10 @@ class Guard:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
         estimate = estimate_tokens(request, self._default_output)
         admission, wait_s = self._attempt(request, estimate)
+        if wait_s <= 0:
+            return admission
         deadline = time.monotonic() + wait_s
-        while wait_s > 0 and isinstance(admission.refusal, BudgetDeferred):
+        while isinstance(admission.refusal, BudgetDeferred):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -117,16 +124,17 @@ class Guard:
             claims = self._claims(request, model, estimate)
             if not claims:
                 return self._admission(request, model, decisions), 0.0
+            agent, task = request.attribution.agent or UNKNOWN, request.attribution.task or UNKNOWN
             with self.state.transaction() as view:
-                now = self.state.now()
+                reservation = view.try_reserve(claims, agent, task)
+                if reservation is not None:  # fits every budget: the common case
+                    return self._admitted(request, model, decisions, reservation), 0.0
+                now = view.now
                 pressures = [p for c in claims if (p := pressure_of(view, c, now)) is not None]
                 outcome = resolve(pressures, model=model, tiers=self._tiers, relieved=relieved, tried=tried)
-                if isinstance(outcome, Admit):
-                    agent, task = request.attribution.agent or UNKNOWN, request.attribution.task or UNKNOWN
+                if isinstance(outcome, Admit):  # over only budgets that warn (or already downgraded)
                     reservation = view.reserve(claims, agent, task)
-                    admission = self._admission(request, model, decisions + outcome.decisions)
-                    admission.reservation, admission.state = reservation, self.state
-                    return admission, 0.0
+                    return self._admitted(request, model, decisions + outcome.decisions, reservation), 0.0
             if isinstance(outcome, Refuse):
                 admission = self._admission(request, model, decisions + outcome.decisions)
                 admission.refusal = outcome.error
@@ -138,6 +146,13 @@ class Guard:
             tried.add(model)
         raise AssertionError("downgrades did not settle")  # unreachable: budgets are finite
 
+    def _admitted(
+        self, request: GuardRequest, model: str, decisions: list[Decision], reservation: Reservation
+    ) -> Admission:
+        admission = self._admission(request, model, decisions)
+        admission.reservation, admission.state = reservation, self.state
+        return admission
+
     @staticmethod
     def _admission(request: GuardRequest, model: str, decisions: list[Decision]) -> Admission:
         downgraded_from = request.model if model != request.model else None
@@ -145,16 +160,27 @@ class Guard:
 
     # --- what the call claims of each budget ------------------------------------------------------
     def _claims(self, request: GuardRequest, model: str, estimate: TokenCounts) -> list[Claim]:
-        labels = record_labels(
-            UsageRecord(provider=request.provider, request_model=model, attribution=request.attribution)
-        )
-        matching = [spec for spec, matchers in self._scopes if scope_matches(matchers, labels)]
+        matching = self._matching(request.provider, model, request.attribution)
         if not matching:
             return []
         cost = None
-        if any(spec.limit.unit == "usd" for spec in matching):
+        if any(spec.limit.usd is not None for spec in matching):
             cost = self._prices.cost_usd(request.provider, model, estimate)
         return [self._claim(spec, request, estimate, cost) for spec in matching]
+
+    def _matching(self, provider: str, model: str, attribution: Attribution) -> list[Budget]:
+        """The budgets whose scope matches a call, by the ledger's own matching; remembered per
+        (provider, model, attribution), which repeats call after call."""
+        key = (provider, model, attribution)
+        matching = self._matches.get(key)
+        if matching is None:
+            record = UsageRecord(provider=provider, request_model=model, attribution=attribution)
+            labels = record_labels(record)
+            matching = [spec for spec, matchers in self._scopes if scope_matches(matchers, labels)]
+            if len(self._matches) >= _MAX_CACHED_MATCHES:
+                self._matches.clear()
+            self._matches[key] = matching
+        return matching
 
     @staticmethod
     def _claim(spec: Budget, request: GuardRequest, estimate: TokenCounts, cost: float | None) -> Claim:
@@ -162,5 +188,5 @@ class Guard:
         task_id = request.attribution.task_id if spec.per_task_instance is not None else None
         if task_id is None:
             return Claim(spec, amount)
-        tokens = amount if spec.limit.unit == "tokens" else float(estimate.input + estimate.output)
+        tokens = amount if spec.limit.tokens is not None else float(estimate.input + estimate.output)
         return Claim(spec, amount, task_id, tokens)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +35,7 @@ from otel_tokens.record import UsageRecord
 __all__ = ["BudgetState", "BudgetView", "Claim", "LocalBudgetState", "Reservation", "Standing"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
     """What one call would add to one budget: `amount` in the budget's unit and, when the budget
     has a per-task-instance limit and the call runs in a task instance, `instance_tokens` to it."""
@@ -67,13 +67,21 @@ class Reservation:
 
 
 class BudgetView(Protocol):
-    """The state as seen inside one transaction (the lock is held)."""
+    """The state as seen inside one transaction (the lock is held), at one instant `now`."""
+
+    @property
+    def now(self) -> float: ...
 
     def standing(self, claim: Claim) -> Standing: ...
 
     def seconds_until_used_at_most(self, budget: Budget, target: float) -> float | None: ...
 
     def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation: ...
+
+    def try_reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation | None:
+        """Reserve when every claim fits its budget (and task instance), else None: the common
+        case in one step; the guard then looks at `standing` only for a call that does not fit."""
+        ...
 
 
 class BudgetState(Protocol):
@@ -102,6 +110,15 @@ class _Account:
         self.reserved = 0.0
         self.instances = InstanceTable() if spec.per_task_instance else None
         self.instance_reserved: dict[str, float] = {}  # only instances with calls in flight
+
+    def fits(self, claim: Claim, now: float) -> bool:
+        if self.window.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
+            return False
+        instance = self.spec.per_task_instance
+        if instance is None or claim.task_id is None or self.instances is None:
+            return True
+        held = self.instances.tokens_of(claim.task_id, now) + self.instance_reserved.get(claim.task_id, 0.0)
+        return held + claim.instance_tokens <= instance.tokens
 
     def standing(self, task_id: str | None, now: float) -> Standing:
         used, reserved = self.window.used(now), max(self.reserved, 0.0)
@@ -135,15 +152,14 @@ class LocalBudgetState:
         self._clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._waiting = 0  # deferred calls in `wait_for_change`: only they need a notify
         self._accounts = {spec.name: _Account(budget_file, spec) for spec in budget_file.budgets}
 
     def now(self) -> float:
         return self._clock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[BudgetView]:
-        with self._lock:
-            yield _LocalView(self)
+    def transaction(self) -> AbstractContextManager[BudgetView]:
+        return _LocalView(self)  # takes the lock on entry (a class: no generator on the hot path)
 
     def settle(self, reservation: Reservation, record: UsageRecord | None) -> None:
         with self._lock:
@@ -156,11 +172,16 @@ class LocalBudgetState:
                 account.hold(claim, -1.0)
                 if record is not None:
                     account.count(claim, record, reservation.agent, reservation.task, now)
-            self._changed.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
 
     def wait_for_change(self, timeout: float) -> None:
         with self._lock:
-            self._changed.wait(timeout)
+            self._waiting += 1
+            try:
+                self._changed.wait(timeout)
+            finally:
+                self._waiting -= 1
 
     def standing(self, budget: str, task_id: str | None = None) -> Standing:
         """One budget's standing now (for tests and status displays)."""
@@ -169,13 +190,25 @@ class LocalBudgetState:
 
 
 class _LocalView:
-    """`BudgetView` over a `LocalBudgetState` whose lock the caller holds."""
+    """`BudgetView` over a `LocalBudgetState`, holding its lock from `__enter__` to `__exit__`."""
 
     __slots__ = ("_now", "_state")
 
     def __init__(self, state: LocalBudgetState) -> None:
         self._state = state
-        self._now = state.now()
+        self._now = 0.0
+
+    def __enter__(self) -> _LocalView:
+        self._state._lock.acquire()
+        self._now = self._state._clock()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._state._lock.release()
+
+    @property
+    def now(self) -> float:
+        return self._now
 
     def standing(self, claim: Claim) -> Standing:
         return self._state._accounts[claim.budget.name].standing(claim.task_id, self._now)
@@ -187,3 +220,9 @@ class _LocalView:
         for claim in claims:
             self._state._accounts[claim.budget.name].hold(claim, 1.0)
         return Reservation(tuple(claims), agent, task)
+
+    def try_reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation | None:
+        accounts, now = self._state._accounts, self._now
+        if all(accounts[claim.budget.name].fits(claim, now) for claim in claims):
+            return self.reserve(claims, agent, task)
+        return None

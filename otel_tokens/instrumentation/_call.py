@@ -189,7 +189,7 @@ class LLMCall:
         return self._apply_admission(admission, kwargs)
 
     def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
-        from otel_tokens.guard import GuardRequest
+        from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
 
         return GuardRequest(
             self.provider,

@@ -67,7 +67,8 @@ class Guard:
         self.state: BudgetState = state if state is not None else LocalBudgetState(budget_file, clock)
         self._prices = prices or default_price_book()
         self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
-        self._matches: dict[tuple[str, str, Attribution], list[Budget]] = {}
+        #: (provider, model, attribution) → the budgets matching such a call, and whether one is in USD
+        self._matches: dict[tuple[str, str, Attribution], tuple[list[Budget], bool]] = {}
         self._tiers = dict(budget_file.tiers)
         self._default_output = budget_file.guard.default_output_tokens
 
@@ -79,6 +80,8 @@ class Guard:
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: GuardRequest) -> Admission:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""
+        if not self._matching(request.provider, request.model, request.attribution):
+            return Admission(request.model)  # no budget covers this call: nothing to estimate
         estimate = estimate_tokens(request, self._default_output)
         admission, wait_s = self._attempt(request, estimate)
         if wait_s <= 0:
@@ -94,6 +97,8 @@ class Guard:
 
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
+        if not self._matching(request.provider, request.model, request.attribution):
+            return Admission(request.model)
         estimate = estimate_tokens(request, self._default_output)
         admission, wait_s = self._attempt(request, estimate)
         if wait_s <= 0:
@@ -116,7 +121,21 @@ class Guard:
         return after
 
     def _attempt(self, request: GuardRequest, estimate: TokenCounts) -> tuple[Admission, float]:
-        """One decision under the state's lock; a downgrade re-evaluates with the cheaper model."""
+        """One decision under the state's lock. The common case — the call fits every budget it
+        matches — is reserved in one step; anything else goes to `_decide`."""
+        claims = self._claims(request, request.model, estimate)
+        attribution = request.attribution
+        agent, task = attribution.agent or UNKNOWN, attribution.task or UNKNOWN
+        with self.state.transaction() as view:
+            reservation = view.try_reserve(claims, agent, task)
+        if reservation is not None:
+            return Admission(request.model, None, [], None, reservation, self.state), 0.0
+        return self._decide(request, estimate, agent, task)
+
+    def _decide(
+        self, request: GuardRequest, estimate: TokenCounts, agent: str, task: str
+    ) -> tuple[Admission, float]:
+        """A call that does not fit: apply the actions; a downgrade re-evaluates the cheaper call."""
         model, tried = request.model, {request.model}
         relieved: set[str] = set()
         decisions: list[Decision] = []
@@ -124,10 +143,9 @@ class Guard:
             claims = self._claims(request, model, estimate)
             if not claims:
                 return self._admission(request, model, decisions), 0.0
-            agent, task = request.attribution.agent or UNKNOWN, request.attribution.task or UNKNOWN
             with self.state.transaction() as view:
                 reservation = view.try_reserve(claims, agent, task)
-                if reservation is not None:  # fits every budget: the common case
+                if reservation is not None:  # the cheaper call fits
                     return self._admitted(request, model, decisions, reservation), 0.0
                 now = view.now
                 pressures = [p for c in claims if (p := pressure_of(view, c, now)) is not None]
@@ -160,27 +178,27 @@ class Guard:
 
     # --- what the call claims of each budget ------------------------------------------------------
     def _claims(self, request: GuardRequest, model: str, estimate: TokenCounts) -> list[Claim]:
-        matching = self._matching(request.provider, model, request.attribution)
-        if not matching:
-            return []
-        cost = None
-        if any(spec.limit.usd is not None for spec in matching):
-            cost = self._prices.cost_usd(request.provider, model, estimate)
+        matching, priced = self._match(request.provider, model, request.attribution)
+        cost = self._prices.cost_usd(request.provider, model, estimate) if priced else None
         return [self._claim(spec, request, estimate, cost) for spec in matching]
 
     def _matching(self, provider: str, model: str, attribution: Attribution) -> list[Budget]:
-        """The budgets whose scope matches a call, by the ledger's own matching; remembered per
-        (provider, model, attribution), which repeats call after call."""
+        return self._match(provider, model, attribution)[0]
+
+    def _match(self, provider: str, model: str, attribution: Attribution) -> tuple[list[Budget], bool]:
+        """The budgets whose scope matches a call, by the ledger's own matching, and whether any
+        is in USD; remembered per (provider, model, attribution), which repeats call after call."""
         key = (provider, model, attribution)
-        matching = self._matches.get(key)
-        if matching is None:
+        found = self._matches.get(key)
+        if found is None:
             record = UsageRecord(provider=provider, request_model=model, attribution=attribution)
             labels = record_labels(record)
             matching = [spec for spec, matchers in self._scopes if scope_matches(matchers, labels)]
+            found = (matching, any(spec.limit.usd is not None for spec in matching))
             if len(self._matches) >= _MAX_CACHED_MATCHES:
                 self._matches.clear()
-            self._matches[key] = matching
-        return matching
+            self._matches[key] = found
+        return found
 
     @staticmethod
     def _claim(spec: Budget, request: GuardRequest, estimate: TokenCounts, cost: float | None) -> Claim:

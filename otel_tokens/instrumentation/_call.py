@@ -207,7 +207,8 @@ class LLMCall:
         if admission.refusal is not None:
             self.finish(None, error=admission.refusal)
             raise admission.refusal
-        self.admission = admission
+        if admission.reservation is not None:
+            self.admission = admission  # settled in `finish`
         if admission.downgraded_from is not None:
             self.request_model = admission.model
             self.span.update_name(f"{self.operation} {admission.model}")

@@ -1,7 +1,7 @@
 # otel-tokens — the two commands a newcomer needs:
 #   make demo   create the environment, start the collector and a keyless demo workload
 #   make test   install everything the tests need (Python, Debian prometheus/alertmanager, npm), run them all
-# Inner loop: make unit (seconds).
+# Inner loop: make unit (seconds). make integration / make e2e run the slower layers alone.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +10,7 @@ COMPAT  ?= .venv-compat
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose
 
-.PHONY: demo test unit lint compat-test integration system-deps render check-rendered bench clean
+.PHONY: demo test unit lint compat-test integration e2e system-deps render check-rendered bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ lint: $(VENV)/.installed
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not integration" -x
+
+# Real servers and tools (every e2e test is also integration).
+integration: $(VENV)/.installed system-deps
+	$(BIN)/pytest -q -m integration
+
+# End to end as a user runs it: real SDKs -> fake provider -> OTLP -> collector -> Prometheus/Alertmanager.
+e2e: $(VENV)/.installed system-deps
+	$(BIN)/pytest -q -m e2e
 
 compat-test: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider \

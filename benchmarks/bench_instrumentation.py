@@ -57,7 +57,7 @@ from opentelemetry.trace import SpanKind
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _harness import QUICK, Block, Samples, interleave, record, rounds, spread

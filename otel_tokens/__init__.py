@@ -43,6 +43,10 @@ def instrument(
 ) -> None:
     """Instrument every installed supported SDK. Idempotent; undo with `uninstrument()`.
 
+    Spans go to `tracer_provider`, else the global one. When the application configured none, one
+    is set up from the standard `OTEL_*` variables (OTLP/HTTP to http://127.0.0.1:4318 by default;
+    `OTEL_TRACES_EXPORTER=none` turns it off) and the `otel_tokens` logger says so once.
+
     `capture_content=None` reads OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (off by default):
     prompts and completions are never recorded unless asked for.
 

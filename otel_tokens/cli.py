@@ -1,15 +1,19 @@
-"""`otel-tokens` command line: a thin dispatcher over the package's stages; it owns no logic.
+"""`otel-tokens` command line: the one place that registers every command; it owns no logic.
 
-Subcommands: `collector` (run the OTLP → Prometheus collector), `demo` (fake provider + collector +
-keyless multi-agent workload), `render` / `check` (budgets as code), `status` (a running
-collector's budget standing).
+Each command's arguments are declared here (the collector's come from its config table, one flag
+per key) and its work is done by the stage it names: `collector` (run the OTLP → Prometheus
+collector), `demo` (fake provider + collector + keyless multi-agent workload), `fake-provider`
+(the keyless provider alone, for one's own agent), `render` / `check` (budgets as code), `status`
+(a running collector's budget standing). Stages are imported only when their command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+Command = Callable[[argparse.Namespace], int]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -17,11 +21,56 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otel-tokens", description="Token-cost observability for LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (_collector, _demo, _fake_provider, _render, _check, _status):
+        register(sub)
+    return parser
 
-    sub.add_parser("collector", help="run the collector (OTLP in, Prometheus /metrics out)", add_help=False)
 
-    demo = sub.add_parser("demo", help="fake provider + collector + a keyless multi-agent workload")
-    demo.add_argument("--once", action="store_true", help="run the workload once, print totals, exit")
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Command,
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """Register one command; `run(args)` does its work and returns the exit code."""
+    parser = sub.add_parser(name, help=help, description=description or help)
+    parser.set_defaults(run=run)
+    return parser
+
+
+# --- collector ------------------------------------------------------------------------------------
+def _collector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otel_tokens.collector import DESCRIPTION
+    from otel_tokens.collector.config import add_arguments
+
+    parser = _command(
+        sub,
+        "collector",
+        _run_collector,
+        help="run the collector (OTLP in, Prometheus /metrics out)",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+
+
+def _run_collector(args: argparse.Namespace) -> int:
+    from otel_tokens.collector import main_from_args
+
+    return main_from_args(args)
+
+
+# --- demo and the keyless provider ----------------------------------------------------------------
+def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otel_tokens.demo.ports import DEMO_PORTS
+
+    demo = _command(sub, "demo", _run_demo, help="fake provider + collector + a keyless multi-agent workload")
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="run the workload once, print the totals and budgets, stop the collector and exit",
+    )
     demo.add_argument(
         "--collector",
         metavar="URL",
@@ -35,55 +84,111 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also receive Alertmanager webhooks here and print each page (docker-compose uses 0.0.0.0:8080)",
     )
+    for port in DEMO_PORTS:
+        demo.add_argument(
+            port.flag,
+            type=int,
+            default=port.default,
+            metavar="N",
+            help=f"the embedded collector's {port.what} port (default {port.default})",
+        )
 
-    render = sub.add_parser("render", help="render budgets.yaml into Prometheus/Alertmanager/Grafana files")
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from otel_tokens.demo.ports import DEMO_PORTS
+    from otel_tokens.demo.run import run_demo
+
+    return run_demo(
+        once=args.once,
+        collector_url=args.collector,
+        rounds=args.rounds,
+        interval=args.interval,
+        budgets_file=args.budgets,
+        alerts_listen=args.alerts_listen,
+        ports={port.attr: getattr(args, port.attr) for port in DEMO_PORTS},
+    )
+
+
+def _fake_provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        sub,
+        "fake-provider",
+        _run_fake_provider,
+        help="a keyless stand-in for the OpenAI and Anthropic APIs, to point one's own agent at",
+        description=(
+            "Serve the OpenAI (chat completions, responses, embeddings) and Anthropic (messages) wire "
+            "formats, JSON and streaming, with fixed replies and realistic usage, until Ctrl-C. "
+            "Point an SDK's base_url at it; any API key is accepted."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=18080, help="port to listen on (default 18080)")
+
+
+def _run_fake_provider(args: argparse.Namespace) -> int:
+    from otel_tokens.demo.fake_provider.command import serve
+
+    return serve(args.host, args.port)
+
+
+# --- budgets as code ------------------------------------------------------------------------------
+def _render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    render = _command(
+        sub, "render", _run_render, help="render budgets.yaml into Prometheus/Alertmanager/Grafana files"
+    )
     render.add_argument("budget_file")
-    render.add_argument("--out", default=".", help="directory to write into (default: the project root)")
+    render.add_argument("--out", default=".", help="directory to write into (default: the current directory)")
 
-    check = sub.add_parser("check", help="validate budgets.yaml and check the rendered files")
+
+def _run_render(args: argparse.Namespace) -> int:
+    from otel_tokens.budgets.cli import render_command
+
+    return render_command(args.budget_file, args.out)
+
+
+def _check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = _command(sub, "check", _run_check, help="validate budgets.yaml and check the rendered files")
     check.add_argument("budget_file")
-    check.add_argument("--out", default=".", help="directory holding the rendered files (default: .)")
-    status = sub.add_parser("status", help="show a running collector's exact budget standing")
+    check.add_argument(
+        "--out", default=".", help="directory holding the rendered files (default: the current directory)"
+    )
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from otel_tokens.budgets.cli import check_command
+
+    return check_command(args.budget_file, args.out)
+
+
+def _status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = _command(
+        sub,
+        "status",
+        _run_status,
+        help="show a running collector's exact budget standing",
+        description=(
+            "Print every budget's standing from a running collector. Exit code: 0 every budget ok, "
+            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the collector could not be read."
+        ),
+    )
     status.add_argument(
         "--collector",
         default="http://127.0.0.1:9464",
         metavar="URL",
         help="the collector's metrics address (default http://127.0.0.1:9464)",
     )
-    return parser
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from otel_tokens.budgets.cli import status_command
+
+    return status_command(args.collector)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["collector"]:
-        from otel_tokens.collector import main as collector_main
-
-        return collector_main(args_list[1:])
-    args = _build_parser().parse_args(args_list)
-    if args.command == "demo":
-        from otel_tokens.demo import run_demo
-
-        return run_demo(
-            once=args.once,
-            collector_url=args.collector,
-            rounds=args.rounds,
-            interval=args.interval,
-            budgets_file=args.budgets,
-            alerts_listen=args.alerts_listen,
-        )
-    if args.command == "render":
-        from otel_tokens.budgets.cli import render_command
-
-        return render_command(args.budget_file, args.out)
-    if args.command == "check":
-        from otel_tokens.budgets.cli import check_command
-
-        return check_command(args.budget_file, args.out)
-    if args.command == "status":
-        from otel_tokens.budgets.cli import status_command
-
-        return status_command(args.collector)
-    return 2
+    args = _build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    run: Command = args.run
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,18 @@ the cache added, and is then normalised.
 
 Malformed values never raise: the span becomes a `Rejection` with a bounded reason.
 
+Hostile numbers: every count is bounded (`MAX_TOKENS`), and so is a call's total (input + output,
+the semconv totals that include cache and reasoning) by `max_tokens_per_call`, configurable,
+default `DEFAULT_MAX_TOKENS_PER_CALL`: a record above it is rejected as `token_count_too_large`.
+Counts that contradict themselves are made consistent and counted in `ExtractStats` (exposed as
+`otel_tokens_records_clamped_total{reason}`) rather than rejected, because each has an honest
+reading that loses nothing a provider billed: a part larger than its whole means the whole was
+reported without the part, so the whole is raised to include it — cache tokens above input
+(Anthropic's raw `input_tokens`, the long-standing rule) and reasoning above output (a dialect
+that counts thoughts apart from the answer). Afterwards cache read + write <= input and reasoning
+<= output always hold; the per-call ceiling bounds what a sender can add this way. The 1-hour
+cache-write split only selects a rate, so above the cache writes it is cut down to them.
+
 One kind of span without usage is not skipped: the task span an `attribute(task_id=...)` scope opens
 (marked `otel_tokens.task.scope`) becomes a `TaskCompletion`, so the aggregator can observe the
 instance's total. The marker is one more slot in the table, so a span with neither usage nor the
@@ -34,6 +46,12 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.extract_stats import (
+    CACHE_EXCEEDS_INPUT,
+    CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE,
+    REASONING_EXCEEDS_OUTPUT,
+    ExtractStats,
+)
 from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, Status, TokenCounts, UsageRecord
 
 if TYPE_CHECKING:
@@ -50,10 +68,14 @@ __all__ = [
     "record_from_slots",
 ]
 
-#: (provider, model, tokens) → USD, or None for a model without a known price.
-PriceFn = Callable[[str, str, TokenCounts], "float | None"]
+#: (provider, model, tokens[, service_tier]) → USD, or None for a model without a known price. The
+#: service tier is passed only when the span carries one, so a 3-argument function still works.
+PriceFn = Callable[..., "float | None"]
 
 MAX_TOKENS = 10**9  # more than any context window by far: a larger count is a bug or an attack
+#: The default ceiling on one call's input + output tokens: five times the largest context window
+#: on sale (2M input + 128k output), so no genuine call comes near it; configurable per Extractor.
+DEFAULT_MAX_TOKENS_PER_CALL = 10_000_000
 MAX_COST_USD = 1e6
 MAX_LABEL = 128
 _OTLP_STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
@@ -64,7 +86,8 @@ _TL = sc.OPENLLMETRY_ASSOCIATION_PREFIX
 (REQUEST_MODEL, RESPONSE_MODEL, PROVIDER, OPERATION) = range(6, 10)
 (AGENT, TASK, TASK_ID, USER, SESSION, STEP, WORKFLOW) = range(10, 17)  # Attribution's field order
 (COST, ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE) = range(17, 22)
-_N_SLOTS = 22
+(CACHE_WRITE_1H, SERVICE_TIER, ENRICHMENT_FAILED) = range(22, 25)
+_N_SLOTS = 25
 _NO_RANK = 99
 
 _DIALECTS: tuple[tuple[str, ...], ...] = (
@@ -101,6 +124,9 @@ _DIALECTS: tuple[tuple[str, ...], ...] = (
     (sc.OTEL_TOKENS_MARKER,),
     (sc.ERROR_TYPE,),
     (sc.OTEL_TOKENS_TASK_SCOPE,),
+    (sc.OTEL_TOKENS_CACHE_WRITE_1H,),
+    (sc.OPENAI_RESPONSE_SERVICE_TIER, sc.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
+    (sc.OTEL_TOKENS_ENRICHMENT_FAILED,),
 )
 assert len(_DIALECTS) == _N_SLOTS
 
@@ -121,6 +147,7 @@ _EXPECTED_FIELD: tuple[str, ...] = (
     ("int_value",) * 6
     + ("string_value",) * 11
     + ("double_value", "bool_value", "bool_value", "string_value", "bool_value")
+    + ("int_value", "string_value", "array_value")
 )
 assert len(_EXPECTED_FIELD) == _N_SLOTS
 #: attribute name → (slot, rank, the AnyValue field it normally arrives in): the OTLP walk's table.
@@ -169,10 +196,14 @@ class _Batch(Protocol):
     def add(self, outcome: Outcome) -> None: ...
 
 
-def _default_price(provider: str, model: str, tokens: TokenCounts) -> float | None:
+def _default_price(
+    provider: str, model: str, tokens: TokenCounts, service_tier: str | None = None
+) -> float | None:
+    """genai-prices' price; raises on our own error (genai-prices missing), which `_price` logs once
+    and marks on the record, unlike an unknown model (None)."""
     from otel_tokens.pricing import default_price_book  # owned elsewhere; loaded on first use
 
-    return default_price_book().cost_usd(provider, model, tokens)
+    return default_price_book().strict_cost_usd(provider, model, tokens, service_tier)
 
 
 def _label(value: object) -> str | None:
@@ -210,8 +241,9 @@ def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
     return value
 
 
-def tokens_from(vals: _Slots, ranks: list[int]) -> TokenCounts | Rejection:
-    """Token counts in semconv meaning, whichever dialect reported them."""
+def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = None) -> TokenCounts | Rejection:
+    """Token counts in semconv meaning, whichever dialect reported them; self-contradicting counts
+    made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
     for slot, value in enumerate(counts):
         if value is None:
@@ -226,8 +258,24 @@ def tokens_from(vals: _Slots, ranks: list[int]) -> TokenCounts | Rejection:
         inp = total  # only a total: the best split we have puts it all on input
     cached = cache_read + cache_write
     if cached and (inp < cached or (vals[TOTAL] is not None and total == inp + out + cached)):
+        if inp < cached and stats is not None:
+            stats.clamped(CACHE_EXCEEDS_INPUT)
         inp += cached  # Anthropic's raw input_tokens, which excludes cache tokens
-    return TokenCounts(inp, out, cache_read, cache_write, reasoning)
+    if reasoning > out:
+        if stats is not None:
+            stats.clamped(REASONING_EXCEEDS_OUTPUT)
+        out += reasoning  # an output reported without its reasoning tokens
+    if vals[CACHE_WRITE_1H] is None:
+        return TokenCounts(inp, out, cache_read, cache_write, reasoning)
+    one_hour = _token_count(vals, ranks, CACHE_WRITE_1H)
+    if type(one_hour) is Rejection:
+        return one_hour
+    assert isinstance(one_hour, int)
+    if one_hour > cache_write:
+        if stats is not None:
+            stats.clamped(CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE)
+        one_hour = cache_write
+    return TokenCounts(inp, out, cache_read, cache_write, reasoning, one_hour)
 
 
 def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
@@ -257,6 +305,22 @@ def slots_from_mapping(attrs: Mapping[str, object]) -> tuple[_Slots, list[int]]:
     return vals, ranks
 
 
+def _failed_steps(value: object) -> tuple[str, ...]:
+    """`otel_tokens.enrichment.failed`: a tuple (SDK spans) or an OTLP ArrayValue of strings. Only
+    known step names are kept, so a sender cannot grow anything with it."""
+    items = getattr(value, "values", value)
+    if not isinstance(items, Iterable) or isinstance(items, (str, bytes)):
+        return ()
+    steps: list[str] = []
+    for item in items:
+        step = item if type(item) is str else getattr(item, "string_value", None)
+        if step in sc.ENRICHMENT_STEPS and step not in steps:
+            steps.append(step)
+        if len(steps) == len(sc.ENRICHMENT_STEPS):
+            break
+    return tuple(steps)
+
+
 def _has_usage(vals: _Slots) -> bool:
     return vals[IN] is not None or vals[OUT] is not None or vals[TOTAL] is not None
 
@@ -268,12 +332,23 @@ def record_from_attributes(
     resource: Attribution | None = None,
     scope_ours: bool = False,
     error: bool = False,
+    max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+    stats: ExtractStats | None = None,
 ) -> UsageRecord | Rejection | None:
     """The dialect logic over a plain mapping: None when the attributes carry no GenAI usage."""
     vals, ranks = slots_from_mapping(attrs)
     if not _has_usage(vals):
         return None
-    return record_from_slots(vals, ranks, price=price, resource=resource, scope_ours=scope_ours, error=error)
+    return record_from_slots(
+        vals,
+        ranks,
+        price=price,
+        resource=resource,
+        scope_ours=scope_ours,
+        error=error,
+        max_tokens_per_call=max_tokens_per_call,
+        stats=stats,
+    )
 
 
 def record_from_slots(
@@ -284,11 +359,17 @@ def record_from_slots(
     resource: Attribution | None,
     scope_ours: bool,
     error: bool,
+    max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+    stats: ExtractStats | None = None,
 ) -> UsageRecord | Rejection:
     """A UsageRecord (ids and times are the adapter's) or a Rejection; never raises on bad input."""
-    tokens = tokens_from(vals, ranks)
+    tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
+    assert isinstance(tokens, TokenCounts)
+    if tokens.input + tokens.output > max_tokens_per_call:
+        total = tokens.input + tokens.output
+        return Rejection("token_count_too_large", f"{total} tokens in one call, above {max_tokens_per_call}")
     cost = _cost(vals, ranks) if vals[COST] is not None else None
     if type(cost) is Rejection:
         return cost
@@ -300,8 +381,14 @@ def record_from_slots(
     if resource is not None:  # == resource.merged(attribution), without building the inner one
         who = [v if v is not None else r for v, r in zip(who, _resource_values(resource), strict=True)]
     error_type = _label(vals[ERROR_TYPE]) if vals[ERROR_TYPE] is not None else None
+    service_tier = _label(vals[SERVICE_TIER]) if vals[SERVICE_TIER] is not None else None
+    failed_steps = _failed_steps(vals[ENRICHMENT_FAILED]) if vals[ENRICHMENT_FAILED] is not None else ()
+    if failed_steps and stats is not None:
+        stats.enrichment_failed(failed_steps)
     if cost is None:
-        cost = _price(price, provider, request_model, response_model, tokens)
+        cost, pricing_failed = _price(price, provider, request_model, response_model, tokens, service_tier)
+        if pricing_failed and sc.ENRICHMENT_PRICING not in failed_steps:
+            failed_steps += (sc.ENRICHMENT_PRICING,)
     return UsageRecord(
         provider,
         request_model,
@@ -314,26 +401,35 @@ def record_from_slots(
         "error" if error or error_type is not None else "ok",  # status
         error_type,
         ours=scope_ours or vals[MARKER] is True,
+        service_tier=service_tier,
+        failed_steps=failed_steps,
     )
 
 
 def _price(
-    price: PriceFn, provider: str, request_model: str, response_model: str | None, tokens: TokenCounts
-) -> float | None:
-    """The response model (often a dated snapshot) prices more exactly; fall back to the request's."""
+    price: PriceFn,
+    provider: str,
+    request_model: str,
+    response_model: str | None,
+    tokens: TokenCounts,
+    service_tier: str | None,
+) -> tuple[float | None, bool]:
+    """(cost, whether pricing failed). The response model (often a dated snapshot) prices more
+    exactly; fall back to the request's. The tier is passed only when the span has one."""
+    extra = (service_tier,) if service_tier is not None else ()
     try:
         cost = None
         if response_model and response_model != request_model:
-            cost = price(provider, response_model, tokens)
+            cost = price(provider, response_model, tokens, *extra)
         if cost is None:
-            cost = price(provider, request_model, tokens)
-        return cost
+            cost = price(provider, request_model, tokens, *extra)
+        return cost, False
     except Exception:
         # the shared policy logs once (or re-raises under tests); a `with` around the happy path
         # would cost more than the cached price lookup itself
         with swallow_internal_errors("extract pricing"):
             raise
-        return None
+        return None, True
 
 
 def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
@@ -402,10 +498,25 @@ def _resource_attribution(attrs: Mapping[str, object]) -> Attribution | None:
 
 
 class Extractor:
-    """Both adapters around `record_from_slots`, with a price function injected."""
+    """Both adapters around `record_from_slots`, with a price function injected.
 
-    def __init__(self, price: PriceFn | None = None) -> None:
+    `max_tokens_per_call` is the ceiling on one call's input + output tokens (above it the span
+    is rejected as `token_count_too_large`); `stats` counts clamped records and enrichment
+    failures (one is made when none is given; expose it with `ExtractStatsCollector`).
+    """
+
+    def __init__(
+        self,
+        price: PriceFn | None = None,
+        *,
+        max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+        stats: ExtractStats | None = None,
+    ) -> None:
+        if type(max_tokens_per_call) is not int or max_tokens_per_call < 1:
+            raise ValueError(f"max_tokens_per_call: expected a positive integer, got {max_tokens_per_call!r}")
         self._price = price if price is not None else _default_price
+        self.max_tokens_per_call = max_tokens_per_call
+        self.stats = stats if stats is not None else ExtractStats()
         # (resource, its attribution) as one tuple: replaced atomically, so threads may share it
         self._resource_cache: tuple[object, Attribution | None] = (None, None)
 
@@ -436,7 +547,13 @@ class Extractor:
             trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
             return _completion(found[0], resource, error, trace_id, span_id, span.end_time_unix_nano)
         outcome = record_from_slots(
-            *found, price=self._price, resource=resource, scope_ours=scope_ours, error=error
+            *found,
+            price=self._price,
+            resource=resource,
+            scope_ours=scope_ours,
+            error=error,
+            max_tokens_per_call=self.max_tokens_per_call,
+            stats=self.stats,
         )
         if type(outcome) is UsageRecord:
             outcome.trace_id = int.from_bytes(span.trace_id, "big")
@@ -464,6 +581,8 @@ class Extractor:
             resource=self._sdk_resource_attribution(span),
             scope_ours=scope is not None and scope.name == sc.INSTRUMENTATION_SCOPE,
             error=span.status.status_code == StatusCode.ERROR,
+            max_tokens_per_call=self.max_tokens_per_call,
+            stats=self.stats,
         )
         if type(outcome) is UsageRecord:
             ctx = span.get_span_context()

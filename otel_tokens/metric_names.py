@@ -29,6 +29,9 @@ BUDGET: Final = "budget"
 WINDOW: Final = "window"
 UNIT: Final = "unit"
 ACTION: Final = "action"
+#: On every generated alert: the P1/P2/P3 that Alertmanager routes by.
+SEVERITY: Final = "severity"
+STEP: Final = "step"
 
 #: The default dimensions of the usage metrics (configurable in the collector).
 DEFAULT_DIMENSIONS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, PROVIDER)
@@ -50,6 +53,10 @@ SPANS_REJECTED: Final = "otel_tokens_spans_rejected_total"
 DUPLICATES_DROPPED: Final = "otel_tokens_duplicates_dropped_total"
 SERIES_OVERFLOW: Final = "otel_tokens_series_overflow_total"
 UNPRICED: Final = "otel_tokens_unpriced_records_total"
+#: Records whose token counts contradicted themselves and were made consistent, by `reason`.
+RECORDS_CLAMPED: Final = "otel_tokens_records_clamped_total"
+#: Records whose source reported an enrichment step failed (pricing, estimation, attribution), by `step`.
+ENRICHMENT_FAILURES: Final = "otel_tokens_enrichment_failures_total"
 
 # --- budget ledger gauges (exact windows, what budget alerts read) --------------------------------
 BUDGET_USED: Final = "llm_budget_used"

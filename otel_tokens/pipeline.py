@@ -28,7 +28,15 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
 from otel_tokens.dedupe import Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, Outcome, PriceFn, Rejection, TaskCompletion
+from otel_tokens.extract import (
+    DEFAULT_MAX_TOKENS_PER_CALL,
+    Extractor,
+    Outcome,
+    PriceFn,
+    Rejection,
+    TaskCompletion,
+)
+from otel_tokens.extract_stats import ExtractStatsCollector
 from otel_tokens.record import UsageRecord
 
 if TYPE_CHECKING:
@@ -95,13 +103,14 @@ class Pipeline:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
+        max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config)
         self._clock = clock
-        self._extractor = Extractor(price=price)
+        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
         self._deduper = Deduper(
             hold_seconds=self.config.dedupe_hold_seconds,
             max_held=self.config.max_held_spans,
@@ -112,6 +121,7 @@ class Pipeline:
         self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
+        self.registry.register(ExtractStatsCollector(self._extractor.stats))
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""

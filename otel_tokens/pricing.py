@@ -15,10 +15,14 @@ The compiled form reproduces genai-prices' own semantics (checked by a golden te
   (cache included): above `tier.start` the tier rate applies to all tokens of that key.
 - Conditional prices (a new price from a start date, DeepSeek's off-peak hours) are evaluated at
   call time, never frozen in the cache.
-- Price variants selected by request context (batch / flex / priority service tiers) are not
-  applied: spans do not carry the service tier, so the standard price is used.
-- Cache writes are billed at the default (5-minute TTL) write rate; semconv does not report the
-  1-hour TTL split.
+- Price variants selected by the response's service tier (OpenAI's `flex` at half price,
+  `priority` at double) are applied as genai-prices' `price_context={"service_tier": tier}` does:
+  only for a model of the provider's own list, with each variant's start date checked at call
+  time. A tier without a variant (or no tier) is the standard price.
+- Cache writes with Anthropic's 1-hour TTL are a *subset* of cache writes
+  (`TokenCounts.cache_write_1h`), reported to genai-prices as `cache_write_1h_tokens`: on a model
+  with a `cache_write_1h_mtok` price they leave the 5-minute bucket and bill at the 1-hour rate; on
+  one without, they stay at the write rate.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
@@ -35,7 +39,7 @@ from typing import Any, Protocol
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.record import TokenCounts
 
-__all__ = ["PriceBook", "default_price_book"]
+__all__ = ["PriceBook", "PricingUnavailable", "default_price_book"]
 
 #: Our provider names are semconv `gen_ai.provider.name` values; genai-prices has its own ids.
 #: Names missing here go to genai-prices with provider_id=None, which picks the provider from the
@@ -71,7 +75,13 @@ _REPORTED_KEYS: tuple[str, ...] = (
     "cache_read_tokens",
     "cache_write_tokens",
     "output_reasoning_tokens",
+    "cache_write_1h_tokens",
 )
+#: The one request-context key we know per call (genai-prices' `price_context`).
+_SERVICE_TIER = "service_tier"
+#: Tier variants compiled per model: (tier, which constraints are active) is a handful of keys,
+#: but a model's variants come from the price data, so the cache is bounded anyway.
+_MAX_TIER_RATES = 64
 _DEFAULT_MAX_MODELS = 4096
 
 
@@ -114,10 +124,12 @@ class _Constraint(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """Everything needed to price one (provider, model): either a single price set (almost all
-    models) or genai-prices' conditional prices, which depend on when the call happens."""
+    models) or genai-prices' conditional prices, which depend on when the call happens; plus the
+    model's service-tier variants, if it has any."""
 
     rates: _Rates | None
     conditional: tuple[tuple[_Constraint | None, _Rates], ...] = ()
+    tiers: Mapping[str, _TierPrices] = field(default_factory=dict)
 
     def rates_now(self) -> _Rates:
         if self.rates is not None:
@@ -129,6 +141,41 @@ class _Entry:
             if constraint is None or constraint.active(now):
                 return rates
         return self.conditional[0][1]
+
+    def rates_for(self, service_tier: str | None) -> _Rates:
+        """The rates of a call answered in `service_tier` (None, or a tier without a variant: the
+        standard rates)."""
+        if service_tier is not None and self.tiers:
+            tier = self.tiers.get(service_tier)
+            if tier is not None:
+                return tier.rates_now()
+        return self.rates_now()
+
+
+class _TierPrices:
+    """One service tier's prices for one model: genai-prices' `get_prices(now, price_context)`,
+    compiled once per combination of active date constraints (variants start on a date, so which
+    apply changes over time; the combination is a few booleans, checked per call)."""
+
+    __slots__ = ("_compiled", "_constraints", "_model_info", "_tier")
+
+    def __init__(self, model_info: Any, tier: str, constraints: Sequence[_Constraint]) -> None:
+        self._model_info = model_info
+        self._tier = tier
+        self._constraints = tuple(constraints)
+        self._compiled: dict[tuple[bool, ...], _Rates] = {}
+
+    def rates_now(self) -> _Rates:
+        now = datetime.now(tz=timezone.utc)
+        active = tuple(c.active(now) for c in self._constraints)
+        try:
+            return self._compiled[active]  # lock-free read: a dict lookup is atomic
+        except KeyError:
+            pass
+        rates = _compile_prices(self._model_info.get_prices(now, {_SERVICE_TIER: self._tier}))
+        if len(self._compiled) < _MAX_TIER_RATES:
+            self._compiled[active] = rates
+        return rates
 
 
 class PriceBook:
@@ -149,19 +196,34 @@ class PriceBook:
 
         self._snapshots: Any = data_snapshot
 
-    def cost_usd(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
-        """USD cost of a call, or None when genai-prices knows no price for the model."""
+    def cost_usd(
+        self, provider: str, model: str, tokens: TokenCounts, service_tier: str | None = None
+    ) -> float | None:
+        """USD cost of a call, or None when genai-prices knows no price for the model (or pricing
+        failed: logged once, never raised).
+
+        `service_tier` is the tier the provider says it served the call in (OpenAI's response
+        `service_tier`); a tier genai-prices has no variant for costs the standard price.
+        """
         try:
-            entry = self._entry(provider, model)
-            if entry is None:
-                return None
-            return entry.rates_now().cost(_counts(tokens))
+            return self.strict_cost_usd(provider, model, tokens, service_tier)
         except Exception:
             # Re-raised inside the shared policy so it is logged once (or raised under tests); the
             # context manager itself stays off the hot path, where it would cost a third of the call.
             with swallow_internal_errors("pricing.cost_usd"):
                 raise
             return None
+
+    def strict_cost_usd(
+        self, provider: str, model: str, tokens: TokenCounts, service_tier: str | None = None
+    ) -> float | None:
+        """`cost_usd` that raises on an internal error instead of logging it, for callers that
+        mark the record as unpriced-by-failure themselves (an unknown model is still None)."""
+        entry = self._entry(provider, model)
+        if entry is None:
+            return None
+        rates = entry.rates if service_tier is None else None  # the common case, without a call
+        return (rates or entry.rates_for(service_tier)).cost(_counts(tokens))
 
     def _entry(self, provider: str, model: str) -> _Entry | None:
         key = (provider, model)
@@ -191,7 +253,14 @@ class PriceBook:
 def _counts(tokens: TokenCounts) -> tuple[int, ...]:
     """The reported vector, in `_REPORTED_KEYS` order; negative counts (impossible, but spans come
     from outsiders) count as zero."""
-    counts = (tokens.input, tokens.output, tokens.cache_read, tokens.cache_write, tokens.reasoning)
+    counts = (
+        tokens.input,
+        tokens.output,
+        tokens.cache_read,
+        tokens.cache_write,
+        tokens.reasoning,
+        tokens.cache_write_1h,
+    )
     if min(counts) < 0:
         return tuple(max(count, 0) for count in counts)
     return counts
@@ -205,20 +274,49 @@ def _resolve(provider: str, model: str) -> _Entry | None:
     provider_id = PROVIDER_IDS.get(provider.strip().lower())
     for candidate in (provider_id, None) if provider_id else (None,):
         try:
-            model_info = calc_price(Usage(), model, provider_id=candidate).model
+            found = calc_price(Usage(), model, provider_id=candidate)
         except LookupError:
             continue  # e.g. an OpenAI-compatible gateway serving another vendor's model
-        return _compile_model(model_info)
+        # genai-prices applies a price context only to a model of the provider's own list (not
+        # to one it fell back to from another provider)
+        own = any(m is found.model for m in found.provider.models)
+        return _compile_model(found.model, with_tiers=own)
     return None
 
 
-def _compile_model(model_info: Any) -> _Entry:
+def _compile_model(model_info: Any, with_tiers: bool = True) -> _Entry:
     from genai_prices.types import ModelPrice
 
     prices = model_info.prices
+    tiers = _tier_prices(model_info) if with_tiers else {}
     if isinstance(prices, ModelPrice):
-        return _Entry(rates=_compile_prices(prices))
-    return _Entry(rates=None, conditional=tuple((c.constraint, _compile_prices(c.prices)) for c in prices))
+        return _Entry(rates=_compile_prices(prices), tiers=tiers)
+    conditional = tuple((c.constraint, _compile_prices(c.prices)) for c in prices)
+    return _Entry(rates=None, conditional=conditional, tiers=tiers)
+
+
+def _tier_prices(model_info: Any) -> dict[str, _TierPrices]:
+    """A `_TierPrices` for every service tier one of the model's variants is selected by alone
+    (variants keyed on other context, e.g. batch processing, never match a tier-only context).
+    A variant that changes no price (OpenAI's `default` tier) is left out: standard rates apply."""
+    tiers: dict[str, _TierPrices] = {}
+    variants = model_info.price_variants or ()
+    for variant in variants:
+        tier = variant.when.get(_SERVICE_TIER)
+        if tier is None or set(variant.when) != {_SERVICE_TIER} or tier in tiers:
+            continue
+        if all(v is None for k, v in vars(variant.prices).items() if not k.startswith("_")):
+            continue
+        constraints = [c.constraint for c in _conditional(model_info) if c.constraint is not None]
+        constraints += [v.constraint for v in variants if v.constraint is not None]
+        tiers[tier] = _TierPrices(model_info, tier, constraints)
+    return tiers
+
+
+def _conditional(model_info: Any) -> Sequence[Any]:
+    from genai_prices.types import ModelPrice
+
+    return () if isinstance(model_info.prices, ModelPrice) else model_info.prices
 
 
 def _compile_prices(model_price: Any) -> _Rates:
@@ -311,15 +409,30 @@ def _registry() -> Any:
     return _registry_instance
 
 
+class PricingUnavailable(RuntimeError):
+    """genai-prices could not be loaded in this process: no call can be priced."""
+
+
 _default: PriceBook | None = None
+_default_error: str | None = None  # why genai-prices could not be loaded
 _default_lock = threading.Lock()
 
 
 def default_price_book() -> PriceBook:
-    """The process-wide price book, so every instrumentation and the collector share one cache."""
-    global _default
+    """The process-wide price book, so every instrumentation and the collector share one cache.
+
+    Raises `PricingUnavailable` when genai-prices cannot be imported; the failure is remembered, so
+    an environment without it pays for one failed import, not one per call.
+    """
+    global _default, _default_error
     if _default is None:
         with _default_lock:
+            if _default_error is not None:  # a fresh exception: a re-raised one grows its traceback
+                raise PricingUnavailable(_default_error)
             if _default is None:
-                _default = PriceBook()
+                try:
+                    _default = PriceBook()
+                except Exception as exc:
+                    _default_error = f"genai-prices cannot be loaded: {exc!r}"
+                    raise PricingUnavailable(_default_error) from exc
     return _default

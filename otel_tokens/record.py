@@ -19,13 +19,19 @@ TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", 
 @dataclass(slots=True)
 class TokenCounts:
     """Token counts of one call, in semconv meaning: `input` includes cache read and cache write,
-    `output` includes reasoning."""
+    `output` includes reasoning.
+
+    `cache_write_1h` is the part of `cache_write` written with Anthropic's 1-hour TTL, which is
+    billed at a higher rate than the 5-minute default. It is a split of `cache_write`, not another
+    token type: `disjoint()` and the token metric keep one `cache_write` type.
+    """
 
     input: int = 0
     output: int = 0
     cache_read: int = 0
     cache_write: int = 0
     reasoning: int = 0
+    cache_write_1h: int = 0
 
     def disjoint(self) -> dict[str, int]:
         """Non-overlapping counts by token type (fresh input, visible output, cache, reasoning).
@@ -50,7 +56,12 @@ class TokenCounts:
 
     @classmethod
     def from_anthropic(
-        cls, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0
+        cls,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read: int = 0,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
     ) -> TokenCounts:
         """Anthropic's `input_tokens` excludes cache tokens; normalise to the semconv meaning."""
         return cls(
@@ -58,6 +69,7 @@ class TokenCounts:
             output=output_tokens,
             cache_read=cache_read,
             cache_write=cache_write,
+            cache_write_1h=cache_write_1h,
         )
 
 
@@ -106,6 +118,12 @@ class UsageRecord:
     end_time_ns: int = 0
     #: True when the span came from otel-tokens' own instrumentation (preferred when deduplicating).
     ours: bool = False
+    #: The service tier the provider says it served the call in (OpenAI's `flex`, `priority`, ...):
+    #: it selects the price. None when the response did not say.
+    service_tier: str | None = None
+    #: Enrichment steps that failed for this record (`semconv.ENRICHMENT_*`: pricing, estimation,
+    #: attribution): its reported tokens are still exact, what the step would have added is not.
+    failed_steps: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:

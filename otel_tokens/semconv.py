@@ -31,12 +31,16 @@ GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
 GEN_AI_WORKFLOW_NAME: Final = "gen_ai.workflow.name"
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"  # opt-in content capture only
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"  # opt-in content capture only
+#: The tier OpenAI says it served the call in (`default`, `flex`, `priority`, ...): it sets the price.
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
 
 # --- names the new GenAI semconv repo uses for the same things (read only) ------------------------
 GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"
+# --- names older semconv releases used (read only) -------------------------------------------------
+GEN_AI_OPENAI_RESPONSE_SERVICE_TIER: Final = "gen_ai.openai.response.service_tier"  # until v1.36
 
 # --- other dialects users already run (read only) ------------------------------------------------
 OPENLLMETRY_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"
@@ -70,6 +74,21 @@ OTEL_TOKENS_USER: Final = "otel_tokens.user.id"
 OTEL_TOKENS_STEP: Final = "otel_tokens.step"
 OTEL_TOKENS_COST_USD: Final = "otel_tokens.cost.usd"
 OTEL_TOKENS_ESTIMATED: Final = "otel_tokens.usage.estimated"  # True: counted by tokenizer, not reported
+#: The part of the cache writes (`gen_ai.usage.cache_creation.input_tokens`, which stays the total)
+#: written with Anthropic's 1-hour TTL: billed at a higher rate than 5-minute writes.
+OTEL_TOKENS_CACHE_WRITE_1H: Final = "otel_tokens.usage.cache_write_1h.input_tokens"
+#: True when the instrumentation could not price the call (unknown model, or pricing failed): the
+#: span has no `otel_tokens.cost.usd`, and the collector prices it again from the tokens.
+OTEL_TOKENS_COST_UNPRICED: Final = "otel_tokens.cost.unpriced"
+#: Which enrichment steps failed with an internal error (a string array of the `ENRICHMENT_*`
+#: values below). The reported token counts on such a span are still exact; what the step would
+#: have added (a cost, an estimate of unreported tokens, attribution) is missing.
+OTEL_TOKENS_ENRICHMENT_FAILED: Final = "otel_tokens.enrichment.failed"
+ENRICHMENT_PRICING: Final = "pricing"
+ENRICHMENT_ESTIMATION: Final = "estimation"
+ENRICHMENT_ATTRIBUTION: Final = "attribution"
+#: Every value `otel_tokens.enrichment.failed` may hold (the collector counts only these: bounded).
+ENRICHMENT_STEPS: Final = (ENRICHMENT_PRICING, ENRICHMENT_ESTIMATION, ENRICHMENT_ATTRIBUTION)
 OTEL_TOKENS_MARKER: Final = "otel_tokens.instrumented"  # True on spans our instrumentation made
 #: True on the INTERNAL span an `attribute(task_id=...)` scope opens for one task instance: its end
 #: tells the collector the instance completed (only the process owning the task emits it).

@@ -40,6 +40,8 @@ ENV_COLLECTOR_GRPC_HOST: Final = "OTEL_TOKENS_COLLECTOR_GRPC_HOST"
 ENV_COLLECTOR_GRPC_PORT: Final = "OTEL_TOKENS_COLLECTOR_GRPC_PORT"
 #: otlp.max_body_bytes — largest accepted request, compressed and decompressed (default 8 MiB).
 ENV_COLLECTOR_MAX_BODY_BYTES: Final = "OTEL_TOKENS_COLLECTOR_MAX_BODY_BYTES"
+#: otlp.max_tokens_per_call — the most input + output tokens one span may report (default 10M).
+ENV_COLLECTOR_MAX_TOKENS_PER_CALL: Final = "OTEL_TOKENS_COLLECTOR_MAX_TOKENS_PER_CALL"
 #: metrics.host — interface of the /metrics and /healthz endpoint (default 127.0.0.1).
 ENV_COLLECTOR_METRICS_HOST: Final = "OTEL_TOKENS_COLLECTOR_METRICS_HOST"
 #: metrics.port — port of the /metrics and /healthz endpoint (default 9464; 0 picks a free port).

@@ -29,6 +29,13 @@ concurrent processes never see a half-written file.
 
 If an encoding cannot be loaded at all, counts fall back to `ceil(len(text) / 4)` and one warning is
 logged: a token count must never break the LLM call it describes.
+
+Failures
+--------
+`count_*` never raise: on an internal error (a bug of ours on an unexpected message shape) they log
+once and return a fallback. The instrumentation calls the `strict_count_*` twins instead, which
+raise, so it can mark the call's record "estimation failed" (`otel_tokens.enrichment.failed`) rather
+than pass a silent 0 off as an estimate; the call's reported tokens are recorded either way.
 """
 
 from __future__ import annotations
@@ -51,7 +58,12 @@ from typing import Any, NamedTuple
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.settings import ENV_TIKTOKEN_CACHE_DIR
 
-__all__ = ["count_message_tokens", "count_text_tokens"]
+__all__ = [
+    "count_message_tokens",
+    "count_text_tokens",
+    "strict_count_message_tokens",
+    "strict_count_text_tokens",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +226,16 @@ def count_text_tokens(text: str, model: str) -> int:
     with swallow_internal_errors("tokencount.count_text_tokens"):
         return _count_text(text, model)
     return math.ceil(len(text) / 4) if isinstance(text, str) else 0
+
+
+def strict_count_text_tokens(text: str, model: str) -> int:
+    """`count_text_tokens`, raising on an internal error instead of falling back."""
+    return _count_text(text, model)
+
+
+def strict_count_message_tokens(messages: object, model: str, *, system: object = None) -> int:
+    """`count_message_tokens`, raising on an internal error instead of returning 0."""
+    return _count_messages(messages, model, system)
 
 
 #: Counts of texts seen before, keyed by (encoding, length, hash) — never the text itself, so a

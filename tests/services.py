@@ -1,5 +1,6 @@
 """Real Prometheus and Alertmanager processes for end-to-end tests, on loopback ports the test chose.
 
+A missing binary skips the test locally and fails it in CI (`tests/ci_tools.py`).
 Intervals are 200 ms and `group_wait` 0 s (measured here: counter bump → webhook POST < 0.3 s), so
 tests poll with a deadline instead of sleeping. Alertmanager runs with `--cluster.listen-address=`
 so it opens no cluster port.
@@ -8,7 +9,6 @@ so it opens no cluster port.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import threading
@@ -21,10 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
+from tests.ci_tools import require_tool
 
 T = TypeVar("T")
-ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
 def free_port() -> int:
@@ -98,9 +97,7 @@ def run_prometheus(
     rule_files: list[Path] = (),
     alertmanager: str | None = None,  # type: ignore[assignment]
 ) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("Debian package 'prometheus' not installed (make test installs it)")
+    binary = require_tool("prometheus", install="Debian package 'prometheus' (make system-deps installs it)")
     port = free_port()
     config: dict[str, Any] = {
         "global": {"scrape_interval": "200ms", "evaluation_interval": "200ms"},
@@ -134,8 +131,11 @@ def run_prometheus(
 @contextmanager
 def run_alertmanager(tmp: Path, config_text: str) -> Iterator[str]:
     """Start Alertmanager with `config_text`; yields its host:port."""
-    if ALERTMANAGER_BIN is None:
-        pytest.skip("Debian package 'prometheus-alertmanager' not installed (make test installs it)")
+    binary = require_tool(
+        "prometheus-alertmanager",
+        "alertmanager",
+        install="Debian package 'prometheus-alertmanager' (make system-deps installs it)",
+    )
     port = free_port()
     cfg = tmp / "alertmanager.yml"
     cfg.write_text(config_text)
@@ -143,7 +143,7 @@ def run_alertmanager(tmp: Path, config_text: str) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                ALERTMANAGER_BIN,
+                binary,
                 f"--config.file={cfg}",
                 f"--storage.path={tmp / 'am'}",
                 f"--web.listen-address=127.0.0.1:{port}",

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from tests import prom_text
 
 
 def rec(
@@ -40,12 +40,7 @@ def rec(
 def scrape(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(TokenMetricsCollector(agg))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return {(name, tuple(sorted(labels))): v for (name, labels), v in prom_text.samples(registry).items()}
 
 
 def test_config_validation_names_the_key():

@@ -11,6 +11,7 @@ lacks is skipped by feature detection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import inspect
 import json
@@ -27,9 +28,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens
+from tests.sdk_responses import BODY_READS, parse_async, read_body
 
 MODEL = "claude-sonnet-4-6"
 SDK_SCOPE = "com.anthropic.sdk.python"
@@ -115,6 +117,7 @@ def span_tokens(span: ReadableSpan) -> TokenCounts:
         output=int_attr(span, sc.GEN_AI_USAGE_OUTPUT_TOKENS),
         cache_read=int_attr(span, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
         cache_write=int_attr(span, sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        cache_write_1h=int_attr(span, sc.OTEL_TOKENS_CACHE_WRITE_1H),
     )
 
 
@@ -124,6 +127,7 @@ def genai_prices_cost(model: str, tokens: TokenCounts) -> float:
         output_tokens=tokens.output,
         cache_read_tokens=tokens.cache_read,
         cache_write_tokens=tokens.cache_write,
+        cache_write_1h_tokens=tokens.cache_write_1h,
     )
     return float(calc_price(usage, model, provider_id="anthropic").total_price)
 
@@ -212,6 +216,63 @@ def test_cache_tokens_are_added_to_input_as_semconv_means_and_priced_at_their_ow
     assert [span_tokens(s) for s in (write_span, read_span)] == [r.tokens for r in fake_provider.reported]
     assert sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS in (write_span.attributes or {})
     assert sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS in (read_span.attributes or {})
+
+
+ONE_HOUR_SYSTEM: list[TextBlockParam] = [
+    {
+        "type": "text",
+        "text": "Rules that hold all session long. " * 30,
+        "cache_control": {"type": "ephemeral"},
+    },
+    {
+        "type": "text",
+        "text": "A long reference document, cached for an hour. " * 60,
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    },
+]
+
+
+def one_hour_writes(fake: FakeProvider) -> TokenCounts:
+    (reported,) = fake.reported
+    assert 0 < reported.tokens.cache_write_1h < reported.tokens.cache_write, "a 5m part and a 1h part"
+    return reported.tokens
+
+
+@pytest.mark.parametrize("how", ["json", "sse", "stream_helper"])
+def test_one_hour_cache_writes_are_recorded_and_priced_at_the_one_hour_rate(
+    how: str, client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    """The wire's `usage.cache_creation` TTL split reaches the span (`cache_creation` stays the total)
+    and the cost is genai-prices' with the 1-hour part at its own rate, above the 5-minute price."""
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 256,
+        "system": ONE_HOUR_SYSTEM,
+        "messages": HELLO,
+    }
+    if how == "json":
+        message = client.messages.create(**request)
+        wire_split = getattr(message.usage, "cache_creation", None)
+        if wire_split is not None:  # SDKs that predate the field keep it as a dict
+            one_hour = wire_split["ephemeral_1h_input_tokens"] if isinstance(wire_split, dict) else None
+            assert (one_hour or wire_split.ephemeral_1h_input_tokens) > 0  # type: ignore[union-attr]
+    elif how == "sse":
+        with client.messages.create(**request, stream=True) as stream:
+            assert [e.type for e in stream][-1] == "message_stop"
+    else:
+        with client.messages.stream(**request) as helper:
+            helper.get_final_message()
+
+    tokens = one_hour_writes(fake_provider)
+    span = only_span(span_exporter)
+    a = span.attributes or {}
+    assert span_tokens(span) == tokens
+    assert a[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == tokens.cache_write  # 5m + 1h
+    assert a[sc.OTEL_TOKENS_CACHE_WRITE_1H] == tokens.cache_write_1h
+    cost = a[sc.OTEL_TOKENS_COST_USD]
+    assert cost == pytest.approx(genai_prices_cost(MODEL, tokens), abs=1e-12)
+    all_five_minutes = genai_prices_cost(MODEL, dataclasses.replace(tokens, cache_write_1h=0))
+    assert isinstance(cost, float) and cost > all_five_minutes
 
 
 def test_async_create(
@@ -438,13 +499,6 @@ def test_the_sdk_own_spans_can_be_turned_off_per_client(
 
 
 # --- .with_raw_response and .with_streaming_response ---------------------------------------------
-async def parse_async(response: Any) -> Any:
-    """`parse()` of an async client's response wrapper: a coroutine in `AsyncAPIResponse`, plain in
-    anthropic 0.x's `LegacyAPIResponse` (its `.with_raw_response`)."""
-    parsed = response.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed
-
-
 def assert_estimated_prompt_only(span: ReadableSpan, *, stream: bool = False) -> None:
     """The span of a call whose body the application read without the SDK: the prompt, estimated."""
     attrs = span.attributes or {}
@@ -565,7 +619,7 @@ def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
     assert_ok_call_span(only_span(span_exporter), fake_provider, stream=stream)
 
 
-@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("how", BODY_READS)
 def test_with_streaming_response_body_read_by_the_application(
     client: anthropic.Anthropic, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter, how: str
 ) -> None:
@@ -574,16 +628,7 @@ def test_with_streaming_response_body_read_by_the_application(
     with client.messages.with_streaming_response.create(
         model=MODEL, max_tokens=256, messages=HELLO
     ) as response:
-        if how == "read":
-            body = response.read()
-        elif how == "json":
-            body = json.dumps(response.json()).encode()
-        elif how == "text":
-            body = response.text().encode()
-        elif how == "iter_bytes":
-            body = b"".join(response.iter_bytes())
-        else:
-            body = "\n".join(response.iter_lines()).encode()
+        body = read_body(response, how)
         assert ours(span_exporter) == [], "the span ends when the response is closed"
 
     assert wire_tokens(body) == fake_provider.reported[0].tokens  # the application got it all

@@ -58,12 +58,22 @@ def test_error_message_lists_every_problem_with_file_and_line():
     assert "budgets.yaml:5: budgets[0].severity: must be one of 'P1', 'P2' or 'P3', got 'P9'" in message
 
 
-def test_missing_file_is_a_budget_file_error(tmp_path: Path):
-    with pytest.raises(BudgetFileError, match="cannot read"):
+def test_missing_file_is_a_budget_file_error_that_says_file_not_found(tmp_path: Path):
+    with pytest.raises(BudgetFileError) as info:
         load_budget_file(tmp_path / "absent.yaml")
+    assert f"{tmp_path / 'absent.yaml'}: file not found" in str(info.value)
+    assert ":0:" not in str(info.value)  # no line number for a file that is not there
 
 
-def test_defaults_are_the_seed_rules():
+def test_unreadable_paths_say_what_they_are(tmp_path: Path):
+    with pytest.raises(BudgetFileError, match=r"is a directory, not a budget file"):
+        load_budget_file(tmp_path)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe budgets")
+    with pytest.raises(BudgetFileError, match=r"binary\.yaml: not UTF-8 text"):
+        load_budget_file(tmp_path / "binary.yaml")
+
+
+def test_defaults_are_the_four_standard_rules():
     budget = parse_budget_text("budgets: [{name: a, limit: {tokens: 10}, window: 1d}]").budgets[0]
     assert (budget.warn_at, budget.warn_severity, budget.severity, budget.action) == (0.8, "P3", "P2", "warn")
     assert (budget.spike.enabled, budget.spike.factor, budget.spike.severity) == (True, 2.0, "P2")

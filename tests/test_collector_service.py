@@ -34,11 +34,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.collector.http_receiver import decode_request
+from tests import prom_text
+from tests.prom_text import total
 
 pytestmark = pytest.mark.integration
 
@@ -88,22 +89,7 @@ def make_spans(
 
 
 def scrape(service: CollectorService, accept: str = "") -> Samples:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{service.metrics_port}/metrics", headers={"Accept": accept}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of `name` over every series whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+    return prom_text.samples(prom_text.scrape(service.metrics_port, accept=accept))
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -333,13 +319,8 @@ def test_stop_counts_spans_still_held_for_dedupe():
         assert total(scrape(service), "llm_tokens_total") == 0  # held, waiting for a twin
     finally:
         service.stop()
-    from prometheus_client import generate_latest
 
-    samples = {
-        (s.name, frozenset(s.labels.items())): s.value
-        for f in text_string_to_metric_families(generate_latest(service.pipeline.registry).decode())
-        for s in f.samples
-    }
+    samples = prom_text.samples(service.pipeline.registry)
     assert total(samples, "llm_tokens_total") == 240
 
 

@@ -23,10 +23,10 @@ from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.render_alertmanager import AlertmanagerOverrides, alertmanager_yaml
 from otel_tokens.budgets.render_prometheus import render_rules
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from tests.services import Webhook, poll, run_alertmanager, run_prometheus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 BUDGETS = textwrap.dedent(
     """

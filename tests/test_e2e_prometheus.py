@@ -19,10 +19,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider, ReportedUsage
+from otel_tokens.demo.fake_provider import FakeProvider, ReportedUsage
+from tests import prom_text
 from tests.services import poll, run_prometheus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture
@@ -126,6 +127,4 @@ def test_prometheus_reads_exactly_what_the_provider_reported(
 
 
 def _count_metric(text: str, name: str) -> Any:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+    return prom_text.total(text, name)

@@ -383,3 +383,208 @@ def test_the_first_of_duplicate_names_wins_and_better_names_win_in_any_order():
     span.attributes.append(KeyValue(key=sc.GEN_AI_USAGE_INPUT_TOKENS, value=AnyValue(int_value=99)))
     out = Extractor(price=fake_price).from_otlp_span(span)
     assert isinstance(out, UsageRecord) and out.tokens.input == 40
+
+
+# --- hostile numbers: a per-call ceiling, self-contradicting counts made consistent and counted -----
+def _clamped(extractor: Extractor) -> dict[str, int]:
+    return extractor.stats.snapshot()[0]
+
+
+def test_a_call_above_the_per_call_ceiling_is_rejected_as_too_large():
+    """Each count is under MAX_TOKENS, but one call of 600M input + 500M output is not a real call."""
+    attrs = {sc.GEN_AI_USAGE_INPUT_TOKENS: 600_000_000, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 500_000_000}
+    out = Extractor(price=fake_price).from_otlp_span(otlp_span(attrs))
+    assert isinstance(out, Rejection) and out.reason == "token_count_too_large"
+    assert "1100000000 tokens in one call" in out.message()
+
+
+def test_the_ceiling_is_configurable_and_inclusive():
+    extractor = Extractor(price=fake_price, max_tokens_per_call=1000)
+    at = extractor.from_otlp_span(
+        otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 900, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 100})
+    )
+    above = extractor.from_otlp_span(
+        otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 901, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 100})
+    )
+    assert isinstance(at, UsageRecord) and at.tokens.input == 900
+    assert isinstance(above, Rejection) and above.reason == "token_count_too_large"
+    # cache tokens normalised into the input count toward the ceiling too
+    cached = {sc.GEN_AI_USAGE_INPUT_TOKENS: 10, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 995}
+    assert isinstance(extractor.from_otlp_span(otlp_span(cached)), Rejection)
+    with pytest.raises(ValueError, match="max_tokens_per_call"):
+        Extractor(max_tokens_per_call=0)
+
+
+def test_the_ceiling_is_bounded_reason_counted_by_the_pipeline():
+    from prometheus_client import CollectorRegistry
+
+    from otel_tokens import metric_names as mn
+    from otel_tokens.pipeline import Pipeline
+
+    pipe = Pipeline(registry=CollectorRegistry(), price=fake_price, max_tokens_per_call=5000)
+    huge = {sc.GEN_AI_USAGE_INPUT_TOKENS: 4000, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 1001}
+    fine = {sc.GEN_AI_USAGE_INPUT_TOKENS: 4000, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 1000}
+    result = pipe.ingest_otlp(_request([otlp_span(huge), otlp_span(fine, span_id=3)], {}, "x"))
+    assert (result.spans_received, result.records_counted, result.spans_rejected) == (2, 1, 1)
+    rejected = pipe.registry.get_sample_value(mn.SPANS_REJECTED, {mn.REASON: "token_count_too_large"})
+    assert rejected == 1
+
+
+def test_reasoning_above_output_raises_output_to_include_it_and_is_counted():
+    extractor = Extractor(price=fake_price)
+    attrs = {
+        sc.GEN_AI_USAGE_INPUT_TOKENS: 100,
+        sc.GEN_AI_USAGE_OUTPUT_TOKENS: 40,  # the visible answer only
+        sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: 500,  # thoughts, counted apart
+    }
+    r = extractor.from_otlp_span(otlp_span(attrs))
+    assert isinstance(r, UsageRecord)
+    assert (r.tokens.output, r.tokens.reasoning) == (540, 500)
+    assert r.tokens.disjoint()["output"] + r.tokens.disjoint()["reasoning"] == 540  # nothing lost
+    assert _clamped(extractor)["reasoning_exceeds_output"] == 1
+    # consistent counts are left alone and not counted
+    extractor.from_otlp_span(otlp_span({**attrs, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 600}))
+    assert _clamped(extractor)["reasoning_exceeds_output"] == 1
+
+
+def test_cache_above_input_is_normalised_and_counted():
+    extractor = Extractor(price=fake_price)
+    r = extractor.from_otlp_span(
+        otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 10, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 300})
+    )
+    assert isinstance(r, UsageRecord) and r.tokens.input == 310
+    assert r.tokens.cache_read + r.tokens.cache_write <= r.tokens.input
+    assert _clamped(extractor)["cache_exceeds_input"] == 1
+
+
+def test_one_hour_cache_writes_are_read_and_cut_to_the_cache_writes():
+    extractor = Extractor(price=fake_price)
+    base = {
+        sc.GEN_AI_USAGE_INPUT_TOKENS: 5000,
+        sc.GEN_AI_USAGE_OUTPUT_TOKENS: 10,
+        sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: 4000,
+    }
+    r = extractor.from_otlp_span(otlp_span({**base, sc.OTEL_TOKENS_CACHE_WRITE_1H: 3000}))
+    assert isinstance(r, UsageRecord) and (r.tokens.cache_write, r.tokens.cache_write_1h) == (4000, 3000)
+    r = extractor.from_otlp_span(otlp_span({**base, sc.OTEL_TOKENS_CACHE_WRITE_1H: 9000}))
+    assert isinstance(r, UsageRecord) and r.tokens.cache_write_1h == 4000
+    assert _clamped(extractor)["cache_write_1h_exceeds_cache_write"] == 1
+    out = extractor.from_otlp_span(otlp_span({**base, sc.OTEL_TOKENS_CACHE_WRITE_1H: -1}))
+    assert isinstance(out, Rejection) and out.reason == "negative_token_count"
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {
+            sc.GEN_AI_USAGE_INPUT_TOKENS: 10,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 10**9,
+            sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: 10**9,
+        },
+        {sc.GEN_AI_USAGE_INPUT_TOKENS: 7, sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: 10**9},
+        {sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 10**9},
+    ],
+)
+def test_normalising_can_never_carry_a_call_past_the_ceiling(attrs: dict[str, Any]):
+    out = Extractor(price=fake_price).from_otlp_span(otlp_span(attrs))
+    assert isinstance(out, Rejection) and out.reason == "token_count_too_large"
+
+
+# --- the right rate, read back from spans ------------------------------------------------------------
+def _priced_by_the_collector(attrs: dict[str, Any]) -> UsageRecord:
+    """Through the collector's own pipeline and default price book (no cost on the span)."""
+    from prometheus_client import CollectorRegistry
+
+    from otel_tokens.pipeline import Pipeline
+
+    pipe = Pipeline(registry=CollectorRegistry(), config=None)
+    seen: list[UsageRecord] = []
+    pipe.add_listener(seen.append)
+    pipe.ingest_otlp(_request([otlp_span(attrs)], {}, sc.INSTRUMENTATION_SCOPE))
+    (only,) = seen
+    return only
+
+
+@pytest.mark.parametrize(
+    "tier_key", [sc.OPENAI_RESPONSE_SERVICE_TIER, sc.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER]
+)
+@pytest.mark.parametrize("tier", ["flex", "priority", "default"])
+def test_collector_prices_the_service_tier_on_the_span_as_genai_prices_does(tier_key: str, tier: str):
+    from genai_prices import Usage, calc_price
+
+    r = _priced_by_the_collector(
+        {
+            sc.GEN_AI_PROVIDER_NAME: "openai",
+            sc.GEN_AI_REQUEST_MODEL: "gpt-5",
+            sc.GEN_AI_USAGE_INPUT_TOKENS: 100_000,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 10_000,
+            tier_key: tier,
+        }
+    )
+    usage = Usage(input_tokens=100_000, output_tokens=10_000)
+    expected = calc_price(usage, "gpt-5", provider_id="openai", price_context={"service_tier": tier})
+    assert r.service_tier == tier
+    assert r.cost_usd == pytest.approx(float(expected.total_price), rel=1e-12)
+    assert r.cost_usd == pytest.approx({"flex": 0.1125, "priority": 0.45, "default": 0.225}[tier])
+
+
+def test_collector_prices_one_hour_cache_writes_at_their_rate():
+    r = _priced_by_the_collector(
+        {
+            sc.GEN_AI_PROVIDER_NAME: "anthropic",
+            sc.GEN_AI_REQUEST_MODEL: "claude-sonnet-4-5",
+            sc.GEN_AI_USAGE_INPUT_TOKENS: 4100,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: 70,
+            sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: 4000,
+            sc.OTEL_TOKENS_CACHE_WRITE_1H: 4000,
+        }
+    )
+    assert r.cost_usd == pytest.approx(0.02535, abs=1e-12)
+
+
+def test_enrichment_failures_reported_by_a_span_are_kept_and_counted():
+    from prometheus_client import CollectorRegistry
+
+    from otel_tokens import metric_names as mn
+    from otel_tokens.pipeline import Pipeline
+
+    pipe = Pipeline(registry=CollectorRegistry(), price=fake_price)
+    attrs = {
+        sc.GEN_AI_REQUEST_MODEL: "gpt-4o",
+        sc.GEN_AI_USAGE_INPUT_TOKENS: 10,
+        sc.OTEL_TOKENS_ENRICHMENT_FAILED: ["estimation", "pricing", "no-such-step", "estimation"],
+    }
+    seen: list[UsageRecord] = []
+    pipe.add_listener(seen.append)
+    pipe.ingest_otlp(_request([otlp_span(attrs)], {}, sc.INSTRUMENTATION_SCOPE))
+    assert seen[0].failed_steps == ("estimation", "pricing")
+    assert seen[0].tokens.input == 10
+    value = pipe.registry.get_sample_value
+    assert value(mn.ENRICHMENT_FAILURES, {mn.STEP: "estimation"}) == 1
+    assert value(mn.ENRICHMENT_FAILURES, {mn.STEP: "pricing"}) == 1
+    assert value(mn.ENRICHMENT_FAILURES, {mn.STEP: "attribution"}) == 0
+    assert value(mn.RECORDS_CLAMPED, {mn.REASON: "reasoning_exceeds_output"}) == 0
+
+
+def test_the_collector_ceiling_is_a_config_key(tmp_path: Any):
+    """`otlp.max_tokens_per_call` (file, env, flag) reaches the collector's extractor."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from otel_tokens import settings
+    from otel_tokens.collector import CollectorService
+    from otel_tokens.collector.config import ConfigError, load_config
+
+    path = tmp_path / "collector.yaml"
+    path.write_text("otlp:\n  max_tokens_per_call: 1000\n")
+    config = load_config(path=str(path), env={})
+    assert config.max_tokens_per_call == 1000
+    assert load_config(env={settings.ENV_COLLECTOR_MAX_TOKENS_PER_CALL: "50"}).max_tokens_per_call == 50
+    path.write_text("otlp:\n  max_tokens_per_call: -3\n")
+    with pytest.raises(ConfigError, match=r"collector.yaml:2: otlp.max_tokens_per_call: expected a positive"):
+        load_config(path=str(path), env={})
+    service = CollectorService(config)  # not started: no ports opened
+    request: ExportTraceServiceRequest = _request(
+        [otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 990, sc.GEN_AI_USAGE_OUTPUT_TOKENS: 11})], {}, "x"
+    )
+    result = service.pipeline.ingest_otlp(request)
+    assert result.spans_rejected == 1 and "token_count_too_large" in result.reasons[0]

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import pytest
 import yaml
 
 from otel_tokens.aggregate import Aggregator
-from otel_tokens.budgets import load_budget_file
+from otel_tokens.budgets import load_budget_file, parse_budget_text
+from otel_tokens.budgets.budget_queries import FORECAST_RECORD
 from otel_tokens.budgets.ledger import BudgetLedger, BudgetLedgerCollector
 from otel_tokens.budgets.render_grafana import (
     DASHBOARDS_DIR,
@@ -32,6 +34,8 @@ from otel_tokens.budgets.render_grafana import (
     datasource_yaml,
     overview_dashboard,
 )
+from otel_tokens.budgets.render_prometheus import render_rules, rule_groups
+from otel_tokens.budgets.rulefmt import RecordingRule
 from otel_tokens.budgets.spec import BudgetFile
 from otel_tokens.exposition import TokenMetricsCollector
 
@@ -46,6 +50,7 @@ GRAFANA_VARIABLES = {
     "$__interval": "15s",
     "$__range": "6h",
     "$agent": "support",
+    "$budget": ".*",
     "$task": ".*",
     "$model": ".*",
 }
@@ -120,6 +125,11 @@ def exported_metric_names(spec: BudgetFile) -> set[str]:
     return {family.name + suffix for family in families for suffix in suffixes.get(family.type, [""])}
 
 
+def recorded_metric_names(spec: BudgetFile) -> set[str]:
+    """Series the rendered rules record (the forecast panel reads what the forecast alert reads)."""
+    return {r.record for g in rule_groups(spec) for r in g.rules if isinstance(r, RecordingRule)}
+
+
 # --- structure ------------------------------------------------------------------------------------
 
 
@@ -167,10 +177,13 @@ def test_one_gauge_per_budget_with_the_files_thresholds(spec: BudgetFile, dashbo
         steps = [s["value"] for s in defaults["thresholds"]["steps"]]
         assert steps == [None, pytest.approx(budget.limit.amount * budget.warn_at), budget.limit.amount]
         assert defaults["unit"] == ("currencyUSD" if budget.limit.unit == "usd" else "short")
-        assert gauges[budget.name]["targets"][0]["expr"] == f'max(llm_budget_used{{budget="{budget.name}"}})'
+        # Summed over collector instances: each collector counts only the spans it received.
+        assert gauges[budget.name]["targets"][0]["expr"] == (
+            f'sum by (budget, window) (llm_budget_used{{budget="{budget.name}"}})'
+        )
 
 
-def test_overview_shows_what_the_issue_promises(dashboards: dict[str, Any]):
+def test_overview_shows_what_the_issue_promises(spec: BudgetFile, dashboards: dict[str, Any]):
     exprs = " ".join(expr for _, expr in queries(dashboards["otel-tokens-overview"]))
     assert "sum(rate(llm_tokens_total[$__rate_interval]))" in exprs  # burn rate
     assert (
@@ -178,7 +191,12 @@ def test_overview_shows_what_the_issue_promises(dashboards: dict[str, Any]):
         and "sum by (model) (rate(llm_cost_usd_total" in exprs
     )
     assert "topk(10, sum by (agent, task)" in exprs  # top spenders
-    assert "llm_budget_window_remaining_seconds" in exprs  # forecast to the window's end
+    # Forecast to the window's end: the series the rules record, from the one formula the alert uses.
+    assert FORECAST_RECORD in exprs
+    calendar = [r for g in rule_groups(spec) for r in g.rules if isinstance(r, RecordingRule)]
+    assert any(
+        "llm_budget_window_remaining_seconds" in r.expr for r in calendar if r.record == FORECAST_RECORD
+    )
     assert 'token_type="cache_read"' in exprs and 'token_type=~"input|cache_read|cache_write"' in exprs
     assert "llm_request_input_tokens_sum" in exprs and "llm_request_input_tokens_count" in exprs
     assert "sum by (status) (rate(llm_requests_total" in exprs
@@ -203,7 +221,7 @@ def test_agent_dashboard_is_driven_by_template_variables(dashboards: dict[str, A
 def test_every_query_reads_metrics_the_collector_exports(
     spec: BudgetFile, dashboards: dict[str, Any]
 ) -> None:
-    exported = exported_metric_names(spec)
+    exported = exported_metric_names(spec) | recorded_metric_names(spec)
     assert {"llm_tokens_total", "llm_request_input_tokens_bucket", "llm_budget_used"} <= exported
     for dashboard in dashboards.values():
         for where, expr in queries(dashboard):
@@ -294,3 +312,104 @@ def test_schema_check_rejects_a_broken_dashboard(
     assert result.returncode != 0
     for expected in ('"relative"', "Property 'w' is missing", "'\"tilte\"' does not exist"):
         assert expected in result.stdout, result.stdout
+
+
+# --- what the alerts link to, and what the panels next to them show ----------------------------------
+
+
+def test_alert_links_set_only_variables_their_target_dashboard_defines(
+    spec: BudgetFile, dashboards: dict[str, Any]
+) -> None:
+    """Grafana silently ignores a `var-x` its target does not define: the link would open unfiltered."""
+    links = [rule.annotations["dashboard"] for g in rule_groups(spec) for rule in g.alerts().values()]
+    assert links
+    for link in links:
+        url = urllib.parse.urlsplit(link)
+        uid = url.path.rstrip("/").split("/")[-1]
+        defined = {v["name"] for v in dashboards[uid]["templating"]["list"]}
+        used = {k.removeprefix("var-") for k in urllib.parse.parse_qs(url.query) if k.startswith("var-")}
+        assert used and used <= defined, (
+            f"{link}: sets {sorted(used - defined)}, {uid} defines {sorted(defined)}"
+        )
+
+
+FORECAST_BUDGETS = """
+timezone: Europe/Berlin
+budgets:
+  - {name: b, limit: {tokens: 24000}, window: 1d, forecast: {lookback: 1h}}
+  - {name: m, limit: {usd: 100}, window: month, forecast: {lookback: 1h}}
+"""
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus")
+def test_forecast_panel_shows_what_the_forecast_alert_checks(tmp_path: Path) -> None:
+    """One formula: at a steady burn the panel and the alert give the same figure (the panel used to
+    show a rolling window's use plus a whole window of burn: about twice what the alert checked)."""
+    spec = parse_budget_text(FORECAST_BUDGETS + "alert_for: {budget_forecast: 0s}\n")
+    overview = overview_dashboard(budget_gauges(spec), description="test")
+    panel = next(p for p in panels(overview) if p["title"].startswith("Forecast"))
+    [target] = panel["targets"]
+    (tmp_path / "rules.yml").write_text(render_rules(spec), encoding="utf-8")
+    series = {
+        # Rolling 1d: 16 tokens/min is 23,040 a day, 96% of 24k; the ledger holds 12k right now.
+        'llm_budget_consumed_total{budget="b",unit="tokens"}': "0+16x130",
+        'llm_budget_used{budget="b",window="1d",unit="tokens"}': "12000x130",
+        'llm_budget_window_remaining_seconds{budget="b",window="1d"}': "86400x130",
+        # Calendar month: $50 used + $0.12/min for the 10 h left = $122 of $100.
+        'llm_budget_consumed_total{budget="m",unit="usd"}': "0+0.12x130",
+        'llm_budget_used{budget="m",window="month",unit="usd"}': "50x130",
+        'llm_budget_window_remaining_seconds{budget="m",window="month"}': "36000x130",
+    }
+    projected = {"b": 0.96, "m": 1.22}
+    test = {
+        "interval": "1m",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "promql_expr_test": [
+            {
+                # round(): the last digits of a float rate are noise, not the formula.
+                "expr": f"round({substitute(target['expr'])}, 0.001)",
+                "eval_time": "120m",
+                "exp_samples": [{"labels": f'{{budget="{b}"}}', "value": v} for b, v in projected.items()],
+            }
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "120m",
+                "alertname": "BudgetForecast",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"budget": "b", "severity": "P2"},
+                        "exp_annotations": {
+                            "summary": "Budget b is projected at 96% of 24k tokens per 1d"
+                            " by the end of the window",
+                            "limit": "24k tokens per 1d",
+                            "window": "rolling 1d",
+                        },
+                    },
+                    {
+                        "exp_labels": {"budget": "m", "severity": "P2"},
+                        "exp_annotations": {
+                            "summary": "Budget m is projected at 122% of $100.00 per month"
+                            " by the end of the period",
+                            "limit": "$100.00 per month",
+                            "window": "calendar month (Europe/Berlin)",
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    # The figures that need the ledger's used/limit series are pinned in test_prometheus_rules.py.
+    rules = yaml.safe_load((tmp_path / "rules.yml").read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["annotations"] = {k: rule["annotations"][k] for k in ("summary", "limit", "window")}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+    spec_file = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [test]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(spec_file, sort_keys=False), encoding="utf-8")
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

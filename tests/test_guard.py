@@ -28,8 +28,8 @@ from opentelemetry.trace import StatusCode
 import otel_tokens
 from otel_tokens import semconv as sc
 from otel_tokens.budgets.loader import BudgetFileError, load_budget_file
-from otel_tokens.fake_provider import FakeProvider, Fault
-from otel_tokens.fake_provider.openai_api import REPLY_PIECES, RESPONSE_MODELS
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider.openai_api import REPLY_PIECES, RESPONSE_MODELS
 from otel_tokens.guard import Guard, LocalBudgetState
 from otel_tokens.pricing import default_price_book
 from otel_tokens.tokencount import count_message_tokens

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.tokencount import count_message_tokens
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import semconv as sc
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import TokenCounts
+from tests import prom_text
 
 
 def _price(provider: str, model: str, tokens: TokenCounts) -> float | None:
@@ -21,12 +21,7 @@ def _price(provider: str, model: str, tokens: TokenCounts) -> float | None:
 
 
 def _tokens_by_type(text: str) -> dict[str, float]:
-    return {
-        s.labels["token_type"]: s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "llm_tokens"
-        for s in family.samples
-    }
+    return {dict(labels)["token_type"]: v for labels, v in prom_text.series(text, "llm_tokens_total").items()}
 
 
 def _setup() -> tuple[TracerProvider, TokenMetricsSpanProcessor]:

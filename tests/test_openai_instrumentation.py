@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +24,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_tokens
 from otel_tokens import semconv as sc
-from otel_tokens.fake_provider import FakeProvider, Fault
-from otel_tokens.fake_provider.openai_api import REASONING_TOKENS, REPLY_PIECES, REPLY_TEXT, RESPONSE_MODELS
+from otel_tokens.demo.fake_provider import FakeProvider, Fault
+from otel_tokens.demo.fake_provider.openai_api import (
+    REASONING_TOKENS,
+    REPLY_PIECES,
+    REPLY_TEXT,
+    RESPONSE_MODELS,
+)
 from otel_tokens.record import TokenCounts
 from otel_tokens.tokencount import count_message_tokens, count_text_tokens
+from tests.sdk_responses import BODY_READS, parse_async, read_body
 
 MODEL = "gpt-4o-mini"
 SNAPSHOT = RESPONSE_MODELS[MODEL]
@@ -101,13 +106,6 @@ def estimated_usage(model: str, output_text: str, prompt: Any = MESSAGES) -> Tok
     return TokenCounts(
         input=count_message_tokens(prompt, model), output=count_text_tokens(output_text, model)
     )
-
-
-async def parse_async(response: Any) -> Any:
-    """`parse()` of an async client's response wrapper: plain in `LegacyAPIResponse`
-    (`.with_raw_response`), a coroutine in `AsyncAPIResponse` (`.with_streaming_response`)."""
-    parsed = response.parse()
-    return await parsed if inspect.isawaitable(parsed) else parsed
 
 
 def chat_wire_tokens(body: bytes) -> TokenCounts:
@@ -531,23 +529,14 @@ def test_with_streaming_response_parsed_by_the_application_is_counted_exactly(
     assert_reported_usage(span, fake_provider)
 
 
-@pytest.mark.parametrize("how", ["read", "json", "text", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("how", BODY_READS)
 def test_with_streaming_response_body_read_by_the_application(
     how: str, client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     """A body the application read whole is parsed from those bytes when the response closes; one
     it iterated itself was never kept, so the prompt is estimated, and the span says so."""
     with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES) as response:
-        if how == "read":
-            body = response.read()
-        elif how == "json":
-            body = json.dumps(response.json()).encode()
-        elif how == "text":
-            body = response.text().encode()
-        elif how == "iter_bytes":
-            body = b"".join(response.iter_bytes())
-        else:
-            body = "\n".join(response.iter_lines()).encode()
+        body = read_body(response, how)
         assert span_exporter.get_finished_spans() == (), "the span ends when the response is closed"
 
     assert chat_wire_tokens(body) == last_reported(fake_provider)  # the application got it all
@@ -802,3 +791,62 @@ def test_instrumenting_twice_makes_one_span_per_call(
     otel_tokens.instrument(tracer_provider=tracer_provider)
     client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert len(span_exporter.get_finished_spans()) == 1
+
+
+# --- service tiers --------------------------------------------------------------------------------
+TIER_MODEL = "gpt-5"
+
+
+def tier_cost(tokens: TokenCounts, tier: str) -> float:
+    """genai-prices' price of the call served in `tier` (its `price_context`)."""
+    usage = genai_prices.Usage(
+        input_tokens=tokens.input, cache_read_tokens=tokens.cache_read, output_tokens=tokens.output
+    )
+    calc = genai_prices.calc_price(
+        usage, TIER_MODEL, provider_id="openai", price_context={"service_tier": tier}
+    )
+    return float(calc.total_price)
+
+
+def tiered_call(client: openai.OpenAI, how: str, tier: str) -> str | None:
+    """One call in `tier`, the way `how` says; returns the service tier the SDK's object reports."""
+    if how == "chat":
+        return client.chat.completions.create(
+            model=TIER_MODEL, messages=MESSAGES, service_tier=tier
+        ).service_tier  # type: ignore[arg-type]
+    if how == "chat_stream":
+        stream = client.chat.completions.create(
+            model=TIER_MODEL,
+            messages=MESSAGES,
+            service_tier=tier,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return [chunk.service_tier for chunk in stream][-1]
+    if how == "responses":
+        return client.responses.create(model=TIER_MODEL, input=PROMPT, service_tier=tier).service_tier  # type: ignore[arg-type]
+    events = list(client.responses.create(model=TIER_MODEL, input=PROMPT, service_tier=tier, stream=True))  # type: ignore[arg-type]
+    return events[-1].response.service_tier  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["chat", "chat_stream", "responses", "responses_stream"])
+@pytest.mark.parametrize("tier", ["flex", "priority", "default"])
+def test_service_tier_is_recorded_and_prices_the_call(
+    how: str,
+    tier: str,
+    client: openai.OpenAI,
+    fake_provider: FakeProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """A flex call costs half, a priority call double: the span says which tier served the call
+    (`openai.response.service_tier`) and its cost is genai-prices' for that tier."""
+    assert tiered_call(client, how, tier) == tier
+    span = only_span(span_exporter)
+    a = attrs(span)
+    reported = last_reported(fake_provider)
+    assert span_tokens(span) == reported
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == tier
+    assert a[sc.OTEL_TOKENS_COST_USD] == pytest.approx(tier_cost(reported, tier), rel=1e-12)
+    standard = genai_prices_cost(TIER_MODEL, reported)
+    expected_ratio = {"flex": 0.5, "priority": 2.0, "default": 1.0}[tier]
+    assert a[sc.OTEL_TOKENS_COST_USD] == pytest.approx(standard * expected_ratio, rel=1e-9)

@@ -13,13 +13,13 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from otel_tokens import semconv as sc
 from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import TokenCounts, UsageRecord
+from tests import prom_text
 
 OURS, SDK, FOREIGN = (
     sc.INSTRUMENTATION_SCOPE,
@@ -85,12 +85,9 @@ def pipeline(clock: Clock) -> Pipeline:
 
 def metrics(p: Pipeline) -> dict[str, float]:
     """Sample name{labels} → value, from the text Prometheus would scrape."""
-    text = generate_latest(p.registry).decode()
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}"] = s.value
+    for (name, labels), v in prom_text.samples(p.registry).items():
+        out[f"{name}{{{','.join(f'{k}={v}' for k, v in sorted(labels))}}}"] = v
     return out
 
 

@@ -49,18 +49,25 @@ TOKENS = [
     TokenCounts(input=200_001, output=100, cache_read=150_000),  # one above: tier rate for all tokens
     TokenCounts(input=250_000, output=1000, cache_read=100_000, cache_write=50_000, reasoning=500),
     TokenCounts(input=1_000_000, output=10_000, reasoning=9_000),
+    TokenCounts(input=4100, output=70, cache_write=4000, cache_write_1h=4000),  # all 1-hour writes
+    TokenCounts(input=9000, output=70, cache_read=1000, cache_write=6000, cache_write_1h=2500),
+    TokenCounts(input=300_000, output=70, cache_write=250_000, cache_write_1h=100_000),  # tier
 ]
 
 
-def reference_cost(provider_id: str | None, model: str, tokens: TokenCounts) -> float:
+def reference_cost(
+    provider_id: str | None, model: str, tokens: TokenCounts, service_tier: str | None = None
+) -> float:
     usage = Usage(
         input_tokens=tokens.input,
         output_tokens=tokens.output,
         cache_read_tokens=tokens.cache_read,
         cache_write_tokens=tokens.cache_write,
         output_reasoning_tokens=tokens.reasoning,
+        cache_write_1h_tokens=tokens.cache_write_1h,
     )
-    return float(calc_price(usage, model, provider_id=provider_id).total_price)
+    context = {"service_tier": service_tier} if service_tier is not None else None
+    return float(calc_price(usage, model, provider_id=provider_id, price_context=context).total_price)
 
 
 @pytest.mark.parametrize(("provider", "model"), MODELS)
@@ -191,3 +198,61 @@ def test_concurrent_callers_agree():
         thread.join()
     assert errors == []
     assert len(book._entries) <= 8
+
+
+# --- the right rate: 1-hour cache writes and service tiers ------------------------------------------
+def test_one_hour_cache_writes_cost_the_one_hour_rate():
+    """The issue's call on claude-sonnet-4-5: 100 fresh input, 4,000 cache-write and 70 output tokens
+    cost $0.01635 written with the 5-minute TTL ($3.75/MTok) and $0.02535 with the 1-hour TTL ($6)."""
+    book = PriceBook()
+    five_minutes = TokenCounts.from_anthropic(100, 70, cache_write=4000)
+    one_hour = TokenCounts.from_anthropic(100, 70, cache_write=4000, cache_write_1h=4000)
+    assert book.cost_usd("anthropic", "claude-sonnet-4-5", five_minutes) == pytest.approx(0.01635, abs=1e-12)
+    assert book.cost_usd("anthropic", "claude-sonnet-4-5", one_hour) == pytest.approx(0.02535, abs=1e-12)
+    assert reference_cost("anthropic", "claude-sonnet-4-5", one_hour) == pytest.approx(0.02535, abs=1e-12)
+    # the split changes the price, never the token metric: one cache_write type, disjoint unchanged
+    assert one_hour.disjoint() == five_minutes.disjoint()
+
+
+def test_one_hour_writes_on_a_model_without_that_price_bill_at_the_write_rate():
+    book = PriceBook()
+    tokens = TokenCounts(input=5000, output=300, cache_write=1000)
+    split = TokenCounts(input=5000, output=300, cache_write=1000, cache_write_1h=1000)
+    assert book.cost_usd("openai", "gpt-4o", split) == book.cost_usd("openai", "gpt-4o", tokens)
+    assert book.cost_usd("openai", "gpt-4o", split) == pytest.approx(
+        reference_cost("openai", "gpt-4o", split)
+    )
+
+
+TIER_MODELS = [("openai", "gpt-5"), ("openai", "gpt-4o"), ("openai", "gpt-4.1"), ("openai", "o3")]
+TIERS = [None, "default", "auto", "flex", "priority", "scale", "no-such-tier"]
+
+
+@pytest.mark.parametrize(("provider", "model"), TIER_MODELS)
+@pytest.mark.parametrize("tier", TIERS)
+def test_service_tier_cost_equals_genai_prices(provider: str, model: str, tier: str | None):
+    book = PriceBook()
+    for tokens in TOKENS:
+        ours = book.cost_usd(provider, model, tokens, service_tier=tier)
+        expected = reference_cost(pricing.PROVIDER_IDS[provider], model, tokens, service_tier=tier)
+        assert ours is not None
+        assert math.isclose(ours, expected, rel_tol=1e-12, abs_tol=0.0), (model, tier, tokens, ours, expected)
+
+
+def test_flex_costs_half_and_priority_double():
+    """The issue's gpt-5 call: $0.225 at the standard rate, $0.1125 flex, $0.45 priority."""
+    book = PriceBook()
+    tokens = TokenCounts(input=100_000, output=10_000)
+    assert book.cost_usd("openai", "gpt-5", tokens) == pytest.approx(0.225, abs=1e-12)
+    assert book.cost_usd("openai", "gpt-5", tokens, service_tier="default") == pytest.approx(0.225, abs=1e-12)
+    assert book.cost_usd("openai", "gpt-5", tokens, service_tier="flex") == pytest.approx(0.1125, abs=1e-12)
+    assert book.cost_usd("openai", "gpt-5", tokens, service_tier="priority") == pytest.approx(0.45, abs=1e-12)
+
+
+def test_tier_of_a_model_served_by_a_fallback_provider_is_the_standard_price():
+    """genai-prices ignores the price context for a model found through another provider's list."""
+    book = PriceBook()
+    tokens = TokenCounts(input=100_000, output=10_000)
+    for tier in ("flex", "priority"):
+        got = book.cost_usd("azure.ai.openai", "gpt-5", tokens, service_tier=tier)
+        assert got == pytest.approx(reference_cost("azure", "gpt-5", tokens, service_tier=tier))

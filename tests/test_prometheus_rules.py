@@ -24,6 +24,7 @@ from otel_tokens.budgets.render_prometheus import (
     render_rules,
     rule_groups,
 )
+from otel_tokens.humanize import format_tokens, format_usd, short_number
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "budgets.yaml"
@@ -40,6 +41,7 @@ timezone: Europe/Berlin
 dashboard_url: {DASH}
 budgets:
   - name: b
+    description: "Support bot; {{{{ not a template }}}}"
     scope: {{agent: a, task: t}}
     limit: {{tokens: 24000}}
     window: 1d
@@ -75,26 +77,36 @@ def ramp(step: float) -> str:
     return f"0+{step}x130"
 
 
+B_LIMIT = 'llm_budget_limit{budget="b",window="1d",unit="tokens"}'
 B_LEDGER = {
     'llm_budget_used{budget="b",window="1d",unit="tokens"}': const(600),
-    'llm_budget_usage_ratio{budget="b",window="1d"}': const(0.025),
+    B_LIMIT: const(24000),
 }
 M_LEDGER = {
     'llm_budget_used{budget="m",window="month",unit="usd"}': const(50),
-    'llm_budget_usage_ratio{budget="m",window="month"}': const(0.5),
+    'llm_budget_limit{budget="m",window="month",unit="usd"}': const(100),
     'llm_budget_window_remaining_seconds{budget="m",window="month"}': const(36000),
 }
 HIST = '{agent="a",task="t",model="gpt-4o",provider="openai"}'
 
 
-def annotations_b(summary: str, percent: str = "2.5%") -> dict[str, str]:
+DESCRIPTION = "Support bot; {{ not a template }}"  # the budget's description, shown as written
+
+
+def annotations_b(
+    summary: str, percent: str = "2.5%", used: str = "600 tokens", **figures: str
+) -> dict[str, str]:
+    """The budget-wide standing, unless `figures` replace it with the alert's own figures."""
     return {
         "summary": summary,
-        "used": "600 tokens",
+        "used": used,
         "limit": "24k tokens per 1d",
         "percent": percent,
         "window": "rolling 1d",
-        "dashboard": f"{DASH}?var-budget=b&var-agent=a",
+        **figures,
+        "description": DESCRIPTION,
+        # Only a variable the overview dashboard defines: Grafana ignores any other.
+        "dashboard": f"{DASH}?var-budget=b",
     }
 
 
@@ -111,9 +123,10 @@ class Case:
 
 
 def ratio(value: float) -> dict[str, str]:
+    """The ledger of budget b at `value` of its 24k limit."""
     return {
-        'llm_budget_used{budget="b",window="1d",unit="tokens"}': const(600),
-        'llm_budget_usage_ratio{budget="b",window="1d"}': const(value),
+        'llm_budget_used{budget="b",window="1d",unit="tokens"}': const(round(value * 24000, 6)),
+        B_LIMIT: const(24000),
     }
 
 
@@ -124,7 +137,9 @@ CASES = [
         above=ratio(0.8),  # warn_at is inclusive
         below=[ratio(0.7999), ratio(1.0)],  # at the limit it is BudgetExceeded instead
         labels={**B_LABELS, "severity": "P3", "window": "1d"},
-        annotations=annotations_b("Budget b at 80% of 24k tokens per 1d", percent="80%"),
+        annotations=annotations_b(
+            "Budget b at 80% of 24k tokens per 1d", percent="80%", used="19,200 tokens"
+        ),
         ledger={},
     ),
     Case(
@@ -133,7 +148,9 @@ CASES = [
         below=[ratio(0.9999)],
         labels={**B_LABELS, "severity": "P2", "window": "1d"},
         annotations=annotations_b(
-            "Budget b exceeded: 100% of 24k tokens per 1d (action: warn)", percent="100%"
+            "Budget b exceeded: 100% of 24k tokens per 1d (action: warn)",
+            percent="100%",
+            used="24,000 tokens",
         ),
         ledger={},
     ),
@@ -152,8 +169,13 @@ CASES = [
         above={'llm_task_instance_tokens{budget="b",agent="a",task="t",task_id="run-7"}': const(3001)},
         below=[{'llm_task_instance_tokens{budget="b",agent="a",task="t",task_id="run-7"}': const(3000)}],
         labels={**B_LABELS, "severity": "P1", "task_id": "run-7"},
+        # The task instance's own tokens against its own limit, not the budget's standing.
         annotations=annotations_b(
-            "Task instance run-7 (a/t) used 3.001k tokens, over 3x its limit of 1k: it is probably looping"
+            "Task instance run-7 (a/t) used 3,001 tokens, over 3x its limit of 1k: it is probably looping",
+            used="3,001 tokens (task instance run-7)",
+            limit="1,000 tokens per task instance",
+            percent="300.1%",
+            window="one task instance, all its calls so far",
         ),
     ),
     Case(
@@ -174,7 +196,7 @@ CASES = [
         labels={"budget": "m", "severity": "P2"},
         annotations={
             "summary": "Budget m is projected at 122% of $100.00 per month by the end of the period",
-            "used": "$50",
+            "used": "$50.00",
             "limit": "$100.00 per month",
             "percent": "50%",
             "window": "calendar month (Europe/Berlin)",
@@ -196,8 +218,14 @@ CASES = [
             }
         ],
         labels={**B_LABELS, "severity": "P3"},
+        # The growth factor against its threshold, not the budget's standing.
         annotations=annotations_b(
-            "Agent a (task t): input tokens per request grew 2.00x against 1h ago — the context keeps growing"
+            "Agent a (task t): input tokens per request grew 2.00x against 1h ago"
+            " — the context keeps growing",
+            used="2.00x the input tokens per request of 1h ago",
+            limit="1.5x",
+            percent="133.3%",
+            window="average over 10m, against the same 1h earlier",
         ),
     ),
     Case(
@@ -206,6 +234,7 @@ CASES = [
             f"llm_request_input_tokens_sum{HIST}": ramp(12000),
             f"llm_request_input_tokens_count{HIST}": ramp(1),
             f'llm_tokens_total{HIST[:-1]},token_type="cache_read"}}': const(0),
+            f'llm_tokens_total{HIST[:-1]},token_type="input"}}': ramp(12000),
         },
         below=[
             {
@@ -219,8 +248,13 @@ CASES = [
             },
         ],
         labels={**B_LABELS, "severity": "P3"},
+        # This agent/task's prompt-cache hit ratio, not the budget's standing.
         annotations=annotations_b(
-            "Agent a (task t) sends 12k input tokens per request with no prompt-cache reads in 30m"
+            "Agent a (task t) sends 12,000 input tokens per request with no prompt-cache reads in 30m",
+            used="12,000 input tokens per request, prompt-cache hit ratio 0%",
+            limit="prompts of 10,000+ input tokens should hit the cache",
+            percent="0%",
+            window="30m",
         ),
     ),
 ]
@@ -279,27 +313,34 @@ def test_rendered_example_passes_promtool_check_rules(tmp_path: Path):
 def test_example_renders_the_seed_alert_rules():
     """The seed's table: warning at 80% (P3), runaway at 3x (P1), spike at 2x (P2), forecast 90% (P2)."""
     groups = rule_groups(load_budget_file(EXAMPLE))
-    support = next(g for g in groups if g["name"] == "otel-tokens-budget-support-daily")
-    alerts = {r["alert"]: r for r in support["rules"]}
-    assert alerts["BudgetWarning"]["expr"] == 'llm_budget_usage_ratio{budget="support-daily"} >= 0.8 < 1'
-    assert alerts["BudgetWarning"]["labels"]["severity"] == "P3"
-    assert alerts["RunawayTask"]["expr"] == 'llm_task_instance_tokens{budget="support-daily"} > 60000'
-    assert alerts["RunawayTask"]["labels"]["severity"] == "P1"
-    assert alerts["TokenSpike"]["labels"]["severity"] == "P2"
-    assert "> 0.08333333333" in alerts["TokenSpike"]["expr"]  # 2 x (1h / 24h)
-    assert alerts["BudgetForecast"]["expr"].endswith("> 0.9")
-    assert alerts["BudgetForecast"]["labels"]["severity"] == "P2"
+    support = next(g for g in groups if g.name == "otel-tokens-budget-support-daily")
+    alerts = support.alerts()
+    # Summed over collector instances: used adds up, the limit is the same on each (max).
+    assert alerts["BudgetWarning"].expr == (
+        'sum by (budget, window) (llm_budget_used{budget="support-daily"})'
+        ' / max by (budget, window) (llm_budget_limit{budget="support-daily"}) >= 0.8 < 1'
+    )
+    assert alerts["BudgetWarning"].labels["severity"] == "P3"
+    assert alerts["RunawayTask"].expr == (
+        'sum by (budget, agent, task, task_id) (llm_task_instance_tokens{budget="support-daily"}) > 60000'
+    )
+    assert alerts["RunawayTask"].labels["severity"] == "P1"
+    assert alerts["TokenSpike"].labels["severity"] == "P2"
+    assert "> 0.08333333333" in alerts["TokenSpike"].expr  # 2 x (1h / 24h)
+    assert alerts["BudgetForecast"].expr.endswith("> 0.9")
+    assert alerts["BudgetForecast"].labels["severity"] == "P2"
     assert set(alerts) == set(ALERT_NAMES)
-    for rule in support["rules"]:
-        assert rule["labels"]["budget"] == "support-daily" and rule["labels"]["agent"] == "support"
-        assert {"summary", "used", "limit", "percent", "window", "dashboard"} <= set(rule["annotations"])
+    for rule in alerts.values():
+        assert rule.labels["budget"] == "support-daily" and rule.labels["agent"] == "support"
+        assert {"summary", "used", "limit", "percent", "window", "dashboard"} <= set(rule.annotations)
+        assert rule.annotations["description"] == "Customer-support agent"
 
 
 def test_exact_budget_alerts_read_the_ledger_not_increase():
     for group in rule_groups(load_budget_file(EXAMPLE))[1:]:
-        for rule in group["rules"]:
-            if rule["alert"] in ("BudgetWarning", "BudgetExceeded", "RunawayTask"):
-                assert "increase(" not in rule["expr"] and "rate(" not in rule["expr"]
+        for rule in group.alerts().values():
+            if rule.alert in ("BudgetWarning", "BudgetExceeded", "RunawayTask"):
+                assert "increase(" not in rule.expr and "rate(" not in rule.expr
 
 
 def test_rendering_is_deterministic_and_marked_generated():
@@ -328,6 +369,62 @@ def test_prometheus_config_renders_and_passes_promtool(tmp_path: Path):
     assert data["global"] == {"scrape_interval": "200ms", "evaluation_interval": "200ms"}
     assert data["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19464"]
     assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19093"]
+    # Several collectors: several targets of one job, each its own `instance` that the rules sum over.
+    fleet = yaml.safe_load(render_prometheus_config(collector=["c1:9464", "c2:9464"]))
+    assert fleet["scrape_configs"][0]["static_configs"][0]["targets"] == ["c1:9464", "c2:9464"]
     default = yaml.safe_load(render_prometheus_config())
     assert default["scrape_configs"][0]["static_configs"][0]["targets"] == ["collector:9464"]
     assert default["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+# --- figures as people read them, at every magnitude ------------------------------------------------
+
+#: (limit, used) in dollars, from a tenth of a cent to thousands: `humanize` would print $0.0017 as
+#: `1.7m` and `%.2f` a $0.002 limit as `$0.00`.
+USD_MAGNITUDES = [(0.002, 0.0021), (0.01, 0.0123), (1.5, 1.7), (2000, 2222.225), (1_000_000, 1_234_567.891)]
+TOKEN_MAGNITUDES = [(500, 503), (2_000_000, 2_000_001)]
+
+
+@needs_promtool
+@pytest.mark.integration
+def test_money_and_tokens_in_annotations_read_right_at_every_magnitude(tmp_path: Path):
+    """The `used` annotation (a Go template Prometheus expands) prints money and token counts the
+    way `otel_tokens.humanize` prints them for static text, and so does the limit text."""
+    figures = [(f"usd{i}", "usd", limit, used) for i, (limit, used) in enumerate(USD_MAGNITUDES)]
+    figures += [(f"tok{i}", "tokens", limit, used) for i, (limit, used) in enumerate(TOKEN_MAGNITUDES)]
+    lines = [f"  - {{name: {n}, limit: {{{u}: {limit}}}, window: 1d}}" for n, u, limit, _ in figures]
+    spec = parse_budget_text("alert_for: {budget_exceeded: 0s}\nbudgets:\n" + "\n".join(lines) + "\n")
+    series: dict[str, str] = {}
+    expected = []
+    for name, unit, limit, used in figures:
+        series[f'llm_budget_used{{budget="{name}",window="1d",unit="{unit}"}}'] = f"{used!r}x20"
+        series[f'llm_budget_limit{{budget="{name}",window="1d",unit="{unit}"}}'] = f"{limit!r}x20"
+        money = unit == "usd"
+        notes = {
+            "used": format_usd(used) if money else f"{format_tokens(used)} tokens",
+            "limit": (format_usd(limit) if money else f"{short_number(limit)} tokens") + " per 1d",
+        }
+        expected.append(
+            {"exp_labels": {"budget": name, "severity": "P2", "window": "1d"}, "exp_annotations": notes}
+        )
+    # Summaries and percentages are pinned by the per-alert cases above; here only the figures.
+    rules = yaml.safe_load(render_rules(spec))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == "BudgetExceeded":
+                rule["annotations"] = {k: rule["annotations"][k] for k in ("used", "limit")}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    test = {
+        "interval": "1m",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "BudgetExceeded", "exp_alerts": expected}],
+    }
+    spec_file = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [test]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(spec_file, sort_keys=False))
+    result = promtool("test", "rules", "tests.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # What "as people read them" means here, spelled out once.
+    assert [n["exp_annotations"]["used"] for n in expected][:3] == ["$0.0021", "$0.012", "$1.70"]
+    assert expected[0]["exp_annotations"]["limit"] == "$0.0020 per 1d"
+    assert expected[4]["exp_annotations"]["used"] == "$1,234,567.89"
+    assert expected[6]["exp_annotations"]["used"] == "2,000,001 tokens"

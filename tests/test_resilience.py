@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_tokens
-from otel_tokens.fake_provider import FakeProvider, FakeRequest, FakeResponse
+from otel_tokens.demo.fake_provider import FakeProvider, FakeRequest, FakeResponse
 from tests.services import free_port
 
 

@@ -10,7 +10,6 @@ real SDK spans, and once a real collector over OTLP/HTTP.
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,19 +25,19 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 import otel_tokens
 from otel_tokens import attribute
 from otel_tokens import semconv as sc
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import Extractor, TaskCompletion
-from otel_tokens.fake_provider import FakeProvider
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from tests import prom_text
 from tests.services import poll
 
 MODEL = "gpt-4o-mini"
@@ -49,13 +48,7 @@ MODEL = "gpt-4o-mini"
 
 def samples(source: CollectorRegistry | str, name: str) -> dict[frozenset[tuple[str, str]], float]:
     """Every sample called `name` in exposition text (or a registry's), by its label set."""
-    text = source if isinstance(source, str) else generate_latest(source).decode()
-    return {
-        frozenset(s.labels.items()): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    }
+    return prom_text.series(source, name)
 
 
 def value(source: CollectorRegistry | str, name: str, **labels: str) -> float:
@@ -63,8 +56,7 @@ def value(source: CollectorRegistry | str, name: str, **labels: str) -> float:
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
+    return prom_text.scrape(port)
 
 
 def ask(client: openai.OpenAI, prompt: str) -> None:

@@ -12,28 +12,19 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import propagate
-from prometheus_client.parser import text_string_to_metric_families
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
+from tests import prom_text
 from tests.services import poll
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _metric_sum(port: int, name: str, **labels: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return prom_text.total(prom_text.scrape(port), name, **labels)
 
 
 def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: FakeProvider):
@@ -123,3 +114,125 @@ def test_attribution_crosses_a_process_boundary_in_w3c_baggage(fake_provider: Fa
     assert attrs["gen_ai.conversation.id"] == "s-1"
     assert attrs["trace_id"] == trace_id  # and the trace continues
     assert trace.get_current_span() is not parent
+
+
+# --- one line is enough: instrument() with no TracerProvider configured exports ---------------------
+_ONE_LINER = textwrap.dedent(
+    """
+    import logging, sys
+    import openai
+    import otel_tokens
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    otel_tokens.instrument()
+    otel_tokens.uninstrument()
+    otel_tokens.instrument()  # again: still one provider, one log line
+    with otel_tokens.attribute(agent="one-liner"):
+        openai.OpenAI(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    """
+)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_instrument_alone_exports_where_the_standard_otel_variables_say(
+    fake_provider: FakeProvider, tmp_path: Path, protocol: str
+):
+    with CollectorService(CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)) as collector:
+        port = collector.grpc_port if protocol == "grpc" else collector.http_port
+        env = _without_otel(os.environ) | {
+            "OPENAI_BASE_URL": fake_provider.openai_base_url,
+            "OPENAI_API_KEY": "not-a-real-key",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_SERVICE_NAME": "one-line-agent",
+        }
+        run = _run_script(tmp_path, _ONE_LINER, env)
+        expected = fake_provider.reported_totals().total
+        # Nothing flushed by hand: the batch processor is flushed when the interpreter exits.
+        poll(
+            lambda: _metric_sum(collector.metrics_port, "llm_tokens_total", agent="one-liner"),
+            lambda v: v == expected > 0,
+            what="the one-line agent's tokens on /metrics",
+        )
+    said = [line for line in run.stderr.splitlines() if "instrument() set one up" in line]
+    assert len(said) == 1, run.stderr
+    transport = "OTLP/gRPC" if protocol == "grpc" else "OTLP/HTTP"
+    path = "" if protocol == "grpc" else "/v1/traces"
+    assert f"{transport} http://127.0.0.1:{port}{path}" in said[0]
+    assert "service.name=one-line-agent" in said[0] and said[0].startswith("otel_tokens INFO")
+
+
+_OWN_PROVIDER = textwrap.dedent(
+    """
+    import json, logging
+    import openai
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    import otel_tokens
+
+    logging.basicConfig(level=logging.DEBUG)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    otel_tokens.instrument()
+    openai.OpenAI(max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    print(json.dumps({
+        "same_provider": trace.get_tracer_provider() is provider,
+        "processors": len(provider._active_span_processor._span_processors),
+        "spans": [s.name for s in exporter.get_finished_spans()],
+    }))
+    """
+)
+
+
+def test_an_application_that_configured_its_own_provider_keeps_full_control(
+    fake_provider: FakeProvider, tmp_path: Path
+):
+    env = _without_otel(os.environ) | {
+        "OPENAI_BASE_URL": fake_provider.openai_base_url,
+        "OPENAI_API_KEY": "k",
+        # Were anything added, it would export here and fail loudly: nothing listens on port 9.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    run = _run_script(tmp_path, _OWN_PROVIDER, env)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"same_provider": True, "processors": 1, "spans": ["chat gpt-4o-mini"]}
+    assert "set one up" not in run.stderr and "127.0.0.1:9" not in run.stderr
+
+
+def test_otel_traces_exporter_none_sets_up_nothing_and_says_so(fake_provider: FakeProvider, tmp_path: Path):
+    script = _ONE_LINER + textwrap.dedent(
+        """
+        from opentelemetry import trace
+        print(type(trace.get_tracer_provider()).__name__)
+        """
+    )
+    env = _without_otel(os.environ) | {
+        "OPENAI_BASE_URL": fake_provider.openai_base_url,
+        "OPENAI_API_KEY": "k",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    run = _run_script(tmp_path, script, env)
+    assert run.stdout.strip().splitlines()[-1] == "ProxyTracerProvider"
+    assert "OTEL_TRACES_EXPORTER=none: no span is exported" in run.stderr
+    assert len(fake_provider.reported) == 1  # the call itself went through untouched
+
+
+def _without_otel(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The test runner's environment minus any OTEL_* setting that would change what is tested."""
+    return {k: v for k, v in env.items() if not k.startswith("OTEL_") or k.startswith("OTEL_TOKENS_")}
+
+
+def _run_script(tmp_path: Path, code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "agent.py"
+    script.write_text(code)
+    run = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    return run

@@ -1,8 +1,11 @@
-"""File-wide checks of a budget file that no single field can make: unique names, routes and the
-default receiver referring to receivers that exist.
+"""Checks of a budget file that no single field can make: unique names, routes and the default
+receiver referring to receivers that exist, and fields that only make sense together (`action:
+downgrade` needs `downgrade_to`, a limit is `tokens` or `usd`, ...).
 
-They work on plain data (the raw YAML or a model dump) and tolerate wrong types, so the loader can
-run them even when other parts of the file failed validation and still report every problem.
+They work on plain data (the raw YAML or a model dump) and tolerate wrong types, so the loader runs
+them on the raw YAML even when other fields of the same budget failed validation — pydantic skips a
+model's own cross-field validator then — and the author sees every problem in one pass. The models
+call the same functions, so the rules are written once.
 """
 
 from __future__ import annotations
@@ -65,12 +68,78 @@ def alerting_problems(alerting: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
+#: `action` values (spec.Action); a value outside them is the field's own error, not a pairing one.
+_ACTIONS = ("block", "defer", "downgrade", "compress", "warn")
+_PAGERDUTY_KEYS = ("routing_key", "routing_key_file", "service_key", "service_key_file")
+
+
+def limit_problems(limit: Mapping[str, Any]) -> list[Problem]:
+    """Paths are relative to the `limit` block."""
+    problems: list[Problem] = []
+    if (limit.get("tokens") is None) == (limit.get("usd") is None):
+        problems.append(((), "set exactly one of 'tokens' or 'usd'"))
+    if limit.get("usd") is not None and limit.get("token_types") is not None:
+        problems.append((("token_types",), "'token_types' only applies to a 'tokens' limit"))
+    return problems
+
+
+def budget_problems(budget: Mapping[str, Any]) -> list[Problem]:
+    """Paths are relative to the budget."""
+    problems: list[Problem] = []
+    action, downgrade_to = budget.get("action", "warn"), budget.get("downgrade_to")
+    if action == "downgrade" and downgrade_to is None:
+        problems.append((("action",), "action 'downgrade' needs 'downgrade_to' (the cheaper model)"))
+    if action in _ACTIONS and action != "downgrade" and downgrade_to is not None:
+        message = f"'downgrade_to' only applies to action 'downgrade', not {action!r}"
+        problems.append((("downgrade_to",), message))
+    if action in _ACTIONS and action != "defer" and budget.get("defer_wait") is not None:
+        message = f"'defer_wait' only applies to action 'defer', not {action!r}"
+        problems.append((("defer_wait",), message))
+    scope = budget.get("scope")
+    if isinstance(scope, Mapping) and scope.get("user") is not None:
+        # `user` is not a metric label: only the ledger can count it, PromQL cannot filter on it.
+        for key in ("context_growth", "prompt_cache_miss"):
+            if budget.get(key) is not None:
+                message = f"'{key}' cannot apply to a 'user' scope (user is not a metric label)"
+                problems.append(((key,), message))
+    limit = budget.get("limit")
+    if isinstance(limit, Mapping):
+        problems += [(("limit", *path), msg) for path, msg in limit_problems(limit)]
+    return problems
+
+
+def slack_problems(slack: Mapping[str, Any]) -> list[Problem]:
+    if (slack.get("api_url") is None) == (slack.get("api_url_file") is None):
+        return [((), "set exactly one of 'api_url' or 'api_url_file'")]
+    return []
+
+
+def pagerduty_problems(pagerduty: Mapping[str, Any]) -> list[Problem]:
+    if sum(pagerduty.get(k) is not None for k in _PAGERDUTY_KEYS) != 1:
+        return [((), f"set exactly one of {', '.join(_PAGERDUTY_KEYS)}")]
+    return []
+
+
+def _receiver_problems(alerting: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, receiver in _items(alerting.get("receivers")):
+        for key, check in (("slack_configs", slack_problems), ("pagerduty_configs", pagerduty_problems)):
+            for n, config in _items(receiver.get(key)):
+                problems += [(("receivers", index, key, n, *path), msg) for path, msg in check(config)]
+    return problems
+
+
 def file_problems(data: Mapping[str, Any]) -> list[Problem]:
-    """Every file-wide problem, with paths from the document root."""
+    """Every problem no single field shows, with paths from the document root."""
     problems = budget_name_problems(data)
+    for index, budget in _items(data.get("budgets")):
+        problems += [(("budgets", index, *path), msg) for path, msg in budget_problems(budget)]
     alerting = data.get("alerting")
     if isinstance(alerting, Mapping):
-        problems += [(("alerting", *path), msg) for path, msg in alerting_problems(alerting)]
+        problems += [
+            (("alerting", *path), msg)
+            for path, msg in [*alerting_problems(alerting), *_receiver_problems(alerting)]
+        ]
     return problems + tier_problems(data)
 
 

@@ -1,4 +1,4 @@
-"""`otel-tokens render` and `otel-tokens check`: thin commands over the budget renderers.
+"""`otel-tokens render`, `check` and `status`: thin commands over the budget renderers and ledger.
 
 `check` validates the budget file, compares the committed generated files with a fresh rendering,
 and — when Prometheus' and Alertmanager's own tools are installed — lets them judge the output.
@@ -6,21 +6,22 @@ and — when Prometheus' and Alertmanager's own tools are installed — lets the
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from otel_tokens.budgets.loader import BudgetFileError, load_budget_file
 from otel_tokens.budgets.render_all import ALERTMANAGER_CONFIG, RULES_FILE, check_rendered, render_all
+from otel_tokens.humanize import format_amount
 
-
-def format_amount(value: float, unit: str) -> str:
-    """A budget figure as people read it: whole tokens with separators, dollars to the cent (or
-    finer below a dollar, where demo-sized spend lives)."""
-    if unit == "usd":
-        return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
-    return f"{value:,.0f}"
+#: `otel-tokens status` exit codes, so scripts and CI can gate on a budget (Nagios' convention).
+EXIT_OK, EXIT_WARNING, EXIT_EXCEEDED, EXIT_UNKNOWN = 0, 1, 2, 3
 
 
 def render_command(budget_file: str, out_dir: str) -> int:
@@ -54,7 +55,12 @@ def check_command(budget_file: str, out_dir: str) -> int:
 
 
 def _run_tool(tool: str, args: list[str]) -> bool:
-    """Run Prometheus'/Alertmanager's own checker when present; absent tools are reported, not failed."""
+    """Run Prometheus'/Alertmanager's own checker when present; absent tools are reported, not failed.
+    A rendered file that is missing was already reported (with the command that writes it), so the
+    tool is not run on it: its raw "path does not exist" would only repeat that, less clearly."""
+    if not Path(args[-1]).is_file():
+        print(f"{tool} {' '.join(args)}: not run (the file is missing, see above)")
+        return False
     binary = shutil.which(tool)
     if binary is None:
         print(f"{tool} not installed: skipped `{tool} {' '.join(args)}`")
@@ -68,11 +74,9 @@ def _run_tool(tool: str, args: list[str]) -> bool:
 
 
 def status_command(metrics_url: str) -> int:
-    """Print the collector's exact budget standing (its /api/v1/budgets), one budget a line."""
-    import json
-    import urllib.error
-    import urllib.request
-
+    """Print the collector's exact budget standing (its /api/v1/budgets), one budget a line; exit 0
+    when every budget is ok, 1 when any is at its warning threshold, 2 when any is exceeded, 3 when
+    the collector could not be read."""
     url = metrics_url.rstrip("/") + "/api/v1/budgets"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -80,12 +84,26 @@ def status_command(metrics_url: str) -> int:
     except urllib.error.HTTPError as exc:
         hint = " (is the collector running with --budgets-file?)" if exc.code == 404 else ""
         print(f"otel-tokens status: {url}: HTTP {exc.code}{hint}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as exc:
+        return EXIT_UNKNOWN
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"otel-tokens status: cannot read {url}: {exc}", file=sys.stderr)
-        return 1
-    print(f"{'budget':<28}{'window':>8}{'used':>14}{'limit':>14}{'%':>7}  state")
+        return EXIT_UNKNOWN
+    print(budget_table(budgets))
+    return status_exit_code(b["state"] for b in budgets)
+
+
+def status_exit_code(states: Iterable[str]) -> int:
+    """The worst state decides: exceeded 2, warning 1, all ok 0."""
+    seen = set(states)
+    return EXIT_EXCEEDED if "exceeded" in seen else EXIT_WARNING if "warning" in seen else EXIT_OK
+
+
+def budget_table(budgets: Iterable[Mapping[str, Any]]) -> str:
+    """Every budget, one a line, as `status` and the demo print it (figures via `humanize`)."""
+    rows = [f"{'budget':<28}{'window':>8}{'used':>14}{'limit':>14}{'%':>7}  state"]
     for b in budgets:
         used, limit = format_amount(b["used"], b["unit"]), format_amount(b["limit"], b["unit"])
-        print(f"{b['name']:<28}{b['window']:>8}{used:>14}{limit:>14}{100 * b['ratio']:>6.1f}%  {b['state']}")
-    return 0
+        rows.append(
+            f"{b['name']:<28}{b['window']:>8}{used:>14}{limit:>14}{100 * b['ratio']:>6.1f}%  {b['state']}"
+        )
+    return "\n".join(rows)

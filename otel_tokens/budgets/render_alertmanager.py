@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from otel_tokens import metric_names as mn
+from otel_tokens.budgets import gotemplate as t
+from otel_tokens.budgets.promql import eq, regex
 from otel_tokens.budgets.spec import (
     Alerting,
     BudgetFile,
@@ -39,6 +42,8 @@ __all__ = [
 TEMPLATE_GLOB = "templates/*.tmpl"
 #: Receiver used when the budget file has no `alerting` section: alerts are kept, sent nowhere.
 DEFAULT_RECEIVER = "otel-tokens-null"
+#: The label Prometheus puts the alert's name in.
+ALERTNAME = "alertname"
 #: The exceeded alert inhibits these for the same budget: once over, "nearly over" is noise.
 INHIBITED_BY_EXCEEDED = ("BudgetWarning", "BudgetForecast")
 
@@ -77,9 +82,9 @@ def alertmanager_config(spec: BudgetFile, overrides: AlertmanagerOverrides | Non
         "route": _root_route(alerting, o),
         "inhibit_rules": [
             {
-                "source_matchers": ['alertname="BudgetExceeded"'],
-                "target_matchers": [f'alertname=~"{"|".join(INHIBITED_BY_EXCEEDED)}"'],
-                "equal": ["budget"],
+                "source_matchers": [str(eq(ALERTNAME, "BudgetExceeded"))],
+                "target_matchers": [str(regex(ALERTNAME, "|".join(INHIBITED_BY_EXCEEDED)))],
+                "equal": [mn.BUDGET],
             }
         ],
         "receivers": [_receiver(r, o.webhook_url) for r in alerting.receivers],
@@ -99,7 +104,7 @@ def _root_route(alerting: Alerting, o: AlertmanagerOverrides) -> dict[str, Any]:
 
 
 def _severity_route(route: Route, o: AlertmanagerOverrides) -> dict[str, Any]:
-    out: dict[str, Any] = {"receiver": route.receiver, "matchers": [f'severity="{route.severity}"']}
+    out: dict[str, Any] = {"receiver": route.receiver, "matchers": [str(eq(mn.SEVERITY, route.severity))]}
     group_wait = o.group_wait or route.group_wait
     group_interval = o.group_interval or route.group_interval
     if group_wait:
@@ -131,6 +136,11 @@ def _set(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _use(template: str) -> str:
+    """An integration field filled by one of the shared named templates."""
+    return t.action(f'template "{template}" .')
+
+
 def _webhook(c: WebhookConfig) -> dict[str, Any]:
     # The webhook payload is JSON with every label and annotation; it needs no template.
     return _set(url=c.url, send_resolved=c.send_resolved, max_alerts=c.max_alerts or None)
@@ -142,9 +152,9 @@ def _slack(c: SlackConfig) -> dict[str, Any]:
         api_url_file=c.api_url_file,
         channel=c.channel,
         send_resolved=c.send_resolved,
-        title='{{ template "otel_tokens.title" . }}',
-        title_link='{{ template "otel_tokens.dashboard" . }}',
-        text='{{ template "otel_tokens.text" . }}',
+        title=_use(TITLE),
+        title_link=_use(DASHBOARD),
+        text=_use(TEXT),
     )
 
 
@@ -156,8 +166,8 @@ def _email(c: EmailConfig) -> dict[str, Any]:
         auth_username=c.auth_username,
         auth_password_file=c.auth_password_file,
         require_tls=c.require_tls,
-        headers={"Subject": '{{ template "otel_tokens.title" . }}'},
-        text='{{ template "otel_tokens.text" . }}',
+        headers={"Subject": _use(TITLE)},
+        text=_use(TEXT),
     )
     if c.from_ is not None:
         out["from"] = c.from_
@@ -172,46 +182,76 @@ def _pagerduty(c: PagerDutyConfig) -> dict[str, Any]:
         service_key_file=c.service_key_file,
         url=c.url,
         send_resolved=c.send_resolved,
-        description='{{ template "otel_tokens.title" . }}',
+        description=_use(TITLE),
         client="otel-tokens",
-        client_url='{{ template "otel_tokens.dashboard" . }}',
+        client_url=_use(DASHBOARD),
     )
 
 
 def notification_template(header: str, dashboard_url: str | None) -> str:
     """Go templates shared by every integration: the numbers an on-call engineer acts on.
 
-    They read the annotations the generated rules attach (used, limit, percent, window, dashboard);
-    `with` guards keep alerts without them (spike, context growth) readable instead of "<no value>".
+    They read the annotations the generated rules attach (used, limit, percent, window, description,
+    dashboard); `with` guards keep alerts without one readable instead of "<no value>".
     """
-    fallback = dashboard_url or ""
-    return (
-        f"{{{{/* {header} */}}}}\n"
-        '{{ define "otel_tokens.title" -}}\n'
-        '[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.Firing | len }}{{ end }}]'
-        " {{ .CommonLabels.severity }} {{ .CommonLabels.alertname }}"
-        "{{ with .CommonLabels.budget }} budget={{ . }}{{ end }}"
-        "{{ with .CommonLabels.agent }} agent={{ . }}{{ end }}\n"
-        "{{- end }}\n\n"
-        '{{ define "otel_tokens.dashboard" -}}\n'
-        "{{ with .CommonAnnotations.dashboard }}{{ . }}{{ else }}" + fallback + "{{ end }}\n"
-        "{{- end }}\n\n"
-        '{{ define "otel_tokens.alert" -}}\n'
-        "{{ .Labels.alertname }} ({{ .Labels.severity }})"
-        "{{ with .Labels.budget }} budget {{ . }}{{ end }}"
-        "{{ with .Labels.agent }} agent {{ . }}{{ end }}"
-        "{{ with .Labels.task }} task {{ . }}{{ end }}\n"
-        "{{ with .Annotations.summary }}{{ . }}\n{{ end }}"
-        "{{ with .Annotations.used }}used {{ . }}{{ end }}"
-        "{{ with .Annotations.limit }} of limit {{ . }}{{ end }}"
-        "{{ with .Annotations.percent }} ({{ . }}){{ end }}"
-        "{{ with .Annotations.window }} over {{ . }}{{ end }}\n"
-        "{{ with .Annotations.description }}{{ . }}\n{{ end }}"
-        "{{ with .Annotations.dashboard }}dashboard: {{ . }}\n{{ end }}"
-        "{{- end }}\n\n"
-        '{{ define "otel_tokens.text" -}}\n'
-        '{{ range .Alerts.Firing }}{{ template "otel_tokens.alert" . }}\n{{ end }}'
-        "{{ if .Alerts.Resolved }}Resolved:\n"
-        '{{ range .Alerts.Resolved }}{{ template "otel_tokens.alert" . }}\n{{ end }}{{ end }}'
-        "{{- end }}\n"
+    return "\n".join(
+        [
+            t.comment(header),
+            t.define(TITLE, _title()),
+            t.define(DASHBOARD, t.with_(".CommonAnnotations.dashboard", DOT, t.literal(dashboard_url or ""))),
+            t.define(ALERT, _alert_text()),
+            t.define(TEXT, _text()),
+        ]
     )
+
+
+#: The named templates, as integrations refer to them (`{{ template "otel_tokens.title" . }}`).
+TITLE, DASHBOARD, ALERT, TEXT = (
+    "otel_tokens.title",
+    "otel_tokens.dashboard",
+    "otel_tokens.alert",
+    "otel_tokens.text",
+)
+
+
+DOT = t.action(".")  # the value a `with` or `range` is bound to
+END = t.action("end")
+
+
+def _labelled(field: str, name: str, fmt: str) -> str:
+    """`fmt` with `.` bound to label `name` of `field` (`.Labels`, `.CommonLabels`), when set."""
+    return t.with_(f"{field}.{name}", fmt)
+
+
+def _title() -> str:
+    firing = t.action('if eq .Status "firing"') + ":" + t.action(".Alerts.Firing | len") + END
+    status = "[" + t.action(".Status | toUpper") + firing + "]"
+    labels = f" {t.action(f'.CommonLabels.{mn.SEVERITY}')} {t.action(f'.CommonLabels.{ALERTNAME}')}"
+    scope = "".join(_labelled(".CommonLabels", n, f" {n}={DOT}") for n in (mn.BUDGET, mn.AGENT))
+    return status + labels + scope
+
+
+def _alert_text() -> str:
+    head = f"{t.action(f'.Labels.{ALERTNAME}')} ({t.action(f'.Labels.{mn.SEVERITY}')})"
+    head += "".join(_labelled(".Labels", n, f" {n} {DOT}") for n in (mn.BUDGET, mn.AGENT, mn.TASK))
+    notes = ".Annotations"
+    figures = (
+        t.with_(f"{notes}.used", f"used {DOT}")
+        + t.with_(f"{notes}.limit", f" of limit {DOT}")
+        + t.with_(f"{notes}.percent", f" ({DOT})")
+        + t.with_(f"{notes}.window", f" over {DOT}")
+    )
+    return (
+        f"{head}\n"
+        + t.with_(f"{notes}.summary", f"{DOT}\n")
+        + f"{figures}\n"
+        + t.with_(f"{notes}.description", f"{DOT}\n")
+        + t.with_(f"{notes}.dashboard", f"dashboard: {DOT}\n")
+    )
+
+
+def _text() -> str:
+    each = t.action(f'template "{ALERT}" .') + "\n"
+    firing = t.action("range .Alerts.Firing") + each + END
+    resolved = t.action("range .Alerts.Resolved") + each + END
+    return firing + t.action("if .Alerts.Resolved") + "Resolved:\n" + resolved + END

@@ -5,21 +5,38 @@ metrics (`llm_budget_*`, `llm_task_instance_tokens`) rather than `increase()` ov
 counters, which extrapolates (DESIGN.md). The ledger's `llm_budget_consumed_total` already applies
 the budget's scope — including `user`, which is no metric label — and its token-type restriction,
 so a budget's burn rate is one selector. Only the waste patterns (context growth, prompt-cache
-misses) read the collector's per-request metrics directly.
+misses) read the collector's per-request metrics directly. Every query sums over collector
+instances (`budget_queries`), so several collectors behind one endpoint alert on their combined use.
 
 Every alert carries `severity` and `budget` labels plus the budget's scope keys (`agent`, `task`, ...)
-and the same annotations: `summary`, `used`, `limit`, `percent`, `window` and, with a
-`dashboard_url`, `dashboard`. The output is deterministic: same file, same bytes.
+and the same annotations: `summary`, `used`, `limit`, `percent`, `window`, the budget's
+`description` when it has one and, with a `dashboard_url`, `dashboard`. For the budget-wide alerts
+`used`/`limit`/`percent` are the budget's standing; for the alerts about one thing they are that
+thing's figures: a task instance's tokens (RunawayTask), the growth factor (ContextGrowth), the
+prompt-cache hit ratio (PromptCacheMiss). The output is deterministic: same file, same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import yaml
-
+from otel_tokens import metric_names as mn
+from otel_tokens.budgets import budget_queries as q
+from otel_tokens.budgets import gotemplate as t
+from otel_tokens.budgets.promql import (
+    Matcher,
+    eq,
+    increase,
+    num,
+    rate,
+    regex,
+    same_as_alert,
+    selector,
+    sum_by,
+)
+from otel_tokens.budgets.rulefmt import AlertingRule, RecordingRule, RuleFile, RuleGroup, dump_yaml
 from otel_tokens.budgets.spec import Budget, BudgetFile
+from otel_tokens.humanize import format_tokens, format_usd, short_number
 
 __all__ = ["ALERT_NAMES", "RECORDING_RULES", "render_prometheus_config", "render_rules", "rule_groups"]
 
@@ -33,29 +50,47 @@ ALERT_NAMES = (
     "PromptCacheMiss",
 )
 
-_BY = "agent, task, model"
+_BY = (mn.AGENT, mn.TASK, mn.MODEL)
+_BY_AGENT_TASK = (mn.AGENT, mn.TASK)
+#: Prompt tokens: fresh input plus what was read from and written to the cache (disjoint types).
+PROMPT_TYPES = "input|cache_read|cache_write"
+_CACHE_READ = eq(mn.TOKEN_TYPE, "cache_read")
+_PROMPT = regex(mn.TOKEN_TYPE, PROMPT_TYPES)
+_, _INPUT_SUM, _INPUT_COUNT = mn.histogram_series(mn.INPUT_HISTOGRAM)
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    return f"{numerator}\n/\n{denominator}"
+
+
+def cache_hit_ratio(by: Sequence[str], window: str, *matchers: Matcher) -> str:
+    """cache_read / (input + cache_read + cache_write): the share of prompt tokens served from cache.
+
+    An agent that never read from the cache has no `cache_read` series at all; its ratio is 0, not
+    missing, so the numerator falls back to the prompt rate times 0 for exactly those groups."""
+    prompt = sum_by(by, rate(selector(mn.TOKENS, _PROMPT, *matchers), window))
+    cached = sum_by(by, rate(selector(mn.TOKENS, _CACHE_READ, *matchers), window))
+    return _ratio(f"({cached} or {prompt} * 0)", prompt)
+
+
+def _per_hour(by: Sequence[str], window: str) -> str:
+    return f"{sum_by(by, rate(mn.COST, window))} * 3600"
+
+
 #: Recording rules for dashboards (burn rates by agent/task/model, cost per hour, cache hit ratio).
-RECORDING_RULES: tuple[tuple[str, str], ...] = (
-    ("agent_task_model:llm_tokens:rate5m", f"sum by ({_BY}) (rate(llm_tokens_total[5m]))"),
-    ("agent_task_model:llm_tokens:rate1h", f"sum by ({_BY}) (rate(llm_tokens_total[1h]))"),
-    (
-        "agent_task_model:llm_cost_usd_per_hour:rate5m",
-        f"sum by ({_BY}) (rate(llm_cost_usd_total[5m])) * 3600",
+RECORDING_RULES: tuple[RecordingRule, ...] = (
+    RecordingRule("agent_task_model:llm_tokens:rate5m", sum_by(_BY, rate(mn.TOKENS, "5m"))),
+    RecordingRule("agent_task_model:llm_tokens:rate1h", sum_by(_BY, rate(mn.TOKENS, "1h"))),
+    RecordingRule("agent_task_model:llm_cost_usd_per_hour:rate5m", _per_hour(_BY, "5m")),
+    RecordingRule("agent_task_model:llm_cost_usd_per_hour:rate1h", _per_hour(_BY, "1h")),
+    RecordingRule(
+        "budget:llm_budget_consumed:rate1h",
+        sum_by((mn.BUDGET, mn.UNIT), rate(mn.BUDGET_CONSUMED_TOTAL, "1h")),
     ),
-    (
-        "agent_task_model:llm_cost_usd_per_hour:rate1h",
-        f"sum by ({_BY}) (rate(llm_cost_usd_total[1h])) * 3600",
-    ),
-    ("budget:llm_budget_consumed:rate1h", "sum by (budget, unit) (rate(llm_budget_consumed_total[1h]))"),
-    (
-        "agent:llm_cache_read_ratio:rate1h",
-        'sum by (agent) (rate(llm_tokens_total{token_type="cache_read"}[1h]))\n/\n'
-        'sum by (agent) (rate(llm_tokens_total{token_type=~"input|cache_read|cache_write"}[1h]))',
-    ),
-    (
+    RecordingRule("agent:llm_cache_read_ratio:rate1h", cache_hit_ratio((mn.AGENT,), "1h")),
+    RecordingRule(
         "agent:llm_request_input_tokens:avg10m",
-        "sum by (agent) (rate(llm_request_input_tokens_sum[10m]))\n/\n"
-        "sum by (agent) (rate(llm_request_input_tokens_count[10m]))",
+        _ratio(sum_by((mn.AGENT,), rate(_INPUT_SUM, "10m")), sum_by((mn.AGENT,), rate(_INPUT_COUNT, "10m"))),
     ),
 )
 
@@ -68,52 +103,38 @@ def render_rules(
     budget_file: BudgetFile, source: str = "budgets.yaml", *, interval: str | None = None
 ) -> str:
     """The rule file for `budget_file`; `interval` sets each group's evaluation interval."""
-    return header(source) + _dump({"groups": rule_groups(budget_file, interval=interval)})
+    return header(source) + dump_yaml(RuleFile(rule_groups(budget_file, interval=interval)).to_dict())
 
 
-def rule_groups(budget_file: BudgetFile, *, interval: str | None = None) -> list[dict[str, Any]]:
-    """One recording group, then one alerting group per budget (in file order)."""
-    recording = [{"record": name, "expr": expr} for name, expr in RECORDING_RULES]
-    groups = [_group("otel-tokens-recording", recording, interval)]
+def rule_groups(budget_file: BudgetFile, *, interval: str | None = None) -> list[RuleGroup]:
+    """One recording group, then one group per budget (in file order): its forecast recording rule
+    (read by the forecast alert and the forecast panel alike), then its alerts."""
+    groups = [RuleGroup("otel-tokens-recording", RECORDING_RULES, interval)]
     for budget in budget_file.budgets:
-        groups.append(_group(f"otel-tokens-budget-{budget.name}", _alerts(budget_file, budget), interval))
+        rules: list[RecordingRule | AlertingRule] = []
+        if budget.forecast.enabled:
+            rules.append(RecordingRule(q.FORECAST_RECORD, q.forecast_ratio(budget)))
+        rules += _alerts(budget_file, budget)
+        groups.append(RuleGroup(f"otel-tokens-budget-{budget.name}", rules, interval))
     return groups
 
 
-def _group(name: str, rules: list[dict[str, Any]], interval: str | None) -> dict[str, Any]:
-    group: dict[str, Any] = {"name": name}
-    if interval is not None:
-        group["interval"] = interval
-    group["rules"] = rules
-    return group
-
-
-def _alerts(bf: BudgetFile, b: Budget) -> list[dict[str, Any]]:
-    sel = f'{{budget="{b.name}"}}'
-    limit, fr = b.limit.amount, bf.alert_for
-    window_name = "period" if b.is_calendar else "window"
+def _alerts(bf: BudgetFile, b: Budget) -> list[AlertingRule]:
+    fr, name = bf.alert_for, t.literal(b.name)
+    ratio = q.usage_ratio(b.name)
     alerts = [
-        _alert(bf, b, "BudgetWarning", f"llm_budget_usage_ratio{sel} >= {_num(b.warn_at)} < 1",
-               fr.budget_warning, b.warn_severity,
-               f"Budget {b.name} at {{{{ $value | humanizePercentage }}}} of {_limit_text(b)}"),
-        _alert(bf, b, "BudgetExceeded", f"llm_budget_usage_ratio{sel} >= 1", fr.budget_exceeded, b.severity,
-               f"Budget {b.name} exceeded: {{{{ $value | humanizePercentage }}}} of {_limit_text(b)}"
+        _alert(bf, b, "BudgetWarning", f"{ratio} >= {num(b.warn_at)} < 1", fr.budget_warning, b.warn_severity,
+               f"Budget {name} at {t.action('$value | humanizePercentage')} of {_limit_text(b)}"),
+        _alert(bf, b, "BudgetExceeded", f"{ratio} >= 1", fr.budget_exceeded, b.severity,
+               f"Budget {name} exceeded: {t.action('$value | humanizePercentage')} of {_limit_text(b)}"
                f" (action: {b.action})"),
     ]  # fmt: skip
     if b.spike.enabled:
-        share = b.spike.factor * 3600.0 / b.window_seconds
-        expr = (
-            f"sum by (budget) (increase(llm_budget_consumed_total{sel}[1h])) / {_num(limit)} > {_num(share)}"
-        )
-        summary = (
-            f"Budget {b.name}: {{{{ $value | humanizePercentage }}}} of its {b.window} limit used in the last"
-            f" hour, over {_num(b.spike.factor)}x the hourly share"
-        )
-        alerts.append(_alert(bf, b, "TokenSpike", expr, fr.token_spike, b.spike.severity, summary))
+        alerts.append(_spike(bf, b))
     if b.per_task_instance is not None:
         alerts.append(_runaway(bf, b))
     if b.forecast.enabled:
-        alerts.append(_forecast(bf, b, window_name))
+        alerts.append(_forecast(bf, b))
     if b.context_growth is not None:
         alerts.append(_context_growth(bf, b))
     if b.prompt_cache_miss is not None:
@@ -121,169 +142,164 @@ def _alerts(bf: BudgetFile, b: Budget) -> list[dict[str, Any]]:
     return alerts
 
 
-def _runaway(bf: BudgetFile, b: Budget) -> dict[str, Any]:
+def _spike(bf: BudgetFile, b: Budget) -> AlertingRule:
+    share = b.spike.factor * 3600.0 / b.window_seconds
+    last_hour = sum_by(q.BY_BUDGET, increase(selector(mn.BUDGET_CONSUMED_TOTAL, eq(mn.BUDGET, b.name)), "1h"))
+    expr = f"{last_hour} / {num(b.limit.amount)} > {num(share)}"
+    summary = (
+        f"Budget {t.literal(b.name)}: {t.action('$value | humanizePercentage')} of its {b.window} limit"
+        f" used in the last hour, over {num(b.spike.factor)}x the hourly share"
+    )
+    return _alert(bf, b, "TokenSpike", expr, bf.alert_for.token_spike, b.spike.severity, summary)
+
+
+def _runaway(bf: BudgetFile, b: Budget) -> AlertingRule:
     assert b.per_task_instance is not None
     per = b.per_task_instance
-    expr = f'llm_task_instance_tokens{{budget="{b.name}"}} > {_num(per.runaway_factor * per.tokens)}'
+    expr = f"{q.task_instance_tokens(b.name)} > {num(per.runaway_factor * per.tokens)}"
+    task_id, agent, task = (t.action(t.label(n)) for n in (mn.TASK_ID, mn.AGENT, mn.TASK))
     summary = (
-        "Task instance {{ $labels.task_id }} ({{ $labels.agent }}/{{ $labels.task }}) used"
-        f" {{{{ $value | humanize }}}} tokens, over {_num(per.runaway_factor)}x its limit of"
-        f" {_human(per.tokens)}: it is probably looping"
+        f"Task instance {task_id} ({agent}/{task}) used {t.tokens(t.VALUE)} tokens, over"
+        f" {num(per.runaway_factor)}x its limit of {short_number(per.tokens)}: it is probably looping"
     )
-    return _alert(bf, b, "RunawayTask", expr, bf.alert_for.runaway_task, per.severity, summary)
+    notes = {
+        "used": f"{t.tokens(t.VALUE)} tokens (task instance {task_id})",
+        "limit": f"{format_tokens(per.tokens)} tokens per task instance",
+        "percent": t.ratio_of(t.VALUE, per.tokens),
+        "window": "one task instance, all its calls so far",
+    }
+    return _alert(bf, b, "RunawayTask", expr, bf.alert_for.runaway_task, per.severity, summary, notes)
 
 
-def _forecast(bf: BudgetFile, b: Budget, window_name: str) -> dict[str, Any]:
-    sel = f'{{budget="{b.name}"}}'
-    rate = f"sum by (budget) (rate(llm_budget_consumed_total{sel}[{b.forecast.lookback}]))"
-    if b.is_calendar:
-        # Used so far plus the current burn rate until the period's end (the ledger knows the zone).
-        projected = (
-            f"(\n  sum by (budget) (llm_budget_used{sel})\n  + {rate}\n"
-            f"  * sum by (budget) (llm_budget_window_remaining_seconds{sel})\n)"
-        )
-    else:
-        # A rolling window never ends: project the current rate over one whole window.
-        projected = f"{rate} * {_num(b.window_seconds)}"
-    expr = f"{projected} / {_num(b.limit.amount)} > {_num(b.forecast.threshold)}"
+def _forecast(bf: BudgetFile, b: Budget) -> AlertingRule:
+    expr = f"{selector(q.FORECAST_RECORD, eq(mn.BUDGET, b.name))} > {num(b.forecast.threshold)}"
     summary = (
-        f"Budget {b.name} is projected at {{{{ $value | humanizePercentage }}}} of {_limit_text(b)}"
-        f" by the end of the {window_name}"
+        f"Budget {t.literal(b.name)} is projected at {t.action('$value | humanizePercentage')} of"
+        f" {_limit_text(b)} by the end of the {'period' if b.is_calendar else 'window'}"
     )
     return _alert(bf, b, "BudgetForecast", expr, bf.alert_for.budget_forecast, b.forecast.severity, summary)
 
 
-def _scope_matchers(b: Budget, *extra: str) -> str:
-    parts = [f'{k}="{v}"' for k, v in b.scope.matchers().items() if k != "user"]
-    return "{" + ", ".join([*parts, *extra]) + "}"
+def _scope(b: Budget) -> list[Matcher]:
+    """The budget's scope as matchers on the usage metrics (`user` is no metric label)."""
+    return [eq(k, v) for k, v in b.scope.matchers().items() if k != mn.USER]
 
 
-def _context_growth(bf: BudgetFile, b: Budget) -> dict[str, Any]:
+def _avg_input(window: str, offset: str | None, scope: Sequence[Matcher]) -> str:
+    by = _BY_AGENT_TASK
+    return (
+        f"{sum_by(by, rate(selector(_INPUT_SUM, *scope), window, offset=offset))}\n"
+        f"  / {sum_by(by, rate(selector(_INPUT_COUNT, *scope), window, offset=offset))}"
+    )
+
+
+def _context_growth(bf: BudgetFile, b: Budget) -> AlertingRule:
     assert b.context_growth is not None
-    rule, m = b.context_growth, _scope_matchers(b)
-
-    def avg(offset: str) -> str:
-        return (
-            f"sum by (agent, task) (rate(llm_request_input_tokens_sum{m}[{rule.window}]{offset}))\n"
-            f"  / sum by (agent, task) (rate(llm_request_input_tokens_count{m}[{rule.window}]{offset}))"
-        )
-
-    expr = f"(\n  {avg('')}\n)\n/\n(\n  {avg(' offset ' + rule.baseline_offset)}\n)\n> {_num(rule.factor)}"
+    rule, scope = b.context_growth, _scope(b)
+    now, before = _avg_input(rule.window, None, scope), _avg_input(rule.window, rule.baseline_offset, scope)
+    expr = f"(\n  {now}\n)\n/\n(\n  {before}\n)\n> {num(rule.factor)}"
+    factor = t.action('printf "%.2f" $value')
     summary = (
-        "Agent {{ $labels.agent }} (task {{ $labels.task }}): input tokens per request grew"
-        f' {{{{ printf "%.2f" $value }}}}x against {rule.baseline_offset} ago — the context keeps growing'
+        f"Agent {t.action(t.label(mn.AGENT))} (task {t.action(t.label(mn.TASK))}): input tokens per"
+        f" request grew {factor}x against {rule.baseline_offset} ago — the context keeps growing"
     )
-    return _alert(bf, b, "ContextGrowth", expr, bf.alert_for.context_growth, rule.severity, summary)
+    notes = {
+        "used": f"{factor}x the input tokens per request of {rule.baseline_offset} ago",
+        "limit": f"{num(rule.factor)}x",
+        "percent": t.ratio_of(t.VALUE, rule.factor),
+        "window": f"average over {rule.window}, against the same {rule.baseline_offset} earlier",
+    }
+    return _alert(bf, b, "ContextGrowth", expr, bf.alert_for.context_growth, rule.severity, summary, notes)
 
 
-def _cache_miss(bf: BudgetFile, b: Budget) -> dict[str, Any]:
+def _cache_miss(bf: BudgetFile, b: Budget) -> AlertingRule:
     assert b.prompt_cache_miss is not None
-    rule, w = b.prompt_cache_miss, b.prompt_cache_miss.window
-    m, cache = _scope_matchers(b), _scope_matchers(b, 'token_type="cache_read"')
+    rule, w, scope, by = b.prompt_cache_miss, b.prompt_cache_miss.window, _scope(b), _BY_AGENT_TASK
+    cache_reads = sum_by(by, increase(selector(mn.TOKENS, *scope, _CACHE_READ), w))
     expr = (
-        f"(\n  sum by (agent, task) (increase(llm_request_input_tokens_sum{m}[{w}]))\n"
-        f"  / sum by (agent, task) (increase(llm_request_input_tokens_count{m}[{w}]))\n"
+        f"(\n  {sum_by(by, increase(selector(_INPUT_SUM, *scope), w))}\n"
+        f"  / {sum_by(by, increase(selector(_INPUT_COUNT, *scope), w))}\n"
         f") >= {rule.min_input_tokens}\n"
-        f"unless on (agent, task)\n"
-        f"sum by (agent, task) (increase(llm_tokens_total{cache}[{w}])) > 0"
+        f"unless on ({', '.join(by)})\n"
+        f"{cache_reads} > 0"
     )
+    agent, task = t.action(t.label(mn.AGENT)), t.action(t.label(mn.TASK))
     summary = (
-        "Agent {{ $labels.agent }} (task {{ $labels.task }}) sends {{ $value | humanize }} input tokens"
-        f" per request with no prompt-cache reads in {w}"
+        f"Agent {agent} (task {task}) sends {t.tokens(t.VALUE)} input tokens per request with no"
+        f" prompt-cache reads in {w}"
     )
-    return _alert(bf, b, "PromptCacheMiss", expr, bf.alert_for.prompt_cache_miss, rule.severity, summary)
+    this_series = (same_as_alert(mn.AGENT, 1), same_as_alert(mn.TASK, 2))
+    hit_ratio = t.query_value(cache_hit_ratio((), w, *this_series), labels=(mn.AGENT, mn.TASK))
+    notes = {
+        "used": f"{t.tokens(t.VALUE)} input tokens per request, prompt-cache hit ratio {hit_ratio}",
+        "limit": f"prompts of {format_tokens(rule.min_input_tokens)}+ input tokens should hit the cache",
+        "percent": hit_ratio,
+        "window": w,
+    }
+    return _alert(
+        bf, b, "PromptCacheMiss", expr, bf.alert_for.prompt_cache_miss, rule.severity, summary, notes
+    )
 
 
 def _alert(
-    bf: BudgetFile, b: Budget, name: str, expr: str, for_: str, severity: str, summary: str
-) -> dict[str, Any]:
-    labels = {"severity": severity, "budget": b.name, **b.scope.matchers()}
+    bf: BudgetFile,
+    b: Budget,
+    name: str,
+    expr: str,
+    for_: str,
+    severity: str,
+    summary: str,
+    figures: dict[str, str] | None = None,
+) -> AlertingRule:
+    labels = {mn.SEVERITY: severity, mn.BUDGET: b.name, **b.scope.matchers()}
+    notes = {"summary": summary, **(figures or _standing(bf, b))}
+    if b.description:
+        notes["description"] = t.literal(b.description)
+    if bf.dashboard_url:
+        # The overview dashboard defines a `budget` variable; a link may only set variables its
+        # target defines, or Grafana drops them silently.
+        notes["dashboard"] = f"{t.literal(bf.dashboard_url)}?var-{mn.BUDGET}={b.name}"
+    return AlertingRule(name, expr, for_, labels, notes)
+
+
+def _standing(bf: BudgetFile, b: Budget) -> dict[str, str]:
+    """The budget's standing over all collectors, read from the ledger at notification time."""
+    usd = b.limit.unit == "usd"
+    used = t.query_value(q.used(b.name), t.usd if usd else t.tokens)
     return {
-        "alert": name,
-        "expr": expr,
-        "for": for_,
-        "labels": labels,
-        "annotations": _annotations(bf, b, summary),
-    }
-
-
-def _annotations(bf: BudgetFile, b: Budget, summary: str) -> dict[str, str]:
-    """The budget's standing, read from the ledger at notification time, and a dashboard link."""
-    sel = f'{{budget="{b.name}"}}'
-    used = f"{{{{ with query `llm_budget_used{sel}` }}}}{{{{ . | first | value | humanize }}}}{{{{ end }}}}"
-    notes = {
-        "summary": summary,
-        "used": f"${used}" if b.limit.unit == "usd" else f"{used} tokens",
+        "used": used if usd else f"{used} tokens",
         "limit": _limit_text(b),
-        "percent": (
-            f"{{{{ with query `llm_budget_usage_ratio{sel}` }}}}"
-            "{{ . | first | value | humanizePercentage }}{{ end }}"
-        ),
+        "percent": t.query_value(q.usage_ratio(b.name), t.percent),
         "window": f"calendar {b.window} ({bf.timezone})" if b.is_calendar else f"rolling {b.window}",
     }
-    if bf.dashboard_url:
-        # Annotation templates see the series' labels, not the rule's: a scoped agent is static.
-        agent = (
-            f"&var-agent={b.scope.agent}"
-            if b.scope.agent
-            else "{{ with $labels.agent }}&var-agent={{ . }}{{ end }}"
-        )
-        notes["dashboard"] = f"{bf.dashboard_url}?var-budget={b.name}{agent}"
-    return notes
 
 
 def _limit_text(b: Budget) -> str:
     if b.limit.unit == "usd":
-        return f"${b.limit.amount:,.2f} per {b.window}"
+        return f"{format_usd(b.limit.amount)} per {b.window}"
     types = f" ({', '.join(b.limit.token_types)})" if b.limit.token_types else ""
-    return f"{_human(b.limit.amount)} tokens{types} per {b.window}"
-
-
-def _human(n: float) -> str:
-    """500000 → 500k, 2000000 → 2M, 1500 → 1.5k: how people write budgets."""
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.4g}{suffix}"
-    return f"{n:.4g}"
-
-
-def _num(x: float) -> str:
-    """A PromQL number without float noise: 3.0 → 3, 0.0833333 → 0.08333333333."""
-    return f"{x:.10g}"
+    return f"{short_number(b.limit.amount)} tokens{types} per {b.window}"
 
 
 def render_prometheus_config(
     *,
-    collector: str = "collector:9464",
+    collector: str | Sequence[str] = "collector:9464",
     alertmanager: str = "alertmanager:9093",
     rule_files: Sequence[str] = ("/etc/prometheus/rules/*.yml",),
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
     source: str = "budgets.yaml",
 ) -> str:
-    """`prometheus.yml` scraping the collector and alerting through Alertmanager."""
+    """`prometheus.yml` scraping the collector(s) and alerting through Alertmanager. Several
+    collectors are several targets of one job: each is an `instance`, and every rendered query
+    sums over instances."""
+    targets = [collector] if isinstance(collector, str) else list(collector)
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "rule_files": list(rule_files),
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
         "scrape_configs": [
-            {"job_name": "otel-tokens-collector", "static_configs": [{"targets": [collector]}]},
+            {"job_name": "otel-tokens-collector", "static_configs": [{"targets": targets}]},
         ],
     }
-    return header(source) + _dump(config)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block style, multi-line strings as `|` literals so PromQL stays readable."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def _dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+    return header(source) + dump_yaml(config)

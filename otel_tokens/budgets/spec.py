@@ -1,9 +1,12 @@
 """The budget file's schema: strict pydantic models for `budgets.yaml`.
 
 This module owns the *shape* and the *meaning* of a budget (scope, limit, window, thresholds,
-alert rules, Alertmanager receivers and routes). Every consumer — the exact ledger, the in-process
-guard, the Prometheus / Alertmanager / Grafana renderers — reads these models and nothing else, so
-the names here are a contract. Loading YAML with file:line errors lives in `loader.py`.
+alert rules, Alertmanager receivers and routes). Every consumer — the collector's exact ledger, the
+in-process guard (`otel_tokens.guard`) and the Prometheus / Alertmanager / Grafana renderers — reads
+these models and nothing else, so the names here are a contract. `action` is carried into alert text
+and the ledger's status, and enforced before each call by an agent that turns the guard on (`tiers`,
+`guard` and `defer_wait` are read by the guard only). Loading YAML with file:line errors lives in
+`loader.py`.
 
 Models forbid unknown keys (a typo such as `warn_At` must fail, not silently fall back to a
 default) and names that end up in PromQL string literals, label values and rule group names are
@@ -21,7 +24,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from otel_tokens.budgets.checks import alerting_problems, budget_name_problems, tier_problems
+from otel_tokens.budgets.checks import (
+    Problem,
+    alerting_problems,
+    budget_name_problems,
+    budget_problems,
+    limit_problems,
+    pagerduty_problems,
+    slack_problems,
+    tier_problems,
+)
 
 __all__ = [
     "SCHEMA_PATH",
@@ -90,13 +102,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _semantic(message: str, *path: str | int, kind: str = "semantic") -> PydanticCustomError:
-    """A cross-field error; `path` (relative to the model) lets the loader point at the right line.
+def _semantic(message: str, *path: str | int) -> PydanticCustomError:
+    """A cross-field error (kind `cross_reference`); `path` is relative to the model. The loader
+    drops these: it runs the same `checks.py` rules on the raw YAML to report every occurrence."""
+    return PydanticCustomError("cross_reference", message, {"path": path})
 
-    Kind `cross_reference` marks file-wide checks (unique names, receiver references) that the loader
-    also runs on the raw YAML so it can report every occurrence, not only the first.
-    """
-    return PydanticCustomError(kind, message, {"path": path})
+
+def _raise_first(problems: list[Problem]) -> None:
+    """A model's cross-field check, from `checks.py`. The loader runs the same checks on the raw YAML
+    (every occurrence, even beside other errors) and drops these; direct `model_validate` callers
+    get the first."""
+    if problems:
+        path, message = problems[0]
+        raise _semantic(message, *path)
 
 
 class Scope(_Strict):
@@ -123,10 +141,7 @@ class Limit(_Strict):
 
     @model_validator(mode="after")
     def _one_unit(self) -> Limit:
-        if (self.tokens is None) == (self.usd is None):
-            raise _semantic("set exactly one of 'tokens' or 'usd'")
-        if self.usd is not None and self.token_types is not None:
-            raise _semantic("'token_types' only applies to a 'tokens' limit", "token_types")
+        _raise_first(limit_problems(self.model_dump(by_alias=True)))
         return self
 
     @property
@@ -198,9 +213,24 @@ class Budget(_Strict):
     warn_at: Annotated[float, Field(gt=0, lt=1)] = 0.8
     warn_severity: Severity = "P3"
     severity: Severity = "P2"
-    action: Action = "warn"
-    downgrade_to: LabelValue | None = None
-    defer_wait: Duration = "0s"
+    action: Action = Field(
+        "warn",
+        description=(
+            "What a call does when it would pass the budget, in an agent whose instrumentation has the "
+            "guard on (`otel_tokens.instrument(budgets=...)`): block, defer, downgrade or warn "
+            "(compress is not implemented yet and warns). Also shown in alert text and /api/v1/budgets."
+        ),
+    )
+    downgrade_to: LabelValue | None = Field(
+        None, description="The cheaper model for action 'downgrade' (required with it, rejected without)."
+    )
+    defer_wait: Duration | None = Field(
+        None,
+        description=(
+            "Action 'defer' only: how long the in-process guard holds a deferred call waiting for room "
+            "before it raises BudgetDeferred (at most 1h; unset: raise at once)."
+        ),
+    )
     per_task_instance: TaskInstanceLimit | None = None
     spike: SpikeRule = Field(default_factory=SpikeRule)
     forecast: ForecastRule = Field(default_factory=ForecastRule)
@@ -222,31 +252,16 @@ class Budget(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Budget:
-        if self.action == "downgrade" and self.downgrade_to is None:
-            raise _semantic("action 'downgrade' needs 'downgrade_to' (the cheaper model)", "action")
-        if self.action != "downgrade" and self.downgrade_to is not None:
-            message = f"'downgrade_to' only applies to action 'downgrade', not {self.action!r}"
-            raise _semantic(message, "downgrade_to")
-        if self.scope.user is not None:
-            # `user` is not a metric label: only the ledger can count it, PromQL cannot filter on it.
-            for key in ("context_growth", "prompt_cache_miss"):
-                if getattr(self, key) is not None:
-                    message = f"'{key}' cannot apply to a 'user' scope (user is not a metric label)"
-                    raise _semantic(message, key)
+        _raise_first(budget_problems(self.model_dump(by_alias=True)))
         return self
 
-    @model_validator(mode="after")
-    def _defer_wait_applies(self) -> Budget:
-        """`defer_wait`: how long the in-process guard holds a deferred call waiting for room
-        before it raises `BudgetDeferred` (default 0: raise at once)."""
-        if "defer_wait" not in self.model_fields_set:
-            return self
-        if self.action != "defer":
-            message = f"'defer_wait' only applies to action 'defer', not {self.action!r}"
-            raise _semantic(message, "defer_wait")
-        if parse_duration(self.defer_wait) > _MAX_DEFER_WAIT_S:
-            raise _semantic("'defer_wait' must be at most 1h (a longer wait is a hung agent)", "defer_wait")
-        return self
+    @field_validator("defer_wait")
+    @classmethod
+    def _bounded_wait(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) > _MAX_DEFER_WAIT_S:
+            # kind "window": the loader reports it as the message plus the value given
+            raise PydanticCustomError("window", "must be at most 1h (a longer wait is a hung agent)")
+        return value
 
     @property
     def is_calendar(self) -> bool:
@@ -288,8 +303,7 @@ class SlackConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_url(self) -> SlackConfig:
-        if (self.api_url is None) == (self.api_url_file is None):
-            raise _semantic("set exactly one of 'api_url' or 'api_url_file'")
+        _raise_first(slack_problems(self.model_dump(by_alias=True)))
         return self
 
 
@@ -315,9 +329,7 @@ class PagerDutyConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_key(self) -> PagerDutyConfig:
-        keys = (self.routing_key, self.routing_key_file, self.service_key, self.service_key_file)
-        if sum(k is not None for k in keys) != 1:
-            raise _semantic("set exactly one of routing_key, routing_key_file, service_key, service_key_file")
+        _raise_first(pagerduty_problems(self.model_dump(by_alias=True)))
         return self
 
 
@@ -354,10 +366,7 @@ class Alerting(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Alerting:
-        problems = alerting_problems(self.model_dump(by_alias=True))
-        if problems:
-            path, message = problems[0]
-            raise _semantic(message, *path, kind="cross_reference")
+        _raise_first(alerting_problems(self.model_dump(by_alias=True)))
         return self
 
     def receiver(self, name: str) -> Receiver:
@@ -399,18 +408,12 @@ class BudgetFile(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> BudgetFile:
-        problems = budget_name_problems(self.model_dump(by_alias=True))
-        if problems:
-            path, message = problems[0]
-            raise _semantic(message, *path, kind="cross_reference")
+        _raise_first(budget_name_problems(self.model_dump(by_alias=True)))
         return self
 
     @model_validator(mode="after")
     def _tiers_descend(self) -> BudgetFile:
-        problems = tier_problems(self.model_dump(by_alias=True))
-        if problems:
-            path, message = problems[0]
-            raise _semantic(message, *path, kind="cross_reference")
+        _raise_first(tier_problems(self.model_dump(by_alias=True)))
         return self
 
     @property

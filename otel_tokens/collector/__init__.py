@@ -8,7 +8,9 @@ Embedding (tests, the demo):
     with CollectorService(CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)) as collector:
         ...  # send to collector.http_port, scrape collector.metrics_port
 
-Command line: `otel-tokens collector [--config FILE] [--http-port N] ...` calls `main()`.
+Command line: `otel_tokens/cli.py` registers `otel-tokens collector [--config FILE] [--http-port N] ...`
+with the flags from `config.add_arguments` and runs `main_from_args()`. `main(argv)` is the same
+command for embedding (`python -c "...main(sys.argv[1:])"` in tests) without the parent CLI.
 """
 
 from __future__ import annotations
@@ -23,31 +25,25 @@ from otel_tokens.collector.config import CollectorConfig, ConfigError, add_argum
 from otel_tokens.collector.service import CollectorService, run_collector
 
 __all__ = [
+    "DESCRIPTION",
     "CollectorConfig",
     "CollectorService",
     "ConfigError",
-    "add_collector_subcommand",
     "main",
+    "main_from_args",
     "parse_config",
     "run_collector",
 ]
 
-_DESCRIPTION = (
+DESCRIPTION = (
     "Receive OTLP traces (HTTP and gRPC) and serve Prometheus counters of LLM tokens and cost. "
     "Every option is also a YAML key and an OTEL_TOKENS_COLLECTOR_* variable; "
     "precedence: flag > environment > file > default (see collector/README.md)."
 )
 
 
-def add_collector_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `collector` on a parent CLI; the parsed namespace carries `func=main_from_args`."""
-    parser = subparsers.add_parser("collector", help="run the collector", description=_DESCRIPTION)
-    add_arguments(parser)
-    parser.set_defaults(func=_main_from_args)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otel-tokens collector", description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="otel-tokens collector", description=DESCRIPTION)
     add_arguments(parser)
     return parser
 
@@ -59,10 +55,11 @@ def parse_config(argv: Sequence[str] | None = None) -> CollectorConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`otel-tokens collector ...`: exit code 2 with every config error listed, else run."""
-    return _main_from_args(_parser().parse_args(argv))
+    return main_from_args(_parser().parse_args(argv))
 
 
-def _main_from_args(args: argparse.Namespace) -> int:
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run the collector from parsed flags (`config.add_arguments`); exit code 2 on a config error."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -24,6 +24,7 @@ import yaml
 
 from otel_tokens import settings
 from otel_tokens.aggregate import ALLOWED_DIMENSIONS, MetricsConfig
+from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL
 
 __all__ = ["KEYS", "CollectorConfig", "ConfigError", "add_arguments", "config_from_args", "load_config"]
 
@@ -48,6 +49,7 @@ class CollectorConfig:
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 4317
     max_body_bytes: int = 8 * 1024 * 1024
+    max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     dimensions: tuple[str, ...] = _DEFAULT_METRICS.dimensions
@@ -167,6 +169,9 @@ KEYS: tuple[_Key, ...] = (
     _Key("otlp.max_body_bytes", "max_body_bytes", settings.ENV_COLLECTOR_MAX_BODY_BYTES, "--max-body-bytes",
          _POS_INT, "Largest accepted export request, before and after decompression (HTTP 413 / "
          "gRPC RESOURCE_EXHAUSTED above it)."),
+    _Key("otlp.max_tokens_per_call", "max_tokens_per_call", settings.ENV_COLLECTOR_MAX_TOKENS_PER_CALL,
+         "--max-tokens-per-call", _POS_INT, "Most input + output tokens one span may report; a span "
+         "above it is rejected (`otel_tokens_spans_rejected_total{reason=\"token_count_too_large\"}`)."),
     _Key("metrics.host", "metrics_host", settings.ENV_COLLECTOR_METRICS_HOST, "--metrics-host", _HOST,
          "Interface of the Prometheus `/metrics` and `/healthz` endpoint."),
     _Key("metrics.port", "metrics_port", settings.ENV_COLLECTOR_METRICS_PORT, "--metrics-port", _PORT,
@@ -232,8 +237,14 @@ def _from_yaml(path: str, errors: list[str]) -> _Found:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        at = f":{mark.line + 1}" if mark is not None else ""
-        errors.append(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}")
+        if mark is not None:
+            at, problem = f":{mark.line + 1}", getattr(exc, "problem", None) or exc
+        elif isinstance(exc, yaml.reader.ReaderError):  # a control character (found by fuzzing)
+            at = f":{text.count(chr(10), 0, max(exc.position, 0)) + 1}"
+            problem = f"character {exc.character:#x} is not allowed"
+        else:
+            at, problem = "", exc
+        errors.append(f"{path}{at}: not valid YAML: {problem}")
         return {}
     found: _Found = {}
     if root is not None:

@@ -32,7 +32,7 @@ class CollectorService:
 
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
-        self.pipeline = pipeline if pipeline is not None else Pipeline(self.config.metrics_config())
+        self.pipeline = pipeline if pipeline is not None else self._pipeline()
         #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
         #: makes a broken budget file stop start-up with every error listed, before any port opens.
         self.ledger: BudgetLedger | None = None
@@ -44,6 +44,9 @@ class CollectorService:
         self._grpc: GrpcReceiver | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+
+    def _pipeline(self) -> Pipeline:
+        return Pipeline(self.config.metrics_config(), max_tokens_per_call=self.config.max_tokens_per_call)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> CollectorService:

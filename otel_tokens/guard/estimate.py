@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from otel_tokens.budgets.spec import Budget
 from otel_tokens.record import Attribution, TokenCounts
-from otel_tokens.tokencount import count_message_tokens
+from otel_tokens.tokencount import strict_count_message_tokens
 
 __all__ = ["GuardRequest", "estimate_amount", "estimate_tokens"]
 
@@ -44,7 +44,7 @@ def estimate_tokens(request: GuardRequest, default_output_tokens: int) -> TokenC
     if request.operation == EMBEDDINGS:
         return TokenCounts(input=_embedding_input_tokens(request.prompt, request.model))
     output = request.max_output_tokens if request.max_output_tokens is not None else default_output_tokens
-    prompt_tokens = count_message_tokens(request.prompt, request.model, system=request.system)
+    prompt_tokens = strict_count_message_tokens(request.prompt, request.model, system=request.system)
     return TokenCounts(input=prompt_tokens, output=max(output, 0))
 
 
@@ -54,7 +54,7 @@ def _embedding_input_tokens(value: Any, model: str) -> int:
         return len(value)
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         return sum(len(v) for v in value)
-    return count_message_tokens(value, model)
+    return strict_count_message_tokens(value, model)
 
 
 def estimate_amount(spec: Budget, estimate: TokenCounts, cost_usd: float | None) -> float:

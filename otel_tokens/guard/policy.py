@@ -172,7 +172,7 @@ def resolve(
         p = max(defers, key=lambda d: d.room_in or 0.0)
         retry_after = p.room_in or 0.0
         error = p.exceeded(retry_after)
-        wait_s = min(parse_duration(d.budget.defer_wait) for d in defers)
+        wait_s = min(parse_duration(d.budget.defer_wait or "0s") for d in defers)
         return Refuse(error, [Decision("defer", "deferred", p, retry_after=retry_after)], wait_s)
     return Admit([_going_on(p, relieved) for p in pressures])
 

@@ -10,6 +10,10 @@ anthropic SDK. If the SDK is already imported, the hook runs at once. Import hoo
 removed, so each SDK's hook is registered once per process and patches with whatever settings are
 in force when it fires (none after `uninstrument()`).
 
+With no `tracer_provider` argument the global provider is used; when the application configured
+none, `_export.ensure_tracer_provider()` first sets one up from the standard `OTEL_*` variables, so
+`otel_tokens.instrument()` alone exports (an application's own provider is left untouched).
+
 With a budget file (`budgets=` or `OTEL_TOKENS_BUDGETS_FILE`) every wrapped call also goes through
 the in-process budget guard (`otel_tokens.guard`), handed to the wrappers in `CallSettings`. The file
 is loaded before anything is patched: a broken one raises `BudgetFileError` listing every problem
@@ -37,6 +41,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_tokens.attribution import set_task_tracer
 from otel_tokens.instrumentation._call import CallSettings
+from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
 from otel_tokens.settings import ENV_BUDGETS_FILE, ENV_CAPTURE_CONTENT, env_flag
 
@@ -133,9 +138,8 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer = trace.get_tracer(
-            INSTRUMENTATION_SCOPE, _version(), tracer_provider=kwargs.get("tracer_provider")
-        )
+        provider = kwargs.get("tracer_provider") or ensure_tracer_provider()
+        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, _version(), tracer_provider=provider)
         capture = kwargs.get("capture_content")
         settings = CallSettings(
             tracer=tracer,

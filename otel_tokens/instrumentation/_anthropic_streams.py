@@ -34,26 +34,51 @@ def usage_tokens(usage: Any) -> TokenCounts | None:
     """A `Usage` model (or None) in semconv meaning; None when the response carried no usage."""
     if usage is None or getattr(usage, "input_tokens", None) is None:
         return None
+    cache_write = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
     return TokenCounts.from_anthropic(
         int(usage.input_tokens or 0),
         int(getattr(usage, "output_tokens", 0) or 0),
         int(getattr(usage, "cache_read_input_tokens", 0) or 0),
-        int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
+        cache_write,
+        min(one_hour_cache_writes(usage), cache_write),
     )
 
 
-def estimate_input(request: Mapping[str, Any]) -> int:
-    """Tokenizer estimate of a request's prompt, for calls whose usage never arrived."""
-    from otel_tokens.tokencount import count_message_tokens
+def one_hour_cache_writes(usage: Any) -> int:
+    """`usage.cache_creation.ephemeral_1h_input_tokens`: cache writes with the 1-hour TTL, billed
+    above the 5-minute rate. SDKs that predate the field keep it as a plain dict (their models
+    allow extra fields), so both shapes are read."""
+    split = getattr(usage, "cache_creation", None)
+    if split is None:
+        return 0
+    value = split.get("ephemeral_1h_input_tokens") if isinstance(split, Mapping) else None
+    if value is None:
+        value = getattr(split, "ephemeral_1h_input_tokens", None)
+    return value if type(value) is int and value > 0 else 0
 
-    model = str(request.get("model") or "")
-    return count_message_tokens(request.get("messages") or [], model, system=request.get("system"))
+
+def estimate_input(call: LLMCall, request: Mapping[str, Any]) -> int:
+    """Tokenizer estimate of a request's prompt, for calls whose usage never arrived; 0 with the
+    record marked "estimation failed" if the tokenizer raised."""
+    from otel_tokens.tokencount import strict_count_message_tokens
+
+    try:
+        model = str(request.get("model") or "")
+        return strict_count_message_tokens(request.get("messages") or [], model, system=request.get("system"))
+    except Exception:
+        call.enrichment_failed(sc.ENRICHMENT_ESTIMATION, "anthropic prompt estimation")
+        return 0
 
 
-def estimate_output(text: str, model: str) -> int:
-    from otel_tokens.tokencount import count_text_tokens
+def estimate_output(call: LLMCall, text: str, model: str) -> int:
+    """Tokenizer count of the text received; 0 (record marked) if the tokenizer raised."""
+    from otel_tokens.tokencount import strict_count_text_tokens
 
-    return count_text_tokens(text, model) if text else 0
+    try:
+        return strict_count_text_tokens(text, model) if text else 0
+    except Exception:
+        call.enrichment_failed(sc.ENRICHMENT_ESTIMATION, "anthropic output estimation")
+        return 0
 
 
 def input_messages_json(request: Mapping[str, Any]) -> str:
@@ -137,11 +162,14 @@ class StreamTracker:
             value = getattr(usage, name, None)
             return int(value) if value is not None else current
 
+        cache_write = pick("cache_creation_input_tokens", base.cache_write)
+        one_hour = one_hour_cache_writes(usage) or base.cache_write_1h  # deltas rarely repeat the split
         self._reported = TokenCounts.from_anthropic(
             pick("input_tokens", fresh_input),
             pick("output_tokens", base.output),
             pick("cache_read_input_tokens", base.cache_read),
-            pick("cache_creation_input_tokens", base.cache_write),
+            cache_write,
+            min(one_hour, cache_write),
         )
 
     # --- ends -------------------------------------------------------------------------------------
@@ -157,17 +185,19 @@ class StreamTracker:
         self._finish(None, error)
 
     def _finish(self, error_type: str | None, error: BaseException | None = None) -> None:
-        tokens: TokenCounts | None = None
-        estimated = False
+        tokens, estimated = self._reported, False  # what the provider said survives our errors
         try:
             tokens, estimated = self._tokens()
+        except Exception:
+            internal_error("anthropic stream usage")
+        try:
             if self.call.settings.capture_content:
                 text = "".join(self._text)
                 self.call.record_content(
                     sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(text, self._stop_reason)
                 )
         except Exception:
-            internal_error("anthropic stream usage")
+            internal_error("anthropic stream content")
         self.call.finish(
             tokens,
             response_model=self._model,
@@ -185,11 +215,14 @@ class StreamTracker:
         model = self._model or str(self._request.get("model") or "")
         text = "".join(self._text)
         if self._reported is None:
-            return TokenCounts(input=estimate_input(self._request), output=estimate_output(text, model)), True
+            estimate = TokenCounts(
+                input=estimate_input(self.call, self._request), output=estimate_output(self.call, text, model)
+            )
+            return estimate, True
         if not text:
             return self._reported, False
         # message_start's output_tokens is a placeholder; the text consumed is the better count.
-        output = max(self._reported.output, estimate_output(text, model))
+        output = max(self._reported.output, estimate_output(self.call, text, model))
         return replace(self._reported, output=output), True
 
 

@@ -63,11 +63,13 @@ class LLMCall:
 
     __slots__ = (
         "_ended",
+        "_failed",
         "admission",
         "attribution",
         "operation",
         "provider",
         "request_model",
+        "service_tier",
         "settings",
         "span",
     )
@@ -88,9 +90,17 @@ class LLMCall:
         self.provider = provider
         self.operation = operation
         self.request_model = request_model or "unknown"
-        self.attribution = current_attribution()
         self._ended = False
-        self.admission: Admission | None = None
+        self.admission: Admission | None = None  # the budget guard's, when it reserved
+        #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
+        self._failed: list[str] = []
+        #: the tier the provider served the call in, when its response says (prices the call)
+        self.service_tier: str | None = None
+        try:
+            self.attribution = current_attribution()
+        except Exception:
+            self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
+            self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
         attributes: dict[str, AttributeValue] = {
             sc.GEN_AI_OPERATION_NAME: operation,
             sc.GEN_AI_PROVIDER_NAME: provider,
@@ -106,7 +116,10 @@ class LLMCall:
         if max_tokens is not None:
             attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
         if self.attribution is not NO_ATTRIBUTION:
-            attributes.update(attribution_attributes(self.attribution))
+            try:
+                attributes.update(attribution_attributes(self.attribution))
+            except Exception:
+                self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
         self.span = settings.tracer.start_span(
             f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
         )
@@ -156,6 +169,14 @@ class LLMCall:
             raise
         context.detach(token)
         return result
+
+    def enrichment_failed(self, step: str, where: str) -> None:
+        """An enrichment step (`semconv.ENRICHMENT_*`) raised: the record is marked, the error is
+        logged once (re-raised under tests), and the call's reported tokens are still recorded.
+        Called from an `except` block."""
+        if step not in self._failed:
+            self._failed.append(step)
+        internal_error(where)
 
     # --- the budget guard's pre-send hook ---------------------------------------------------------
     def admit(
@@ -269,11 +290,14 @@ class LLMCall:
         error: BaseException | None,
         error_type: str | None,
     ) -> UsageRecord:
+        """The call's record. Pricing is an enrichment step of its own: if it fails the record
+        keeps its tokens and is marked, instead of the whole record being lost."""
         counts = tokens if tokens is not None else TokenCounts()
-        prices = default_price_book()
-        cost = prices.cost_usd(self.provider, response_model or self.request_model, counts)
-        if cost is None and response_model and response_model != self.request_model:
-            cost = prices.cost_usd(self.provider, self.request_model, counts)
+        cost: float | None = None
+        try:
+            cost = self._cost(counts, response_model)
+        except Exception:
+            self.enrichment_failed(sc.ENRICHMENT_PRICING, "pricing")
         failed = error is not None or error_type is not None
         return UsageRecord(
             provider=self.provider,
@@ -288,7 +312,19 @@ class LLMCall:
             error_type=error_type or (type(error).__qualname__ if error is not None else None),
             end_time_ns=time.time_ns(),
             ours=True,
+            service_tier=self.service_tier,
+            failed_steps=tuple(self._failed),
         )
+
+    def _cost(self, counts: TokenCounts, response_model: str | None) -> float | None:
+        """The response model (often a dated snapshot) prices more exactly; else the request's.
+        Raises on our own errors (genai-prices missing or broken) so the caller can mark them."""
+        prices = default_price_book()
+        tier = self.service_tier
+        cost = prices.strict_cost_usd(self.provider, response_model or self.request_model, counts, tier)
+        if cost is None and response_model and response_model != self.request_model:
+            cost = prices.strict_cost_usd(self.provider, self.request_model, counts, tier)
+        return cost
 
     def _set_result_attributes(
         self, record: UsageRecord, response_id: str | None, finish_reasons: Sequence[str]
@@ -302,12 +338,20 @@ class LLMCall:
             attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cache_read
         if t.cache_write:
             attributes[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write
+        if t.cache_write_1h:
+            attributes[sc.OTEL_TOKENS_CACHE_WRITE_1H] = t.cache_write_1h
         if t.reasoning:
             attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning
         if record.estimated:
             attributes[sc.OTEL_TOKENS_ESTIMATED] = True
         if record.cost_usd is not None:
             attributes[sc.OTEL_TOKENS_COST_USD] = record.cost_usd
+        else:
+            attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
+        if record.failed_steps:
+            attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(record.failed_steps)
+        if record.service_tier:
+            attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = record.service_tier
         if record.response_model:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = record.response_model
         if response_id:

@@ -63,10 +63,20 @@ class Result:
     response_id: str | None
     finish_reasons: list[str]
     output_text: str
+    #: The tier the call was served in (`default`, `flex`, `priority`, ...); it sets the price.
+    service_tier: str | None = None
 
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def service_tier(response: Any) -> str | None:
+    """The response's `service_tier` (a chat completion, a chunk, a Responses `response`). A tier
+    string is only ever looked up among the known ones, so an odd value cannot grow anything;
+    overlong ones are dropped."""
+    tier = getattr(response, "service_tier", None)
+    return tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None
 
 
 def chat_result(completion: Any) -> Result:
@@ -79,6 +89,7 @@ def chat_result(completion: Any) -> Result:
         response_id=_str_or_none(getattr(completion, "id", None)),
         finish_reasons=reasons,
         output_text=_str_or_none(getattr(message, "content", None)) or "",
+        service_tier=service_tier(completion),
     )
 
 
@@ -90,6 +101,7 @@ def responses_result(response: Any) -> Result:
         response_id=_str_or_none(getattr(response, "id", None)),
         finish_reasons=[reason] if isinstance(reason, str) else [],
         output_text=_str_or_none(getattr(response, "output_text", None)) or "",
+        service_tier=service_tier(response),
     )
 
 
@@ -142,11 +154,12 @@ def output_messages_json(text: str, finish_reasons: list[str]) -> str:
 
 def estimate_tokens(prompt: Any, instructions: Any, output_text: str, model: str) -> TokenCounts:
     """Tokenizer counts for a call whose usage never arrived (a stream without `include_usage`, or
-    one abandoned before its last chunk): the request's prompt and the text actually received."""
-    from otel_tokens.tokencount import count_message_tokens, count_text_tokens
+    one abandoned before its last chunk): the request's prompt and the text actually received.
+    Raises on a tokenizer error, so the caller can mark the record "estimation failed"."""
+    from otel_tokens.tokencount import strict_count_message_tokens, strict_count_text_tokens
 
     system = instructions if isinstance(instructions, str) else None
     return TokenCounts(
-        input=count_message_tokens(prompt, model, system=system),
-        output=count_text_tokens(output_text, model) if output_text else 0,
+        input=strict_count_message_tokens(prompt, model, system=system),
+        output=strict_count_text_tokens(output_text, model) if output_text else 0,
     )

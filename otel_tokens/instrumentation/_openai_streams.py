@@ -33,12 +33,26 @@ from otel_tokens.instrumentation._openai_extract import (
     estimate_tokens,
     output_messages_json,
     responses_result,
+    service_tier,
 )
 from otel_tokens.record import TokenCounts
-from otel_tokens.semconv import GEN_AI_OUTPUT_MESSAGES
+from otel_tokens.semconv import ENRICHMENT_ESTIMATION, GEN_AI_OUTPUT_MESSAGES
 
 #: error.type of a stream whose body ended before the provider's terminal event.
 INCOMPLETE_STREAM = "incomplete_stream"
+
+
+def estimate_or_mark(
+    call: LLMCall, prompt: Any, instructions: Any, output_text: str, model: str
+) -> TokenCounts:
+    """`estimate_tokens`, or zero counts with the record marked "estimation failed" when the
+    tokenizer raised: the call is still recorded (status, model, attribution), never dropped."""
+    try:
+        return estimate_tokens(prompt, instructions, output_text, model)
+    except Exception:
+        call.enrichment_failed(ENRICHMENT_ESTIMATION, "openai token estimation")
+        return TokenCounts()
+
 
 if TYPE_CHECKING:
     _ProxyBase = wrapt.ObjectProxy[Any]
@@ -58,6 +72,7 @@ class StreamState:
         self.response_model: str | None = None
         self.response_id: str | None = None
         self.finish_reasons: list[str] = []
+        self.service_tier: str | None = None
         self.complete = False
         self._done = False
 
@@ -85,8 +100,12 @@ class StreamState:
         self._done = True
         tokens, estimated = self.tokens, False
         try:
+            self.call.service_tier = self.service_tier
             if tokens is None:
                 tokens, estimated = self._estimate(), True
+        except Exception:
+            internal_error("openai stream estimate")
+        try:
             if self.call.settings.capture_content:
                 text = "".join(self.text)
                 self.call.record_content(
@@ -107,7 +126,7 @@ class StreamState:
 
     def _estimate(self) -> TokenCounts:
         model = self.response_model or self.call.request_model
-        return estimate_tokens(self.prompt, self.instructions, "".join(self.text), model)
+        return estimate_or_mark(self.call, self.prompt, self.instructions, "".join(self.text), model)
 
 
 class ChatStreamState(StreamState):
@@ -122,6 +141,8 @@ class ChatStreamState(StreamState):
         response_id = getattr(chunk, "id", None)
         if response_id:
             self.response_id = response_id
+        if self.service_tier is None:  # every chunk repeats it: read until one has it
+            self.service_tier = service_tier(chunk)
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.tokens = chat_tokens(usage)
@@ -154,6 +175,7 @@ class ResponsesStreamState(StreamState):
             self.response_id = result.response_id or self.response_id
             if kind in _TERMINAL_RESPONSE_EVENTS:
                 self.tokens = result.tokens
+                self.service_tier = result.service_tier
                 self.finish_reasons = result.finish_reasons
                 self.complete = True
 

@@ -122,10 +122,13 @@ def _finish_message(call: LLMCall, message: Any, request: Mapping[str, Any]) -> 
     tokens = usage_tokens(getattr(message, "usage", None))
     estimated = tokens is None
     if tokens is None:  # a response without usage (a proxy that strips it)
-        tokens = TokenCounts(input=estimate_input(request))
+        tokens = TokenCounts(input=estimate_input(call, request))
     stop_reason = getattr(message, "stop_reason", None)
     if call.settings.capture_content:
-        call.record_content(sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(_text(message), stop_reason))
+        try:  # content is optional; the usage above must not be lost to it
+            call.record_content(sc.GEN_AI_OUTPUT_MESSAGES, output_messages_json(_text(message), stop_reason))
+        except Exception:
+            internal_error("anthropic output content")
     call.finish(
         tokens,
         response_model=getattr(message, "model", None),
@@ -196,7 +199,7 @@ class _RawResponse(RawResponseCall):
         return None
 
     def finish_estimated(self) -> None:
-        self.call.finish(TokenCounts(input=estimate_input(self.request)), estimated=True)
+        self.call.finish(TokenCounts(input=estimate_input(self.call, self.request)), estimated=True)
 
 
 # --- the wrappers -------------------------------------------------------------------------------

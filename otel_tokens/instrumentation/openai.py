@@ -26,7 +26,6 @@ from otel_tokens.instrumentation._openai_extract import (
     Result,
     chat_result,
     embeddings_result,
-    estimate_tokens,
     input_messages_json,
     output_messages_json,
     responses_result,
@@ -37,6 +36,7 @@ from otel_tokens.instrumentation._openai_streams import (
     ResponsesStreamState,
     StreamState,
     SyncStreamProxy,
+    estimate_or_mark,
     notify_closed,
 )
 from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
@@ -305,36 +305,37 @@ class _RawResponse(RawResponseCall):
 
 
 def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], response: Any) -> None:
+    """Finish from a whole response. Each step after reading the usage (estimation, content) fails
+    alone, so our error in one of them never costs the call's reported tokens."""
     try:
         result = endpoint.result(response)
-        tokens, estimated = result.tokens, False
-        if tokens is None:
-            model = result.response_model or call.request_model
-            prompt = kwargs.get(endpoint.prompt_arg)
-            tokens = estimate_tokens(prompt, kwargs.get("instructions"), result.output_text, model)
-            estimated = True
-        if endpoint.captures_content and call.settings.capture_content:
-            output = output_messages_json(result.output_text, result.finish_reasons)
-            call.record_content(GEN_AI_OUTPUT_MESSAGES, output)
-        call.finish(
-            tokens,
-            response_model=result.response_model,
-            response_id=result.response_id,
-            finish_reasons=result.finish_reasons,
-            estimated=estimated,
-        )
     except Exception:
         internal_error("openai response accounting")
-    finally:
-        call.finish(None)  # no-op unless our accounting above failed: the span must still end
+        call.finish(None)  # the span must still end
+        return
+    call.service_tier = result.service_tier
+    tokens, estimated = result.tokens, False
+    if tokens is None:
+        model = result.response_model or call.request_model
+        prompt = kwargs.get(endpoint.prompt_arg)
+        tokens = estimate_or_mark(call, prompt, kwargs.get("instructions"), result.output_text, model)
+        estimated = True
+    if endpoint.captures_content and call.settings.capture_content:
+        try:
+            output = output_messages_json(result.output_text, result.finish_reasons)
+            call.record_content(GEN_AI_OUTPUT_MESSAGES, output)
+        except Exception:
+            internal_error("openai output content")
+    call.finish(
+        tokens,
+        response_model=result.response_model,
+        response_id=result.response_id,
+        finish_reasons=result.finish_reasons,
+        estimated=estimated,
+    )
 
 
 def _finish_estimated(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any]) -> None:
-    try:
-        prompt = kwargs.get(endpoint.prompt_arg)
-        tokens = estimate_tokens(prompt, kwargs.get("instructions"), "", call.request_model)
-        call.finish(tokens, estimated=True)
-    except Exception:
-        internal_error("openai raw response accounting")
-    finally:
-        call.finish(None)
+    prompt = kwargs.get(endpoint.prompt_arg)
+    tokens = estimate_or_mark(call, prompt, kwargs.get("instructions"), "", call.request_model)
+    call.finish(tokens, estimated=True)

@@ -1,18 +1,15 @@
-"""`otel-tokens demo`: the whole pipeline on one machine with no API key.
-
-A built-in fake provider answers the real OpenAI and Anthropic SDKs; three agents on two models
-(streaming and not, one cached Anthropic prompt) run through otel-tokens' instrumentation; spans go
-over real OTLP/HTTP to the collector, which serves Prometheus counters on /metrics.
+"""The demo's agents: three agents on two models (streaming and not, one cached Anthropic prompt),
+written as plain agent code against the real OpenAI and Anthropic SDKs. Only the clients' base URLs
+point at the fake provider; everything else is what a user's agent would do.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 from otel_tokens.attribution import attribute
-from otel_tokens.fake_provider import FakeProvider
+from otel_tokens.demo.fake_provider import FakeProvider
 
 SUPPORT_MODEL = "gpt-4o-mini"
 RESEARCH_MODEL = "claude-sonnet-4-6"
@@ -77,35 +74,3 @@ def make_clients(fake: FakeProvider) -> tuple[Any, Any]:
         openai.OpenAI(base_url=fake.openai_base_url, api_key="demo", max_retries=0),
         anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="demo", max_retries=0),
     )
-
-
-def run_demo(
-    *,
-    once: bool = False,
-    collector_url: str | None = None,
-    rounds: int = 1,
-    interval: float = 5.0,
-    budgets_file: str | None = None,
-    alerts_listen: str | None = None,
-) -> int:
-    from otel_tokens.demo_runtime import DemoRuntime
-
-    runtime_args = {
-        "collector_url": collector_url,
-        "budgets_file": budgets_file,
-        "alerts_listen": alerts_listen,
-    }
-    with DemoRuntime(**runtime_args) as runtime:
-        openai_client, anthropic_client = make_clients(runtime.fake)
-        cycle = 0
-        while True:
-            cycle += 1
-            run_workload(openai_client, anthropic_client, rounds)
-            runtime.flush()
-            runtime.print_summary(first=cycle == 1, looping=not once)
-            if once:
-                return 0
-            try:
-                time.sleep(interval)
-            except KeyboardInterrupt:
-                return 0

@@ -4,6 +4,8 @@ Usage is a deterministic function of the request, so a test can predict it, and 
 simulated the way Anthropic bills it: the text up to the last block marked `cache_control` is the
 cached prefix; the first request with a given prefix writes it (`cache_creation_input_tokens`), later
 ones read it (`cache_read_input_tokens`). Anthropic's `input_tokens` excludes both, and so does ours.
+A marker's `"ttl": "1h"` makes the blocks it closes 1-hour writes: `usage.cache_creation` splits the
+writes into `ephemeral_5m_input_tokens` and `ephemeral_1h_input_tokens`, as the real API does.
 The cache lives per `FakeProvider` instance, so tests never see each other's prefixes.
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from otel_tokens.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
+from otel_tokens.demo.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
 from otel_tokens.record import TokenCounts
 
 PATH = "/v1/messages"
@@ -41,18 +43,23 @@ class _Usage:
     output_tokens: int
     cache_read: int = 0
     cache_write: int = 0
+    cache_write_1h: int = 0  # the part of cache_write written with the 1-hour TTL
 
-    def wire(self) -> dict[str, int]:
+    def wire(self) -> dict[str, Any]:
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read,
             "cache_creation_input_tokens": self.cache_write,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_write - self.cache_write_1h,
+                "ephemeral_1h_input_tokens": self.cache_write_1h,
+            },
         }
 
     def semconv(self) -> TokenCounts:
         return TokenCounts.from_anthropic(
-            self.input_tokens, self.output_tokens, self.cache_read, self.cache_write
+            self.input_tokens, self.output_tokens, self.cache_read, self.cache_write, self.cache_write_1h
         )
 
 
@@ -107,47 +114,61 @@ class _MessagesApi:
     def _usage(self, body: dict[str, Any], output_tokens: int) -> _Usage:
         blocks = _blocks(body)
         total = sum(tokens_for(text) for text, _ in blocks)
-        cut = max((i for i, (_, cached) in enumerate(blocks) if cached), default=-1)
+        cut = max((i for i, (_, ttl) in enumerate(blocks) if ttl), default=-1)
         if cut < 0:
             return _Usage(input_tokens=total, output_tokens=output_tokens)
         prefix_text = "\x00".join(text for text, _ in blocks[: cut + 1])
         prefix = sum(tokens_for(text) for text, _ in blocks[: cut + 1])
+        one_hour = _one_hour_tokens(blocks[: cut + 1])
         key = hashlib.sha256(f"{body['model']}\x00{prefix_text}".encode()).hexdigest()
         with self._lock:
             seen = key in self._cached_prefixes
             self._cached_prefixes.add(key)
         if seen:
             return _Usage(total - prefix, output_tokens, cache_read=prefix)
-        return _Usage(total - prefix, output_tokens, cache_write=prefix)
+        return _Usage(total - prefix, output_tokens, cache_write=prefix, cache_write_1h=one_hour)
 
 
-def _blocks(body: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Every text of the prompt in cache order (system, then messages), each with whether a
-    `cache_control` marker ends the cached prefix there."""
-    out: list[tuple[str, bool]] = []
+def _one_hour_tokens(blocks: list[tuple[str, str | None]]) -> int:
+    """Tokens of the blocks whose closing marker (the next one at or after them) has `ttl: 1h`."""
+    one_hour, pending = 0, 0
+    for text, ttl in blocks:
+        pending += tokens_for(text)
+        if ttl:
+            one_hour += pending if ttl == "1h" else 0
+            pending = 0
+    return one_hour
+
+
+def _blocks(body: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """Every text of the prompt in cache order (system, then messages), each with the TTL of the
+    `cache_control` marker that ends a cached prefix there ("5m" or "1h"), else None."""
+    out: list[tuple[str, str | None]] = []
     system = body.get("system")
     if isinstance(system, str):
-        out.append((system, False))
+        out.append((system, None))
     elif isinstance(system, list):
         out.extend(_content_blocks(system))
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            out.append((content, False))
+            out.append((content, None))
         elif isinstance(content, list):
             out.extend(_content_blocks(content))
     return out
 
 
-def _content_blocks(blocks: list[Any]) -> Iterator[tuple[str, bool]]:
+def _content_blocks(blocks: list[Any]) -> Iterator[tuple[str, str | None]]:
     for block in blocks:
         if isinstance(block, dict):
-            yield str(block.get("text", "")), bool(block.get("cache_control"))
+            marker = block.get("cache_control")
+            ttl = (str(marker.get("ttl") or "5m") if isinstance(marker, dict) else "5m") if marker else None
+            yield str(block.get("text", "")), ttl
 
 
 def _reply_words(body: dict[str, Any]) -> list[str]:
     """A deterministic reply: one word (one output token) per word of the last message, plus two."""
-    last = next(reversed(_blocks(body)), ("", False))[0]
+    last = next(reversed(_blocks(body)), ("", None))[0]
     return ["Fake", "reply:", *last.split()][:64]
 
 

@@ -5,6 +5,12 @@ exactly what usage it reported (`FakeProvider.reported`), which is what every en
 compares the Prometheus totals with.
 """
 
-from otel_tokens.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, Fault, ReportedUsage
+from otel_tokens.demo.fake_provider.server import (
+    FakeProvider,
+    FakeRequest,
+    FakeResponse,
+    Fault,
+    ReportedUsage,
+)
 
 __all__ = ["FakeProvider", "FakeRequest", "FakeResponse", "Fault", "ReportedUsage"]

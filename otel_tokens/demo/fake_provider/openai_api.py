@@ -8,7 +8,9 @@ ledger exactly:
   reasoning families) also report `REASONING_TOKENS` reasoning tokens, included in the output count
   as OpenAI does;
 - a request carrying `prompt_cache_key` reports half its input tokens as cached (included in the
-  input count, again as OpenAI does).
+  input count, again as OpenAI does);
+- the response's `service_tier` is the requested one (`flex`, `priority`, ...), `default` for
+  none or `auto`, as the real API answers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from otel_tokens.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
+from otel_tokens.demo.fake_provider.server import FakeProvider, FakeRequest, FakeResponse, ReportedUsage
 from otel_tokens.record import TokenCounts
 
 #: The reply, streamed piece by piece; each piece counts as one output token.
@@ -103,6 +105,11 @@ def _response_model(body: dict[str, Any]) -> str:
     return RESPONSE_MODELS.get(model, model)
 
 
+def _service_tier(body: dict[str, Any]) -> str:
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier not in ("", "auto") else "default"
+
+
 def _record(fake: FakeProvider, request: FakeRequest, usage: _Usage, sent: bool) -> None:
     model = str(request.body.get("model", ""))
     fake.record(ReportedUsage("openai", model, usage.tokens(), sent=sent, path=request.path))
@@ -142,7 +149,7 @@ def _chat_base(body: dict[str, Any], obj: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": _response_model(body),
         "system_fingerprint": "fp_fake",
-        "service_tier": "default",
+        "service_tier": _service_tier(body),
     }
 
 
@@ -216,6 +223,7 @@ def _response_object(body: dict[str, Any], usage: _Usage, resp_id: str, complete
         "usage": _responses_usage(usage) if completed else None,
         "user": None,
         "metadata": {},
+        "service_tier": _service_tier(body),
     }
 
 

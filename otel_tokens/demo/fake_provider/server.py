@@ -60,6 +60,8 @@ class Fault:
 
 
 Handler = Callable[[FakeRequest, "FakeProvider"], FakeResponse]
+#: Largest request body read (`otel-tokens fake-provider` may listen beyond loopback).
+MAX_BODY_BYTES = 8 * 1024 * 1024
 ErrorBody = Callable[[int], Any]
 
 
@@ -67,7 +69,9 @@ class FakeProvider:
     """Start with `with FakeProvider() as fake:`; point SDKs at `fake.openai_base_url` /
     `fake.anthropic_base_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, max_history: int | None = None) -> None:
+        #: Keep only the last `max_history` calls in `reported` / `requests` (None: all, as tests want).
+        self.max_history = max_history
         self._routes: dict[tuple[str, str], Handler] = {}
         self._error_bodies: list[tuple[str, ErrorBody]] = []
         self._faults: deque[Fault] = deque()
@@ -77,7 +81,7 @@ class FakeProvider:
         self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
-        from otel_tokens.fake_provider import anthropic_api, openai_api
+        from otel_tokens.demo.fake_provider import anthropic_api, openai_api
 
         openai_api.register(self)
         anthropic_api.register(self)
@@ -123,6 +127,11 @@ class FakeProvider:
     def record(self, usage: ReportedUsage) -> None:
         with self._lock:
             self.reported.append(usage)
+            self._trim(self.reported)
+
+    def _trim(self, history: list[Any]) -> None:
+        if self.max_history is not None and len(history) > self.max_history:
+            del history[: len(history) - self.max_history]
 
     # --- used by tests ----------------------------------------------------------------------------
     def inject(self, fault: Fault) -> None:
@@ -154,6 +163,7 @@ class FakeProvider:
     def _dispatch(self, request: FakeRequest) -> tuple[FakeResponse, Fault | None]:
         with self._lock:
             self.requests.append(request)
+            self._trim(self.requests)
         fault = self._take_fault(request.path)
         if fault and fault.delay_s:
             time.sleep(fault.delay_s)
@@ -190,6 +200,10 @@ def _make_handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
+            if length > MAX_BODY_BYTES:  # a real API refuses huge bodies too; never buffer them
+                self.close_connection = True
+                self._send_json(413, {"error": {"message": f"body over {MAX_BODY_BYTES} bytes"}})
+                return
             raw = self.rfile.read(length) if length else b""
             try:
                 body = json.loads(raw) if raw else {}

@@ -495,3 +495,43 @@ def test_budget_file_from_the_environment(
     finally:
         otel_tokens.uninstrument()
     assert fake_provider.requests == []
+
+
+# --- every guarded endpoint -------------------------------------------------------------------------
+def test_responses_and_embeddings_are_estimated_and_guarded(
+    guard_on: Callable[..., Guard], client: openai.OpenAI, fake_provider: FakeProvider
+):
+    guard = guard_on(budget("b", {"tokens": 10**6}))
+    state: Any = guard.state
+    stream = client.responses.create(
+        model=MODEL, input=PROMPT, instructions="Be brief.", max_output_tokens=50, stream=True
+    )
+    expected = count_message_tokens(PROMPT, MODEL, system="Be brief.") + 50
+    assert state.standing("b").reserved == expected
+    list(stream)
+    client.embeddings.create(model="text-embedding-3-small", input=["one text", "another"])
+    assert state.standing("b").reserved == 0
+    assert state.standing("b").used == fake_provider.reported_totals().total
+
+
+def test_embeddings_blocked_before_sending(
+    guard_on: Callable[..., Guard], client: openai.OpenAI, fake_provider: FakeProvider
+):
+    guard_on(budget("embed", {"tokens": 1}, scope={"model": "text-embedding-3-small"}))
+    with pytest.raises(otel_tokens.BudgetExceeded) as caught:
+        client.embeddings.create(model="text-embedding-3-small", input="a text to embed")
+    assert fake_provider.requests == [] and caught.value.estimate > 0
+
+
+def test_async_anthropic_call_blocked_before_sending(
+    guard_on: Callable[..., Guard], fake_provider: FakeProvider
+):
+    guard_on(budget("claude", {"tokens": 10}, scope={"provider": "anthropic"}))
+
+    async def run() -> None:
+        sdk = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+        await sdk.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
+
+    with pytest.raises(otel_tokens.BudgetExceeded):
+        asyncio.run(run())
+    assert fake_provider.requests == []

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_tokens.budgets.ledger import UNKNOWN, record_labels, scope_matches
+from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
 from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_tokens
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, pressure_of, resolve
 from otel_tokens.guard.state import BudgetState, Claim, LocalBudgetState, Reservation
+from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.pricing import PriceBook, default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 

@@ -21,16 +21,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from otel_tokens.budgets.instances import InstanceTable
-from otel_tokens.budgets.ledger import (
-    UNKNOWN,
-    budget_window,
-    instance_amount,
-    record_amount,
-)
+from otel_tokens.budgets.ledger import budget_window, instance_amount, record_amount, token_type_positions
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import Window
+from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.record import UsageRecord
+from otel_tokens.task_instances import TaskInstanceTable
 
 __all__ = ["BudgetState", "BudgetView", "Claim", "LocalBudgetState", "Reservation", "Standing"]
 
@@ -101,14 +97,24 @@ class BudgetState(Protocol):
     def now(self) -> float: ...
 
 
+#: As in the collector's ledger: instances idle this long are over; at most this many are remembered.
+_INSTANCE_IDLE_S = 3600.0
+_MAX_TRACKED_INSTANCES = 10_000
+
+
 class _Account:
     """One budget's window, in-flight reservations and task instances. The state's lock guards it."""
 
     def __init__(self, budget_file: BudgetFile, spec: Budget) -> None:
         self.spec = spec
         self.window: Window = budget_window(budget_file, spec)
+        self.type_positions = token_type_positions(spec)
         self.reserved = 0.0
-        self.instances = InstanceTable() if spec.per_task_instance else None
+        self.instances = (
+            TaskInstanceTable(max_tracked=_MAX_TRACKED_INSTANCES, idle_seconds=_INSTANCE_IDLE_S)
+            if spec.per_task_instance
+            else None
+        )
         self.instance_reserved: dict[str, float] = {}  # only instances with calls in flight
 
     def fits(self, claim: Claim, now: float) -> bool:
@@ -117,15 +123,19 @@ class _Account:
         instance = self.spec.per_task_instance
         if instance is None or claim.task_id is None or self.instances is None:
             return True
-        held = self.instances.tokens_of(claim.task_id, now) + self.instance_reserved.get(claim.task_id, 0.0)
+        held = self._instance_used(claim.task_id, now) + self.instance_reserved.get(claim.task_id, 0.0)
         return held + claim.instance_tokens <= instance.tokens
+
+    def _instance_used(self, task_id: str, now: float) -> float:
+        totals = self.instances.get(task_id, now) if self.instances is not None else None
+        return totals.tokens if totals is not None else 0.0
 
     def standing(self, task_id: str | None, now: float) -> Standing:
         used, reserved = self.window.used(now), max(self.reserved, 0.0)
         if self.instances is None or task_id is None:
             return Standing(used, reserved)
         return Standing(
-            used, reserved, self.instances.tokens_of(task_id, now), self.instance_reserved.get(task_id, 0.0)
+            used, reserved, self._instance_used(task_id, now), self.instance_reserved.get(task_id, 0.0)
         )
 
     def hold(self, claim: Claim, sign: float) -> None:
@@ -138,11 +148,11 @@ class _Account:
                 self.instance_reserved.pop(claim.task_id, None)
 
     def count(self, claim: Claim, record: UsageRecord, agent: str, task: str, now: float) -> None:
-        amount = record_amount(self.spec, record)
+        amount = record_amount(self.spec, record, self.type_positions)
         self.window.add(amount, now)
         if claim.task_id is not None and self.instances is not None:
             tokens = instance_amount(self.spec, amount, record)
-            self.instances.add(claim.task_id, agent, task, tokens, now)
+            self.instances.add(claim.task_id, agent, task, tokens, 0.0, now)
 
 
 class LocalBudgetState:

@@ -9,6 +9,10 @@ How close this is to the truth decides the overshoot bound (README, "Enforce bud
 agent"): with an output ceiling set, output is an upper bound; input is exact for OpenAI chat
 models up to the tokenizer cookbook's per-message overhead, and an approximation for other
 vendors' models, whose tokenizers are not public.
+
+Counting uses the `strict_` tokenizer functions, which raise instead of returning 0: a failed
+estimate must not pass as "this call costs nothing". The instrumentation's hook catches it as the
+guard's internal error (logged once) and lets the call go unguarded.
 """
 
 from __future__ import annotations

@@ -79,3 +79,8 @@ ENV_COLLECTOR_METRICS_AUTH_TOKEN_FILE: Final = "OTEL_TOKENS_COLLECTOR_METRICS_AU
 #: tls.cert_file / tls.key_file — PEM certificate and key: every listener speaks TLS (default unset).
 ENV_COLLECTOR_TLS_CERT_FILE: Final = "OTEL_TOKENS_COLLECTOR_TLS_CERT_FILE"
 ENV_COLLECTOR_TLS_KEY_FILE: Final = "OTEL_TOKENS_COLLECTOR_TLS_KEY_FILE"
+
+# --- the in-process budget guard ------------------------------------------------------------------
+#: Path of budgets.yaml whose `action`s the agent process enforces before each call (the zero-code
+#: `opentelemetry-instrument` path; `otel_tokens.instrument(budgets=...)` wins). Unset: no guard.
+ENV_BUDGETS_FILE: Final = "OTEL_TOKENS_BUDGETS_FILE"

@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 COMPAT  ?= .venv-compat
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose
+DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose valgrind
 
 .PHONY: demo test unit lint compat-test integration e2e system-deps render check-rendered bench clean
 
@@ -27,7 +27,7 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    prometheus prometheus-alertmanager docker-compose >/dev/null; \
+	    prometheus prometheus-alertmanager docker-compose valgrind >/dev/null; \
 	fi
 
 # The previous major SDK versions (openai 2.x, anthropic 0.x) in a second environment.
@@ -72,7 +72,7 @@ $(COMPAT)/.bench-installed: $(COMPAT)/.installed
 	$(COMPAT)/bin/pip install -q 'opentelemetry-instrumentation-openai-v2==2.4b0' 'opentelemetry-util-genai==1.1b0'
 	touch $@
 
-bench: $(VENV)/.installed $(COMPAT)/.bench-installed
+bench: $(VENV)/.installed $(COMPAT)/.bench-installed system-deps
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

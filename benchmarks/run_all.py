@@ -30,7 +30,7 @@ from _harness import QUICK_ENV, RESULTS_ENV  # noqa: E402
 
 COMPAT_PYTHON = ROOT / ".venv-compat" / "bin" / "python"
 #: Benchmarks that also run under the compat venv (the previous major SDK versions).
-ALSO_UNDER_COMPAT = {"bench_instrumentation.py"}
+ALSO_UNDER_COMPAT = {"bench_instrumentation.py", "bench_callgrind.py"}
 OFFICIAL_INSTALL = (
     ".venv-compat/bin/pip install 'opentelemetry-instrumentation-openai-v2==2.4b0' "
     "'opentelemetry-util-genai==1.1b0'"
@@ -88,6 +88,8 @@ def _value(row: dict[str, Any]) -> str:
         return "n/a"
     if unit == "x":
         return f"x{value:.3f}"
+    if unit == "k instr":
+        return f"{value:+,.0f}k instr"
     if unit == "spans/s":
         return f"{value:,.0f} spans/s"
     return f"{value:+.1f} {unit}" if unit == "µs" else f"{value:.4g} {unit}"

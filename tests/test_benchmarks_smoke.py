@@ -115,3 +115,18 @@ def test_durability_benchmark_compares_data_dir_with_in_memory():
         assert re.search(rf"{re.escape(variant)} +{NUMBER} spans/s", out), out
     for clients in ("1 client", "8 clients"):
         assert re.search(rf"durability cost \({clients}\): data dir x{NUMBER} of in memory", out), out
+
+
+def test_callgrind_benchmark_counts_instructions_per_variant():
+    """Quick mode under valgrind (openai only: each variant is a process under valgrind): every
+    variant ran (its process checked one span per call) and the report names each with a count;
+    the figures themselves are not asserted."""
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_callgrind.py"), "openai")
+    if "callgrind benchmark skipped" in out:
+        pytest.skip(out.strip())
+    for sdk in ("openai",):
+        assert re.search(rf"{sdk} sync call, mock transport: \d+ measured calls", out), out
+        assert re.search(rf"bare SDK +{NUMBER}\n", out), out
+        for variant in (r"bare span \(floor\)", "otel-tokens", r"otel-tokens \+ guard"):
+            assert re.search(rf"{variant} +{NUMBER} +x{NUMBER} of floor", out), out
+        assert re.search(rf"vs the bare-span floor \({sdk}\): otel-tokens x{NUMBER}", out), out

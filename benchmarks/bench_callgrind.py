@@ -1,0 +1,412 @@
+"""Instructions added per sync LLM call by each instrumentation, counted by valgrind's callgrind.
+
+Wall and CPU time per call on a shared 2-core machine vary by more than the differences being
+measured (±100-400 µs per block on a 1-3 ms call); an instruction count does not. Each variant runs
+in its own process under
+
+    valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no
+
+and `otel_tokens_bench_measured` (benchmarks/_callgrind_measure.c, compiled here with the system C
+compiler and called through ctypes) switches collection on with callgrind's client requests exactly
+around a callback into Python that makes the N measured calls.
+Imports, client set-up and warm-up calls run before instrumentation is switched on, so they are
+neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts (and so the count) repeat.
+
+Variants, per SDK (`client.chat.completions.create` for openai, `client.messages.create` for
+anthropic, non-streaming, over the SDK's own HTTP client with a `MockTransport` replaying the local
+fake provider's exact response bytes — no socket):
+- bare SDK: no instrumentation, the baseline every other figure is added to;
+- bare span (floor): a `wrapt` wrapper that starts a CLIENT span with the request attributes, makes
+  it current while the SDK call runs, sets the usage attributes from the response and ends it —
+  what any span-per-call instrumentation pays;
+- otel-tokens: `otel_tokens.instrument()` (cost and attribution on);
+- otel-tokens + guard: the same with budgets on (benchmarks/bench_instrumentation.py's three);
+- official openai-v2: `opentelemetry-instrumentation-openai-v2` (only where it works: openai 2.x,
+  `.venv-compat`).
+Every variant's process checks that it emitted one span per call (zero for the bare SDK), so a patch
+that silently failed to apply cannot pass as cheap.
+
+Run: `python benchmarks/bench_callgrind.py` (`make bench` runs it under both venvs). Needs `valgrind`
+(`make system-deps`) and a C compiler; without either it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _harness import QUICK, record  # noqa: E402
+
+BENCH = "callgrind"
+HELPER_SOURCE = HERE / "_callgrind_measure.c"
+MEASURED_FUNCTION = "otel_tokens_bench_measured"
+BASELINE, FLOOR, OURS, GUARDED, OFFICIAL = (
+    "bare SDK",
+    "bare span (floor)",
+    "otel-tokens",
+    "otel-tokens + guard",
+    "official openai-v2",
+)
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "openai": (BASELINE, FLOOR, OURS, GUARDED, OFFICIAL),
+    "anthropic": (BASELINE, FLOOR, OURS, GUARDED),
+}
+#: What the goal is measured against: at most this multiple of the floor's added instructions.
+FLOOR_GOAL = 1.3
+MODEL = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+MAX_TOKENS = 64
+MESSAGES: list[Any] = [
+    {"role": "user", "content": "Rename the variable x to retry_count in utils/backoff.py."},
+]
+CHILD_TIMEOUT_S = 240
+
+
+# --- the child: one variant, measured calls inside the C helper -------------------------------------
+
+
+@dataclass
+class Setup:
+    """A variant ready to call: `call()` makes one SDK call; `spans()` counts spans emitted so far."""
+
+    call: Callable[[], Any]
+    spans: Callable[[], int]
+    spans_per_call: int
+
+
+def child(sdk: str, variant: str, calls: int, warm: int, helper: str) -> int:
+    setup = prepare(sdk, variant)
+    if setup is None:
+        print(json.dumps({"skipped": f"{variant} not usable with this {sdk} SDK"}))
+        return 0
+    for _ in range(warm):
+        setup.call()
+    lib = ctypes.CDLL(helper)
+    failure: list[BaseException] = []
+
+    def measured() -> int:
+        try:
+            for _ in range(calls):
+                setup.call()
+        except BaseException as exc:  # ctypes would print and swallow it
+            failure.append(exc)
+        return 0
+
+    callback = ctypes.CFUNCTYPE(ctypes.c_int)(measured)
+    import gc
+
+    gc.collect()
+    getattr(lib, MEASURED_FUNCTION)(callback)
+    if failure:
+        raise failure[0]
+    expected = (warm + calls) * setup.spans_per_call
+    if setup.spans() != expected:
+        raise AssertionError(f"{sdk} {variant}: {setup.spans()} spans, expected {expected}")
+    print(json.dumps({"spans": setup.spans()}))
+    return 0
+
+
+def prepare(sdk: str, variant: str) -> Setup | None:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class CountingExporter(SpanExporter):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            self.count += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = CountingExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    client = (openai_client if sdk == "openai" else anthropic_client)()
+    enabled = enable(sdk, variant, tp)
+    if not enabled:
+        return None
+    if sdk == "openai":
+        create = client.chat.completions.create
+
+        def call() -> Any:
+            return create(model=MODEL[sdk], messages=MESSAGES, max_tokens=MAX_TOKENS)
+    else:
+        create = client.messages.create
+
+        def call() -> Any:
+            return create(model=MODEL[sdk], messages=MESSAGES, max_tokens=MAX_TOKENS)
+
+    return Setup(call, lambda: exporter.count, 0 if variant == BASELINE else 1)
+
+
+def enable(sdk: str, variant: str, tp: Any) -> bool:
+    """Switch the variant on; False when it cannot run here (the official one outside openai 2.x)."""
+    import otel_tokens
+
+    if variant == BASELINE:
+        return True
+    if variant == FLOOR:
+        bare_span(sdk, tp)
+    elif variant == OURS:
+        otel_tokens.instrument(tracer_provider=tp)
+    elif variant == GUARDED:
+        from bench_instrumentation import BENCH_BUDGETS  # the same three budgets
+
+        from otel_tokens.budgets.spec import BudgetFile
+        from otel_tokens.guard import Guard
+
+        otel_tokens.instrument(tracer_provider=tp, budgets=Guard(BudgetFile.model_validate(BENCH_BUDGETS)))
+    else:
+        from bench_instrumentation import official_instrumentor
+
+        official, _about = official_instrumentor()
+        if official is None:
+            return False
+        official.instrument(tracer_provider=tp)
+    return True
+
+
+def bare_span(sdk: str, tp: Any) -> None:
+    """The floor: a CLIENT span with the request attributes, current while the SDK call runs, the
+    response's usage attributes set on it, then ended. Nothing else."""
+    import wrapt
+    from opentelemetry import context, trace
+    from opentelemetry.trace import SpanKind
+
+    from otel_tokens import semconv as sc
+
+    tracer = tp.get_tracer("otel-tokens-bench.bare-span")
+    provider = sdk
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        model = kwargs.get("model", "")
+        attributes = {
+            sc.GEN_AI_OPERATION_NAME: "chat",
+            sc.GEN_AI_PROVIDER_NAME: provider,
+            sc.GEN_AI_REQUEST_MODEL: model,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: kwargs.get("max_tokens", 0),
+            sc.SERVER_ADDRESS: "mock.invalid",
+            sc.SERVER_PORT: 80,
+        }
+        span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            response = wrapped(*args, **kwargs)
+        finally:
+            context.detach(token)
+        usage = response.usage
+        span.set_attributes(
+            {
+                sc.GEN_AI_RESPONSE_MODEL: response.model,
+                sc.GEN_AI_USAGE_INPUT_TOKENS: getattr(usage, "prompt_tokens", None)
+                or getattr(usage, "input_tokens", 0),
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: getattr(usage, "completion_tokens", None)
+                or getattr(usage, "output_tokens", 0),
+            }
+        )
+        span.end()
+        return response
+
+    if sdk == "openai":
+        wrapt.wrap_function_wrapper(
+            "openai.resources.chat.completions.completions", "Completions.create", wrapper
+        )
+    else:
+        wrapt.wrap_function_wrapper("anthropic.resources.messages.messages", "Messages.create", wrapper)
+
+
+def _recorded_body(sdk: str) -> tuple[bytes, str]:
+    """The fake provider's exact response to the measured request."""
+    from otel_tokens.demo.fake_provider import FakeProvider
+
+    body = {"model": MODEL[sdk], "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    http = _http_lib(sdk)
+    with FakeProvider() as fake, http.Client() as plain:
+        if sdk == "openai":
+            answer = plain.post(f"{fake.openai_base_url}/chat/completions", json=body)
+        else:
+            answer = plain.post(f"{fake.anthropic_base_url}/v1/messages", json=body)
+        answer.raise_for_status()
+        return answer.content, answer.headers["content-type"]
+
+
+def _http_lib(sdk: str) -> Any:
+    """httpx or httpx2: whichever the SDK's default client is built on."""
+    import importlib
+
+    module = importlib.import_module(sdk)
+    for cls in module.DefaultHttpxClient.__mro__:
+        top = cls.__module__.split(".")[0]
+        if top.startswith("httpx"):
+            return importlib.import_module(top)
+    raise RuntimeError(f"cannot tell which HTTP library the {sdk} SDK uses")
+
+
+def _mock_http_client(sdk: str) -> Any:
+    http = _http_lib(sdk)
+    content, content_type = _recorded_body(sdk)
+
+    def handler(request: Any) -> Any:
+        return http.Response(200, headers={"content-type": content_type}, content=content)
+
+    return http.Client(transport=http.MockTransport(handler))
+
+
+def openai_client() -> Any:
+    import openai
+
+    return openai.OpenAI(
+        base_url="http://mock.invalid/v1", api_key="x", max_retries=0, http_client=_mock_http_client("openai")
+    )
+
+
+def anthropic_client() -> Any:
+    import anthropic
+
+    return anthropic.Anthropic(
+        base_url="http://mock.invalid", api_key="x", max_retries=0, http_client=_mock_http_client("anthropic")
+    )
+
+
+# --- the parent: one callgrind process per variant ---------------------------------------------------
+
+
+def build_helper(directory: Path) -> Path | None:
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None
+    library = directory / "callgrind_measure.so"
+    subprocess.run(
+        [compiler, "-O0", "-shared", "-fPIC", "-o", str(library), str(HELPER_SOURCE)],
+        check=True,
+        capture_output=True,
+    )
+    return library
+
+
+def measure(sdk: str, variant: str, calls: int, warm: int, helper: Path, out: Path) -> int | None:
+    """Instructions executed inside the measured function for `calls` calls; None if skipped."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--collect-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        __file__,
+        "--child",
+        sdk,
+        variant,
+        "--calls",
+        str(calls),
+        "--warm",
+        str(warm),
+        "--helper",
+        str(helper),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{sdk} {variant}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    if "skipped" in json.loads(lines[-1]):
+        return None
+    totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"{sdk} {variant}: no totals in {out}")
+    return int(totals.group(1))
+
+
+def report(sdk: str, per_call: dict[str, float | None], calls: int) -> None:
+    base = per_call[BASELINE]
+    assert base is not None
+    floor = _added(per_call, FLOOR)
+    print(f"\n{sdk} sync call, mock transport: {calls} measured calls, instructions per call (callgrind)")
+    print(f"  {BASELINE:<22}{base:>12,.0f}")
+    for variant in VARIANTS[sdk][1:]:
+        added = _added(per_call, variant)
+        if added is None:
+            print(f"  {variant:<22}{'n/a':>12}  (not usable with this SDK version)")
+            record(BENCH, f"{sdk}: {variant}", None, "k instr", "added per call")
+            continue
+        of_floor = f"x{added / floor:.2f} of floor" if floor else "n/a"
+        print(f"  {variant:<22}{added:>+12,.0f}  {of_floor}")
+        record(BENCH, f"{sdk}: {variant}", added / 1e3, "k instr", "added per call")
+    ours = _added(per_call, OURS)
+    if floor and ours is not None:
+        goal = "met" if ours <= FLOOR_GOAL * floor else "not met"
+        official = _added(per_call, OFFICIAL)
+        theirs = f", official openai-v2 x{official / floor:.2f}" if official is not None else ""
+        print(f"added instructions vs the bare-span floor ({sdk}): otel-tokens x{ours / floor:.2f} "
+              f"(goal <= x{FLOOR_GOAL}: {goal}){theirs}")  # fmt: skip
+        record(BENCH, f"{sdk}: otel-tokens / floor", ours / floor, "x", f"goal <= {FLOOR_GOAL}")
+
+
+def _added(per_call: dict[str, float | None], variant: str) -> float | None:
+    value, base = per_call.get(variant), per_call[BASELINE]
+    return None if value is None or base is None else value - base
+
+
+def parent(sdks: Sequence[str]) -> int:
+    if shutil.which("valgrind") is None:
+        print("callgrind benchmark skipped: valgrind not installed (`make system-deps`)")
+        return 0
+    calls, warm = (2, 2) if QUICK else (20, 5)
+    with tempfile.TemporaryDirectory(prefix="otel-tokens-callgrind-") as tmp:
+        directory = Path(tmp)
+        helper = build_helper(directory)
+        if helper is None:
+            print("callgrind benchmark skipped: no C compiler for benchmarks/_callgrind_measure.c")
+            return 0
+        print(f"python {sys.version.split()[0]}, {_versions()}")
+        for sdk in sdks:
+            per_call: dict[str, float | None] = {}
+            for variant in VARIANTS[sdk]:
+                total = measure(sdk, variant, calls, warm, helper, directory / f"{sdk}-{len(per_call)}.out")
+                per_call[variant] = None if total is None else total / calls
+            report(sdk, per_call, calls)
+    return 0
+
+
+def _versions() -> str:
+    found = []
+    for name in ("openai", "anthropic", "opentelemetry-sdk", "opentelemetry-instrumentation-openai-v2"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} absent")
+    return ", ".join(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--child", nargs=2, metavar=("SDK", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--warm", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--helper", help=argparse.SUPPRESS)
+    parser.add_argument("sdks", nargs="*", help="openai and/or anthropic (default: both)")
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child[0], args.child[1], args.calls, args.warm, args.helper)
+    return parent(args.sdks or list(VARIANTS))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

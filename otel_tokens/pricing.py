@@ -219,11 +219,29 @@ class PriceBook:
     ) -> float | None:
         """`cost_usd` that raises on an internal error instead of logging it, for callers that
         mark the record as unpriced-by-failure themselves (an unknown model is still None)."""
-        entry = self._entry(provider, model)
+        # The cached entry read inline (what `_entry` does, minus two calls: this runs per call).
+        if self._snapshots.get_snapshot() is self._snapshot:
+            try:
+                entry = self._entries[(provider, model)]
+            except KeyError:
+                entry = self._entry(provider, model)
+        else:
+            entry = self._entry(provider, model)
         if entry is None:
             return None
-        rates = entry.rates if service_tier is None else None  # the common case, without a call
-        return (rates or entry.rates_for(service_tier)).cost(_counts(tokens))
+        # the common case (no tier, or a model without tier variants), without a call
+        rates = entry.rates if service_tier is None or not entry.tiers else None
+        counts: tuple[int, ...] = (  # `_counts`, inline: this runs per call
+            tokens.input,
+            tokens.output,
+            tokens.cache_read,
+            tokens.cache_write,
+            tokens.reasoning,
+            tokens.cache_write_1h,
+        )
+        if min(counts) < 0:
+            counts = _counts(tokens)
+        return (rates or entry.rates_for(service_tier)).cost(counts)
 
     def _entry(self, provider: str, model: str) -> _Entry | None:
         key = (provider, model)

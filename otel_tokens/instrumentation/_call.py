@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:  # the guard is imported only when a budget file turns it on
     from otel_tokens.guard import Admission, Guard, GuardRequest
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
+#: The key `trace.set_span_in_context` stores the current span under (read once, not imported
+#: from the API's private module).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +50,11 @@ class CallSettings:
     guard: Guard | None = None  # budgets enforced before each call (`instrument(budgets=...)`)
 
 
-def inside_llm_call() -> bool:
-    """True while an instrumented call is in progress in this context: a nested wrapped SDK method
-    (e.g. `responses.stream()` calling `responses.create()`) must not count the call twice."""
-    return bool(context.get_value(_INSIDE_CALL_KEY))
+def inside_llm_call(ctx: Context | None = None) -> bool:
+    """True while an instrumented call is in progress in this context (`ctx`, default the current
+    one): a nested wrapped SDK method (e.g. `responses.stream()` calling `responses.create()`) must
+    not count the call twice."""
+    return bool((context.get_current() if ctx is None else ctx).get(_INSIDE_CALL_KEY))
 
 
 def internal_error(where: str) -> None:
@@ -86,7 +91,12 @@ class LLMCall:
         server_address: str | None = None,
         server_port: int | None = None,
         max_tokens: int | None = None,
+        ctx: Context | None = None,
     ) -> None:
+        """`ctx`: the current context, when the wrapper already read it (saves reading it again
+        for the attribution and the span's parent)."""
+        if ctx is None:
+            ctx = context.get_current()
         self.settings = settings
         self.provider = provider
         self.operation = operation
@@ -98,7 +108,7 @@ class LLMCall:
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
         try:
-            self.attribution = current_attribution()
+            self.attribution = current_attribution(ctx)
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
@@ -122,7 +132,7 @@ class LLMCall:
             except Exception:
                 self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
         self.span = settings.tracer.start_span(
-            f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{operation} {self.request_model}", ctx, SpanKind.CLIENT, attributes
         )
 
     @property
@@ -141,13 +151,20 @@ class LLMCall:
             context.detach(token)
 
     def _attach(self) -> Token[context.Context]:
-        """`activate()` without the context manager, for `invoke` on the hot path."""
-        return context.attach(context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span)))
+        """`activate()` without the context manager, for `invoke` on the hot path: the current
+        context plus this span and the inside-a-call mark, in one copy (what `set_span_in_context`
+        and `set_value` would make in two)."""
+        return context.attach(
+            Context({**context.get_current(), _SPAN_KEY: self.span, _INSIDE_CALL_KEY: True})
+        )
 
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
         propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
-        token = self._attach()
+        # `_attach()`, inline: this runs on every call
+        token = context.attach(
+            Context({**context.get_current(), _SPAN_KEY: self.span, _INSIDE_CALL_KEY: True})
+        )
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -259,19 +276,45 @@ class LLMCall:
         error: BaseException | None = None,
         error_type: str | None = None,
     ) -> UsageRecord | None:
-        """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`). Safe
-        to call more than once (only the first call counts); never raises."""
+        """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`) and the
+        budget guard. Safe to call more than once (only the first call counts); never raises.
+
+        The span needs only the counts, the cost and the status, so those are all this builds on
+        the caller's path; the `UsageRecord` is built only when a sink is subscribed or the guard
+        has a reservation to settle (returned then, else None)."""
         if self._ended:
             return None
         self._ended = True
-        record: UsageRecord | None = None
+        counts = tokens if tokens is not None else TokenCounts()
+        failed = error is not None or error_type is not None
+        if failed:
+            error_type = error_type or (type(error).__qualname__ if error is not None else None)
+        cost: float | None = None
         try:
-            record = self._build_record(tokens, response_model, estimated, error, error_type)
-            self._set_result_attributes(record, response_id, finish_reasons)
+            # `_cost`, inline for the common case: the response model (often a dated snapshot)
+            # prices more exactly; only when it is unknown is the request's model tried
+            cost = default_price_book().strict_cost_usd(
+                self.provider, response_model or self.request_model, counts, self.service_tier
+            )
+            if cost is None and response_model and response_model != self.request_model:
+                cost = self._cost(counts, response_model)
+        except Exception:
+            self.enrichment_failed(sc.ENRICHMENT_PRICING, "pricing")
+        try:
+            self._set_result_attributes(
+                counts, estimated, cost, response_model, response_id, finish_reasons, failed, error_type
+            )
         except Exception:
             internal_error("LLMCall.finish")
-        if self.admission is not None:
-            self._settle(self.admission, record)
+        admission = self.admission
+        record: UsageRecord | None = None
+        if admission is not None or record_sinks.active:
+            try:
+                record = self._build_record(counts, response_model, estimated, cost, failed, error_type)
+            except Exception:
+                internal_error("LLMCall.finish: record")
+        if admission is not None:
+            self._settle(admission, record)
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)
@@ -304,21 +347,16 @@ class LLMCall:
 
     def _build_record(
         self,
-        tokens: TokenCounts | None,
+        counts: TokenCounts,
         response_model: str | None,
         estimated: bool,
-        error: BaseException | None,
+        cost: float | None,
+        failed: bool,
         error_type: str | None,
     ) -> UsageRecord:
-        """The call's record. Pricing is an enrichment step of its own: if it fails the record
-        keeps its tokens and is marked, instead of the whole record being lost."""
-        counts = tokens if tokens is not None else TokenCounts()
-        cost: float | None = None
-        try:
-            cost = self._cost(counts, response_model)
-        except Exception:
-            self.enrichment_failed(sc.ENRICHMENT_PRICING, "pricing")
-        failed = error is not None or error_type is not None
+        """The call's record, for the in-process sinks and the guard's settle. Pricing is an
+        enrichment step of its own (done by `finish`): if it failed the record keeps its tokens and
+        is marked, instead of the whole record being lost."""
         return UsageRecord(
             provider=self.provider,
             request_model=self.request_model,
@@ -329,7 +367,7 @@ class LLMCall:
             cost_usd=cost,
             attribution=self.attribution,
             status="error" if failed else "ok",
-            error_type=error_type or (type(error).__qualname__ if error is not None else None),
+            error_type=error_type if failed else None,
             end_time_ns=time.time_ns(),
             ours=True,
             service_tier=self.service_tier,
@@ -347,9 +385,16 @@ class LLMCall:
         return cost
 
     def _set_result_attributes(
-        self, record: UsageRecord, response_id: str | None, finish_reasons: Sequence[str]
+        self,
+        t: TokenCounts,
+        estimated: bool,
+        cost: float | None,
+        response_model: str | None,
+        response_id: str | None,
+        finish_reasons: Sequence[str],
+        failed: bool,
+        error_type: str | None,
     ) -> None:
-        t = record.tokens
         attributes: dict[str, AttributeValue] = {
             sc.GEN_AI_USAGE_INPUT_TOKENS: t.input,
             sc.GEN_AI_USAGE_OUTPUT_TOKENS: t.output,
@@ -362,24 +407,24 @@ class LLMCall:
             attributes[sc.OTEL_TOKENS_CACHE_WRITE_1H] = t.cache_write_1h
         if t.reasoning:
             attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning
-        if record.estimated:
+        if estimated:
             attributes[sc.OTEL_TOKENS_ESTIMATED] = True
-        if record.cost_usd is not None:
-            attributes[sc.OTEL_TOKENS_COST_USD] = record.cost_usd
+        if cost is not None:
+            attributes[sc.OTEL_TOKENS_COST_USD] = cost
         else:
             attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
-        if record.failed_steps:
-            attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(record.failed_steps)
-        if record.service_tier:
-            attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = record.service_tier
-        if record.response_model:
-            attributes[sc.GEN_AI_RESPONSE_MODEL] = record.response_model
+        if self._failed:
+            attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(self._failed)
+        if self.service_tier:
+            attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = self.service_tier
+        if response_model:
+            attributes[sc.GEN_AI_RESPONSE_MODEL] = response_model
         if response_id:
             attributes[sc.GEN_AI_RESPONSE_ID] = response_id
         if finish_reasons:
             attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = list(finish_reasons)
-        if record.status == "error":
-            attributes[sc.ERROR_TYPE] = record.error_type or "_OTHER"
+        if failed:
+            attributes[sc.ERROR_TYPE] = error_type or "_OTHER"
         self.span.set_attributes(attributes)
-        if record.status == "error":
-            self.span.set_status(Status(StatusCode.ERROR, record.error_type))
+        if failed:
+            self.span.set_status(Status(StatusCode.ERROR, error_type))

@@ -17,6 +17,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import context
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
@@ -72,7 +74,9 @@ def uninstrument() -> None:
 
 
 # --- opening and finishing a call ---------------------------------------------------------------
-def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]) -> LLMCall | None:
+def _open_call(
+    settings: CallSettings, resource: Any, request: Mapping[str, Any], ctx: Context | None = None
+) -> LLMCall | None:
     """The span of one call, or None if our bookkeeping failed (the SDK call goes ahead unobserved)."""
     call: LLMCall | None = None
     try:
@@ -87,6 +91,7 @@ def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]
             server_address=host,
             server_port=port,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            ctx=ctx,
         )
         if settings.capture_content:
             call.record_content(sc.GEN_AI_INPUT_MESSAGES, input_messages_json(request))
@@ -111,11 +116,24 @@ def _max_tokens(request: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+#: (URL, host, port) of the last base URL read: URL objects are immutable and a process usually has
+#: one client, so the URL's parsing properties are read once, not on every call.
+_last_server: tuple[Any, str | None, int | None] = (None, None, None)
+
+
 def _server(resource: Any) -> tuple[str | None, int | None]:
-    url = getattr(getattr(resource, "_client", None), "base_url", None)
-    host = getattr(url, "host", None)
-    port = getattr(url, "port", None)
-    return (str(host) if host else None), (int(port) if isinstance(port, int) else None)
+    global _last_server
+    client = getattr(resource, "_client", None)
+    url = getattr(client, "_base_url", None)  # what the `base_url` property returns
+    if url is None:
+        url = getattr(client, "base_url", None)
+    last_url, host, port = _last_server
+    if url is not last_url:
+        raw_host, raw_port = getattr(url, "host", None), getattr(url, "port", None)
+        host = str(raw_host) if raw_host else None
+        port = int(raw_port) if isinstance(raw_port, int) else None
+        _last_server = (url, host, port)
+    return host, port
 
 
 def _finish_message(call: LLMCall, message: Any, request: Mapping[str, Any]) -> None:
@@ -207,7 +225,8 @@ def _sync_call(settings: CallSettings) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
+        ctx = context.get_current()
+        call = None if inside_llm_call(ctx) else _open_call(settings, instance, kwargs, ctx)
         if call is None:
             return wrapped(*args, **kwargs)
         if settings.guard is not None:
@@ -222,7 +241,8 @@ def _async_call(settings: CallSettings) -> Wrapper:
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
+        ctx = context.get_current()
+        call = None if inside_llm_call(ctx) else _open_call(settings, instance, kwargs, ctx)
         if call is None:
             return await wrapped(*args, **kwargs)
         if settings.guard is not None:

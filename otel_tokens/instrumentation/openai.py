@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import wrapt
+from opentelemetry import context
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
@@ -87,11 +89,21 @@ _HELPER_CLOSE_PATCHES: tuple[tuple[str, str], ...] = (
 )
 
 _patched: list[tuple[type[Any], str]] = []
+#: The SDK's whole-response classes ("module:Class"): a call returning exactly one of these (not a
+#: stream, not a raw-response wrapper) is finished straight away, without `_on_result`'s checks.
+_WHOLE_RESPONSES = (
+    "openai.types.chat:ChatCompletion",
+    "openai.types.responses:Response",
+    "openai.types:CreateEmbeddingResponse",
+)
+_whole_response_types: frozenset[type[Any]] = frozenset()
 
 
 def instrument(settings: CallSettings) -> None:
     """Patch every supported method this SDK version has. Re-instrumenting replaces the patches."""
+    global _whole_response_types
     uninstrument()
+    _whole_response_types = frozenset(filter(None, (_class(name) for name in _WHOLE_RESPONSES)))
     for module_name, path, endpoint in _CALL_PATCHES:
         owner = _resolve(module_name, path)
         if owner is not None:
@@ -121,6 +133,15 @@ def _resolve(module_name: str, path: str) -> type[Any] | None:
     return owner if isinstance(owner, type) and callable(getattr(owner, method, None)) else None
 
 
+def _class(name: str) -> type[Any] | None:
+    module_name, class_name = name.split(":")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name, None)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
+
+
 def _patch(owner: type[Any], method: str, wrapper: Wrapper) -> None:
     wrapt.wrap_function_wrapper(owner, method, wrapper)
     _patched.append((owner, method))
@@ -131,15 +152,21 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if inside_llm_call():
+        ctx = context.get_current()
+        if inside_llm_call(ctx):
             return wrapped(*args, **kwargs)
-        kwargs = _materialise_prompt(endpoint, kwargs)
-        call = _open_call(endpoint, settings, instance, kwargs)
+        prompt = kwargs.get(endpoint.prompt_arg)
+        if type(prompt) is not list and isinstance(prompt, Iterator):  # `_materialise_prompt`
+            kwargs = _materialise_prompt(endpoint, kwargs)
+        call = _open_call(endpoint, settings, instance, kwargs, ctx)
         if call is None:
             return wrapped(*args, **kwargs)
         if settings.guard is not None:
             kwargs = call.admit(kwargs, *_guard_inputs(endpoint, kwargs))
         result = call.invoke(wrapped, args, kwargs)
+        if type(result) in _whole_response_types:  # the common case: no stream, no raw response
+            _finish_from_response(endpoint, call, kwargs, result)
+            return result
         return _on_result(endpoint, call, kwargs, result)
 
     return wrapper
@@ -149,15 +176,19 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if inside_llm_call():
+        ctx = context.get_current()
+        if inside_llm_call(ctx):
             return await wrapped(*args, **kwargs)
         kwargs = _materialise_prompt(endpoint, kwargs)
-        call = _open_call(endpoint, settings, instance, kwargs)
+        call = _open_call(endpoint, settings, instance, kwargs, ctx)
         if call is None:
             return await wrapped(*args, **kwargs)
         if settings.guard is not None:
             kwargs = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs))
         result = await call.invoke_async(wrapped, args, kwargs)
+        if type(result) in _whole_response_types:
+            _finish_from_response(endpoint, call, kwargs, result)
+            return result
         return _on_result(endpoint, call, kwargs, result)
 
     return wrapper
@@ -192,7 +223,11 @@ def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str
 
 
 def _open_call(
-    endpoint: _Endpoint, settings: CallSettings, instance: Any, kwargs: dict[str, Any]
+    endpoint: _Endpoint,
+    settings: CallSettings,
+    instance: Any,
+    kwargs: dict[str, Any],
+    ctx: Context | None = None,
 ) -> LLMCall | None:
     try:
         address, port = _server(instance)
@@ -202,10 +237,11 @@ def _open_call(
             provider=PROVIDER,
             operation=endpoint.operation,
             request_model=model if isinstance(model, str) else "",
-            stream=_is_stream_request(kwargs),
+            stream=kwargs.get("stream") is True,  # `_is_stream_request`, inline
             server_address=address,
             server_port=port,
-            max_tokens=_max_tokens(endpoint, kwargs),
+            max_tokens=_max_tokens(endpoint, kwargs) if endpoint.max_tokens_args else None,
+            ctx=ctx,
         )
     except Exception:
         internal_error("openai call start")

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from otel_tokens.ops.source import DataSource
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -21,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otel-tokens", description="Token-cost observability for LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_collector, _demo, _fake_provider, _render, _check, _status):
+    for register in (_collector, _demo, _fake_provider, _render, _check, _status, _usage, _top):
         register(sub)
     return parser
 
@@ -160,29 +164,121 @@ def _run_check(args: argparse.Namespace) -> int:
     return check_command(args.budget_file, args.out)
 
 
+def _source_flags(parser: argparse.ArgumentParser, *, thresholds: bool = False) -> None:
+    """Where a command reads: a collector (default) or a Prometheus-compatible API (a fleet)."""
+    from otel_tokens.ops.source import DEFAULT_COLLECTOR
+
+    parser.add_argument(
+        "--collector",
+        default=DEFAULT_COLLECTOR,
+        metavar="URL",
+        help=f"the collector's metrics address (default {DEFAULT_COLLECTOR})",
+    )
+    parser.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="read a Prometheus-compatible query API instead (every collector it scrapes; keeps history)",
+    )
+    if thresholds:
+        parser.add_argument(
+            "--budgets",
+            metavar="FILE",
+            help="with --prometheus: the budget file whose warn_at thresholds apply (default 0.8)",
+        )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _source(args: argparse.Namespace) -> DataSource:
+    from otel_tokens.ops.commands import make_source
+
+    return make_source(args.collector, args.prometheus, getattr(args, "budgets", None))
+
+
+def _grouping_flags(parser: argparse.ArgumentParser) -> None:
+    from otel_tokens.ops.usage import GROUP_BY
+
+    parser.add_argument("--by", choices=GROUP_BY, default="agent", help="group by this label (default agent)")
+    parser.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="use in the last DURATION (e.g. 24h, 7d); needs --prometheus (a collector keeps no history)",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only series with this label value (repeatable), e.g. --filter model=gpt-4o-mini",
+    )
+
+
+def _usage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = _command(
+        sub,
+        "usage",
+        _run_usage,
+        help="tokens by type (input, output, cache, reasoning) and cost, with totals",
+    )
+    _grouping_flags(usage)
+    _source_flags(usage)
+
+
+def _run_usage(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import usage_command
+
+    return usage_command(
+        _source(args),
+        by=args.by,
+        since=args.since,
+        filters=args.filter,
+        as_json=args.json,
+    )
+
+
+def _top(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = _command(sub, "top", _run_top, help="what costs the most, with each row's share")
+    _grouping_flags(top)
+    top.add_argument("-n", type=int, default=10, metavar="N", help="how many rows (default 10)")
+    _source_flags(top)
+
+
+def _run_top(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import top_command
+
+    return top_command(
+        _source(args),
+        by=args.by, n=args.n, since=args.since, filters=args.filter, as_json=args.json,
+    )  # fmt: skip
+
+
 def _status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = _command(
         sub,
         "status",
         _run_status,
-        help="show a running collector's exact budget standing",
+        help="every budget: used, limit, burn rate, projection and time left",
         description=(
-            "Print every budget's standing from a running collector. Exit code: 0 every budget ok, "
-            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the collector could not be read."
+            "Print every budget's standing: used, limit, percent, state, burn rate, use projected to "
+            "the window's end and the time left at the current rate. Exit code: 0 every budget ok, "
+            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the source could not be read."
         ),
     )
-    status.add_argument(
-        "--collector",
-        default="http://127.0.0.1:9464",
-        metavar="URL",
-        help="the collector's metrics address (default http://127.0.0.1:9464)",
-    )
+    _source_flags(status, thresholds=True)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from otel_tokens.budgets.cli import status_command
+    from otel_tokens.ops.commands import status_command
 
-    return status_command(args.collector)
+    try:
+        source = _source(args)
+    except Exception as exc:  # a broken --budgets file: every problem, one exit code
+        from otel_tokens.budgets.loader import BudgetFileError
+
+        if not isinstance(exc, BudgetFileError):
+            raise
+        print(f"otel-tokens status: {exc}", file=sys.stderr)
+        return 3
+    return status_command(source, as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

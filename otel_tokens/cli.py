@@ -25,7 +25,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otel-tokens", description="Token-cost observability for LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_collector, _demo, _fake_provider, _render, _check, _status, _usage, _top):
+    for register in (
+        _collector, _demo, _fake_provider, _render, _check, _status, _usage, _top, _report, _budget,
+    ):  # fmt: skip
         register(sub)
     return parser
 
@@ -279,6 +281,74 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"otel-tokens status: {exc}", file=sys.stderr)
         return 3
     return status_command(source, as_json=args.json)
+
+
+def _report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otel_tokens.ops.report import PERIODS
+
+    report = _command(
+        sub,
+        "report",
+        _run_report,
+        help="a period's report as Markdown, JSON and an offline HTML page with charts",
+        description=(
+            "Write otel-tokens-report-PERIOD.md, .json and .html (self-contained, opens offline): cost "
+            "over time by agent, cost by model, budget standing with thresholds, burn rate and time "
+            "left, usage by hour of day, cache-hit ratio, cost per completed task by task type. "
+            "Charts over time need --prometheus (a collector keeps no history)."
+        ),
+    )
+    report.add_argument("--period", choices=tuple(PERIODS), default="day", help="the period (default day)")
+    report.add_argument("--out", default=".", help="directory to write into (default: the current directory)")
+    _source_flags(report, thresholds=True)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import report_command
+
+    return report_command(_source(args), period=args.period, out_dir=args.out, as_json=args.json)
+
+
+def _budget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    budget = sub.add_parser("budget", help="edit budgets.yaml from the command line")
+    actions = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
+    edit = actions.add_parser(
+        "set",
+        help="set an agent's limit (adds a budget when it has none)",
+        description=(
+            "Set the limit of the budget scoped to AGENT (the one with --window, when it has several), "
+            "or add one. The file keeps its comments and layout, is validated before it is written "
+            "(an invalid edit leaves it untouched) and the generated files are rendered again."
+        ),
+    )
+    edit.set_defaults(run=_run_budget_set)
+    edit.add_argument("agent", metavar="AGENT")
+    edit.add_argument("limit", metavar="LIMIT", help="tokens (500000, 500k, 2M) or, with --usd, dollars")
+    edit.add_argument(
+        "--window", help="the budget's window (1h, 1d, 7d, 30d, day, week, month); new ones: 1d"
+    )
+    edit.add_argument("--usd", action="store_true", help="LIMIT is in US dollars")
+    edit.add_argument(
+        "--file", default="budgets.yaml", metavar="FILE", help="the budget file (default budgets.yaml)"
+    )
+    edit.add_argument(
+        "--out", default=".", help="where the generated files are rendered (default: the current directory)"
+    )
+    edit.add_argument("--json", action="store_true", help="print what changed as JSON")
+
+
+def _run_budget_set(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import budget_set_command
+
+    return budget_set_command(
+        args.file,
+        args.agent,
+        args.limit,
+        window=args.window,
+        usd=args.usd,
+        out_dir=args.out,
+        as_json=args.json,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from otel_tokens.budgets.cli import EXIT_UNKNOWN, status_exit_code
 from otel_tokens.budgets.loader import BudgetFileError
-from otel_tokens.humanize import format_usd
+from otel_tokens.humanize import format_tokens, format_usd
 from otel_tokens.ops import tables
 from otel_tokens.ops.source import (
     CollectorSource,
@@ -28,7 +28,14 @@ from otel_tokens.ops.source import (
 )
 from otel_tokens.ops.usage import USAGE_SERIES, parse_filters, top_rows, usage_table
 
-__all__ = ["make_source", "status_command", "top_command", "usage_command"]
+__all__ = [
+    "budget_set_command",
+    "make_source",
+    "report_command",
+    "status_command",
+    "top_command",
+    "usage_command",
+]
 
 EXIT_OK, EXIT_ERROR = 0, 1
 _RATE_NOTE = (
@@ -118,3 +125,66 @@ def status_command(source: DataSource, *, as_json: bool) -> int:
     width = _width()
     print(tables.render(tables.status_table(outlooks, width), width, "\n".join(notes)), end="")
     return code
+
+
+def report_command(source: DataSource, *, period: str, out_dir: str, as_json: bool) -> int:
+    """Write the period's report as Markdown, JSON and HTML; print their paths (or the JSON)."""
+    from pathlib import Path
+
+    from otel_tokens.ops.report import build, gather, markdown
+    from otel_tokens.ops.report_html import render_html
+
+    try:
+        document = build(gather(source, period))
+    except (SourceError, ValueError) as exc:
+        return _fail("report", exc)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"otel-tokens-report-{period}"
+    texts = {
+        ".md": markdown(document),
+        ".json": json.dumps(document, indent=2, sort_keys=True) + "\n",
+        ".html": render_html(document),
+    }
+    for suffix, text in texts.items():
+        stem.with_suffix(suffix).write_text(text, encoding="utf-8")
+    if as_json:
+        _print_json(document)
+    else:
+        for suffix in texts:
+            print(f"wrote {stem.with_suffix(suffix)}")
+    return EXIT_OK
+
+
+def budget_set_command(
+    budget_file: str, agent: str, limit: str, *, window: str | None, usd: bool, out_dir: str, as_json: bool
+) -> int:
+    """Edit one agent's budget in place, validate, write, re-render the generated files."""
+    from otel_tokens.budgets.render_all import render_all
+    from otel_tokens.ops.budget_edit import EditError, set_budget
+
+    try:
+        edit = set_budget(budget_file, agent, limit, window=window, usd=usd)
+    except EditError as exc:
+        return _fail("budget set", exc)
+    except BudgetFileError as exc:
+        return _fail("budget set", f"{budget_file} left unchanged: {exc}")
+    written = render_all(budget_file, out_dir)
+    if as_json:
+        _print_json({"budget": edit.name, "added": edit.added, "old_limit": edit.old_limit,
+                     "new_limit": edit.new_limit, "file": budget_file,
+                     "rendered": [str(p) for p in written]})  # fmt: skip
+        return EXIT_OK
+    verb = "added" if edit.added else f"was {_limit_text(edit.old_limit)}"
+    print(f"{budget_file}: budget {edit.name} limit {_limit_text(edit.new_limit)} ({verb})")
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _limit_text(limit: dict[str, Any] | None) -> str:
+    if not limit:
+        return "none"
+    if "usd" in limit:
+        return format_usd(float(limit["usd"]))
+    return f"{format_tokens(float(limit.get('tokens', 0)))} tokens"

@@ -63,6 +63,9 @@ class NoBudgets(SourceError):
 
 
 class DataSource(Protocol):
+    #: Whether `--since` and `history()` can be answered (Prometheus: yes; a collector: no).
+    has_history: bool
+
     #: How the figures should be read: "since the collector started", "over the last 24h", ...
     def scope_note(self, since: str | None) -> str: ...
     def samples(
@@ -106,6 +109,7 @@ def _json(url: str, what: str) -> Any:
 @dataclass
 class CollectorSource:
     url: str = DEFAULT_COLLECTOR
+    has_history = False
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -180,6 +184,7 @@ class PrometheusSource:
     url: str
     #: warn_at of each budget by name (from the budget file); Prometheus does not hold thresholds.
     warn_at: Mapping[str, float] | None = None
+    has_history = True
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")

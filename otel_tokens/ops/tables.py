@@ -18,6 +18,7 @@ from rich.table import Table
 
 from otel_tokens import metric_names as mn
 from otel_tokens.humanize import format_amount, format_tokens, format_usd, short_number
+from otel_tokens.ops.html import percent
 from otel_tokens.ops.outlook import Outlook, format_duration
 from otel_tokens.ops.usage import UsageRow, UsageTable
 
@@ -96,12 +97,6 @@ def _compact(value: float | None, unit: str) -> str:
     return "$" + short_number(value) if value >= 1000 else format_usd(value)
 
 
-def _percent(ratio: float | None) -> str:
-    if ratio is None:
-        return "-"
-    return "<0.1%" if 0 < ratio < 0.001 else f"{ratio:.1%}"
-
-
 def _left(o: Outlook) -> str:
     """Time to the limit at the current rate; `-` when the rate is unknown."""
     return "-" if o.rate_per_hour is None else format_duration(o.seconds_left)
@@ -116,8 +111,8 @@ def status_table(outlooks: Sequence[Outlook], width: int = WIDTH) -> Table:
     for o in outlooks:
         at_end = None if o.projected is None or not o.limit else o.projected / o.limit
         rows.append((
-            o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), _percent(o.ratio),
-            _percent(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
+            o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), percent(o.ratio),
+            percent(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
         ))  # fmt: skip
     figures = sum(max([len(h), *(len(r[i + 1]) for r in rows)]) + 2 for i, h in enumerate(headers))
     view = _table()

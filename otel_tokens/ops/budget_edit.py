@@ -55,7 +55,7 @@ def parse_limit(text: str, usd: bool) -> int | float:
         raise EditError(f"LIMIT wants a number such as 500000, 500k, 2M (or 25 with --usd), got {text!r}")
     value = float(match.group(1)) * _SUFFIX.get(match.group(2).lower(), 1)
     if usd:
-        return round(value, 6)
+        return int(value) if value == int(value) else round(value, 6)  # `25`, not `25.0`
     if value != int(value):
         raise EditError(f"a token LIMIT is a whole number of tokens, got {text!r}")
     return int(value)
@@ -99,8 +99,17 @@ def _set_limit(budget: CommentedMap, amount: int | float, usd: bool) -> dict[str
     return old
 
 
-def _new_budget(agent: str, amount: int | float, window: str, usd: bool) -> CommentedMap:
-    name = f"{agent}-{_WINDOW_WORDS.get(window, window)}{'-usd' if usd else ''}"
+def _new_name(agent: str, window: str, usd: bool, taken: set[str]) -> str:
+    """`support-daily`, else `support-1d` (`-usd` for dollars), the first that is free."""
+    unit = "-usd" if usd else ""
+    names = [f"{agent}-{_WINDOW_WORDS.get(window, window)}{unit}", f"{agent}-{window}{unit}"]
+    for name in names:
+        if name not in taken:
+            return name
+    raise EditError(f"budgets named {' and '.join(names)} exist with another scope; edit the file by hand")
+
+
+def _new_budget(name: str, agent: str, amount: int | float, window: str, usd: bool) -> CommentedMap:
     limit = CommentedMap({"usd" if usd else "tokens": amount})
     scope = CommentedMap({"agent": agent})
     scope.fa.set_flow_style()
@@ -124,9 +133,8 @@ def edit_budget_text(
         budget = found[0]
         edit = BudgetEdit(str(budget.get("name")), False, _set_limit(budget, amount, usd), {})
     else:
-        budget = _new_budget(agent, amount, window or "1d", usd)
-        if any(b.get("name") == budget["name"] for b in budgets):
-            raise EditError(f"a budget named {budget['name']!r} exists with another scope; edit it by hand")
+        taken = {str(b.get("name")) for b in budgets}
+        budget = _new_budget(_new_name(agent, window or "1d", usd, taken), agent, amount, window or "1d", usd)
         budgets.append(budget)
         budgets.yaml_set_comment_before_after_key(len(budgets) - 1, before="\n", indent=2)
         edit = BudgetEdit(str(budget["name"]), True, None, {})

@@ -1,5 +1,5 @@
-"""The report as one self-contained HTML page: inline SVG charts (pygal), inline CSS, no script,
-no external resource — it opens offline, from a mail attachment or a CI artifact.
+"""The report as one self-contained HTML page: inline SVG charts (pygal), inline CSS, no external
+resource — it opens offline, from a mail attachment or a CI artifact.
 
 pygal's SVG normally pulls its tooltip script from a CDN; `js=[]` turns that off (the charts stay
 readable: values are printed on the bars). Budget standing is drawn with the same bars as the

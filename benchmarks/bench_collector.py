@@ -240,10 +240,10 @@ def main() -> None:
     batches = make_batches(N_BATCHES)
     payloads = [encode_spans(b).SerializeToString() for b in batches]
     n_attrs = len(batches[0][0].attributes or {})
-    with_memory = replace(CollectorConfig().metrics_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
+    with_memory = replace(CollectorConfig().dedupe_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)
-    in_process = Pipeline(with_memory)
-    service_pipeline = Pipeline(with_memory)
+    in_process = Pipeline(config.metrics_config(), dedupe=with_memory)
+    service_pipeline = Pipeline(config.metrics_config(), dedupe=with_memory)
     with CollectorService(config, pipeline=service_pipeline) as service:
         conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=30)
         exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{service.http_port}/v1/traces", timeout=30)

@@ -16,13 +16,16 @@ or incoming baggage) also opens an INTERNAL `task {name}` span for its lifetime,
 learns the instance completed (only the collector sees every process's calls, so only it knows the
 instance's total). A process that received the task id in baggage never opens one, so a task is
 completed once, by the process that owns it. The span goes through the tracer `instrument()` made
-from the user's tracer provider (`set_task_tracer`); not instrumented, no span.
+from the user's tracer provider (`set_task_tracer`); not instrumented, no span. When the span has
+ended, the instance's `TaskCompletion` record goes to the in-process sinks (`otel_tokens.sinks`),
+just as an LLM call's `UsageRecord` does: in-process consumers never parse our spans back.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -33,8 +36,9 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion
 from otel_tokens.semconv import BAGGAGE_PREFIX
+from otel_tokens.sinks import record_sinks
 
 _ATTRIBUTION_KEY = context.create_key("otel_tokens.attribution")
 _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
@@ -146,9 +150,9 @@ class attribute:
                 "workflow": workflow,
             }
         )
-        #: per entry (one object may be entered again, nested): the context token, and the task
-        #: span this entry opened, if any
-        self._tokens: list[tuple[object, trace.Span | None]] = []
+        #: per entry (one object may be entered again, nested): the context token, the task span
+        #: this entry opened (if any) and the attribution in force
+        self._tokens: list[tuple[object, trace.Span | None, Attribution]] = []
 
     def __enter__(self) -> Attribution:
         outer = current_attribution()
@@ -163,16 +167,18 @@ class attribute:
             span = _start_task_span(_task_tracer, merged, ctx)
             if span is not None:
                 ctx = trace.set_span_in_context(span, ctx)
-        self._tokens.append((context.attach(ctx), span))
+        self._tokens.append((context.attach(ctx), span, merged))
         return merged
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        token, span = self._tokens.pop()
+        token, span, merged = self._tokens.pop()
         context.detach(cast(Any, token))
         if span is not None:
             _end_task_span(span, exc)
+            if record_sinks.active:
+                _publish_completion(span, merged, exc)
 
     def __call__(self, func: F) -> F:
         scope = self._scope
@@ -224,4 +230,24 @@ def _end_task_span(span: trace.Span, exc: BaseException | None) -> None:
         span.end()
     except Exception:
         with swallow_internal_errors("attribute: task span end"):
+            raise
+
+
+def _publish_completion(span: trace.Span, merged: Attribution, exc: BaseException | None) -> None:
+    """The task instance's completion record, with its span's ids (so a consumer that also sees the
+    span, or a re-sent copy of it, observes the instance once)."""
+    try:
+        ctx = span.get_span_context()
+        completion = TaskCompletion(
+            merged.task_id or "",
+            merged.task,
+            merged.agent,
+            "error" if exc is not None else "ok",
+            trace_id=ctx.trace_id,
+            span_id=ctx.span_id,
+            end_time_ns=getattr(span, "end_time", None) or time.time_ns(),  # SDK spans have it
+        )
+        record_sinks.publish(completion)
+    except Exception:
+        with swallow_internal_errors("attribute: task completion"):
             raise

@@ -21,13 +21,39 @@ wins even over ours: totals stay exact, only the richer attribution is lost.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from otel_tokens.record import UsageRecord
 
-__all__ = ["Deduper"]
+__all__ = ["DedupeConfig", "Deduper"]
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """How long a foreign span waits for its duplicates and how much the deduper may remember."""
+
+    hold_seconds: float = 2.0
+    max_held_spans: int = 10_000
+    max_remembered_spans: int = 100_000
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad key, what was expected and what was given."""
+        for key in ("max_held_spans", "max_remembered_spans"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        hold = self.hold_seconds
+        if (
+            isinstance(hold, bool)
+            or not isinstance(hold, (int, float))
+            or not math.isfinite(hold)
+            or hold < 0
+        ):
+            raise ValueError(f"hold_seconds: expected a finite number >= 0, got {hold!r}")
 
 
 class _RecentKeys(OrderedDict[int, None]):
@@ -77,7 +103,7 @@ class Deduper:
                     counted.append(record)
             return counted, self.duplicates_dropped - before
 
-    def flush(self, now: float) -> tuple[list[UsageRecord], int]:
+    def flush(self, now: float) -> list[UsageRecord]:
         """Held spans whose window has passed, to be counted now (nothing is dropped here)."""
         released: list[UsageRecord] = []
         with self._lock:
@@ -88,7 +114,7 @@ class Deduper:
                 self._pop_held(key)
                 self._remember(key, record)
                 released.append(record)
-        return released, 0
+        return released
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _offer(self, record: UsageRecord, now: float) -> bool:

@@ -14,22 +14,22 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from otel_tokens import aggregate as agg
-from otel_tokens.aggregate import Aggregator, Snapshot
-from otel_tokens.record import TOKEN_TYPES
+from otel_tokens import metric_names as names
+from otel_tokens.aggregate import UNPRICED_LABELS, Aggregator, Snapshot
+from otel_tokens.metric_names import TASK_LABELS, TOKEN_TYPES
 
 __all__ = ["TokenMetricsCollector"]
 
 _go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
 
 _HELP = {
-    agg.TOKENS: "LLM tokens by type; types are disjoint, so a sum over token_type is the total.",
-    agg.COST: "LLM cost in USD; unpriced calls add 0 (see otel_tokens_unpriced_records_total).",
-    agg.REQUESTS: "LLM calls, counted once each after deduplication.",
-    agg.ESTIMATED: "Tokens counted with a tokenizer because the provider reported no usage.",
-    agg.INPUT_HISTOGRAM: "Input tokens per request (including cache): context growth shows here.",
-    agg.TASK_TOKENS: "Tokens per completed task instance (all its calls, every process); count = tasks.",
-    agg.TASK_COST: "USD per completed task instance (unpriced calls add 0).",
+    names.TOKENS: f"LLM tokens by type; types are disjoint, so a sum over {names.TOKEN_TYPE} is the total.",
+    names.COST: f"LLM cost in USD; unpriced calls add 0 (see {names.UNPRICED}).",
+    names.REQUESTS: "LLM calls, counted once each after deduplication.",
+    names.ESTIMATED: "Tokens counted with a tokenizer because the provider reported no usage.",
+    names.INPUT_HISTOGRAM: "Input tokens per request (including cache): context growth shows here.",
+    names.TASK_TOKENS: "Tokens per completed task instance (all its calls, every process); count = tasks.",
+    names.TASK_COST: "USD per completed task instance (unpriced calls add 0).",
 }
 
 
@@ -78,19 +78,19 @@ class TokenMetricsCollector(Collector):
         HistogramMetricFamily,
     ]:
         return (
-            CounterMetricFamily(agg.TOKENS, _HELP[agg.TOKENS], labels=[*dims, "token_type"]),
-            CounterMetricFamily(agg.COST, _HELP[agg.COST], labels=dims),
-            CounterMetricFamily(agg.REQUESTS, _HELP[agg.REQUESTS], labels=[*dims, "status"]),
-            CounterMetricFamily(agg.ESTIMATED, _HELP[agg.ESTIMATED], labels=dims),
-            HistogramMetricFamily(agg.INPUT_HISTOGRAM, _HELP[agg.INPUT_HISTOGRAM], labels=dims),
+            CounterMetricFamily(names.TOKENS, _HELP[names.TOKENS], labels=[*dims, names.TOKEN_TYPE]),
+            CounterMetricFamily(names.COST, _HELP[names.COST], labels=dims),
+            CounterMetricFamily(names.REQUESTS, _HELP[names.REQUESTS], labels=[*dims, names.STATUS]),
+            CounterMetricFamily(names.ESTIMATED, _HELP[names.ESTIMATED], labels=dims),
+            HistogramMetricFamily(names.INPUT_HISTOGRAM, _HELP[names.INPUT_HISTOGRAM], labels=dims),
         )
 
 
 def _task_families(snap: Snapshot | None = None) -> Iterator[Metric]:
     """Tokens and cost per completed task instance, by (agent, task, status)."""
-    labels = list(agg.TASK_LABELS)
-    tokens = HistogramMetricFamily(agg.TASK_TOKENS, _HELP[agg.TASK_TOKENS], labels=labels)
-    cost = HistogramMetricFamily(agg.TASK_COST, _HELP[agg.TASK_COST], labels=labels)
+    labels = list(TASK_LABELS)
+    tokens = HistogramMetricFamily(names.TASK_TOKENS, _HELP[names.TASK_TOKENS], labels=labels)
+    cost = HistogramMetricFamily(names.TASK_COST, _HELP[names.TASK_COST], labels=labels)
     if snap is not None:
         token_bounds = [_go_float(b) for b in snap.task_token_buckets] + ["+Inf"]
         cost_bounds = [_go_float(b) for b in snap.task_cost_buckets] + ["+Inf"]
@@ -111,22 +111,22 @@ def _cumulative(bounds: list[str], per_bucket: list[int]) -> list[tuple[str, flo
 
 def _self_families(snap: Snapshot | None = None) -> Iterator[Metric]:
     """The collector's own health: what came in, what was refused, what was merged or capped."""
-    received = CounterMetricFamily("otel_tokens_spans_received_total", "Spans received (all kinds).")
+    received = CounterMetricFamily(names.SPANS_RECEIVED, "Spans received (all kinds).")
     rejected = CounterMetricFamily(
-        "otel_tokens_spans_rejected_total", "Spans or payloads refused, by reason.", labels=["reason"]
+        names.SPANS_REJECTED, "Spans or payloads refused, by reason.", labels=[names.REASON]
     )
     duplicates = CounterMetricFamily(
-        "otel_tokens_duplicates_dropped_total", "Usage spans dropped as another span of a counted call."
+        names.DUPLICATES_DROPPED, "Usage spans dropped as another span of a counted call."
     )
     overflow = CounterMetricFamily(
-        "otel_tokens_series_overflow_total",
-        "Records sent to the __overflow__ series by the series limit.",
-        labels=["metric"],
+        names.SERIES_OVERFLOW,
+        f"Records sent to the {names.OVERFLOW} series by the series limit.",
+        labels=[names.METRIC],
     )
     unpriced = CounterMetricFamily(
-        agg.UNPRICED,
+        names.UNPRICED,
         "Records whose model has no known price (cost counted as 0).",
-        labels=["provider", "model"],
+        labels=list(UNPRICED_LABELS),
     )
     if snap is not None:
         received.add_metric([], snap.spans_received)

@@ -36,9 +36,9 @@ marker is skipped exactly as cheaply as before.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -52,18 +52,16 @@ from otel_tokens.extract_stats import (
     REASONING_EXCEEDS_OUTPUT,
     ExtractStats,
 )
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, Status, TokenCounts, UsageRecord
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion, TokenCounts, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
-    "WANTED",
     "Extractor",
     "PriceFn",
     "Rejection",
-    "TaskCompletion",
     "record_from_attributes",
     "record_from_slots",
 ]
@@ -134,10 +132,6 @@ assert len(_DIALECTS) == _N_SLOTS
 SLOT_OF: dict[str, tuple[int, int]] = {
     key: (slot, rank) for slot, keys in enumerate(_DIALECTS) for rank, key in enumerate(keys)
 }
-#: Every attribute name the extractor reads; everything else on a span is skipped unconverted.
-WANTED: frozenset[str] = frozenset(SLOT_OF)
-#: A span carries GenAI usage iff it has one of these.
-USAGE_KEYS: frozenset[str] = frozenset(_DIALECTS[IN] + _DIALECTS[OUT] + _DIALECTS[TOTAL])
 _ATTRIBUTION_KEYS: frozenset[str] = frozenset(k for keys in _DIALECTS[AGENT : WORKFLOW + 1] for k in keys)
 
 _Slots = list[Any]  # one value per slot (None: absent)
@@ -171,20 +165,6 @@ class Rejection:
 
     def __repr__(self) -> str:
         return f"Rejection({self.reason!r}, {self.detail!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class TaskCompletion:
-    """A task instance's scope ended in the process that owns it: its task span arrived. Rare (one
-    per instance), so a plain dataclass."""
-
-    task_id: str
-    task: str | None
-    agent: str | None
-    status: Status = "ok"
-    trace_id: int = 0
-    span_id: int = 0
-    end_time_ns: int = 0
 
 
 Outcome = UsageRecord | Rejection | TaskCompletion | None
@@ -276,6 +256,29 @@ def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = Non
             stats.clamped(CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE)
         one_hour = cache_write
     return TokenCounts(inp, out, cache_read, cache_write, reasoning, one_hour)
+
+
+def _consistent(tokens: TokenCounts, stats: ExtractStats) -> TokenCounts:
+    """`tokens_from`'s consistency rules over counts already in a TokenCounts; the same object when
+    nothing contradicts (the common case)."""
+    cached = tokens.cache_read + tokens.cache_write
+    if (
+        tokens.input >= cached
+        and tokens.output >= tokens.reasoning
+        and tokens.cache_write_1h <= tokens.cache_write
+    ):
+        return tokens
+    inp, out, one_hour = tokens.input, tokens.output, tokens.cache_write_1h
+    if inp < cached:
+        stats.clamped(CACHE_EXCEEDS_INPUT)
+        inp += cached
+    if tokens.reasoning > out:
+        stats.clamped(REASONING_EXCEEDS_OUTPUT)
+        out += tokens.reasoning
+    if one_hour > tokens.cache_write:
+        stats.clamped(CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE)
+        one_hour = tokens.cache_write
+    return TokenCounts(inp, out, tokens.cache_read, tokens.cache_write, tokens.reasoning, one_hour)
 
 
 def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
@@ -593,6 +596,30 @@ class Extractor:
             outcome.start_time_ns = span.start_time or 0
             outcome.end_time_ns = span.end_time or 0
         return outcome
+
+    def admit_record(self, record: UsageRecord) -> UsageRecord | Rejection:
+        """A record built in this process (our instrumentation's, handed over by `otel_tokens.sinks`
+        instead of a span) held to the rules a span's record is: counts made consistent (and
+        counted), the per-call ceiling, reported enrichment failures counted, and priced here when
+        it arrived unpriced. The record is not changed in place (other sinks share it)."""
+        tokens = _consistent(record.tokens, self.stats)
+        if tokens.input + tokens.output > self.max_tokens_per_call:
+            total = tokens.input + tokens.output
+            return Rejection(
+                "token_count_too_large", f"{total} tokens in one call, above {self.max_tokens_per_call}"
+            )
+        if record.failed_steps:
+            self.stats.enrichment_failed(record.failed_steps)
+        if record.cost_usd is None:
+            cost, failed = _price(
+                self._price, record.provider, record.request_model, record.response_model, tokens,
+                record.service_tier,
+            )  # fmt: skip
+            steps = record.failed_steps
+            if failed and sc.ENRICHMENT_PRICING not in steps:
+                steps += (sc.ENRICHMENT_PRICING,)
+            return dataclasses.replace(record, tokens=tokens, cost_usd=cost, failed_steps=steps)
+        return record if tokens is record.tokens else dataclasses.replace(record, tokens=tokens)
 
     def _readable_completion(self, span: ReadableSpan, vals: _Slots) -> TaskCompletion | None:
         ctx = span.get_span_context()

@@ -21,6 +21,10 @@ TASK_ID: Final = "task_id"
 MODEL: Final = "model"
 PROVIDER: Final = "provider"
 USER: Final = "user"
+SESSION: Final = "session"
+WORKFLOW: Final = "workflow"
+STEP: Final = "step"
+OPERATION: Final = "operation"
 TOKEN_TYPE: Final = "token_type"
 STATUS: Final = "status"
 REASON: Final = "reason"
@@ -31,7 +35,6 @@ UNIT: Final = "unit"
 ACTION: Final = "action"
 #: On every generated alert: the P1/P2/P3 that Alertmanager routes by.
 SEVERITY: Final = "severity"
-STEP: Final = "step"
 
 #: The default dimensions of the usage metrics (configurable in the collector).
 DEFAULT_DIMENSIONS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, PROVIDER)

@@ -4,7 +4,9 @@ extract (span → UsageRecord) ─► dedupe (one LLM call counted once) ─► 
 ─► exposition (a prometheus_client Collector in `registry`), and every counted record goes to the
 listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*` from their own
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
-dedupe hold window.
+dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
+enter through `ingest_records` and skip extraction; spans of other instrumentations through
+`ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
 
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
@@ -18,32 +20,26 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.aggregate import Aggregator, MetricsConfig, bounded_reason
-from otel_tokens.dedupe import Deduper
+from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import (
-    DEFAULT_MAX_TOKENS_PER_CALL,
-    Extractor,
-    Outcome,
-    PriceFn,
-    Rejection,
-    TaskCompletion,
-)
+from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
 from otel_tokens.extract_stats import ExtractStatsCollector
-from otel_tokens.record import UsageRecord
+from otel_tokens.ingest_stats import bounded_reason
+from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["IngestResult", "MetricsConfig", "Pipeline"]
+__all__ = ["DedupeConfig", "IngestResult", "MetricsConfig", "Pipeline"]
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -100,6 +96,7 @@ class Pipeline:
         self,
         config: MetricsConfig | None = None,
         *,
+        dedupe: DedupeConfig | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
@@ -107,14 +104,16 @@ class Pipeline:
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
+        self.dedupe = dedupe if dedupe is not None else DedupeConfig()
+        self.dedupe.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.aggregator = Aggregator(self.config)
+        self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
         self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
         self._deduper = Deduper(
-            hold_seconds=self.config.dedupe_hold_seconds,
-            max_held=self.config.max_held_spans,
-            max_remembered=self.config.max_remembered_spans,
+            hold_seconds=self.dedupe.hold_seconds,
+            max_held=self.dedupe.max_held_spans,
+            max_remembered=self.dedupe.max_remembered_spans,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
         # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
@@ -139,21 +138,28 @@ class Pipeline:
                 batch.add(self._extractor.from_readable_span(span))
         return self._finish(batch)
 
-    def ingest_records(self, records: Iterable[UsageRecord]) -> int:
-        """Count records built elsewhere (our instrumentation); deduplicated like spans. Returns how
-        many were counted now."""
-        return self._count(list(records))
+    def ingest_records(self, records: Iterable[Record]) -> IngestResult:
+        """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
+        no extraction, but the extractor's rules for a record (consistency, ceiling, pricing when
+        unpriced); deduplicated against spans like any span. Each record stands for the span it
+        describes, so it counts as a span received."""
+        batch = _Batch()
+        admit = self._extractor.admit_record
+        with swallow_internal_errors("Pipeline.ingest_records"):
+            for record in records:
+                batch.spans_received += 1
+                batch.add(admit(record) if isinstance(record, UsageRecord) else record)
+        return self._finish(batch)
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.aggregator.add_ingest_stats(0, {bounded_reason(reason): 1})
+        self.aggregator.ingest_stats.add(rejected={bounded_reason(reason): 1})
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
         now = self._clock() if now is None else now
-        released, dropped = self._deduper.flush(now)
-        self._emit(released, dropped)
+        self._emit(self._deduper.flush(now))
         if self._pending:
             self.aggregator.complete_tasks(self._due_completions(now))
 
@@ -161,10 +167,18 @@ class Pipeline:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
         self._listeners.append(fn)
 
+    def always_admit(self, values: Mapping[str, Iterable[str]]) -> None:
+        """Label values (by label name) that always get series of their own beyond the series limit:
+        the budget ledger registers the names its budgets' scopes match on."""
+        self.aggregator.always_admit(values)
+
     # --- internals -----------------------------------------------------------------------------
     def _finish(self, batch: _Batch) -> IngestResult:
-        self.aggregator.add_ingest_stats(batch.result.spans_received, batch.rejected)
-        batch.result.records_counted = self._count(batch.records)
+        dropped = 0
+        if batch.records:
+            counted, dropped = self._deduper.offer_many(batch.records, self._clock())
+            batch.result.records_counted = self._emit(counted)
+        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions)
@@ -172,13 +186,13 @@ class Pipeline:
 
     def _complete(self, completions: list[TaskCompletion]) -> None:
         """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
-        hold = self.config.dedupe_hold_seconds
+        hold = self.dedupe.hold_seconds
         if not self._deduper.held or hold <= 0:
             self.aggregator.complete_tasks(completions)
             return
         deadline = self._clock() + hold
         with self._pending_lock:
-            room = max(self.config.max_held_spans - len(self._pending), 0)
+            room = max(self.dedupe.max_held_spans - len(self._pending), 0)
             self._pending.extend((deadline, c) for c in completions[:room])
         if completions[room:]:  # bounded: past the limit, observe at once rather than drop
             self.aggregator.complete_tasks(completions[room:])
@@ -190,14 +204,10 @@ class Pipeline:
                 due.append(self._pending.popleft()[1])
         return due
 
-    def _count(self, records: list[UsageRecord]) -> int:
-        if not records:
+    def _emit(self, counted: list[UsageRecord]) -> int:
+        if not counted:
             return 0
-        counted, dropped = self._deduper.offer_many(records, self._clock())
-        return self._emit(counted, dropped)
-
-    def _emit(self, counted: list[UsageRecord], dropped: int) -> int:
-        self.aggregator.add_many(counted, duplicates=dropped)
+        self.aggregator.add_many(counted)
         for fn in self._listeners:
             for record in counted:
                 try:

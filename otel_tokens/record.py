@@ -4,16 +4,29 @@ Instrumentation builds it from an SDK response, the extractor builds it from a s
 instrumentation's); aggregation, budgets and exposition consume only this. Token counts keep the
 semantic-convention meaning (input includes cache tokens, output includes reasoning); `disjoint()`
 gives the non-overlapping split that Prometheus counters need, so that a sum over `token_type` is
-the real total.
+the real total. A `TaskCompletion` (a task instance's scope ended) is the other record that flows:
+in-process consumers receive both from `otel_tokens.sinks`, the collector builds both from spans.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Literal, TypeAlias
+
+from otel_tokens.metric_names import TOKEN_TYPES
+
+__all__ = [
+    "ATTRIBUTION_FIELDS",
+    "TOKEN_TYPES",
+    "Attribution",
+    "Record",
+    "Status",
+    "TaskCompletion",
+    "TokenCounts",
+    "UsageRecord",
+]
 
 Status = Literal["ok", "error"]
-TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 @dataclass(slots=True)
@@ -33,23 +46,30 @@ class TokenCounts:
     reasoning: int = 0
     cache_write_1h: int = 0
 
-    def disjoint(self) -> dict[str, int]:
-        """Non-overlapping counts by token type (fresh input, visible output, cache, reasoning).
+    def disjoint_counts(self) -> tuple[int, int, int, int, int]:
+        """Non-overlapping counts in `TOKEN_TYPES` order (fresh input, visible output, cache read,
+        cache write, reasoning): the one definition of the split; a tuple, since the aggregator
+        calls it per record.
 
         Clamped at zero so a provider reporting cache tokens larger than its input total (seen in
         the field with partial usage) cannot produce a negative counter increment.
         """
-        return {
-            "input": max(self.input - self.cache_read - self.cache_write, 0),
-            "output": max(self.output - self.reasoning, 0),
-            "cache_read": self.cache_read,
-            "cache_write": self.cache_write,
-            "reasoning": self.reasoning,
-        }
+        cache_read, cache_write, reasoning = self.cache_read, self.cache_write, self.reasoning
+        return (
+            max(self.input - cache_read - cache_write, 0),
+            max(self.output - reasoning, 0),
+            cache_read,
+            cache_write,
+            reasoning,
+        )
+
+    def disjoint(self) -> dict[str, int]:
+        """`disjoint_counts()` by token type name."""
+        return dict(zip(TOKEN_TYPES, self.disjoint_counts(), strict=True))
 
     @property
     def total(self) -> int:
-        return sum(self.disjoint().values())
+        return sum(self.disjoint_counts())
 
     def __add__(self, other: TokenCounts) -> TokenCounts:
         return TokenCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -129,3 +149,21 @@ class UsageRecord:
     def model(self) -> str:
         """The metric label: the requested model (bounded, what budgets match on)."""
         return self.request_model or self.response_model or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCompletion:
+    """A task instance's scope ended in the process that owns it (its task span ended). Rare (one
+    per instance), so a plain dataclass; the ids let a re-sent task span be recognised."""
+
+    task_id: str
+    task: str | None
+    agent: str | None
+    status: Status = "ok"
+    trace_id: int = 0
+    span_id: int = 0
+    end_time_ns: int = 0
+
+
+#: What flows to in-process consumers and through the pipeline: one LLM call, or one finished task.
+Record: TypeAlias = UsageRecord | TaskCompletion

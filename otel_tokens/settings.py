@@ -50,6 +50,8 @@ ENV_COLLECTOR_METRICS_PORT: Final = "OTEL_TOKENS_COLLECTOR_METRICS_PORT"
 ENV_COLLECTOR_DIMENSIONS: Final = "OTEL_TOKENS_COLLECTOR_DIMENSIONS"
 #: metrics.max_series — series limit per metric before the overflow bucket (default: pipeline's).
 ENV_COLLECTOR_MAX_SERIES: Final = "OTEL_TOKENS_COLLECTOR_MAX_SERIES"
+#: metrics.series_idle_seconds — a series not updated this long leaves /metrics; 0: never (default 3600).
+ENV_COLLECTOR_SERIES_IDLE_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_SERIES_IDLE_SECONDS"
 #: metrics.dedupe_hold_seconds — how long a span waits for its duplicates (default: pipeline's).
 ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SECONDS"
 #: metrics.flush_interval_seconds — how often held spans are flushed into counters (default 0.5).

@@ -8,8 +8,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
+from otel_tokens.budgets import parse_budget_text
+from otel_tokens.budgets.ledger import BudgetLedger
+from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.pipeline import Pipeline
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 from tests import prom_text
 
 
@@ -50,13 +54,24 @@ def test_config_validation_names_the_key():
         (MetricsConfig(dimensions=("agent", "task_id")), "dimensions"),
         (MetricsConfig(dimensions=("agent", "agent")), "dimensions"),
         (MetricsConfig(max_series_per_metric=0), "max_series_per_metric"),
-        (MetricsConfig(dedupe_hold_seconds=-1), "dedupe_hold_seconds"),
-        (MetricsConfig(max_held_spans=0), "max_held_spans"),
         (MetricsConfig(input_token_buckets=(10, 5)), "input_token_buckets"),
+        (MetricsConfig(series_idle_seconds=-1), "series_idle_seconds"),
+        (MetricsConfig(max_budgeted_series_per_metric=-1), "max_budgeted_series_per_metric"),
     ]
     for config, key in bad:
         with pytest.raises(ValueError, match=key):
             config.validate()
+
+
+def test_dedupe_config_validation_names_the_key():
+    DedupeConfig().validate()
+    for dedupe, key in [
+        (DedupeConfig(hold_seconds=-1), "hold_seconds"),
+        (DedupeConfig(max_held_spans=0), "max_held_spans"),
+        (DedupeConfig(max_remembered_spans=0), "max_remembered_spans"),
+    ]:
+        with pytest.raises(ValueError, match=key):
+            dedupe.validate()
 
 
 def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up():
@@ -79,11 +94,14 @@ def test_disjoint_token_types_sum_to_the_total_and_cost_requests_add_up():
 def test_overflow_series_appears_exactly_at_the_limit_and_is_counted():
     agg = Aggregator(MetricsConfig(max_series_per_metric=3))
     agg.add_many([rec("a"), rec("b"), rec("c"), rec("a")])
-    assert OVERFLOW not in {k[0] for k in agg.iter_keys()}
+    assert {labels for name, labels in scrape(agg) if name == "llm_cost_usd_total"} == {
+        tuple(sorted({"agent": a, "task": "fix", "model": "gpt-4o", "provider": "openai"}.items()))
+        for a in "abc"
+    }
     agg.add_many([rec("d"), rec("e"), rec("b")])
-    keys = set(agg.iter_keys())
-    assert len(keys) == 4 and (OVERFLOW,) * 4 in keys
     m = scrape(agg)
+    keys = {dict(labels)["agent"] for name, labels in m if name == "llm_cost_usd_total"}
+    assert keys == {"a", "b", "c", OVERFLOW}
     over = tuple(
         sorted({"agent": OVERFLOW, "task": OVERFLOW, "model": OVERFLOW, "provider": OVERFLOW}.items())
     )
@@ -115,18 +133,25 @@ def test_input_histogram_buckets():
     assert m[(f"{h}_sum", (("agent", "coder"),))] == 256 + 257 + 5000
 
 
+def _task_sums(agg: Aggregator, task_id: str) -> list[float]:
+    """Complete one task instance; what its observation added to [count, token sum, cost sum]."""
+    labels = (("agent", "coder"), ("status", "ok"), ("task", "fix"))
+    series = ("llm_task_tokens_count", "llm_task_tokens_sum", "llm_task_cost_usd_sum")
+    before = scrape(agg)
+    agg.complete_tasks([TaskCompletion(task_id, "fix", "coder")])
+    after = scrape(agg)
+    return [after[(name, labels)] - before.get((name, labels), 0.0) for name in series]
+
+
 def test_task_instances_are_bounded_recent_first_and_never_a_label():
     agg = Aggregator(MetricsConfig(max_task_instances=2))
     agg.add_many([rec(task_id="t1", end=1), rec(task_id="t2", end=2), rec(task_id="t1", end=3)])
     agg.add_many([rec(task_id="t3", end=4)])  # evicts t2, the least recently active
-    tasks = agg.task_instances()
-    assert [t.task_id for t in tasks] == ["t3", "t1"]
-    t1 = tasks[1]
-    total = TokenCounts(1000, 100, 200, 50, 10).total
-    assert (t1.tokens, t1.requests, t1.cost_usd, t1.last_seen_ns, t1.agent, t1.task) == (
-        2 * total, 2, 1.0, 3, "coder", "fix",
-    )  # fmt: skip
     assert not any("t1" in str(k) for k in scrape(agg))
+    total = TokenCounts(1000, 100, 200, 50, 10).total
+    assert _task_sums(agg, "t2") == [1, 0, 0], "t2 was forgotten: its completion observes nothing"
+    assert _task_sums(agg, "t1") == [1, 2 * total, 1.0], "t1's two calls, though it started first"
+    assert _task_sums(agg, "t3") == [1, total, 0.5]
 
 
 def test_unpriced_series_are_bounded():
@@ -199,8 +224,8 @@ otel_tokens_duplicates_dropped_total 1.0
 
 def test_golden_exposition_text():
     agg = Aggregator(MetricsConfig(dimensions=("agent",), input_token_buckets=(256, 1024)))
-    agg.add_ingest_stats(3, {"negative_token_count": 1})
-    agg.add_many([rec()], duplicates=1)
+    agg.ingest_stats.add(3, {"negative_token_count": 1}, duplicates=1)
+    agg.add_many([rec()])
     registry = CollectorRegistry()
     registry.register(TokenMetricsCollector(agg))
     assert generate_latest(registry).decode() == GOLDEN
@@ -216,14 +241,14 @@ def test_golden_exposition_text():
     ],
 )
 def test_token_counters_are_the_records_disjoint_split(tokens: TokenCounts):
-    """The aggregator inlines TokenCounts.disjoint() on its hot path; it must stay the same split."""
+    """The counters, the estimated total and a task's total all follow TokenCounts.disjoint()."""
     agg = Aggregator(MetricsConfig(dimensions=("agent",)))
     agg.add_many([rec(tokens=tokens, estimated=True, task_id="t1")])
     m = scrape(agg)
     for token_type, n in tokens.disjoint().items():
         assert m[("llm_tokens_total", (("agent", "coder"), ("token_type", token_type)))] == n
     assert m.get(("llm_estimated_tokens_total", (("agent", "coder"),)), 0) == tokens.total
-    assert agg.task_instances()[0].tokens == tokens.total
+    assert _task_sums(agg, "t1")[1] == tokens.total
 
 
 def test_a_single_dimension_and_long_or_missing_labels():
@@ -231,3 +256,99 @@ def test_a_single_dimension_and_long_or_missing_labels():
     assert agg.key_of(rec(model="m" * 300)) == ("m" * 128,)
     agg = Aggregator(MetricsConfig(dimensions=("agent", "model", "session")))
     assert agg.key_of(rec(agent=None)) == ("unknown", "gpt-4o", "unknown")
+
+
+# --- series admission and expiry -----------------------------------------------------------------
+
+BUDGETED = """
+budgets:
+  - name: support-daily
+    scope: {agent: support}
+    limit: {tokens: 100000000}
+    window: 1d
+"""
+
+
+def _requests_by_agent(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (name, labels), v in m.items():
+        if name == "llm_requests_total":
+            agent = dict(labels)["agent"]
+            out[agent] = out.get(agent, 0) + v
+    return out
+
+
+def test_a_cardinality_attack_never_pushes_a_budgeted_agent_into_overflow():
+    """5,000 fake agents fill the series limit; the agent budgets.yaml names is still counted under
+    its own name (and so is its budget), while an unbudgeted newcomer goes to the overflow series."""
+    pipeline = Pipeline(registry=CollectorRegistry(), price=lambda *_: None)
+    ledger = BudgetLedger(parse_budget_text(BUDGETED))
+    ledger.attach(pipeline)
+    pipeline.ingest_records([rec(f"fake-{i}") for i in range(5000)])
+    genuine = rec("support", tokens=TokenCounts(1234, 56))
+    pipeline.ingest_records([genuine, rec("newcomer")])
+
+    m = {
+        (name, tuple(sorted(labels))): v for (name, labels), v in prom_text.samples(pipeline.registry).items()
+    }
+    by_agent = _requests_by_agent(m)
+    assert by_agent["support"] == 1
+    assert by_agent[OVERFLOW] == 5000 - 2000 + 1  # the fakes past the limit, and the newcomer
+    assert "newcomer" not in by_agent and len(by_agent) == 2000 + 2
+    support = {"agent": "support", "task": "fix", "model": "gpt-4o", "provider": "openai"}
+    for token_type, n in genuine.tokens.disjoint().items():
+        assert m[("llm_tokens_total", tuple(sorted({**support, "token_type": token_type}.items())))] == n
+    assert m[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 3001
+    assert ledger.status()[0].used == genuine.tokens.total
+
+
+def test_spoofing_a_budgeted_name_is_bounded_too():
+    """Budgeted names get series beyond the limit from a quota of their own, so endless task names
+    under a budgeted agent cannot grow memory without bound."""
+    agg = Aggregator(MetricsConfig(max_series_per_metric=10, max_budgeted_series_per_metric=5))
+    agg.always_admit({"agent": ["support"]})
+    agg.add_many([rec(f"fake-{i}") for i in range(10)])
+    spoofed = [rec("support") for _ in range(20)]
+    for i, r in enumerate(spoofed):
+        r.attribution = Attribution(agent="support", task=f"task-{i}")
+    agg.add_many(spoofed)
+    snap = agg.snapshot()
+    assert len(snap.series) == 10 + 5 + 1  # the limit, the budgeted quota, one overflow series
+    assert snap.series[(OVERFLOW,) * 4].requests_ok == 15
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_series_expire_so_newcomers_get_series_and_a_comeback_restarts_at_zero():
+    clock = Clock()
+    agg = Aggregator(MetricsConfig(max_series_per_metric=3, series_idle_seconds=60), clock=clock)
+    agg.add_many([rec("a"), rec("b"), rec("c")])
+    clock.now += 30
+    agg.add_many([rec("a"), rec("d")])  # a stays active; d finds the limit full
+    assert _requests_by_agent(scrape(agg)) == {"a": 2, "b": 1, "c": 1, OVERFLOW: 1}
+
+    clock.now += 31  # b and c idle for 61 s
+    agg.add_many([rec("e")])
+    assert _requests_by_agent(scrape(agg)) == {"a": 2, "e": 1, OVERFLOW: 1}, "b and c left /metrics"
+
+    agg.add_many([rec("b")])  # back after expiring: a new series, counting from 0
+    assert _requests_by_agent(scrape(agg))["b"] == 1
+
+    clock.now += 3600
+    assert _requests_by_agent(scrape(agg)) == {}, "every idle series expired, the overflow one too"
+    assert scrape(agg)[("otel_tokens_series_overflow_total", (("metric", "llm_tokens_total"),))] == 1
+
+
+def test_series_never_expire_when_idle_expiry_is_off():
+    clock = Clock()
+    agg = Aggregator(MetricsConfig(max_series_per_metric=1, series_idle_seconds=0), clock=clock)
+    agg.add_many([rec("a")])
+    clock.now += 10 * 365 * 86400
+    agg.add_many([rec("b")])
+    assert _requests_by_agent(scrape(agg)) == {"a": 1, OVERFLOW: 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from datetime import datetime
@@ -11,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from otel_tokens.budgets import BudgetFile, parse_budget_text
-from otel_tokens.budgets.instances import InstanceTable
 from otel_tokens.budgets.ledger import BudgetLedger, BudgetStatus
 from otel_tokens.budgets.windows import RollingWindow, period_bounds
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.task_instances import TaskInstanceTable
 
 BERLIN = ZoneInfo("Europe/Berlin")
 _span_ids = itertools.count(1)
@@ -205,7 +206,7 @@ def test_status_states_follow_warn_at_and_limit():
     assert states == ["ok", "warning", "warning", "exceeded"]
     status = ledger.status()[0]
     assert isinstance(status, BudgetStatus)
-    assert status.to_dict()["ratio"] == 1.0
+    assert dataclasses.asdict(status)["ratio"] == 1.0  # as /api/v1/budgets serves it
 
 
 def test_task_instances_are_tracked_top_n_and_forgotten_when_idle():
@@ -227,11 +228,11 @@ def test_task_instances_are_tracked_top_n_and_forgotten_when_idle():
 
 
 def test_instance_table_is_bounded():
-    table = InstanceTable(top_n=3, idle_seconds=1e9, max_tracked=100)
+    table = TaskInstanceTable(idle_seconds=1e9, max_tracked=100)
     for i in range(1000):
-        table.add(f"t{i}", "a", "t", float(i), float(i))
+        table.add(f"t{i}", "a", "t", float(i), 0.0, float(i))
     assert len(table) == 100
-    assert [row[0] for row in table.top(1000.0)] == ["t999", "t998", "t997"]
+    assert [t.task_id for t in table.top(3, 1000.0)] == ["t999", "t998", "t997"]
 
 
 def test_concurrent_observations_are_all_counted():

@@ -11,8 +11,9 @@
 
 The suite runs with `OTEL_TOKENS_RAISE_INTERNAL_ERRORS=1`, so an internal error swallowed in
 production fails here. Examples are derandomized (the same each CI run, no example database) and
-few enough that this file runs in well under 30 s; `HYPOTHESIS_PROFILE=deep` runs many more,
-randomly, when hunting.
+few enough that this file runs in well under 30 s. When hunting, run many more, randomly:
+`HYPOTHESIS_PROFILE=deep pytest -p no:timeout tests/test_fuzz.py` (pytest-timeout's 120 s per test
+would otherwise interrupt hypothesis mid-generation, which it reports as a flaky strategy).
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ _LIMIT = 1 << 20
 
 settings.register_profile(
     "ci",
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("deep", max_examples=5000, deadline=None, derandomize=False)
+settings.register_profile("deep", max_examples=2000, deadline=None, derandomize=False)
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 #: Every attribute name we read or write, so the fuzzer hits the extractor's slots, not only noise.

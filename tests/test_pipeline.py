@@ -16,7 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from prometheus_client import CollectorRegistry
 
 from otel_tokens import semconv as sc
-from otel_tokens.aggregate import MetricsConfig
+from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.pipeline import Pipeline
 from otel_tokens.record import TokenCounts, UsageRecord
 from tests import prom_text
@@ -182,7 +182,9 @@ def test_same_span_ids_in_different_traces_are_different_calls(pipeline: Pipelin
 
 
 def test_held_overflow_counts_at_once_rather_than_dropping(clock: Clock):
-    p = Pipeline(MetricsConfig(max_held_spans=2), registry=CollectorRegistry(), clock=clock, price=price)
+    p = Pipeline(
+        dedupe=DedupeConfig(max_held_spans=2), registry=CollectorRegistry(), clock=clock, price=price
+    )
     results = [p.ingest_otlp(request((SDK, span(70 + i, 1)))).records_counted for i in range(4)]
     assert results == [0, 0, 1, 1]
     p.flush(float("inf"))
@@ -215,7 +217,9 @@ def test_listeners_see_every_counted_record_once(pipeline: Pipeline):
     pipeline.add_listener(lambda r: seen.append(r.span_id))
     pipeline.ingest_otlp(request((SDK, span(91, 90)), (OURS, span(90, 1))))
     without_span = [UsageRecord(provider="openai", request_model="gpt-4o", ours=True) for _ in range(2)]
-    assert pipeline.ingest_records(without_span) == 2  # no span ids: nothing to deduplicate against
+    assert (
+        pipeline.ingest_records(without_span).records_counted == 2
+    )  # no span ids: nothing to deduplicate against
     assert seen == [90, 0, 0]
 
 
@@ -270,10 +274,49 @@ def test_a_failing_listener_skips_no_record_and_no_other_listener(
 
 def test_dedupe_memory_is_bounded_and_forgets_the_oldest_spans(clock: Clock):
     p = Pipeline(
-        MetricsConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
+        dedupe=DedupeConfig(max_remembered_spans=2), registry=CollectorRegistry(), clock=clock, price=price
     )
     for span_id in (1, 2, 3):
         p.ingest_otlp(request((OURS, span(span_id))))
     assert p.ingest_otlp(request((OURS, span(3)))).records_counted == 0  # remembered: a retry
     assert p.ingest_otlp(request((OURS, span(1)))).records_counted == 1  # forgotten: counted again
     assert requests_total(p) == 4 and dropped(p) == 1
+
+
+def test_records_built_in_process_meet_the_rules_a_spans_record_meets(pipeline: Pipeline):
+    """ingest_records skips extraction, not its rules: an unpriced record is priced here (and marked
+    if that fails), contradicting counts are made consistent and counted, reported enrichment
+    failures are counted, and a call above the per-call ceiling is rejected."""
+    shared = UsageRecord("openai", "gpt-4o", tokens=TokenCounts(100, 5, reasoning=20), span_id=1, trace_id=1)
+    records = [
+        shared,  # unpriced, reasoning above output
+        UsageRecord("openai", "gpt-4o", tokens=TokenCounts(7, 3), cost_usd=0.5, span_id=2, trace_id=1,
+                    failed_steps=(sc.ENRICHMENT_ATTRIBUTION,)),
+        UsageRecord("openai", "gpt-4o", tokens=TokenCounts(10**8, 1), cost_usd=0.1, span_id=3, trace_id=1),
+    ]  # fmt: skip
+    result = pipeline.ingest_records(records)
+    assert (result.spans_received, result.records_counted, result.spans_rejected) == (3, 2, 1)
+    assert result.reasons[0].startswith("token_count_too_large")
+    m = metrics(pipeline)
+    labels = "agent=unknown,model=gpt-4o,provider=openai,task=unknown"
+    assert m[f"llm_cost_usd_total{{{labels}}}"] == 0.5 + TokenCounts(100, 25, reasoning=20).total / 1000
+    assert m[f"llm_tokens_total{{{labels},token_type=output}}"] == 5 + 3  # output raised to hold reasoning
+    assert m["otel_tokens_records_clamped_total{reason=reasoning_exceeds_output}"] == 1
+    assert m["otel_tokens_enrichment_failures_total{step=attribution}"] == 1
+    assert m["otel_tokens_spans_rejected_total{reason=token_count_too_large}"] == 1
+    assert shared.cost_usd is None and shared.tokens.output == 5, "other sinks' record left as it was"
+
+
+def test_a_record_whose_pricing_fails_here_is_counted_and_marked(clock: Clock):
+    def broken(provider: str, model: str, tokens: TokenCounts) -> float | None:
+        raise RuntimeError("no price table")
+
+    seen: list[UsageRecord] = []
+    p = Pipeline(registry=CollectorRegistry(), clock=clock, price=broken)
+    p.add_listener(seen.append)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTEL_TOKENS_RAISE_INTERNAL_ERRORS", "0")
+        p.ingest_records([UsageRecord("openai", "gpt-4o", tokens=TokenCounts(10, 2))])
+    (record,) = seen
+    assert record.cost_usd is None and record.failed_steps == (sc.ENRICHMENT_PRICING,)
+    assert requests_total(p) == 1

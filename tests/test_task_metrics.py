@@ -33,10 +33,10 @@ from otel_tokens.aggregate import OVERFLOW, Aggregator, MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import Extractor, TaskCompletion
+from otel_tokens.extract import Extractor
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 from tests import prom_text
 from tests.services import poll
 
@@ -191,7 +191,6 @@ def test_completion_observes_the_instance_total_once_and_forgets_it():
     done = TaskCompletion("t-1", "triage", "support", trace_id=1, span_id=11)
     assert agg.complete_tasks([done]) == 1
     assert agg.complete_tasks([done]) == 0, "a re-sent task span is not observed twice"
-    assert [t.task_id for t in agg.task_instances()] == ["t-2"], "t-1 is forgotten"
 
     series = agg.snapshot().task_series[("support", "triage", "ok")]
     assert series.token_sum == first.total + second.total and series.cost_sum == 0.75
@@ -200,6 +199,16 @@ def test_completion_observes_the_instance_total_once_and_forgets_it():
     # a later record of t-1 counts in the counters as usual, and in no histogram
     agg.add(rec("t-1", TokenCounts(10, 10)))
     assert agg.snapshot().task_series[("support", "triage", "ok")].token_sum == first.total + second.total
+
+    # t-1 was forgotten when it completed, t-2 was not: completing both now observes only the call
+    # t-1 made after its completion (20), and t-2's (10)
+    again = [
+        TaskCompletion("t-1", "triage", "support", trace_id=1, span_id=12),
+        TaskCompletion("t-2", "triage", "support"),
+    ]
+    assert agg.complete_tasks(again) == 2
+    series = agg.snapshot().task_series[("support", "triage", "ok")]
+    assert series.token_sum == first.total + second.total + 20 + 10
 
 
 def test_failed_unknown_and_unlabelled_completions():
@@ -297,7 +306,7 @@ def test_completion_waits_for_a_held_foreign_call_of_the_task():
     assert sum(s.token_sum for s in pipe.aggregator.snapshot().task_series.values()) == 0
     assert not pipe.aggregator.snapshot().task_series, "not observed while its call is held"
 
-    pipe.flush(now[0] + pipe.config.dedupe_hold_seconds)
+    pipe.flush(now[0] + pipe.dedupe.hold_seconds)
     (series,) = pipe.aggregator.snapshot().task_series.values()
     assert series.token_sum == 150 and sum(series.token_buckets) == 1
 

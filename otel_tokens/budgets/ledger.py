@@ -21,23 +21,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from otel_tokens.budgets.instances import InstanceTable
+from otel_tokens import metric_names as names
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
+from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
+from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
-__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStatus", "State"]
+__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStanding", "BudgetStatus", "State"]
 
 State = Literal["ok", "warning", "exceeded"]
-UNKNOWN = "unknown"
+#: How many task instances a per-instance budget remembers at most (the top-N come from these).
+_MAX_TRACKED_INSTANCES = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,17 @@ class BudgetStatus:
     state: State
     remaining_seconds: float
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class BudgetStanding:
+    """Everything the ledger exports about one budget, read at one instant."""
+
+    status: BudgetStatus
+    #: everything ever counted toward the budget (no roll-off)
+    consumed: float
+    spec: Budget
+    #: the top task instances (per-instance budgets only), largest first
+    instances: list[TaskTotals]
 
 
 class _Pipeline(Protocol):
@@ -66,16 +78,18 @@ class _Pipeline(Protocol):
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None: ...
 
+    def always_admit(self, values: Mapping[str, Iterable[str]]) -> None: ...
+
 
 def record_labels(record: UsageRecord) -> dict[str, str]:
     """The values scopes match against; unattributed calls are `unknown`, as on the metrics."""
     a = record.attribution
     return {
-        "agent": a.agent or UNKNOWN,
-        "task": a.task or UNKNOWN,
-        "user": a.user or UNKNOWN,
-        "model": record.model,
-        "provider": record.provider or UNKNOWN,
+        names.AGENT: a.agent or UNKNOWN,
+        names.TASK: a.task or UNKNOWN,
+        names.USER: a.user or UNKNOWN,
+        names.MODEL: record.model,
+        names.PROVIDER: record.provider or UNKNOWN,
     }
 
 
@@ -91,20 +105,26 @@ class _BudgetAccount:
             else RollingWindow(spec.window_seconds)
         )
         self.consumed = 0.0
+        self.top_n = top_n
         self.instances = (
-            InstanceTable(top_n=top_n, idle_seconds=idle_seconds) if spec.per_task_instance else None
+            TaskInstanceTable(max_tracked=max(_MAX_TRACKED_INSTANCES, top_n), idle_seconds=idle_seconds)
+            if spec.per_task_instance
+            else None
         )
+        types = spec.limit.token_types
+        #: positions in `disjoint_counts()` of the token types the limit counts (None: all)
+        self.type_positions = [TOKEN_TYPES.index(t) for t in types] if types else None
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels[key] == value for key, value in self.matchers.items())
 
     def amount(self, record: UsageRecord) -> float:
         """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
-        limit = self.spec.limit
-        if limit.unit == "usd":
+        if self.spec.limit.unit == "usd":
             return record.cost_usd or 0.0
-        counts = record.tokens.disjoint()
-        return float(sum(counts[t] for t in limit.token_types) if limit.token_types else sum(counts.values()))
+        counts = record.tokens.disjoint_counts()
+        positions = self.type_positions
+        return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
 
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
@@ -113,7 +133,10 @@ class _BudgetAccount:
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
             tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
-            self.instances.add(task_id, labels["agent"], labels["task"], tokens, now)
+            self.instances.add(task_id, labels[names.AGENT], labels[names.TASK], tokens, 0.0, now)
+
+    def top_instances(self, now: float) -> list[TaskTotals]:
+        return self.instances.top(self.top_n, now) if self.instances is not None else []
 
     def status(self, now: float) -> BudgetStatus:
         spec = self.spec
@@ -167,23 +190,39 @@ class BudgetLedger:
             now = self._clock()
             for account in self._accounts:
                 if account.spec.name == budget:
-                    return account.instances.top(now) if account.instances else []
+                    return [
+                        (t.task_id, t.agent or UNKNOWN, t.task or UNKNOWN, t.tokens)
+                        for t in account.top_instances(now)
+                    ]
         raise KeyError(f"no budget named {budget!r}")
 
-    def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
-        """Count every record the pipeline counts and export the gauges on its registry."""
-        pipeline.add_listener(self.observe)
-        collector = BudgetLedgerCollector(self)
-        pipeline.registry.register(collector)
-        return collector
-
-    def _snapshot(self) -> list[tuple[BudgetStatus, float, Budget, list[tuple[str, str, str, float]]]]:
+    def standings(self) -> list[BudgetStanding]:
+        """Every budget's status, lifetime total and top task instances, read at one instant (what
+        the exported gauges show), in file order."""
         with self._lock:
             now = self._clock()
             return [
-                (a.status(now), a.consumed, a.spec, a.instances.top(now) if a.instances else [])
+                BudgetStanding(a.status(now), a.consumed, a.spec, a.top_instances(now))
                 for a in self._accounts
             ]
+
+    def scope_names(self) -> dict[str, set[str]]:
+        """The label values the budgets' scopes name, by label (agent, task, user, model, provider)."""
+        named: dict[str, set[str]] = {}
+        for account in self._accounts:
+            for label, value in account.matchers.items():
+                named.setdefault(label, set()).add(value)
+        return named
+
+    def attach(self, pipeline: _Pipeline) -> BudgetLedgerCollector:
+        """Count every record the pipeline counts and export the gauges on its registry. The names
+        the budgets match on always get series of their own in the pipeline's metrics, whatever
+        fills the series limit."""
+        pipeline.add_listener(self.observe)
+        pipeline.always_admit(self.scope_names())
+        collector = BudgetLedgerCollector(self)
+        pipeline.registry.register(collector)
+        return collector
 
 
 class BudgetLedgerCollector(Collector):
@@ -198,56 +237,53 @@ class BudgetLedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        for status, consumed, spec, instances in self._ledger._snapshot():
-            _add_budget(families, status, consumed, spec, instances)
+        for standing in self._ledger.standings():
+            _add_budget(families, standing)
         yield from families.values()
 
     @staticmethod
     def _families() -> dict[str, Metric]:
         g, c = GaugeMetricFamily, CounterMetricFamily
-        bwu, bw = ["budget", "window", "unit"], ["budget", "window"]
+        bwu, bw = [names.BUDGET, names.WINDOW, names.UNIT], [names.BUDGET, names.WINDOW]
         return {
-            "used": g("llm_budget_used", "Exact use of the budget in its current window.", labels=bwu),
-            "limit": g("llm_budget_limit", "The budget's limit per window.", labels=bwu),
-            "ratio": g("llm_budget_usage_ratio", "used / limit (1 = exhausted).", labels=bw),
+            "used": g(names.BUDGET_USED, "Exact use of the budget in its current window.", labels=bwu),
+            "limit": g(names.BUDGET_LIMIT, "The budget's limit per window.", labels=bwu),
+            "ratio": g(names.BUDGET_RATIO, "used / limit (1 = exhausted).", labels=bw),
             "remaining": g(
-                "llm_budget_window_remaining_seconds",
+                names.BUDGET_WINDOW_REMAINING,
                 "Seconds to the calendar period's end; a rolling window's length.",
                 labels=bw,
             ),
             "consumed": c(
-                "llm_budget_consumed",
+                names.BUDGET_CONSUMED,
                 "Everything ever counted toward the budget (no roll-off).",
-                labels=["budget", "unit"],
+                labels=[names.BUDGET, names.UNIT],
             ),
             "instance": g(
-                "llm_task_instance_tokens",
+                names.TASK_INSTANCE_TOKENS,
                 "Tokens of the top task instances of a budget.",
-                labels=["budget", "agent", "task", "task_id"],
+                labels=[names.BUDGET, names.AGENT, names.TASK, names.TASK_ID],
             ),
             "instance_limit": g(
-                "llm_task_instance_limit", "Per-task-instance token limit of a budget.", labels=["budget"]
+                names.TASK_INSTANCE_LIMIT, "Per-task-instance token limit of a budget.", labels=[names.BUDGET]
             ),
         }
 
 
-def _add_budget(
-    families: dict[str, Metric],
-    status: BudgetStatus,
-    consumed: float,
-    spec: Budget,
-    instances: list[tuple[str, str, str, float]],
-) -> None:
+def _add_budget(families: dict[str, Metric], standing: BudgetStanding) -> None:
+    status, spec = standing.status, standing.spec
     budget, window, unit = status.name, status.window, status.unit
     _sample(families["used"], [budget, window, unit], status.used)
     _sample(families["limit"], [budget, window, unit], status.limit)
     _sample(families["ratio"], [budget, window], status.ratio)
     _sample(families["remaining"], [budget, window], status.remaining_seconds)
-    _sample(families["consumed"], [budget, unit], consumed)
+    _sample(families["consumed"], [budget, unit], standing.consumed)
     if spec.per_task_instance is not None:
         _sample(families["instance_limit"], [budget], float(spec.per_task_instance.tokens))
-        for task_id, agent, task, tokens in instances:
-            _sample(families["instance"], [budget, agent, task, task_id], tokens)
+        for t in standing.instances:
+            _sample(
+                families["instance"], [budget, t.agent or UNKNOWN, t.task or UNKNOWN, t.task_id], t.tokens
+            )
 
 
 def _sample(family: Metric, labels: list[str], value: float) -> None:

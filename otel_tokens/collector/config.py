@@ -24,11 +24,13 @@ import yaml
 
 from otel_tokens import settings
 from otel_tokens.aggregate import ALLOWED_DIMENSIONS, MetricsConfig
+from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL
 
 __all__ = ["KEYS", "CollectorConfig", "ConfigError", "add_arguments", "config_from_args", "load_config"]
 
 _DEFAULT_METRICS = MetricsConfig()
+_DEFAULT_DEDUPE = DedupeConfig()
 
 
 class ConfigError(ValueError):
@@ -54,7 +56,8 @@ class CollectorConfig:
     metrics_port: int = 9464
     dimensions: tuple[str, ...] = _DEFAULT_METRICS.dimensions
     max_series_per_metric: int = _DEFAULT_METRICS.max_series_per_metric
-    dedupe_hold_seconds: float = _DEFAULT_METRICS.dedupe_hold_seconds
+    series_idle_seconds: float = _DEFAULT_METRICS.series_idle_seconds
+    dedupe_hold_seconds: float = _DEFAULT_DEDUPE.hold_seconds
     flush_interval_seconds: float = 0.5
     #: Reserved for the collector's budget ledger; accepted and kept, not read yet.
     budgets_file: str | None = None
@@ -65,8 +68,12 @@ class CollectorConfig:
             _DEFAULT_METRICS,
             dimensions=tuple(self.dimensions),
             max_series_per_metric=self.max_series_per_metric,
-            dedupe_hold_seconds=self.dedupe_hold_seconds,
+            series_idle_seconds=self.series_idle_seconds,
         )
+
+    def dedupe_config(self) -> DedupeConfig:
+        """The deduper's config, with the keys the collector passes through."""
+        return replace(_DEFAULT_DEDUPE, hold_seconds=self.dedupe_hold_seconds)
 
 
 # --- value kinds: what a key accepts, checked the same way whatever the source ---------------------
@@ -180,7 +187,12 @@ KEYS: tuple[_Key, ...] = (
          f"Labels of the token, cost and request counters, from: {', '.join(sorted(ALLOWED_DIMENSIONS))} "
          "(env / flag: comma-separated)."),
     _Key("metrics.max_series", "max_series_per_metric", settings.ENV_COLLECTOR_MAX_SERIES, "--max-series",
-         _POS_INT, "Series per metric before new label sets go to the overflow series."),
+         _POS_INT, "Series per metric before new label sets go to the overflow series (names a budget's "
+         "scope matches on always get their own)."),
+    _Key("metrics.series_idle_seconds", "series_idle_seconds", settings.ENV_COLLECTOR_SERIES_IDLE_SECONDS,
+         "--series-idle-seconds", _NONNEG_NUM,
+         "A series not updated for this long leaves `/metrics` (0: never); if it comes back it restarts "
+         "from 0, which `rate()` reads as a counter reset."),
     _Key("metrics.dedupe_hold_seconds", "dedupe_hold_seconds", settings.ENV_COLLECTOR_DEDUPE_HOLD_SECONDS,
          "--dedupe-hold-seconds", _NONNEG_NUM,
          "How long a span waits for another span of the same LLM call before it is counted."),
@@ -329,6 +341,10 @@ def _cross_checks(config: CollectorConfig) -> list[str]:
         config.metrics_config().validate()
     except ValueError as exc:  # normally caught per key above; this keeps the pipeline's word final
         errors.append(f"metrics.{exc}")
+    try:
+        config.dedupe_config().validate()
+    except ValueError as exc:
+        errors.append(f"metrics.dedupe_{exc}")
     return errors
 
 

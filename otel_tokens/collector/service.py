@@ -46,7 +46,11 @@ class CollectorService:
         self._stopping = threading.Event()
 
     def _pipeline(self) -> Pipeline:
-        return Pipeline(self.config.metrics_config(), max_tokens_per_call=self.config.max_tokens_per_call)
+        return Pipeline(
+            self.config.metrics_config(),
+            dedupe=self.config.dedupe_config(),
+            max_tokens_per_call=self.config.max_tokens_per_call,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> CollectorService:

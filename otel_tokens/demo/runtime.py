@@ -3,6 +3,7 @@ summary it prints. Kept apart from `workload.py` so the workload reads as plain 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -133,7 +134,8 @@ class DemoRuntime:
         if self.collector.ledger is not None:
             from otel_tokens.budgets.cli import budget_table
 
-            print("\n" + budget_table(b.to_dict() for b in self.collector.ledger.status()), flush=True)
+            rows = (dataclasses.asdict(b) for b in self.collector.ledger.status())
+            print("\n" + budget_table(rows), flush=True)
         if not looping:
             print(
                 "\n--once: the workload ran once and the demo's collector stops with it. "

@@ -29,6 +29,7 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
+from otel_tokens.sinks import record_sinks
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 
@@ -188,7 +189,8 @@ class LLMCall:
         error: BaseException | None = None,
         error_type: str | None = None,
     ) -> UsageRecord | None:
-        """End the span. Safe to call more than once (only the first call counts); never raises."""
+        """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`). Safe
+        to call more than once (only the first call counts); never raises."""
         if self._ended:
             return None
         self._ended = True
@@ -199,7 +201,25 @@ class LLMCall:
         except Exception:
             internal_error("LLMCall.finish")
         self.span.end()
+        if record is not None and record_sinks.active:
+            self._publish(record)
         return record
+
+    def _publish(self, record: UsageRecord) -> None:
+        """The record as the span describes it (ids, so a consumer can deduplicate it against other
+        instrumentations' spans of the same call, and times), to every subscribed sink."""
+        try:
+            span = self.span
+            ctx = span.get_span_context()
+            record.trace_id, record.span_id = ctx.trace_id, ctx.span_id
+            # SDK spans know their parent and times; the API's Span promises neither
+            parent = getattr(span, "parent", None)
+            record.parent_span_id = parent.span_id if parent is not None else None
+            record.start_time_ns = getattr(span, "start_time", None) or 0
+            record.end_time_ns = getattr(span, "end_time", None) or record.end_time_ns
+            record_sinks.publish(record)
+        except Exception:
+            internal_error("LLMCall.finish: record sinks")
 
     def _build_record(
         self,

@@ -1,0 +1,81 @@
+"""Running totals per task instance, bounded: the one table both the aggregator and the ledger keep.
+
+A task instance id is unbounded (one per run), so it never becomes a label of the main metrics. The
+aggregator keeps each instance's totals until its task span says it completed (then observes them
+into the task histograms); the budget ledger keeps them per budget so the runaway rule can name the
+looping instance (`llm_task_instance_tokens` for the top few). Both need the same thing: totals by
+instance id, least recently active forgotten first when more than `max_tracked` are active, and,
+for the ledger, instances idle for `idle_seconds` forgotten (their run is over).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+__all__ = ["TaskInstanceTable", "TaskTotals"]
+
+
+@dataclass(slots=True)
+class TaskTotals:
+    """Running totals of one task instance (plain data: what a snapshot copies)."""
+
+    task_id: str
+    agent: str | None
+    task: str | None
+    tokens: float = 0.0
+    cost_usd: float = 0.0
+    last_seen: float = 0.0
+
+
+class TaskInstanceTable:
+    """task_id → TaskTotals, least recently active first. Not locked: the owner locks."""
+
+    __slots__ = ("_items", "idle_seconds", "max_tracked")
+
+    def __init__(self, *, max_tracked: int, idle_seconds: float = 0.0) -> None:
+        self.max_tracked = max_tracked
+        #: 0: never forget an instance for being idle (only for the count limit)
+        self.idle_seconds = idle_seconds
+        self._items: OrderedDict[str, TaskTotals] = OrderedDict()
+
+    def add(
+        self, task_id: str, agent: str | None, task: str | None, tokens: float, cost_usd: float, now: float
+    ) -> None:
+        """Add one call's tokens and cost to its instance (created on its first call)."""
+        items = self._items
+        totals = items.get(task_id)
+        if totals is None:
+            totals = items[task_id] = TaskTotals(task_id, agent, task)
+            if len(items) > self.max_tracked:
+                items.popitem(last=False)  # the least recently active: never a running loop
+        else:
+            items.move_to_end(task_id)
+        totals.tokens += tokens
+        totals.cost_usd += cost_usd
+        totals.last_seen = now
+        if self.idle_seconds > 0:
+            self.expire(now)
+
+    def pop(self, task_id: str) -> TaskTotals | None:
+        """Forget an instance (it completed) and return its totals, if it was known."""
+        return self._items.pop(task_id, None)
+
+    def top(self, n: int, now: float) -> list[TaskTotals]:
+        """The `n` largest active instances by tokens, largest first (ties by id)."""
+        self.expire(now)
+        return sorted(self._items.values(), key=lambda t: (-t.tokens, t.task_id))[:n]
+
+    def expire(self, now: float) -> None:
+        """Forget instances idle for `idle_seconds` or longer (none when it is 0)."""
+        if self.idle_seconds <= 0:
+            return
+        items = self._items
+        while items:
+            oldest = next(iter(items.values()))
+            if now - oldest.last_seen < self.idle_seconds:
+                break
+            items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)

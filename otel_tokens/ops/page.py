@@ -96,7 +96,7 @@ def render_page(summary: Mapping[str, Any], *, only_budgets: bool = False) -> st
     nav = '<a href="/">overview</a> · <a href="/budgets">budgets</a> · <a href="/metrics">/metrics</a>'
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f'<header><h1>{esc(title)}</h1><div class="muted">{nav} · collector up '
         f"{esc(format_duration(now - started))} · totals since it started · as of {esc(at)} · "

@@ -5,6 +5,8 @@ provider reported, tables fit 80 columns, every command has --json."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -219,3 +221,31 @@ def test_commands_read_a_prometheus_that_scrapes_the_collector(live: Live, tmp_p
     assert sum(report["hourly_tokens"]) > 0 and report["peak_hours_utc"]
     page = (tmp_path / "otel-tokens-report-day.html").read_text()
     assert "Tokens by hour of day" in page and "Cost over time by agent" in page
+
+
+def test_progress_goes_to_a_terminals_stderr_and_never_into_the_output(live: Live):
+    """On a terminal the fetch shows a spinner on stderr; stdout (here --json) stays parseable."""
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "otel_tokens.cli", "usage", "--collector", live.url, "--json"],
+            stdout=subprocess.PIPE, stderr=follower, text=True, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert run.returncode == 0
+    assert f"reading metrics from {live.url}/metrics" in shown.decode(errors="replace")
+    assert json.loads(run.stdout)["total"]["requests"] == live.calls

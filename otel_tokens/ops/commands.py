@@ -122,8 +122,7 @@ def status_command(source: DataSource, *, as_json: bool) -> int:
         _print_json({"budgets": [o.to_dict() for o in outlooks], "exit_code": code})
         return code
     notes = [_RATE_NOTE, *tables.resets_lines(outlooks, time.time())]
-    width = _width()
-    print(tables.render(tables.status_table(outlooks, width), width, "\n".join(notes)), end="")
+    print(tables.status_text(outlooks, _width(), "\n".join(notes)), end="")
     return code
 
 

@@ -31,11 +31,11 @@ from otel_tokens import metric_names as mn
 from otel_tokens.budgets.spec import DURATION_PATTERN
 from otel_tokens.ops.outlook import Outlook, outlook
 from otel_tokens.ops.progress import progress
+from otel_tokens.ops.summary import SUMMARY_PATH
 from otel_tokens.ops.usage import Sample
 
 __all__ = [
     "DEFAULT_COLLECTOR",
-    "SUMMARY_PATH",
     "CollectorSource",
     "DataSource",
     "NoBudgets",
@@ -46,7 +46,6 @@ __all__ = [
 
 #: The collector's default metrics/API address (collector/config.py: metrics.host, metrics.port).
 DEFAULT_COLLECTOR = "http://127.0.0.1:9464"
-SUMMARY_PATH = "/api/v1/summary"
 BUDGETS_PATH = "/api/v1/budgets"
 _MAX_BYTES = 64 * 1024 * 1024
 _TIMEOUT = 10.0

@@ -23,8 +23,10 @@ from otel_tokens.budgets.windows import period_bounds
 from otel_tokens.ops.outlook import Outlook, outlook, window_seconds
 from otel_tokens.ops.usage import TASK_SERIES, USAGE_SERIES, Sample, cache_hit_ratio, top_rows, usage_table
 
-__all__ = ["TOP_N", "registry_samples", "summary"]
+__all__ = ["SUMMARY_PATH", "TOP_N", "registry_samples", "summary"]
 
+#: Where the collector serves this document.
+SUMMARY_PATH = "/api/v1/summary"
 TOP_N = 5
 
 

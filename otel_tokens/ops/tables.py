@@ -22,7 +22,7 @@ from otel_tokens.ops.html import percent
 from otel_tokens.ops.outlook import Outlook, format_duration
 from otel_tokens.ops.usage import UsageRow, UsageTable
 
-__all__ = ["WIDTH", "render", "status_table", "top_table", "usage_table_view"]
+__all__ = ["WIDTH", "render", "status_table", "status_text", "top_table", "usage_table_view"]
 
 WIDTH = 80
 _TOKEN_HEADERS = {"input": "input", "output": "output", "cache_read": "cache rd",
@@ -102,10 +102,20 @@ def _left(o: Outlook) -> str:
     return "-" if o.rate_per_hour is None else format_duration(o.seconds_left)
 
 
-def status_table(outlooks: Sequence[Outlook], width: int = WIDTH) -> Table:
+def status_text(outlooks: Sequence[Outlook], width: int = WIDTH, note: str = "") -> str:
+    """The status table at most `width` wide: the budget column gets what the figures leave; a
+    longer name ends in an ellipsis (`--json` has it whole)."""
+    longest = max((len(o.name) for o in outlooks), default=6)
+    for budget_width in range(max(longest, 6), 7, -1):
+        natural = render(status_table(outlooks, budget_width), 10 * width)  # as wide as it wants
+        if max(len(line) for line in natural.splitlines()) <= width:
+            break
+    return render(status_table(outlooks, budget_width), width, note)
+
+
+def status_table(outlooks: Sequence[Outlook], budget_width: int = 22) -> Table:
     """Every budget: window, used, limit, percent, use projected to the window's end (percent of
-    the limit), burn rate per hour, time left at that rate, state. The budget column gets what the
-    figures leave of `width`; a longer name ends in an ellipsis (`--json` has it whole)."""
+    the limit), burn rate per hour, time left at that rate, state."""
     headers = ("window", "used", "limit", "%", "at end", "burn/h", "left", "state")
     rows = []
     for o in outlooks:
@@ -114,9 +124,8 @@ def status_table(outlooks: Sequence[Outlook], width: int = WIDTH) -> Table:
             o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), percent(o.ratio),
             percent(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
         ))  # fmt: skip
-    figures = sum(max([len(h), *(len(r[i + 1]) for r in rows)]) + 2 for i, h in enumerate(headers))
     view = _table()
-    view.add_column("budget", no_wrap=True, overflow="ellipsis", max_width=max(8, width - figures - 2))
+    view.add_column("budget", no_wrap=True, overflow="ellipsis", max_width=budget_width)
     for header in headers[:-1]:
         view.add_column(header, justify="right", no_wrap=True)
     view.add_column("state", no_wrap=True)

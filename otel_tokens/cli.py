@@ -271,16 +271,7 @@ def _status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     from otel_tokens.ops.commands import status_command
 
-    try:
-        source = _source(args)
-    except Exception as exc:  # a broken --budgets file: every problem, one exit code
-        from otel_tokens.budgets.loader import BudgetFileError
-
-        if not isinstance(exc, BudgetFileError):
-            raise
-        print(f"otel-tokens status: {exc}", file=sys.stderr)
-        return 3
-    return status_command(source, as_json=args.json)
+    return status_command(_source(args), as_json=args.json)
 
 
 def _report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

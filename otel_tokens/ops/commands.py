@@ -24,7 +24,6 @@ from otel_tokens.ops.source import (
     PrometheusSource,
     SourceError,
     check_since,
-    warn_thresholds,
 )
 from otel_tokens.ops.usage import USAGE_SERIES, parse_filters, top_rows, usage_table
 
@@ -46,7 +45,7 @@ _RATE_NOTE = (
 
 def make_source(collector: str, prometheus: str | None, budgets_file: str | None = None) -> DataSource:
     if prometheus:
-        return PrometheusSource(prometheus, warn_at=warn_thresholds(budgets_file))
+        return PrometheusSource(prometheus, budgets_file=budgets_file)
     return CollectorSource(collector)
 
 
@@ -135,7 +134,7 @@ def report_command(source: DataSource, *, period: str, out_dir: str, as_json: bo
 
     try:
         document = build(gather(source, period))
-    except (SourceError, ValueError) as exc:
+    except (SourceError, BudgetFileError, ValueError) as exc:
         return _fail("report", exc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

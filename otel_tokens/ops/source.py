@@ -181,8 +181,9 @@ def _matchers(filters: Mapping[str, str]) -> str:
 @dataclass
 class PrometheusSource:
     url: str
-    #: warn_at of each budget by name (from the budget file); Prometheus does not hold thresholds.
-    warn_at: Mapping[str, float] | None = None
+    #: The budget file whose warn_at thresholds apply; Prometheus does not hold thresholds. Read
+    #: when standings are asked for, so a broken file is reported by the command that needs it.
+    budgets_file: str | None = None
     has_history = True
 
     def __post_init__(self) -> None:
@@ -227,7 +228,7 @@ class PrometheusSource:
         limits = self._by_budget(f"max by ({mn.BUDGET}) ({mn.BUDGET_LIMIT})")
         remaining = self._by_budget(f"max by ({mn.BUDGET}) ({mn.BUDGET_WINDOW_REMAINING})")
         rates = self._by_budget(f"sum by ({mn.BUDGET}) (rate({mn.BUDGET_CONSUMED_TOTAL}[{RATE_LOOKBACK}]))")
-        now, warn_at = time.time(), self.warn_at or {}
+        now, warn_at = time.time(), warn_thresholds(self.budgets_file) or {}
         result = []
         for row in sorted(used, key=lambda r: r["metric"].get(mn.BUDGET, "")):
             labels, name = row["metric"], row["metric"].get(mn.BUDGET, "")

@@ -106,7 +106,8 @@ def status_text(outlooks: Sequence[Outlook], width: int = WIDTH, note: str = "")
     """The status table at most `width` wide: the budget column gets what the figures leave; a
     longer name ends in an ellipsis (`--json` has it whole)."""
     longest = max((len(o.name) for o in outlooks), default=6)
-    for budget_width in range(max(longest, 6), 7, -1):
+    budget_width = 8
+    for budget_width in range(max(longest, 8), 7, -1):
         natural = render(status_table(outlooks, budget_width), 10 * width)  # as wide as it wants
         if max(len(line) for line in natural.splitlines()) <= width:
             break

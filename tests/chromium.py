@@ -95,7 +95,7 @@ class Page:
 
     def screenshot(self, path: Path) -> None:
         """A PNG of the whole page (not only the viewport)."""
-        height = int(self.evaluate("document.documentElement.scrollHeight"))
+        height = int(self.evaluate("Math.ceil(document.body.getBoundingClientRect().bottom) + 16"))
         self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=max(height, 400),
                   deviceScaleFactor=1, mobile=False)  # fmt: skip
         data = self.call("Page.captureScreenshot", format="png")["data"]

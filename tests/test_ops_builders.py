@@ -41,8 +41,8 @@ def test_time_left_is_zero_once_exceeded_and_unknown_without_burn(used, rate, le
 
 
 def test_durations_read_as_people_say_them():
-    assert [format_duration(s) for s in (None, 0, 90, 5 * 3600, 3 * 86400, 400 * 86400)] == [
-        "never", "now", "2m", "5.0h", "3.0d", ">1y",
+    assert [format_duration(s) for s in (None, 0, 39.2, 90, 5 * 3600, 3 * 86400, 400 * 86400)] == [
+        "never", "now", "40s", "2m", "5.0h", "3.0d", ">1y",
     ]  # fmt: skip
 
 

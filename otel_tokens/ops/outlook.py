@@ -82,11 +82,13 @@ def outlook(status: Mapping[str, Any], rate_per_second: float | None, now: float
 
 
 def format_duration(seconds: float | None) -> str:
-    """`45m`, `5.2h`, `3.1d`, `>1y`; `now` at zero; `never` when nothing burns (None)."""
+    """`40s`, `45m`, `5.2h`, `3.1d`, `>1y`; `now` at zero; `never` when nothing burns (None)."""
     if seconds is None or not math.isfinite(seconds):
         return "never"
     if seconds <= 0:
         return "now"
+    if seconds < 60:
+        return f"{math.ceil(seconds)}s"
     if seconds < 3600:
         return f"{max(1, round(seconds / 60))}m"
     if seconds < 48 * 3600:

@@ -76,7 +76,7 @@ def outlook(status: Mapping[str, Any], rate_per_second: float | None, now: float
     return Outlook(
         name=str(status["name"]), window=window, unit=str(status["unit"]), used=used, limit=limit,
         ratio=ratio, warn_at=warn_at, state=str(status.get("state") or _state(ratio, warn_at)),
-        remaining_seconds=remaining, resets_at=now + remaining if calendar else None,
+        remaining_seconds=remaining, resets_at=float(round(now + remaining)) if calendar else None,
         rate_per_hour=None if rate is None else rate * 3600, projected=projected, seconds_left=seconds_left,
     )  # fmt: skip
 

@@ -76,3 +76,19 @@ def test_report_finds_peak_hours_in_utc_from_hourly_history():
     assert doc["hourly_tokens"][9] == 75 and doc["hourly_tokens"][14] == 500
     assert doc["peak_hours_utc"] == [14, 9]
     assert "14:00 (500 tokens), 09:00 (75 tokens)" in markdown(doc)
+
+
+def test_status_table_keeps_names_whole_when_a_projection_is_absurdly_large():
+    """A burn rate measured over the collector's first second projects to millions of percent; the
+    table shows `>999%` (JSON keeps the figure) and the budget names stay readable in 80 columns."""
+    from otel_tokens.ops.tables import status_text
+
+    usd = status(name="everything-usd", unit="usd", window="month", used=0.00014, limit=5.0)
+    wild = [
+        outlook(status(name="support-daily", used=900.0, limit=1000.0), 3000.0, 0.0),
+        outlook(usd, 0.01, 0.0),
+    ]
+    text = status_text(wild)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert any(line.startswith("support-daily ") and ">999%" in line for line in text.splitlines())
+    assert any(line.startswith("everything-usd ") for line in text.splitlines())

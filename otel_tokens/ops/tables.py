@@ -97,6 +97,11 @@ def _compact(value: float | None, unit: str) -> str:
     return "$" + short_number(value) if value >= 1000 else format_usd(value)
 
 
+def _share(ratio: float | None) -> str:
+    """A percent for the table, bounded in width: `>999%` beyond (`--json` has the figure)."""
+    return ">999%" if ratio is not None and ratio >= 9.995 else percent(ratio)
+
+
 def _left(o: Outlook) -> str:
     """Time to the limit at the current rate; `-` when the rate is unknown."""
     return "-" if o.rate_per_hour is None else format_duration(o.seconds_left)
@@ -122,8 +127,8 @@ def status_table(outlooks: Sequence[Outlook], budget_width: int = 22) -> Table:
     for o in outlooks:
         at_end = None if o.projected is None or not o.limit else o.projected / o.limit
         rows.append((
-            o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), percent(o.ratio),
-            percent(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
+            o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), _share(o.ratio),
+            _share(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
         ))  # fmt: skip
     view = _table()
     view.add_column("budget", no_wrap=True, overflow="ellipsis", max_width=budget_width)

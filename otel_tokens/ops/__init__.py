@@ -3,11 +3,12 @@ until the budget runs out" without PromQL.
 
 - `source`: where the numbers come from — a running collector (`/metrics`, `/api/v1/summary`) or
   any Prometheus-compatible query API (for a fleet of collectors, and for history).
-- `usage`, `standing`: pure builders — counter samples → usage rows; budget status → burn rate,
-  projection and time left.
+- `usage`, `outlook`: pure builders — counter samples → usage rows; a budget's status → burn rate,
+  projection to the window's end and time left.
 - `tables`: terminal tables (rich) that fit 80 columns; `report`, `report_html`: the report as
-  Markdown, JSON and an offline HTML page with SVG charts (pygal).
+  Markdown, JSON and an offline HTML page with SVG charts (pygal); `html`: pieces both pages share.
 - `budget_edit`: `budget set`, a comment-preserving edit of budgets.yaml (ruamel.yaml).
-- `page`: the collector's status page (`/`, `/budgets`) and `/api/v1/summary`.
-- `commands`: the thin command functions `otel_tokens.cli` registers.
+- `summary`, `page`: the collector's `/api/v1/summary` document and the status page rendered from it
+  (served by `otel_tokens.collector.status_page`).
+- `commands`: the thin command functions `otel_tokens.cli` registers; `progress`: stderr spinner.
 """

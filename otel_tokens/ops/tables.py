@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from otel_tokens import metric_names as mn
-from otel_tokens.humanize import format_amount, format_tokens, format_usd, short_number
+from otel_tokens.humanize import format_tokens, format_usd, short_number
 from otel_tokens.ops.html import percent
 from otel_tokens.ops.outlook import Outlook, format_duration
 from otel_tokens.ops.usage import UsageRow, UsageTable
@@ -148,7 +148,3 @@ def resets_lines(outlooks: Sequence[Outlook], now: float) -> list[str]:
             at = datetime.fromtimestamp(o.resets_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             lines.append(f"{o.name} resets {at} (in {format_duration(o.resets_at - now)})")
     return lines
-
-
-def amount(value: float, unit: str) -> str:
-    return format_amount(value, unit)

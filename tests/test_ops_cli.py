@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,8 @@ def test_report_writes_markdown_json_and_an_html_page_that_needs_no_network(
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "an external resource"
     assert not re.search(r"<script[^>]*\ssrc|<link|@import|url\(", page), "a resource to fetch"
     assert "support-daily" in page and 'class="mark"' in page  # budget bars with threshold marks
+    code, printed = run_json(capsys, "report", "--collector", live.url, "--out", str(tmp_path))
+    assert code == 0 and printed["totals"] == doc["totals"]  # --json prints the same document
     markdown = stem.with_suffix(".md").read_text()
     assert "## Budgets" in markdown and "| support-daily | 1d |" in markdown
     assert not RAW_FLOAT.search(markdown)
@@ -217,8 +220,12 @@ def test_commands_read_a_prometheus_that_scrapes_the_collector(live: Live, tmp_p
         assert all(b["rate_per_hour"] is not None for b in status["budgets"])
         assert main(["report", "--prometheus", url, "--out", str(tmp_path)]) == 0
         report = json.loads((tmp_path / "otel-tokens-report-day.json").read_text())
-    assert set(report["cost_over_time"]) == {"support", "research"}
-    assert sum(report["hourly_tokens"]) > 0 and report["peak_hours_utc"]
+    timeline = report["cost_over_time"]
+    assert set(timeline["series"]) == {"support", "research"} and len(timeline["times"]) == 25  # hourly
+    assert sum(timeline["series"]["research"]) > 0
+    assert sum(report["hourly_tokens"]) > 0
+    this_hour = datetime.now(timezone.utc).hour  # the calls were just made (or the hour just turned)
+    assert report["peak_hours_utc"][0] in (this_hour, (this_hour - 1) % 24)
     page = (tmp_path / "otel-tokens-report-day.html").read_text()
     assert "Tokens by hour of day" in page and "Cost over time by agent" in page
 

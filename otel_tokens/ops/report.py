@@ -9,6 +9,7 @@ Hours of day are UTC.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ class Inputs:
     cost_history: dict[str, list[tuple[float, float]]] | None
     token_history: dict[str, list[tuple[float, float]]] | None
     now: float
+    #: The first point of the cost timeline (the grid ends at `now` rounded up to a whole step).
+    timeline_start: float | None = None
 
 
 def gather(source: DataSource, period: str) -> Inputs:
@@ -66,10 +69,13 @@ def gather(source: DataSource, period: str) -> Inputs:
         outlooks, budgets_note = source.outlooks(), None
     except NoBudgets as exc:
         outlooks, budgets_note = None, str(exc)
-    start = now - length
-    cost = source.history(mn.COST, mn.AGENT, start, now, step)
-    tokens = source.history(mn.TOKENS, mn.AGENT, start, now, 3600.0)
-    return Inputs(period, source.scope_note(since), samples, outlooks, budgets_note, cost, tokens, now)
+    # Points on whole steps (UTC): a point at t holds the step before t, so hours of day come out
+    # right and the last point covers the current, unfinished step.
+    end, hour_end = math.ceil(now / step) * step, math.ceil(now / 3600) * 3600
+    cost = source.history(mn.COST, mn.AGENT, end - length, end, step)
+    tokens = source.history(mn.TOKENS, mn.AGENT, hour_end - length, hour_end, 3600.0)
+    note = source.scope_note(since)
+    return Inputs(period, note, samples, outlooks, budgets_note, cost, tokens, now, end - length)
 
 
 def _rows(table: UsageTable) -> list[dict[str, Any]]:
@@ -83,6 +89,22 @@ def _hourly(history: Mapping[str, Sequence[tuple[float, float]]]) -> list[float]
         for t, value in points:
             hours[datetime.fromtimestamp(t - 3600, timezone.utc).hour] += value
     return hours
+
+
+def _timeline(inputs: Inputs) -> dict[str, Any]:
+    """Cost per step by agent on the period's full grid (steps without use are 0, not missing)."""
+    length, _, step = PERIODS[inputs.period]
+    start = inputs.timeline_start if inputs.timeline_start is not None else inputs.now - length
+    times = [start + k * step for k in range(int(length // step) + 1)]
+    series: dict[str, list[float]] = {}
+    for agent, points in sorted((inputs.cost_history or {}).items()):
+        values = [0.0] * len(times)
+        for t, value in points:
+            k = round((t - start) / step)
+            if 0 <= k < len(values):
+                values[k] += value
+        series[agent] = values
+    return {"step_seconds": step, "times": times, "series": series}
 
 
 def build(inputs: Inputs) -> dict[str, Any]:
@@ -104,9 +126,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "budgets": None if inputs.outlooks is None else [o.to_dict() for o in inputs.outlooks],
         "budgets_note": inputs.budgets_note,
         "tasks": [t.to_dict() for t in tasks],
-        "cost_over_time": None
-        if inputs.cost_history is None
-        else {k: [[t, v] for t, v in pts] for k, pts in sorted(inputs.cost_history.items())},
+        "cost_over_time": None if inputs.cost_history is None else _timeline(inputs),
         "hourly_tokens": hourly,
         "peak_hours_utc": peaks,
         "history_note": None if inputs.cost_history is not None else NO_HISTORY,

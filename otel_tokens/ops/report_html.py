@@ -47,24 +47,24 @@ def _money(value: float | None) -> str:
 
 def _bars(title: str, pairs: Sequence[tuple[str, float]], formatter: Callable[[float], str]) -> str:
     chart = pygal.HorizontalBar(**_config(height=max(160, 40 * len(pairs) + 80), show_legend=False,
-                                          value_formatter=formatter, title=title))  # fmt: skip
+                                          value_formatter=formatter, title=title, truncate_label=-1,
+                                          x_label_rotation=30))  # fmt: skip
     ordered = list(reversed(pairs))  # pygal draws the first bar at the bottom; the largest goes on top
     chart.x_labels = [name for name, _ in ordered]
     chart.add(title, [value for _, value in ordered])
     return _svg(chart)
 
 
-def _cost_over_time(series: Mapping[str, Sequence[Sequence[float]]], period: str) -> str:
+def _cost_over_time(timeline: Mapping[str, Any], period: str) -> str:
     fmt = "%H:%M" if period == "day" else "%m-%d %H:%M" if period == "week" else "%m-%d"
-    times = sorted({t for points in series.values() for t, _ in points})
-    chart = pygal.StackedBar(**_config(title="Cost over time by agent", value_formatter=_money,
+    labels = [datetime.fromtimestamp(t, timezone.utc).strftime(fmt) for t in timeline["times"]]
+    chart = pygal.StackedBar(**_config(title="Cost over time by agent (UTC)", value_formatter=_money,
                                        print_values=False, x_label_rotation=30, legend_at_bottom=True,
-                                       show_minor_x_labels=False))  # fmt: skip
-    chart.x_labels = [datetime.fromtimestamp(t, timezone.utc).strftime(fmt) for t in times]
-    chart.x_labels_major = chart.x_labels[:: max(1, len(times) // 8)]
-    for agent, points in series.items():
-        by_time = dict((t, v) for t, v in points)
-        chart.add(agent, [by_time.get(t, 0.0) for t in times])
+                                       show_minor_x_labels=False, truncate_label=-1))  # fmt: skip
+    chart.x_labels = labels
+    chart.x_labels_major = labels[:: max(1, len(labels) // 8)]
+    for agent, values in timeline["series"].items():
+        chart.add(agent, list(values))
     return _svg(chart)
 
 

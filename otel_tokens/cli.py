@@ -3,8 +3,9 @@
 Each command's arguments are declared here (the collector's come from its config table, one flag
 per key) and its work is done by the stage it names: `collector` (run the OTLP → Prometheus
 collector), `demo` (fake provider + collector + keyless multi-agent workload), `fake-provider`
-(the keyless provider alone, for one's own agent), `render` / `check` (budgets as code), `status`
-(a running collector's budget standing). Stages are imported only when their command runs.
+(the keyless provider alone, for one's own agent), `render` / `check` / `budget set` (budgets as
+code), and the operator's questions answered by `otel_tokens.ops` — `usage`, `top`, `status`,
+`report` — from a collector or a Prometheus API. Stages are imported only when their command runs.
 """
 
 from __future__ import annotations

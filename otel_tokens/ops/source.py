@@ -229,8 +229,10 @@ class PrometheusSource:
         remaining = self._by_budget(f"max by ({mn.BUDGET}) ({mn.BUDGET_WINDOW_REMAINING})")
         rates = self._by_budget(f"sum by ({mn.BUDGET}) (rate({mn.BUDGET_CONSUMED_TOTAL}[{RATE_LOOKBACK}]))")
         now, warn_at = time.time(), warn_thresholds(self.budgets_file) or {}
+        order = {name: i for i, name in enumerate(warn_at)}  # the budget file's order, when given
         result = []
-        for row in sorted(used, key=lambda r: r["metric"].get(mn.BUDGET, "")):
+        for row in sorted(used, key=lambda r: (order.get(r["metric"].get(mn.BUDGET, ""), len(order)),
+                                               r["metric"].get(mn.BUDGET, ""))):  # fmt: skip
             labels, name = row["metric"], row["metric"].get(mn.BUDGET, "")
             status = {
                 "name": name, "window": labels.get(mn.WINDOW, ""), "unit": labels.get(mn.UNIT, "tokens"),

@@ -104,7 +104,7 @@ class LLMCall:
         self._ended = False
         self.admission: Admission | None = None  # the budget guard's, when it reserved
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
-        self._failed: list[str] = []
+        self._failed: tuple[str, ...] = ()  # a tuple: no allocation on the common path
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
         try:
@@ -193,7 +193,7 @@ class LLMCall:
         logged once (re-raised under tests), and the call's reported tokens are still recorded.
         Called from an `except` block."""
         if step not in self._failed:
-            self._failed.append(step)
+            self._failed += (step,)
         internal_error(where)
 
     # --- the budget guard's pre-send hook ---------------------------------------------------------
@@ -371,7 +371,7 @@ class LLMCall:
             end_time_ns=time.time_ns(),
             ours=True,
             service_tier=self.service_tier,
-            failed_steps=tuple(self._failed),
+            failed_steps=self._failed,
         )
 
     def _cost(self, counts: TokenCounts, response_model: str | None) -> float | None:
@@ -422,7 +422,10 @@ class LLMCall:
         if response_id:
             attributes[sc.GEN_AI_RESPONSE_ID] = response_id
         if finish_reasons:
-            attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = list(finish_reasons)
+            # the SDK copies a sequence attribute into a tuple of its own
+            attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (
+                finish_reasons if type(finish_reasons) is list else list(finish_reasons)
+            )
         if failed:
             attributes[sc.ERROR_TYPE] = error_type or "_OTHER"
         self.span.set_attributes(attributes)

@@ -240,7 +240,7 @@ def _open_call(
             stream=kwargs.get("stream") is True,  # `_is_stream_request`, inline
             server_address=address,
             server_port=port,
-            max_tokens=_max_tokens(endpoint, kwargs) if endpoint.max_tokens_args else None,
+            max_tokens=_max_tokens(endpoint, kwargs),
             ctx=ctx,
         )
     except Exception:

@@ -74,7 +74,10 @@ def test_a_summarizer_replaces_the_older_turns_with_its_text():
     result = compress_messages(messages, model=MODEL, target_tokens=target, keep_last=2, summarizer=summarize)
     out = result.prompt
     assert out[0] == SYSTEM
-    assert out[1] == {"role": "user", "content": SUMMARY_PREFIX + "The user asked ten questions about context; all were answered."}
+    assert out[1] == {
+        "role": "user",
+        "content": SUMMARY_PREFIX + "The user asked ten questions about context; all were answered.",
+    }
     assert out[2:] == messages[-2:]
     assert seen == messages[1:-2]  # everything but the system prompt and the kept turns, in order
     assert result.summarized == len(seen)
@@ -109,8 +112,13 @@ def test_acks_and_empty_messages_go_first_and_nothing_else_when_that_is_enough()
     assert result.dropped == 3 and result.truncated == 0
 
 
-def test_the_last_message_is_never_dropped_even_if_it_is_an_ack():
-    messages = [SYSTEM, {"role": "user", "content": filler(300)}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "ok"}]
+def test_the_recent_turns_are_kept_even_if_they_are_acks():
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": filler(300)},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "ok"},
+    ]
     result = compress_messages(messages, model=MODEL, target_tokens=20, keep_last=1)
     assert result.prompt[-1] == {"role": "user", "content": "ok"}
     assert result.prompt[0] == SYSTEM
@@ -139,7 +147,7 @@ def test_chat_tool_calls_and_their_results_are_dropped_together():
         messages.append({"role": "user", "content": f"step {i} " + big})
         messages.append({"role": "assistant", "content": None, "tool_calls": [
             {"id": f"c{i}a", "type": "function", "function": {"name": "read", "arguments": "{}"}},
-            {"id": f"c{i}b", "type": "function", "function": {"name": "grep", "arguments": "{}"}}]})  # fmt: skip
+            {"id": f"c{i}b", "type": "function", "function": {"name": "grep", "arguments": "{}"}}]})  # fmt: skip  # noqa: E501
         messages.append({"role": "tool", "tool_call_id": f"c{i}a", "content": f"file {i} " + big})
         messages.append({"role": "tool", "tool_call_id": f"c{i}b", "content": f"matches {i} " + big})
     messages.append({"role": "user", "content": "Summarise what you found."})
@@ -175,7 +183,9 @@ def test_truncation_comes_last_and_cuts_the_longest_text():
     out = result.prompt
     assert result.tokens_after <= target
     assert out[0] == SYSTEM and out[2:] == messages[2:]  # only the long log was cut
-    assert out[1]["content"].startswith("Here is the build log:\nlog0 log1") and out[1]["content"].endswith(TRUNCATED)
+    assert out[1]["content"].startswith("Here is the build log:\nlog0 log1") and out[1]["content"].endswith(
+        TRUNCATED
+    )
     assert result.truncated == 1 and result.dropped == 0
 
 
@@ -187,19 +197,33 @@ def test_anthropic_tool_use_and_tool_result_blocks_stay_paired_and_system_is_unt
         messages.append({"role": "user", "content": [{"type": "text", "text": f"check host {i} " + big}]})
         messages.append({"role": "assistant", "content": [
             {"type": "text", "text": "Checking."},
-            {"type": "tool_use", "id": f"toolu_{i}", "name": "ssh", "input": {"host": f"h{i}"}}]})  # fmt: skip
+            {"type": "tool_use", "id": f"toolu_{i}", "name": "ssh", "input": {"host": f"h{i}"}}]})  # fmt: skip  # noqa: E501
         messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": f"uptime {i} " + big}]})  # fmt: skip
+            {"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": f"uptime {i} " + big}]})  # fmt: skip  # noqa: E501
         messages.append({"role": "assistant", "content": f"host {i} is fine " + big})
     messages.append({"role": "user", "content": "Which host is worst?"})
     target = tokens(messages, system) // 3
-    result = compress_messages(messages, model=MODEL, target_tokens=target, keep_last=2, system=system, anthropic=True)
+    result = compress_messages(
+        messages, model=MODEL, target_tokens=target, keep_last=2, system=system, anthropic=True
+    )
     out = result.prompt
     assert result.tokens_after <= target
     assert out[-2:] == messages[-2:]
     assert out[0]["role"] == "user"
-    uses = [b["id"] for m in out if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_use"]
-    results = [b["tool_use_id"] for m in out if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result"]
+    uses = [
+        b["id"]
+        for m in out
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b["type"] == "tool_use"
+    ]
+    results = [
+        b["tool_use_id"]
+        for m in out
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b["type"] == "tool_result"
+    ]
     assert uses == results
 
 
@@ -225,7 +249,9 @@ def test_responses_function_calls_stay_with_their_outputs():
         items.append({"type": "function_call", "call_id": f"fc_{i}", "name": "lookup", "arguments": "{}"})
         items.append({"type": "function_call_output", "call_id": f"fc_{i}", "output": f"result {i} " + big})
     items.append({"role": "user", "content": "compare them"})
-    result = compress_messages(items, model=MODEL, target_tokens=tokens(items, "Be brief.") // 2, keep_last=2, system="Be brief.")
+    result = compress_messages(
+        items, model=MODEL, target_tokens=tokens(items, "Be brief.") // 2, keep_last=2, system="Be brief."
+    )
     out = result.prompt
     calls = [m["call_id"] for m in out if m.get("type") == "function_call"]
     outputs = [m["call_id"] for m in out if m.get("type") == "function_call_output"]

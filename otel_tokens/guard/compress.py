@@ -4,9 +4,9 @@ The request is what the application handed the SDK — OpenAI chat `messages`, a
 list, or Anthropic `messages` (whose `system` is separate and never touched). It is shrunk in the
 order that loses the least, stopping as soon as it fits the target:
 
-1. drop low-signal turns: empty or acknowledgement-only messages ("ok", "thanks"), and replace a
-   tool result identical to an earlier one by a short placeholder (the result itself stays, so the
-   tool call keeps its answer);
+1. drop low-signal turns before the recent ones: empty or acknowledgement-only messages ("ok",
+   "thanks"), and replace a tool result identical to an earlier one by a short placeholder (the
+   result itself stays, so the tool call keeps its answer);
 2. older turns: given to the user's summariser, whose text replaces them as one message; without
    a summariser (or when it fails) they are dropped, oldest first;
 3. truncate the longest message texts, last: first what is left of the older turns, then the
@@ -46,9 +46,11 @@ TRUNCATED = "\n[... truncated by otel-tokens ...]"
 OMITTED = "[earlier conversation omitted]"
 #: Replies that carry no information for the next call (compared lower-cased, punctuation stripped).
 _ACKS = frozenset(
-    "ok okay k kk sure thanks thank you thx ty got it great cool yes yep done noted understood "
-    "sounds good perfect nice alright all right ack roger continue go on go ahead".split(" ")
-    + ["thank you", "got it", "sounds good", "all right", "go on", "go ahead", "ok thanks", "ok thank you"]
+    {
+        *("ok", "okay", "k", "kk", "sure", "thanks", "thx", "ty", "great", "cool", "yes", "yep"),
+        *("noted", "understood", "perfect", "nice", "alright", "ack", "roger"),
+        *("thank you", "got it", "sounds good", "all right", "ok thanks", "ok thank you"),
+    }
 )
 _PUNCTUATION = re.compile(r"[\s.!,;:?'\"`*_()\[\]-]+|[^\w\s]+")
 #: Shorter tool results are not worth a placeholder.
@@ -100,7 +102,7 @@ def compress_messages(
         return Compressed(prompt, before, before)  # a bare string is the question itself
     run = _Run(model, target_tokens, before - _items_tokens(prompt, model))
     turns = _turns(list(prompt))
-    turns = run.drop_low_signal(turns)
+    turns = run.drop_low_signal(turns, _recent_start(turns, keep_last))
     recent = _recent_start(turns, keep_last)
     turns = run.shrink_older(turns, recent, summarizer)
     turns = run.truncate(turns, _recent_start(turns, keep_last))
@@ -123,16 +125,16 @@ class _Run:
     def total(self, turns: Sequence[_Turn]) -> int:
         return self.overhead + sum(turn.tokens(self.model) for turn in turns)
 
-    def drop_low_signal(self, turns: list[_Turn]) -> list[_Turn]:
-        """Step 1, anywhere but in the last turn: acks and empties go, repeated results shrink."""
+    def drop_low_signal(self, turns: list[_Turn], recent: int) -> list[_Turn]:
+        """Step 1, before the recent turns: acks and empties go, repeated results shrink."""
         kept: list[_Turn] = []
         seen_results: set[str] = set()
         for index, turn in enumerate(turns):
-            last = index == len(turns) - 1
-            if not last and not turn.pinned and _is_low_signal(turn):
+            old = index < recent
+            if old and not turn.pinned and _is_low_signal(turn):
                 self.dropped += len(turn.items)
                 continue
-            kept.append(turn if last else self._dedupe_results(turn, seen_results))
+            kept.append(self._dedupe_results(turn, seen_results) if old else turn)
         return kept
 
     def _dedupe_results(self, turn: _Turn, seen: set[str]) -> _Turn:
@@ -180,7 +182,11 @@ class _Run:
                 cut = text[: max(1, len(text) * keep // tokens)] + TRUNCATED
                 items = list(turns[turn_index].items)
                 items[item_index] = _with_text(items[item_index], path, cut)
-                turns = [*turns[:turn_index], _Turn(items, turns[turn_index].pinned), *turns[turn_index + 1 :]]
+                turns = [
+                    *turns[:turn_index],
+                    _Turn(items, turns[turn_index].pinned),
+                    *turns[turn_index + 1 :],
+                ]
                 self.truncated += 1
         return turns
 
@@ -263,7 +269,9 @@ def _is_low_signal(turn: _Turn) -> bool:
     if m.get("tool_calls") or m.get("function_call") or m.get("audio"):
         return False
     content = m.get("content")
-    if isinstance(content, list) and any(_part_type(p) not in ("text", "input_text", "output_text") for p in content):
+    if isinstance(content, list) and any(
+        _part_type(p) not in ("text", "input_text", "output_text") for p in content
+    ):
         return False  # images, files, tool blocks: not ours to judge
     text = " ".join(t for _, t in _texts(m)).lower()
     return _PUNCTUATION.sub(" ", text).strip() in _ACKS or not text.strip()
@@ -275,7 +283,10 @@ def _replace_duplicate_results(item: Any, seen: set[str]) -> Any:
     if not isinstance(item, dict) or m is None:
         return item
     result_paths: list[tuple[tuple[Any, ...], str]] = []
-    if isinstance(m.get("tool_call_id"), str) or m.get("type") in ("function_call_output", "custom_tool_call_output"):
+    if isinstance(m.get("tool_call_id"), str) or m.get("type") in (
+        "function_call_output",
+        "custom_tool_call_output",
+    ):
         result_paths = list(_texts(m))
     elif isinstance(m.get("content"), list):
         result_paths = [(p, t) for p, t in _texts(m) if _is_tool_result_path(m, p)]

@@ -181,11 +181,17 @@ class LLMCall:
 
     # --- the budget guard's pre-send hook ---------------------------------------------------------
     def admit(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """Ask the budget guard (if on) before sending: returns the kwargs to send (the `model` may
-        be downgraded) or raises `BudgetExceeded` / `BudgetDeferred` with the span ended as an error.
-        A deferral with a `defer_wait` blocks this thread while it waits for room."""
+        be downgraded, the `prompt_arg` messages compressed) or raises `BudgetExceeded` /
+        `BudgetDeferred` / `TaskStopped` with the span ended as an error. A deferral with a
+        `defer_wait` blocks this thread while it waits for room."""
         guard = self.settings.guard
         if guard is None:
             return kwargs
@@ -194,10 +200,15 @@ class LLMCall:
         except Exception:
             internal_error("budget guard")  # our bug: the call goes ahead unguarded
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
     async def admit_async(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """`admit` for the async clients: a deferred call waits without blocking the event loop."""
         guard = self.settings.guard
@@ -208,7 +219,7 @@ class LLMCall:
         except Exception:
             internal_error("budget guard")
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
     def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
         from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
@@ -223,9 +234,13 @@ class LLMCall:
             max_output_tokens,
         )
 
-    def _apply_admission(self, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _apply_admission(
+        self, admission: Admission, kwargs: dict[str, Any], prompt_arg: str
+    ) -> dict[str, Any]:
         for decision in admission.decisions:
             self.span.add_event(sc.OTEL_TOKENS_GUARD_DECISION_EVENT, decision.attributes())
+        for finding in admission.findings:
+            self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         if admission.refusal is not None:
             self.finish(None, error=admission.refusal)
             raise admission.refusal
@@ -241,7 +256,21 @@ class LLMCall:
                 }
             )
             kwargs = {**kwargs, "model": admission.model}
+        if admission.saved is not None:  # compressed: send the shrunk messages
+            kwargs = {**kwargs, prompt_arg: admission.prompt}
+            budget, tokens = admission.saved
+            self.add_saved_event(sc.SAVED_COMPRESSED, tokens, budget)
         return kwargs
+
+    def add_saved_event(self, reason: str, tokens: int, budget: str | None) -> None:
+        """What the guard saved this call (`semconv.SAVED_*`), for `llm_tokens_saved_total`."""
+        attributes: dict[str, AttributeValue] = {
+            sc.OTEL_TOKENS_GUARD_SAVED_REASON: reason,
+            sc.OTEL_TOKENS_GUARD_SAVED_TOKENS: tokens,
+        }
+        if budget is not None:
+            attributes[sc.OTEL_TOKENS_GUARD_BUDGET] = budget
+        self.span.add_event(sc.OTEL_TOKENS_GUARD_SAVED_EVENT, attributes)
 
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""
@@ -272,6 +301,8 @@ class LLMCall:
             internal_error("LLMCall.finish")
         if self.admission is not None:
             self._settle(self.admission, record)
+            for finding in self.admission.late_findings:
+                self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)

@@ -275,8 +275,9 @@ def _tracker(
     rebuild: Callable[..., Any],
 ) -> StreamTracker:
     tracker = StreamTracker(call, admitted)
-    if admitted is not request:  # downgraded: the helper must send the cheaper model
-        tracker.replacement_manager = rebuild(**{**kwargs, "model": admitted["model"]})
+    if admitted is not request:  # downgraded or compressed: the helper must send what was admitted
+        rewritten = {"model": admitted["model"], "messages": admitted.get("messages")}
+        tracker.replacement_manager = rebuild(**{**kwargs, **rewritten})
     return tracker
 
 

@@ -138,7 +138,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         if call is None:
             return wrapped(*args, **kwargs)
         if settings.guard is not None:
-            kwargs = call.admit(kwargs, *_guard_inputs(endpoint, kwargs))
+            kwargs = call.admit(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
         result = call.invoke(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 
@@ -156,7 +156,7 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         if call is None:
             return await wrapped(*args, **kwargs)
         if settings.guard is not None:
-            kwargs = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs))
+            kwargs = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
         result = await call.invoke_async(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 

@@ -56,19 +56,20 @@ def test_task_instance_is_stopped_before_it_passes_runaway_factor_x_its_limit(
     instance = {"tokens": 100, "runaway_factor": 2}
     guard_on(watch(per_task_instance=instance))
     sent = 0
-    with otel_tokens.attribute(**AGENT, task="fix", task_id="loop-1"):
-        with pytest.raises(otel_tokens.TaskStopped) as caught:
-            for i in range(50):
-                ask(client, f"attempt {i}: fix the failing test")
-                sent += 1
+    with (
+        otel_tokens.attribute(**AGENT, task="fix", task_id="loop-1"),
+        pytest.raises(otel_tokens.TaskStopped) as caught,
+    ):
+        for i in range(50):
+            ask(client, f"attempt {i}: fix the failing test")
+            sent += 1
     assert 1 < sent < 50
     spent = fake_provider.reported_totals().total
     assert spent <= 2 * 100  # stopped before the collector's RunawayTask would fire
     assert caught.value.task_id == "loop-1" and caught.value.reason == sc.RUNAWAY_INSTANCE_OVER_LIMIT
     assert caught.value.budget == "looper-daily"
-    with otel_tokens.attribute(**AGENT, task="fix", task_id="loop-1"):
-        with pytest.raises(otel_tokens.TaskStopped):  # stays stopped
-            ask(client, "one more")
+    with otel_tokens.attribute(**AGENT, task="fix", task_id="loop-1"), pytest.raises(otel_tokens.TaskStopped):
+        ask(client, "one more")  # stays stopped
     with otel_tokens.attribute(**AGENT, task="fix", task_id="other-1"):
         ask(client, "another instance of the same task goes on")
     assert len(fake_provider.requests) == sent + 1

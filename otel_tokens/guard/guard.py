@@ -27,6 +27,7 @@ from otel_tokens import semconv as sc
 from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.spec import Budget, BudgetFile
+from otel_tokens.guard.cache import ResponseCache
 from otel_tokens.guard.compress import Summarizer, compress_messages
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_tokens
@@ -113,6 +114,10 @@ class Guard:
         #: older turns → summary text, for `compress` (`otel_tokens.instrument(summarizer=...)`)
         self.summarizer = summarizer
         self.runaway = RunawayDetector(budget_file.guard.runaway)
+        settings = budget_file.guard.cache
+        caching = settings.enabled or any(spec.cache_responses for spec in budget_file.budgets)
+        #: the response cache, when the file turns it on (globally or for some budget)
+        self.response_cache = ResponseCache(settings) if caching else None
         self.state: BudgetState = state if state is not None else LocalBudgetState(budget_file, clock)
         self._prices = prices or default_price_book()
         self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
@@ -241,6 +246,22 @@ class Guard:
     def _admission(request: GuardRequest, model: str, decisions: list[Decision]) -> Admission:
         downgraded_from = request.model if model != request.model else None
         return Admission(model, downgraded_from, decisions)
+
+    # --- the response cache ---------------------------------------------------------------------------
+    def cache_key(
+        self, request: GuardRequest, endpoint: str, arguments: dict[str, Any]
+    ) -> tuple[str, str | None] | None:
+        """(key, budget) when this call may be answered from the response cache: it is on for every
+        call, or for a budget covering this one (named, for the saved-tokens count); else None."""
+        cache = self.response_cache
+        if cache is None:
+            return None
+        matching = self._matching(request.provider, request.model, request.attribution)
+        budget = next((spec.name for spec in matching if spec.cache_responses), None)
+        if budget is None and not cache.settings.enabled:
+            return None
+        key = cache.key(request.provider, endpoint, arguments)
+        return None if key is None else (key, budget)
 
     # --- before the decision: runaways and compression ----------------------------------------------
     def _prepare(self, request: GuardRequest, matching: list[Budget], estimate: TokenCounts) -> _Prepared:

@@ -33,6 +33,7 @@ from otel_tokens.sinks import record_sinks
 
 if TYPE_CHECKING:  # the guard is imported only when a budget file turns it on
     from otel_tokens.guard import Admission, Guard, GuardRequest
+    from otel_tokens.instrumentation._cache_replay import CacheSlot
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 
@@ -67,6 +68,7 @@ class LLMCall:
         "_failed",
         "admission",
         "attribution",
+        "cache_slot",
         "operation",
         "provider",
         "request_model",
@@ -93,6 +95,7 @@ class LLMCall:
         self.request_model = request_model or "unknown"
         self._ended = False
         self.admission: Admission | None = None  # the budget guard's, when it reserved
+        self.cache_slot: CacheSlot | None = None  # a response to store in the response cache
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
         self._failed: list[str] = []
         #: the tier the provider served the call in, when its response says (prices the call)
@@ -196,7 +199,7 @@ class LLMCall:
         if guard is None:
             return kwargs
         try:
-            admission = guard.admit(self._guard_request(prompt, system, max_output_tokens))
+            admission = guard.admit(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")  # our bug: the call goes ahead unguarded
             return kwargs
@@ -215,13 +218,14 @@ class LLMCall:
         if guard is None:
             return kwargs
         try:
-            admission = await guard.admit_async(self._guard_request(prompt, system, max_output_tokens))
+            admission = await guard.admit_async(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")
             return kwargs
         return self._apply_admission(admission, kwargs, prompt_arg)
 
-    def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+    def guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+        """This call as the guard sees it."""
         from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
 
         return GuardRequest(
@@ -299,6 +303,8 @@ class LLMCall:
             self._set_result_attributes(record, response_id, finish_reasons)
         except Exception:
             internal_error("LLMCall.finish")
+        if self.cache_slot is not None:
+            self.cache_slot.commit(record)
         if self.admission is not None:
             self._settle(self.admission, record)
             for finding in self.admission.late_findings:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,8 @@ class Admission:
     #: (budget, tokens) a compress rewrite saved
     saved: tuple[str, int] | None = None
     #: runaway detectors that fired before sending, and (after `settle`) on the usage
-    findings: list[Finding] = field(default_factory=list)
-    late_findings: list[Finding] = field(default_factory=list)
+    findings: Sequence[Finding] = ()
+    late_findings: Sequence[Finding] = ()
     #: the usage-based runaway check, run once on `settle`
     after: Callable[[UsageRecord], list[Finding]] | None = None
 
@@ -114,6 +114,7 @@ class Guard:
         #: older turns → summary text, for `compress` (`otel_tokens.instrument(summarizer=...)`)
         self.summarizer = summarizer
         self.runaway = RunawayDetector(budget_file.guard.runaway)
+        self._compressing = any(spec.action == "compress" for spec in budget_file.budgets)
         settings = budget_file.guard.cache
         caching = settings.enabled or any(spec.cache_responses for spec in budget_file.budgets)
         #: the response cache, when the file turns it on (globally or for some budget)
@@ -137,10 +138,12 @@ class Guard:
         matching = self._matching(request.provider, request.model, request.attribution)
         if not matching:
             return Admission(request.model)  # no budget covers this call: nothing to estimate
-        prepared = self._prepare(request, matching, estimate_tokens(request, self._default_output))
-        if prepared.refusal is not None:
-            return self._stopped(request, prepared)
-        request, estimate = prepared.request, prepared.estimate
+        estimate = estimate_tokens(request, self._default_output)
+        prepared = self._prepare(request, matching, estimate)
+        if prepared is not None:
+            if prepared.refusal is not None:
+                return self._stopped(request, prepared)
+            request, estimate = prepared.request, prepared.estimate
         admission, wait_s = self._attempt(request, estimate, prepared)
         if wait_s <= 0:
             return admission
@@ -158,10 +161,12 @@ class Guard:
         matching = self._matching(request.provider, request.model, request.attribution)
         if not matching:
             return Admission(request.model)
-        prepared = self._prepare(request, matching, estimate_tokens(request, self._default_output))
-        if prepared.refusal is not None:
-            return self._stopped(request, prepared)
-        request, estimate = prepared.request, prepared.estimate
+        estimate = estimate_tokens(request, self._default_output)
+        prepared = self._prepare(request, matching, estimate)
+        if prepared is not None:
+            if prepared.refusal is not None:
+                return self._stopped(request, prepared)
+            request, estimate = prepared.request, prepared.estimate
         admission, wait_s = self._attempt(request, estimate, prepared)
         if wait_s <= 0:
             return admission
@@ -183,7 +188,7 @@ class Guard:
         return after
 
     def _attempt(
-        self, request: GuardRequest, estimate: TokenCounts, prepared: _Prepared
+        self, request: GuardRequest, estimate: TokenCounts, prepared: _Prepared | None
     ) -> tuple[Admission, float]:
         """One decision under the state's lock. The common case — the call fits every budget it
         matches — is reserved in one step; anything else goes to `_decide`."""
@@ -194,6 +199,10 @@ class Guard:
             reservation = view.try_reserve(claims, agent, task)
         if reservation is not None:
             admission = Admission(request.model, None, [], None, reservation, self.state)
+            if prepared is None:  # the common case: nothing prepared, the call fits
+                return admission, 0.0
+        elif prepared is None:
+            return self._decide(request, estimate, agent, task, set())
         else:
             shrunk = prepared.compressed is not None and prepared.compressed.outcome == "compressed"
             relieved = {prepared.compressed.pressure.budget.name} if shrunk and prepared.compressed else set()
@@ -264,9 +273,16 @@ class Guard:
         return None if key is None else (key, budget)
 
     # --- before the decision: runaways and compression ----------------------------------------------
-    def _prepare(self, request: GuardRequest, matching: list[Budget], estimate: TokenCounts) -> _Prepared:
-        """The checks that come before reserving: runaway stops, then a `compress` rewrite."""
-        keys = keys_of(request.attribution)
+    def _prepare(
+        self, request: GuardRequest, matching: list[Budget], estimate: TokenCounts
+    ) -> _Prepared | None:
+        """The checks that come before reserving: runaway stops, then a `compress` rewrite. None
+        (the common case, kept cheap) when the call has no task instance or session to watch and
+        no `compress` budget exists."""
+        attribution = request.attribution
+        if not (attribution.task_id or attribution.session or self._compressing):
+            return None
+        keys = keys_of(attribution)
         prepared = _Prepared(request, estimate, [], keys=keys)
         if keys:
             self._runaway_before(prepared, matching)

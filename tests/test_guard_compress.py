@@ -274,3 +274,24 @@ def test_sdk_objects_in_the_list_are_kept_or_dropped_whole_never_rewritten():
     result = compress_messages(messages, model=MODEL, target_tokens=60, keep_last=2)
     assert all(m is answer or isinstance(m, dict) for m in result.prompt)
     assert answer in result.prompt  # kept verbatim: the recent turns
+
+
+def test_the_pressure_points_must_be_ordered_and_a_bad_file_says_where(tmp_path: Any):
+    from otel_tokens.budgets.loader import BudgetFileError, load_budget_file
+
+    path = tmp_path / "budgets.yaml"
+    path.write_text(
+        "budgets:\n"
+        "  - name: b\n"
+        "    limit: {tokens: 1000}\n"
+        "    window: 1d\n"
+        "    action: compress\n"
+        "    compress:\n"
+        "      moderate: {at: 0.9, target_ratio: 0.5, keep_last: 4}\n"
+        "      aggressive: {at: 0.8, target_ratio: 0.2, keep_last: 1}\n"
+    )
+    with pytest.raises(BudgetFileError) as caught:
+        load_budget_file(path)
+    assert "budgets.yaml:6: budgets[0].compress" in str(
+        caught.value
+    ) and "aggressive.at must be above moderate.at" in str(caught.value)

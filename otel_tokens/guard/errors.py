@@ -11,7 +11,7 @@ from datetime import datetime
 
 from otel_tokens.humanize import format_amount
 
-__all__ = ["BudgetDeferred", "BudgetExceeded"]
+__all__ = ["BudgetDeferred", "BudgetExceeded", "TaskStopped"]
 
 
 class BudgetExceeded(Exception):
@@ -90,3 +90,20 @@ class BudgetDeferred(BudgetExceeded):
 
     def _message(self) -> str:
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"
+
+
+class TaskStopped(Exception):
+    """The guard stopped a runaway task instance (or session): this call was not sent, and neither
+    will the key's later calls be while the stop holds. Not a `BudgetExceeded`: no budget's window
+    is full; the task is looping. `key` is `task_id=...` or `session=...`; `reason` the detector
+    (`semconv.RUNAWAY_KINDS`); `detail` its numbers in words; `budget` the budget whose
+    `on_runaway: stop` applied. (Stop orders from alerts raise this too.)"""
+
+    def __init__(self, *, key: str, reason: str, detail: str, budget: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.detail = detail
+        self.budget = budget
+        self.task_id = key.partition("=")[2] if key.startswith("task_id=") else None
+        by = f" (budget {budget!r}, on_runaway: stop)" if budget else ""
+        super().__init__(f"{key} stopped as a runaway: {reason}: {detail}{by}")

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from otel_tokens.tokencount import REPLY_PRIMING_TOKENS, count_message_tokens
+from otel_tokens.tokencount import REPLY_PRIMING_TOKENS, as_mapping, count_message_tokens
 
 __all__ = ["Compressed", "Summarizer", "compress_messages"]
 
@@ -367,17 +367,7 @@ def _longest_text(
 
 
 # --- small readers ------------------------------------------------------------------------------
-def _mapping(item: Any) -> Mapping[str, Any] | None:
-    if isinstance(item, Mapping):
-        return item
-    dump = getattr(item, "model_dump", None)
-    if callable(dump):
-        try:
-            dumped = dump()
-        except Exception:
-            return None
-        return dumped if isinstance(dumped, Mapping) else None
-    return None
+_mapping = as_mapping  # SDK objects read through `model_dump`, like the token counter reads them
 
 
 def _role(item: Any) -> str | None:

@@ -8,6 +8,7 @@ sees which budget, how far in, and when there will be room again.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from otel_tokens.humanize import format_amount
 
@@ -68,25 +69,9 @@ class BudgetDeferred(BudgetExceeded):
     sooner.
     """
 
-    def __init__(
-        self,
-        *,
-        retry_after: float,
-        budget: str,
-        scope: str,
-        used: float,
-        reserved: float,
-        limit: float,
-        window: str,
-        resets_at: datetime | None,
-        estimate: float,
-        unit: str,
-    ) -> None:
+    def __init__(self, *, retry_after: float, **standing: Any) -> None:
         self.retry_after = retry_after
-        super().__init__(
-            budget=budget, scope=scope, used=used, reserved=reserved, limit=limit, window=window,
-            resets_at=resets_at, estimate=estimate, unit=unit,
-        )  # fmt: skip
+        super().__init__(**standing)
 
     def _message(self) -> str:
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"

@@ -5,6 +5,8 @@ The public API is deliberately small:
 - `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
+- `verify(passed, task_id=None, check="tests")` — report a deterministic check of a task instance
+  (also `with verify(check=...):` around the check): cost per *verified* task.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 from opentelemetry.trace import TracerProvider
 
-from otel_tokens.attribution import attribute, current_attribution
+from otel_tokens.attribution import attribute, current_attribution, verify
 
-__all__ = ["attribute", "current_attribution", "instrument", "uninstrument"]
+__all__ = ["attribute", "current_attribution", "instrument", "uninstrument", "verify"]
 
 _instrumentor: Any = None
 

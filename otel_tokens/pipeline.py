@@ -12,14 +12,22 @@ Task completions (a task span arrived) go to the aggregator after the batch's re
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
 hold window), a completion waits as long as they do and is observed by `flush()` after them: a
 held span may be one of the task's calls. Our own call spans are never held, so with otel-tokens'
-instrumentation a completion is normally observed at once.
+instrumentation a completion is normally observed at once. Verdicts (`otel_tokens.verify`) go to the
+aggregator before the batch's completions; a completion with no verdict yet waits
+`MetricsConfig.verdict_wait_seconds` for one (0 in-process; the collector's dedupe hold window).
+
+Before dedupe, a record naming no agent of its own takes an enclosing `invoke_agent` span's
+(`ancestry.py`): the batch's spans of its trace are scanned for links. A foreign record whose
+ancestors have not arrived is held by the deduper anyway; later batches continue its walk while it is
+held and amend it, so waiting for an ancestor adds no delay beyond the dedupe hold window.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,12 +36,21 @@ from prometheus_client import CollectorRegistry
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk, span_key
 from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.extract import (
+    DEFAULT_MAX_TOKENS_PER_CALL,
+    Extractor,
+    Outcome,
+    PriceFn,
+    Rejection,
+    scan_otlp,
+    scan_readable,
+)
 from otel_tokens.extract_stats import ExtractStatsCollector
 from otel_tokens.ingest_stats import bounded_reason
-from otel_tokens.record import Record, TaskCompletion, UsageRecord
+from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -59,13 +76,14 @@ class IngestResult:
 class _Batch:
     """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
 
-    __slots__ = ("completions", "records", "rejected", "result")
+    __slots__ = ("completions", "records", "rejected", "result", "verdicts")
 
     def __init__(self) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
+        self.verdicts: list[Verdict] = []
 
     @property
     def spans_received(self) -> int:
@@ -80,6 +98,8 @@ class _Batch:
             self.records.append(outcome)
         elif type(outcome) is TaskCompletion:
             self.completions.append(outcome)
+        elif type(outcome) is Verdict:
+            self.verdicts.append(outcome)
         elif isinstance(outcome, Rejection):
             self.rejected[outcome.reason] = self.rejected.get(outcome.reason, 0) + 1
             self.result.spans_rejected += 1
@@ -109,15 +129,22 @@ class Pipeline:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
-        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
+        self._extractor = Extractor(
+            price=price,
+            max_tokens_per_call=max_tokens_per_call,
+            agent_fallback_attribute=self.config.agent_fallback_attribute,
+        )
+        self._resolver = AncestorResolver(max_walks=self.dedupe.max_held_spans)
+        self._resolver_lock = threading.Lock()
         self._deduper = Deduper(
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
             max_remembered=self.dedupe.max_remembered_spans,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
-        # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
-        self._pending: deque[tuple[float, TaskCompletion]] = deque()
+        # completions waiting for held spans or a verdict: a heap of (deadline, arrival, completion)
+        self._pending: list[tuple[float, int, TaskCompletion]] = []
+        self._arrivals = itertools.count()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
         self.registry.register(ExtractStatsCollector(self._extractor.stats))
@@ -127,16 +154,19 @@ class Pipeline:
         batch = _Batch()
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
-        return self._finish(batch)
+            walks = self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
+        return self._finish(batch, walks)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
         batch = _Batch()
         with swallow_internal_errors("Pipeline.ingest_spans"):
+            spans = tuple(spans)
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
-        return self._finish(batch)
+            walks = self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
+        return self._finish(batch, walks)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
         """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
@@ -149,7 +179,8 @@ class Pipeline:
             for record in records:
                 batch.spans_received += 1
                 batch.add(admit(record) if isinstance(record, UsageRecord) else record)
-        return self._finish(batch)
+            walks = self._resolve(batch, None)
+        return self._finish(batch, walks)
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
@@ -159,6 +190,9 @@ class Pipeline:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
         now = self._clock() if now is None else now
+        if self._resolver.waiting:
+            with self._resolver_lock:
+                self._resolver.expire(now)
         self._emit(self._deduper.flush(now))
         if self._pending:
             self.aggregator.complete_tasks(self._due_completions(now))
@@ -173,35 +207,77 @@ class Pipeline:
         self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
-    def _finish(self, batch: _Batch) -> IngestResult:
+    def _resolve(self, batch: _Batch, scan: Callable[[set[int], Links, Scopes], None] | None) -> list[Walk]:
+        """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
+        spans of their traces (and of traces with walks in progress) are scanned only when needed.
+        Returns the walks this batch could not finish (for records the deduper may hold)."""
+        needs = AncestorResolver.needs
+        traces = {r.trace_id for r in batch.records if needs(r)}
+        if not traces and not self._resolver.waiting:
+            return []
+        links: Links = {}
+        scopes: Scopes = {}
+        with self._resolver_lock:
+            traces |= self._resolver.traces
+            if scan is not None:
+                scan(traces, links, scopes)
+            for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
+                if r.trace_id in traces and r.span_id:
+                    key = span_key(r.trace_id, r.span_id)
+                    links.setdefault(key, span_key(r.trace_id, r.parent_span_id or 0))
+                    if r.attribution.agent is not None and not r.agent_from_resource:
+                        scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
+            for walk in self._resolver.advance(links, scopes):
+                attribution = walk.attribution()
+                if attribution is not None:
+                    self._deduper.amend_held(walk.record, attribution)
+            deadline = self._clock() + self.dedupe.hold_seconds
+            batch.records, unfinished = AncestorResolver.start(batch.records, links, scopes, deadline)
+        return unfinished
+
+    def _finish(self, batch: _Batch, walks: list[Walk] | None = None) -> IngestResult:
         dropped = 0
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, self._clock())
             batch.result.records_counted = self._emit(counted)
+            if walks:
+                with self._resolver_lock:
+                    for walk in walks:
+                        if self._deduper.holds(walk.record):
+                            self._resolver.track(walk)
         self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
+        if batch.verdicts:
+            self.aggregator.add_verdicts(batch.verdicts)
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions)
         return batch.result
 
     def _complete(self, completions: list[TaskCompletion]) -> None:
-        """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
-        hold = self.dedupe.hold_seconds
-        if not self._deduper.held or hold <= 0:
-            self.aggregator.complete_tasks(completions)
-            return
-        deadline = self._clock() + hold
+        """Observe now, unless held or waiting foreign spans (maybe the task's calls) are still to be
+        counted, or a verdict may still come."""
+        held = self._deduper.held or self._resolver.waiting
+        hold = self.dedupe.hold_seconds if held else 0.0
+        verdict_wait = self.config.verdict_wait_seconds
+        now, at_once = self._clock(), []
         with self._pending_lock:
-            room = max(self.dedupe.max_held_spans - len(self._pending), 0)
-            self._pending.extend((deadline, c) for c in completions[:room])
-        if completions[room:]:  # bounded: past the limit, observe at once rather than drop
-            self.aggregator.complete_tasks(completions[room:])
+            for c in completions:
+                wait = max(
+                    hold,
+                    verdict_wait if verdict_wait > 0 and not self.aggregator.has_verdict(c.task_id) else 0,
+                )
+                if wait <= 0 or len(self._pending) >= self.dedupe.max_held_spans:
+                    at_once.append(c)  # bounded: past the limit, observe at once rather than drop
+                else:
+                    heapq.heappush(self._pending, (now + wait, next(self._arrivals), c))
+        if at_once:
+            self.aggregator.complete_tasks(at_once)
 
     def _due_completions(self, now: float) -> list[TaskCompletion]:
         due: list[TaskCompletion] = []
         with self._pending_lock:
             while self._pending and self._pending[0][0] <= now:
-                due.append(self._pending.popleft()[1])
+                due.append(heapq.heappop(self._pending)[2])
         return due
 
     def _emit(self, counted: list[UsageRecord]) -> int:

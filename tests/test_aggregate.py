@@ -135,7 +135,7 @@ def test_input_histogram_buckets():
 
 def _task_sums(agg: Aggregator, task_id: str) -> list[float]:
     """Complete one task instance; what its observation added to [count, token sum, cost sum]."""
-    labels = (("agent", "coder"), ("status", "ok"), ("task", "fix"))
+    labels = (("agent", "coder"), ("status", "ok"), ("task", "fix"), ("verified", "none"))
     series = ("llm_task_tokens_count", "llm_task_tokens_sum", "llm_task_cost_usd_sum")
     before = scrape(agg)
     agg.complete_tasks([TaskCompletion(task_id, "fix", "coder")])
@@ -219,6 +219,9 @@ otel_tokens_duplicates_dropped_total 1.0
 # TYPE otel_tokens_series_overflow_total counter
 # HELP otel_tokens_unpriced_records_total Records whose model has no known price (cost counted as 0).
 # TYPE otel_tokens_unpriced_records_total counter
+# HELP otel_tokens_verdicts_late_total Verdicts that arrived after their task was observed (too late to count)
+# TYPE otel_tokens_verdicts_late_total counter
+otel_tokens_verdicts_late_total 0.0
 """
 
 

@@ -26,7 +26,12 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
+from otel_tokens.attribution import (
+    NO_ATTRIBUTION,
+    attribution_attributes,
+    current_attribution,
+    framework_attribution,
+)
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
@@ -92,7 +97,8 @@ class LLMCall:
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
         try:
-            self.attribution = current_attribution()
+            # an agent framework's enclosing invoke_agent span names the agent when no scope does
+            self.attribution = framework_attribution(current_attribution())
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")

@@ -78,6 +78,15 @@ _SPAN_ATTRIBUTE_PAIRS: tuple[tuple[str, str], ...] = tuple(SPAN_ATTRIBUTES.items
 
 #: The tracer task spans are started with; None while otel-tokens is not instrumented.
 _task_tracer: trace.Tracer | None = None
+#: span id → (agent, workflow) the span runs under, from the instrumentation's span processor
+#: (`instrumentation/_agent_scopes.py`); None while not instrumented.
+_agent_scopes: Callable[[int], tuple[str | None, str | None] | None] | None = None
+
+
+def set_agent_scopes(lookup: Callable[[int], tuple[str | None, str | None] | None] | None) -> None:
+    """Called by the instrumentation, like `set_task_tracer`."""
+    global _agent_scopes
+    _agent_scopes = lookup
 
 
 def set_task_tracer(tracer: trace.Tracer | None) -> None:
@@ -267,21 +276,28 @@ def _publish_completion(span: trace.Span, merged: Attribution, exc: BaseExceptio
 
 
 def framework_attribution(attribution: Attribution, ctx: context.Context | None = None) -> Attribution:
-    """`attribution` with the agent (and workflow) an agent framework named on the current span filled
-    in where no scope named one: an `invoke_agent` span's `gen_ai.agent.name` (and its
-    `gen_ai.workflow.name`), an `invoke_workflow` span's workflow. Only the current span is looked at
-    (the API gives no way to its ancestors); the collector resolves deeper ancestors itself."""
+    """`attribution` with the agent (and workflow) an agent framework named filled in where no scope
+    named one: the current span's, when it is an `invoke_agent` span (`gen_ai.agent.name`, and its
+    `gen_ai.workflow.name`) or an `invoke_workflow` span (its workflow); else the scope the current
+    span runs under, as the instrumentation's span processor noted it (a tool span under an agent)."""
     if attribution.agent is not None and attribution.workflow is not None:
         return attribution
-    attributes = getattr(trace.get_current_span(ctx), "attributes", None)  # SDK spans have them
-    if not attributes:
-        return attribution
-    operation = attributes.get(sc.GEN_AI_OPERATION_NAME)
-    if operation == sc.OPERATION_INVOKE_AGENT:
-        agent, workflow = attributes.get(sc.GEN_AI_AGENT_NAME), attributes.get(sc.GEN_AI_WORKFLOW_NAME)
-    elif operation == sc.OPERATION_INVOKE_WORKFLOW:
-        agent, workflow = None, attributes.get(sc.GEN_AI_WORKFLOW_NAME)
-    else:
+    span = trace.get_current_span(ctx)
+    attributes = getattr(span, "attributes", None)  # SDK spans have them
+    operation = attributes.get(sc.GEN_AI_OPERATION_NAME) if attributes else None
+    agent: object = None
+    workflow: object = None
+    if operation == sc.OPERATION_INVOKE_AGENT or operation == sc.OPERATION_INVOKE_WORKFLOW:
+        assert attributes is not None
+        if operation == sc.OPERATION_INVOKE_AGENT:
+            agent = attributes.get(sc.GEN_AI_AGENT_NAME)
+        workflow = attributes.get(sc.GEN_AI_WORKFLOW_NAME)
+    lookup = _agent_scopes
+    if lookup is not None and (agent is None or workflow is None):
+        noted = lookup(span.get_span_context().span_id)
+        if noted is not None:
+            agent, workflow = agent or noted[0], workflow or noted[1]
+    if agent is None and workflow is None:
         return attribution
     found = {
         name: value[:_MAX_VALUE_LENGTH]

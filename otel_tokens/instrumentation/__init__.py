@@ -17,6 +17,8 @@ none, `_export.ensure_tracer_provider()` first sets one up from the standard `OT
 The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
 to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
 and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
+Likewise an `AgentScopes` span processor is added to the provider (once) so a call made under an
+agent framework's `invoke_agent` span, however deep, is attributed to that agent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import importlib.util
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Collection
 from typing import Any
 
@@ -33,7 +36,8 @@ import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otel_tokens.attribution import set_task_tracer
+from otel_tokens.attribution import set_agent_scopes, set_task_tracer
+from otel_tokens.instrumentation._agent_scopes import AgentScopes
 from otel_tokens.instrumentation._call import CallSettings
 from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
@@ -52,6 +56,25 @@ _SDK_MODULES: tuple[tuple[str, str], ...] = (
 _pending: dict[str, CallSettings] = {}
 _hooked: set[str] = set()
 _lock = threading.Lock()
+#: The agent-scope processor added to each SDK tracer provider we instrumented with (once each: a
+#: processor cannot be removed from a provider, so it is switched off on `uninstrument()` instead).
+_agent_scopes: weakref.WeakKeyDictionary[Any, AgentScopes] = weakref.WeakKeyDictionary()
+
+
+def _track_agent_scopes(provider: Any) -> None:
+    """Note which agent each open span runs under (see `_agent_scopes.py`), when the provider is the
+    SDK's (an API-only provider has no processors, and no agent spans to note)."""
+    add = getattr(provider, "add_span_processor", None)
+    if add is None:
+        set_agent_scopes(None)
+        return
+    with _lock:
+        scopes = _agent_scopes.get(provider)
+        if scopes is None:
+            scopes = _agent_scopes[provider] = AgentScopes()
+            add(scopes)
+    scopes.active = True
+    set_agent_scopes(scopes.lookup)
 
 
 def _patch_when_imported(sdk: str, module_name: str, settings: CallSettings) -> None:
@@ -111,8 +134,12 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 continue
             _patch_when_imported(sdk, module_name, settings)
         set_task_tracer(tracer)
+        _track_agent_scopes(provider)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         set_task_tracer(None)
+        set_agent_scopes(None)
+        for scopes in list(_agent_scopes.values()):
+            scopes.active = False
         for sdk, module_name in _SDK_MODULES:
             _unpatch(sdk, module_name)

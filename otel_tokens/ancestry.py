@@ -4,8 +4,8 @@ Agent frameworks name the agent on the span around an agent's run (`invoke_agent
 `gen_ai.agent.name`, GenAI semconv) rather than on each LLM call's span. A usage record that names no
 agent of its own (none, or only the resource's fallback) takes the agent of its nearest ancestor that
 is an `invoke_agent` span, and the workflow of the nearest `invoke_agent` / `invoke_workflow` span up
-to that one naming a workflow, found by walking parent links (`Links`: span → parent). A record that already has
-its own agent, or one of ours, ends the walk for its descendants: its attribution is theirs.
+to that one naming a workflow, found by walking parent links (`Links`: span → parent). A record that
+already has its own agent ends the walk for its descendants: its attribution is theirs.
 
 Ancestors end after their descendants, so they arrive in the same export batch or a later one. A
 foreign record with a parent is held by the deduper anyway (its hold window, waiting for other spans

@@ -8,6 +8,12 @@ dedupe hold window. Records built in this process (our instrumentation's, via `o
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
 `ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
 
+Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
+`gate`: by default applied at once; the collector's durable store (otel_tokens.collector.durable)
+installs one that journals each change before the receiver answers, and replays the journal at
+start-up through the same `apply_*` methods. Those are deterministic given the clock, which is why
+each reads it once (the aggregator and the budget ledger share that clock).
+
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
 hold window), a completion waits as long as they do and is observed by `flush()` after them: a
@@ -16,28 +22,31 @@ instrumentation a completion is normally observed at once. Verdicts (`otel_token
 aggregator before the batch's completions; a completion with no verdict yet waits
 `MetricsConfig.verdict_wait_seconds` for one (0 in-process; the collector's dedupe hold window).
 
-Before dedupe, a record naming no agent of its own takes an enclosing `invoke_agent` span's
+Before the gate, a record naming no agent of its own takes an enclosing `invoke_agent` span's
 (`ancestry.py`): the batch's spans of its trace are scanned for links. A foreign record whose
 ancestors have not arrived is held by the deduper anyway; later batches continue its walk while it is
-held and amend it, so waiting for an ancestor adds no delay beyond the dedupe hold window.
+held and amend it, so waiting for an ancestor adds no delay beyond the dedupe hold window. (The
+amendment is not journaled: after a crash such a record is counted with the resource's agent.)
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
 from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk, span_key
-from otel_tokens.dedupe import DedupeConfig, Deduper
+from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import (
     DEFAULT_MAX_TOKENS_PER_CALL,
@@ -56,7 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["DedupeConfig", "IngestResult", "MetricsConfig", "Pipeline"]
+__all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -73,17 +82,22 @@ class IngestResult:
     tasks_completed: int = 0  # task spans received (observed now or after the dedupe window)
 
 
-class _Batch:
-    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
+class Batch:
+    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once.
+    `by_content`: the records came from spans, so one without a span id is deduplicated by its
+    content (a resend of it is not counted twice)."""
 
-    __slots__ = ("completions", "records", "rejected", "result", "verdicts")
+    __slots__ = ("by_content", "completions", "records", "rejected", "result", "verdicts", "walks")
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_content: bool = False) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
         self.verdicts: list[Verdict] = []
+        self.by_content = by_content
+        #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
+        self.walks: list[Walk] = []
 
     @property
     def spans_received(self) -> int:
@@ -107,6 +121,68 @@ class _Batch:
                 self.result.reasons.append(outcome.message())
         elif isinstance(outcome, UsageRecord):
             self.records.append(outcome)  # a UsageRecord subclass
+
+
+_Batch = Batch  # the name tests and older callers import
+
+
+class Gate(Protocol):
+    """Where every change to a pipeline's state passes; it calls the pipeline's `apply_*` method
+    (the collector's durable store journals the change around that call)."""
+
+    def batch(self, batch: Batch) -> IngestResult: ...
+
+    def flush(self, until: float | None) -> None: ...
+
+    def rejection(self, reason: str, rejected: int, received: int) -> None: ...
+
+
+class _ApplyAtOnce:
+    """The default gate: no journal, state in memory only."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def batch(self, batch: Batch) -> IngestResult:
+        return self._pipeline.apply_batch(batch)
+
+    def flush(self, until: float | None) -> None:
+        self._pipeline.apply_flush(until)
+
+    def rejection(self, reason: str, rejected: int, received: int) -> None:
+        self._pipeline.apply_rejection(reason, rejected, received)
+
+
+@dataclass
+class PipelineState:
+    """What a pipeline remembers besides the aggregator's counters: the dedupe memory and the task
+    completions waiting for held spans, as (deadline, completion)."""
+
+    deduper: DeduperState
+    pending: list[tuple[float, TaskCompletion]]
+    #: the extractor's self-metrics (clamped records, enrichment failures), as ExtractStats.snapshot()
+    extract_stats: tuple[dict[str, int], dict[str, int]] = ({}, {})
+
+
+class _DedupeMemoryCollector(Collector):
+    """How full the dedupe memory is, and whether its cap broke the exactly-once window."""
+
+    def __init__(self, deduper: Deduper) -> None:
+        self._deduper = deduper
+
+    def collect(self) -> Iterator[Metric]:
+        early = CounterMetricFamily(
+            mn.DEDUPE_FORGOTTEN_EARLY,
+            "Counted spans forgotten by the dedupe memory's size cap before their window passed "
+            "(a resend of one would be counted again): raise the cap or shorten the window.",
+        )
+        early.add_metric([], self._deduper.evicted_early)
+        remembered = GaugeMetricFamily(
+            mn.DEDUPE_REMEMBERED, "Counted spans the dedupe memory holds (each ~150 bytes)."
+        )
+        remembered.add_metric([], self._deduper.remembered)
+        yield early
+        yield remembered
 
 
 class Pipeline:
@@ -140,62 +216,128 @@ class Pipeline:
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
             max_remembered=self.dedupe.max_remembered_spans,
+            window_seconds=self.dedupe.window_seconds,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
-        # completions waiting for held spans or a verdict: a heap of (deadline, arrival, completion)
-        self._pending: list[tuple[float, int, TaskCompletion]] = []
-        self._arrivals = itertools.count()
+        # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
+        self._pending: deque[tuple[float, TaskCompletion]] = deque()
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
         self.registry.register(ExtractStatsCollector(self._extractor.stats))
+        self.registry.register(_DedupeMemoryCollector(self._deduper))
+        #: Every state change passes here (see the module docstring); replaced by a durable store.
+        self.gate: Gate = _ApplyAtOnce(self)
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
-            walks = self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
-        return self._finish(batch, walks)
+            self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
+        return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_spans"):
             spans = tuple(spans)
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
-            walks = self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
-        return self._finish(batch, walks)
+            self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
+        return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
         """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
         no extraction, but the extractor's rules for a record (consistency, ceiling, pricing when
         unpriced); deduplicated against spans like any span. Each record stands for the span it
         describes, so it counts as a span received."""
-        batch = _Batch()
+        batch = Batch()
         admit = self._extractor.admit_record
         with swallow_internal_errors("Pipeline.ingest_records"):
             for record in records:
                 batch.spans_received += 1
                 batch.add(admit(record) if isinstance(record, UsageRecord) else record)
-            walks = self._resolve(batch, None)
-        return self._finish(batch, walks)
+            self._resolve(batch, None)
+        return self.gate.batch(batch)
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.aggregator.ingest_stats.add(rejected={bounded_reason(reason): 1})
+        self.gate.rejection(reason, 1, 0)
+
+    def reject_spans(self, reason: str, count: int) -> None:
+        """A receiver decoded a request but not `count` of its spans: count them as received and
+        rejected (through the gate, so a durable collector keeps the figures too)."""
+        if count > 0:
+            self.gate.rejection(reason, count, count)
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
-        now = self._clock() if now is None else now
+        self.gate.flush(now)
+
+    # --- the state transitions a gate applies (deterministic given the clock) ----------------------
+    def apply_batch(self, batch: Batch) -> IngestResult:
+        """Dedupe, count and observe one batch; the clock is read once."""
+        now = self._clock()
+        dropped = 0
+        if batch.records:
+            counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
+            batch.result.records_counted = self._emit(counted)
+            if batch.walks:
+                self._track(batch.walks)
+        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
+        if batch.verdicts:
+            self.aggregator.add_verdicts(batch.verdicts)
+        if batch.completions:
+            batch.result.tasks_completed = len(batch.completions)
+            self._complete(batch.completions, now)
+        return batch.result
+
+    def apply_flush(self, until: float | None = None) -> bool:
+        """Count held spans due by `until` (default: now); True when that changed anything. When
+        scrapes do not expire idle series (a durable owner), the periodic sweep happens here, as
+        part of this change."""
+        now = self._clock() if until is None else until
         if self._resolver.waiting:
             with self._resolver_lock:
                 self._resolver.expire(now)
-        self._emit(self._deduper.flush(now))
-        if self._pending:
-            self.aggregator.complete_tasks(self._due_completions(now))
+        released = self._deduper.flush(now)
+        self._emit(released)
+        due = self._due_completions(now) if self._pending else []
+        if due:
+            self.aggregator.complete_tasks(due)
+        aggregator = self.aggregator
+        swept = until is None and not aggregator.expire_on_snapshot and aggregator.sweep_due(now)
+        if swept:
+            aggregator.expire(now)
+        return bool(released or due or swept)
+
+    def apply_rejection(self, reason: str, rejected: int = 1, received: int = 0) -> None:
+        self.aggregator.ingest_stats.add(received, {bounded_reason(reason): rejected})
+
+    def state(self) -> PipelineState:
+        """A copy of the dedupe memory and the waiting completions (the aggregator has its own)."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        return PipelineState(self._deduper.state(), pending, self._extractor.stats.snapshot())
+
+    def restore(self, state: PipelineState) -> None:
+        self._deduper.restore(state.deduper)
+        self._extractor.stats.restore(*state.extract_stats)
+        with self._pending_lock:
+            self._pending.clear()
+            self._pending.extend(state.pending)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The injected clock (share it with the budget ledger, so both count at one time)."""
+        return self._clock
+
+    @property
+    def held_spans(self) -> int:
+        """Foreign spans waiting for a twin (counted by `flush`)."""
+        return self._deduper.held
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
@@ -207,14 +349,14 @@ class Pipeline:
         self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
-    def _resolve(self, batch: _Batch, scan: Callable[[set[int], Links, Scopes], None] | None) -> list[Walk]:
+    def _resolve(self, batch: Batch, scan: Callable[[set[int], Links, Scopes], None] | None) -> None:
         """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
         spans of their traces (and of traces with walks in progress) are scanned only when needed.
-        Returns the walks this batch could not finish (for records the deduper may hold)."""
+        Walks this batch cannot finish go with the batch, tracked if the deduper holds their record."""
         needs = AncestorResolver.needs
         traces = {r.trace_id for r in batch.records if needs(r)}
         if not traces and not self._resolver.waiting:
-            return []
+            return
         links: Links = {}
         scopes: Scopes = {}
         with self._resolver_lock:
@@ -232,52 +374,39 @@ class Pipeline:
                 if attribution is not None:
                     self._deduper.amend_held(walk.record, attribution)
             deadline = self._clock() + self.dedupe.hold_seconds
-            batch.records, unfinished = AncestorResolver.start(batch.records, links, scopes, deadline)
-        return unfinished
+            batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
 
-    def _finish(self, batch: _Batch, walks: list[Walk] | None = None) -> IngestResult:
-        dropped = 0
-        if batch.records:
-            counted, dropped = self._deduper.offer_many(batch.records, self._clock())
-            batch.result.records_counted = self._emit(counted)
-            if walks:
-                with self._resolver_lock:
-                    for walk in walks:
-                        if self._deduper.holds(walk.record):
-                            self._resolver.track(walk)
-        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
-        if batch.verdicts:
-            self.aggregator.add_verdicts(batch.verdicts)
-        if batch.completions:
-            batch.result.tasks_completed = len(batch.completions)
-            self._complete(batch.completions)
-        return batch.result
+    def _track(self, walks: list[Walk]) -> None:
+        with self._resolver_lock:
+            for walk in walks:
+                if self._deduper.holds(walk.record):
+                    self._resolver.track(walk)
 
-    def _complete(self, completions: list[TaskCompletion]) -> None:
+    def _complete(self, completions: list[TaskCompletion], now: float) -> None:
         """Observe now, unless held or waiting foreign spans (maybe the task's calls) are still to be
         counted, or a verdict may still come."""
         held = self._deduper.held or self._resolver.waiting
         hold = self.dedupe.hold_seconds if held else 0.0
         verdict_wait = self.config.verdict_wait_seconds
-        now, at_once = self._clock(), []
+        at_once: list[TaskCompletion] = []
         with self._pending_lock:
             for c in completions:
-                wait = max(
-                    hold,
-                    verdict_wait if verdict_wait > 0 and not self.aggregator.has_verdict(c.task_id) else 0,
-                )
+                waits_verdict = verdict_wait > 0 and not self.aggregator.has_verdict(c.task_id)
+                wait = max(hold, verdict_wait if waits_verdict else 0.0)
                 if wait <= 0 or len(self._pending) >= self.dedupe.max_held_spans:
                     at_once.append(c)  # bounded: past the limit, observe at once rather than drop
                 else:
-                    heapq.heappush(self._pending, (now + wait, next(self._arrivals), c))
+                    self._pending.append((now + wait, c))
         if at_once:
             self.aggregator.complete_tasks(at_once)
 
     def _due_completions(self, now: float) -> list[TaskCompletion]:
-        due: list[TaskCompletion] = []
+        """Every waiting completion due by `now` (waits differ, so not only those in front)."""
         with self._pending_lock:
-            while self._pending and self._pending[0][0] <= now:
-                due.append(heapq.heappop(self._pending)[2])
+            if not any(deadline <= now for deadline, _ in self._pending):
+                return []
+            due = [c for deadline, c in self._pending if deadline <= now]
+            self._pending = deque((d, c) for d, c in self._pending if d > now)
         return due
 
     def _emit(self, counted: list[UsageRecord]) -> int:

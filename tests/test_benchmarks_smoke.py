@@ -57,7 +57,19 @@ def assert_instrumentation_lines(out: str, with_official: bool) -> None:
             rf"otel-tokens {of_floor}, official openai-v2 {official_of_floor}"
         )
         assert re.search(floor, out), f"no floor line for {label!r} in:\n{out}"
-    variants = 3 if with_official else 2  # otel-tokens, the bare-span floor, the official one
+        guard = (
+            rf"guard cost per call \({label}\): otel-tokens \+ guard {NUMBER} µs, otel-tokens {NUMBER} µs; "
+            rf"the guard adds {NUMBER} µs = (?:-?\d+%|n/a) of the instrumentation's own overhead"
+        )
+        assert re.search(guard, out), f"no guard line for {label!r} in:\n{out}"
+    for label in LABELS[:2]:
+        cpu = (
+            rf"guard cost per call, CPU time \({label}\): uninstrumented {NUMBER} µs, "
+            rf"otel-tokens {NUMBER} µs, the guard adds {NUMBER} µs = (?:-?\d+%|n/a) "
+            r"of the instrumentation's own overhead"
+        )
+        assert re.search(cpu, out), f"no CPU-time guard line for {label!r} in:\n{out}"
+    variants = 4 if with_official else 3  # otel-tokens, + guard, the bare-span floor, the official one
     assert len(re.findall(rf"x{NUMBER} of uninstrumented", out)) == len(LABELS) * variants
 
 
@@ -90,3 +102,16 @@ def test_run_all_prints_a_summary_table():
     assert re.search(r"bench_collector\.py +main +\[ok, ", summary), summary
     row = rf"Pipeline\.ingest_otlp +{NUMBER} spans/s +x{NUMBER} of ParseFromString"
     assert re.search(row, summary), summary
+
+
+def test_durability_benchmark_compares_data_dir_with_in_memory():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_durability.py"))
+    for variant in (
+        "in memory, 1 client",
+        "data dir, 1 client",
+        "in memory, 8 clients",
+        "data dir, 8 clients",
+    ):
+        assert re.search(rf"{re.escape(variant)} +{NUMBER} spans/s", out), out
+    for clients in ("1 client", "8 clients"):
+        assert re.search(rf"durability cost \({clients}\): data dir x{NUMBER} of in memory", out), out

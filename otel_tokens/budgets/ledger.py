@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +36,19 @@ from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
-__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStanding", "BudgetStatus", "State"]
+__all__ = [
+    "BudgetLedger",
+    "BudgetLedgerCollector",
+    "BudgetStanding",
+    "BudgetStatus",
+    "State",
+    "budget_window",
+    "instance_amount",
+    "record_amount",
+    "record_labels",
+    "scope_matches",
+    "token_type_positions",
+]
 
 State = Literal["ok", "warning", "exceeded"]
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
@@ -93,17 +105,48 @@ def record_labels(record: UsageRecord) -> dict[str, str]:
     }
 
 
+# What a budget counts of a record. The in-process guard (`otel_tokens.guard`) uses the same
+# functions, so a call is matched, measured and windowed alike in the agent and in the collector.
+def scope_matches(matchers: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """True when every key the budget's scope sets (`Scope.matchers()`) equals the call's label."""
+    return all(labels[key] == value for key, value in matchers.items())
+
+
+def token_type_positions(spec: Budget) -> list[int] | None:
+    """Positions in `TokenCounts.disjoint_counts()` of the token types the limit counts (None: all)."""
+    types = spec.limit.token_types
+    return [TOKEN_TYPES.index(t) for t in types] if types else None
+
+
+def record_amount(spec: Budget, record: UsageRecord, positions: list[int] | None) -> float:
+    """Tokens (restricted to `token_types`, from the disjoint split; `positions` from
+    `token_type_positions(spec)`) or USD of one record."""
+    if spec.limit.unit == "usd":
+        return record.cost_usd or 0.0
+    counts = record.tokens.disjoint_counts()
+    return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
+
+
+def instance_amount(spec: Budget, amount: float, record: UsageRecord) -> float:
+    """Tokens a record adds to its task instance (per-instance limits are in tokens even when the
+    budget's limit is in USD)."""
+    return amount if spec.limit.unit == "tokens" else float(record.tokens.total)
+
+
+def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
+    """A fresh window for `spec`: a calendar period in the file's zone, or a rolling duration."""
+    if spec.is_calendar:
+        return CalendarWindow(spec.window, budget_file.zone)
+    return RollingWindow(spec.window_seconds)
+
+
 class _BudgetAccount:
     """One budget's window, lifetime total and task instances. Not locked: the ledger locks."""
 
     def __init__(self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float) -> None:
         self.spec = spec
         self.matchers = spec.scope.matchers()
-        self.window: Window = (
-            CalendarWindow(spec.window, budget.zone)
-            if spec.is_calendar
-            else RollingWindow(spec.window_seconds)
-        )
+        self.window: Window = budget_window(budget, spec)
         self.consumed = 0.0
         self.top_n = top_n
         self.instances = (
@@ -111,20 +154,14 @@ class _BudgetAccount:
             if spec.per_task_instance
             else None
         )
-        types = spec.limit.token_types
         #: positions in `disjoint_counts()` of the token types the limit counts (None: all)
-        self.type_positions = [TOKEN_TYPES.index(t) for t in types] if types else None
+        self.type_positions = token_type_positions(spec)
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels[key] == value for key, value in self.matchers.items())
+        return scope_matches(self.matchers, labels)
 
     def amount(self, record: UsageRecord) -> float:
-        """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
-        if self.spec.limit.unit == "usd":
-            return record.cost_usd or 0.0
-        counts = record.tokens.disjoint_counts()
-        positions = self.type_positions
-        return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
+        return record_amount(self.spec, record, self.type_positions)
 
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
@@ -132,8 +169,28 @@ class _BudgetAccount:
         self.consumed += amount
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
-            tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
+            tokens = instance_amount(self.spec, amount, record)
             self.instances.add(task_id, labels[names.AGENT], labels[names.TASK], tokens, 0.0, now)
+
+    def signature(self) -> str:
+        """What the kept use depends on: a budget whose window, scope or unit changed restarts."""
+        spec, limit = self.spec, self.spec.limit
+        zone = getattr(self.window, "zone", None)
+        return repr((spec.window, str(zone), limit.unit, limit.token_types, sorted(self.matchers.items())))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature(),
+            "window": self.window.state(),
+            "consumed": self.consumed,
+            "instances": self.instances.state() if self.instances is not None else [],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.window.restore(state["window"])
+        self.consumed = float(state["consumed"])
+        if self.instances is not None:
+            self.instances.restore(state["instances"])
 
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
@@ -205,6 +262,24 @@ class BudgetLedger:
                 BudgetStanding(a.status(now), a.consumed, a.spec, a.top_instances(now))
                 for a in self._accounts
             ]
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Each budget's window, lifetime total and task instances, by name, as plain values."""
+        with self._lock:
+            return {a.spec.name: a.state() for a in self._accounts}
+
+    def restore(self, state: dict[str, dict[str, Any]]) -> list[str]:
+        """Take back what `state()` kept; returns the budgets that start afresh instead (new, or
+        their window, scope or unit changed since)."""
+        fresh: list[str] = []
+        with self._lock:
+            for account in self._accounts:
+                kept = state.get(account.spec.name)
+                if kept is not None and kept["signature"] == account.signature():
+                    account.restore(kept)
+                else:
+                    fresh.append(account.spec.name)
+        return fresh
 
     def scope_names(self) -> dict[str, set[str]]:
         """The label values the budgets' scopes name, by label (agent, task, user, model, provider)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 __all__ = ["BUCKETS_PER_WINDOW", "CalendarWindow", "RollingWindow", "Window", "period_bounds"]
@@ -29,6 +29,9 @@ class Window(Protocol):
     def add(self, amount: float, now: float) -> None: ...
     def used(self, now: float) -> float: ...
     def remaining_seconds(self, now: float) -> float: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
+    def seconds_until_at_most(self, target: float, now: float) -> float | None: ...
 
 
 class RollingWindow:
@@ -58,6 +61,29 @@ class RollingWindow:
     def remaining_seconds(self, now: float) -> float:
         """A rolling window never ends: projections look one whole window ahead."""
         return self.seconds
+
+    def state(self) -> dict[str, Any]:
+        """The buckets as plain values (the collector's durable store keeps them)."""
+        return {"buckets": [list(b) for b in self._buckets], "total": self._total}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._buckets = deque([float(i), float(a)] for i, a in state["buckets"])
+        self._total = float(state["total"])
+
+    def seconds_until_at_most(self, target: float, now: float) -> float | None:
+        """Seconds until `used` falls to `target` or below if nothing more is added (the guard's
+        `retry_after`): the moment enough of the oldest buckets have left the window. None when
+        `target` is negative (never)."""
+        remaining = self.used(now)
+        if remaining <= target:
+            return 0.0
+        if target < 0:
+            return None
+        for index, amount in self._buckets:
+            remaining -= amount
+            if remaining <= target:
+                return max((index + 1) * self.bucket_seconds + self.seconds - now, 0.0)
+        return None  # not reached: an emptied window holds 0 <= target
 
     def _expire(self, now: float) -> None:
         start = now - self.seconds
@@ -106,6 +132,21 @@ class CalendarWindow:
     def remaining_seconds(self, now: float) -> float:
         self._roll(now)
         return max(self._end - now, 0.0)
+
+    def state(self) -> dict[str, Any]:
+        """The current period and its use as plain values (for the durable store)."""
+        return {"start": self._start, "end": self._end, "total": self._total}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._start, self._end = float(state["start"]), float(state["end"])
+        self._total = float(state["total"])
+
+    def seconds_until_at_most(self, target: float, now: float) -> float | None:
+        """Seconds until `used` is at most `target` if nothing more is added: now, or when the
+        period resets to zero. None when `target` is negative (never)."""
+        if self.used(now) <= target:
+            return 0.0
+        return None if target < 0 else self.remaining_seconds(now)
 
     def _roll(self, now: float) -> None:
         if not self._start <= now < self._end:

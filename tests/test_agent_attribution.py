@@ -30,6 +30,7 @@ from otel_tokens import semconv as sc
 from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
+from otel_tokens.instrumentation import AgentScopes
 from otel_tokens.pipeline import Pipeline
 from tests import prom_text
 from tests.services import poll
@@ -134,6 +135,7 @@ def test_our_spans_take_the_agent_from_the_current_invoke_agent_span(
     instrumented: TracerProvider, span_exporter: InMemorySpanExporter, client: openai.OpenAI
 ):
     framework = instrumented.get_tracer("framework")
+    instrumented.add_span_processor(AgentScopes())  # the application's own provider: it adds it
     with agent_span(framework, "researcher", workflow="report"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         with attribute(agent="explicit"):  # a scope that names the agent wins
@@ -149,7 +151,7 @@ def test_our_spans_take_the_agent_from_the_current_invoke_agent_span(
     assert [(c.get(sc.GEN_AI_AGENT_NAME), c.get(sc.GEN_AI_WORKFLOW_NAME)) for c in calls] == [
         ("researcher", "report"),
         ("explicit", "report"),
-        ("researcher", "report"),  # two spans deeper: the instrumentation's span processor knows
+        ("researcher", "report"),  # two spans deeper: AgentScopes knows
         (None, "nightly"),
     ]
 
@@ -166,6 +168,7 @@ def test_collector_attributes_framework_named_agents(fake_provider: FakeProvider
         provider = TracerProvider(resource=Resource.create({sc.SERVICE_NAME: "support-bot"}))
         endpoint = f"http://127.0.0.1:{collector.http_port}/v1/traces"
         provider.add_span_processor(SimpleSpanProcessor(HttpExporter(endpoint=endpoint)))  # one span a batch
+        provider.add_span_processor(AgentScopes())
         framework, foreign = provider.get_tracer("framework"), provider.get_tracer("openllmetry")
         otel_tokens.instrument(tracer_provider=provider)
         try:

@@ -2,10 +2,15 @@
 
 Agent frameworks open an `invoke_agent` span (GenAI semconv: `gen_ai.agent.name`) around an agent's
 run, and often more spans under it (`execute_tool`, a chain step) before an LLM call is made. The
-API gives a span no way to its ancestors, so `AgentScopes`, a span processor `instrument()` adds to
-the tracer provider, notes at each span's start the scope it inherits from its parent (or opens, for
-an `invoke_agent` / `invoke_workflow` span) and forgets it at the span's end. Our call wrapper asks
-for the current span's scope when no `attribute()` scope names the agent.
+API gives a span no way to its ancestors, so `AgentScopes`, a span processor, notes at each span's
+start the scope it inherits from its parent (or opens, for an `invoke_agent` / `invoke_workflow`
+span) and forgets it at the span's end. Our call wrapper asks every live `AgentScopes` for the
+current span's scope when no `attribute()` scope names the agent.
+
+`instrument()` adds one to a tracer provider only when it set that provider up itself: an
+application's own provider is left exactly as configured, and the application adds it
+(`provider.add_span_processor(AgentScopes())`) if its agent spans sit more than one span above its
+LLM calls (the current span is always looked at).
 
 Only spans of the provider it was added to and of this process are seen (an agent span in a caller
 process is the collector's to resolve). Memory: one small entry per open span under an agent,
@@ -14,12 +19,14 @@ bounded by `max_open`; nothing when no framework opens agent spans. Never raises
 
 from __future__ import annotations
 
+import weakref
+
 from opentelemetry import context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_tokens import semconv as sc
 
-__all__ = ["AgentScopes"]
+__all__ = ["AgentScopes", "lookup"]
 
 #: (agent, workflow) a span runs under
 ScopeNames = tuple[str | None, str | None]
@@ -36,6 +43,7 @@ class AgentScopes(SpanProcessor):
         self.max_open = max_open
         self.active = True
         self._scopes: dict[int, ScopeNames] = {}
+        _live.add(self)
 
     def lookup(self, span_id: int) -> ScopeNames | None:
         return self._scopes.get(span_id)
@@ -60,8 +68,26 @@ class AgentScopes(SpanProcessor):
         if inherited is not None and inherited != (None, None) and len(self._scopes) < self.max_open:
             self._scopes[span.context.span_id] = inherited
 
+    def shutdown(self) -> None:
+        self.active = False
+        self._scopes.clear()
+        _live.discard(self)
+
     def on_end(self, span: ReadableSpan) -> None:
         if self._scopes:
             ctx = span.get_span_context()
             if ctx is not None:
                 self._scopes.pop(ctx.span_id, None)
+
+
+#: Every AgentScopes not shut down (weakly: a provider dropped takes its processor with it).
+_live: weakref.WeakSet[AgentScopes] = weakref.WeakSet()
+
+
+def lookup(span_id: int) -> ScopeNames | None:
+    """The scope the span runs under, as any live `AgentScopes` noted it (normally there is one)."""
+    for scopes in list(_live):
+        found = scopes.lookup(span_id)
+        if found is not None:
+            return found
+    return None

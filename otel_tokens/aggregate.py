@@ -12,7 +12,8 @@ counted under one acquisition.
 Tokens per completed task: a task instance's calls may come from several processes, so only here is
 its total known. When its owner signals completion (`complete_tasks`, from the task span), the
 instance's accumulated tokens and cost are observed once into the `llm_task_tokens` /
-`llm_task_cost_usd` histograms (labels agent, task, status, verified) and the instance is
+`llm_task_cost_usd` histograms (labels agent, task, model — the one with most of its tokens —,
+status, verified) and the instance is
 forgotten; the completion's span is remembered so a re-sent task span is not observed twice. Calls
 counted after their task completed still count in every counter, but in no task histogram.
 
@@ -105,11 +106,15 @@ def _plain(value: Any) -> list[Any]:
 
 
 def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
-    """Task series kept before the `verified` label existed (agent, task, status) get `none`."""
+    """Task series kept before the `model` and `verified` labels existed (agent, task, status) get
+    `unknown` and `none`."""
     width = len(TASK_LABELS)
 
     def widen(key: list[str]) -> list[str]:
-        return key if len(key) == width else [*key, names.VERIFIED_NONE]
+        if len(key) == width:
+            return key
+        agent, task, status = key
+        return [agent, task, UNKNOWN, status, names.VERIFIED_NONE]
 
     return {
         **family,
@@ -219,8 +224,8 @@ class Series:
 
 @dataclass(slots=True)
 class TaskSeries:
-    """Both task histograms of one (agent, task, status, verified): per-bucket counts (not cumulative, +Inf
-    last) and sums; the count is the number of completed task instances."""
+    """Both task histograms of one (agent, task, model, status, verified): per-bucket counts (not
+    cumulative, +Inf last) and sums; the count is the number of completed task instances."""
 
     token_buckets: list[int]
     cost_buckets: list[int]
@@ -366,7 +371,13 @@ class Aggregator:
             if self._observed_ids:
                 self._observed_ids.pop(attribution.task_id, None)  # a new run of a reused task id
             self._tasks.add(
-                attribution.task_id, attribution.agent, attribution.task, total, record.cost_usd or 0.0, now
+                attribution.task_id,
+                attribution.agent,
+                attribution.task,
+                total,
+                record.cost_usd or 0.0,
+                now,
+                record.model,
             )
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
@@ -415,7 +426,8 @@ class Aggregator:
         verdict = self._verdicts.pop(completion.task_id, None)
         _remember(self._observed_ids, completion.task_id, self.config.max_task_instances)
         verified = names.VERIFIED_NONE if verdict is None else _VERIFIED[verdict]
-        key = (_label(agent), _label(task), completion.status, verified)
+        model = totals.main_model() if totals is not None else None
+        key = (_label(agent), _label(task), _label(model), completion.status, verified)
         series = self._task_series.get_or_create(key, now)
         tokens = totals.tokens if totals is not None else 0
         cost = totals.cost_usd if totals is not None else 0.0

@@ -87,7 +87,7 @@ class TokenMetricsCollector(Collector):
 
 
 def _task_families(snap: Snapshot | None = None) -> Iterator[Metric]:
-    """Tokens and cost per completed task instance, by (agent, task, status, verified)."""
+    """Tokens and cost per completed task instance, by (agent, task, model, status, verified)."""
     labels = list(TASK_LABELS)
     tokens = HistogramMetricFamily(names.TASK_TOKENS, _HELP[names.TASK_TOKENS], labels=labels)
     cost = HistogramMetricFamily(names.TASK_COST, _HELP[names.TASK_COST], labels=labels)

@@ -40,9 +40,10 @@ SEVERITY: Final = "severity"
 
 #: The default dimensions of the usage metrics (configurable in the collector).
 DEFAULT_DIMENSIONS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, PROVIDER)
-#: The task histograms' labels: a task is owned by one agent; status says whether its scope raised;
-#: verified says whether its checks passed (`VERIFIED_VALUES`).
-TASK_LABELS: Final[tuple[str, ...]] = (AGENT, TASK, STATUS, VERIFIED)
+#: The task histograms' labels: a task is owned by one agent; model is the one that did most of its
+#: work (most tokens); status says whether its scope raised; verified whether its checks passed
+#: (`VERIFIED_VALUES`). Cost per passed task by task type and model reads these.
+TASK_LABELS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, STATUS, VERIFIED)
 #: The values of `verified`: every check reported for the task passed / at least one failed / none was
 #: reported. `none` is also what a task gets whose verdict arrived too late (see the README).
 VERIFIED_PASSED: Final = "passed"

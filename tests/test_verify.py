@@ -40,10 +40,12 @@ _, TOKENS_SUM, TOKENS_COUNT = mn.histogram_series(mn.TASK_TOKENS)
 COST_SUM = mn.histogram_series(mn.TASK_COST)[1]
 
 
-def by_verified(source: CollectorRegistry | str, name: str) -> dict[str, float]:
-    """`sum by (verified) (name)`."""
+def by_verified(source: CollectorRegistry | str, name: str, model: str | None = None) -> dict[str, float]:
+    """`sum by (verified) (name)`, of one model's tasks when given."""
     out: dict[str, float] = {}
     for labels, v in prom_text.series(source, name).items():
+        if model is not None and dict(labels)[mn.MODEL] != model:
+            continue
         verified = dict(labels)[mn.VERIFIED]
         out[verified] = out.get(verified, 0.0) + v
     return out
@@ -57,16 +59,16 @@ class Ledger:
         self.tokens: dict[str, int] = {}
         self.cost: dict[str, float] = {}
 
-    def run(self, task_id: str, client: openai.OpenAI, prompts: int) -> None:
+    def run(self, task_id: str, client: openai.OpenAI, prompts: int, model: str = MODEL) -> None:
         start = len(self.fake.reported)
         for i in range(prompts):
             client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"{task_id} step {i} " * (i + 3)}]
+                model=model, messages=[{"role": "user", "content": f"{task_id} step {i} " * (i + 3)}]
             )
         calls = self.fake.reported[start:]
         self.tokens[task_id] = sum(u.tokens.total for u in calls)
         prices = default_price_book()
-        self.cost[task_id] = sum(prices.cost_usd("openai", MODEL, u.tokens) or 0.0 for u in calls)
+        self.cost[task_id] = sum(prices.cost_usd("openai", model, u.tokens) or 0.0 for u in calls)
 
     def total(self, *task_ids: str) -> tuple[int, float]:
         return sum(self.tokens[t] for t in task_ids), sum(self.cost[t] for t in task_ids)
@@ -152,7 +154,10 @@ def test_verdicts_combine_and_join_their_task_whenever_they_arrive():
         return TaskCompletion(task_id, "fix", "coder", trace_id=1, span_id=span_id)
 
     def verdicts() -> dict[str, int]:
-        return {key[3]: sum(s.token_buckets) for key, s in agg.snapshot().task_series.items()}
+        out: dict[str, int] = {}
+        for key, series in agg.snapshot().task_series.items():  # by verified, over every model
+            out[key[4]] = out.get(key[4], 0) + sum(series.token_buckets)
+        return out
 
     # before: two verdicts (one failed), then the task: failed, observed at once
     pipe.ingest_records([Verdict("a", True, span_id=1), Verdict("a", False, "lint", span_id=2)])
@@ -200,14 +205,28 @@ def test_in_process_sums_by_verified_are_what_the_provider_reported(
             raise AssertionError("red")
     with attribute(agent="coder", task="fix", task_id="n1"):
         ledger.run("n1", client, 1)
+    with attribute(agent="coder", task="fix", task_id="p2"):  # the same task type on a bigger model
+        ledger.run("p2", client, 2, model="gpt-4o")
+        verify(True)
 
     registry = pipe.registry
+    # cost per passed task by task type and model: what says whether the cheap model pays
+    passed_by_model: dict[str, float] = {}
+    for labels, v in prom_text.series(registry, COST_SUM).items():
+        got = dict(labels)
+        if got[mn.VERIFIED] == "passed" and got[mn.TASK] == "fix":
+            passed_by_model[got[mn.MODEL]] = passed_by_model.get(got[mn.MODEL], 0.0) + v
+    assert passed_by_model == pytest.approx({MODEL: ledger.cost["p1"], "gpt-4o": ledger.cost["p2"]})
+    assert ledger.cost["p2"] > ledger.cost["p1"]
+    del ledger.tokens["p2"], ledger.cost["p2"]  # the rest compares p1 / f1 / n1 alone
+    for labels in list(prom_text.series(registry, TOKENS_COUNT)):
+        assert dict(labels)[mn.MODEL] in (MODEL, "gpt-4o")
     for name, index in ((TOKENS_SUM, 0), (COST_SUM, 1)):
-        sums = by_verified(registry, name)
+        sums = by_verified(registry, name, model=MODEL)
         assert sums.keys() == {"passed", "failed", "none"}
         for verified, task_id in (("passed", "p1"), ("failed", "f1"), ("none", "n1")):
             assert sums[verified] == pytest.approx(ledger.total(task_id)[index]), (name, verified)
-    assert by_verified(registry, TOKENS_COUNT) == {"passed": 1, "failed": 1, "none": 1}
+    assert by_verified(registry, TOKENS_COUNT, model=MODEL) == {"passed": 1, "failed": 1, "none": 1}
 
 
 # --- a real collector over OTLP/HTTP ----------------------------------------------------------------

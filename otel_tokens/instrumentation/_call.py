@@ -27,13 +27,19 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
+from otel_tokens.attribution import (
+    NO_ATTRIBUTION,
+    attribution_attributes,
+    current_attribution,
+    framework_attribution,
+)
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
 
 if TYPE_CHECKING:  # the guard is imported only when a budget file turns it on
     from otel_tokens.guard import Admission, Guard, GuardRequest
+    from otel_tokens.instrumentation._cache_replay import CacheSlot
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 #: The key `trace.set_span_in_context` stores the current span under (read once, not imported
@@ -54,7 +60,24 @@ def inside_llm_call(ctx: Context | None = None) -> bool:
     """True while an instrumented call is in progress in this context (`ctx`, default the current
     one): a nested wrapped SDK method (e.g. `responses.stream()` calling `responses.create()`) must
     not count the call twice."""
-    return bool((context.get_current() if ctx is None else ctx).get(_INSIDE_CALL_KEY))
+    call = (context.get_current() if ctx is None else ctx).get(_INSIDE_CALL_KEY)
+    # The call itself, not a flag: a context restored after the call ended (another
+    # instrumentation detaching its stream's context late, out of order, brings ours back) must not
+    # make the next call look nested, or that call would go unrecorded.
+    return isinstance(call, LLMCall) and not call._ended
+
+
+def _live_context(ctx: Context | None = None) -> context.Context:
+    """The current context (`ctx`, when the caller already read it), unless it is one of our calls'
+    that already ended (brought back by another instrumentation detaching its stream's context
+    late, out of order): then the context that call started in, so this call is neither nested
+    under the old one's span nor counted as its duplicate."""
+    if ctx is None:
+        ctx = context.get_current()
+    call = ctx.get(_INSIDE_CALL_KEY)
+    if isinstance(call, LLMCall) and call._ended:
+        return call.parent_context
+    return ctx
 
 
 def internal_error(where: str) -> None:
@@ -72,7 +95,9 @@ class LLMCall:
         "_failed",
         "admission",
         "attribution",
+        "cache_slot",
         "operation",
+        "parent_context",
         "provider",
         "request_model",
         "service_tier",
@@ -93,22 +118,23 @@ class LLMCall:
         max_tokens: int | None = None,
         ctx: Context | None = None,
     ) -> None:
-        """`ctx`: the current context, when the wrapper already read it (saves reading it again
-        for the attribution and the span's parent)."""
-        if ctx is None:
-            ctx = context.get_current()
+        """`ctx`: the current context, when the wrapper already read it (not read again here)."""
         self.settings = settings
         self.provider = provider
         self.operation = operation
         self.request_model = request_model or "unknown"
         self._ended = False
         self.admission: Admission | None = None  # the budget guard's, when it reserved
+        self.cache_slot: CacheSlot | None = None  # a response to store in the response cache
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
         self._failed: tuple[str, ...] = ()  # a tuple: no allocation on the common path
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
+        self.parent_context = _live_context(ctx)
         try:
-            self.attribution = current_attribution(ctx)
+            # an agent framework's enclosing invoke_agent span names the agent when no scope does
+            live = self.parent_context
+            self.attribution = framework_attribution(current_attribution(live), live)
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
@@ -132,7 +158,7 @@ class LLMCall:
             except Exception:
                 self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
         self.span = settings.tracer.start_span(
-            f"{operation} {self.request_model}", ctx, SpanKind.CLIENT, attributes
+            f"{operation} {self.request_model}", self.parent_context, SpanKind.CLIENT, attributes
         )
 
     @property
@@ -151,20 +177,16 @@ class LLMCall:
             context.detach(token)
 
     def _attach(self) -> Token[context.Context]:
-        """`activate()` without the context manager, for `invoke` on the hot path: the current
-        context plus this span and the inside-a-call mark, in one copy (what `set_span_in_context`
-        and `set_value` would make in two)."""
-        return context.attach(
-            Context({**context.get_current(), _SPAN_KEY: self.span, _INSIDE_CALL_KEY: True})
-        )
+        """`activate()` without the context manager: the call's parent context plus this span and
+        the call itself as the inside-a-call mark, in one copy (what `set_span_in_context` and
+        `set_value` would make in two)."""
+        return context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
 
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
         propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
         # `_attach()`, inline: this runs on every call
-        token = context.attach(
-            Context({**context.get_current(), _SPAN_KEY: self.span, _INSIDE_CALL_KEY: True})
-        )
+        token = context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -198,36 +220,48 @@ class LLMCall:
 
     # --- the budget guard's pre-send hook ---------------------------------------------------------
     def admit(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """Ask the budget guard (if on) before sending: returns the kwargs to send (the `model` may
-        be downgraded) or raises `BudgetExceeded` / `BudgetDeferred` with the span ended as an error.
-        A deferral with a `defer_wait` blocks this thread while it waits for room."""
+        be downgraded, the `prompt_arg` messages compressed) or raises `BudgetExceeded` /
+        `BudgetDeferred` / `TaskStopped` with the span ended as an error. A deferral with a
+        `defer_wait` blocks this thread while it waits for room."""
         guard = self.settings.guard
         if guard is None:
             return kwargs
         try:
-            admission = guard.admit(self._guard_request(prompt, system, max_output_tokens))
+            admission = guard.admit(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")  # our bug: the call goes ahead unguarded
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
     async def admit_async(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """`admit` for the async clients: a deferred call waits without blocking the event loop."""
         guard = self.settings.guard
         if guard is None:
             return kwargs
         try:
-            admission = await guard.admit_async(self._guard_request(prompt, system, max_output_tokens))
+            admission = await guard.admit_async(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
-    def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+    def guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+        """This call as the guard sees it."""
         from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
 
         return GuardRequest(
@@ -240,9 +274,13 @@ class LLMCall:
             max_output_tokens,
         )
 
-    def _apply_admission(self, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _apply_admission(
+        self, admission: Admission, kwargs: dict[str, Any], prompt_arg: str
+    ) -> dict[str, Any]:
         for decision in admission.decisions:
             self.span.add_event(sc.OTEL_TOKENS_GUARD_DECISION_EVENT, decision.attributes())
+        for finding in admission.findings:
+            self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         if admission.refusal is not None:
             self.finish(None, error=admission.refusal)
             raise admission.refusal
@@ -258,7 +296,21 @@ class LLMCall:
                 }
             )
             kwargs = {**kwargs, "model": admission.model}
+        if admission.saved is not None:  # compressed: send the shrunk messages
+            kwargs = {**kwargs, prompt_arg: admission.prompt}
+            budget, tokens = admission.saved
+            self.add_saved_event(sc.SAVED_COMPRESSED, tokens, budget)
         return kwargs
+
+    def add_saved_event(self, reason: str, tokens: int, budget: str | None) -> None:
+        """What the guard saved this call (`semconv.SAVED_*`), for `llm_tokens_saved_total`."""
+        attributes: dict[str, AttributeValue] = {
+            sc.OTEL_TOKENS_GUARD_SAVED_REASON: reason,
+            sc.OTEL_TOKENS_GUARD_SAVED_TOKENS: tokens,
+        }
+        if budget is not None:
+            attributes[sc.OTEL_TOKENS_GUARD_BUDGET] = budget
+        self.span.add_event(sc.OTEL_TOKENS_GUARD_SAVED_EVENT, attributes)
 
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""
@@ -276,12 +328,13 @@ class LLMCall:
         error: BaseException | None = None,
         error_type: str | None = None,
     ) -> UsageRecord | None:
-        """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`) and the
-        budget guard. Safe to call more than once (only the first call counts); never raises.
+        """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`), the
+        budget guard and the response cache. Safe to call more than once (only the first call
+        counts); never raises.
 
         The span needs only the counts, the cost and the status, so those are all this builds on
-        the caller's path; the `UsageRecord` is built only when a sink is subscribed or the guard
-        has a reservation to settle (returned then, else None)."""
+        the caller's path; the `UsageRecord` is built only when a sink is subscribed, the guard
+        has a reservation to settle or the response cache a slot to fill (returned then, else None)."""
         if self._ended:
             return None
         self._ended = True
@@ -306,15 +359,19 @@ class LLMCall:
             )
         except Exception:
             internal_error("LLMCall.finish")
-        admission = self.admission
+        admission, cache_slot = self.admission, self.cache_slot
         record: UsageRecord | None = None
-        if admission is not None or record_sinks.active:
+        if admission is not None or cache_slot is not None or record_sinks.active:
             try:
                 record = self._build_record(counts, response_model, estimated, cost, failed, error_type)
             except Exception:
                 internal_error("LLMCall.finish: record")
+        if cache_slot is not None:
+            cache_slot.commit(record)
         if admission is not None:
             self._settle(admission, record)
+            for finding in admission.late_findings:
+                self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)

@@ -56,6 +56,8 @@ _ATTRIBUTION_KEY = context.create_key("otel_tokens.attribution")
 #: The context key the baggage API keeps its entries under (read once from the API, which keeps it
 #: private), so the common no-baggage case costs one dict lookup instead of the API's copy.
 _BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", context.Context())))
+#: The key `trace.set_span_in_context` keeps the current span under (likewise read once).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, context.Context())))
 _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
 _MAX_CHECK_LENGTH = 128  # a check's name is an identifier too
 
@@ -287,7 +289,9 @@ def framework_attribution(attribution: Attribution, ctx: context.Context | None 
     span runs under, as the instrumentation's span processor noted it (a tool span under an agent)."""
     if attribution.agent is not None and attribution.workflow is not None:
         return attribution
-    span = trace.get_current_span(ctx)
+    span = cast("trace.Span | None", (context.get_current() if ctx is None else ctx).get(_SPAN_KEY))
+    if span is None:  # no enclosing span (a top-level call): no framework named an agent
+        return attribution
     attributes = getattr(span, "attributes", None)  # SDK spans have them
     operation = attributes.get(sc.GEN_AI_OPERATION_NAME) if attributes else None
     agent: object = None

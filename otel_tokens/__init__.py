@@ -4,7 +4,9 @@ The public API is deliberately small:
 
 - `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans;
   `instrument(budgets="budgets.yaml")` also enforces the budgets before each call.
-- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises.
+- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises
+  (`CollectorUnavailable`: a shared budget's collector is down and the guard fails closed);
+- `TaskStopped` — what a call raises when an alert's stop order covers it.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import TracerProvider
 
 from otel_tokens.attribution import attribute, current_attribution
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, CollectorUnavailable, TaskStopped
 
 if TYPE_CHECKING:
     from otel_tokens.budgets.spec import BudgetFile
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BudgetDeferred",
     "BudgetExceeded",
+    "CollectorUnavailable",
+    "TaskStopped",
     "attribute",
     "current_attribution",
     "instrument",

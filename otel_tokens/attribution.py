@@ -41,6 +41,9 @@ from otel_tokens.semconv import BAGGAGE_PREFIX
 from otel_tokens.sinks import record_sinks
 
 _ATTRIBUTION_KEY = context.create_key("otel_tokens.attribution")
+#: Whether the calls here belong to a critical agent: a `pause_noncritical` stop order spares them.
+#: Kept apart from `Attribution` (it is no label and travels on no span or baggage).
+_CRITICAL_KEY = context.create_key("otel_tokens.critical")
 _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +83,11 @@ def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue
         return {}
     values = ((key, getattr(attribution, name)) for name, key in _SPAN_ATTRIBUTE_PAIRS)
     return {key: value for key, value in values if value is not None}
+
+
+def is_critical(ctx: context.Context | None = None) -> bool:
+    """True inside `attribute(..., critical=True)` (an inner `critical=False` undoes it)."""
+    return context.get_value(_CRITICAL_KEY, ctx) is True
 
 
 def current_attribution(ctx: context.Context | None = None) -> Attribution:
@@ -126,6 +134,8 @@ class attribute:
 
     Use as a context manager (`with attribute(agent="planner", task="research"):`) or a decorator
     on sync and async functions. Nested scopes merge and the inner one wins field by field.
+    `critical=True` marks the calls as a critical agent's: a `pause_noncritical` stop order (an
+    exceeded budget's alert, through the collector) does not pause them.
     """
 
     def __init__(
@@ -138,7 +148,9 @@ class attribute:
         session: str | None = None,
         step: str | int | None = None,
         workflow: str | None = None,
+        critical: bool | None = None,
     ) -> None:
+        self._critical = critical
         self._scope = _clean(
             {
                 "agent": agent,
@@ -158,6 +170,8 @@ class attribute:
         outer = current_attribution()
         merged = outer.merged(self._scope)
         ctx = context.set_value(_ATTRIBUTION_KEY, merged)
+        if self._critical is not None:
+            ctx = context.set_value(_CRITICAL_KEY, self._critical, ctx)
         for name, value in merged.items():
             if value is not None:
                 ctx = baggage.set_baggage(BAGGAGE_PREFIX + name, value, ctx)
@@ -181,12 +195,12 @@ class attribute:
                 _publish_completion(span, merged, exc)
 
     def __call__(self, func: F) -> F:
-        scope = self._scope
+        scope, critical = self._scope, self._critical
 
         def fresh() -> attribute:
             # A new scope object per call: one decorated function may run concurrently.
             new = attribute.__new__(attribute)
-            new._scope, new._tokens = scope, []
+            new._scope, new._tokens, new._critical = scope, [], critical
             return new
 
         if inspect.iscoroutinefunction(func):

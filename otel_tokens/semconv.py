@@ -118,3 +118,6 @@ OTEL_TOKENS_GUARD_LIMIT: Final = "otel_tokens.guard.limit"
 OTEL_TOKENS_GUARD_ESTIMATE: Final = "otel_tokens.guard.estimate"  # this call, in the budget's unit
 OTEL_TOKENS_GUARD_RETRY_AFTER: Final = "otel_tokens.guard.retry_after_seconds"
 OTEL_TOKENS_GUARD_MODEL: Final = "otel_tokens.guard.model"  # the model a downgrade switched to
+#: Tokens the decision saved (README, "Enforce budgets in the agent": what counts as saved); the
+#: collector sums it into `llm_tokens_saved_total`.
+OTEL_TOKENS_GUARD_TOKENS_SAVED: Final = "otel_tokens.guard.tokens_saved"

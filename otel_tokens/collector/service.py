@@ -22,11 +22,13 @@ from types import FrameType, TracebackType
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.budgets.loader import load_budget_file
+from otel_tokens.collector.api_guard import GuardApi
 from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.config import CollectorConfig
 from otel_tokens.collector.grpc_receiver import GrpcReceiver, GrpcTls
 from otel_tokens.collector.http_edge import EdgeLimits, HttpEdge, Listener, bind_socket
 from otel_tokens.collector.http_receiver import BUDGETS_PATH, TRACES_PATH, api_app, otlp_app
+from otel_tokens.collector.stop_orders import StopOrderBook
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["CollectorService", "run_collector"]
@@ -46,6 +48,8 @@ class CollectorService:
         if self.config.budgets_file:
             self.ledger = BudgetLedger(load_budget_file(self.config.budgets_file))
             self.ledger.attach(self.pipeline)
+        #: Stop orders from Alertmanager's webhook, read by guards with the budget status.
+        self.stop_orders = StopOrderBook()
         # Token and certificate files are read here too: a missing one stops start-up, named.
         self._token = _token(self.config.auth_token_file, "auth.token_file")
         self._metrics_token = _token(self.config.metrics_auth_token_file, "auth.metrics_token_file")
@@ -86,6 +90,7 @@ class CollectorService:
         )
         self._metrics = Listener("metrics", metrics_sock, api_app(
             self.pipeline.registry, edge, self.ledger, token=self._token, metrics_token=self._metrics_token,
+            guard=GuardApi(self.ledger, self.stop_orders),
         ))  # fmt: skip
         edge.add(self._metrics)
         http_sock = bind_socket(cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)")

@@ -6,10 +6,15 @@ the call's usage record when it ends. Modules, one concern each:
 
 - `estimate` — the pre-flight estimate of a request (tokenizer + output ceiling);
 - `state` — budget standings and in-flight reservations behind the `BudgetState` protocol
-  (in-process now; a collector-synced implementation plugs in behind it);
+  (`LocalBudgetState`: this process alone);
+- `collector_state` (+ `collector_client`) — `CollectorBudgetState`: budgets shared by many
+  processes through the collector's ledger, and the stop orders its alerts webhook placed;
+- `stops` — stop orders (`TaskStopped`) as the guard matches them against a call;
+- `wiring` — which state a guard gets (`OTEL_TOKENS_COLLECTOR_URL` / `guard.collector.url`);
 - `policy` — the actions (downgrade, block, defer, warn) as a pure decision;
 - `guard` — one call's admission: estimate, match, decide and reserve atomically, settle;
-- `errors` — `BudgetExceeded` and `BudgetDeferred`, re-exported by `otel_tokens`.
+- `errors` — `BudgetExceeded`, `BudgetDeferred`, `CollectorUnavailable`, `TaskStopped`,
+  re-exported by `otel_tokens`.
 
 It imports the core (budgets, record, pricing, token counting), never the collector service.
 """
@@ -20,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 # The errors are light and re-exported by `otel_tokens`; the rest (pydantic models, tokenizer) loads
 # only when a budget file turns the guard on, so `import otel_tokens` stays fast.
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, CollectorUnavailable, TaskStopped
 
 if TYPE_CHECKING:
+    from otel_tokens.guard.collector_state import CollectorBudgetState
     from otel_tokens.guard.estimate import GuardRequest
     from otel_tokens.guard.guard import Admission, Guard
     from otel_tokens.guard.state import BudgetState, LocalBudgetState
@@ -32,9 +38,12 @@ __all__ = [
     "BudgetDeferred",
     "BudgetExceeded",
     "BudgetState",
+    "CollectorBudgetState",
+    "CollectorUnavailable",
     "Guard",
     "GuardRequest",
     "LocalBudgetState",
+    "TaskStopped",
 ]
 
 _LAZY = {
@@ -43,6 +52,7 @@ _LAZY = {
     "Guard": "otel_tokens.guard.guard",
     "BudgetState": "otel_tokens.guard.state",
     "LocalBudgetState": "otel_tokens.guard.state",
+    "CollectorBudgetState": "otel_tokens.guard.collector_state",
 }
 
 

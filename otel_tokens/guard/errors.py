@@ -11,7 +11,7 @@ from datetime import datetime
 
 from otel_tokens.humanize import format_amount
 
-__all__ = ["BudgetDeferred", "BudgetExceeded"]
+__all__ = ["BudgetDeferred", "BudgetExceeded", "CollectorUnavailable", "TaskStopped"]
 
 
 class BudgetExceeded(Exception):
@@ -90,3 +90,52 @@ class BudgetDeferred(BudgetExceeded):
 
     def _message(self) -> str:
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"
+
+
+class CollectorUnavailable(BudgetExceeded):
+    """The guard shares this budget through the collector, which did not answer, and the budget
+    file says `guard.collector.on_unreachable: closed`: the call was not sent. A `BudgetExceeded`,
+    so code that handles a refused call handles this one too."""
+
+    def __init__(self, *, budget: str, scope: str, window: str, limit: float, estimate: float, unit: str,
+                 url: str, reason: str) -> None:  # fmt: skip
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            budget=budget, scope=scope, used=0.0, reserved=0.0, limit=limit, window=window,
+            resets_at=None, estimate=estimate, unit=unit,
+        )  # fmt: skip
+
+    def _message(self) -> str:
+        return (
+            f"budget {self.budget!r} ({self.scope}, {self.window}): the collector at {self.url} is "
+            f"unreachable ({self.reason}) and guard.collector.on_unreachable is 'closed': the call was "
+            "not sent"
+        )
+
+
+class TaskStopped(Exception):
+    """A stop order from an alert covers this call; the request was never sent.
+
+    `kind` is `kill_agent_task` (a `RunawayTask` alert named this `task_id`) or `pause_noncritical`
+    (an exceeded budget pauses agents not marked critical). The order lasts until the alert
+    resolves; `alert`, `budget` and `summary` are the alert's, `since` when it started firing.
+    """
+
+    def __init__(
+        self, *, kind: str, alert: str, task_id: str | None, agent: str | None, budget: str | None,
+        summary: str, since: str,
+    ) -> None:  # fmt: skip
+        self.kind = kind
+        self.alert = alert
+        self.task_id = task_id
+        self.agent = agent
+        self.budget = budget
+        self.summary = summary
+        self.since = since
+        who = f"task instance {task_id!r}" if kind == "kill_agent_task" else f"non-critical agent {agent!r}"
+        why = f": {summary}" if summary else ""
+        super().__init__(
+            f"{who} stopped by alert {alert!r} (budget {budget!r}, {kind}, firing since "
+            f"{since or '?'}){why}; the call was not sent"
+        )

@@ -14,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from otel_tokens.attribution import is_critical
 from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.spec import Budget, BudgetFile
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_tokens
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, pressure_of, resolve
-from otel_tokens.guard.state import BudgetState, Claim, LocalBudgetState, Reservation
+from otel_tokens.guard.state import BudgetState, Claim, Reservation, StateUnavailable
+from otel_tokens.guard.stops import StopDecision, find_stop
+from otel_tokens.guard.wiring import default_state
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.pricing import PriceBook, default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
@@ -42,8 +45,8 @@ class Admission:
 
     model: str
     downgraded_from: str | None = None
-    decisions: list[Decision] = field(default_factory=list)
-    refusal: BudgetExceeded | None = None
+    decisions: list[Decision | StopDecision] = field(default_factory=list)
+    refusal: BudgetExceeded | TaskStopped | None = None
     reservation: Reservation | None = None
     state: BudgetState | None = None
 
@@ -65,7 +68,8 @@ class Guard:
         prices: PriceBook | None = None,
     ) -> None:
         self.budget_file = budget_file
-        self.state: BudgetState = state if state is not None else LocalBudgetState(budget_file, clock)
+        self.state: BudgetState = state if state is not None else default_state(budget_file, clock)
+        self._critical_agents = frozenset(budget_file.guard.critical_agents)
         self._prices = prices or default_price_book()
         self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
         #: (provider, model, attribution) → the budgets matching such a call, and whether one is in USD
@@ -81,6 +85,9 @@ class Guard:
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: GuardRequest) -> Admission:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""
+        stopped = self._stopped(request)
+        if stopped is not None:
+            return stopped
         if not self._matching(request.provider, request.model, request.attribution):
             return Admission(request.model)  # no budget covers this call: nothing to estimate
         estimate = estimate_tokens(request, self._default_output)
@@ -98,6 +105,9 @@ class Guard:
 
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
+        stopped = self._stopped(request)
+        if stopped is not None:
+            return stopped
         if not self._matching(request.provider, request.model, request.attribution):
             return Admission(request.model)
         estimate = estimate_tokens(request, self._default_output)
@@ -117,9 +127,24 @@ class Guard:
     def _after_wait(before: Admission, after: Admission) -> Admission:
         """A deferred call admitted after waiting says so on its span."""
         if after.refusal is None and before.refusal is not None:
-            deferral = next(d for d in before.decisions if d.outcome == "deferred")
+            deferral = next(
+                d for d in before.decisions if isinstance(d, Decision) and d.outcome == "deferred"
+            )
             after.decisions.insert(0, Decision("defer", "waited", deferral.pressure))
         return after
+
+    def _stopped(self, request: GuardRequest) -> Admission | None:
+        """A refusal when a stop order (a firing alert) covers this call, else None."""
+        orders = self.state.stop_orders()
+        if not orders:
+            return None
+        order = find_stop(
+            orders, request.attribution, model=request.model, provider=request.provider,
+            critical=is_critical(), critical_agents=self._critical_agents,
+        )  # fmt: skip
+        if order is None:
+            return None
+        return Admission(request.model, None, [StopDecision(order)], order.error(request.attribution))
 
     def _attempt(self, request: GuardRequest, estimate: TokenCounts) -> tuple[Admission, float]:
         """One decision under the state's lock. The common case — the call fits every budget it
@@ -127,11 +152,14 @@ class Guard:
         claims = self._claims(request, request.model, estimate)
         attribution = request.attribution
         agent, task = attribution.agent or UNKNOWN, attribution.task or UNKNOWN
-        with self.state.transaction() as view:
-            reservation = view.try_reserve(claims, agent, task)
-        if reservation is not None:
-            return Admission(request.model, None, [], None, reservation, self.state), 0.0
-        return self._decide(request, estimate, agent, task)
+        try:
+            with self.state.transaction() as view:
+                reservation = view.try_reserve(claims, agent, task)
+            if reservation is not None:
+                return Admission(request.model, None, [], None, reservation, self.state), 0.0
+            return self._decide(request, estimate, agent, task)
+        except StateUnavailable as unavailable:  # fail-closed: the state's source did not answer
+            return Admission(request.model, None, [], unavailable.refusal), 0.0
 
     def _decide(
         self, request: GuardRequest, estimate: TokenCounts, agent: str, task: str
@@ -155,11 +183,17 @@ class Guard:
                     reservation = view.reserve(claims, agent, task)
                     return self._admitted(request, model, decisions + outcome.decisions, reservation), 0.0
             if isinstance(outcome, Refuse):
-                admission = self._admission(request, model, decisions + outcome.decisions)
+                saved = float(estimate.input + estimate.output)  # the call is not sent (yet)
+                refused = [replace(d, tokens_saved=saved) for d in outcome.decisions]
+                admission = self._admission(request, model, decisions + refused)
                 admission.refusal = outcome.error
                 return admission, outcome.wait_s
             assert isinstance(outcome, Reroute)
-            decisions.append(outcome.decision)
+            decisions.append(
+                replace(
+                    outcome.decision, tokens_saved=self._saved_by(request, model, outcome.model, estimate)
+                )
+            )
             relieved.add(outcome.decision.pressure.budget.name)
             model = outcome.model
             tried.add(model)
@@ -175,7 +209,16 @@ class Guard:
     @staticmethod
     def _admission(request: GuardRequest, model: str, decisions: list[Decision]) -> Admission:
         downgraded_from = request.model if model != request.model else None
-        return Admission(model, downgraded_from, decisions)
+        return Admission(model, downgraded_from, list(decisions))
+
+    def _saved_by(self, request: GuardRequest, model: str, cheaper: str, estimate: TokenCounts) -> float:
+        """A downgrade's saving in tokens of the model asked for: the estimate times the share of
+        its price the cheaper model saves (0 when either model is unpriced: no claim of a saving)."""
+        before = self._prices.cost_usd(request.provider, model, estimate)
+        after = self._prices.cost_usd(request.provider, cheaper, estimate)
+        if not before or after is None:
+            return 0.0
+        return float(estimate.input + estimate.output) * max(0.0, 1.0 - after / before)
 
     # --- what the call claims of each budget ------------------------------------------------------
     def _claims(self, request: GuardRequest, model: str, estimate: TokenCounts) -> list[Claim]:

@@ -72,6 +72,7 @@ class Decision:
     pressure: Pressure
     retry_after: float | None = None
     model: str | None = None
+    tokens_saved: float | None = None
 
     def attributes(self) -> dict[str, str | float]:
         p = self.pressure
@@ -86,6 +87,8 @@ class Decision:
             attributes[sc.OTEL_TOKENS_GUARD_RETRY_AFTER] = self.retry_after
         if self.model is not None:
             attributes[sc.OTEL_TOKENS_GUARD_MODEL] = self.model
+        if self.tokens_saved is not None:
+            attributes[sc.OTEL_TOKENS_GUARD_TOKENS_SAVED] = self.tokens_saved
         return attributes
 
 

@@ -24,11 +24,21 @@ from typing import Protocol
 from otel_tokens.budgets.ledger import budget_window, instance_amount, record_amount, token_type_positions
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import Window
+from otel_tokens.guard.errors import BudgetExceeded
+from otel_tokens.guard.stops import StopOrder
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable
 
-__all__ = ["BudgetState", "BudgetView", "Claim", "LocalBudgetState", "Reservation", "Standing"]
+__all__ = [
+    "BudgetState",
+    "BudgetView",
+    "Claim",
+    "LocalBudgetState",
+    "Reservation",
+    "Standing",
+    "StateUnavailable",
+]
 
 
 @dataclass(slots=True)
@@ -60,6 +70,10 @@ class Reservation:
     agent: str = UNKNOWN
     task: str = UNKNOWN
     settled: bool = field(default=False)
+    #: the collector's id for it, when the state shares budgets through a collector
+    remote_id: str | None = None
+    #: the same claims in this process's own accounting (`CollectorBudgetState`)
+    local: Reservation | None = None
 
 
 class BudgetView(Protocol):
@@ -95,6 +109,20 @@ class BudgetState(Protocol):
         ...
 
     def now(self) -> float: ...
+
+    def stop_orders(self) -> Sequence[StopOrder]:
+        """The stop orders in force (firing alerts the guard obeys); empty when the state has no
+        alert source."""
+        ...
+
+
+class StateUnavailable(Exception):
+    """The state's source cannot answer and its policy is to refuse (fail-closed): `refusal` is
+    the error the call raises."""
+
+    def __init__(self, refusal: BudgetExceeded) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
 
 
 #: As in the collector's ledger: instances idle this long are over; at most this many are remembered.
@@ -167,6 +195,9 @@ class LocalBudgetState:
 
     def now(self) -> float:
         return self._clock()
+
+    def stop_orders(self) -> Sequence[StopOrder]:
+        return ()  # alerts reach guards through the collector (`CollectorBudgetState`)
 
     def transaction(self) -> AbstractContextManager[BudgetView]:
         return _LocalView(self)  # takes the lock on entry (a class: no generator on the hot path)

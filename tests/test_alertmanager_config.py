@@ -22,6 +22,7 @@ import yaml
 
 from otel_tokens.budgets import load_budget_file, parse_budget_text
 from otel_tokens.budgets.render_alertmanager import (
+    COLLECTOR_RECEIVER,
     DEFAULT_RECEIVER,
     AlertmanagerOverrides,
     alertmanager_yaml,
@@ -110,10 +111,13 @@ def test_each_severity_reaches_its_receiver(spec: BudgetFile, tmp_path: Path):
 
 def test_example_pages_p1_and_sends_p3_to_lower_urgency():
     config = yaml.safe_load(alertmanager_yaml(load_budget_file(EXAMPLE), "test"))
-    routes = {r["matchers"][0]: r for r in config["route"]["routes"]}
+    # The example also posts alerts that act to the collector, on a first route that `continue`s.
+    acting, *severity_routes = config["route"]["routes"]
+    assert acting["receiver"] == COLLECTOR_RECEIVER and acting["continue"] is True
+    routes = {r["matchers"][0]: r for r in severity_routes}
     assert routes['severity="P1"']["receiver"] == "oncall-webhook"
     assert routes['severity="P3"']["receiver"] != "oncall-webhook"
-    assert [r["matchers"] for r in config["route"]["routes"]] == [  # ordered by severity
+    assert [r["matchers"] for r in severity_routes] == [  # ordered by severity
         ['severity="P1"'],
         ['severity="P2"'],
         ['severity="P3"'],

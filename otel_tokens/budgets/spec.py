@@ -371,6 +371,12 @@ class Alerting(_Strict):
     repeat_interval: Duration = "4h"
     receivers: list[Receiver] = Field(min_length=1)
     routes: list[Route] = Field(default_factory=list)
+    #: The collector's API base as Alertmanager reaches it (e.g. http://collector:9464): alerts that
+    #: carry an `action` (RunawayTask: kill_agent_task; BudgetExceeded of a `pause_noncritical`
+    #: budget) are also posted to its `/api/v1/alerts`, where they become the guards' stop orders.
+    collector_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    #: File with the collector's bearer token, for Alertmanager (`http_config.authorization`).
+    collector_credentials_file: str | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Alerting:

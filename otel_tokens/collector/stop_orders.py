@@ -38,8 +38,8 @@ __all__ = [
     "WebhookError",
 ]
 
-KILL_AGENT_TASK = "kill_agent_task"
-PAUSE_NONCRITICAL = "pause_noncritical"
+KILL_AGENT_TASK = mn.KILL_AGENT_TASK
+PAUSE_NONCRITICAL = mn.PAUSE_NONCRITICAL
 #: Accepted spellings of the pause action (the long one is how runbooks tend to name it).
 PAUSE_ACTIONS = frozenset({PAUSE_NONCRITICAL, "pause_all_noncritical_agents"})
 #: Labels of an alert that narrow whom a pause applies to (the budget's scope keys).

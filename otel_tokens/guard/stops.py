@@ -24,8 +24,8 @@ from otel_tokens.record import Attribution
 
 __all__ = ["KILL_AGENT_TASK", "PAUSE_NONCRITICAL", "StopDecision", "StopOrder", "find_stop", "parse_orders"]
 
-KILL_AGENT_TASK = "kill_agent_task"
-PAUSE_NONCRITICAL = "pause_noncritical"
+KILL_AGENT_TASK = mn.KILL_AGENT_TASK
+PAUSE_NONCRITICAL = mn.PAUSE_NONCRITICAL
 #: The `otel_tokens.guard.outcome` of a stopped call (and the `action` label it is counted under).
 STOPPED = "stopped"
 

@@ -32,6 +32,7 @@ from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
 from otel_tokens.extract_stats import ExtractStatsCollector
+from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
@@ -121,21 +122,29 @@ class Pipeline:
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
         self.registry.register(ExtractStatsCollector(self._extractor.stats))
+        #: the guard's decision events, counted apart from extraction (`guard_decisions.py`)
+        self.guard_decisions = GuardDecisions(max_series=self.config.max_series_per_metric, clock=clock)
+        self.registry.register(GuardDecisionCollector(self.guard_decisions))
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
         batch = _Batch()
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
+        with swallow_internal_errors("Pipeline.guard_decisions"):
+            self.guard_decisions.count_otlp(request)
         return self._finish(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
         batch = _Batch()
+        spans = list(spans)
         with swallow_internal_errors("Pipeline.ingest_spans"):
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
+        with swallow_internal_errors("Pipeline.guard_decisions"):
+            self.guard_decisions.count_spans(spans)
         return self._finish(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:

@@ -82,6 +82,12 @@ class Guard:
         """A guard for the budget file at `path`; raises `BudgetFileError` listing every problem."""
         return cls(load_budget_file(path))
 
+    def close(self) -> None:
+        """Stop the state's background work, if it has any (`CollectorBudgetState` syncs)."""
+        close = getattr(self.state, "close", None)
+        if callable(close):
+            close()
+
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: GuardRequest) -> Admission:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""

@@ -1,0 +1,151 @@
+"""The guard's decisions, counted at the collector: `llm_guard_actions_total{agent,budget,action}`
+and `llm_tokens_saved_total{agent,budget,reason}`.
+
+The guard writes one span event `otel_tokens.guard.decision` per decision on the call's span, with
+the outcome (blocked, deferred, downgraded, warned, stopped, ...) and the tokens it saved. This
+module reads those events off received spans — a pass of its own beside extraction, which it does
+not touch: spans without events cost one length check.
+
+What counts as saved (`otel_tokens.guard.tokens_saved`, set by the guard): a blocked or deferred
+call, its whole estimate (input + output ceiling), since nothing was sent; a downgraded call, the
+estimate times the share of the price the cheaper model saves — the saving expressed in tokens of
+the model asked for (0 when either model is unpriced); compress and cache (another module's) set
+what they removed or answered. Warnings save nothing.
+
+Bounded: `action` and `reason` take fixed values (`GUARD_OUTCOMES`, `SAVED_REASONS`; anything
+else is `other`, or not a saving), and (agent, budget) go through a `KeyedFamily` with a series
+limit and the usual overflow series. A span delivered twice is counted twice (decisions are rare
+and not deduplicated).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from otel_tokens import metric_names as mn
+from otel_tokens import semconv as sc
+from otel_tokens.keyed import KeyedFamily
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = ["GuardDecisionCollector", "GuardDecisions"]
+
+_OUTCOMES = frozenset(mn.GUARD_OUTCOMES)
+_REASONS = frozenset(mn.SAVED_REASONS)
+_WANTED = (sc.OTEL_TOKENS_GUARD_OUTCOME, sc.OTEL_TOKENS_GUARD_BUDGET, sc.OTEL_TOKENS_GUARD_TOKENS_SAVED)
+
+
+class _Count:
+    __slots__ = ("last_seen", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.last_seen = 0.0
+
+
+class GuardDecisions:
+    """Counts decision events by (agent, budget, action) and savings by (agent, budget, reason)."""
+
+    def __init__(self, *, max_series: int = 2000, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.actions: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
+        self.saved: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
+
+    def count(self, agent: str, event: Mapping[str, Any]) -> None:
+        """One decision event's attributes (`otel_tokens.guard.*`)."""
+        outcome = str(event.get(sc.OTEL_TOKENS_GUARD_OUTCOME) or "other")
+        budget = str(event.get(sc.OTEL_TOKENS_GUARD_BUDGET) or mn.UNKNOWN)
+        saved = event.get(sc.OTEL_TOKENS_GUARD_TOKENS_SAVED)
+        saved = float(saved) if isinstance(saved, int | float) and not isinstance(saved, bool) else 0.0
+        with self._lock:
+            now = self._clock()
+            action = outcome if outcome in _OUTCOMES else "other"
+            self.actions.get_or_create((agent, budget, action), now).value += 1
+            if outcome in _REASONS and 0 < saved < float("inf"):
+                self.saved.get_or_create((agent, budget, outcome), now).value += saved
+
+    def count_otlp(self, request: ExportTraceServiceRequest) -> None:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.events:
+                        self._otlp_span(span)
+
+    def _otlp_span(self, span: Any) -> None:
+        agent: str | None = None
+        for event in span.events:
+            if event.name != sc.OTEL_TOKENS_GUARD_DECISION_EVENT:
+                continue
+            if agent is None:
+                agent = _otlp_agent(span.attributes)
+            values = {kv.key: _any_value(kv.value) for kv in event.attributes if kv.key in _WANTED}
+            self.count(agent, values)
+
+    def count_spans(self, spans: Iterable[ReadableSpan]) -> None:
+        for span in spans:
+            for event in span.events or ():
+                if event.name == sc.OTEL_TOKENS_GUARD_DECISION_EVENT:
+                    attributes = span.attributes or {}
+                    agent = str(attributes.get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)
+                    self.count(agent, dict(event.attributes or {}))
+
+    def snapshot(self) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
+        with self._lock:
+            return (
+                {k: v.value for k, v in self.actions.entries.items()},
+                {k: v.value for k, v in self.saved.entries.items()},
+            )
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind is not None else None
+
+
+def _otlp_agent(attributes: Any) -> str:
+    for kv in attributes:
+        if kv.key == sc.GEN_AI_AGENT_NAME:
+            return str(_any_value(kv.value) or mn.UNKNOWN)[:256]
+    return mn.UNKNOWN
+
+
+class GuardDecisionCollector(Collector):
+    """prometheus_client collector: fresh counter families from one snapshot per scrape."""
+
+    def __init__(self, decisions: GuardDecisions) -> None:
+        self._decisions = decisions
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        actions_family, saved_family = self._families()
+        actions, saved = self._decisions.snapshot()
+        for key, value in sorted(actions.items()):
+            actions_family.add_metric(list(key), value)
+        for key, value in sorted(saved.items()):
+            saved_family.add_metric(list(key), value)
+        yield actions_family
+        yield saved_family
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                mn.GUARD_ACTIONS, "Decisions of the in-process budget guard, by what it did.",
+                labels=[mn.AGENT, mn.BUDGET, mn.ACTION],
+            ),
+            CounterMetricFamily(
+                mn.TOKENS_SAVED, "Tokens the guard kept from reaching a provider (README: what counts).",
+                labels=[mn.AGENT, mn.BUDGET, mn.REASON],
+            ),
+        )  # fmt: skip

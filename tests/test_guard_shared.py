@@ -96,8 +96,8 @@ AGENT = textwrap.dedent(
         try:
             with otel_tokens.attribute(agent="worker"):
                 client.chat.completions.create(
-                    model="gpt-4o-mini", max_completion_tokens=%d,
-                    messages=[{"role": "user", "content": "What is the capital of the fake provider's country?"}],
+                    model="gpt-4o-mini", max_completion_tokens=int(sys.argv[4]),
+                    messages=[{"role": "user", "content": sys.argv[5]}],
                 )
             return "sent"
         except otel_tokens.BudgetExceeded:
@@ -106,7 +106,6 @@ AGENT = textwrap.dedent(
     with ThreadPoolExecutor(25) as pool:
         print(json.dumps(list(pool.map(one, range(25)))), flush=True)
     """
-    % REPLY_TOKENS
 )
 
 
@@ -126,12 +125,20 @@ def test_two_processes_sharing_one_budget_send_exactly_what_it_admits(
         }
         agents = [
             subprocess.Popen(
-                [sys.executable, str(script), str(budgets), fake_provider.openai_base_url, str(go)],
+                [
+                    sys.executable,
+                    str(script),
+                    str(budgets),
+                    fake_provider.openai_base_url,
+                    str(go),
+                    str(REPLY_TOKENS),
+                    MESSAGES[0]["content"],
+                ],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for _ in range(2)
         ]
         for agent in agents:
@@ -212,7 +219,7 @@ def test_the_guard_carries_the_collectors_bearer_token(
         )
         try:
             otel_tokens.instrument(tracer_provider=tracer_provider, budgets=without_token)
-            with pytest.raises(otel_tokens.CollectorUnavailable, match="401 Unauthorized.*auth_token_file"):
+            with pytest.raises(otel_tokens.CollectorUnavailable, match=r"401 Unauthorized.*auth_token_file"):
                 chat(client)
             otel_tokens.uninstrument()
             otel_tokens.instrument(tracer_provider=tracer_provider, budgets=with_token)

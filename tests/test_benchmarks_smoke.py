@@ -102,3 +102,16 @@ def test_run_all_prints_a_summary_table():
     assert re.search(r"bench_collector\.py +main +\[ok, ", summary), summary
     row = rf"Pipeline\.ingest_otlp +{NUMBER} spans/s +x{NUMBER} of ParseFromString"
     assert re.search(row, summary), summary
+
+
+def test_durability_benchmark_compares_data_dir_with_in_memory():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_durability.py"))
+    for variant in (
+        "in memory, 1 client",
+        "data dir, 1 client",
+        "in memory, 8 clients",
+        "data dir, 8 clients",
+    ):
+        assert re.search(rf"{re.escape(variant)} +{NUMBER} spans/s", out), out
+    for clients in ("1 client", "8 clients"):
+        assert re.search(rf"durability cost \({clients}\): data dir x{NUMBER} of in memory", out), out

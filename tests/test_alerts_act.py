@@ -239,3 +239,27 @@ def test_blocked_and_downgraded_calls_appear_on_metrics_with_exact_values(
             pytest.approx(estimate_4o * (1 - cost_mini / cost_4o), rel=1e-12),
         ),
     }
+
+
+def test_stop_orders_survive_a_collector_restart_with_a_data_dir(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(yaml.safe_dump(BUDGETS))
+    config = CollectorConfig(
+        http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets), data_dir=str(tmp_path / "data")
+    )
+
+    def orders(service: CollectorService) -> list[dict[str, Any]]:
+        status = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/api/v1/budgets").read()
+        )
+        return list(status["stop_orders"])
+
+    with CollectorService(config) as first:
+        post_alerts(first.metrics_port, alert("firing", **RUNAWAY), alert("firing", **PAUSE))
+        before = orders(first)
+    with CollectorService(config) as second:
+        assert orders(second) == before and len(before) == 2
+        assert "2 stop orders in force" in second.state_note
+        post_alerts(second.metrics_port, alert("resolved", **RUNAWAY))
+    with CollectorService(config) as third:
+        assert [o["kind"] for o in orders(third)] == ["pause_noncritical"]

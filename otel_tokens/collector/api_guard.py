@@ -13,6 +13,7 @@ Bodies are JSON, at most `MAX_BODY_BYTES`; errors are 400 with a message that sa
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -125,8 +126,8 @@ class GuardApi:
 
     async def alerts(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
-        try:
-            counts = self.stops.apply(body)
+        try:  # off the event loop: with a data dir the change is written to disk first
+            counts = await asyncio.to_thread(self.stops.apply, body)
         except WebhookError as exc:
             raise _bad(str(exc)) from None
         return web.json_response(counts)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import ssl
 import threading
 import time
@@ -43,6 +44,10 @@ from otel_tokens.pipeline import Pipeline
 __all__ = ["CollectorService", "run_collector"]
 
 logger = logging.getLogger("otel_tokens.collector")
+
+#: Where the stop orders are kept in the store's `meta` table (small, rewritten whole on change).
+_STOP_ORDERS_KEY = "stop_orders"
+_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
 #: After the last scrape's metrics were collected at shutdown, time for its response to be sent.
 _RESPONSE_GRACE_SECONDS = 0.2
@@ -119,6 +124,22 @@ class CollectorService:
             durability.close()
             raise
         self.durability = durability.start()
+        self._keep_stop_orders(durability.store)
+
+    def _keep_stop_orders(self, store: Store) -> None:
+        """Stop orders survive a restart: loaded from the store, written back on every change."""
+        kept = store.meta(_STOP_ORDERS_KEY)
+        if kept:
+            in_force = self.stop_orders.restore(kept)
+            self.state_note += f"; {in_force} stop orders in force"
+
+        def persist(text: str) -> None:
+            def write(db: sqlite3.Connection) -> None:
+                db.execute(_SET_META, (_STOP_ORDERS_KEY, text))
+
+            store.run(write)
+
+        self.stop_orders.persist = persist
 
     def _bind(self) -> None:
         cfg = self.config

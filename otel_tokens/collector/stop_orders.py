@@ -12,15 +12,18 @@ becomes an order by its `action` label, which `otel-tokens render` puts on the r
 A resolved alert lifts its order (matched by Alertmanager's fingerprint, or by the alert's labels
 when a sender leaves it out). Orders travel with the budget status (`GET /api/v1/budgets`).
 
-Orders are held in memory: a collector restart forgets them until Alertmanager re-sends its
-firing alerts (every `repeat_interval`). The book is bounded; the webhook body is size-limited.
+With a data dir (`--data-dir`, the durable store) every change of the book is written to the
+store before the webhook is answered, and a restarted collector starts with the orders in force;
+without one they live in memory, and Alertmanager re-sends firing alerts every `repeat_interval`
+(5m on the rendered collector route). The book is bounded; the webhook body is size-limited.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -109,6 +112,24 @@ class StopOrderBook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._orders: dict[str, StopOrder] = {}
+        #: called with `state()` after every change (the durable store's writer), under the lock so
+        #: the last state written is the last state
+        self.persist: Callable[[str], None] | None = None
+
+    def state(self) -> str:
+        """The orders as JSON text, for the store."""
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> str:
+        return json.dumps({key: o.as_json() for key, o in sorted(self._orders.items())}, sort_keys=True)
+
+    def restore(self, text: str) -> int:
+        """Take back what `state()` wrote; returns how many orders are in force."""
+        kept = json.loads(text)
+        with self._lock:
+            self._orders = {str(key): StopOrder(**value) for key, value in kept.items()}
+            return len(self._orders)
 
     def apply(self, payload: Mapping[str, Any]) -> dict[str, int]:
         """Take one webhook body: firing alerts with an action add orders, resolved ones lift
@@ -131,6 +152,8 @@ class StopOrderBook:
                     counts["placed"] += 1
                 else:
                     counts["ignored"] += 1
+            if self.persist is not None and (counts["placed"] or counts["lifted"]):
+                self.persist(self._state())
         return counts
 
     def orders(self) -> list[StopOrder]:

@@ -280,9 +280,13 @@ class _CollectorView:
         if remote is None:  # only this process's use is known
             with self._state._local.transaction() as view:
                 return view.seconds_until_used_at_most(budget, target)
+        if target < 0:
+            return None
+        if remote.used <= target:
+            return 0.0
         # The collector reports no window shape: its reset (a calendar period's end) or a rolling
         # window's length is when room surely comes back.
-        return None if target < 0 else remote.remaining_seconds
+        return remote.remaining_seconds
 
     def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation:
         reservation = self._state._reserve(claims, agent, task, force=True)

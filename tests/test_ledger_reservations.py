@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-
 from otel_tokens.budgets import parse_budget_text
 from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.budgets.reservations import ReservationError

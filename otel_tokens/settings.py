@@ -88,4 +88,4 @@ ENV_BUDGETS_FILE: Final = "OTEL_TOKENS_BUDGETS_FILE"
 #: every process share the budgets through its ledger and obey its stop orders (budget file:
 #: `guard.collector.url`). Unset: each process enforces alone. The bearer token, when the collector
 #: wants one, is read from OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE (or `guard.collector.auth_token_file`).
-ENV_COLLECTOR_URL: Final = "OTEL_TOKENS_COLLECTOR_URL"
+ENV_GUARD_COLLECTOR_URL: Final = "OTEL_TOKENS_COLLECTOR_URL"

@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 from otel_tokens.budgets.spec import BudgetFile
 from otel_tokens.guard.state import BudgetState, LocalBudgetState
-from otel_tokens.settings import ENV_COLLECTOR_AUTH_TOKEN_FILE, ENV_COLLECTOR_URL
+from otel_tokens.settings import ENV_COLLECTOR_AUTH_TOKEN_FILE, ENV_GUARD_COLLECTOR_URL
 
 __all__ = ["collector_url", "default_state", "read_token"]
 
 
 def collector_url(budget_file: BudgetFile) -> str | None:
-    return os.environ.get(ENV_COLLECTOR_URL, "").strip() or budget_file.guard.collector.url
+    return os.environ.get(ENV_GUARD_COLLECTOR_URL, "").strip() or budget_file.guard.collector.url
 
 
 def read_token(budget_file: BudgetFile) -> str | None:

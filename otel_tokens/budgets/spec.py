@@ -395,6 +395,9 @@ class GuardCollector(_Strict):
     url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
     #: File with the collector's bearer token; OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE wins.
     auth_token_file: str | None = None
+    #: Instead of one collector: a Prometheus-compatible query API (e.g. http://prometheus:9090) as the
+    #: global view of a fleet of collectors, read-only (no reservations: a looser overshoot bound).
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
     #: Collector unreachable: `open` decides on what this process knows (the last standing the
     #: collector sent plus its own calls since), `closed` refuses every call a budget covers.
     on_unreachable: Literal["open", "closed"] = "open"

@@ -9,6 +9,7 @@ the call's usage record when it ends. Modules, one concern each:
   (`LocalBudgetState`: this process alone);
 - `collector_state` (+ `collector_client`) — `CollectorBudgetState`: budgets shared by many
   processes through the collector's ledger, and the stop orders its alerts webhook placed;
+- `prometheus_state` — `PrometheusBudgetState`: read-only, from a Prometheus query API (a fleet);
 - `stops` — stop orders (`TaskStopped`) as the guard matches them against a call;
 - `wiring` — which state a guard gets (`OTEL_TOKENS_COLLECTOR_URL` / `guard.collector.url`);
 - `policy` — the actions (downgrade, block, defer, warn) as a pure decision;
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from otel_tokens.guard.collector_state import CollectorBudgetState
     from otel_tokens.guard.estimate import GuardRequest
     from otel_tokens.guard.guard import Admission, Guard
+    from otel_tokens.guard.prometheus_state import PrometheusBudgetState
     from otel_tokens.guard.state import BudgetState, LocalBudgetState
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "Guard",
     "GuardRequest",
     "LocalBudgetState",
+    "PrometheusBudgetState",
     "TaskStopped",
 ]
 
@@ -53,6 +56,7 @@ _LAZY = {
     "BudgetState": "otel_tokens.guard.state",
     "LocalBudgetState": "otel_tokens.guard.state",
     "CollectorBudgetState": "otel_tokens.guard.collector_state",
+    "PrometheusBudgetState": "otel_tokens.guard.prometheus_state",
 }
 
 

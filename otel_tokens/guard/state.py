@@ -144,9 +144,17 @@ class _Account:
             else None
         )
         self.instance_reserved: dict[str, float] = {}  # only instances with calls in flight
+        #: use counted elsewhere (other processes, as a read-only source last reported it), added
+        #: to this process's own; may be negative while this process's recent calls are not yet
+        #: in the reported figure (never below this process's own use)
+        self.external = 0.0
+
+    def used(self, now: float) -> float:
+        own = self.window.used(now)
+        return max(own + self.external, own)
 
     def fits(self, claim: Claim, now: float) -> bool:
-        if self.window.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
+        if self.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
             return False
         instance = self.spec.per_task_instance
         if instance is None or claim.task_id is None or self.instances is None:
@@ -159,7 +167,7 @@ class _Account:
         return totals.tokens if totals is not None else 0.0
 
     def standing(self, task_id: str | None, now: float) -> Standing:
-        used, reserved = self.window.used(now), max(self.reserved, 0.0)
+        used, reserved = self.used(now), max(self.reserved, 0.0)
         if self.instances is None or task_id is None:
             return Standing(used, reserved)
         return Standing(
@@ -255,7 +263,15 @@ class _LocalView:
         return self._state._accounts[claim.budget.name].standing(claim.task_id, self._now)
 
     def seconds_until_used_at_most(self, budget: Budget, target: float) -> float | None:
-        return self._state._accounts[budget.name].window.seconds_until_at_most(target, self._now)
+        account = self._state._accounts[budget.name]
+        if not account.external:
+            return account.window.seconds_until_at_most(target, self._now)
+        # Use counted elsewhere ages out on a schedule this process cannot see: when only it stands
+        # in the way, the window's reset (a calendar period's end, a rolling window's length).
+        wait = account.window.seconds_until_at_most(target - max(account.external, 0.0), self._now)
+        if wait is None and target >= 0:
+            return account.window.remaining_seconds(self._now)
+        return wait
 
     def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation:
         for claim in claims:

@@ -1,4 +1,5 @@
-"""Which `BudgetState` a guard uses: shared through the collector when one is named, else local.
+"""Which `BudgetState` a guard uses: shared through the collector when one is named, else read from
+a Prometheus query API when `guard.collector.prometheus_url` names one, else this process alone.
 
 The collector's URL comes from `OTEL_TOKENS_COLLECTOR_URL`, else the budget file's
 `guard.collector.url`; its bearer token from the file named by
@@ -46,6 +47,10 @@ def read_token(budget_file: BudgetFile) -> str | None:
 
 def default_state(budget_file: BudgetFile, clock: Callable[[], float] = time.time) -> BudgetState:
     url = collector_url(budget_file)
+    if url is None and budget_file.guard.collector.prometheus_url is not None:
+        from otel_tokens.guard.prometheus_state import PrometheusBudgetState
+
+        return PrometheusBudgetState(budget_file, budget_file.guard.collector.prometheus_url, clock=clock)
     if url is None:
         return LocalBudgetState(budget_file, clock)
     from otel_tokens.guard.collector_state import CollectorBudgetState

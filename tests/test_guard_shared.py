@@ -7,6 +7,7 @@ agent processes started with `OTEL_TOKENS_COLLECTOR_URL`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -240,3 +241,26 @@ def _budgets(port: int, token: str) -> Any:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
+
+
+def test_fifty_asyncio_tasks_against_a_shared_budget_of_ten_send_ten(
+    shared_guard: Callable[[Path, str], Guard], fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    budgets = write_budgets(tmp_path, TEN_CALLS, collector=FAST_SYNC)
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
+    with CollectorService(config) as collector:
+        shared_guard(budgets, f"http://127.0.0.1:{collector.metrics_port}")
+        aclient = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+
+        async def main() -> list[Any]:
+            calls = (
+                aclient.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, max_completion_tokens=REPLY_TOKENS
+                )
+                for _ in range(50)
+            )
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        outcomes = asyncio.run(main())
+    assert sum(isinstance(o, otel_tokens.BudgetExceeded) for o in outcomes) == 40
+    assert len(fake_provider.requests) == 10

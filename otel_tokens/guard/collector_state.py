@@ -59,6 +59,9 @@ class _Remote:
 class CollectorBudgetState:
     """A `BudgetState` shared through the collector at `url`. Thread-safe; `close()` stops its threads."""
 
+    #: a decision waits for the collector: async callers take it off the event loop
+    decides_over_network = True
+
     def __init__(
         self,
         budget_file: BudgetFile,

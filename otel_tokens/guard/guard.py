@@ -117,7 +117,7 @@ class Guard:
         if not self._matching(request.provider, request.model, request.attribution):
             return Admission(request.model)
         estimate = estimate_tokens(request, self._default_output)
-        admission, wait_s = self._attempt(request, estimate)
+        admission, wait_s = await self._attempt_async(request, estimate)
         if wait_s <= 0:
             return admission
         deadline = time.monotonic() + wait_s
@@ -126,7 +126,7 @@ class Guard:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(admission.refusal.retry_after, remaining, _ASYNC_POLL_S))
-            admission = self._after_wait(admission, self._attempt(request, estimate)[0])
+            admission = self._after_wait(admission, (await self._attempt_async(request, estimate))[0])
         return admission
 
     @staticmethod
@@ -151,6 +151,13 @@ class Guard:
         if order is None:
             return None
         return Admission(request.model, None, [StopDecision(order)], order.error(request.attribution))
+
+    async def _attempt_async(self, request: GuardRequest, estimate: TokenCounts) -> tuple[Admission, float]:
+        """`_attempt` without blocking the event loop when the state decides over the network
+        (`CollectorBudgetState`: one round trip under its lock); in-process states stay inline."""
+        if getattr(self.state, "decides_over_network", False):
+            return await asyncio.to_thread(self._attempt, request, estimate)
+        return self._attempt(request, estimate)
 
     def _attempt(self, request: GuardRequest, estimate: TokenCounts) -> tuple[Admission, float]:
         """One decision under the state's lock. The common case — the call fits every budget it

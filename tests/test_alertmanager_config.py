@@ -262,3 +262,53 @@ def test_real_alertmanager_suppresses_only_the_exceeded_budgets_warning(alertman
         ("BudgetWarning", "support-daily"): "suppressed",
         ("BudgetWarning", "research-daily"): "active",
     }
+
+
+@needs_amtool
+def test_alerts_that_act_reach_the_collector_and_still_page_people(tmp_path: Path):
+    spec = load_budget_file(EXAMPLE)
+    config = write_config(spec, tmp_path)
+    runaway = [
+        "alertname=RunawayTask",
+        "action=kill_agent_task",
+        "severity=P1",
+        "task_id=t-1",
+        "agent=support",
+    ]
+    assert routed_receiver(config, *runaway) == f"{COLLECTOR_RECEIVER},oncall-webhook"
+    pause = [
+        "alertname=BudgetExceeded",
+        "action=pause_noncritical",
+        "severity=P3",
+        "budget=internal-tools-daily",
+    ]
+    assert routed_receiver(config, *pause) == f"{COLLECTOR_RECEIVER},team-webhook"
+    # an alert without an action never reaches the collector
+    assert routed_receiver(config, "alertname=BudgetExceeded", "severity=P1") == "oncall-webhook"
+    receiver = next(
+        r for r in yaml.safe_load(config.read_text())["receivers"] if r["name"] == COLLECTOR_RECEIVER
+    )
+    assert receiver["webhook_configs"] == [
+        {"url": "http://collector:9464/api/v1/alerts", "send_resolved": True}
+    ]
+
+
+@needs_amtool
+def test_the_collector_receiver_carries_its_bearer_token_file(tmp_path: Path):
+    token = tmp_path / "collector.token"
+    token.write_text("s3cret\n")
+    spec = parse_budget_text(
+        "budgets: [{name: b, limit: {tokens: 10}, window: day}]\n"
+        "alerting: {default_receiver: team, receivers: [{name: team}], collector_url: 'https://collector:9464/',"
+        f" collector_credentials_file: '{token}'}}\n",
+        "budgets.yaml",
+    )
+    config = write_config(spec, tmp_path)
+    assert amtool("check-config", str(config)).returncode == 0
+    receiver = next(
+        r for r in yaml.safe_load(config.read_text())["receivers"] if r["name"] == COLLECTOR_RECEIVER
+    )
+    assert receiver["webhook_configs"] == [{
+        "url": "https://collector:9464/api/v1/alerts", "send_resolved": True,
+        "http_config": {"authorization": {"credentials_file": str(token)}},
+    }]  # fmt: skip

@@ -14,14 +14,17 @@ what they removed or answered. Warnings save nothing.
 
 Bounded: `action` and `reason` take fixed values (`GUARD_OUTCOMES`, `SAVED_REASONS`; anything
 else is `other`, or not a saving), and (agent, budget) go through a `KeyedFamily` with a series
-limit and the usual overflow series. A span delivered twice is counted twice (decisions are rare
-and not deduplicated).
+limit and the usual overflow series. An exporter's resend of a span is counted once: the ids of
+the last `max_remembered` spans that carried decisions are remembered (decisions are rare, so this
+covers a long time). The counts live in memory: a restarted collector starts them from 0, which
+`rate()` and `increase()` read as a counter reset.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +57,26 @@ class _Count:
 class GuardDecisions:
     """Counts decision events by (agent, budget, action) and savings by (agent, budget, reason)."""
 
-    def __init__(self, *, max_series: int = 2000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, max_series: int = 2000, max_remembered: int = 100_000, clock: Callable[[], float] = time.time
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
+        self._seen: OrderedDict[tuple[object, object], None] = OrderedDict()
+        self._max_remembered = max_remembered
         self.actions: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
         self.saved: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
+
+    def first_time(self, trace_id: object, span_id: object) -> bool:
+        """True the first time a span (by its ids) is seen; a resend is not counted again."""
+        key = (trace_id, span_id)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._max_remembered:
+                self._seen.popitem(last=False)
+            return True
 
     def count(self, agent: str, event: Mapping[str, Any]) -> None:
         """One decision event's attributes (`otel_tokens.guard.*`)."""
@@ -86,17 +104,21 @@ class GuardDecisions:
             if event.name != sc.OTEL_TOKENS_GUARD_DECISION_EVENT:
                 continue
             if agent is None:
+                if span.span_id and not self.first_time(bytes(span.trace_id), bytes(span.span_id)):
+                    return
                 agent = _otlp_agent(span.attributes)
             values = {kv.key: _any_value(kv.value) for kv in event.attributes if kv.key in _WANTED}
             self.count(agent, values)
 
     def count_spans(self, spans: Iterable[ReadableSpan]) -> None:
         for span in spans:
-            for event in span.events or ():
-                if event.name == sc.OTEL_TOKENS_GUARD_DECISION_EVENT:
-                    attributes = span.attributes or {}
-                    agent = str(attributes.get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)
-                    self.count(agent, dict(event.attributes or {}))
+            events = [e for e in span.events or () if e.name == sc.OTEL_TOKENS_GUARD_DECISION_EVENT]
+            ctx = span.get_span_context()
+            if not events or (ctx is not None and not self.first_time(ctx.trace_id, ctx.span_id)):
+                continue
+            agent = str((span.attributes or {}).get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)
+            for event in events:
+                self.count(agent, dict(event.attributes or {}))
 
     def snapshot(self) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
         with self._lock:

@@ -2,15 +2,16 @@
 and `llm_tokens_saved_total{agent,budget,reason}`.
 
 The guard writes one span event `otel_tokens.guard.decision` per decision on the call's span, with
-the outcome (blocked, deferred, downgraded, warned, stopped, ...) and the tokens it saved. This
-module reads those events off received spans — a pass of its own beside extraction, which it does
-not touch: spans without events cost one length check.
+the outcome (blocked, deferred, downgraded, warned, stopped, ...) and the tokens it saved, and an
+`otel_tokens.guard.saved` event (reason compressed or cached, and the tokens) for what a compress
+rewrite or a response-cache hit saved. This module reads those events off received spans — a pass
+of its own beside extraction, which it does not touch: spans without events cost one length check.
 
 What counts as saved (`otel_tokens.guard.tokens_saved`, set by the guard): a blocked or deferred
 call, its whole estimate (input + output ceiling), since nothing was sent; a downgraded call, the
 estimate times the share of the price the cheaper model saves — the saving expressed in tokens of
-the model asked for (0 when either model is unpriced); compress and cache (another module's) set
-what they removed or answered. Warnings save nothing.
+the model asked for (0 when either model is unpriced); compress and cache put the tokens they removed
+or answered on their saved event. Warnings save nothing.
 
 Bounded: `action` and `reason` take fixed values (`GUARD_OUTCOMES`, `SAVED_REASONS`; anything
 else is `other`, or not a saving), and (agent, budget) go through a `KeyedFamily` with a series
@@ -43,7 +44,11 @@ __all__ = ["GuardDecisionCollector", "GuardDecisions"]
 
 _OUTCOMES = frozenset(mn.GUARD_OUTCOMES)
 _REASONS = frozenset(mn.SAVED_REASONS)
-_WANTED = (sc.OTEL_TOKENS_GUARD_OUTCOME, sc.OTEL_TOKENS_GUARD_BUDGET, sc.OTEL_TOKENS_GUARD_TOKENS_SAVED)
+_WANTED = (
+    sc.OTEL_TOKENS_GUARD_OUTCOME, sc.OTEL_TOKENS_GUARD_BUDGET, sc.OTEL_TOKENS_GUARD_TOKENS_SAVED,
+    sc.OTEL_TOKENS_GUARD_SAVED_REASON, sc.OTEL_TOKENS_GUARD_SAVED_TOKENS,
+)  # fmt: skip
+_EVENTS = frozenset({sc.OTEL_TOKENS_GUARD_DECISION_EVENT, sc.OTEL_TOKENS_GUARD_SAVED_EVENT})
 
 
 class _Count:
@@ -78,18 +83,28 @@ class GuardDecisions:
                 self._seen.popitem(last=False)
             return True
 
-    def count(self, agent: str, event: Mapping[str, Any]) -> None:
-        """One decision event's attributes (`otel_tokens.guard.*`)."""
-        outcome = str(event.get(sc.OTEL_TOKENS_GUARD_OUTCOME) or "other")
+    def count(
+        self, agent: str, event: Mapping[str, Any], name: str = sc.OTEL_TOKENS_GUARD_DECISION_EVENT
+    ) -> None:
+        """One event's attributes (`otel_tokens.guard.*`): a decision (`name` the decision event)
+        or a saving (the saved event)."""
         budget = str(event.get(sc.OTEL_TOKENS_GUARD_BUDGET) or mn.UNKNOWN)
-        saved = event.get(sc.OTEL_TOKENS_GUARD_TOKENS_SAVED)
-        saved = float(saved) if isinstance(saved, int | float) and not isinstance(saved, bool) else 0.0
+        if name == sc.OTEL_TOKENS_GUARD_SAVED_EVENT:
+            reason = str(event.get(sc.OTEL_TOKENS_GUARD_SAVED_REASON) or "")
+            self._save(agent, budget, reason, event.get(sc.OTEL_TOKENS_GUARD_SAVED_TOKENS))
+            return
+        outcome = str(event.get(sc.OTEL_TOKENS_GUARD_OUTCOME) or "other")
         with self._lock:
-            now = self._clock()
             action = outcome if outcome in _OUTCOMES else "other"
-            self.actions.get_or_create((agent, budget, action), now).value += 1
-            if outcome in _REASONS and 0 < saved < float("inf"):
-                self.saved.get_or_create((agent, budget, outcome), now).value += saved
+            self.actions.get_or_create((agent, budget, action), self._clock()).value += 1
+        self._save(agent, budget, outcome, event.get(sc.OTEL_TOKENS_GUARD_TOKENS_SAVED))
+
+    def _save(self, agent: str, budget: str, reason: str, tokens: object) -> None:
+        if reason not in _REASONS or not isinstance(tokens, int | float) or isinstance(tokens, bool):
+            return
+        if 0 < tokens < float("inf"):
+            with self._lock:
+                self.saved.get_or_create((agent, budget, reason), self._clock()).value += float(tokens)
 
     def count_otlp(self, request: ExportTraceServiceRequest) -> None:
         for resource_spans in request.resource_spans:
@@ -101,24 +116,24 @@ class GuardDecisions:
     def _otlp_span(self, span: Any) -> None:
         agent: str | None = None
         for event in span.events:
-            if event.name != sc.OTEL_TOKENS_GUARD_DECISION_EVENT:
+            if event.name not in _EVENTS:
                 continue
             if agent is None:
                 if span.span_id and not self.first_time(bytes(span.trace_id), bytes(span.span_id)):
                     return
                 agent = _otlp_agent(span.attributes)
             values = {kv.key: _any_value(kv.value) for kv in event.attributes if kv.key in _WANTED}
-            self.count(agent, values)
+            self.count(agent, values, event.name)
 
     def count_spans(self, spans: Iterable[ReadableSpan]) -> None:
         for span in spans:
-            events = [e for e in span.events or () if e.name == sc.OTEL_TOKENS_GUARD_DECISION_EVENT]
+            events = [e for e in span.events or () if e.name in _EVENTS]
             ctx = span.get_span_context()
             if not events or (ctx is not None and not self.first_time(ctx.trace_id, ctx.span_id)):
                 continue
             agent = str((span.attributes or {}).get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)
             for event in events:
-                self.count(agent, dict(event.attributes or {}))
+                self.count(agent, dict(event.attributes or {}), event.name)
 
     def snapshot(self) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
         with self._lock:

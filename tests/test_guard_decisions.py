@@ -71,3 +71,21 @@ def test_labels_stay_bounded():
     assert actions[("other", "a", "b")] == 1.0  # an unknown outcome is `other`, and saves nothing
     assert ("a", "b", "made-up-outcome") not in saved
     assert len(actions) == 4 and actions[(mn.OVERFLOW,) * 3] == 8.0  # 3 series, then the overflow series
+
+
+def test_what_compress_and_the_cache_saved_is_counted_from_their_saved_events():
+    def saved_event(reason: str, tokens: int, budget: str | None) -> Span.Event:
+        attributes = [kv(sc.OTEL_TOKENS_GUARD_SAVED_REASON, reason)]
+        attributes.append(KeyValue(key=sc.OTEL_TOKENS_GUARD_SAVED_TOKENS, value=AnyValue(int_value=tokens)))
+        if budget is not None:
+            attributes.append(kv(sc.OTEL_TOKENS_GUARD_BUDGET, budget))
+        return Span.Event(name=sc.OTEL_TOKENS_GUARD_SAVED_EVENT, attributes=attributes)
+
+    decisions = GuardDecisions()
+    decisions.count_otlp(
+        request(1, "coder", decision("compressed", "codegen"), saved_event("compressed", 900, "codegen"))
+    )
+    decisions.count_otlp(request(2, "coder", saved_event(sc.SAVED_CACHED, 40, None)))
+    actions, saved = exposed(decisions)
+    assert actions == {("compressed", "coder", "codegen"): 1.0}  # a saving is no decision of its own
+    assert saved == {("coder", "codegen", "compressed"): 900.0, ("coder", mn.UNKNOWN, "cached"): 40.0}

@@ -10,11 +10,14 @@ the call's usage record when it ends. Modules, one concern each:
 - `collector_state` (+ `collector_client`) — `CollectorBudgetState`: budgets shared by many
   processes through the collector's ledger, and the stop orders its alerts webhook placed;
 - `prometheus_state` — `PrometheusBudgetState`: read-only, from a Prometheus query API (a fleet);
-- `stops` — stop orders (`TaskStopped`) as the guard matches them against a call;
+- `stops` — stop orders from alerts (`TaskStopped`) as the guard matches them against a call;
 - `wiring` — which state a guard gets (`OTEL_TOKENS_COLLECTOR_URL` / `guard.collector.url`);
-- `policy` — the actions (downgrade, block, defer, warn) as a pure decision;
+- `policy` — the actions (compress, downgrade, block, defer, warn) as a pure decision;
+- `compress` — the `compress` rewrite: a request shrunk to a token target (pure);
+- `runaway` — the runaway detectors, per task instance and session (bounded);
+- `cache` — the response cache's key and store (SQLite; the SDK replay is the instrumentation's);
 - `guard` — one call's admission: estimate, match, decide and reserve atomically, settle;
-- `errors` — `BudgetExceeded`, `BudgetDeferred`, `CollectorUnavailable`, `TaskStopped`,
+- `errors` — `BudgetExceeded`, `BudgetDeferred`, `CollectorUnavailable` and `TaskStopped`,
   re-exported by `otel_tokens`.
 
 It imports the core (budgets, record, pricing, token counting), never the collector service.

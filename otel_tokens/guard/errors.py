@@ -8,6 +8,7 @@ sees which budget, how far in, and when there will be room again.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from otel_tokens.humanize import format_amount
 
@@ -68,25 +69,9 @@ class BudgetDeferred(BudgetExceeded):
     sooner.
     """
 
-    def __init__(
-        self,
-        *,
-        retry_after: float,
-        budget: str,
-        scope: str,
-        used: float,
-        reserved: float,
-        limit: float,
-        window: str,
-        resets_at: datetime | None,
-        estimate: float,
-        unit: str,
-    ) -> None:
+    def __init__(self, *, retry_after: float, **standing: Any) -> None:
         self.retry_after = retry_after
-        super().__init__(
-            budget=budget, scope=scope, used=used, reserved=reserved, limit=limit, window=window,
-            resets_at=resets_at, estimate=estimate, unit=unit,
-        )  # fmt: skip
+        super().__init__(**standing)
 
     def _message(self) -> str:
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"
@@ -115,27 +100,37 @@ class CollectorUnavailable(BudgetExceeded):
 
 
 class TaskStopped(Exception):
-    """A stop order from an alert covers this call; the request was never sent.
+    """The guard stopped this call, and will the key's later calls while the stop holds. Not a
+    `BudgetExceeded`: no budget's window is full. Two sources:
 
-    `kind` is `kill_agent_task` (a `RunawayTask` alert named this `task_id`) or `pause_noncritical`
-    (an exceeded budget pauses agents not marked critical). The order lasts until the alert
-    resolves; `alert`, `budget` and `summary` are the alert's, `since` when it started firing.
+    - a runaway detector in the agent: `key` is `task_id=...` or `session=...`, `reason` the detector
+      (`semconv.RUNAWAY_KINDS`), `detail` its numbers in words, `budget` the budget whose
+      `on_runaway: stop` applied; `kind` is `runaway`;
+    - a stop order from an alert, through the collector: `kind` (= `reason`) is `kill_agent_task`
+      (a `RunawayTask` alert named this `task_id`) or `pause_noncritical` (an exceeded budget pauses
+      agents not marked critical), `alert` the alert's name, `detail` its summary, `since` when it
+      started firing; it lasts until the alert resolves.
     """
 
     def __init__(
-        self, *, kind: str, alert: str, task_id: str | None, agent: str | None, budget: str | None,
-        summary: str, since: str,
+        self, *, key: str, reason: str, detail: str, budget: str | None = None, alert: str | None = None,
+        agent: str | None = None, since: str = "",
     ) -> None:  # fmt: skip
-        self.kind = kind
-        self.alert = alert
-        self.task_id = task_id
-        self.agent = agent
+        self.key = key
+        self.reason = reason
+        self.detail = detail
         self.budget = budget
-        self.summary = summary
+        self.alert = alert
+        self.agent = agent
         self.since = since
-        who = f"task instance {task_id!r}" if kind == "kill_agent_task" else f"non-critical agent {agent!r}"
-        why = f": {summary}" if summary else ""
+        self.kind = reason if alert is not None else "runaway"
+        self.task_id = key.partition("=")[2] if key.startswith("task_id=") else None
+        if alert is None:
+            by = f" (budget {budget!r}, on_runaway: stop)" if budget else ""
+            super().__init__(f"{key} stopped as a runaway: {reason}: {detail}{by}")
+            return
+        why = f": {detail}" if detail else ""
         super().__init__(
-            f"{who} stopped by alert {alert!r} (budget {budget!r}, {kind}, firing since "
-            f"{since or '?'}){why}; the call was not sent"
+            f"{key} stopped by alert {alert!r} (budget {budget!r}, {reason}, firing since {since or '?'})"
+            f"{why}; the call was not sent"
         )

@@ -41,9 +41,13 @@ class StopOrder:
     summary: str = ""
 
     def error(self, attribution: Attribution) -> TaskStopped:
+        if self.kind == KILL_AGENT_TASK:
+            key = f"task_id={attribution.task_id}"
+        else:
+            key = f"agent={attribution.agent or UNKNOWN}"
         return TaskStopped(
-            kind=self.kind, alert=self.alert, task_id=attribution.task_id, agent=attribution.agent,
-            budget=self.budget, summary=self.summary, since=self.since,
+            key=key, reason=self.kind, detail=self.summary, budget=self.budget, alert=self.alert,
+            agent=attribution.agent, since=self.since,
         )  # fmt: skip
 
 

@@ -4,8 +4,10 @@ The public API is deliberately small:
 
 - `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans;
   `instrument(budgets="budgets.yaml")` also enforces the budgets before each call.
-- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises;
-  `TaskStopped` — what a call of a task instance stopped as a runaway raises.
+- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises
+  (`CollectorUnavailable`: a shared budget's collector is down and the guard fails closed);
+  `TaskStopped` — what a call of a task instance stopped as a runaway, or covered by an alert's
+  stop order, raises.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
 - `verify(passed, task_id=None, check="tests")` — report a deterministic check of a task instance
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import TracerProvider
 
 from otel_tokens.attribution import attribute, current_attribution, verify
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, CollectorUnavailable, TaskStopped
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BudgetDeferred",
     "BudgetExceeded",
+    "CollectorUnavailable",
     "TaskStopped",
     "attribute",
     "current_attribution",

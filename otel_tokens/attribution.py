@@ -58,6 +58,9 @@ _ATTRIBUTION_KEY = context.create_key("otel_tokens.attribution")
 _BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", context.Context())))
 #: The key `trace.set_span_in_context` keeps the current span under (likewise read once).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, context.Context())))
+#: Whether the calls here belong to a critical agent: a `pause_noncritical` stop order spares them.
+#: Kept apart from `Attribution` (it is no label and travels on no span or baggage).
+_CRITICAL_KEY = context.create_key("otel_tokens.critical")
 _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
 _MAX_CHECK_LENGTH = 128  # a check's name is an identifier too
 
@@ -109,6 +112,11 @@ def attribution_attributes(attribution: Attribution) -> dict[str, AttributeValue
     return {key: value for key, value in values if value is not None}
 
 
+def is_critical(ctx: context.Context | None = None) -> bool:
+    """True inside `attribute(..., critical=True)` (an inner `critical=False` undoes it)."""
+    return context.get_value(_CRITICAL_KEY, ctx) is True
+
+
 def current_attribution(ctx: context.Context | None = None) -> Attribution:
     """The attribution in force: context scopes overlaid on whatever arrived in baggage."""
     global _last
@@ -155,6 +163,8 @@ class attribute:
 
     Use as a context manager (`with attribute(agent="planner", task="research"):`) or a decorator
     on sync and async functions. Nested scopes merge and the inner one wins field by field.
+    `critical=True` marks the calls as a critical agent's: a `pause_noncritical` stop order (an
+    exceeded budget's alert, through the collector) does not pause them.
     """
 
     def __init__(
@@ -167,7 +177,9 @@ class attribute:
         session: str | None = None,
         step: str | int | None = None,
         workflow: str | None = None,
+        critical: bool | None = None,
     ) -> None:
+        self._critical = critical
         self._scope = _clean(
             {
                 "agent": agent,
@@ -187,6 +199,8 @@ class attribute:
         outer = current_attribution()
         merged = outer.merged(self._scope)
         ctx = context.set_value(_ATTRIBUTION_KEY, merged)
+        if self._critical is not None:
+            ctx = context.set_value(_CRITICAL_KEY, self._critical, ctx)
         for name, value in merged.items():
             if value is not None:
                 ctx = baggage.set_baggage(BAGGAGE_PREFIX + name, value, ctx)
@@ -210,12 +224,12 @@ class attribute:
                 _publish_completion(span, merged, exc)
 
     def __call__(self, func: F) -> F:
-        scope = self._scope
+        scope, critical = self._scope, self._critical
 
         def fresh() -> attribute:
             # A new scope object per call: one decorated function may run concurrently.
             new = attribute.__new__(attribute)
-            new._scope, new._tokens = scope, []
+            new._scope, new._tokens, new._critical = scope, [], critical
             return new
 
         if inspect.iscoroutinefunction(func):

@@ -88,8 +88,24 @@ TASK_INSTANCE_TOKENS: Final = "llm_task_instance_tokens"
 TASK_INSTANCE_LIMIT: Final = "llm_task_instance_limit"
 
 # --- the in-process guard's decisions -------------------------------------------------------------
+#: Guard decisions by `agent`, `budget` and `action` (what the guard did: GUARD_OUTCOMES).
 GUARD_ACTIONS: Final = "llm_guard_actions_total"
+#: Tokens the guard kept from reaching a provider, by `agent`, `budget` and `reason` (SAVED_REASONS).
 TOKENS_SAVED: Final = "llm_tokens_saved_total"
+#: The `action` values of `llm_guard_actions_total` (the guard's `otel_tokens.guard.outcome`);
+#: anything else a newer agent sends is counted as `other`, so the label stays bounded.
+GUARD_OUTCOMES: Final[tuple[str, ...]] = (
+    "blocked", "deferred", "waited", "downgraded", "warned", "no_cheaper_model",
+    "over_limit_after_downgrade", "not_implemented", "compressed", "cached", "stopped", "other",
+)  # fmt: skip
+#: The `reason` values of `llm_tokens_saved_total`.
+SAVED_REASONS: Final[tuple[str, ...]] = ("blocked", "deferred", "downgraded", "compressed", "cached")
+
+# --- alerts that act: the `action` label values the collector turns into stop orders --------------
+#: On RunawayTask: the named `task_id`'s next call raises TaskStopped.
+KILL_AGENT_TASK: Final = "kill_agent_task"
+#: On BudgetExceeded of a budget with `pause_noncritical: true`: non-critical agents in its scope stop.
+PAUSE_NONCRITICAL: Final = "pause_noncritical"
 
 #: The value of `metric` on the overflow counter, and of every label in an overflow series.
 OVERFLOW: Final = "__overflow__"

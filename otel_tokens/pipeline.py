@@ -58,6 +58,7 @@ from otel_tokens.extract import (
     scan_readable,
 )
 from otel_tokens.extract_stats import ExtractStatsCollector
+from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 
@@ -227,6 +228,10 @@ class Pipeline:
         self.registry.register(_DedupeMemoryCollector(self._deduper))
         #: Every state change passes here (see the module docstring); replaced by a durable store.
         self.gate: Gate = _ApplyAtOnce(self)
+        #: the guard's decision events, counted apart from extraction (`guard_decisions.py`); in
+        #: memory only, outside the gate: not journaled by the durable store
+        self.guard_decisions = GuardDecisions(max_series=self.config.max_series_per_metric, clock=clock)
+        self.registry.register(GuardDecisionCollector(self.guard_decisions))
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
@@ -234,17 +239,21 @@ class Pipeline:
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
             self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
+        with swallow_internal_errors("Pipeline.guard_decisions"):
+            self.guard_decisions.count_otlp(request)
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
         batch = Batch(by_content=True)
+        spans = tuple(spans)
         with swallow_internal_errors("Pipeline.ingest_spans"):
-            spans = tuple(spans)
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
             self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
+        with swallow_internal_errors("Pipeline.guard_decisions"):
+            self.guard_decisions.count_spans(spans)
         return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:

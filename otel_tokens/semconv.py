@@ -132,6 +132,9 @@ OTEL_TOKENS_GUARD_LIMIT: Final = "otel_tokens.guard.limit"
 OTEL_TOKENS_GUARD_ESTIMATE: Final = "otel_tokens.guard.estimate"  # this call, in the budget's unit
 OTEL_TOKENS_GUARD_RETRY_AFTER: Final = "otel_tokens.guard.retry_after_seconds"
 OTEL_TOKENS_GUARD_MODEL: Final = "otel_tokens.guard.model"  # the model a downgrade switched to
+#: Tokens the decision saved (README, "Enforce budgets in the agent": what counts as saved); the
+#: collector sums it into `llm_tokens_saved_total`.
+OTEL_TOKENS_GUARD_TOKENS_SAVED: Final = "otel_tokens.guard.tokens_saved"
 #: Span event: something the guard saved this call (a `compress` rewrite, a response-cache hit).
 #: The collector counts `llm_tokens_saved_total{reason}` from these events.
 OTEL_TOKENS_GUARD_SAVED_EVENT: Final = "otel_tokens.guard.saved"

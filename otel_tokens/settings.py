@@ -86,3 +86,8 @@ ENV_COLLECTOR_TLS_KEY_FILE: Final = "OTEL_TOKENS_COLLECTOR_TLS_KEY_FILE"
 #: Path of budgets.yaml whose `action`s the agent process enforces before each call (the zero-code
 #: `opentelemetry-instrument` path; `otel_tokens.instrument(budgets=...)` wins). Unset: no guard.
 ENV_BUDGETS_FILE: Final = "OTEL_TOKENS_BUDGETS_FILE"
+#: Base URL of the collector's API (its metrics listener, e.g. http://127.0.0.1:9464): guards in
+#: every process share the budgets through its ledger and obey its stop orders (budget file:
+#: `guard.collector.url`). Unset: each process enforces alone. The bearer token, when the collector
+#: wants one, is read from OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE (or `guard.collector.auth_token_file`).
+ENV_GUARD_COLLECTOR_URL: Final = "OTEL_TOKENS_COLLECTOR_URL"

@@ -22,6 +22,7 @@ import yaml
 
 from otel_tokens.budgets import load_budget_file, parse_budget_text
 from otel_tokens.budgets.render_alertmanager import (
+    COLLECTOR_RECEIVER,
     DEFAULT_RECEIVER,
     AlertmanagerOverrides,
     alertmanager_yaml,
@@ -110,10 +111,13 @@ def test_each_severity_reaches_its_receiver(spec: BudgetFile, tmp_path: Path):
 
 def test_example_pages_p1_and_sends_p3_to_lower_urgency():
     config = yaml.safe_load(alertmanager_yaml(load_budget_file(EXAMPLE), "test"))
-    routes = {r["matchers"][0]: r for r in config["route"]["routes"]}
+    # The example also posts alerts that act to the collector, on a first route that `continue`s.
+    acting, *severity_routes = config["route"]["routes"]
+    assert acting["receiver"] == COLLECTOR_RECEIVER and acting["continue"] is True
+    routes = {r["matchers"][0]: r for r in severity_routes}
     assert routes['severity="P1"']["receiver"] == "oncall-webhook"
     assert routes['severity="P3"']["receiver"] != "oncall-webhook"
-    assert [r["matchers"] for r in config["route"]["routes"]] == [  # ordered by severity
+    assert [r["matchers"] for r in severity_routes] == [  # ordered by severity
         ['severity="P1"'],
         ['severity="P2"'],
         ['severity="P3"'],
@@ -258,3 +262,53 @@ def test_real_alertmanager_suppresses_only_the_exceeded_budgets_warning(alertman
         ("BudgetWarning", "support-daily"): "suppressed",
         ("BudgetWarning", "research-daily"): "active",
     }
+
+
+@needs_amtool
+def test_alerts_that_act_reach_the_collector_and_still_page_people(tmp_path: Path):
+    spec = load_budget_file(EXAMPLE)
+    config = write_config(spec, tmp_path)
+    runaway = [
+        "alertname=RunawayTask",
+        "action=kill_agent_task",
+        "severity=P1",
+        "task_id=t-1",
+        "agent=support",
+    ]
+    assert routed_receiver(config, *runaway) == f"{COLLECTOR_RECEIVER},oncall-webhook"
+    pause = [
+        "alertname=BudgetExceeded",
+        "action=pause_noncritical",
+        "severity=P3",
+        "budget=internal-tools-daily",
+    ]
+    assert routed_receiver(config, *pause) == f"{COLLECTOR_RECEIVER},team-webhook"
+    # an alert without an action never reaches the collector
+    assert routed_receiver(config, "alertname=BudgetExceeded", "severity=P1") == "oncall-webhook"
+    receiver = next(
+        r for r in yaml.safe_load(config.read_text())["receivers"] if r["name"] == COLLECTOR_RECEIVER
+    )
+    assert receiver["webhook_configs"] == [
+        {"url": "http://collector:9464/api/v1/alerts", "send_resolved": True}
+    ]
+
+
+@needs_amtool
+def test_the_collector_receiver_carries_its_bearer_token_file(tmp_path: Path):
+    token = tmp_path / "collector.token"
+    token.write_text("s3cret\n")
+    spec = parse_budget_text(
+        "budgets: [{name: b, limit: {tokens: 10}, window: day}]\n"
+        "alerting: {default_receiver: team, receivers: [{name: team}], collector_url: 'https://collector:9464/',"
+        f" collector_credentials_file: '{token}'}}\n",
+        "budgets.yaml",
+    )
+    config = write_config(spec, tmp_path)
+    assert amtool("check-config", str(config)).returncode == 0
+    receiver = next(
+        r for r in yaml.safe_load(config.read_text())["receivers"] if r["name"] == COLLECTOR_RECEIVER
+    )
+    assert receiver["webhook_configs"] == [{
+        "url": "https://collector:9464/api/v1/alerts", "send_resolved": True,
+        "http_config": {"authorization": {"credentials_file": str(token)}},
+    }]  # fmt: skip

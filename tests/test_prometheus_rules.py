@@ -168,7 +168,8 @@ CASES = [
         "RunawayTask",
         above={'llm_task_instance_tokens{budget="b",agent="a",task="t",task_id="run-7"}': const(3001)},
         below=[{'llm_task_instance_tokens{budget="b",agent="a",task="t",task_id="run-7"}': const(3000)}],
-        labels={**B_LABELS, "severity": "P1", "task_id": "run-7"},
+        # `action` makes the collector stop that task instance (Alertmanager → /api/v1/alerts).
+        labels={**B_LABELS, "severity": "P1", "task_id": "run-7", "action": "kill_agent_task"},
         # The task instance's own tokens against its own limit, not the budget's standing.
         annotations=annotations_b(
             "Task instance run-7 (a/t) used 3,001 tokens, over 3x its limit of 1k: it is probably looping",

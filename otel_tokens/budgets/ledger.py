@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as names
+from otel_tokens.budgets.reservations import HoldBook
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
 from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
@@ -71,6 +72,8 @@ class BudgetStatus:
     downgrade_to: str | None
     state: State
     remaining_seconds: float
+    #: what reservations of calls in flight hold against the budget, over every guard
+    reserved: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ class _BudgetAccount:
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
 
-    def status(self, now: float) -> BudgetStatus:
+    def status(self, now: float, reserved: float = 0.0) -> BudgetStatus:
         spec = self.spec
         used, limit = self.window.used(now), spec.limit.amount
         ratio = used / limit
@@ -204,6 +207,7 @@ class _BudgetAccount:
             name=spec.name, window=spec.window, unit=spec.limit.unit, used=used, limit=limit,
             ratio=ratio, warn_at=spec.warn_at, severity=spec.severity, action=spec.action,
             downgrade_to=spec.downgrade_to, state=state, remaining_seconds=self.window.remaining_seconds(now),
+            reserved=reserved,
         )  # fmt: skip
 
 
@@ -225,6 +229,7 @@ class BudgetLedger:
             _BudgetAccount(budget_file, b, instances_top_n, instance_idle_seconds)
             for b in budget_file.budgets
         ]
+        self._holds = HoldBook([b.name for b in budget_file.budgets])
 
     def observe(self, record: UsageRecord) -> None:
         """Count one deduplicated record into every budget whose scope it matches."""
@@ -238,8 +243,41 @@ class BudgetLedger:
     def status(self) -> list[BudgetStatus]:
         """Every budget's standing, in file order."""
         with self._lock:
+            return self._status(self._clock())
+
+    def _status(self, now: float) -> list[BudgetStatus]:
+        self._holds.expire(now)
+        totals = self._holds.totals
+        return [account.status(now, totals[account.spec.name]) for account in self._accounts]
+
+    # --- reservations of calls in flight (`budgets/reservations.py`) ---------------------------
+    def reserve(
+        self, amounts: Mapping[str, float], ttl_seconds: float, *, force: bool = False
+    ) -> tuple[str | None, list[BudgetStatus]]:
+        """Hold `amounts` (budget name → amount in its unit) for up to `ttl_seconds` when each fits
+        its budget (`used + reserved + amount <= limit`), or whatever they do with `force` (a call the
+        guard lets through over a `warn` budget). Returns the reservation id (None: refused) and every
+        budget's standing after the decision. Raises `ReservationError` for a malformed request."""
+        with self._lock:
             now = self._clock()
-            return [account.status(now) for account in self._accounts]
+            holds = self._holds
+            holds.expire(now)
+            holds.check(amounts, ttl_seconds)
+            fits = force or all(
+                a.window.used(now) + holds.totals[a.spec.name] + amounts[a.spec.name] <= a.spec.limit.amount
+                for a in self._accounts
+                if a.spec.name in amounts
+            )
+            hold_id = holds.add(amounts, now + ttl_seconds) if fits else None
+            return hold_id, self._status(now)
+
+    def settle(self, hold_id: str, used: Mapping[str, float] | None, hold_seconds: float) -> bool:
+        """The call of reservation `hold_id` ended: hold what it really `used` for `hold_seconds`
+        (until its span has surely been counted), or drop it (`used` None: the call failed)."""
+        with self._lock:
+            now = self._clock()
+            self._holds.expire(now)
+            return self._holds.settle(hold_id, used, now + hold_seconds)
 
     def task_instances(self, budget: str) -> list[tuple[str, str, str, float]]:
         """The top task instances of `budget` as (task_id, agent, task, tokens), largest first."""
@@ -258,9 +296,10 @@ class BudgetLedger:
         the exported gauges show), in file order."""
         with self._lock:
             now = self._clock()
+            statuses = self._status(now)
             return [
-                BudgetStanding(a.status(now), a.consumed, a.spec, a.top_instances(now))
-                for a in self._accounts
+                BudgetStanding(status, a.consumed, a.spec, a.top_instances(now))
+                for status, a in zip(statuses, self._accounts, strict=True)
             ]
 
     def state(self) -> dict[str, dict[str, Any]]:

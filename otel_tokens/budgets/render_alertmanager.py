@@ -5,6 +5,11 @@ alert, budget and agent so one runaway agent is one notification, not one per se
 that is exceeded silences its own warning through an inhibition rule: the warning says nothing the
 page does not. `AlertmanagerOverrides` re-points every receiver at one webhook with short timers,
 which is how the end-to-end test catches a real page in well under a second.
+
+Alerts that act: with `alerting.collector_url` set, a first route sends every alert carrying an
+`action` label (`kill_agent_task`, `pause_noncritical`) to the collector's webhook
+(`/api/v1/alerts`, resolved notifications included, so a resolved alert lifts its stop order),
+ungrouped and at once, then `continue`s so the people's routes page as before.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from otel_tokens.budgets.spec import (
 )
 
 __all__ = [
+    "COLLECTOR_RECEIVER",
     "DEFAULT_RECEIVER",
     "TEMPLATE_GLOB",
     "AlertmanagerOverrides",
@@ -42,6 +48,10 @@ __all__ = [
 TEMPLATE_GLOB = "templates/*.tmpl"
 #: Receiver used when the budget file has no `alerting` section: alerts are kept, sent nowhere.
 DEFAULT_RECEIVER = "otel-tokens-null"
+#: The receiver posting alerts that act to the collector (`alerting.collector_url`).
+COLLECTOR_RECEIVER = "otel-tokens-collector"
+#: The collector's Alertmanager webhook path (`otel_tokens.collector.api_guard.ALERTS_PATH`).
+COLLECTOR_ALERTS_PATH = "/api/v1/alerts"
 #: The label Prometheus puts the alert's name in.
 ALERTNAME = "alertname"
 #: The exceeded alert inhibits these for the same budget: once over, "nearly over" is noise.
@@ -60,6 +70,8 @@ class AlertmanagerOverrides:
     """
 
     webhook_url: str | None = None
+    #: replaces `alerting.collector_url` (the collector's receiver is not re-pointed by `webhook_url`)
+    collector_url: str | None = None
     group_wait: str | None = None
     group_interval: str | None = None
     repeat_interval: str | None = None
@@ -87,8 +99,43 @@ def alertmanager_config(spec: BudgetFile, overrides: AlertmanagerOverrides | Non
                 "equal": [mn.BUDGET],
             }
         ],
-        "receivers": [_receiver(r, o.webhook_url) for r in alerting.receivers],
+        "receivers": [_receiver(r, o.webhook_url) for r in alerting.receivers]
+        + _collector_receiver(alerting, o),
     }
+
+
+def _collector_url(alerting: Alerting, o: AlertmanagerOverrides) -> str | None:
+    return o.collector_url or alerting.collector_url
+
+
+def _collector_route(alerting: Alerting, o: AlertmanagerOverrides) -> list[dict[str, Any]]:
+    """Alerts that act go to the collector first, one notification per alert, at once; `continue`
+    lets the severity routes page people too."""
+    if _collector_url(alerting, o) is None:
+        return []
+    acts = "|".join((mn.KILL_AGENT_TASK, mn.PAUSE_NONCRITICAL))
+    return [
+        {
+            "receiver": COLLECTOR_RECEIVER,
+            "matchers": [str(regex(mn.ACTION, acts))],
+            "group_by": ["..."],
+            "group_wait": "0s",
+            "group_interval": o.group_interval or "10s",
+            # re-sent while firing, so a restarted collector learns its orders again
+            "repeat_interval": "5m",
+            "continue": True,
+        }
+    ]
+
+
+def _collector_receiver(alerting: Alerting, o: AlertmanagerOverrides) -> list[dict[str, Any]]:
+    url = _collector_url(alerting, o)
+    if url is None:
+        return []
+    webhook: dict[str, Any] = {"url": url.rstrip("/") + COLLECTOR_ALERTS_PATH, "send_resolved": True}
+    if alerting.collector_credentials_file:
+        webhook["http_config"] = {"authorization": {"credentials_file": alerting.collector_credentials_file}}
+    return [{"name": COLLECTOR_RECEIVER, "webhook_configs": [webhook]}]
 
 
 def _root_route(alerting: Alerting, o: AlertmanagerOverrides) -> dict[str, Any]:
@@ -99,7 +146,8 @@ def _root_route(alerting: Alerting, o: AlertmanagerOverrides) -> dict[str, Any]:
         "group_interval": o.group_interval or alerting.group_interval,
         "repeat_interval": o.repeat_interval or alerting.repeat_interval,
         # Severity order, so a reader sees the page route first whatever order the file used.
-        "routes": [_severity_route(r, o) for r in sorted(alerting.routes, key=lambda r: r.severity)],
+        "routes": _collector_route(alerting, o)
+        + [_severity_route(r, o) for r in sorted(alerting.routes, key=lambda r: r.severity)],
     }
 
 

@@ -38,6 +38,7 @@ from otel_tokens.budgets.promql import (
 from otel_tokens.budgets.rulefmt import AlertingRule, RecordingRule, RuleFile, RuleGroup, dump_yaml
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.humanize import format_tokens, format_usd, short_number
+from otel_tokens.metric_names import KILL_AGENT_TASK, PAUSE_NONCRITICAL
 
 __all__ = ["ALERT_NAMES", "RECORDING_RULES", "render_prometheus_config", "render_rules", "rule_groups"]
 
@@ -128,7 +129,7 @@ def _alerts(bf: BudgetFile, b: Budget) -> list[AlertingRule]:
                f"Budget {name} at {t.action('$value | humanizePercentage')} of {_limit_text(b)}"),
         _alert(bf, b, "BudgetExceeded", f"{ratio} >= 1", fr.budget_exceeded, b.severity,
                f"Budget {name} exceeded: {t.action('$value | humanizePercentage')} of {_limit_text(b)}"
-               f" (action: {b.action})"),
+               f" (action: {b.action})", act=PAUSE_NONCRITICAL if b.pause_noncritical else None),
     ]  # fmt: skip
     if b.spike.enabled:
         alerts.append(_spike(bf, b))
@@ -169,7 +170,17 @@ def _runaway(bf: BudgetFile, b: Budget) -> AlertingRule:
         "percent": t.ratio_of(t.VALUE, per.tokens),
         "window": "one task instance, all its calls so far",
     }
-    return _alert(bf, b, "RunawayTask", expr, bf.alert_for.runaway_task, per.severity, summary, notes)
+    return _alert(
+        bf,
+        b,
+        "RunawayTask",
+        expr,
+        bf.alert_for.runaway_task,
+        per.severity,
+        summary,
+        notes,
+        act=KILL_AGENT_TASK,
+    )
 
 
 def _forecast(bf: BudgetFile, b: Budget) -> AlertingRule:
@@ -251,8 +262,13 @@ def _alert(
     severity: str,
     summary: str,
     figures: dict[str, str] | None = None,
+    *,
+    act: str | None = None,
 ) -> AlertingRule:
+    """One alert; `act` is the `action` label that makes the collector turn it into a stop order."""
     labels = {mn.SEVERITY: severity, mn.BUDGET: b.name, **b.scope.matchers()}
+    if act is not None:
+        labels[mn.ACTION] = act
     notes = {"summary": summary, **(figures or _standing(bf, b))}
     if b.description:
         notes["description"] = t.literal(b.description)

@@ -265,6 +265,14 @@ class Budget(_Strict):
             "before it raises BudgetDeferred (at most 1h; unset: raise at once)."
         ),
     )
+    pause_noncritical: bool = Field(
+        False,
+        description=(
+            "When the budget is exceeded, its BudgetExceeded alert carries `action: pause_noncritical`: "
+            "Alertmanager posts it to the collector, and every guarded call in the budget's scope from "
+            "an agent not marked critical raises TaskStopped until the alert resolves."
+        ),
+    )
     compress: CompressSettings = Field(
         default_factory=CompressSettings,
         description="Action 'compress' only: the two pressure points and the token targets.",
@@ -417,6 +425,12 @@ class Alerting(_Strict):
     repeat_interval: Duration = "4h"
     receivers: list[Receiver] = Field(min_length=1)
     routes: list[Route] = Field(default_factory=list)
+    #: The collector's API base as Alertmanager reaches it (e.g. http://collector:9464): alerts that
+    #: carry an `action` (RunawayTask: kill_agent_task; BudgetExceeded of a `pause_noncritical`
+    #: budget) are also posted to its `/api/v1/alerts`, where they become the guards' stop orders.
+    collector_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    #: File with the collector's bearer token, for Alertmanager (`http_config.authorization`).
+    collector_credentials_file: str | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Alerting:
@@ -425,6 +439,31 @@ class Alerting(_Strict):
 
     def receiver(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
+
+
+class GuardCollector(_Strict):
+    """How guards share budgets through the collector (README, "Enforce budgets in the agent")."""
+
+    #: The collector's API base (its metrics listener, e.g. http://127.0.0.1:9464);
+    #: OTEL_TOKENS_COLLECTOR_URL wins. Unset (both): each process enforces alone.
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    #: File with the collector's bearer token; OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE wins.
+    auth_token_file: str | None = None
+    #: Instead of one collector: a Prometheus-compatible query API (e.g. http://prometheus:9090) as the
+    #: global view of a fleet of collectors, read-only (no reservations: a looser overshoot bound).
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    #: Collector unreachable: `open` decides on what this process knows (the last standing the
+    #: collector sent plus its own calls since), `closed` refuses every call a budget covers.
+    on_unreachable: Literal["open", "closed"] = "open"
+    #: How long a call waits for the collector's answer before it counts as unreachable.
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    #: How often stop orders and standings are fetched in the background.
+    sync_interval_seconds: Annotated[float, Field(gt=0, le=300)] = 1.0
+    #: A reservation expires after this long unless settled (a crashed agent's frees its room).
+    reservation_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    #: A settled call's real use stays held at the collector this long, until its span has surely
+    #: arrived (longer than the span exporter's batch delay, 5 s by default).
+    settle_hold_seconds: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class RunawaySettings(_Strict):
@@ -459,6 +498,9 @@ class GuardSettings(_Strict):
     #: Output ceiling assumed for a request that sets no `max_tokens` / `max_completion_tokens` /
     #: `max_output_tokens` (an OpenAI call may omit it; Anthropic requires it).
     default_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 4096
+    #: Agents a `pause_noncritical` stop order never pauses (besides `attribute(critical=True)`).
+    critical_agents: list[LabelValue] = Field(default_factory=list)
+    collector: GuardCollector = Field(default_factory=GuardCollector)
     runaway: RunawaySettings = Field(default_factory=RunawaySettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
 

@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
+from otel_tokens.collector.api_guard import GuardApi
 from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.http_edge import HttpEdge
 from otel_tokens.collector.otlp_codec import (
@@ -191,10 +192,13 @@ def render_metrics(
 
 
 class _Api:
-    def __init__(self, registry: CollectorRegistry, edge: HttpEdge, ledger: BudgetLedger | None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, edge: HttpEdge, ledger: BudgetLedger | None, guard: GuardApi | None
+    ) -> None:
         self.registry = registry
         self.edge = edge
         self.ledger = ledger
+        self.guard = guard
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, headers = await self.edge.run_blocking(
@@ -210,9 +214,12 @@ class _Api:
         ledger = self.ledger
         if ledger is None:
             raise web.HTTPNotFound(text="this collector tracks no budgets (budgets_file is not set)\n")
-        status = await self.edge.run_blocking(ledger.status)
-        body = json.dumps({"budgets": [dataclasses.asdict(s) for s in status]}, sort_keys=True)
-        return web.Response(text=body, content_type="application/json")
+        if self.guard is not None:  # with the stop orders guards obey
+            answer = await self.edge.run_blocking(self.guard.status_json)
+        else:
+            status = await self.edge.run_blocking(ledger.status)
+            answer = {"budgets": [dataclasses.asdict(s) for s in status]}
+        return web.Response(text=json.dumps(answer, sort_keys=True), content_type="application/json")
 
 
 def api_app(
@@ -223,9 +230,11 @@ def api_app(
     token: BearerToken | None = None,
     metrics_token: BearerToken | None = None,
     routes: Sequence[web.RouteDef] = (),
+    guard: GuardApi | None = None,
 ) -> web.Application:
     """/metrics (needs `metrics_token`, else `token`), /healthz (open: liveness probes carry no
-    secret and it reveals nothing), `/api/v1/*` (needs `token`); `routes` adds further endpoints."""
+    secret and it reveals nothing), `/api/v1/*` (needs `token`); `routes` adds further endpoints;
+    `guard` adds the reservation and Alertmanager webhook endpoints (`collector/api_guard.py`)."""
 
     def token_for(path: str) -> BearerToken | None:
         if path == HEALTH_PATH:
@@ -234,10 +243,12 @@ def api_app(
             return metrics_token
         return token
 
-    api = _Api(registry, edge, ledger)
+    api = _Api(registry, edge, ledger, guard)
     app = web.Application(middlewares=[_bearer_guard(token_for)])
     app.router.add_get(METRICS_PATH, api.metrics)
     app.router.add_get(HEALTH_PATH, api.health)
     app.router.add_get(BUDGETS_PATH, api.budgets)
     app.add_routes(routes)
+    if guard is not None:
+        app.add_routes(guard.routes())
     return app

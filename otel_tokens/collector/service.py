@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import ssl
 import threading
 import time
@@ -29,6 +30,7 @@ from prometheus_client.registry import Collector
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.budgets.loader import load_budget_file
+from otel_tokens.collector.api_guard import GuardApi
 from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.config import CollectorConfig
 from otel_tokens.collector.durable import Durability, PinnedClock
@@ -36,12 +38,17 @@ from otel_tokens.collector.grpc_receiver import GrpcReceiver, GrpcTls
 from otel_tokens.collector.http_edge import EdgeLimits, HttpEdge, Listener, bind_socket
 from otel_tokens.collector.http_receiver import BUDGETS_PATH, TRACES_PATH, api_app, otlp_app
 from otel_tokens.collector.status_page import status_routes
+from otel_tokens.collector.stop_orders import StopOrderBook
 from otel_tokens.collector.store import Store
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["CollectorService", "run_collector"]
 
 logger = logging.getLogger("otel_tokens.collector")
+
+#: Where the stop orders are kept in the store's `meta` table (small, rewritten whole on change).
+_STOP_ORDERS_KEY = "stop_orders"
+_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
 #: After the last scrape's metrics were collected at shutdown, time for its response to be sent.
 _RESPONSE_GRACE_SECONDS = 0.2
@@ -63,6 +70,8 @@ class CollectorService:
         if self.config.budgets_file:
             self.ledger = BudgetLedger(load_budget_file(self.config.budgets_file), clock=self.pipeline.clock)
             self.ledger.attach(self.pipeline)
+        #: Stop orders from Alertmanager's webhook, read by guards with the budget status.
+        self.stop_orders = StopOrderBook()
         self.durability: Durability | None = None
         #: What start() did with the kept state, for the start-up log.
         self.state_note = (
@@ -116,6 +125,22 @@ class CollectorService:
             durability.close()
             raise
         self.durability = durability.start()
+        self._keep_stop_orders(durability.store)
+
+    def _keep_stop_orders(self, store: Store) -> None:
+        """Stop orders survive a restart: loaded from the store, written back on every change."""
+        kept = store.meta(_STOP_ORDERS_KEY)
+        if kept:
+            in_force = self.stop_orders.restore(kept)
+            self.state_note += f"; {in_force} stop orders in force"
+
+        def persist(text: str) -> None:
+            def write(db: sqlite3.Connection) -> None:
+                db.execute(_SET_META, (_STOP_ORDERS_KEY, text))
+
+            store.run(write)
+
+        self.stop_orders.persist = persist
 
     def _bind(self) -> None:
         cfg = self.config
@@ -128,7 +153,7 @@ class CollectorService:
         page = status_routes(self.pipeline.registry, self.ledger, edge, started_at=time.time())
         self._metrics = Listener("metrics", metrics_sock, api_app(
             self.pipeline.registry, edge, self.ledger, token=self._token, metrics_token=self._metrics_token,
-            routes=page,
+            routes=page, guard=GuardApi(self.ledger, self.stop_orders),
         ))  # fmt: skip
         edge.add(self._metrics)
         http_sock = bind_socket(cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)")

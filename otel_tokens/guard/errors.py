@@ -12,7 +12,7 @@ from typing import Any
 
 from otel_tokens.humanize import format_amount
 
-__all__ = ["BudgetDeferred", "BudgetExceeded", "TaskStopped"]
+__all__ = ["BudgetDeferred", "BudgetExceeded", "CollectorUnavailable", "TaskStopped"]
 
 
 class BudgetExceeded(Exception):
@@ -77,18 +77,60 @@ class BudgetDeferred(BudgetExceeded):
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"
 
 
-class TaskStopped(Exception):
-    """The guard stopped a runaway task instance (or session): this call was not sent, and neither
-    will the key's later calls be while the stop holds. Not a `BudgetExceeded`: no budget's window
-    is full; the task is looping. `key` is `task_id=...` or `session=...`; `reason` the detector
-    (`semconv.RUNAWAY_KINDS`); `detail` its numbers in words; `budget` the budget whose
-    `on_runaway: stop` applied. (Stop orders from alerts raise this too.)"""
+class CollectorUnavailable(BudgetExceeded):
+    """The guard shares this budget through the collector, which did not answer, and the budget
+    file says `guard.collector.on_unreachable: closed`: the call was not sent. A `BudgetExceeded`,
+    so code that handles a refused call handles this one too."""
 
-    def __init__(self, *, key: str, reason: str, detail: str, budget: str | None = None) -> None:
+    def __init__(self, *, budget: str, scope: str, window: str, limit: float, estimate: float, unit: str,
+                 url: str, reason: str) -> None:  # fmt: skip
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            budget=budget, scope=scope, used=0.0, reserved=0.0, limit=limit, window=window,
+            resets_at=None, estimate=estimate, unit=unit,
+        )  # fmt: skip
+
+    def _message(self) -> str:
+        return (
+            f"budget {self.budget!r} ({self.scope}, {self.window}): the collector at {self.url} is "
+            f"unreachable ({self.reason}) and guard.collector.on_unreachable is 'closed': the call was "
+            "not sent"
+        )
+
+
+class TaskStopped(Exception):
+    """The guard stopped this call, and will the key's later calls while the stop holds. Not a
+    `BudgetExceeded`: no budget's window is full. Two sources:
+
+    - a runaway detector in the agent: `key` is `task_id=...` or `session=...`, `reason` the detector
+      (`semconv.RUNAWAY_KINDS`), `detail` its numbers in words, `budget` the budget whose
+      `on_runaway: stop` applied; `kind` is `runaway`;
+    - a stop order from an alert, through the collector: `kind` (= `reason`) is `kill_agent_task`
+      (a `RunawayTask` alert named this `task_id`) or `pause_noncritical` (an exceeded budget pauses
+      agents not marked critical), `alert` the alert's name, `detail` its summary, `since` when it
+      started firing; it lasts until the alert resolves.
+    """
+
+    def __init__(
+        self, *, key: str, reason: str, detail: str, budget: str | None = None, alert: str | None = None,
+        agent: str | None = None, since: str = "",
+    ) -> None:  # fmt: skip
         self.key = key
         self.reason = reason
         self.detail = detail
         self.budget = budget
+        self.alert = alert
+        self.agent = agent
+        self.since = since
+        self.kind = reason if alert is not None else "runaway"
         self.task_id = key.partition("=")[2] if key.startswith("task_id=") else None
-        by = f" (budget {budget!r}, on_runaway: stop)" if budget else ""
-        super().__init__(f"{key} stopped as a runaway: {reason}: {detail}{by}")
+        if alert is None:
+            by = f" (budget {budget!r}, on_runaway: stop)" if budget else ""
+            super().__init__(f"{key} stopped as a runaway: {reason}: {detail}{by}")
+            return
+        why = f": {detail}" if detail else ""
+        super().__init__(
+            f"{key} stopped by alert {alert!r} (budget {budget!r}, {reason}, firing since {since or '?'})"
+            f"{why}; the call was not sent"
+        )

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from otel_tokens import semconv as sc
+from otel_tokens.attribution import is_critical
 from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.spec import Budget, BudgetFile
@@ -33,7 +34,9 @@ from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_tokens
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, compress_step, pressure_of, resolve
 from otel_tokens.guard.runaway import Finding, RunawayDetector, instance_finding, keys_of, request_fingerprint
-from otel_tokens.guard.state import BudgetState, Claim, LocalBudgetState, Reservation
+from otel_tokens.guard.state import BudgetState, Claim, Reservation, StateUnavailable
+from otel_tokens.guard.stops import StopDecision, find_stop
+from otel_tokens.guard.wiring import default_state
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.pricing import PriceBook, default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
@@ -55,7 +58,7 @@ class Admission:
 
     model: str
     downgraded_from: str | None = None
-    decisions: list[Decision] = field(default_factory=list)
+    decisions: list[Decision | StopDecision] = field(default_factory=list)
     refusal: BudgetExceeded | TaskStopped | None = None
     reservation: Reservation | None = None
     state: BudgetState | None = None
@@ -119,7 +122,8 @@ class Guard:
         caching = settings.enabled or any(spec.cache_responses for spec in budget_file.budgets)
         #: the response cache, when the file turns it on (globally or for some budget)
         self.response_cache = ResponseCache(settings) if caching else None
-        self.state: BudgetState = state if state is not None else LocalBudgetState(budget_file, clock)
+        self.state: BudgetState = state if state is not None else default_state(budget_file, clock)
+        self._critical_agents = frozenset(budget_file.guard.critical_agents)
         self._prices = prices or default_price_book()
         self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
         #: (provider, model, attribution) → the budgets matching such a call, and whether one is in USD
@@ -132,9 +136,18 @@ class Guard:
         """A guard for the budget file at `path`; raises `BudgetFileError` listing every problem."""
         return cls(load_budget_file(path))
 
+    def close(self) -> None:
+        """Stop the state's background work, if it has any (`CollectorBudgetState` syncs)."""
+        close = getattr(self.state, "close", None)
+        if callable(close):
+            close()
+
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: GuardRequest) -> Admission:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""
+        ordered = self._stop_ordered(request)
+        if ordered is not None:
+            return ordered
         matching = self._matching(request.provider, request.model, request.attribution)
         if not matching:
             return Admission(request.model)  # no budget covers this call: nothing to estimate
@@ -158,6 +171,9 @@ class Guard:
 
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
+        ordered = self._stop_ordered(request)
+        if ordered is not None:
+            return ordered
         matching = self._matching(request.provider, request.model, request.attribution)
         if not matching:
             return Admission(request.model)
@@ -167,7 +183,7 @@ class Guard:
             if prepared.refusal is not None:
                 return self._stopped(request, prepared)
             request, estimate = prepared.request, prepared.estimate
-        admission, wait_s = self._attempt(request, estimate, prepared)
+        admission, wait_s = await self._attempt_async(request, estimate, prepared)
         if wait_s <= 0:
             return admission
         deadline = time.monotonic() + wait_s
@@ -176,22 +192,57 @@ class Guard:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(admission.refusal.retry_after, remaining, _ASYNC_POLL_S))
-            admission = self._after_wait(admission, self._attempt(request, estimate, prepared)[0])
+            admission = self._after_wait(
+                admission, (await self._attempt_async(request, estimate, prepared))[0]
+            )
         return admission
 
     @staticmethod
     def _after_wait(before: Admission, after: Admission) -> Admission:
         """A deferred call admitted after waiting says so on its span."""
         if after.refusal is None and before.refusal is not None:
-            deferral = next(d for d in before.decisions if d.outcome == "deferred")
+            deferral = next(
+                d for d in before.decisions if isinstance(d, Decision) and d.outcome == "deferred"
+            )
             after.decisions.insert(0, Decision("defer", "waited", deferral.pressure))
         return after
+
+    def _stop_ordered(self, request: GuardRequest) -> Admission | None:
+        """A refusal when a stop order (a firing alert, through the collector) covers this call."""
+        orders = self.state.stop_orders()
+        if not orders:
+            return None
+        order = find_stop(
+            orders, request.attribution, model=request.model, provider=request.provider,
+            critical=is_critical(), critical_agents=self._critical_agents,
+        )  # fmt: skip
+        if order is None:
+            return None
+        return Admission(request.model, None, [StopDecision(order)], order.error(request.attribution))
+
+    async def _attempt_async(
+        self, request: GuardRequest, estimate: TokenCounts, prepared: _Prepared | None
+    ) -> tuple[Admission, float]:
+        """`_attempt` without blocking the event loop when the state decides over the network
+        (`CollectorBudgetState`: one round trip under its lock); in-process states stay inline."""
+        if getattr(self.state, "decides_over_network", False):
+            return await asyncio.to_thread(self._attempt, request, estimate, prepared)
+        return self._attempt(request, estimate, prepared)
 
     def _attempt(
         self, request: GuardRequest, estimate: TokenCounts, prepared: _Prepared | None
     ) -> tuple[Admission, float]:
         """One decision under the state's lock. The common case — the call fits every budget it
-        matches — is reserved in one step; anything else goes to `_decide`."""
+        matches — is reserved in one step; anything else goes to `_decide`. A state that cannot
+        answer and fails closed refuses (`StateUnavailable`)."""
+        try:
+            return self._attempt_once(request, estimate, prepared)
+        except StateUnavailable as unavailable:
+            return Admission(request.model, None, [], unavailable.refusal), 0.0
+
+    def _attempt_once(
+        self, request: GuardRequest, estimate: TokenCounts, prepared: _Prepared | None
+    ) -> tuple[Admission, float]:
         claims = self._claims(request, request.model, estimate)
         attribution = request.attribution
         agent, task = attribution.agent or UNKNOWN, attribution.task or UNKNOWN
@@ -234,11 +285,14 @@ class Guard:
                     reservation = view.reserve(claims, agent, task)
                     return self._admitted(request, model, decisions + outcome.decisions, reservation), 0.0
             if isinstance(outcome, Refuse):
-                admission = self._admission(request, model, decisions + outcome.decisions)
+                saved = float(estimate.input + estimate.output)  # the call is not sent (yet)
+                refused = [replace(d, tokens_saved=saved) for d in outcome.decisions]
+                admission = self._admission(request, model, decisions + refused)
                 admission.refusal = outcome.error
                 return admission, outcome.wait_s
             assert isinstance(outcome, Reroute)
-            decisions.append(outcome.decision)
+            saving = self._saved_by(request, model, outcome.model, estimate)
+            decisions.append(replace(outcome.decision, tokens_saved=saving))
             relieved.add(outcome.decision.pressure.budget.name)
             model = outcome.model
             tried.add(model)
@@ -254,7 +308,16 @@ class Guard:
     @staticmethod
     def _admission(request: GuardRequest, model: str, decisions: list[Decision]) -> Admission:
         downgraded_from = request.model if model != request.model else None
-        return Admission(model, downgraded_from, decisions)
+        return Admission(model, downgraded_from, list(decisions))
+
+    def _saved_by(self, request: GuardRequest, model: str, cheaper: str, estimate: TokenCounts) -> float:
+        """A downgrade's saving in tokens of the model asked for: the estimate times the share of
+        its price the cheaper model saves (0 when either model is unpriced: no claim of a saving)."""
+        before = self._prices.cost_usd(request.provider, model, estimate)
+        after = self._prices.cost_usd(request.provider, cheaper, estimate)
+        if not before or after is None:
+            return 0.0
+        return float(estimate.input + estimate.output) * max(0.0, 1.0 - after / before)
 
     # --- the response cache ---------------------------------------------------------------------------
     def cache_key(

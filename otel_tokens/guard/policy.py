@@ -83,6 +83,7 @@ class Decision:
     pressure: Pressure
     retry_after: float | None = None
     model: str | None = None
+    tokens_saved: float | None = None
     #: a `compress` rewrite: (level, input tokens before, after, target)
     compress: tuple[str, int, int, int] | None = None
 
@@ -99,6 +100,8 @@ class Decision:
             attributes[sc.OTEL_TOKENS_GUARD_RETRY_AFTER] = self.retry_after
         if self.model is not None:
             attributes[sc.OTEL_TOKENS_GUARD_MODEL] = self.model
+        if self.tokens_saved is not None:
+            attributes[sc.OTEL_TOKENS_GUARD_TOKENS_SAVED] = self.tokens_saved
         if self.compress is not None:
             level, before, after, target = self.compress
             attributes[sc.OTEL_TOKENS_GUARD_COMPRESS_LEVEL] = level

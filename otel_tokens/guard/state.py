@@ -24,11 +24,21 @@ from typing import Protocol
 from otel_tokens.budgets.ledger import budget_window, instance_amount, record_amount, token_type_positions
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import Window
+from otel_tokens.guard.errors import BudgetExceeded
+from otel_tokens.guard.stops import StopOrder
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable
 
-__all__ = ["BudgetState", "BudgetView", "Claim", "LocalBudgetState", "Reservation", "Standing"]
+__all__ = [
+    "BudgetState",
+    "BudgetView",
+    "Claim",
+    "LocalBudgetState",
+    "Reservation",
+    "Standing",
+    "StateUnavailable",
+]
 
 
 @dataclass(slots=True)
@@ -60,6 +70,10 @@ class Reservation:
     agent: str = UNKNOWN
     task: str = UNKNOWN
     settled: bool = field(default=False)
+    #: the collector's id for it, when the state shares budgets through a collector
+    remote_id: str | None = None
+    #: the same claims in this process's own accounting (`CollectorBudgetState`)
+    local: Reservation | None = None
 
 
 class BudgetView(Protocol):
@@ -96,6 +110,20 @@ class BudgetState(Protocol):
 
     def now(self) -> float: ...
 
+    def stop_orders(self) -> Sequence[StopOrder]:
+        """The stop orders in force (firing alerts the guard obeys); empty when the state has no
+        alert source."""
+        ...
+
+
+class StateUnavailable(Exception):
+    """The state's source cannot answer and its policy is to refuse (fail-closed): `refusal` is
+    the error the call raises."""
+
+    def __init__(self, refusal: BudgetExceeded) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
 
 #: As in the collector's ledger: instances idle this long are over; at most this many are remembered.
 _INSTANCE_IDLE_S = 3600.0
@@ -116,9 +144,17 @@ class _Account:
             else None
         )
         self.instance_reserved: dict[str, float] = {}  # only instances with calls in flight
+        #: use counted elsewhere (other processes, as a read-only source last reported it), added
+        #: to this process's own; may be negative while this process's recent calls are not yet
+        #: in the reported figure (never below this process's own use)
+        self.external = 0.0
+
+    def used(self, now: float) -> float:
+        own = self.window.used(now)
+        return max(own + self.external, own)
 
     def fits(self, claim: Claim, now: float) -> bool:
-        if self.window.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
+        if self.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
             return False
         instance = self.spec.per_task_instance
         if instance is None or claim.task_id is None or self.instances is None:
@@ -131,7 +167,7 @@ class _Account:
         return totals.tokens if totals is not None else 0.0
 
     def standing(self, task_id: str | None, now: float) -> Standing:
-        used, reserved = self.window.used(now), max(self.reserved, 0.0)
+        used, reserved = self.used(now), max(self.reserved, 0.0)
         if self.instances is None or task_id is None:
             return Standing(used, reserved)
         return Standing(
@@ -167,6 +203,9 @@ class LocalBudgetState:
 
     def now(self) -> float:
         return self._clock()
+
+    def stop_orders(self) -> Sequence[StopOrder]:
+        return ()  # alerts reach guards through the collector (`CollectorBudgetState`)
 
     def transaction(self) -> AbstractContextManager[BudgetView]:
         return _LocalView(self)  # takes the lock on entry (a class: no generator on the hot path)
@@ -224,7 +263,15 @@ class _LocalView:
         return self._state._accounts[claim.budget.name].standing(claim.task_id, self._now)
 
     def seconds_until_used_at_most(self, budget: Budget, target: float) -> float | None:
-        return self._state._accounts[budget.name].window.seconds_until_at_most(target, self._now)
+        account = self._state._accounts[budget.name]
+        if not account.external:
+            return account.window.seconds_until_at_most(target, self._now)
+        # Use counted elsewhere ages out on a schedule this process cannot see: when only it stands
+        # in the way, the window's reset (a calendar period's end, a rolling window's length).
+        wait = account.window.seconds_until_at_most(target - max(account.external, 0.0), self._now)
+        if wait is None and target >= 0:
+            return account.window.remaining_seconds(self._now)
+        return wait
 
     def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation:
         for claim in claims:

@@ -40,7 +40,7 @@ from otel_tokens.aggregate import Aggregator, MetricsConfig
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
-from otel_tokens.extract_stats import ExtractStatsCollector
+from otel_tokens.extract_stats import ExtractStats, ExtractStatsCollector
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord
 
@@ -294,6 +294,11 @@ class Pipeline:
     def clock(self) -> Callable[[], float]:
         """The injected clock (share it with the budget ledger, so both count at one time)."""
         return self._clock
+
+    @property
+    def extract_stats(self) -> ExtractStats:
+        """The extractor's self-metrics (the collector's ingest workers ship theirs to the main one)."""
+        return self._extractor.stats
 
     @property
     def held_spans(self) -> int:

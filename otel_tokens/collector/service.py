@@ -317,7 +317,6 @@ def _service(config: CollectorConfig) -> CollectorService:
         return CollectorService(config)
     from otel_tokens.collector.workers import ScaledCollectorService
 
-    logger.info("starting %d OTLP ingest worker processes (server.workers)", workers)
     return ScaledCollectorService(config, workers=workers)
 
 

@@ -27,13 +27,14 @@ import multiprocessing
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from otel_tokens.collector.config import CollectorConfig
-from otel_tokens.collector.http_edge import HttpEdge, bind_error, bind_socket
+from otel_tokens.collector.http_edge import AddressInUse, HttpEdge, bind_error, bind_socket
 from otel_tokens.collector.service import CollectorService
 from otel_tokens.collector.store import StoreError
 from otel_tokens.collector.worker_link import (
@@ -58,6 +59,9 @@ _START_TIMEOUT_SECONDS = 60.0
 #: A worker that keeps dying is restarted at most this often.
 _RESTART_EVERY_SECONDS = 1.0
 _DRAIN_SECONDS = 10.0
+#: How long start-up waits for a port still held by the exiting workers of a killed collector.
+_PORT_FREED_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class _Worker:
@@ -101,12 +105,12 @@ class WorkerPool:
     # --- start ------------------------------------------------------------------------------------
     def start(self) -> WorkerPool:
         cfg = self.config
-        self._http_sock = bind_socket(
-            cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)"
+        self._http_sock = _retrying(
+            lambda: bind_socket(cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)")
         )
         self.http_port = int(self._http_sock.getsockname()[1])
         if cfg.grpc_enabled:
-            self.grpc_port = self._reserve_grpc_port(cfg.grpc_host, cfg.grpc_port)
+            self.grpc_port = _retrying(lambda: self._reserve_grpc_port(cfg.grpc_host, cfg.grpc_port))
         for index in range(self.size):
             self._workers[index] = self._spawn(index)
         for worker in self._workers:
@@ -117,16 +121,19 @@ class WorkerPool:
         return self
 
     def _reserve_grpc_port(self, host: str, port: int) -> int:
-        """Check the port is free (a plain bind: it fails against any holder, SO_REUSEPORT or not),
-        then hold it with SO_REUSEPORT so the workers can share it and no other socket can take it."""
+        """Check the port is free (a bind without SO_REUSEPORT fails against any listener, sharing
+        or not), then hold it with SO_REUSEPORT so the workers can share it and no other socket can
+        take it. SO_REUSEADDR on both, as grpc sets it: connections in TIME_WAIT do not count."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:
                 raise bind_error(exc, host, port, "OTLP/gRPC", "--grpc-port (otlp.grpc.port)") from None
             port = int(probe.getsockname()[1])
         holder = socket.socket(family)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind((host, port))
         self._grpc_holders.append(holder)
@@ -254,6 +261,19 @@ class WorkerPool:
         return [w.process.pid for w in self._workers if w is not None and w.process.pid is not None]
 
 
+def _retrying(bind: Callable[[], T]) -> T:
+    """Bind, retrying a port in use for a moment: after a `kill -9` of the main process its
+    workers exit as soon as they see the pipe close, but a restart may be quicker than that."""
+    deadline = time.monotonic() + _PORT_FREED_SECONDS
+    while True:
+        try:
+            return bind()
+        except AddressInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 class ScaledCollectorService(CollectorService):
     """`CollectorService` with its OTLP intake in `workers` processes; everything else — `/metrics`,
     the API, the ledger, durability, the flusher — stays here, in the main process."""
@@ -274,6 +294,9 @@ class ScaledCollectorService(CollectorService):
     def _stop_intake(self) -> None:
         if self.pool is not None:
             self.pool.stop()
+
+    def endpoints(self) -> list[str]:
+        return [*super().endpoints(), f"{self.workers} OTLP ingest worker processes (server.workers)"]
 
     @property
     def http_port(self) -> int:

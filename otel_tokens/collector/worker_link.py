@@ -21,12 +21,15 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import fields
 from multiprocessing.connection import Connection
+from operator import attrgetter
 from typing import Any
 
 from otel_tokens.collector.store import StoreError
 from otel_tokens.extract_stats import ExtractStats
 from otel_tokens.pipeline import Batch, IngestResult
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
 __all__ = [
     "BATCH",
@@ -141,7 +144,8 @@ class RemoteGate:
         self._stats_lock = threading.Lock()
 
     def batch(self, batch: Batch) -> IngestResult:
-        result: IngestResult = self._link.call(BATCH, (batch, self._stats_delta()))
+        records, batch.records = pack_records(batch.records), []
+        result: IngestResult = self._link.call(BATCH, (batch, records, self._stats_delta()))
         return result
 
     def flush(self, until: float | None) -> None:
@@ -160,6 +164,38 @@ class RemoteGate:
             self._sent = now
         clamped, failed = delta
         return (clamped, failed) if clamped or failed else None
+
+
+_RECORD_FIELDS = [f.name for f in fields(UsageRecord)]
+_TOKENS_AT = _RECORD_FIELDS.index("tokens")
+_ATTRIBUTION_AT = _RECORD_FIELDS.index("attribution")
+_record_values = attrgetter(*_RECORD_FIELDS)
+_token_values = attrgetter(*[f.name for f in fields(TokenCounts)])
+_attribution_values = attrgetter(*[f.name for f in fields(Attribution)])
+#: Records as they cross the pipe: plain tuples (pickled in C), or the objects themselves.
+PackedRecords = tuple[str, list[Any]]
+
+
+def pack_records(records: list[UsageRecord]) -> PackedRecords:
+    """Records as tuples of their field values: pickling a slotted dataclass runs Python code per
+    object (its `__getstate__`/`__setstate__`), which cost more than extracting the record did."""
+    if any(type(r) is not UsageRecord for r in records):  # a subclass: keep it whole
+        return ("objects", records)
+    return ("tuples", [(_record_values(r), _token_values(r.tokens), _attribution_values(r.attribution))
+                       for r in records])  # fmt: skip
+
+
+def unpack_records(packed: PackedRecords) -> list[UsageRecord]:
+    kind, items = packed
+    if kind == "objects":
+        return items
+    records = []
+    for values, tokens, attribution in items:
+        fields_ = list(values)
+        fields_[_TOKENS_AT] = TokenCounts(*tokens)
+        fields_[_ATTRIBUTION_AT] = Attribution(*attribution)
+        records.append(UsageRecord(*fields_))
+    return records
 
 
 def add_stats(stats: ExtractStats, delta: StatsDelta) -> None:

@@ -45,6 +45,7 @@ from otel_tokens.collector.worker_link import (
     REJECTION,
     STORE_ERROR,
     add_stats,
+    unpack_records,
 )
 from otel_tokens.pipeline import Pipeline
 
@@ -189,7 +190,8 @@ class WorkerPool:
     def _apply_one(self, worker: _Worker, rid: int, kind: str, payload: Any) -> None:
         try:
             if kind == BATCH:
-                batch, delta = payload
+                batch, records, delta = payload
+                batch.records = unpack_records(records)
                 if delta is not None:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)

@@ -86,18 +86,21 @@ def _unpatch(sdk: str, module_name: str) -> None:
         importlib.import_module(module_name).uninstrument()
 
 
-def _guard_or_stop(budgets: Any, raise_errors: bool) -> Any:
+def _guard_or_stop(budgets: Any, raise_errors: bool, summarizer: Any = None) -> Any:
     """`_guard`, stopping start-up on a broken budget file. `otel_tokens.instrument()` wants the
     `BudgetFileError` itself; `opentelemetry-instrument` would log and swallow it and run the agent
     unguarded, so there the process stops (SystemExit escapes its handler) with every error listed."""
     from otel_tokens.budgets.loader import BudgetFileError
 
     try:
-        return _guard(budgets)
+        guard = _guard(budgets)
     except BudgetFileError as exc:
         if raise_errors:
             raise
         raise SystemExit(f"otel-tokens: not starting unguarded: {exc}") from None
+    if guard is not None and summarizer is not None:
+        guard.summarizer = summarizer
+    return guard
 
 
 def _guard(budgets: Any) -> Any:
@@ -115,8 +118,6 @@ def _guard(budgets: Any) -> Any:
         guard = budgets
     else:
         guard = Guard(budgets) if isinstance(budgets, BudgetFile) else Guard.from_file(budgets)
-    if any(b.action == "compress" for b in guard.budget_file.budgets):
-        logger.warning("otel-tokens: action 'compress' is not implemented yet; those budgets only warn")
     return guard
 
 
@@ -144,7 +145,9 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = CallSettings(
             tracer=tracer,
             capture_content=env_flag(ENV_CAPTURE_CONTENT) if capture is None else bool(capture),
-            guard=_guard_or_stop(kwargs.get("budgets"), kwargs.get("raise_budget_errors", False)),
+            guard=_guard_or_stop(
+                kwargs.get("budgets"), kwargs.get("raise_budget_errors", False), kwargs.get("summarizer")
+            ),
         )
         for sdk, module_name in _SDK_MODULES:
             if importlib.util.find_spec(sdk) is None:

@@ -8,6 +8,8 @@ The public API is deliberately small:
   `TaskStopped` — what a call of a task instance stopped as a runaway raises.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
+- `verify(passed, task_id=None, check="tests")` — report a deterministic check of a task instance
+  (also `with verify(check=...):` around the check): cost per *verified* task.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import TracerProvider
 
-from otel_tokens.attribution import attribute, current_attribution
+from otel_tokens.attribution import attribute, current_attribution, verify
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ __all__ = [
     "current_attribution",
     "instrument",
     "uninstrument",
+    "verify",
 ]
 
 _instrumentor: Any = None

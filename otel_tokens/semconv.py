@@ -94,6 +94,20 @@ OTEL_TOKENS_MARKER: Final = "otel_tokens.instrumented"  # True on spans our inst
 #: tells the collector the instance completed (only the process owning the task emits it).
 OTEL_TOKENS_TASK_SCOPE: Final = "otel_tokens.task.scope"
 
+#: On the span `otel_tokens.verify()` opens: the verdict of one deterministic check of a task instance
+#: (True: passed), and the check's name (`tests`, `lint`, ...). The span carries the task's id.
+OTEL_TOKENS_VERIFY_PASSED: Final = "otel_tokens.verify.passed"
+OTEL_TOKENS_VERIFY_CHECK: Final = "otel_tokens.verify.check"
+
+# --- agent frameworks' scopes (GenAI semconv), read for attribution -------------------------------
+#: `gen_ai.operation.name` of the span an agent framework opens around one agent's run / a workflow.
+OPERATION_INVOKE_AGENT: Final = "invoke_agent"
+OPERATION_INVOKE_WORKFLOW: Final = "invoke_workflow"
+#: The resource attribute naming the service: the collector's last-resort agent (configurable).
+SERVICE_NAME: Final = "service.name"
+#: The prefix of the service name the OpenTelemetry SDK makes up when none was set: never an agent.
+UNKNOWN_SERVICE_PREFIX: Final = "unknown_service"
+
 #: The instrumentation scope name of our tracer; the collector trusts spans from this scope first.
 INSTRUMENTATION_SCOPE: Final = "otel_tokens"
 

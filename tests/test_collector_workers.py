@@ -9,11 +9,14 @@ the workers counted on the side (rejected payloads, clamped records).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import fields
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
@@ -22,8 +25,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
+from otel_tokens.ancestry import Scope, Walk
 from otel_tokens.collector import CollectorConfig
+from otel_tokens.collector.worker_link import OK, RemoteGate, WorkerLink, unpack_batch
 from otel_tokens.collector.workers import ScaledCollectorService
+from otel_tokens.extract_stats import ExtractStats
+from otel_tokens.pipeline import Batch
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord, Verdict
 from tests import prom_text
 from tests.services import poll
 from tests.test_collector_service import PB, make_spans
@@ -111,3 +119,57 @@ def test_metrics_is_one_page_with_what_the_workers_counted_aside(collector: Scal
     assert prom_text.total(page, mn.REQUESTS) == 10
     assert prom_text.total(page, mn.RECORDS_CLAMPED) == 3
     assert prom_text.total(page, mn.SPANS_REJECTED) == 1
+
+
+def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_walks() -> None:
+    """What a worker extracted reaches the main process whole, through the real `RemoteGate` and
+    `WorkerLink` over a real pipe: every `UsageRecord` field (one added later fails the first
+    assertion until it is set here), verdicts, completions, the links of a worker's scan, and the
+    unfinished ancestor walks, pointing at the very record objects the main deduper will hold."""
+    record = UsageRecord(
+        provider="openai", request_model="gpt-4o-mini", operation="text_completion",
+        response_model="gpt-4o-mini-2024-07-18", tokens=TokenCounts(10, 2, 3, 4, 1, 5), estimated=True,
+        cost_usd=0.5, attribution=Attribution("svc", "fix", "t1", "u", "s", "plan", "report"),
+        status="error", error_type="Timeout", trace_id=1 << 100, span_id=7, parent_span_id=6,
+        start_time_ns=1, end_time_ns=2, ours=True, service_tier="flex", failed_steps=("pricing",),
+        agent_from_resource=True,
+    )  # fmt: skip
+    default = UsageRecord(provider="", request_model="")
+    assert [f.name for f in fields(UsageRecord) if getattr(record, f.name) == getattr(default, f.name)] == []
+    plain = UsageRecord(provider="anthropic", request_model="claude", trace_id=3, span_id=4, parent_span_id=5)
+    batch = Batch(by_content=True)
+    batch.spans_received = 4
+    batch.records = [plain, record]
+    batch.verdicts = [Verdict("t1", False, "lint", trace_id=9, span_id=8, end_time_ns=7)]
+    batch.completions = [TaskCompletion("t1", "fix", "svc", "ok", trace_id=9, span_id=6, end_time_ns=5)]
+    walk = Walk(record, deadline=12.5)
+    walk.frontier, walk.workflow = 99, "report"
+    batch.walks = [walk]
+    batch.links, batch.scopes = {1: 2}, {2: Scope("researcher", None)}
+
+    worker_end, main_end = multiprocessing.Pipe()
+    link = WorkerLink(worker_end, max_in_flight=1, on_lost=lambda: None).start()
+    received: list[Batch] = []
+
+    def main_process() -> None:
+        rid, _, payload = main_end.recv()
+        got, _ = unpack_batch(payload)
+        received.append(got)
+        main_end.send((rid, OK, got.result))
+
+    main = threading.Thread(target=main_process)
+    main.start()
+    try:
+        assert RemoteGate(link, ExtractStats()).batch(batch).spans_received == 4
+    finally:
+        main.join(timeout=30)
+        link.close()
+        main_end.close()
+    (got,) = received
+    assert got.records == [plain, record] and got.by_content
+    assert got.records[1].agent_from_resource and got.records[1].attribution.workflow == "report"
+    assert got.verdicts == batch.verdicts and got.completions == batch.completions
+    assert (got.links, got.scopes) == ({1: 2}, {2: Scope("researcher", None)})
+    (w,) = got.walks
+    assert w.record is got.records[1], "a walk amends the record object the deduper holds"
+    assert (w.frontier, w.agent, w.workflow, w.deadline) == (99, None, "report", 12.5)

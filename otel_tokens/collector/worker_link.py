@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from operator import attrgetter
 from typing import Any
 
+from otel_tokens.ancestry import Walk
 from otel_tokens.collector.store import StoreError
 from otel_tokens.extract_stats import ExtractStats
 from otel_tokens.pipeline import Batch, IngestResult
@@ -41,6 +42,11 @@ __all__ = [
     "RemoteGate",
     "StatsDelta",
     "WorkerLink",
+    "pack_records",
+    "pack_walks",
+    "unpack_batch",
+    "unpack_records",
+    "unpack_walks",
 ]
 
 logger = logging.getLogger("otel_tokens.collector")
@@ -144,8 +150,9 @@ class RemoteGate:
         self._stats_lock = threading.Lock()
 
     def batch(self, batch: Batch) -> IngestResult:
+        walks, batch.walks = pack_walks(batch.records, batch.walks), []
         records, batch.records = pack_records(batch.records), []
-        result: IngestResult = self._link.call(BATCH, (batch, records, self._stats_delta()))
+        result: IngestResult = self._link.call(BATCH, (batch, records, walks, self._stats_delta()))
         return result
 
     def flush(self, until: float | None) -> None:
@@ -196,6 +203,42 @@ def unpack_records(packed: PackedRecords) -> list[UsageRecord]:
         fields_[_ATTRIBUTION_AT] = Attribution(*attribution)
         records.append(UsageRecord(*fields_))
     return records
+
+
+#: An unfinished ancestor walk as it crosses the pipe: (its record's index in the batch, frontier,
+#: agent, workflow, deadline). The index, because the main process amends the very record object
+#: its deduper holds, which unpickling would otherwise copy.
+PackedWalk = tuple[int, int, str | None, str | None, float]
+
+
+def pack_walks(records: list[UsageRecord], walks: list[Walk]) -> list[PackedWalk]:
+    if not walks:
+        return []
+    at = {id(r): i for i, r in enumerate(records)}
+    return [
+        (at[id(w.record)], w.frontier, w.agent, w.workflow, w.deadline) for w in walks if id(w.record) in at
+    ]
+
+
+def unpack_batch(
+    payload: tuple[Batch, PackedRecords, list[PackedWalk], StatsDelta | None],
+) -> tuple[Batch, StatsDelta | None]:
+    """A `RemoteGate.batch` request as the main process applies it: the batch (verdicts, completions,
+    rejections and the links of a worker's scan came pickled whole) with its records rebuilt and its
+    unfinished walks pointing at them; and the worker's stats delta."""
+    batch, records, walks, delta = payload
+    batch.records = unpack_records(records)
+    batch.walks = unpack_walks(batch.records, walks)
+    return batch, delta
+
+
+def unpack_walks(records: list[UsageRecord], packed: list[PackedWalk]) -> list[Walk]:
+    walks = []
+    for index, frontier, agent, workflow, deadline in packed:
+        walk = Walk(records[index], deadline)
+        walk.frontier, walk.agent, walk.workflow = frontier, agent, workflow
+        walks.append(walk)
+    return walks
 
 
 def add_stats(stats: ExtractStats, delta: StatsDelta) -> None:

@@ -10,6 +10,7 @@ acknowledged any more, and a restarted collector needs the ports).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ def run_worker(
     grpc_port: int,
     conn: Connection,
     max_in_flight: int,
+    main_walks: ctypes.c_longlong,
 ) -> None:
     """Serve OTLP on the shared sockets until SIGTERM or until the main process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the main process decides
@@ -64,6 +66,8 @@ def run_worker(
         config.metrics_config(), dedupe=config.dedupe_config(), max_tokens_per_call=config.max_tokens_per_call
     )
     pipeline.gate = RemoteGate(link, pipeline.extract_stats)
+    # while the main process tracks ancestor walks, batches carry their spans' links there
+    pipeline.walks_elsewhere = lambda: bool(main_walks.value)
     _serve(config, pipeline, link, http_sock, grpc_port, stop)
 
 

@@ -1,6 +1,6 @@
 """The collector on every core: N ingest processes on the same ports, one main process that counts.
 
-`otel-tokens collector --workers N` (default: one per core) runs `ScaledCollectorService`. Its
+`otel-tokens collector --workers N` (default 1; 0: one per core) runs `ScaledCollectorService`. Its
 main process binds the OTLP/HTTP socket and reserves the gRPC port (so a port in use fails
 start-up with the usual message, and port 0 resolves once), then starts N worker processes
 (`spawn`, so no thread or grpc state is forked). Each worker accepts on the shared HTTP socket,
@@ -45,7 +45,7 @@ from otel_tokens.collector.worker_link import (
     REJECTION,
     STORE_ERROR,
     add_stats,
-    unpack_records,
+    unpack_batch,
 )
 from otel_tokens.pipeline import Pipeline
 
@@ -96,6 +96,10 @@ class WorkerPool:
         self._http_sock: socket.socket | None = None
         self._grpc_holders: list[socket.socket] = []
         self._ctx = multiprocessing.get_context("spawn")
+        # how many ancestor walks the main pipeline tracks, read by every worker (see pipeline.py):
+        # one word, written by one process under the pipeline's resolver lock, so no lock of its own
+        self._walks = self._ctx.Value("q", 0, lock=False)
+        pipeline.on_walks = self._publish_walks
         self._workers: list[_Worker | None] = [None] * workers
         self._apply = ThreadPoolExecutor(max(4, 2 * workers), thread_name_prefix="otel-tokens-apply")
         self._stats_lock = threading.Lock()
@@ -120,6 +124,9 @@ class WorkerPool:
         self._supervisor = threading.Thread(target=self._supervise, name="otel-tokens-workers", daemon=True)
         self._supervisor.start()
         return self
+
+    def _publish_walks(self, waiting: int) -> None:
+        self._walks.value = waiting
 
     def _reserve_grpc_port(self, host: str, port: int) -> int:
         """Check the port is free (a bind without SO_REUSEPORT fails against any listener, sharing
@@ -152,7 +159,15 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=run_worker,
-            args=(index, self.config, self._http_sock, self.grpc_port, child, MAX_IN_FLIGHT_PER_WORKER),
+            args=(
+                index,
+                self.config,
+                self._http_sock,
+                self.grpc_port,
+                child,
+                MAX_IN_FLIGHT_PER_WORKER,
+                self._walks,
+            ),
             name=f"otel-tokens-worker-{index}",
             daemon=True,
         )
@@ -190,8 +205,7 @@ class WorkerPool:
     def _apply_one(self, worker: _Worker, rid: int, kind: str, payload: Any) -> None:
         try:
             if kind == BATCH:
-                batch, records, delta = payload
-                batch.records = unpack_records(records)
+                batch, delta = unpack_batch(payload)
                 if delta is not None:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)

@@ -26,7 +26,12 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
+from otel_tokens.attribution import (
+    NO_ATTRIBUTION,
+    attribution_attributes,
+    current_attribution,
+    framework_attribution,
+)
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
@@ -50,7 +55,23 @@ class CallSettings:
 def inside_llm_call() -> bool:
     """True while an instrumented call is in progress in this context: a nested wrapped SDK method
     (e.g. `responses.stream()` calling `responses.create()`) must not count the call twice."""
-    return bool(context.get_value(_INSIDE_CALL_KEY))
+    call = context.get_value(_INSIDE_CALL_KEY)
+    # The call itself, not a flag: a context restored after the call ended (another
+    # instrumentation detaching its stream's context late, out of order, brings ours back) must not
+    # make the next call look nested, or that call would go unrecorded.
+    return isinstance(call, LLMCall) and not call._ended
+
+
+def _live_context() -> context.Context:
+    """The current context, unless it is one of our calls' that already ended (brought back by
+    another instrumentation detaching its stream's context late, out of order): then the context
+    that call started in, so this call is neither nested under the old one's span nor counted as
+    its duplicate."""
+    ctx = context.get_current()
+    call = context.get_value(_INSIDE_CALL_KEY, ctx)
+    if isinstance(call, LLMCall) and call._ended:
+        return call.parent_context
+    return ctx
 
 
 def internal_error(where: str) -> None:
@@ -70,6 +91,7 @@ class LLMCall:
         "attribution",
         "cache_slot",
         "operation",
+        "parent_context",
         "provider",
         "request_model",
         "service_tier",
@@ -100,8 +122,11 @@ class LLMCall:
         self._failed: list[str] = []
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
+        self.parent_context = _live_context()
         try:
-            self.attribution = current_attribution()
+            # an agent framework's enclosing invoke_agent span names the agent when no scope does
+            live = self.parent_context
+            self.attribution = framework_attribution(current_attribution(live), live)
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
@@ -125,7 +150,7 @@ class LLMCall:
             except Exception:
                 self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
         self.span = settings.tracer.start_span(
-            f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{operation} {self.request_model}", self.parent_context, SpanKind.CLIENT, attributes
         )
 
     @property
@@ -145,7 +170,8 @@ class LLMCall:
 
     def _attach(self) -> Token[context.Context]:
         """`activate()` without the context manager, for `invoke` on the hot path."""
-        return context.attach(context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span)))
+        ctx = trace.set_span_in_context(self.span, self.parent_context)
+        return context.attach(context.set_value(_INSIDE_CALL_KEY, self, ctx))
 
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and

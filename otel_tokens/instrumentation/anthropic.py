@@ -175,6 +175,15 @@ def _stream_classes() -> tuple[type[Any], type[Any]]:
     return Stream, AsyncStream
 
 
+def _wrapped_stream(result: Any, classes: tuple[type[Any], ...]) -> Any:
+    """The SDK stream inside another instrumentation's wrapper (`__wrapped__`, a few levels), or None."""
+    for _ in range(4):
+        result = getattr(result, "__wrapped__", None)
+        if result is None or isinstance(result, classes):
+            return result
+    return None
+
+
 def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
     if raw_response_mode(request) is not None:  # `.with_raw_response` / `.with_streaming_response`
         return _RawResponse(call, request).attach(result)
@@ -183,6 +192,15 @@ def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
         return observe_sync_stream(result, StreamTracker(call, request))
     if isinstance(result, async_stream_class):
         return observe_async_stream(result, StreamTracker(call, request))
+    inner = (
+        _wrapped_stream(result, (stream_class, async_stream_class)) if request.get("stream") is True else None
+    )
+    if inner is not None:
+        # another instrumentation's stream wrapper (OpenLIT's) around the SDK's stream: observe the
+        # SDK's stream in place, hand back their wrapper, which reads its events through ours
+        observe = observe_sync_stream if isinstance(inner, stream_class) else observe_async_stream
+        observe(inner, StreamTracker(call, request))
+        return result
     if getattr(result, "usage", None) is None:
         logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)
     _finish_message(call, result, request)

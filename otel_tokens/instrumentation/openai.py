@@ -160,7 +160,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         result = call.invoke(wrapped, args, kwargs)
         if slot is not None:
             result = slot.keep(result)
-        return _on_result(endpoint, call, kwargs, result)
+        return _on_result(endpoint, call, kwargs, result, is_async=False)
 
     return wrapper
 
@@ -185,7 +185,7 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         result = await call.invoke_async(wrapped, args, kwargs)
         if slot is not None:
             result = slot.keep(result)
-        return _on_result(endpoint, call, kwargs, result)
+        return _on_result(endpoint, call, kwargs, result, is_async=True)
 
     return wrapper
 
@@ -293,9 +293,13 @@ def _is_stream_request(kwargs: dict[str, Any]) -> bool:
     return kwargs.get("stream") is True
 
 
-def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any) -> Any:
+def _on_result(
+    endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any, *, is_async: bool
+) -> Any:
     """Hand the caller the SDK's result: streams wrapped so the span ends with them, a raw-response
-    wrapper watched until its body is read, anything else unchanged after the span is finished."""
+    wrapper watched until its body is read, anything else unchanged after the span is finished.
+    Sync or async is the client's, not guessed from the result: another instrumentation's stream
+    proxy (OpenLLMetry's) has both `__next__` and `__anext__`."""
     if raw_response_mode(kwargs) is not None:  # `.with_raw_response` / `.with_streaming_response`
         try:
             return _RawResponse(endpoint, call, kwargs).attach(result)
@@ -305,7 +309,7 @@ def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], resul
             return result
     if _is_stream_request(kwargs) and endpoint.stream_state is not None:
         state = endpoint.stream_state(call, kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"))
-        proxy_type = AsyncStreamProxy if hasattr(result, "__anext__") else SyncStreamProxy
+        proxy_type = AsyncStreamProxy if is_async else SyncStreamProxy
         return proxy_type(result, state)
     _finish_from_response(endpoint, call, kwargs, result)
     return result

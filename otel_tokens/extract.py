@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -556,7 +556,9 @@ def _scope(operation: object, agent: object, workflow: object) -> Scope | None:
 _SCOPE_KEYS = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_AGENT_NAME, sc.GEN_AI_WORKFLOW_NAME)
 
 
-def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links, scopes: Scopes) -> None:
+def scan_otlp(
+    request: ExportTraceServiceRequest, traces: Container[int], links: Links, scopes: Scopes
+) -> None:
     """Add the parent link of every span of `traces` in the request, and the scope of each agent or
     workflow span among them (only traces with records awaiting an ancestor are walked)."""
     for resource_spans in request.resource_spans:
@@ -574,7 +576,9 @@ def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links
                         scopes[key] = found
 
 
-def scan_readable(spans: Iterable[ReadableSpan], traces: set[int], links: Links, scopes: Scopes) -> None:
+def scan_readable(
+    spans: Iterable[ReadableSpan], traces: Container[int], links: Links, scopes: Scopes
+) -> None:
     """`scan_otlp` for SDK spans (the in-process path)."""
     for span in spans:
         ctx = span.get_span_context()

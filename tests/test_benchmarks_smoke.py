@@ -115,3 +115,11 @@ def test_durability_benchmark_compares_data_dir_with_in_memory():
         assert re.search(rf"{re.escape(variant)} +{NUMBER} spans/s", out), out
     for clients in ("1 client", "8 clients"):
         assert re.search(rf"durability cost \({clients}\): data dir x{NUMBER} of in memory", out), out
+
+
+def test_workers_benchmark_compares_one_and_two_ingest_processes():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_workers.py"))
+    for workers in ("1", "2"):
+        line = rf"--workers {workers}: +{NUMBER} spans/s .* CPU {NUMBER} s main / {NUMBER} s workers"
+        assert re.search(line, out), out
+    assert re.search(rf"--workers 2 / --workers 1: x{NUMBER}", out), out

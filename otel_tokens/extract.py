@@ -226,9 +226,11 @@ def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = Non
     made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
     for slot, value in enumerate(counts):
+        if type(value) is int and 0 <= value <= MAX_TOKENS:
+            continue  # the common case, judged in one line
         if value is None:
             counts[slot] = 0
-        elif type(value) is not int or not 0 <= value <= MAX_TOKENS:  # rare: let _token_count judge
+        else:  # rare: let _token_count judge
             count = _token_count(vals, ranks, slot)
             if type(count) is Rejection:
                 return count
@@ -354,6 +356,11 @@ def record_from_attributes(
     )
 
 
+#: A span's identity for the record: (trace id, span id, parent span id or None, start ns, end ns).
+SpanIds = tuple[int, int, "int | None", int, int]
+_NO_IDS: SpanIds = (0, 0, None, 0, 0)
+
+
 def record_from_slots(
     vals: _Slots,
     ranks: list[int],
@@ -364,8 +371,12 @@ def record_from_slots(
     error: bool,
     max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
     stats: ExtractStats | None = None,
+    ids: SpanIds = _NO_IDS,
 ) -> UsageRecord | Rejection:
-    """A UsageRecord (ids and times are the adapter's) or a Rejection; never raises on bad input."""
+    """A UsageRecord (with the adapter's span `ids`) or a Rejection; never raises on bad input.
+
+    This runs once per usage span, so the record is built in one constructor call and each check
+    has its common case first (a plain value), leaving the rare ones to the helpers."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -373,10 +384,12 @@ def record_from_slots(
     if tokens.input + tokens.output > max_tokens_per_call:
         total = tokens.input + tokens.output
         return Rejection("token_count_too_large", f"{total} tokens in one call, above {max_tokens_per_call}")
-    cost = _cost(vals, ranks) if vals[COST] is not None else None
-    if type(cost) is Rejection:
-        return cost
-    assert isinstance(tokens, TokenCounts) and not isinstance(cost, Rejection)
+    cost = vals[COST]
+    if cost is not None and not (type(cost) is float and 0.0 <= cost <= MAX_COST_USD):  # NaN fails too
+        cost = _cost(vals, ranks)
+        if type(cost) is Rejection:
+            return cost
+    assert cost is None or isinstance(cost, float)
     # slots REQUEST_MODEL..WORKFLOW are adjacent: one pass labels them all (this runs per span)
     request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
     provider = (provider or "unknown").lower()
@@ -392,6 +405,7 @@ def record_from_slots(
         cost, pricing_failed = _price(price, provider, request_model, response_model, tokens, service_tier)
         if pricing_failed and sc.ENRICHMENT_PRICING not in failed_steps:
             failed_steps += (sc.ENRICHMENT_PRICING,)
+    trace_id, span_id, parent_span_id, start_ns, end_ns = ids
     return UsageRecord(
         provider,
         request_model,
@@ -403,9 +417,14 @@ def record_from_slots(
         Attribution(*who),
         "error" if error or error_type is not None else "ok",  # status
         error_type,
-        ours=scope_ours or vals[MARKER] is True,
-        service_tier=service_tier,
-        failed_steps=failed_steps,
+        trace_id,
+        span_id,
+        parent_span_id,
+        start_ns,
+        end_ns,
+        scope_ours or vals[MARKER] is True,  # ours
+        service_tier,
+        failed_steps,
     )
 
 
@@ -435,12 +454,16 @@ def _price(
         return None, True
 
 
-def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
-    """One pass over the keys; only the AnyValues of names we read are converted."""
+def _slots_from_otlp(
+    attributes: Any, _entry: Callable[[str], tuple[int, int, str] | None] = _OTLP_ENTRY.get
+) -> tuple[_Slots, list[int]] | None:
+    """One pass over the keys; only the AnyValues of names we read are converted. A span without
+    a name we read allocates nothing (most spans of mixed traffic); `_entry` is bound once, as a
+    default, because this loop runs per attribute of every span."""
     vals: _Slots | None = None
     ranks: list[int] = []
     for kv in attributes:
-        entry = _OTLP_ENTRY.get(kv.key)
+        entry = _entry(kv.key)
         if entry is None:
             continue
         if vals is None:
@@ -526,6 +549,7 @@ class Extractor:
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections)."""
         from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
+        slots_of = _slots_from_otlp
         for resource_spans in request.resource_spans:
             resource = _otlp_resource_attribution(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
@@ -533,23 +557,31 @@ class Extractor:
                 spans = scope_spans.spans
                 batch.spans_received += len(spans)
                 for span in spans:
-                    outcome = from_span(span, resource, scope_ours)
-                    if outcome is not None:
-                        add(outcome)
+                    # the attribute walk inline: a span without usage (most spans) costs only this
+                    found = slots_of(span.attributes)
+                    if found is not None:
+                        outcome = from_span(span, resource, scope_ours, found)
+                        if outcome is not None:
+                            add(outcome)
 
     def from_otlp_span(
-        self, span: Any, resource: Attribution | None = None, scope_ours: bool = False
+        self,
+        span: Any,
+        resource: Attribution | None = None,
+        scope_ours: bool = False,
+        found: tuple[_Slots, list[int]] | None = None,
     ) -> Outcome:
         """None for a span without GenAI usage (most spans), else a record or a rejection; a task
-        span is a TaskCompletion."""
-        found = _slots_from_otlp(span.attributes)
+        span is a TaskCompletion. `found`: the span's slots, when the caller walked them already."""
         if found is None:
-            return None
+            found = _slots_from_otlp(span.attributes)
+            if found is None:
+                return None
         error = span.status.code == _OTLP_STATUS_ERROR
         if found[0][TASK_SCOPE] is True:
             trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
             return _completion(found[0], resource, error, trace_id, span_id, span.end_time_unix_nano)
-        outcome = record_from_slots(
+        return record_from_slots(
             *found,
             price=self._price,
             resource=resource,
@@ -557,14 +589,14 @@ class Extractor:
             error=error,
             max_tokens_per_call=self.max_tokens_per_call,
             stats=self.stats,
+            ids=(
+                int.from_bytes(span.trace_id, "big"),
+                int.from_bytes(span.span_id, "big"),
+                int.from_bytes(span.parent_span_id, "big") or None,
+                span.start_time_unix_nano,
+                span.end_time_unix_nano,
+            ),
         )
-        if type(outcome) is UsageRecord:
-            outcome.trace_id = int.from_bytes(span.trace_id, "big")
-            outcome.span_id = int.from_bytes(span.span_id, "big")
-            outcome.parent_span_id = int.from_bytes(span.parent_span_id, "big") or None
-            outcome.start_time_ns = span.start_time_unix_nano
-            outcome.end_time_ns = span.end_time_unix_nano
-        return outcome
 
     def from_readable_span(self, span: ReadableSpan) -> Outcome:
         """The in-process adapter: same logic over an SDK span's attributes."""
@@ -577,7 +609,8 @@ class Extractor:
         if not _has_usage(vals):
             return None
         scope = span.instrumentation_scope
-        outcome = record_from_slots(
+        ctx = span.get_span_context()
+        return record_from_slots(
             vals,
             ranks,
             price=self._price,
@@ -586,16 +619,14 @@ class Extractor:
             error=span.status.status_code == StatusCode.ERROR,
             max_tokens_per_call=self.max_tokens_per_call,
             stats=self.stats,
+            ids=(
+                ctx.trace_id if ctx is not None else 0,
+                ctx.span_id if ctx is not None else 0,
+                span.parent.span_id if span.parent is not None else None,
+                span.start_time or 0,
+                span.end_time or 0,
+            ),
         )
-        if type(outcome) is UsageRecord:
-            ctx = span.get_span_context()
-            if ctx is not None:
-                outcome.trace_id = ctx.trace_id
-                outcome.span_id = ctx.span_id
-            outcome.parent_span_id = span.parent.span_id if span.parent is not None else None
-            outcome.start_time_ns = span.start_time or 0
-            outcome.end_time_ns = span.end_time or 0
-        return outcome
 
     def admit_record(self, record: UsageRecord) -> UsageRecord | Rejection:
         """A record built in this process (our instrumentation's, handed over by `otel_tokens.sinks`

@@ -34,10 +34,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
+from otel_tokens.exposition_text import choose_encoder
 from otel_tokens.pipeline import IngestResult, Pipeline
 
 __all__ = ["MetricsHttpServer", "OtlpHttpServer", "decode_request", "partial_success"]

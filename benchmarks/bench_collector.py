@@ -56,6 +56,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
+from otel_tokens.accelerator import scanner
 from otel_tokens.collector import CollectorConfig, CollectorService
 from otel_tokens.pipeline import Pipeline
 
@@ -73,10 +74,12 @@ PARSE, ENCODE, PIPELINE, HTTP_POST, EXPORTER = (
     "CollectorService, HTTP POST",
     "CollectorService, OTLPSpanExporter",
 )
-PARSE_V2, PIPELINE_V2 = "ParseFromString (openai-v2 shape)", "Pipeline.ingest_otlp (openai-v2 shape)"
-PARSE_MIXED, PIPELINE_MIXED = "ParseFromString (mixed, 10% LLM)", "Pipeline.ingest_otlp (mixed, 10% LLM)"
-#: each measured variant's floor: the decode of the same payload
-BASE = {PIPELINE_V2: PARSE_V2, PIPELINE_MIXED: PARSE_MIXED, PARSE_V2: None, PARSE_MIXED: None, PARSE: None}
+PURE, BYTES = "Pipeline.ingest_otlp, pure Python", "Pipeline.ingest_otlp_bytes (no decode)"
+V2, MIXED = " (openai-v2 shape)", " (mixed, 10% LLM)"
+#: each measured variant's floor: the decode of the same payload (None: a floor itself)
+BASE: dict[str, str | None] = {PARSE: None, PARSE + V2: None, PARSE + MIXED: None}
+for _shape in (V2, MIXED):
+    BASE.update(dict.fromkeys((PIPELINE + _shape, PURE + _shape, BYTES + _shape), PARSE + _shape))
 OPENAI_V2_SCOPE = "opentelemetry.instrumentation.openai_v2"
 LLM_EVERY = 10  # mixed traffic: one LLM span in ten
 
@@ -290,6 +293,13 @@ def ingest(pipeline: Pipeline, payloads: list[bytes], order: Iterator[int], n: i
         pipeline.flush(float("inf"))
 
 
+def ingest_bytes(pipeline: Pipeline, payloads: list[bytes], order: Iterator[int], n: int) -> None:
+    """The serialized request straight to the pipeline (decoded only if the compiled walk declines)."""
+    for _ in range(n):
+        pipeline.ingest_otlp_bytes(payloads[next(order)])
+        pipeline.flush(float("inf"))
+
+
 def post(conn: http.client.HTTPConnection, payloads: list[bytes], order: Iterator[int], n: int) -> None:
     headers = {"Content-Type": "application/x-protobuf"}
     for _ in range(n):
@@ -348,9 +358,8 @@ def main() -> None:
     n_attrs = len(batches[0][0].attributes or {})
     with_memory = replace(CollectorConfig().dedupe_config(), max_remembered_spans=BATCH * (N_BATCHES - 2))
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)
-    in_process = Pipeline(config.metrics_config(), dedupe=with_memory)
-    v2_pipeline = Pipeline(config.metrics_config(), dedupe=with_memory)
-    mixed_pipeline = Pipeline(config.metrics_config(), dedupe=with_memory)
+    compiled_walk = scanner() is not None
+    print(f"compiled OTLP walk (otel_tokens._otlp_scan): {'built' if compiled_walk else 'not built'}")
     service_pipeline = Pipeline(config.metrics_config(), dedupe=with_memory)
 
     def cycle() -> Iterator[int]:
@@ -361,33 +370,33 @@ def main() -> None:
         exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{service.http_port}/v1/traces", timeout=30)
         to_service = cycle()  # one replay order for both paths into the service
         blocks = [
-            Block(PARSE, functools.partial(parse, payloads, cycle())),
             Block(ENCODE, functools.partial(encode, batches, cycle())),
-            _counting_block(
-                PIPELINE, functools.partial(ingest, in_process, payloads, cycle()), Counted(in_process)
-            ),
             _counting_block(
                 HTTP_POST, functools.partial(post, conn, payloads, to_service), Counted(service_pipeline)
             ),
             _counting_block(
                 EXPORTER, functools.partial(export, exporter, batches, to_service), Counted(service_pipeline)
             ),
-            Block(PARSE_V2, functools.partial(parse, v2, cycle())),
-            _counting_block(
-                PIPELINE_V2, functools.partial(ingest, v2_pipeline, v2, cycle()), Counted(v2_pipeline)
-            ),
-            Block(PARSE_MIXED, functools.partial(parse, mixed, cycle())),
-            _counting_block(
-                PIPELINE_MIXED,
-                functools.partial(ingest, mixed_pipeline, mixed, cycle()),
-                Counted(mixed_pipeline, per_op=BATCH // LLM_EVERY + (BATCH % LLM_EVERY > 0)),
-            ),
         ]
+        llm_per_batch = BATCH // LLM_EVERY + (BATCH % LLM_EVERY > 0)
+        for shape, data, per_op in (("", payloads, BATCH), (V2, v2, BATCH), (MIXED, mixed, llm_per_batch)):
+            blocks.append(Block(PARSE + shape, functools.partial(parse, data, cycle())))
+            for name, op, compiled in (
+                (PIPELINE, ingest, True),
+                (PURE, ingest, False),
+                (BYTES, ingest_bytes, True),
+            ):
+                if compiled and not compiled_walk:
+                    continue  # without the extension these would measure the pure path again
+                pipeline = Pipeline(config.metrics_config(), dedupe=with_memory, compiled=compiled)
+                run = functools.partial(op, pipeline, data, cycle())
+                blocks.append(_counting_block(name + shape, run, Counted(pipeline, per_op=per_op)))
         n_rounds = rounds(full=7)
         samples = interleave(blocks, n_rounds, target_s=0.05 if QUICK else 0.4, clock=CPU)
         conn.close()
         exporter.shutdown()  # type: ignore[no-untyped-call]
-    report([b.name for b in blocks], samples, n_rounds, len(payloads[0]), n_attrs)
+    names = sorted((b.name for b in blocks), key=lambda n: [b.name for b in blocks].index(BASE.get(n) or n))
+    report(names, samples, n_rounds, len(payloads[0]), n_attrs)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.accelerator import ScanResult, scanner
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
     CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE,
@@ -150,6 +151,12 @@ _OTLP_ENTRY: dict[str, tuple[int, int, str]] = {
 }
 _resource_values = attrgetter(*ATTRIBUTION_FIELDS)  # an Attribution's fields as one tuple
 
+# What the compiled walk (accelerator.py) is configured with: the same table, read by the same rules.
+OTLP_ENTRIES = _OTLP_ENTRY
+N_SLOTS, NO_RANK = _N_SLOTS, _NO_RANK
+USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE)  # a span with one of these is read; TASK_SCOPE only if True
+ATTRIBUTION_SLOTS = frozenset(range(AGENT, WORKFLOW + 1))
+
 
 class Rejection:
     """Why a usage span was not counted: a bounded `reason` (a metric label) and a free `detail`."""
@@ -176,14 +183,22 @@ class _Batch(Protocol):
     def add(self, outcome: Outcome) -> None: ...
 
 
+_book_cost: PriceFn | None = None  # the process-wide price book's strict_cost_usd, once it loaded
+
+
 def _default_price(
     provider: str, model: str, tokens: TokenCounts, service_tier: str | None = None
 ) -> float | None:
     """genai-prices' price; raises on our own error (genai-prices missing), which `_price` logs once
-    and marks on the record, unlike an unknown model (None)."""
-    from otel_tokens.pricing import default_price_book  # owned elsewhere; loaded on first use
+    and marks on the record, unlike an unknown model (None). The price book is looked up once (it
+    is a singleton), not per span; while it cannot load, every call tries again and raises."""
+    global _book_cost
+    cost = _book_cost
+    if cost is None:
+        from otel_tokens.pricing import default_price_book  # owned elsewhere; loaded on first use
 
-    return default_price_book().strict_cost_usd(provider, model, tokens, service_tier)
+        cost = _book_cost = default_price_book().strict_cost_usd
+    return cost(provider, model, tokens, service_tier)
 
 
 def _label(value: object) -> str | None:
@@ -528,7 +543,8 @@ class Extractor:
 
     `max_tokens_per_call` is the ceiling on one call's input + output tokens (above it the span
     is rejected as `token_count_too_large`); `stats` counts clamped records and enrichment
-    failures (one is made when none is given; expose it with `ExtractStatsCollector`).
+    failures (one is made when none is given; expose it with `ExtractStatsCollector`);
+    `compiled=False` keeps the OTLP walk in Python even when the compiled one is built.
     """
 
     def __init__(
@@ -537,6 +553,7 @@ class Extractor:
         *,
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
         stats: ExtractStats | None = None,
+        compiled: bool = True,
     ) -> None:
         if type(max_tokens_per_call) is not int or max_tokens_per_call < 1:
             raise ValueError(f"max_tokens_per_call: expected a positive integer, got {max_tokens_per_call!r}")
@@ -545,9 +562,18 @@ class Extractor:
         self.stats = stats if stats is not None else ExtractStats()
         # (resource, its attribution) as one tuple: replaced atomically, so threads may share it
         self._resource_cache: tuple[object, Attribution | None] = (None, None)
+        #: the compiled OTLP walk (accelerator.py), when built and not switched off
+        self._scan = scanner() if compiled else None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
-        """Every span of an export request, counted into `batch` (received, records, rejections)."""
+        """Every span of an export request, counted into `batch` (received, records, rejections).
+        With the compiled walk, the request is re-serialized and walked in C (cheaper than reading
+        its attributes in Python), unless the walk declines."""
+        if self._scan is not None:
+            found = self._scan(request.SerializeToString())
+            if found is not None:
+                self.count_scanned(found, batch)
+                return
         from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
         slots_of = _slots_from_otlp
         for resource_spans in request.resource_spans:
@@ -558,11 +584,33 @@ class Extractor:
                 batch.spans_received += len(spans)
                 for span in spans:
                     # the attribute walk inline: a span without usage (most spans) costs only this
-                    found = slots_of(span.attributes)
-                    if found is not None:
-                        outcome = from_span(span, resource, scope_ours, found)
+                    found_slots = slots_of(span.attributes)
+                    if found_slots is not None:
+                        outcome = from_span(span, resource, scope_ours, found_slots)
                         if outcome is not None:
                             add(outcome)
+
+    def scan(self, data: bytes) -> ScanResult | None:
+        """The compiled walk over a serialized request; None without it, or when it declines (the
+        caller then decodes `data` and takes `extract_otlp`)."""
+        return self._scan(data) if self._scan is not None else None
+
+    def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
+        """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""
+        n_spans, raw_resources, scopes, hits = found
+        batch.spans_received += n_spans
+        if not hits:
+            return
+        resources = [_resource_attribution(r) if r is not None else None for r in raw_resources]
+        ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
+        outcome_of, add = self._outcome, batch.add
+        for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
+            outcome = outcome_of(
+                vals, ranks, resources[scopes[scope][0]], ours[scope], code == _OTLP_STATUS_ERROR,
+                (trace_id, span_id, parent, start, end),
+            )  # fmt: skip
+            if outcome is not None:
+                add(outcome)
 
     def from_otlp_span(
         self,
@@ -577,12 +625,32 @@ class Extractor:
             found = _slots_from_otlp(span.attributes)
             if found is None:
                 return None
-        error = span.status.code == _OTLP_STATUS_ERROR
-        if found[0][TASK_SCOPE] is True:
-            trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
-            return _completion(found[0], resource, error, trace_id, span_id, span.end_time_unix_nano)
+        ids = (
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+        )
+        return self._outcome(*found, resource, scope_ours, span.status.code == _OTLP_STATUS_ERROR, ids)
+
+    def _outcome(
+        self,
+        vals: _Slots,
+        ranks: list[int],
+        resource: Attribution | None,
+        scope_ours: bool,
+        error: bool,
+        wire_ids: tuple[bytes, bytes, bytes, int, int],
+    ) -> Outcome:
+        """One usage or task span's outcome from its slots: both OTLP walks end here."""
+        trace_id, span_id, parent, start, end = wire_ids
+        if vals[TASK_SCOPE] is True:
+            return _completion(vals, resource, error, int.from_bytes(trace_id, "big"),
+                               int.from_bytes(span_id, "big"), end)  # fmt: skip
         return record_from_slots(
-            *found,
+            vals,
+            ranks,
             price=self._price,
             resource=resource,
             scope_ours=scope_ours,
@@ -590,11 +658,11 @@ class Extractor:
             max_tokens_per_call=self.max_tokens_per_call,
             stats=self.stats,
             ids=(
-                int.from_bytes(span.trace_id, "big"),
-                int.from_bytes(span.span_id, "big"),
-                int.from_bytes(span.parent_span_id, "big") or None,
-                span.start_time_unix_nano,
-                span.end_time_unix_nano,
+                int.from_bytes(trace_id, "big"),
+                int.from_bytes(span_id, "big"),
+                int.from_bytes(parent, "big") or None,
+                start,
+                end,
             ),
         )
 

@@ -6,7 +6,9 @@ listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*`
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
 dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
-`ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
+`ingest_spans` / `ingest_otlp` / `ingest_otlp_bytes` (the serialized request: with the optional
+compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
+in the deduper, so one call is counted once either way.
 
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
@@ -101,6 +103,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+        compiled: bool = True,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
@@ -109,7 +112,7 @@ class Pipeline:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
-        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call)
+        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call, compiled=compiled)
         self._deduper = Deduper(
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
@@ -127,6 +130,20 @@ class Pipeline:
         batch = _Batch()
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
+        return self._finish(batch)
+
+    def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
+        """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
+        decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
+        Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
+        found = self._extractor.scan(data)
+        if found is None:  # no compiled walk, or it declined: decode and take the Python path
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+            return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
+        batch = _Batch()
+        with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
+            self._extractor.count_scanned(found, batch)
         return self._finish(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:

@@ -6,6 +6,11 @@ Variants, each enabled only for its own timed block (instrument → N calls → 
 rotated so drift hits all alike:
 - uninstrumented: the bare SDK;
 - otel-tokens: `otel_tokens.instrument(tracer_provider=tp)`;
+- otel-tokens + guard: the same with the in-process budget guard on (`budgets=`): three budgets as a
+  real file has them (a global monthly USD budget and a per-model daily token budget that match
+  every call — estimated with the tokenizer, priced, reserved and settled — and an agent budget
+  that matches none), limits never reached. The report gives the guard's added cost per call as a
+  share of the instrumentation's own overhead (goal: under 20%);
 - official openai-v2: `OpenAIInstrumentor().instrument(tracer_provider=tp)` (default settings:
   content capture off, global no-op meter and logger providers);
 - bare span (floor): a `wrapt` wrapper that only starts a CLIENT span with five request attributes,
@@ -55,7 +60,7 @@ from otel_tokens import semconv as sc
 from otel_tokens.demo.fake_provider import FakeProvider
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _harness import Block, Samples, interleave, record, rounds, spread
+from _harness import QUICK, Block, Samples, interleave, record, rounds, spread
 
 BENCH = "instrumentation"
 BASELINE, OURS, OFFICIAL, FLOOR = "uninstrumented", "otel-tokens", "official openai-v2", "bare span (floor)"
@@ -66,6 +71,17 @@ MESSAGES: list[Any] = [
     {"role": "user", "content": "Rename the variable x to retry_count in utils/backoff.py."},
 ]
 MAX_TOKENS = 64
+GUARDED = "otel-tokens + guard"
+#: Budgets the guarded variant enforces: two match every call, one matches none; never reached.
+BENCH_BUDGETS: dict[str, Any] = {
+    "budgets": [
+        {"name": "all-monthly-usd", "limit": {"usd": 1e9}, "window": "month", "action": "block"},
+        {"name": "mini-daily", "scope": {"model": MODEL}, "limit": {"tokens": 10**15}, "window": "1d",
+         "action": "defer"},
+        {"name": "other-agent", "scope": {"agent": "other"}, "limit": {"tokens": 1}, "window": "1h",
+         "action": "block"},
+    ]
+}  # fmt: skip
 #: A local round-trip slower than this is a stall, not work (see `server_client`).
 STALL_S = 0.02
 STREAM_ARGS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
@@ -91,6 +107,7 @@ class Variant:
     enable: Callable[[], None]
     disable: Callable[[], None]
     spans_per_call: int
+    verify: Callable[[int], None] = lambda n: None  # raises if the variant did not do its work
 
 
 @dataclass
@@ -220,11 +237,32 @@ def bare_span_variant(tp: TracerProvider) -> Variant:
     return Variant(FLOOR, enable, disable, 1)
 
 
+def guarded_variant(tp: TracerProvider) -> Variant:
+    """otel-tokens with the budget guard on, a fresh guard (and in-process state) per block."""
+    from otel_tokens.budgets.spec import BudgetFile
+    from otel_tokens.guard import Guard
+
+    budget_file = BudgetFile.model_validate(BENCH_BUDGETS)
+    guards: list[Guard] = []
+
+    def enable() -> None:
+        guards[:] = [Guard(budget_file)]
+        otel_tokens.instrument(tracer_provider=tp, budgets=guards[0])
+
+    def verify(n: int) -> None:
+        standing = guards[0].state.standing("mini-daily")  # type: ignore[attr-defined]
+        if standing.reserved != 0 or standing.used <= 0:
+            raise AssertionError(f"{GUARDED}: the guard did not reserve and settle ({standing})")
+
+    return Variant(GUARDED, enable, otel_tokens.uninstrument, 1, verify)
+
+
 def variants(tp: TracerProvider) -> tuple[list[Variant], str]:
     found = [
         Variant(BASELINE, lambda: None, lambda: None, 0),
         bare_span_variant(tp),
         Variant(OURS, lambda: otel_tokens.instrument(tracer_provider=tp), otel_tokens.uninstrument, 1),
+        guarded_variant(tp),
     ]
     official, about = official_instrumentor()
     if official is not None:
@@ -247,6 +285,7 @@ def block(variant: Variant, scenario: Scenario, exporter: CountingExporter, fake
                 f"{variant.name} ({scenario.label}): {n} calls emitted {exporter.spans} spans, "
                 f"expected {expected}: the instrumentation is not doing what is being measured"
             )
+        variant.verify(n)
 
     run = functools.partial(call, scenario.client, scenario.stream)
     return Block(variant.name, run, setup=setup, teardown=variant.disable, check=check)
@@ -278,6 +317,7 @@ def report(scenario: Scenario, names: list[str], s: Samples, n_rounds: int) -> N
         ratio_text = f"{ratio_value:.2f}"
     print(f"instrumentation overhead per call ({scenario.label}): {OURS} {ours:+.1f} µs, "
           f"{OFFICIAL} {theirs}, ratio ours/official = {ratio_text}")  # fmt: skip
+    guard_report(scenario, overhead)
     floor = overhead[FLOOR]
     of_floor = {name: _ratio(overhead.get(name), floor) for name in (OURS, OFFICIAL)}
     print(
@@ -291,6 +331,19 @@ def report(scenario: Scenario, names: list[str], s: Samples, n_rounds: int) -> N
         record(BENCH, f"{scenario.label}: ours/official", ratio_value, "x", "overhead ratio")
         record(BENCH, f"{scenario.label}: ours/floor", of_floor[OURS], "x", "overhead ratio")
         record(BENCH, f"{scenario.label}: official/floor", of_floor[OFFICIAL], "x", "overhead ratio")
+
+
+def guard_report(scenario: Scenario, overhead: dict[str, float]) -> None:
+    """The guard's own cost: guarded minus plain otel-tokens, as a share of otel-tokens' overhead."""
+    ours, guarded = overhead[OURS], overhead[GUARDED]
+    added = guarded - ours
+    share = added / ours if ours > 0 else None
+    share_text = f"{share:.0%}" if share is not None else "n/a"
+    print(f"guard cost per call ({scenario.label}): {GUARDED} {guarded:+.1f} µs, {OURS} {ours:+.1f} µs; "
+          f"the guard adds {added:+.1f} µs = {share_text} of the instrumentation's own overhead")  # fmt: skip
+    if scenario.transport == MOCK:
+        record(BENCH, f"{scenario.label}: guard added", added, "µs", "guard cost per call")
+        record(BENCH, f"{scenario.label}: guard/ours", share, "x", "guard share of our overhead")
 
 
 def _ratio(overhead: float | None, floor: float) -> float | None:
@@ -321,7 +374,37 @@ def main() -> None:
             blocks = [block(v, scenario, exporter, fake) for v in found]
             samples = interleave(blocks, n_rounds, target_s=0.15 if mock else 0.2, min_ops=5)
             report(scenario, names, samples, n_rounds)
+        for scenario in scenarios[:2]:  # mock transport: no I/O, so CPU time is the whole cost
+            guard_cpu_report(scenario, [v for v in found if v.name in (BASELINE, OURS, GUARDED)])
     tp.shutdown()
+
+
+def guard_cpu_report(scenario: Scenario, trio: list[Variant]) -> None:
+    """The guard's cost in this thread's CPU time (`time.thread_time`): on a loaded machine the
+    wall-clock medians above swing by more than the guard costs, while the CPU a call burns does
+    not. Rounds alternate the three variants; the minimum per variant is its cost."""
+    n, n_rounds = (20, 2) if QUICK else (200, 7)
+    best: dict[str, float] = {}
+    for _ in range(n_rounds):
+        for variant in trio:
+            variant.enable()
+            try:
+                call(scenario.client, scenario.stream, 5)  # warm
+                start = time.thread_time()
+                call(scenario.client, scenario.stream, n)
+                per_call = (time.thread_time() - start) / n
+            finally:
+                variant.disable()
+            best[variant.name] = min(best.get(variant.name, per_call), per_call)
+    us = 1e6
+    ours, added = (best[OURS] - best[BASELINE]) * us, (best[GUARDED] - best[OURS]) * us
+    share = added / ours if ours > 0 else None
+    share_text = f"{share:.0%}" if share is not None else "n/a"
+    print(f"guard cost per call, CPU time ({scenario.label}): {BASELINE} {best[BASELINE] * us:.1f} µs, "
+          f"{OURS} {ours:+.1f} µs, the guard adds {added:+.1f} µs = {share_text} of the "
+          "instrumentation's own overhead")  # fmt: skip
+    record(BENCH, f"{scenario.label}: guard added (CPU)", added, "µs", "guard cost per call")
+    record(BENCH, f"{scenario.label}: guard/ours (CPU)", share, "x", "guard share of our overhead")
 
 
 if __name__ == "__main__":

@@ -2,25 +2,45 @@
 
 The public API is deliberately small:
 
-- `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans.
+- `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans;
+  `instrument(budgets="budgets.yaml")` also enforces the budgets before each call.
+- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import TracerProvider
 
 from otel_tokens.attribution import attribute, current_attribution
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
 
-__all__ = ["attribute", "current_attribution", "instrument", "uninstrument"]
+if TYPE_CHECKING:
+    from otel_tokens.budgets.spec import BudgetFile
+    from otel_tokens.guard import Guard
+
+__all__ = [
+    "BudgetDeferred",
+    "BudgetExceeded",
+    "attribute",
+    "current_attribution",
+    "instrument",
+    "uninstrument",
+]
 
 _instrumentor: Any = None
 
 
-def instrument(tracer_provider: TracerProvider | None = None, *, capture_content: bool | None = None) -> None:
+def instrument(
+    tracer_provider: TracerProvider | None = None,
+    *,
+    capture_content: bool | None = None,
+    budgets: str | Path | BudgetFile | Guard | None = None,
+) -> None:
     """Instrument every installed supported SDK. Idempotent; undo with `uninstrument()`.
 
     Spans go to `tracer_provider`, else the global one. When the application configured none, one
@@ -29,6 +49,12 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
 
     `capture_content=None` reads OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (off by default):
     prompts and completions are never recorded unless asked for.
+
+    `budgets` (a budgets.yaml path; default: OTEL_TOKENS_BUDGETS_FILE, else none) turns on the
+    in-process guard: each call is estimated and reserved against every matching budget before it
+    is sent, and the budget's `action` applies when it would pass the limit. A broken budget file
+    raises `otel_tokens.budgets.loader.BudgetFileError` listing every problem; nothing is patched.
+    A `Guard` may be passed instead, e.g. one built over another `BudgetState`.
     """
     global _instrumentor
     from otel_tokens.instrumentation import OtelTokensInstrumentor
@@ -36,7 +62,12 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
     if _instrumentor is None:
         _instrumentor = OtelTokensInstrumentor()
     if not _instrumentor.is_instrumented_by_opentelemetry:
-        _instrumentor.instrument(tracer_provider=tracer_provider, capture_content=capture_content)
+        _instrumentor.instrument(
+            tracer_provider=tracer_provider,
+            capture_content=capture_content,
+            budgets=budgets,
+            raise_budget_errors=True,
+        )
 
 
 def uninstrument() -> None:

@@ -99,3 +99,22 @@ INSTRUMENTATION_SCOPE: Final = "otel_tokens"
 
 # --- W3C baggage keys carrying attribution across processes --------------------------------------
 BAGGAGE_PREFIX: Final = "otel_tokens."
+
+# --- the in-process budget guard (`otel_tokens.guard`) -------------------------------------------
+#: Span attribute: the model the application asked for, when the guard sent a cheaper one instead
+#: (`gen_ai.request.model` then names the model actually sent and priced).
+OTEL_TOKENS_GUARD_DOWNGRADED_FROM: Final = "otel_tokens.guard.downgraded_from"
+#: Span event: one guard decision about one budget, with the numbers it was taken on.
+OTEL_TOKENS_GUARD_DECISION_EVENT: Final = "otel_tokens.guard.decision"
+OTEL_TOKENS_GUARD_ACTION: Final = "otel_tokens.guard.action"  # block, defer, downgrade, warn, ...
+OTEL_TOKENS_GUARD_OUTCOME: Final = "otel_tokens.guard.outcome"  # blocked, deferred, downgraded, ...
+OTEL_TOKENS_GUARD_BUDGET: Final = "otel_tokens.guard.budget"
+OTEL_TOKENS_GUARD_SCOPE: Final = "otel_tokens.guard.scope"
+OTEL_TOKENS_GUARD_UNIT: Final = "otel_tokens.guard.unit"  # tokens or usd
+OTEL_TOKENS_GUARD_WINDOW: Final = "otel_tokens.guard.window"
+OTEL_TOKENS_GUARD_USED: Final = "otel_tokens.guard.used"
+OTEL_TOKENS_GUARD_RESERVED: Final = "otel_tokens.guard.reserved"  # in flight in this process
+OTEL_TOKENS_GUARD_LIMIT: Final = "otel_tokens.guard.limit"
+OTEL_TOKENS_GUARD_ESTIMATE: Final = "otel_tokens.guard.estimate"  # this call, in the budget's unit
+OTEL_TOKENS_GUARD_RETRY_AFTER: Final = "otel_tokens.guard.retry_after_seconds"
+OTEL_TOKENS_GUARD_MODEL: Final = "otel_tokens.guard.model"  # the model a downgrade switched to

@@ -56,5 +56,23 @@ ENV_COLLECTOR_SERIES_IDLE_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_SERIES_IDLE_SE
 ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SECONDS"
 #: metrics.flush_interval_seconds — how often held spans are flushed into counters (default 0.5).
 ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_FLUSH_INTERVAL_SECONDS"
-#: budgets_file — path of budgets.yaml (reserved for the budget ledger; default unset).
+#: budgets_file — path of budgets.yaml, tracked by the collector's budget ledger (default unset).
 ENV_COLLECTOR_BUDGETS_FILE: Final = "OTEL_TOKENS_COLLECTOR_BUDGETS_FILE"
+#: server.idle_timeout_seconds — close connections that send no request for this long (default 30).
+ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_IDLE_TIMEOUT_SECONDS"
+#: server.read_timeout_seconds — time allowed to receive one HTTP request body (default 30).
+ENV_COLLECTOR_READ_TIMEOUT_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_READ_TIMEOUT_SECONDS"
+#: server.max_connections — open connections per listener (default 256).
+ENV_COLLECTOR_MAX_CONNECTIONS: Final = "OTEL_TOKENS_COLLECTOR_MAX_CONNECTIONS"
+#: auth.token_file — file with the bearer token every listener requires (default unset: no auth).
+ENV_COLLECTOR_AUTH_TOKEN_FILE: Final = "OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE"
+#: auth.metrics_token_file — a separate bearer token for GET /metrics (default: auth.token_file's).
+ENV_COLLECTOR_METRICS_AUTH_TOKEN_FILE: Final = "OTEL_TOKENS_COLLECTOR_METRICS_AUTH_TOKEN_FILE"
+#: tls.cert_file / tls.key_file — PEM certificate and key: every listener speaks TLS (default unset).
+ENV_COLLECTOR_TLS_CERT_FILE: Final = "OTEL_TOKENS_COLLECTOR_TLS_CERT_FILE"
+ENV_COLLECTOR_TLS_KEY_FILE: Final = "OTEL_TOKENS_COLLECTOR_TLS_KEY_FILE"
+
+# --- the in-process budget guard ------------------------------------------------------------------
+#: Path of budgets.yaml whose `action`s the agent process enforces before each call (the zero-code
+#: `opentelemetry-instrument` path; `otel_tokens.instrument(budgets=...)` wins). Unset: no guard.
+ENV_BUDGETS_FILE: Final = "OTEL_TOKENS_BUDGETS_FILE"

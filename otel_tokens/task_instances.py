@@ -57,6 +57,12 @@ class TaskInstanceTable:
         if self.idle_seconds > 0:
             self.expire(now)
 
+    def get(self, task_id: str, now: float) -> TaskTotals | None:
+        """One active instance's totals (None when unknown or forgotten), without touching its
+        recency: the budget guard reads before it reserves."""
+        self.expire(now)
+        return self._items.get(task_id)
+
     def pop(self, task_id: str) -> TaskTotals | None:
         """Forget an instance (it completed) and return its totals, if it was known."""
         return self._items.pop(task_id, None)

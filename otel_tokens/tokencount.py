@@ -238,14 +238,31 @@ def strict_count_message_tokens(messages: object, model: str, *, system: object 
     return _count_messages(messages, model, system)
 
 
+#: Counts of texts seen before, keyed by (encoding, length, hash) — never the text itself, so a
+#: cache of huge prompts holds no prompt. Agents resend the same system prompt and history on every
+#: call (and `str` caches its own hash), so the budget guard's pre-flight estimate of a call is mostly
+#: lookups. A (length, 64-bit hash) collision would only mis-estimate one text.
+_counts: dict[tuple[str, int, int], int] = {}
+_MAX_CACHED_COUNTS = 16_384
+
+
 def _count_text(text: str, model: str) -> int:
     if not text:
         return 0
-    encoding = _encoding(encoding_name_for_model(model))
+    name = encoding_name_for_model(model)
+    encoding = _encoding(name)
     if encoding is None:
         return math.ceil(len(text) / 4)
+    key = (name, len(text), hash(text))
+    count = _counts.get(key)
+    if count is not None:
+        return count
     # disallowed_special=() : user text containing "<|endoftext|>" is text, not an error.
-    return len(encoding.encode(text, disallowed_special=()))
+    count = len(encoding.encode(text, disallowed_special=()))
+    if len(_counts) >= _MAX_CACHED_COUNTS:
+        _counts.clear()  # crude but bounded; a working set refills it within a few calls
+    _counts[key] = count
+    return count
 
 
 def count_message_tokens(messages: object, model: str, *, system: object = None) -> int:
@@ -272,6 +289,10 @@ def _count_messages(messages: object, model: str, system: object) -> int:
 
 
 def _item_tokens(item: object, model: str) -> int:
+    if type(item) is dict and len(item) == 2:  # the common {"role": ..., "content": "..."}: no walk
+        role, content = item.get("role"), item.get("content")
+        if type(role) is str and type(content) is str:
+            return TOKENS_PER_MESSAGE + _count_text(role, model) + _count_text(content, model)
     if isinstance(item, str):  # a bare string is one user message (Responses `input="..."`)
         item = {"role": "user", "content": item}
     item = _as_mapping(item)

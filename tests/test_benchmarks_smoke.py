@@ -57,7 +57,19 @@ def assert_instrumentation_lines(out: str, with_official: bool) -> None:
             rf"otel-tokens {of_floor}, official openai-v2 {official_of_floor}"
         )
         assert re.search(floor, out), f"no floor line for {label!r} in:\n{out}"
-    variants = 3 if with_official else 2  # otel-tokens, the bare-span floor, the official one
+        guard = (
+            rf"guard cost per call \({label}\): otel-tokens \+ guard {NUMBER} µs, otel-tokens {NUMBER} µs; "
+            rf"the guard adds {NUMBER} µs = (?:-?\d+%|n/a) of the instrumentation's own overhead"
+        )
+        assert re.search(guard, out), f"no guard line for {label!r} in:\n{out}"
+    for label in LABELS[:2]:
+        cpu = (
+            rf"guard cost per call, CPU time \({label}\): uninstrumented {NUMBER} µs, "
+            rf"otel-tokens {NUMBER} µs, the guard adds {NUMBER} µs = (?:-?\d+%|n/a) "
+            r"of the instrumentation's own overhead"
+        )
+        assert re.search(cpu, out), f"no CPU-time guard line for {label!r} in:\n{out}"
+    variants = 4 if with_official else 3  # otel-tokens, + guard, the bare-span floor, the official one
     assert len(re.findall(rf"x{NUMBER} of uninstrumented", out)) == len(LABELS) * variants
 
 

@@ -95,7 +95,7 @@ def test_every_error_is_reported_at_once_with_file_lines(tmp_path: Path):
         f"{path}:8: metrics.dimensions: expected a list of distinct names from {_allowed()}, "
         "got ['agent', 'task_id']",
         f"{path}:9: metrics.flush_interval_seconds: expected a positive number, got 0",
-        f"{path}:10: extra: unknown key (known here: budgets_file, metrics, otlp)",
+        f"{path}:10: extra: unknown key (known here: auth, budgets_file, metrics, otlp, server, tls)",
         "environment OTEL_TOKENS_COLLECTOR_GRPC_ENABLED: otlp.grpc.enabled: "
         "expected true or false, got 'maybe'",
         "--metrics-port: metrics.port: expected a port number from 0 to 65535, got 'x'",

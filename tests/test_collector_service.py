@@ -35,9 +35,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from otel_tokens import metric_names
 from otel_tokens import semconv as sc
 from otel_tokens.collector import CollectorConfig, CollectorService
-from otel_tokens.collector.http_receiver import decode_request
+from otel_tokens.collector.otlp_codec import decode_body
 from tests import prom_text
 from tests.prom_text import total
 
@@ -299,6 +300,28 @@ def test_keep_alive_connection_is_reused(service: CollectorService):
     wait_for_tokens(service, 360)
 
 
+def test_chunked_body_is_accepted(service: CollectorService):
+    body = protobuf_body(make_spans(2))
+    conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=5)
+    try:
+        chunks = iter([body[:1000], body[1000:]])
+        conn.request("POST", "/v1/traces", body=chunks, headers=PB, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+    finally:
+        conn.close()
+    wait_for_tokens(service, 240)
+
+
+def test_metrics_endpoint_gzip_when_accepted(service: CollectorService):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{service.metrics_port}/metrics", headers={"Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert metric_names.SPANS_RECEIVED.encode() in gzip.decompress(response.read())
+
+
 def test_metrics_endpoint_speaks_openmetrics_and_health(service: CollectorService):
     base = f"http://127.0.0.1:{service.metrics_port}"
     request = urllib.request.Request(
@@ -357,6 +380,8 @@ def test_json_hex_ids_decode_to_the_same_bytes_as_protobuf():
     trace_id, span_id = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
     span = {"traceId": trace_id, "spanId": span_id, "links": [{"traceId": trace_id, "spanId": span_id}]}
     body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
-    decoded = decode_request(body, "application/json", "", 1 << 20).resource_spans[0].scope_spans[0].spans[0]
+    decoded = (
+        decode_body(body, "application/json", "", 1 << 20).request.resource_spans[0].scope_spans[0].spans[0]
+    )
     assert (decoded.trace_id.hex(), decoded.span_id.hex()) == (trace_id, span_id)
     assert (decoded.links[0].trace_id.hex(), decoded.links[0].span_id.hex()) == (trace_id, span_id)

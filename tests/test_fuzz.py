@@ -1,7 +1,7 @@
 """Fuzzing, bounded for CI: what an outsider can send or write never breaks us.
 
 - OTLP export bodies (protobuf and JSON, plain and gzip; well-formed requests full of hostile
-  attribute values, and those bytes mutated) through the collector's own `decode_request` and
+  attribute values, and those bytes mutated) through the collector's own `decode_body` and
   `Pipeline.ingest_otlp`: a body is decoded or refused with `Rejected`; ingesting never raises;
   every exposed sample stays finite and >= 0; received and rejected spans on /metrics add up to what
   the ingest results said.
@@ -48,7 +48,8 @@ from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
 from otel_tokens.budgets.loader import BudgetFileError, parse_budget_text
 from otel_tokens.collector.config import ConfigError, load_config
-from otel_tokens.collector.http_receiver import JSON, PROTOBUF, Rejected, decode_request
+from otel_tokens.collector.http_receiver import ingest_decoded
+from otel_tokens.collector.otlp_codec import JSON, PROTOBUF, Rejected, decode_body
 from otel_tokens.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,17 +185,17 @@ def _ingest_checked(bodies: list[tuple[bytes, str, str]]) -> None:
     received = rejected = 0
     for body, content_type, encoding in bodies:
         try:
-            request = decode_request(body, content_type, encoding, _LIMIT)
+            decoded = decode_body(body, content_type, encoding, _LIMIT)
         except Rejected as exc:
             assert 400 <= exc.status < 500 and exc.reason
             pipeline.reject_payload(exc.reason)
             rejected += 1
             continue
-        result = pipeline.ingest_otlp(request)
+        result = ingest_decoded(pipeline, decoded)  # spans that did not decode are rejected alone
         assert 0 <= result.records_counted + result.spans_rejected <= result.spans_received
         assert len(result.reasons) <= result.spans_rejected
-        received += result.spans_received
-        rejected += result.spans_rejected
+        received += result.spans_received + decoded.undecodable_spans
+        rejected += result.spans_rejected + decoded.undecodable_spans
     pipeline.flush(now=float("inf"))
     _assert_sane(pipeline.registry, received, rejected)
 

@@ -92,6 +92,9 @@ def budget_problems(budget: Mapping[str, Any]) -> list[Problem]:
     if action in _ACTIONS and action != "downgrade" and downgrade_to is not None:
         message = f"'downgrade_to' only applies to action 'downgrade', not {action!r}"
         problems.append((("downgrade_to",), message))
+    if action in _ACTIONS and action != "defer" and budget.get("defer_wait") is not None:
+        message = f"'defer_wait' only applies to action 'defer', not {action!r}"
+        problems.append((("defer_wait",), message))
     scope = budget.get("scope")
     if isinstance(scope, Mapping) and scope.get("user") is not None:
         # `user` is not a metric label: only the ledger can count it, PromQL cannot filter on it.
@@ -137,4 +140,25 @@ def file_problems(data: Mapping[str, Any]) -> list[Problem]:
             (("alerting", *path), msg)
             for path, msg in [*alerting_problems(alerting), *_receiver_problems(alerting)]
         ]
+    return problems + tier_problems(data)
+
+
+def tier_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """`tiers` (model → cheaper model) must name another model and never loop: a downgrade along a
+    cycle never gets cheaper."""
+    tiers = data.get("tiers")
+    if not isinstance(tiers, Mapping):
+        return []
+    problems: list[Problem] = []
+    for model, cheaper in tiers.items():
+        if model == cheaper:
+            problems.append((("tiers", model), f"tier {model!r} maps to itself"))
+            continue
+        seen, current = {model}, cheaper
+        while isinstance(current, str) and current in tiers:
+            if current in seen:
+                problems.append((("tiers", model), f"tiers starting at {model!r} loop back to {current!r}"))
+                break
+            seen.add(current)
+            current = tiers[current]
     return problems

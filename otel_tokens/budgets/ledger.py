@@ -36,7 +36,19 @@ from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable, TaskTotals
 
-__all__ = ["BudgetLedger", "BudgetLedgerCollector", "BudgetStanding", "BudgetStatus", "State"]
+__all__ = [
+    "BudgetLedger",
+    "BudgetLedgerCollector",
+    "BudgetStanding",
+    "BudgetStatus",
+    "State",
+    "budget_window",
+    "instance_amount",
+    "record_amount",
+    "record_labels",
+    "scope_matches",
+    "token_type_positions",
+]
 
 State = Literal["ok", "warning", "exceeded"]
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
@@ -93,17 +105,48 @@ def record_labels(record: UsageRecord) -> dict[str, str]:
     }
 
 
+# What a budget counts of a record. The in-process guard (`otel_tokens.guard`) uses the same
+# functions, so a call is matched, measured and windowed alike in the agent and in the collector.
+def scope_matches(matchers: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """True when every key the budget's scope sets (`Scope.matchers()`) equals the call's label."""
+    return all(labels[key] == value for key, value in matchers.items())
+
+
+def token_type_positions(spec: Budget) -> list[int] | None:
+    """Positions in `TokenCounts.disjoint_counts()` of the token types the limit counts (None: all)."""
+    types = spec.limit.token_types
+    return [TOKEN_TYPES.index(t) for t in types] if types else None
+
+
+def record_amount(spec: Budget, record: UsageRecord, positions: list[int] | None) -> float:
+    """Tokens (restricted to `token_types`, from the disjoint split; `positions` from
+    `token_type_positions(spec)`) or USD of one record."""
+    if spec.limit.unit == "usd":
+        return record.cost_usd or 0.0
+    counts = record.tokens.disjoint_counts()
+    return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
+
+
+def instance_amount(spec: Budget, amount: float, record: UsageRecord) -> float:
+    """Tokens a record adds to its task instance (per-instance limits are in tokens even when the
+    budget's limit is in USD)."""
+    return amount if spec.limit.unit == "tokens" else float(record.tokens.total)
+
+
+def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
+    """A fresh window for `spec`: a calendar period in the file's zone, or a rolling duration."""
+    if spec.is_calendar:
+        return CalendarWindow(spec.window, budget_file.zone)
+    return RollingWindow(spec.window_seconds)
+
+
 class _BudgetAccount:
     """One budget's window, lifetime total and task instances. Not locked: the ledger locks."""
 
     def __init__(self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float) -> None:
         self.spec = spec
         self.matchers = spec.scope.matchers()
-        self.window: Window = (
-            CalendarWindow(spec.window, budget.zone)
-            if spec.is_calendar
-            else RollingWindow(spec.window_seconds)
-        )
+        self.window: Window = budget_window(budget, spec)
         self.consumed = 0.0
         self.top_n = top_n
         self.instances = (
@@ -111,20 +154,14 @@ class _BudgetAccount:
             if spec.per_task_instance
             else None
         )
-        types = spec.limit.token_types
         #: positions in `disjoint_counts()` of the token types the limit counts (None: all)
-        self.type_positions = [TOKEN_TYPES.index(t) for t in types] if types else None
+        self.type_positions = token_type_positions(spec)
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels[key] == value for key, value in self.matchers.items())
+        return scope_matches(self.matchers, labels)
 
     def amount(self, record: UsageRecord) -> float:
-        """Tokens (restricted to `token_types`, from the disjoint split) or USD of one record."""
-        if self.spec.limit.unit == "usd":
-            return record.cost_usd or 0.0
-        counts = record.tokens.disjoint_counts()
-        positions = self.type_positions
-        return float(sum(counts[i] for i in positions) if positions is not None else sum(counts))
+        return record_amount(self.spec, record, self.type_positions)
 
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
@@ -132,7 +169,7 @@ class _BudgetAccount:
         self.consumed += amount
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
-            tokens = amount if self.spec.limit.unit == "tokens" else float(record.tokens.total)
+            tokens = instance_amount(self.spec, amount, record)
             self.instances.add(task_id, labels[names.AGENT], labels[names.TASK], tokens, 0.0, now)
 
     def top_instances(self, now: float) -> list[TaskTotals]:

@@ -1,10 +1,12 @@
 """The budget file's schema: strict pydantic models for `budgets.yaml`.
 
 This module owns the *shape* and the *meaning* of a budget (scope, limit, window, thresholds,
-alert rules, Alertmanager receivers and routes). Every consumer — the collector's exact ledger and
-the Prometheus / Alertmanager / Grafana renderers — reads these models and nothing else, so the
-names here are a contract. `action` is validated and carried into alert text and the ledger's status;
-nothing enforces it in-process yet. Loading YAML with file:line errors lives in `loader.py`.
+alert rules, Alertmanager receivers and routes). Every consumer — the collector's exact ledger, the
+in-process guard (`otel_tokens.guard`) and the Prometheus / Alertmanager / Grafana renderers — reads
+these models and nothing else, so the names here are a contract. `action` is carried into alert text
+and the ledger's status, and enforced before each call by an agent that turns the guard on (`tiers`,
+`guard` and `defer_wait` are read by the guard only). Loading YAML with file:line errors lives in
+`loader.py`.
 
 Models forbid unknown keys (a typo such as `warn_At` must fail, not silently fall back to a
 default) and names that end up in PromQL string literals, label values and rule group names are
@@ -30,6 +32,7 @@ from otel_tokens.budgets.checks import (
     limit_problems,
     pagerduty_problems,
     slack_problems,
+    tier_problems,
 )
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "ContextGrowthRule",
     "EmailConfig",
     "ForecastRule",
+    "GuardSettings",
     "Limit",
     "PagerDutyConfig",
     "PromptCacheMissRule",
@@ -81,6 +85,8 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _MIN_ROLLING_S = 60.0
 _MAX_ROLLING_S = 35 * 86400.0
+#: Longest a deferred call may wait for room (`defer_wait`): a thread parked longer is a hang.
+_MAX_DEFER_WAIT_S = 3600.0
 
 
 def parse_duration(text: str) -> float:
@@ -210,12 +216,20 @@ class Budget(_Strict):
     action: Action = Field(
         "warn",
         description=(
-            "What should happen once the budget is exhausted. Validated and shown in alert text and "
-            "in the collector's /api/v1/budgets; in-process enforcement is not implemented yet."
+            "What a call does when it would pass the budget, in an agent whose instrumentation has the "
+            "guard on (`otel_tokens.instrument(budgets=...)`): block, defer, downgrade or warn "
+            "(compress is not implemented yet and warns). Also shown in alert text and /api/v1/budgets."
         ),
     )
     downgrade_to: LabelValue | None = Field(
         None, description="The cheaper model for action 'downgrade' (required with it, rejected without)."
+    )
+    defer_wait: Duration | None = Field(
+        None,
+        description=(
+            "Action 'defer' only: how long the in-process guard holds a deferred call waiting for room "
+            "before it raises BudgetDeferred (at most 1h; unset: raise at once)."
+        ),
     )
     per_task_instance: TaskInstanceLimit | None = None
     spike: SpikeRule = Field(default_factory=SpikeRule)
@@ -240,6 +254,14 @@ class Budget(_Strict):
     def _consistent(self) -> Budget:
         _raise_first(budget_problems(self.model_dump(by_alias=True)))
         return self
+
+    @field_validator("defer_wait")
+    @classmethod
+    def _bounded_wait(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) > _MAX_DEFER_WAIT_S:
+            # kind "window": the loader reports it as the message plus the value given
+            raise PydanticCustomError("window", "must be at most 1h (a longer wait is a hung agent)")
+        return value
 
     @property
     def is_calendar(self) -> bool:
@@ -351,6 +373,14 @@ class Alerting(_Strict):
         return next(r for r in self.receivers if r.name == name)
 
 
+class GuardSettings(_Strict):
+    """How the in-process guard estimates a call before it is sent."""
+
+    #: Output ceiling assumed for a request that sets no `max_tokens` / `max_completion_tokens` /
+    #: `max_output_tokens` (an OpenAI call may omit it; Anthropic requires it).
+    default_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 4096
+
+
 class BudgetFile(_Strict):
     """The whole `budgets.yaml`."""
 
@@ -360,6 +390,10 @@ class BudgetFile(_Strict):
     alert_for: AlertFor = Field(default_factory=AlertFor)
     budgets: list[Budget] = Field(min_length=1)
     alerting: Alerting | None = None
+    #: Model tiering for `action: downgrade`: model → the cheaper model to send instead. When it names
+    #: the call's model it wins over the budget's `downgrade_to` (which may be another provider's).
+    tiers: dict[LabelValue, LabelValue] = Field(default_factory=dict)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
 
     @field_validator("timezone")
     @classmethod
@@ -375,6 +409,11 @@ class BudgetFile(_Strict):
     @model_validator(mode="after")
     def _unique_names(self) -> BudgetFile:
         _raise_first(budget_name_problems(self.model_dump(by_alias=True)))
+        return self
+
+    @model_validator(mode="after")
+    def _tiers_descend(self) -> BudgetFile:
+        _raise_first(tier_problems(self.model_dump(by_alias=True)))
         return self
 
     @property

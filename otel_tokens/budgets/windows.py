@@ -29,6 +29,7 @@ class Window(Protocol):
     def add(self, amount: float, now: float) -> None: ...
     def used(self, now: float) -> float: ...
     def remaining_seconds(self, now: float) -> float: ...
+    def seconds_until_at_most(self, target: float, now: float) -> float | None: ...
 
 
 class RollingWindow:
@@ -58,6 +59,21 @@ class RollingWindow:
     def remaining_seconds(self, now: float) -> float:
         """A rolling window never ends: projections look one whole window ahead."""
         return self.seconds
+
+    def seconds_until_at_most(self, target: float, now: float) -> float | None:
+        """Seconds until `used` falls to `target` or below if nothing more is added (the guard's
+        `retry_after`): the moment enough of the oldest buckets have left the window. None when
+        `target` is negative (never)."""
+        remaining = self.used(now)
+        if remaining <= target:
+            return 0.0
+        if target < 0:
+            return None
+        for index, amount in self._buckets:
+            remaining -= amount
+            if remaining <= target:
+                return max((index + 1) * self.bucket_seconds + self.seconds - now, 0.0)
+        return None  # not reached: an emptied window holds 0 <= target
 
     def _expire(self, now: float) -> None:
         start = now - self.seconds
@@ -106,6 +122,13 @@ class CalendarWindow:
     def remaining_seconds(self, now: float) -> float:
         self._roll(now)
         return max(self._end - now, 0.0)
+
+    def seconds_until_at_most(self, target: float, now: float) -> float | None:
+        """Seconds until `used` is at most `target` if nothing more is added: now, or when the
+        period resets to zero. None when `target` is negative (never)."""
+        if self.used(now) <= target:
+            return 0.0
+        return None if target < 0 else self.remaining_seconds(now)
 
     def _roll(self, now: float) -> None:
         if not self._start <= now < self._end:

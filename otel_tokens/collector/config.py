@@ -59,8 +59,17 @@ class CollectorConfig:
     series_idle_seconds: float = _DEFAULT_METRICS.series_idle_seconds
     dedupe_hold_seconds: float = _DEFAULT_DEDUPE.hold_seconds
     flush_interval_seconds: float = 0.5
-    #: Reserved for the collector's budget ledger; accepted and kept, not read yet.
+    #: budgets.yaml for the collector's exact budget ledger (/api/v1/budgets, llm_budget_* gauges).
     budgets_file: str | None = None
+    # --- what any one client may hold, on every listener ---
+    idle_timeout_seconds: float = 30.0
+    read_timeout_seconds: float = 30.0
+    max_connections: int = 256
+    # --- who gets in ---
+    auth_token_file: str | None = None
+    metrics_auth_token_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def metrics_config(self) -> MetricsConfig:
         """The pipeline's own config, with the keys the collector passes through."""
@@ -164,13 +173,14 @@ class _Key:
 
 KEYS: tuple[_Key, ...] = (
     _Key("otlp.http.host", "http_host", settings.ENV_COLLECTOR_HTTP_HOST, "--http-host", _HOST,
-         "Interface the OTLP/HTTP receiver (`POST /v1/traces`) binds; `0.0.0.0` for all."),
+         "Interface the OTLP/HTTP receiver (`POST /v1/traces`) binds; `0.0.0.0`: every IPv4 "
+         "interface, `::`: IPv6 (and IPv4 where the system maps it)."),
     _Key("otlp.http.port", "http_port", settings.ENV_COLLECTOR_HTTP_PORT, "--http-port", _PORT,
          "Port of the OTLP/HTTP receiver; 0 picks a free port."),
     _Key("otlp.grpc.enabled", "grpc_enabled", settings.ENV_COLLECTOR_GRPC_ENABLED, "--grpc", _BOOL,
          "Run the OTLP/gRPC receiver (`--no-grpc` turns it off)."),
     _Key("otlp.grpc.host", "grpc_host", settings.ENV_COLLECTOR_GRPC_HOST, "--grpc-host", _HOST,
-         "Interface the OTLP/gRPC receiver binds."),
+         "Interface the OTLP/gRPC receiver binds (`0.0.0.0`: IPv4 only)."),
     _Key("otlp.grpc.port", "grpc_port", settings.ENV_COLLECTOR_GRPC_PORT, "--grpc-port", _PORT,
          "Port of the OTLP/gRPC receiver; 0 picks a free port."),
     _Key("otlp.max_body_bytes", "max_body_bytes", settings.ENV_COLLECTOR_MAX_BODY_BYTES, "--max-body-bytes",
@@ -200,7 +210,31 @@ KEYS: tuple[_Key, ...] = (
          settings.ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS, "--flush-interval-seconds", _POS_NUM,
          "How often held spans are flushed into the counters."),
     _Key("budgets_file", "budgets_file", settings.ENV_COLLECTOR_BUDGETS_FILE, "--budgets-file", _PATH,
-         "Path of `budgets.yaml` (reserved for the collector's budget ledger)."),
+         "Path of `budgets.yaml`: the collector keeps an exact ledger of every budget in it "
+         "(`llm_budget_*` gauges on `/metrics`, `/api/v1/budgets`); a broken file stops start-up."),
+    _Key("server.idle_timeout_seconds", "idle_timeout_seconds", settings.ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS,
+         "--idle-timeout-seconds", _POS_NUM,
+         "A connection that sends no request for this long (from connect, or since its last response) "
+         "is closed, on every listener (gRPC: no RPC; its handshake must finish within 10 s)."),
+    _Key("server.read_timeout_seconds", "read_timeout_seconds", settings.ENV_COLLECTOR_READ_TIMEOUT_SECONDS,
+         "--read-timeout-seconds", _POS_NUM,
+         "Time allowed to receive one request body over HTTP (408 after it)."),
+    _Key("server.max_connections", "max_connections", settings.ENV_COLLECTOR_MAX_CONNECTIONS,
+         "--max-connections", _POS_INT,
+         "Open connections per listener; at the cap a new connection replaces the longest-quiet one, "
+         "or is refused if every connection is busy. Keep the sum under the open-files limit."),
+    _Key("auth.token_file", "auth_token_file", settings.ENV_COLLECTOR_AUTH_TOKEN_FILE, "--auth-token-file",
+         _PATH, "File holding a bearer token that every listener then requires "
+         "(`Authorization: Bearer <token>`; gRPC: `authorization` metadata). Needed whenever a "
+         "listener binds beyond loopback."),
+    _Key("auth.metrics_token_file", "metrics_auth_token_file", settings.ENV_COLLECTOR_METRICS_AUTH_TOKEN_FILE,
+         "--metrics-auth-token-file", _PATH,
+         "Separate bearer token for `GET /metrics` (Prometheus' `authorization.credentials_file`); "
+         "unset: `/metrics` takes `auth.token_file`'s token. `/healthz` stays open."),
+    _Key("tls.cert_file", "tls_cert_file", settings.ENV_COLLECTOR_TLS_CERT_FILE, "--tls-cert-file", _PATH,
+         "PEM certificate (chain): every listener then speaks TLS (https, gRPC with TLS)."),
+    _Key("tls.key_file", "tls_key_file", settings.ENV_COLLECTOR_TLS_KEY_FILE, "--tls-key-file", _PATH,
+         "PEM private key of `tls.cert_file`."),
 )  # fmt: skip
 
 _BY_PATH = {k.path: k for k in KEYS}
@@ -337,6 +371,8 @@ def _cross_checks(config: CollectorConfig) -> list[str]:
         if port:
             by_port.setdefault(port, []).append(name)
     errors += [f"{' and '.join(ns)}: both set to port {p}" for p, ns in by_port.items() if len(ns) > 1]
+    if (config.tls_cert_file is None) != (config.tls_key_file is None):
+        errors.append("tls.cert_file and tls.key_file: set both or neither")
     try:
         config.metrics_config().validate()
     except ValueError as exc:  # normally caught per key above; this keeps the pipeline's word final
@@ -349,13 +385,27 @@ def _cross_checks(config: CollectorConfig) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `--config` and one flag per key; each defaults to None so unset flags fall through."""
+    """Add `--config` and one flag per key; each defaults to None so unset flags fall through to the
+    environment and the file — so `--help` states the built-in default in the text instead."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see collector/README.md)")
+    defaults = CollectorConfig()
     for key in KEYS:
+        value = getattr(defaults, key.attr)
+        help_text = f"{key.doc} (default: {'unset' if value is None else _shown(value)}; env {key.env})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help strings
         if key.kind is _BOOL:
-            parser.add_argument(key.flag, dest=key.attr, action=argparse.BooleanOptionalAction, help=key.doc)
+            parser.add_argument(
+                key.flag, dest=key.attr, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
-            parser.add_argument(key.flag, dest=key.attr, metavar=key.kind.metavar, help=key.doc)
+            parser.add_argument(key.flag, dest=key.attr, metavar=key.kind.metavar, help=help_text)
+
+
+def _shown(value: object) -> str:
+    """A default as the reference table and --help show it."""
+    if isinstance(value, tuple):
+        return f"[{', '.join(value)}]"
+    return _got(value).strip("'").lower()
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -367,8 +417,7 @@ def reference_table() -> str:
     defaults = CollectorConfig()
     rows = ["| key | environment variable | CLI flag | default | meaning |", "|---|---|---|---|---|"]
     for key in KEYS:
-        value = getattr(defaults, key.attr)
-        shown = f"[{', '.join(value)}]" if isinstance(value, tuple) else _got(value).strip("'").lower()
+        shown = _shown(getattr(defaults, key.attr))
         flag = f"`{key.flag}` / `--no-{key.flag[2:]}`" if key.kind is _BOOL else f"`{key.flag}`"
         rows.append(f"| `{key.path}` | `{key.env}` | {flag} | `{shown}` | {key.doc} |")
     return "\n".join(rows) + "\n"

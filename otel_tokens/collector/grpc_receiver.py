@@ -3,48 +3,77 @@
 The method is registered by hand rather than through `trace_service_pb2_grpc`'s servicer helper:
 with the generated deserializer, grpcio answers an undecodable request with INTERNAL ("Exception
 deserializing request!") before our code runs, while the OTLP spec wants INVALID_ARGUMENT (not
-retryable) and we want the rejection counted. So the handler receives raw bytes and parses them
+retryable) and we want the rejection counted — and a request with one undecodable span should keep
+its good spans (otlp_codec's piecewise decoding). So the handler receives raw bytes and parses them
 itself; everything else (framing, gzip, RESOURCE_EXHAUSTED above the size limit) is grpcio's.
+
+Hostile clients are held off by grpc core itself, configured here: connections are multiplexed
+without a thread each, a connection that does not finish its handshake or sends no RPC for
+`idle_timeout` is closed, and at most `max_connections` are open at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.collector.http_receiver import partial_success
+from otel_tokens.collector.auth import BearerToken
+from otel_tokens.collector.http_edge import EdgeLimits, bind_error
+from otel_tokens.collector.http_receiver import ingest_decoded
+from otel_tokens.collector.otlp_codec import UNDECODABLE, Rejected, decode_protobuf, partial_success
 from otel_tokens.pipeline import Pipeline
 
-__all__ = ["GrpcReceiver"]
+__all__ = ["GrpcReceiver", "GrpcTls"]
 
 logger = logging.getLogger("otel_tokens.collector")
 
+#: A real client finishes TCP+TLS+HTTP/2 setup in milliseconds; a silent socket holds a slot till this.
+_HANDSHAKE_TIMEOUT_MS = 10_000
+
 _SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """PEM bytes of the server certificate (chain) and its key."""
+
+    cert: bytes
+    key: bytes
 
 
 class GrpcReceiver:
     """A grpc server with the TraceService; binds in `start()` and exposes the bound port."""
 
     def __init__(
-        self, host: str, port: int, pipeline: Pipeline, max_message_bytes: int, workers: int = 8
+        self,
+        host: str,
+        port: int,
+        pipeline: Pipeline,
+        max_message_bytes: int,
+        *,
+        limits: EdgeLimits | None = None,
+        token: BearerToken | None = None,
+        tls: GrpcTls | None = None,
+        workers: int = 8,
     ) -> None:
+        limits = limits if limits is not None else EdgeLimits()
         self._pipeline = pipeline
-        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._token = token
+        self._tls = tls
+        self._host, self._requested_port = host, port
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otel-tokens-grpc"),
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share
-            ],
+            options=_options(max_message_bytes, limits),
+            maximum_concurrent_rpcs=max(workers * 8, 16),  # beyond: RESOURCE_EXHAUSTED, not a queue
         )
         handler = grpc.unary_unary_rpc_method_handler(
             self._export,
@@ -58,12 +87,20 @@ class GrpcReceiver:
 
     def start(self) -> int:
         """Bind and serve; returns the bound port (useful when asked for port 0)."""
-        try:
-            self.port = self._server.add_insecure_port(self._address)
-        except RuntimeError as exc:  # grpcio raises instead of returning 0 in recent versions
-            raise OSError(f"cannot bind OTLP/gRPC on {self._address}: {exc}") from None
+        host, port = self._host, self._requested_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        with _ipv4_only(host, port) as port:
+            address = f"{host}:{port}" if ":" not in host else address
+            try:
+                if self._tls is not None:
+                    creds = grpc.ssl_server_credentials([(self._tls.key, self._tls.cert)])
+                    self.port = self._server.add_secure_port(address, creds)
+                else:
+                    self.port = self._server.add_insecure_port(address)
+            except RuntimeError:  # grpcio raises instead of returning 0 in recent versions
+                self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind OTLP/gRPC on {self._address}")
+            raise _bind_failure(host, port)
         self._server.start()
         return self.port
 
@@ -72,11 +109,71 @@ class GrpcReceiver:
         self._server.stop(grace).wait()
 
     def _export(self, body: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
-        request = ExportTraceServiceRequest()
+        if self._token is not None and not self._token.accepts(_metadata(context, "authorization")):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
-            request.ParseFromString(body)
-        except DecodeError as exc:
+            decoded = decode_protobuf(body)
+        except Rejected as rejected:
             with swallow_internal_errors("collector.reject_payload"):
-                self._pipeline.reject_payload("undecodable_payload")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid OTLP protobuf: {exc}")
-        return partial_success(self._pipeline.ingest_otlp(request))
+                self._pipeline.reject_payload(UNDECODABLE)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, rejected.message)
+        result = ingest_decoded(self._pipeline, decoded)
+        return partial_success(result, decoded.undecodable_spans, decoded.first_error)
+
+
+def _options(max_message_bytes: int, limits: EdgeLimits) -> list[tuple[str, int]]:
+    idle_ms = int(limits.idle_timeout * 1000)
+    handshake_ms = min(idle_ms, _HANDSHAKE_TIMEOUT_MS)
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.server_handshake_timeout_ms", handshake_ms),  # a silent socket never finishes HTTP/2 setup
+        ("grpc.max_connection_idle_ms", idle_ms),  # no RPC for this long: GOAWAY
+    ]
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+@contextlib.contextmanager
+def _ipv4_only(host: str, port: int) -> Iterator[int]:
+    """Make grpc bind `0.0.0.0` on IPv4 only; yields the port to ask grpc for.
+
+    grpc core turns the wildcard `0.0.0.0` into a dual-stack `[::]` socket, so the receiver would
+    answer on every IPv6 address too. Its documented fallback when the IPv6 wildcard cannot be bound
+    is to bind `0.0.0.0` alone; holding `[::]:port` (bound, never listening) for the duration of the
+    bind triggers exactly that. Port 0 is resolved first, so both families agree on the port.
+    """
+    if host != "0.0.0.0":
+        yield port
+        return
+    probe = socket.socket(socket.AF_INET)
+    holder = socket.socket(socket.AF_INET6)
+    try:
+        if port == 0:
+            probe.bind(("0.0.0.0", 0))
+            port = probe.getsockname()[1]
+        with contextlib.suppress(OSError):  # no IPv6 on this host: grpc binds IPv4 alone anyway
+            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            holder.bind(("::", port))
+        probe.close()
+        yield port
+    finally:
+        probe.close()
+        holder.close()
+
+
+def _bind_failure(host: str, port: int) -> OSError:
+    """grpc says only "failed to bind"; find out whether the port is taken, to say so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return bind_error(exc, host, port, "OTLP/gRPC", "--grpc-port (otlp.grpc.port)")
+    return OSError(f"cannot bind OTLP/gRPC on {host}:{port}; see --grpc-host (otlp.grpc.host)")

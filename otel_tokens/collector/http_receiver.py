@@ -1,343 +1,242 @@
-"""OTLP/HTTP trace receiver (`POST /v1/traces`) and the Prometheus `/metrics` endpoint.
+"""The collector's HTTP endpoints as aiohttp apps: OTLP/HTTP (`POST /v1/traces`) on one listener;
+`/metrics`, `/healthz` and the JSON API (`/api/v1/budgets`, and what comes next) on the other.
 
-Both are `ThreadingHTTPServer`s speaking HTTP/1.1 with keep-alive, so an OTLP exporter reuses one
-connection instead of paying a TCP handshake per batch; Nagle is off so a response's header and
-body writes are not held back waiting for an ACK (a 40 ms stall per request otherwise).
-
-The receiver follows the OTLP/HTTP spec: protobuf or OTLP/JSON bodies (JSON with hex trace and span
-ids, which plain protobuf JSON would read as base64), optional gzip/deflate, a response in the
-request's encoding with `partial_success` when spans were rejected, and a `google.rpc.Status` body
-on 4xx. Every body is bounded twice — by Content-Length before reading and by the decompressed size
-(a gzip bomb stops at the limit) — and a bad request never touches counts already made.
+The apps are thin: bodies are read with a size limit and a read timeout, decoded and ingested on
+`HttpEdge`'s worker pool (otlp_codec does the OTLP rules), and answered. `/metrics` content
+negotiation (OpenMetrics when asked for, gzip when accepted, `name[]` filters) is decided by
+prometheus_client's own `choose_encoder` (with our encoders for its default answers:
+exposition_text.py) and `gzip_accepted`. Routing, 404 and 405 (with `Allow`)
+are aiohttp's.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
+import asyncio
 import dataclasses
 import gzip
 import json
 import logging
-import socket
-import zlib
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
+from aiohttp import web
 from google.rpc import status_pb2  # type: ignore[import-untyped]
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import gzip_accepted
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
+from otel_tokens.collector.auth import BearerToken
+from otel_tokens.collector.http_edge import HttpEdge
+from otel_tokens.collector.otlp_codec import (
+    JSON,
+    PROTOBUF,
+    UNDECODABLE,
+    Decoded,
+    Rejected,
+    decode_body,
+    encode_message,
+    partial_success,
+)
 from otel_tokens.exposition_text import choose_encoder
 from otel_tokens.pipeline import IngestResult, Pipeline
 
-__all__ = ["MetricsHttpServer", "OtlpHttpServer", "decode_request", "partial_success"]
+__all__ = ["BUDGETS_PATH", "HEALTH_PATH", "METRICS_PATH", "TRACES_PATH", "api_app", "otlp_app"]
 
 logger = logging.getLogger("otel_tokens.collector")
 
 TRACES_PATH = "/v1/traces"
 BUDGETS_PATH = "/api/v1/budgets"
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/healthz"
 _GRPC_INVALID_ARGUMENT = 3  # google.rpc.Code, used in the Status body of 4xx responses
+_TEXT = "text/plain"
+_READ_CHUNK = 256 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class Rejected(Exception):
-    """A request we refuse as a whole: HTTP status, a bounded reason label for the rejection
-    counter, and a message telling the sender what was wrong."""
-
-    status: HTTPStatus
-    reason: str
-    message: str
+# --- who may ask -----------------------------------------------------------------------------------
 
 
-# --- decoding (no sockets here: unit-testable, shared with nothing else) ---------------------------
+def _bearer_guard(
+    token_for: Callable[[str], BearerToken | None],
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: a request to a path whose token is set must carry `Authorization: Bearer <it>`."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = token_for(request.path)
+        if token is not None and not token.accepts(request.headers.get("Authorization")):
+            response = web.Response(
+                status=HTTPStatus.UNAUTHORIZED, text="missing or wrong bearer token\n", content_type=_TEXT,
+                headers={"WWW-Authenticate": 'Bearer realm="otel-tokens"'},
+            )  # fmt: skip
+            response.force_close()  # the body was not read
+            return response
+        return await handler(request)
+
+    return guard
 
 
-def decode_request(body: bytes, content_type: str, encoding: str, limit: int) -> ExportTraceServiceRequest:
-    """Decompress and parse one export body; raise `Rejected` with the status the spec asks for."""
-    data = _decompress(body, encoding, limit)
-    if content_type == PROTOBUF:
-        request = ExportTraceServiceRequest()
-        try:
-            request.ParseFromString(data)
-        except DecodeError as exc:
-            raise Rejected(
-                HTTPStatus.BAD_REQUEST, "undecodable_payload", f"invalid OTLP protobuf: {exc}"
-            ) from None
-        return request
-    return _parse_otlp_json(data)
+# --- OTLP/HTTP -------------------------------------------------------------------------------------
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise Rejected(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-            f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none",
-        )  # fmt: skip
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, limit + 1)  # never inflates more than the limit
-    except zlib.error as exc:
-        raise Rejected(
-            HTTPStatus.BAD_REQUEST, "undecodable_payload", f"invalid {encoding} body: {exc}"
-        ) from None
-    if len(data) > limit:
-        raise Rejected(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-            f"decompressed body exceeds the limit of {limit} bytes (otlp.max_body_bytes)",
-        )  # fmt: skip
-    if not inflater.eof:
-        raise Rejected(HTTPStatus.BAD_REQUEST, "undecodable_payload", f"truncated {encoding} body")
-    return data
-
-
-def _parse_otlp_json(data: bytes) -> ExportTraceServiceRequest:
-    try:
-        document = json.loads(data)
-        _hex_ids_to_base64(document)
-        request = ExportTraceServiceRequest()
-        json_format.ParseDict(document, request, ignore_unknown_fields=True)
-        return request
-    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
-        raise Rejected(HTTPStatus.BAD_REQUEST, "undecodable_payload", f"invalid OTLP/JSON: {exc}") from None
-
-
-_ID_LENGTHS = {"traceId": 32, "trace_id": 32, "spanId": 16, "span_id": 16, "parentSpanId": 16,
-               "parent_span_id": 16}  # fmt: skip
-
-
-def _hex_ids_to_base64(document: Any) -> None:
-    """OTLP/JSON encodes trace and span ids as hex; protobuf's JSON mapping expects base64."""
-    for resource_spans in _items(document, "resourceSpans", "resource_spans"):
-        for scope_spans in _items(resource_spans, "scopeSpans", "scope_spans"):
-            for span in _items(scope_spans, "spans"):
-                _convert_ids(span)
-                for link in _items(span, "links"):
-                    _convert_ids(link)
-
-
-def _items(parent: Any, *names: str) -> list[Any]:
-    if isinstance(parent, dict):
-        for name in names:
-            value = parent.get(name)
-            if isinstance(value, list):
-                return value
-    return []
-
-
-def _convert_ids(obj: Any) -> None:
-    if not isinstance(obj, dict):
-        return
-    for name, length in _ID_LENGTHS.items():
-        value = obj.get(name)
-        if isinstance(value, str) and len(value) == length:
-            # A hex id of the right length cannot be a valid base64 id of that field; anything else
-            # is left to the protobuf parser to accept (base64) or reject.
-            with contextlib.suppress(ValueError):
-                obj[name] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
-
-
-def partial_success(result: IngestResult) -> ExportTraceServiceResponse:
-    """The OTLP response: empty on full success, else the rejected count and why."""
-    response = ExportTraceServiceResponse()
-    if result.spans_rejected:
-        response.partial_success.rejected_spans = result.spans_rejected
-        response.partial_success.error_message = "; ".join(result.reasons) or "spans rejected"
-    return response
-
-
-def encode_message(message: Message, content_type: str) -> bytes:
-    if content_type == JSON:
-        text: str = json_format.MessageToJson(message, indent=None)
-        return text.encode()
-    return bytes(message.SerializeToString())
-
-
-# --- the servers --------------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    #: serve_forever()'s poll interval, i.e. how long shutdown() may wait; short for quick stops.
-    poll_interval = 0.05
-    request_queue_size = 128
-
-    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in host:  # an IPv6 literal such as "::"
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), handler)
-
-    def serve(self) -> None:
-        self.serve_forever(self.poll_interval)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-
-class OtlpHttpServer(_Server):
-    """Binds on construction (so port 0 resolves at once); `serve_forever()` in a thread."""
-
-    def __init__(self, host: str, port: int, pipeline: Pipeline, max_body_bytes: int) -> None:
+class _Otlp:
+    def __init__(self, pipeline: Pipeline, edge: HttpEdge, max_body_bytes: int) -> None:
         self.pipeline = pipeline
+        self.edge = edge
         self.max_body_bytes = max_body_bytes
-        super().__init__(host, port, _OtlpHandler)
 
-
-class MetricsHttpServer(_Server):
-    """/metrics for Prometheus, /healthz, and /api/v1/budgets (the ledger's exact standing, as JSON,
-    for in-process guards and scripts) when the collector tracks budgets."""
-
-    def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, budgets: BudgetLedger | None = None
-    ) -> None:
-        self.registry = registry
-        self.budgets = budgets
-        super().__init__(host, port, _MetricsHandler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
-
-    def _reply(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _not_found(self) -> None:
-        self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
-
-
-class _OtlpHandler(_Handler):
-    server: OtlpHttpServer
-
-    def do_POST(self) -> None:
-        if self.path.partition("?")[0] != TRACES_PATH:
-            self.close_connection = True  # the unread body would corrupt the next request
-            return self._not_found()
-        content_type = self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        content_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         try:
             if content_type not in (PROTOBUF, JSON):
                 raise Rejected(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                     f"unsupported Content-Type {content_type!r}; use {PROTOBUF} or {JSON}",
                 )  # fmt: skip
-            body = self._read_body()
-            encoding = self.headers.get("Content-Encoding", "").strip().lower()
-            request = decode_request(body, content_type, encoding, self.server.max_body_bytes)
+            body = await self._read_body(request)
+            encoding = request.headers.get("Content-Encoding", "").strip().lower()
+            reply = await self.edge.run_blocking(self._ingest, body, content_type, encoding)
         except Rejected as rejected:
             return self._reject(rejected, content_type)
-        result = self.server.pipeline.ingest_otlp(request)
-        self._reply(HTTPStatus.OK, encode_message(partial_success(result), content_type), content_type)
+        return web.Response(body=reply, content_type=content_type)
 
-    def _read_body(self) -> bytes:
-        limit = self.server.max_body_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise Rejected(HTTPStatus.LENGTH_REQUIRED, "invalid_payload", "Content-Length required") from None
-        if length < 0:
-            raise Rejected(HTTPStatus.BAD_REQUEST, "invalid_payload", f"invalid Content-Length {length}")
-        if length > limit:
+    def _ingest(self, body: bytes, content_type: str, encoding: str) -> bytes:
+        """Decode, count, and encode the answer — on the worker pool."""
+        decoded = decode_body(body, content_type, encoding, self.max_body_bytes)
+        result = ingest_decoded(self.pipeline, decoded)
+        return encode_message(partial_success(result, decoded.undecodable_spans, decoded.first_error),
+                              content_type)  # fmt: skip
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
             raise Rejected(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-                f"body of {length} bytes exceeds the limit of {limit} bytes (otlp.max_body_bytes)",
+                f"body of {request.content_length} bytes exceeds the limit of {limit} bytes "
+                "(otlp.max_body_bytes)",
             )  # fmt: skip
-        return self.rfile.read(length)
+        try:
+            return await asyncio.wait_for(_read_limited(request, limit), self.edge.limits.read_timeout)
+        except asyncio.TimeoutError:
+            raise Rejected(
+                HTTPStatus.REQUEST_TIMEOUT, "invalid_payload",
+                f"body not received within {self.edge.limits.read_timeout:g} s (server.read_timeout_seconds)",
+            ) from None  # fmt: skip
 
-    def _read_chunked(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                size = int(self.rfile.readline(64).split(b";")[0], 16)
-            except ValueError:
-                raise Rejected(
-                    HTTPStatus.BAD_REQUEST, "invalid_payload", "invalid chunked encoding"
-                ) from None
-            if size == 0:
-                self.rfile.readline(64)
-                return b"".join(chunks)
-            total += size
-            if total > limit:
-                raise Rejected(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", f"body exceeds {limit} bytes"
-                )
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(64)
-
-    def _reject(self, rejected: Rejected, content_type: str) -> None:
+    def _reject(self, rejected: Rejected, content_type: str) -> web.Response:
         """Count the payload as rejected and answer with a Status the exporter can log."""
         with swallow_internal_errors("collector.reject_payload"):
-            self.server.pipeline.reject_payload(rejected.reason)
-        self.close_connection = True  # part of the body may be unread; start the next one clean
+            self.pipeline.reject_payload(rejected.reason)
         if content_type in (PROTOBUF, JSON):
             status = status_pb2.Status(code=_GRPC_INVALID_ARGUMENT, message=rejected.message)
-            body, reply_type = encode_message(status, content_type), content_type
+            response = web.Response(
+                status=rejected.status, body=encode_message(status, content_type), content_type=content_type
+            )
         else:
-            body, reply_type = rejected.message.encode() + b"\n", "text/plain; charset=utf-8"
-        self._reply(rejected.status, body, reply_type)
-
-    def _method_not_allowed(self) -> None:
-        if self.path.partition("?")[0] != TRACES_PATH:
-            return self._not_found()
-        self.close_connection = True
-        self._reply(
-            HTTPStatus.METHOD_NOT_ALLOWED, b"use POST\n", "text/plain; charset=utf-8", {"Allow": "POST"}
-        )
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = _method_not_allowed
+            response = web.Response(status=rejected.status, text=rejected.message + "\n", content_type=_TEXT)
+        response.force_close()  # part of the body may be unread; the next request starts clean
+        return response
 
 
-class _MetricsHandler(_Handler):
-    server: MetricsHttpServer
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body (chunked or not: aiohttp decodes the framing), stopping past `limit`."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise Rejected(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+                f"body exceeds the limit of {limit} bytes (otlp.max_body_bytes)",
+            )  # fmt: skip
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    def do_GET(self) -> None:
-        path = self.path.partition("?")[0]
-        if path == "/healthz":
-            return self._reply(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
-        if path == BUDGETS_PATH and self.server.budgets is not None:
-            status = [dataclasses.asdict(s) for s in self.server.budgets.status()]
-            body = json.dumps({"budgets": status}, sort_keys=True).encode()
-            return self._reply(HTTPStatus.OK, body, "application/json")
-        if path != "/metrics":
-            return self._not_found()
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body, headers = gzip.compress(body, compresslevel=1), {"Content-Encoding": "gzip"}
-        self._reply(HTTPStatus.OK, body, content_type, headers)
 
-    def do_POST(self) -> None:
-        self.close_connection = True
-        self._reply(
-            HTTPStatus.METHOD_NOT_ALLOWED, b"use GET\n", "text/plain; charset=utf-8", {"Allow": "GET"}
-        )
+def ingest_decoded(pipeline: Pipeline, decoded: Decoded) -> IngestResult:
+    """Count a decoded request; spans that could not be decoded are counted as received and rejected."""
+    if decoded.undecodable_spans:
+        n = decoded.undecodable_spans
+        with swallow_internal_errors("collector.reject_spans"):
+            pipeline.aggregator.ingest_stats.add(spans_received=n, rejected={UNDECODABLE: n})
+    return pipeline.ingest_otlp(decoded.request)
+
+
+def otlp_app(
+    pipeline: Pipeline, edge: HttpEdge, max_body_bytes: int, token: BearerToken | None = None
+) -> web.Application:
+    """`POST /v1/traces`; every path needs `token` when one is set."""
+    app = web.Application(middlewares=[_bearer_guard(lambda path: token)], client_max_size=max_body_bytes)
+    app.router.add_post(TRACES_PATH, _Otlp(pipeline, edge, max_body_bytes).export)
+    return app
+
+
+# --- /metrics, /healthz and the API ----------------------------------------------------------------
+
+
+def render_metrics(
+    registry: CollectorRegistry, accept: str, accept_encoding: str, names: Sequence[str]
+) -> tuple[bytes, dict[str, str]]:
+    """The scrape body and headers, negotiated by prometheus_client's own helpers."""
+    encoder, content_type = choose_encoder(accept)
+    source = registry.restricted_registry(names) if names else registry
+    body, headers = encoder(source), {"Content-Type": content_type}
+    if gzip_accepted(accept_encoding):
+        body, headers["Content-Encoding"] = gzip.compress(body, compresslevel=1), "gzip"
+    return body, headers
+
+
+class _Api:
+    def __init__(self, registry: CollectorRegistry, edge: HttpEdge, ledger: BudgetLedger | None) -> None:
+        self.registry = registry
+        self.edge = edge
+        self.ledger = ledger
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, headers = await self.edge.run_blocking(
+            render_metrics, self.registry, request.headers.get("Accept", ""),
+            request.headers.get("Accept-Encoding", ""), request.query.getall("name[]", []),
+        )  # fmt: skip
+        return web.Response(body=body, headers=headers)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", content_type=_TEXT)
+
+    async def budgets(self, request: web.Request) -> web.Response:
+        ledger = self.ledger
+        if ledger is None:
+            raise web.HTTPNotFound(text="this collector tracks no budgets (budgets_file is not set)\n")
+        status = await self.edge.run_blocking(ledger.status)
+        body = json.dumps({"budgets": [dataclasses.asdict(s) for s in status]}, sort_keys=True)
+        return web.Response(text=body, content_type="application/json")
+
+
+def api_app(
+    registry: CollectorRegistry,
+    edge: HttpEdge,
+    ledger: BudgetLedger | None = None,
+    *,
+    token: BearerToken | None = None,
+    metrics_token: BearerToken | None = None,
+    routes: Sequence[web.RouteDef] = (),
+) -> web.Application:
+    """/metrics (needs `metrics_token`, else `token`), /healthz (open: liveness probes carry no
+    secret and it reveals nothing), `/api/v1/*` (needs `token`); `routes` adds further endpoints."""
+
+    def token_for(path: str) -> BearerToken | None:
+        if path == HEALTH_PATH:
+            return None
+        if path == METRICS_PATH and metrics_token is not None:
+            return metrics_token
+        return token
+
+    api = _Api(registry, edge, ledger)
+    app = web.Application(middlewares=[_bearer_guard(token_for)])
+    app.router.add_get(METRICS_PATH, api.metrics)
+    app.router.add_get(HEALTH_PATH, api.health)
+    app.router.add_get(BUDGETS_PATH, api.budgets)
+    app.add_routes(routes)
+    return app

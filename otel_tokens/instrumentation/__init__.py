@@ -14,6 +14,11 @@ With no `tracer_provider` argument the global provider is used; when the applica
 none, `_export.ensure_tracer_provider()` first sets one up from the standard `OTEL_*` variables, so
 `otel_tokens.instrument()` alone exports (an application's own provider is left untouched).
 
+With a budget file (`budgets=` or `OTEL_TOKENS_BUDGETS_FILE`) every wrapped call also goes through
+the in-process budget guard (`otel_tokens.guard`), handed to the wrappers in `CallSettings`. The file
+is loaded before anything is patched: a broken one raises `BudgetFileError` listing every problem
+and leaves the SDKs untouched.
+
 The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
 to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
 and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import threading
 from collections.abc import Collection
@@ -37,7 +43,7 @@ from otel_tokens.attribution import set_task_tracer
 from otel_tokens.instrumentation._call import CallSettings
 from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
-from otel_tokens.settings import ENV_CAPTURE_CONTENT, env_flag
+from otel_tokens.settings import ENV_BUDGETS_FILE, ENV_CAPTURE_CONTENT, env_flag
 
 logger = logging.getLogger("otel_tokens")
 
@@ -80,6 +86,40 @@ def _unpatch(sdk: str, module_name: str) -> None:
         importlib.import_module(module_name).uninstrument()
 
 
+def _guard_or_stop(budgets: Any, raise_errors: bool) -> Any:
+    """`_guard`, stopping start-up on a broken budget file. `otel_tokens.instrument()` wants the
+    `BudgetFileError` itself; `opentelemetry-instrument` would log and swallow it and run the agent
+    unguarded, so there the process stops (SystemExit escapes its handler) with every error listed."""
+    from otel_tokens.budgets.loader import BudgetFileError
+
+    try:
+        return _guard(budgets)
+    except BudgetFileError as exc:
+        if raise_errors:
+            raise
+        raise SystemExit(f"otel-tokens: not starting unguarded: {exc}") from None
+
+
+def _guard(budgets: Any) -> Any:
+    """The budget guard for `budgets` (a path, a loaded `BudgetFile`, or a `Guard` built with its
+    own `BudgetState`), else for the file named by OTEL_TOKENS_BUDGETS_FILE; None when neither is
+    given. A broken file raises `BudgetFileError`."""
+    if budgets is None:
+        budgets = os.environ.get(ENV_BUDGETS_FILE, "").strip() or None
+    if budgets is None:
+        return None
+    from otel_tokens.budgets.spec import BudgetFile
+    from otel_tokens.guard import Guard
+
+    if isinstance(budgets, Guard):
+        guard = budgets
+    else:
+        guard = Guard(budgets) if isinstance(budgets, BudgetFile) else Guard.from_file(budgets)
+    if any(b.action == "compress" for b in guard.budget_file.budgets):
+        logger.warning("otel-tokens: action 'compress' is not implemented yet; those budgets only warn")
+    return guard
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -104,6 +144,7 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = CallSettings(
             tracer=tracer,
             capture_content=env_flag(ENV_CAPTURE_CONTENT) if capture is None else bool(capture),
+            guard=_guard_or_stop(kwargs.get("budgets"), kwargs.get("raise_budget_errors", False)),
         )
         for sdk, module_name in _SDK_MODULES:
             if importlib.util.find_spec(sdk) is None:

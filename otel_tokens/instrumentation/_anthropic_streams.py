@@ -13,8 +13,9 @@ converts it.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -115,6 +116,9 @@ class StreamTracker:
     def __init__(self, call: LLMCall, request: Mapping[str, Any]) -> None:
         self.call = call
         self._request = request
+        #: The helper's manager rebuilt for the request the budget guard admitted (a downgraded
+        #: model), entered instead of the application's; None: enter the original.
+        self.replacement_manager: Any = None
         self._reported: TokenCounts | None = None  # from message_start, updated by message_delta
         self._saw_delta = False
         self._complete = False
@@ -283,6 +287,7 @@ async def _observed_async_events(events: AsyncIterator[Any], tracker: StreamTrac
 
 
 OpenTracker = Callable[[], "StreamTracker | None"]
+AsyncOpenTracker = Callable[[], Awaitable["StreamTracker | None"]]
 
 
 def _observe_helper(message_stream: Any, tracker: StreamTracker, observe: Callable[..., Any]) -> None:
@@ -305,6 +310,8 @@ class SyncStreamManagerProxy(wrapt.ObjectProxy[Any]):
         tracker = None if inside_llm_call() else self._self_open_tracker()
         if tracker is None:
             return self.__wrapped__.__enter__()
+        if tracker.replacement_manager is not None:
+            self.__wrapped__ = tracker.replacement_manager
         try:
             with tracker.call.activate():
                 message_stream = self.__wrapped__.__enter__()
@@ -319,17 +326,28 @@ class SyncStreamManagerProxy(wrapt.ObjectProxy[Any]):
         return self.__wrapped__.__exit__(*exc_info)
 
 
+def _discard_request(manager: Any) -> None:
+    """The async helper's manager holds its request as a coroutine made by `stream()`; one replaced
+    by a downgraded manager is closed, never awaited (nothing was sent)."""
+    for value in vars(manager).values():
+        if inspect.iscoroutine(value):
+            value.close()
+
+
 class AsyncStreamManagerProxy(wrapt.ObjectProxy[Any]):
     """`AsyncMessages.stream()`'s manager: the request is awaited in `__aenter__`."""
 
-    def __init__(self, manager: Any, open_tracker: OpenTracker) -> None:
+    def __init__(self, manager: Any, open_tracker: AsyncOpenTracker) -> None:
         super().__init__(manager)
         self._self_open_tracker = open_tracker
 
     async def __aenter__(self) -> Any:
-        tracker = None if inside_llm_call() else self._self_open_tracker()
+        tracker = None if inside_llm_call() else await self._self_open_tracker()
         if tracker is None:
             return await self.__wrapped__.__aenter__()
+        if tracker.replacement_manager is not None:
+            _discard_request(self.__wrapped__)
+            self.__wrapped__ = tracker.replacement_manager
         try:
             with tracker.call.activate():
                 message_stream = await self.__wrapped__.__aenter__()

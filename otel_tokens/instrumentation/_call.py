@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import Token
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -31,6 +31,9 @@ from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
 
+if TYPE_CHECKING:  # the guard is imported only when a budget file turns it on
+    from otel_tokens.guard import Admission, Guard, GuardRequest
+
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 
 
@@ -40,6 +43,7 @@ class CallSettings:
 
     tracer: trace.Tracer
     capture_content: bool = False
+    guard: Guard | None = None  # budgets enforced before each call (`instrument(budgets=...)`)
 
 
 def inside_llm_call() -> bool:
@@ -61,6 +65,7 @@ class LLMCall:
     __slots__ = (
         "_ended",
         "_failed",
+        "admission",
         "attribution",
         "operation",
         "provider",
@@ -87,6 +92,7 @@ class LLMCall:
         self.operation = operation
         self.request_model = request_model or "unknown"
         self._ended = False
+        self.admission: Admission | None = None  # the budget guard's, when it reserved
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
         self._failed: list[str] = []
         #: the tier the provider served the call in, when its response says (prices the call)
@@ -173,6 +179,70 @@ class LLMCall:
             self._failed.append(step)
         internal_error(where)
 
+    # --- the budget guard's pre-send hook ---------------------------------------------------------
+    def admit(
+        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+    ) -> dict[str, Any]:
+        """Ask the budget guard (if on) before sending: returns the kwargs to send (the `model` may
+        be downgraded) or raises `BudgetExceeded` / `BudgetDeferred` with the span ended as an error.
+        A deferral with a `defer_wait` blocks this thread while it waits for room."""
+        guard = self.settings.guard
+        if guard is None:
+            return kwargs
+        try:
+            admission = guard.admit(self._guard_request(prompt, system, max_output_tokens))
+        except Exception:
+            internal_error("budget guard")  # our bug: the call goes ahead unguarded
+            return kwargs
+        return self._apply_admission(admission, kwargs)
+
+    async def admit_async(
+        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+    ) -> dict[str, Any]:
+        """`admit` for the async clients: a deferred call waits without blocking the event loop."""
+        guard = self.settings.guard
+        if guard is None:
+            return kwargs
+        try:
+            admission = await guard.admit_async(self._guard_request(prompt, system, max_output_tokens))
+        except Exception:
+            internal_error("budget guard")
+            return kwargs
+        return self._apply_admission(admission, kwargs)
+
+    def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+        from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
+
+        return GuardRequest(
+            self.provider,
+            self.operation,
+            self.request_model,
+            self.attribution,
+            prompt,
+            system,
+            max_output_tokens,
+        )
+
+    def _apply_admission(self, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for decision in admission.decisions:
+            self.span.add_event(sc.OTEL_TOKENS_GUARD_DECISION_EVENT, decision.attributes())
+        if admission.refusal is not None:
+            self.finish(None, error=admission.refusal)
+            raise admission.refusal
+        if admission.reservation is not None:
+            self.admission = admission  # settled in `finish`
+        if admission.downgraded_from is not None:
+            self.request_model = admission.model
+            self.span.update_name(f"{self.operation} {admission.model}")
+            self.span.set_attributes(
+                {
+                    sc.GEN_AI_REQUEST_MODEL: admission.model,
+                    sc.OTEL_TOKENS_GUARD_DOWNGRADED_FROM: admission.downgraded_from,
+                }
+            )
+            kwargs = {**kwargs, "model": admission.model}
+        return kwargs
+
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""
         if self.settings.capture_content and not self._ended:
@@ -200,10 +270,21 @@ class LLMCall:
             self._set_result_attributes(record, response_id, finish_reasons)
         except Exception:
             internal_error("LLMCall.finish")
+        if self.admission is not None:
+            self._settle(self.admission, record)
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)
         return record
+
+    @staticmethod
+    def _settle(admission: Admission, record: UsageRecord | None) -> None:
+        """The guard's reconcile: the call's reservation becomes what it really used (released
+        when there is no record: our accounting failed)."""
+        try:
+            admission.settle(record)
+        except Exception:
+            internal_error("budget guard settle")
 
     def _publish(self, record: UsageRecord) -> None:
         """The record as the span describes it (ids, so a consumer can deduplicate it against other

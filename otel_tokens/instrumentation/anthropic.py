@@ -23,7 +23,9 @@ from wrapt import wrap_function_wrapper
 from otel_tokens import semconv as sc
 from otel_tokens._safety import logger
 from otel_tokens.instrumentation._anthropic_streams import (
+    AsyncOpenTracker,
     AsyncStreamManagerProxy,
+    OpenTracker,
     StreamTracker,
     SyncStreamManagerProxy,
     estimate_input,
@@ -91,6 +93,22 @@ def _open_call(settings: CallSettings, resource: Any, request: Mapping[str, Any]
     except Exception:
         internal_error("anthropic: opening span")
     return call
+
+
+def _admit(call: LLMCall, request: dict[str, Any]) -> dict[str, Any]:
+    """The budget guard's pre-send hook: the request to send (model maybe downgraded), or raises."""
+    return call.admit(request, request.get("messages"), request.get("system"), _max_tokens(request))
+
+
+async def _admit_async(call: LLMCall, request: dict[str, Any]) -> dict[str, Any]:
+    return await call.admit_async(
+        request, request.get("messages"), request.get("system"), _max_tokens(request)
+    )
+
+
+def _max_tokens(request: Mapping[str, Any]) -> int | None:
+    value = request.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _server(resource: Any) -> tuple[str | None, int | None]:
@@ -192,6 +210,8 @@ def _sync_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        if settings.guard is not None:
+            kwargs = _admit(call, kwargs)
         result = call.invoke(wrapped, args, kwargs)
         return _on_result(call, result, kwargs)
 
@@ -205,21 +225,59 @@ def _async_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        if settings.guard is not None:
+            kwargs = await _admit_async(call, kwargs)
         result = await call.invoke_async(wrapped, args, kwargs)
         return _on_result(call, result, kwargs)
 
     return wrapper
 
 
-def _tracker_opener(settings: CallSettings, resource: Any, kwargs: dict[str, Any]) -> Callable[[], Any]:
-    """The stream helper sends its request only when entered; the span opens then, not here."""
+def _tracker_opener(
+    settings: CallSettings, resource: Any, kwargs: dict[str, Any], rebuild: Callable[..., Any]
+) -> OpenTracker:
+    """The stream helper sends its request only when entered; the span opens then, not here. The
+    budget guard is asked then too; if it downgrades the model, `rebuild(**request)` makes the
+    helper's manager for the cheaper model."""
     request = {**kwargs, "stream": True}
 
     def open_tracker() -> StreamTracker | None:
         call = _open_call(settings, resource, request)
-        return None if call is None else StreamTracker(call, request)
+        if call is None:
+            return None
+        admitted = _admit(call, request) if settings.guard is not None else request
+        return _tracker(call, request, admitted, kwargs, rebuild)
 
     return open_tracker
+
+
+def _async_tracker_opener(
+    settings: CallSettings, resource: Any, kwargs: dict[str, Any], rebuild: Callable[..., Any]
+) -> AsyncOpenTracker:
+    """`_tracker_opener` for `AsyncMessages.stream()`: a deferred call waits without blocking."""
+    request = {**kwargs, "stream": True}
+
+    async def open_tracker() -> StreamTracker | None:
+        call = _open_call(settings, resource, request)
+        if call is None:
+            return None
+        admitted = await _admit_async(call, request) if settings.guard is not None else request
+        return _tracker(call, request, admitted, kwargs, rebuild)
+
+    return open_tracker
+
+
+def _tracker(
+    call: LLMCall,
+    request: dict[str, Any],
+    admitted: dict[str, Any],
+    kwargs: dict[str, Any],
+    rebuild: Callable[..., Any],
+) -> StreamTracker:
+    tracker = StreamTracker(call, admitted)
+    if admitted is not request:  # downgraded: the helper must send the cheaper model
+        tracker.replacement_manager = rebuild(**{**kwargs, "model": admitted["model"]})
+    return tracker
 
 
 def _sync_stream(settings: CallSettings) -> Wrapper:
@@ -227,7 +285,8 @@ def _sync_stream(settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         manager = wrapped(*args, **kwargs)
-        return SyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
+        rebuild = functools.partial(wrapped, *args)
+        return SyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs, rebuild))
 
     return wrapper
 
@@ -237,6 +296,7 @@ def _async_stream(settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         manager = wrapped(*args, **kwargs)
-        return AsyncStreamManagerProxy(manager, _tracker_opener(settings, instance, kwargs))
+        rebuild = functools.partial(wrapped, *args)
+        return AsyncStreamManagerProxy(manager, _async_tracker_opener(settings, instance, kwargs, rebuild))
 
     return wrapper

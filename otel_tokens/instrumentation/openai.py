@@ -137,6 +137,8 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        if settings.guard is not None:
+            kwargs = call.admit(kwargs, *_guard_inputs(endpoint, kwargs))
         result = call.invoke(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 
@@ -153,6 +155,8 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        if settings.guard is not None:
+            kwargs = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs))
         result = await call.invoke_async(wrapped, args, kwargs)
         return _on_result(endpoint, call, kwargs, result)
 
@@ -243,6 +247,11 @@ def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def _guard_inputs(endpoint: _Endpoint, kwargs: dict[str, Any]) -> tuple[Any, Any, int | None]:
+    """What the budget guard estimates a request from: prompt, instructions, output ceiling."""
+    return kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"), _max_tokens(endpoint, kwargs)
 
 
 def _is_stream_request(kwargs: dict[str, Any]) -> bool:

@@ -1,0 +1,55 @@
+"""The in-process budget guard: `budgets.yaml` enforced in the agent before a request leaves it.
+
+Turned on by `otel_tokens.instrument(budgets="budgets.yaml")` or `OTEL_TOKENS_BUDGETS_FILE`. The
+instrumentation asks the guard before each call (`Guard.admit`) and settles the reservation with
+the call's usage record when it ends. Modules, one concern each:
+
+- `estimate` — the pre-flight estimate of a request (tokenizer + output ceiling);
+- `state` — budget standings and in-flight reservations behind the `BudgetState` protocol
+  (in-process now; a collector-synced implementation plugs in behind it);
+- `policy` — the actions (downgrade, block, defer, warn) as a pure decision;
+- `guard` — one call's admission: estimate, match, decide and reserve atomically, settle;
+- `errors` — `BudgetExceeded` and `BudgetDeferred`, re-exported by `otel_tokens`.
+
+It imports the core (budgets, record, pricing, token counting), never the collector service.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# The errors are light and re-exported by `otel_tokens`; the rest (pydantic models, tokenizer) loads
+# only when a budget file turns the guard on, so `import otel_tokens` stays fast.
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+
+if TYPE_CHECKING:
+    from otel_tokens.guard.estimate import GuardRequest
+    from otel_tokens.guard.guard import Admission, Guard
+    from otel_tokens.guard.state import BudgetState, LocalBudgetState
+
+__all__ = [
+    "Admission",
+    "BudgetDeferred",
+    "BudgetExceeded",
+    "BudgetState",
+    "Guard",
+    "GuardRequest",
+    "LocalBudgetState",
+]
+
+_LAZY = {
+    "GuardRequest": "otel_tokens.guard.estimate",
+    "Admission": "otel_tokens.guard.guard",
+    "Guard": "otel_tokens.guard.guard",
+    "BudgetState": "otel_tokens.guard.state",
+    "LocalBudgetState": "otel_tokens.guard.state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otel_tokens.guard' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

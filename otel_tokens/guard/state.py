@@ -1,0 +1,238 @@
+"""Where the guard reads how much of each budget is used and holds what calls in flight reserve.
+
+`BudgetState` is the seam: the guard's decisions (`policy.py`) read standings and reserve through
+it, never through a concrete store. `LocalBudgetState` is the in-process implementation: this
+process's own calls, counted exactly as the collector's ledger counts them (same scope matching,
+same amounts, same windows — `otel_tokens.budgets.ledger`). A collector-backed state plugs in
+behind the same protocol later: standings from the collector's `/api/v1/budgets` plus this
+process's use since the last sync.
+
+Atomicity: a decision and its reservation happen inside one `transaction()`, under one lock, so
+concurrent calls in one process cannot each see the same room and all slip past a cap. Nothing
+slow runs under the lock (no tokenizer, no I/O): a few additions per matching budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from otel_tokens.budgets.ledger import budget_window, instance_amount, record_amount, token_type_positions
+from otel_tokens.budgets.spec import Budget, BudgetFile
+from otel_tokens.budgets.windows import Window
+from otel_tokens.metric_names import UNKNOWN
+from otel_tokens.record import UsageRecord
+from otel_tokens.task_instances import TaskInstanceTable
+
+__all__ = ["BudgetState", "BudgetView", "Claim", "LocalBudgetState", "Reservation", "Standing"]
+
+
+@dataclass(slots=True)
+class Claim:
+    """What one call would add to one budget: `amount` in the budget's unit and, when the budget
+    has a per-task-instance limit and the call runs in a task instance, `instance_tokens` to it."""
+
+    budget: Budget
+    amount: float
+    task_id: str | None = None
+    instance_tokens: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One budget now: counted use in its window and what calls in flight hold."""
+
+    used: float
+    reserved: float
+    instance_used: float = 0.0
+    instance_reserved: float = 0.0
+
+
+@dataclass(slots=True)
+class Reservation:
+    """The claims one admitted call holds until it is settled (exactly once)."""
+
+    claims: tuple[Claim, ...]
+    agent: str = UNKNOWN
+    task: str = UNKNOWN
+    settled: bool = field(default=False)
+
+
+class BudgetView(Protocol):
+    """The state as seen inside one transaction (the lock is held), at one instant `now`."""
+
+    @property
+    def now(self) -> float: ...
+
+    def standing(self, claim: Claim) -> Standing: ...
+
+    def seconds_until_used_at_most(self, budget: Budget, target: float) -> float | None: ...
+
+    def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation: ...
+
+    def try_reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation | None:
+        """Reserve when every claim fits its budget (and task instance), else None: the common
+        case in one step; the guard then looks at `standing` only for a call that does not fit."""
+        ...
+
+
+class BudgetState(Protocol):
+    """The guard's source of budget standings (in-process now; collector-synced later)."""
+
+    def transaction(self) -> AbstractContextManager[BudgetView]: ...
+
+    def settle(self, reservation: Reservation, record: UsageRecord | None) -> None:
+        """Replace the reservation by what the call really used (`record`), or just release it
+        (`None`: the call failed before any usage was known, or our accounting failed)."""
+        ...
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block up to `timeout` seconds or until a reservation is settled (a deferred call's wait)."""
+        ...
+
+    def now(self) -> float: ...
+
+
+#: As in the collector's ledger: instances idle this long are over; at most this many are remembered.
+_INSTANCE_IDLE_S = 3600.0
+_MAX_TRACKED_INSTANCES = 10_000
+
+
+class _Account:
+    """One budget's window, in-flight reservations and task instances. The state's lock guards it."""
+
+    def __init__(self, budget_file: BudgetFile, spec: Budget) -> None:
+        self.spec = spec
+        self.window: Window = budget_window(budget_file, spec)
+        self.type_positions = token_type_positions(spec)
+        self.reserved = 0.0
+        self.instances = (
+            TaskInstanceTable(max_tracked=_MAX_TRACKED_INSTANCES, idle_seconds=_INSTANCE_IDLE_S)
+            if spec.per_task_instance
+            else None
+        )
+        self.instance_reserved: dict[str, float] = {}  # only instances with calls in flight
+
+    def fits(self, claim: Claim, now: float) -> bool:
+        if self.window.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
+            return False
+        instance = self.spec.per_task_instance
+        if instance is None or claim.task_id is None or self.instances is None:
+            return True
+        held = self._instance_used(claim.task_id, now) + self.instance_reserved.get(claim.task_id, 0.0)
+        return held + claim.instance_tokens <= instance.tokens
+
+    def _instance_used(self, task_id: str, now: float) -> float:
+        totals = self.instances.get(task_id, now) if self.instances is not None else None
+        return totals.tokens if totals is not None else 0.0
+
+    def standing(self, task_id: str | None, now: float) -> Standing:
+        used, reserved = self.window.used(now), max(self.reserved, 0.0)
+        if self.instances is None or task_id is None:
+            return Standing(used, reserved)
+        return Standing(
+            used, reserved, self._instance_used(task_id, now), self.instance_reserved.get(task_id, 0.0)
+        )
+
+    def hold(self, claim: Claim, sign: float) -> None:
+        self.reserved += sign * claim.amount
+        if claim.task_id is not None and self.instances is not None:
+            held = self.instance_reserved.get(claim.task_id, 0.0) + sign * claim.instance_tokens
+            if held > 1e-9:
+                self.instance_reserved[claim.task_id] = held
+            else:
+                self.instance_reserved.pop(claim.task_id, None)
+
+    def count(self, claim: Claim, record: UsageRecord, agent: str, task: str, now: float) -> None:
+        amount = record_amount(self.spec, record, self.type_positions)
+        self.window.add(amount, now)
+        if claim.task_id is not None and self.instances is not None:
+            tokens = instance_amount(self.spec, amount, record)
+            self.instances.add(claim.task_id, agent, task, tokens, 0.0, now)
+
+
+class LocalBudgetState:
+    """This process's use of every budget in a budget file. Thread-safe; clock injected."""
+
+    def __init__(self, budget_file: BudgetFile, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiting = 0  # deferred calls in `wait_for_change`: only they need a notify
+        self._accounts = {spec.name: _Account(budget_file, spec) for spec in budget_file.budgets}
+
+    def now(self) -> float:
+        return self._clock()
+
+    def transaction(self) -> AbstractContextManager[BudgetView]:
+        return _LocalView(self)  # takes the lock on entry (a class: no generator on the hot path)
+
+    def settle(self, reservation: Reservation, record: UsageRecord | None) -> None:
+        with self._lock:
+            if reservation.settled:
+                return
+            reservation.settled = True
+            now = self._clock()
+            for claim in reservation.claims:
+                account = self._accounts[claim.budget.name]
+                account.hold(claim, -1.0)
+                if record is not None:
+                    account.count(claim, record, reservation.agent, reservation.task, now)
+            if self._waiting:
+                self._changed.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self._lock:
+            self._waiting += 1
+            try:
+                self._changed.wait(timeout)
+            finally:
+                self._waiting -= 1
+
+    def standing(self, budget: str, task_id: str | None = None) -> Standing:
+        """One budget's standing now (for tests and status displays)."""
+        with self._lock:
+            return self._accounts[budget].standing(task_id, self._clock())
+
+
+class _LocalView:
+    """`BudgetView` over a `LocalBudgetState`, holding its lock from `__enter__` to `__exit__`."""
+
+    __slots__ = ("_now", "_state")
+
+    def __init__(self, state: LocalBudgetState) -> None:
+        self._state = state
+        self._now = 0.0
+
+    def __enter__(self) -> _LocalView:
+        self._state._lock.acquire()
+        self._now = self._state._clock()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._state._lock.release()
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def standing(self, claim: Claim) -> Standing:
+        return self._state._accounts[claim.budget.name].standing(claim.task_id, self._now)
+
+    def seconds_until_used_at_most(self, budget: Budget, target: float) -> float | None:
+        return self._state._accounts[budget.name].window.seconds_until_at_most(target, self._now)
+
+    def reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation:
+        for claim in claims:
+            self._state._accounts[claim.budget.name].hold(claim, 1.0)
+        return Reservation(tuple(claims), agent, task)
+
+    def try_reserve(self, claims: Sequence[Claim], agent: str, task: str) -> Reservation | None:
+        accounts, now = self._state._accounts, self._now
+        if all(accounts[claim.budget.name].fits(claim, now) for claim in claims):
+            return self.reserve(claims, agent, task)
+        return None

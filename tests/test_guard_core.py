@@ -1,0 +1,163 @@
+"""The guard's core without a network: estimates, reservations, windows and decisions on an injected
+clock, so `retry_after` and window edges are exact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import otel_tokens
+from otel_tokens.budgets.spec import BudgetFile
+from otel_tokens.budgets.windows import RollingWindow
+from otel_tokens.guard import Guard, GuardRequest, LocalBudgetState
+from otel_tokens.pricing import default_price_book
+from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.tokencount import count_message_tokens
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Summarise the incident report in two lines."}]
+PROMPT_TOKENS = count_message_tokens(MESSAGES, "gpt-4o")
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard_for(*budgets: dict[str, Any], clock: Clock, **top: Any) -> Guard:
+    budget_file = BudgetFile.model_validate({"budgets": list(budgets), **top})
+    return Guard(budget_file, LocalBudgetState(budget_file, clock))
+
+
+def request(model: str = "gpt-4o", max_output: int | None = 100, **attribution: str) -> GuardRequest:
+    return GuardRequest("openai", "chat", model, Attribution(**attribution), MESSAGES, None, max_output)
+
+
+def used(tokens: int, model: str = "gpt-4o") -> UsageRecord:
+    return UsageRecord(provider="openai", request_model=model, tokens=TokenCounts(input=tokens))
+
+
+def test_rolling_window_retry_after_is_when_enough_use_ages_out():
+    clock = Clock(1000.5)  # inside the 1-minute bucket [960, 1020)
+    guard = guard_for(
+        {"name": "hourly", "limit": {"tokens": 1000}, "window": "1h", "action": "defer"}, clock=clock
+    )
+    first = guard.admit(request())
+    first.settle(used(900))
+    clock.now = 1010.0
+    second = guard.admit(request())
+    deferred = second.refusal
+    assert isinstance(deferred, otel_tokens.BudgetDeferred)
+    # the 900 leave the window when their bucket's end (1020) is an hour old
+    assert deferred.retry_after == 1020 + 3600 - 1010
+    assert (deferred.used, deferred.reserved, deferred.estimate) == (900, 0, PROMPT_TOKENS + 100)
+    clock.now = 1020 + 3600
+    assert guard.admit(request()).refusal is None
+
+
+def test_in_flight_reservations_count_and_release():
+    clock = Clock(0.0)
+    guard = guard_for(
+        {"name": "b", "limit": {"tokens": 2 * (PROMPT_TOKENS + 100)}, "window": "1d"}, clock=clock
+    )
+    state: Any = guard.state
+    a, b = guard.admit(request()), guard.admit(request())
+    assert state.standing("b").reserved == 2 * (PROMPT_TOKENS + 100)
+    a.settle(None)  # failed without usage: released, nothing counted
+    b.settle(used(10))
+    b.settle(used(10))  # settling twice counts once
+    assert (state.standing("b").used, state.standing("b").reserved) == (10, 0)
+
+
+def test_usd_budget_reserves_the_estimated_cost():
+    clock = Clock(0.0)
+    guard = guard_for({"name": "usd", "limit": {"usd": 1.0}, "window": "month"}, clock=clock)
+    guard.admit(request(max_output=1000))
+    expected = default_price_book().cost_usd(
+        "openai", "gpt-4o", TokenCounts(input=PROMPT_TOKENS, output=1000)
+    )
+    assert expected is not None and expected > 0
+    assert guard.state.standing("usd").reserved == pytest.approx(expected)  # type: ignore[attr-defined]
+
+
+def test_output_ceiling_defaults_from_the_budget_file():
+    clock = Clock(0.0)
+    guard = guard_for(
+        {"name": "b", "limit": {"tokens": 10**6}, "window": "1d"},
+        clock=clock,
+        guard={"default_output_tokens": 321},
+    )
+    guard.admit(request(max_output=None))
+    assert guard.state.standing("b").reserved == PROMPT_TOKENS + 321  # type: ignore[attr-defined]
+
+
+def test_token_type_limits_charge_the_estimate_conservatively():
+    clock = Clock(0.0)
+    guard = guard_for(
+        {"name": "in", "limit": {"tokens": 10**6, "token_types": ["cache_read"]}, "window": "1d"},
+        {"name": "out", "limit": {"tokens": 10**6, "token_types": ["reasoning"]}, "window": "1d"},
+        clock=clock,
+    )
+    guard.admit(request(max_output=50))
+    state: Any = guard.state
+    # an estimate cannot tell cache reads from fresh input, nor reasoning from visible output
+    assert (state.standing("in").reserved, state.standing("out").reserved) == (PROMPT_TOKENS, 50)
+
+
+def test_a_call_larger_than_the_whole_budget_is_not_deferred_but_refused():
+    guard = guard_for(
+        {"name": "tiny", "limit": {"tokens": 10}, "window": "1h", "action": "defer"}, clock=Clock(0.0)
+    )
+    refusal = guard.admit(request()).refusal
+    assert type(refusal) is otel_tokens.BudgetExceeded and refusal.resets_at is None
+
+
+def test_block_wins_over_defer_and_downgrade_is_tried_first():
+    clock = Clock(0.0)
+    one_call = PROMPT_TOKENS + 100
+    guard = guard_for(
+        {"name": "d", "limit": {"tokens": 2 * one_call - 1}, "window": "1d", "action": "defer"},
+        {
+            "name": "b",
+            "limit": {"usd": 0.0000001},
+            "window": "1d",
+            "action": "block",
+            "scope": {"model": "gpt-4o"},
+        },
+        {
+            "name": "g",
+            "limit": {"tokens": 1},
+            "window": "1d",
+            "action": "downgrade",
+            "downgrade_to": "gpt-4o-mini",
+        },
+        clock=clock,
+    )
+    first = guard.admit(request())
+    assert first.refusal is None and first.model == "gpt-4o-mini"
+    admission = guard.admit(request())  # the first one's reservation leaves no room in "d"
+    # downgraded first, the gpt-4o-only block budget no longer applies; the defer budget still does
+    assert admission.model == "gpt-4o-mini" and admission.downgraded_from == "gpt-4o"
+    assert isinstance(admission.refusal, otel_tokens.BudgetDeferred)
+    assert [d.outcome for d in admission.decisions] == ["downgraded", "deferred"]
+
+
+def test_unmatched_calls_reserve_nothing():
+    guard = guard_for(
+        {"name": "b", "limit": {"tokens": 1}, "window": "1d", "scope": {"agent": "x"}}, clock=Clock(0)
+    )
+    admission = guard.admit(request(agent="y"))
+    assert admission.refusal is None and admission.reservation is None
+
+
+def test_rolling_window_seconds_until_at_most():
+    window = RollingWindow(3600)
+    window.add(100, 0.0)  # bucket [0, 60)
+    window.add(50, 120.0)  # bucket [120, 180)
+    assert window.seconds_until_at_most(150, 130.0) == 0.0
+    assert window.seconds_until_at_most(50, 130.0) == 60 + 3600 - 130
+    assert window.seconds_until_at_most(0, 130.0) == 180 + 3600 - 130
+    assert window.seconds_until_at_most(-1, 130.0) is None

@@ -129,6 +129,12 @@ static int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
 
 static int utf8_ok(const uint8_t *s, Py_ssize_t n) {
     Py_ssize_t i = 0;
+    while (i + 8 <= n) { /* the common case: ASCII, eight bytes at a time */
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ull) break;
+        i += 8;
+    }
     while (i < n) {
         uint8_t c = s[i];
         if (c < 0x80) {
@@ -202,10 +208,14 @@ static int once(uint64_t *seen, const Field *f, int type) {
 
 /* --- the key table ------------------------------------------------------ */
 
+/* Keys are compared in full by lookup(); the hash only spreads them: length, and the first and
+   last eight bytes, so a long key costs no more than a short one. */
 static uint32_t hash_key(const uint8_t *s, Py_ssize_t n) {
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
-    return h;
+    uint64_t head = 0, tail = 0;
+    memcpy(&head, s, n < 8 ? (size_t)n : 8);
+    if (n > 8) memcpy(&tail, s + n - 8, 8);
+    uint64_t h = (head * 0x9E3779B97F4A7C15ull) ^ (tail * 0xC2B2AE3D27D4EB4Full) ^ (uint64_t)n;
+    return (uint32_t)(h ^ (h >> 29) ^ (h >> 43));
 }
 
 static const Entry *lookup(const uint8_t *s, Py_ssize_t n) {
@@ -215,6 +225,33 @@ static const Entry *lookup(const uint8_t *s, Py_ssize_t n) {
         i = (i + 1) & (TABLE_SIZE - 1);
     }
     return NULL;
+}
+
+/* --- short ASCII strings, shared ----------------------------------------- */
+
+/* Label values repeat from span to span (operation, provider, model, agent, task names): one str
+   object per distinct short ASCII value, kept in a small direct-mapped table, saves decoding and
+   allocating it again, and its hash, computed once, is reused by every dict it is looked up in.
+   str is immutable, so sharing it changes nothing a reader can see. */
+#define INTERN_SIZE 1024
+#define INTERN_MAX_LEN 64
+static PyObject *interned[INTERN_SIZE];
+
+static PyObject *short_str(const uint8_t *s, Py_ssize_t n) {
+    if (n > INTERN_MAX_LEN) return PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] >= 0x80) return PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    uint32_t h = hash_key(s, n) & (INTERN_SIZE - 1);
+    PyObject *cached = interned[h];
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n && memcmp(PyUnicode_DATA(cached), s, n) == 0) {
+        Py_INCREF(cached);
+        return cached;
+    }
+    PyObject *fresh = PyUnicode_DecodeASCII((const char *)s, n, "strict");
+    if (fresh == NULL) return NULL;
+    Py_INCREF(fresh);
+    Py_XSETREF(interned[h], fresh);
+    return fresh;
 }
 
 /* --- the messages we read ----------------------------------------------- */
@@ -269,7 +306,7 @@ static int read_any(const uint8_t *p, const uint8_t *end, int depth, PyObject *u
         switch (f.fieldno) {
         case 1:
             if (!utf8_ok(f.val, f.len)) goto decline;
-            value = PyUnicode_DecodeUTF8((const char *)f.val, f.len, "strict");
+            value = short_str(f.val, f.len);
             break;
         case 2:
             value = PyBool_FromLong(f.num != 0);
@@ -347,6 +384,20 @@ static int read_resource(const uint8_t *p, const uint8_t *end, int depth, PyObje
     }
     *out = found; /* NULL: no attribution key */
     return 0;
+}
+
+/* int.from_bytes(b, "big"), any length */
+static PyObject *big_endian_int(const uint8_t *b, Py_ssize_t n) {
+    if (n <= 8) {
+        uint64_t v = 0;
+        for (Py_ssize_t i = 0; i < n; i++) v = (v << 8) | b[i];
+        return PyLong_FromUnsignedLongLong(v);
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(b, (size_t)n, Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
+#else
+    return _PyLong_FromByteArray(b, (size_t)n, 0, 0);
+#endif
 }
 
 typedef struct {
@@ -447,10 +498,15 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
                 PyList_SET_ITEM(vlist, i, v);
                 PyList_SET_ITEM(rlist, i, PyLong_FromLong(ranks[i]));
             }
-            hit = Py_BuildValue(
-                "(nOOy#y#y#KKi)", scope, vlist, rlist, (const char *)ids[0], id_len[0], (const char *)ids[1],
-                id_len[1], (const char *)ids[2], id_len[2], (unsigned long long)start,
-                (unsigned long long)stop, (int)(int32_t)(uint32_t)code);
+            PyObject *trace = big_endian_int(ids[0], id_len[0]), *span = big_endian_int(ids[1], id_len[1]),
+                     *parent = big_endian_int(ids[2], id_len[2]);
+            if (trace != NULL && span != NULL && parent != NULL)
+                hit = Py_BuildValue("(nOOOOOKKi)", scope, vlist, rlist, trace, span, parent,
+                                    (unsigned long long)start, (unsigned long long)stop,
+                                    (int)(int32_t)(uint32_t)code);
+            Py_XDECREF(trace);
+            Py_XDECREF(span);
+            Py_XDECREF(parent);
         }
         if (hit == NULL || PyList_Append(out->hits, hit) < 0) rc = PYERR;
         Py_XDECREF(vlist);

@@ -40,7 +40,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import StatusCode
 
@@ -250,7 +250,7 @@ def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = Non
             if type(count) is Rejection:
                 return count
             counts[slot] = count
-    inp, out, cache_read, cache_write, reasoning, total = cast("list[int]", counts)
+    inp, out, cache_read, cache_write, reasoning, total = counts  # ints now (vals holds Any)
     if vals[IN] is None and vals[OUT] is None:
         inp = total  # only a total: the best split we have puts it all on input
     cached = cache_read + cache_write
@@ -388,10 +388,24 @@ def record_from_slots(
     stats: ExtractStats | None = None,
     ids: SpanIds = _NO_IDS,
 ) -> UsageRecord | Rejection:
-    """A UsageRecord (with the adapter's span `ids`) or a Rejection; never raises on bad input.
+    """A UsageRecord (with the adapter's span `ids`) or a Rejection; never raises on bad input."""
+    return _record(vals, ranks, price, resource, scope_ours, error, max_tokens_per_call, stats, ids)
 
-    This runs once per usage span, so the record is built in one constructor call and each check
-    has its common case first (a plain value), leaving the rare ones to the helpers."""
+
+def _record(
+    vals: _Slots,
+    ranks: list[int],
+    price: PriceFn,
+    resource: Attribution | None,
+    scope_ours: bool,
+    error: bool,
+    max_tokens_per_call: int,
+    stats: ExtractStats | None,
+    ids: SpanIds,
+) -> UsageRecord | Rejection:
+    """`record_from_slots` with positional arguments (this runs once per usage span): the record
+    is built in one constructor call and each check has its common case first (a plain value),
+    leaving the rare ones to the helpers."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -626,9 +640,9 @@ class Extractor:
             if found is None:
                 return None
         ids = (
-            span.trace_id,
-            span.span_id,
-            span.parent_span_id,
+            int.from_bytes(span.trace_id, "big"),
+            int.from_bytes(span.span_id, "big"),
+            int.from_bytes(span.parent_span_id, "big"),
             span.start_time_unix_nano,
             span.end_time_unix_nano,
         )
@@ -641,30 +655,17 @@ class Extractor:
         resource: Attribution | None,
         scope_ours: bool,
         error: bool,
-        wire_ids: tuple[bytes, bytes, bytes, int, int],
+        ids: tuple[int, int, int, int, int],
     ) -> Outcome:
-        """One usage or task span's outcome from its slots: both OTLP walks end here."""
-        trace_id, span_id, parent, start, end = wire_ids
+        """One usage or task span's outcome from its slots and ids (trace, span, parent or 0, start,
+        end): both OTLP walks end here."""
         if vals[TASK_SCOPE] is True:
-            return _completion(vals, resource, error, int.from_bytes(trace_id, "big"),
-                               int.from_bytes(span_id, "big"), end)  # fmt: skip
-        return record_from_slots(
-            vals,
-            ranks,
-            price=self._price,
-            resource=resource,
-            scope_ours=scope_ours,
-            error=error,
-            max_tokens_per_call=self.max_tokens_per_call,
-            stats=self.stats,
-            ids=(
-                int.from_bytes(trace_id, "big"),
-                int.from_bytes(span_id, "big"),
-                int.from_bytes(parent, "big") or None,
-                start,
-                end,
-            ),
-        )
+            return _completion(vals, resource, error, ids[0], ids[1], ids[4])
+        trace_id, span_id, parent, start, end = ids
+        return _record(
+            vals, ranks, self._price, resource, scope_ours, error, self.max_tokens_per_call, self.stats,
+            (trace_id, span_id, parent or None, start, end),
+        )  # fmt: skip
 
     def from_readable_span(self, span: ReadableSpan) -> Outcome:
         """The in-process adapter: same logic over an SDK span's attributes."""

@@ -26,13 +26,13 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from itertools import pairwise
 from operator import attrgetter
 from typing import Any
 
 from otel_tokens import metric_names as names
-from otel_tokens.ingest_stats import IngestStats
+from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
 from otel_tokens.record import TaskCompletion, UsageRecord
@@ -80,6 +80,11 @@ def _values_getter(paths: Sequence[str]) -> Callable[[UsageRecord], tuple[str | 
     if len(paths) == 1:
         return lambda record: (getter(record),)
     return getter
+
+
+def _plain(value: Any) -> list[Any]:
+    """A family value's fields, in order (what its constructor takes back)."""
+    return list(astuple(value))
 
 
 def _label(value: str | None) -> str:
@@ -230,6 +235,9 @@ class Aggregator:
         self._tasks = TaskInstanceTable(max_tracked=cfg.max_task_instances)
         #: completions already observed (by task span, else task id): a re-sent span is not re-observed
         self._completed: OrderedDict[object, None] = OrderedDict()
+        #: Expire idle series when a scrape reads them. A durable owner turns this off and applies
+        #: `expire()` as a journaled change instead, so a replay expires the same series.
+        self.expire_on_snapshot = True
 
     def _family(self, new: Callable[[], Any], width: int) -> KeyedFamily[Any]:
         cfg = self.config
@@ -341,7 +349,8 @@ class Aggregator:
                 (self._unpriced, _UNPRICED_METRICS),
                 (self._task_series, _TASK_METRICS),
             ):
-                family.expire(now)
+                if self.expire_on_snapshot:
+                    family.expire(now)
                 if family.overflowed:
                     overflow.update(dict.fromkeys(metrics, family.overflowed))
             return Snapshot(
@@ -357,3 +366,52 @@ class Aggregator:
                 task_token_buckets=self.config.task_token_buckets,
                 task_cost_buckets=self.config.task_cost_buckets,
             )
+
+    # --- durable state (the collector's store snapshots and restores it) ---------------------------
+    def _families(self) -> dict[str, KeyedFamily[Any]]:
+        return {"series": self._series, "unpriced": self._unpriced, "task_series": self._task_series}
+
+    def sweep_due(self, now: float) -> bool:
+        """Some family's periodic idle-series sweep is due (see `expire`)."""
+        with self._lock:
+            return any(f.sweep_due(now) for f in self._families().values())
+
+    def expire(self, now: float) -> int:
+        """Drop idle series in every family now; returns how many (0 when expiry is off)."""
+        with self._lock:
+            return sum(f.expire(now) for f in self._families().values())
+
+    def state(self) -> dict[str, Any]:
+        """Every counter as plain JSON-able values (fresh copies), with the shape they depend on."""
+        ingest = self.ingest_stats.snapshot()
+        with self._lock:
+            return {
+                "shape": self._shape(),
+                "families": {name: f.state(_plain) for name, f in self._families().items()},
+                "tasks": self._tasks.state(),
+                "completed": list(self._completed),
+                "ingest": [ingest.spans_received, ingest.spans_rejected, ingest.duplicates_dropped],
+            }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace every counter by `state()` of an aggregator of the same shape (dimensions and
+        bucket bounds); raises ValueError naming what differs, leaving the counters untouched."""
+        if state["shape"] != self._shape():
+            raise ValueError(f"counters were kept for {state['shape']}, this collector has {self._shape()}")
+        values = {"series": Series, "unpriced": Count, "task_series": TaskSeries}
+        with self._lock:
+            for name, family in self._families().items():
+                family.restore(state["families"][name], values[name])
+            self._tasks.restore(state["tasks"])
+            self._completed = OrderedDict.fromkeys(state["completed"])
+        received, rejected, duplicates = state["ingest"]
+        self.ingest_stats.restore(IngestCounts(received, dict(rejected), duplicates))
+
+    def _shape(self) -> dict[str, list[Any]]:
+        c = self.config
+        return {
+            "dimensions": list(c.dimensions),
+            "input_token_buckets": list(c.input_token_buckets),
+            "task_token_buckets": list(c.task_token_buckets),
+            "task_cost_buckets": list(c.task_cost_buckets),
+        }

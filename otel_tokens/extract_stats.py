@@ -59,6 +59,12 @@ class ExtractStats:
         with self._lock:
             return dict(self._clamped), dict(self._failed)
 
+    def restore(self, clamped: dict[str, int], failed: dict[str, int]) -> None:
+        """Take back a `snapshot()` (the collector's durable store keeps it); unknown keys are dropped."""
+        with self._lock:
+            self._clamped.update((k, int(n)) for k, n in clamped.items() if k in self._clamped)
+            self._failed.update((k, int(n)) for k, n in failed.items() if k in self._failed)
+
 
 class ExtractStatsCollector(Collector):
     """Exposes an `ExtractStats`; every reason and step is always present (0 until it happens), so

@@ -70,3 +70,8 @@ class IngestStats:
     def snapshot(self) -> IngestCounts:
         with self._lock:
             return self._counts.copy()
+
+    def restore(self, counts: IngestCounts) -> None:
+        """Take back a `snapshot()` (the collector's durable store keeps it)."""
+        with self._lock:
+            self._counts = counts.copy()

@@ -21,7 +21,7 @@ exposition: the owner locks, the exposition reads copies.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from otel_tokens.metric_names import OVERFLOW
 
@@ -98,6 +98,26 @@ class KeyedFamily(Generic[V]):
         self._reserved = tuple(
             old | frozenset(new) for old, new in zip(self._reserved, values_by_position, strict=True)
         )
+
+    def sweep_due(self, now: float) -> bool:
+        """An `expire(now)` would be the periodic sweep (a durable owner applies it as a change)."""
+        return self._idle_seconds > 0 and now >= self._next_sweep
+
+    def state(self, values: Callable[[V], list[Any]]) -> dict[str, Any]:
+        """Entries (key + `values(entry)`), admitted keys, overflow count and sweep time as plain data."""
+        return {
+            "entries": [[list(k), *values(v)] for k, v in self.entries.items()],
+            "admitted": [list(k) for k in self.admitted],
+            "overflowed": self.overflowed,
+            "next_sweep": self._next_sweep,
+        }
+
+    def restore(self, state: dict[str, Any], value: Callable[..., V]) -> None:
+        """Take back `state()`, building each entry with `value(*values)`."""
+        self.entries = {tuple(k): value(*v) for k, *v in state["entries"]}
+        self.admitted = {tuple(k) for k in state["admitted"]}
+        self.overflowed = int(state["overflowed"])
+        self._next_sweep = float(state["next_sweep"])
 
     def expire(self, now: float) -> int:
         """Drop keys idle for `idle_seconds` or longer; returns how many."""

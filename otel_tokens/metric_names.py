@@ -54,6 +54,9 @@ TASK_COST: Final = "llm_task_cost_usd"
 SPANS_RECEIVED: Final = "otel_tokens_spans_received_total"
 SPANS_REJECTED: Final = "otel_tokens_spans_rejected_total"
 DUPLICATES_DROPPED: Final = "otel_tokens_duplicates_dropped_total"
+#: A counter family (exposed with `_total`): spans the dedupe memory's size cap forgot inside their window.
+DEDUPE_FORGOTTEN_EARLY: Final = "otel_tokens_dedupe_forgotten_early"
+DEDUPE_REMEMBERED: Final = "otel_tokens_dedupe_remembered_spans"
 SERIES_OVERFLOW: Final = "otel_tokens_series_overflow_total"
 UNPRICED: Final = "otel_tokens_unpriced_records_total"
 #: Records whose token counts contradicted themselves and were made consistent, by `reason`.

@@ -10,6 +10,12 @@ enter through `ingest_records` and skip extraction; spans of other instrumentati
 compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
 in the deduper, so one call is counted once either way.
 
+Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
+`gate`: by default applied at once; the collector's durable store (otel_tokens.collector.durable)
+installs one that journals each change before the receiver answers, and replays the journal at
+start-up through the same `apply_*` methods. Those are deterministic given the clock, which is why
+each reads it once (the aggregator and the budget ledger share that clock).
+
 Task completions (a task span arrived) go to the aggregator after the batch's records, so a task's
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
 hold window), a completion waits as long as they do and is observed by `flush()` after them: a
@@ -22,15 +28,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
-from otel_tokens.dedupe import DedupeConfig, Deduper
+from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
 from otel_tokens.extract_stats import ExtractStatsCollector
@@ -41,7 +50,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["DedupeConfig", "IngestResult", "MetricsConfig", "Pipeline"]
+__all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -58,16 +67,19 @@ class IngestResult:
     tasks_completed: int = 0  # task spans received (observed now or after the dedupe window)
 
 
-class _Batch:
-    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once."""
+class Batch:
+    """One ingest call's outcomes, gathered before dedupe and aggregation take their locks once.
+    `by_content`: the records came from spans, so one without a span id is deduplicated by its
+    content (a resend of it is not counted twice)."""
 
-    __slots__ = ("completions", "records", "rejected", "result")
+    __slots__ = ("by_content", "completions", "records", "rejected", "result")
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_content: bool = False) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
+        self.by_content = by_content
 
     @property
     def spans_received(self) -> int:
@@ -89,6 +101,68 @@ class _Batch:
                 self.result.reasons.append(outcome.message())
         elif isinstance(outcome, UsageRecord):
             self.records.append(outcome)  # a UsageRecord subclass
+
+
+_Batch = Batch  # the name tests and older callers import
+
+
+class Gate(Protocol):
+    """Where every change to a pipeline's state passes; it calls the pipeline's `apply_*` method
+    (the collector's durable store journals the change around that call)."""
+
+    def batch(self, batch: Batch) -> IngestResult: ...
+
+    def flush(self, until: float | None) -> None: ...
+
+    def rejection(self, reason: str, rejected: int, received: int) -> None: ...
+
+
+class _ApplyAtOnce:
+    """The default gate: no journal, state in memory only."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def batch(self, batch: Batch) -> IngestResult:
+        return self._pipeline.apply_batch(batch)
+
+    def flush(self, until: float | None) -> None:
+        self._pipeline.apply_flush(until)
+
+    def rejection(self, reason: str, rejected: int, received: int) -> None:
+        self._pipeline.apply_rejection(reason, rejected, received)
+
+
+@dataclass
+class PipelineState:
+    """What a pipeline remembers besides the aggregator's counters: the dedupe memory and the task
+    completions waiting for held spans, as (deadline, completion)."""
+
+    deduper: DeduperState
+    pending: list[tuple[float, TaskCompletion]]
+    #: the extractor's self-metrics (clamped records, enrichment failures), as ExtractStats.snapshot()
+    extract_stats: tuple[dict[str, int], dict[str, int]] = ({}, {})
+
+
+class _DedupeMemoryCollector(Collector):
+    """How full the dedupe memory is, and whether its cap broke the exactly-once window."""
+
+    def __init__(self, deduper: Deduper) -> None:
+        self._deduper = deduper
+
+    def collect(self) -> Iterator[Metric]:
+        early = CounterMetricFamily(
+            mn.DEDUPE_FORGOTTEN_EARLY,
+            "Counted spans forgotten by the dedupe memory's size cap before their window passed "
+            "(a resend of one would be counted again): raise the cap or shorten the window.",
+        )
+        early.add_metric([], self._deduper.evicted_early)
+        remembered = GaugeMetricFamily(
+            mn.DEDUPE_REMEMBERED, "Counted spans the dedupe memory holds (each ~150 bytes)."
+        )
+        remembered.add_metric([], self._deduper.remembered)
+        yield early
+        yield remembered
 
 
 class Pipeline:
@@ -117,6 +191,7 @@ class Pipeline:
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
             max_remembered=self.dedupe.max_remembered_spans,
+            window_seconds=self.dedupe.window_seconds,
         )
         self._listeners: list[Callable[[UsageRecord], None]] = []
         # completions waiting for held spans: (deadline, completion), in arrival (= deadline) order
@@ -124,13 +199,16 @@ class Pipeline:
         self._pending_lock = threading.Lock()
         self.registry.register(TokenMetricsCollector(self.aggregator))
         self.registry.register(ExtractStatsCollector(self._extractor.stats))
+        self.registry.register(_DedupeMemoryCollector(self._deduper))
+        #: Every state change passes here (see the module docstring); replaced by a durable store.
+        self.gate: Gate = _ApplyAtOnce(self)
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
         """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
@@ -141,44 +219,103 @@ class Pipeline:
             from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
             return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
             self._extractor.count_scanned(found, batch)
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
-        batch = _Batch()
+        batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_spans"):
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
         """Count records built in this process (our instrumentation's, through `otel_tokens.sinks`):
         no extraction, but the extractor's rules for a record (consistency, ceiling, pricing when
         unpriced); deduplicated against spans like any span. Each record stands for the span it
         describes, so it counts as a span received."""
-        batch = _Batch()
+        batch = Batch()
         admit = self._extractor.admit_record
         with swallow_internal_errors("Pipeline.ingest_records"):
             for record in records:
                 batch.spans_received += 1
                 batch.add(admit(record) if isinstance(record, UsageRecord) else record)
-        return self._finish(batch)
+        return self.gate.batch(batch)
 
     def reject_payload(self, reason: str) -> None:
         """A receiver could not decode a body: count it as one rejection under a bounded reason."""
-        self.aggregator.ingest_stats.add(rejected={bounded_reason(reason): 1})
+        self.gate.rejection(reason, 1, 0)
+
+    def reject_spans(self, reason: str, count: int) -> None:
+        """A receiver decoded a request but not `count` of its spans: count them as received and
+        rejected (through the gate, so a durable collector keeps the figures too)."""
+        if count > 0:
+            self.gate.rejection(reason, count, count)
 
     def flush(self, now: float | None = None) -> None:
         """Count held foreign spans whose dedupe window has passed (all of them at shutdown:
         pass `now=float("inf")`)."""
-        now = self._clock() if now is None else now
-        self._emit(self._deduper.flush(now))
-        if self._pending:
-            self.aggregator.complete_tasks(self._due_completions(now))
+        self.gate.flush(now)
+
+    # --- the state transitions a gate applies (deterministic given the clock) ----------------------
+    def apply_batch(self, batch: Batch) -> IngestResult:
+        """Dedupe, count and observe one batch; the clock is read once."""
+        now = self._clock()
+        dropped = 0
+        if batch.records:
+            counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
+            batch.result.records_counted = self._emit(counted)
+        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
+        if batch.completions:
+            batch.result.tasks_completed = len(batch.completions)
+            self._complete(batch.completions, now)
+        return batch.result
+
+    def apply_flush(self, until: float | None = None) -> bool:
+        """Count held spans due by `until` (default: now); True when that changed anything. When
+        scrapes do not expire idle series (a durable owner), the periodic sweep happens here, as
+        part of this change."""
+        now = self._clock() if until is None else until
+        released = self._deduper.flush(now)
+        self._emit(released)
+        due = self._due_completions(now) if self._pending else []
+        if due:
+            self.aggregator.complete_tasks(due)
+        aggregator = self.aggregator
+        swept = until is None and not aggregator.expire_on_snapshot and aggregator.sweep_due(now)
+        if swept:
+            aggregator.expire(now)
+        return bool(released or due or swept)
+
+    def apply_rejection(self, reason: str, rejected: int = 1, received: int = 0) -> None:
+        self.aggregator.ingest_stats.add(received, {bounded_reason(reason): rejected})
+
+    def state(self) -> PipelineState:
+        """A copy of the dedupe memory and the waiting completions (the aggregator has its own)."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        return PipelineState(self._deduper.state(), pending, self._extractor.stats.snapshot())
+
+    def restore(self, state: PipelineState) -> None:
+        self._deduper.restore(state.deduper)
+        self._extractor.stats.restore(*state.extract_stats)
+        with self._pending_lock:
+            self._pending.clear()
+            self._pending.extend(state.pending)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The injected clock (share it with the budget ledger, so both count at one time)."""
+        return self._clock
+
+    @property
+    def held_spans(self) -> int:
+        """Foreign spans waiting for a twin (counted by `flush`)."""
+        return self._deduper.held
 
     def add_listener(self, fn: Callable[[UsageRecord], None]) -> None:
         """`fn` sees every counted record, after dedupe (the budget ledger subscribes here)."""
@@ -190,24 +327,13 @@ class Pipeline:
         self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
-    def _finish(self, batch: _Batch) -> IngestResult:
-        dropped = 0
-        if batch.records:
-            counted, dropped = self._deduper.offer_many(batch.records, self._clock())
-            batch.result.records_counted = self._emit(counted)
-        self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
-        if batch.completions:
-            batch.result.tasks_completed = len(batch.completions)
-            self._complete(batch.completions)
-        return batch.result
-
-    def _complete(self, completions: list[TaskCompletion]) -> None:
+    def _complete(self, completions: list[TaskCompletion], now: float) -> None:
         """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
         hold = self.dedupe.hold_seconds
         if not self._deduper.held or hold <= 0:
             self.aggregator.complete_tasks(completions)
             return
-        deadline = self._clock() + hold
+        deadline = now + hold
         with self._pending_lock:
             room = max(self.dedupe.max_held_spans - len(self._pending), 0)
             self._pending.extend((deadline, c) for c in completions[:room])

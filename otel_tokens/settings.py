@@ -58,6 +58,14 @@ ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SE
 ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_FLUSH_INTERVAL_SECONDS"
 #: budgets_file — path of budgets.yaml, tracked by the collector's budget ledger (default unset).
 ENV_COLLECTOR_BUDGETS_FILE: Final = "OTEL_TOKENS_COLLECTOR_BUDGETS_FILE"
+#: data_dir — directory of the collector's durable state (SQLite); unset keeps state in memory only.
+ENV_COLLECTOR_DATA_DIR: Final = "OTEL_TOKENS_COLLECTOR_DATA_DIR"
+#: metrics.dedupe_window_seconds — how long a counted span is remembered to drop resends (default 600).
+ENV_COLLECTOR_DEDUPE_WINDOW_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_WINDOW_SECONDS"
+#: metrics.dedupe_max_spans — memory cap of the dedupe window, in spans (default 1,000,000).
+ENV_COLLECTOR_DEDUPE_MAX_SPANS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_MAX_SPANS"
+#: metrics.shutdown_scrape_seconds — at shutdown, how long /metrics waits for one more scrape (default 5).
+ENV_COLLECTOR_SHUTDOWN_SCRAPE_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_SHUTDOWN_SCRAPE_SECONDS"
 #: server.idle_timeout_seconds — close connections that send no request for this long (default 30).
 ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_IDLE_TIMEOUT_SECONDS"
 #: server.read_timeout_seconds — time allowed to receive one HTTP request body (default 30).

@@ -42,7 +42,11 @@ class TaskInstanceTable:
     def add(
         self, task_id: str, agent: str | None, task: str | None, tokens: float, cost_usd: float, now: float
     ) -> None:
-        """Add one call's tokens and cost to its instance (created on its first call)."""
+        """Add one call's tokens and cost to its instance (created on its first call). An instance
+        idle for `idle_seconds` is over, whether or not a read forgot it yet: a call after that
+        starts a new one (so when reads happen never changes the totals)."""
+        if self.idle_seconds > 0:
+            self.expire(now)
         items = self._items
         totals = items.get(task_id)
         if totals is None:
@@ -82,6 +86,13 @@ class TaskInstanceTable:
             if now - oldest.last_seen < self.idle_seconds:
                 break
             items.popitem(last=False)
+
+    def state(self) -> list[list[object]]:
+        """(task_id, agent, task, tokens, cost_usd, last_seen), least recently active first."""
+        return [[t.task_id, t.agent, t.task, t.tokens, t.cost_usd, t.last_seen] for t in self._items.values()]
+
+    def restore(self, state: list[list[object]]) -> None:
+        self._items = OrderedDict((str(t[0]), TaskTotals(*t)) for t in state)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._items)

@@ -96,12 +96,17 @@ def run_prometheus(
     targets: list[str],
     rule_files: list[Path] = (),
     alertmanager: str | None = None,  # type: ignore[assignment]
+    job: dict[str, Any] | None = None,
 ) -> Iterator[Prometheus]:
+    """A real Prometheus scraping `targets` every 200 ms. `job`: a scrape job to use instead of the
+    plain one (e.g. the job `otel-tokens render` writes), its targets replaced by `targets`."""
     binary = require_tool("prometheus", install="Debian package 'prometheus' (make system-deps installs it)")
     port = free_port()
     config: dict[str, Any] = {
         "global": {"scrape_interval": "200ms", "evaluation_interval": "200ms"},
-        "scrape_configs": [{"job_name": "otel-tokens", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [
+            {**(job or {"job_name": "otel-tokens"}), "static_configs": [{"targets": targets}]}
+        ],
         "rule_files": [str(p) for p in rule_files],
     }
     if alertmanager:

@@ -140,3 +140,16 @@ def test_run_all_prints_a_summary_table_and_writes_the_results(tmp_path: Path):
         rf"\(rounds x{NUMBER}\.\.x{NUMBER}\) \|",
         text,
     ), text
+
+
+def test_durability_benchmark_compares_data_dir_with_in_memory():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_durability.py"))
+    for variant in (
+        "in memory, 1 client",
+        "data dir, 1 client",
+        "in memory, 8 clients",
+        "data dir, 8 clients",
+    ):
+        assert re.search(rf"{re.escape(variant)} +{NUMBER} spans/s", out), out
+    for clients in ("1 client", "8 clients"):
+        assert re.search(rf"durability cost \({clients}\): data dir x{NUMBER} of in memory", out), out

@@ -277,3 +277,36 @@ def test_help_shows_every_default():
                   "(default: 256;", "(default: [agent, task, model, provider];"):  # fmt: skip
         assert shown in text, shown
     assert text.count("(default:") == len(KEYS)
+
+
+# --- Prometheus with the rendered scrape job ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_a_token_guarded_collector_with_the_rendered_job(
+    guarded: CollectorService, token_files: tuple[Path, Path], tmp_path: Path
+):
+    import yaml
+
+    from otel_tokens.budgets.render_prometheus import render_prometheus_config
+    from tests.services import poll, run_prometheus
+
+    exporter = HttpExporter(endpoint=f"http://127.0.0.1:{guarded.http_port}/v1/traces",
+                            headers=bearer(TOKEN), timeout=5)  # fmt: skip
+    assert exporter.export(make_spans(3)) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    target = [f"127.0.0.1:{guarded.metrics_port}"]
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+
+    def rendered_job(token_file: str | None) -> dict[str, object]:
+        config = yaml.safe_load(render_prometheus_config(scrape_token_file=token_file))
+        return config["scrape_configs"][0]  # type: ignore[no-any-return]
+
+    with run_prometheus(tmp_path / "with", target, job=rendered_job(str(token_files[1]))) as prom:
+        total = poll(lambda: prom.scalar("sum(llm_tokens_total)"), lambda v: v == 3 * 120, what="tokens")
+        assert total == 3 * 120
+    with run_prometheus(tmp_path / "without", target, job=rendered_job(None)) as prom:
+        up = poll(lambda: prom.scalar("up"), lambda v: v is not None, what="a scrape")
+        assert up == 0  # refused: the collector wants the token
+        assert prom.scalar("sum(llm_tokens_total)") is None

@@ -95,7 +95,8 @@ def test_every_error_is_reported_at_once_with_file_lines(tmp_path: Path):
         f"{path}:8: metrics.dimensions: expected a list of distinct names from {_allowed()}, "
         "got ['agent', 'task_id']",
         f"{path}:9: metrics.flush_interval_seconds: expected a positive number, got 0",
-        f"{path}:10: extra: unknown key (known here: auth, budgets_file, metrics, otlp, server, tls)",
+        f"{path}:10: extra: unknown key "
+        "(known here: auth, budgets_file, data_dir, metrics, otlp, server, tls)",
         "environment OTEL_TOKENS_COLLECTOR_GRPC_ENABLED: otlp.grpc.enabled: "
         "expected true or false, got 'maybe'",
         "--metrics-port: metrics.port: expected a port number from 0 to 65535, got 'x'",
@@ -168,8 +169,9 @@ def test_shipped_config_is_valid_documents_every_key_and_binds_all_interfaces():
     path = str(ROOT / "collector" / "config.yaml")
     config = load_config(path=path, env={})
     assert (config.http_host, config.grpc_host, config.metrics_host) == ("0.0.0.0",) * 3
+    assert config.data_dir == "/var/lib/otel-tokens"  # the container keeps its state (a volume)
     others = dataclasses.replace(
-        config, http_host="127.0.0.1", grpc_host="127.0.0.1", metrics_host="127.0.0.1"
+        config, http_host="127.0.0.1", grpc_host="127.0.0.1", metrics_host="127.0.0.1", data_dir=None
     )
     assert others == CollectorConfig()  # the file shows the defaults, it does not change them
     text = Path(path).read_text()

@@ -46,7 +46,8 @@ def mounts(service: dict[str, Any]) -> dict[str, Path]:
     out = {}
     for volume in service.get("volumes", []):
         source, target = volume.split(":")[:2]
-        out[target] = (ROOT / source).resolve()
+        if source.startswith((".", "/")):  # a named volume (the collector's data) is no bind mount
+            out[target] = (ROOT / source).resolve()
     return out
 
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -172,6 +172,26 @@ class _BudgetAccount:
             tokens = instance_amount(self.spec, amount, record)
             self.instances.add(task_id, labels[names.AGENT], labels[names.TASK], tokens, 0.0, now)
 
+    def signature(self) -> str:
+        """What the kept use depends on: a budget whose window, scope or unit changed restarts."""
+        spec, limit = self.spec, self.spec.limit
+        zone = getattr(self.window, "zone", None)
+        return repr((spec.window, str(zone), limit.unit, limit.token_types, sorted(self.matchers.items())))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature(),
+            "window": self.window.state(),
+            "consumed": self.consumed,
+            "instances": self.instances.state() if self.instances is not None else [],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.window.restore(state["window"])
+        self.consumed = float(state["consumed"])
+        if self.instances is not None:
+            self.instances.restore(state["instances"])
+
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
 
@@ -242,6 +262,24 @@ class BudgetLedger:
                 BudgetStanding(a.status(now), a.consumed, a.spec, a.top_instances(now))
                 for a in self._accounts
             ]
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Each budget's window, lifetime total and task instances, by name, as plain values."""
+        with self._lock:
+            return {a.spec.name: a.state() for a in self._accounts}
+
+    def restore(self, state: dict[str, dict[str, Any]]) -> list[str]:
+        """Take back what `state()` kept; returns the budgets that start afresh instead (new, or
+        their window, scope or unit changed since)."""
+        fresh: list[str] = []
+        with self._lock:
+            for account in self._accounts:
+                kept = state.get(account.spec.name)
+                if kept is not None and kept["signature"] == account.signature():
+                    account.restore(kept)
+                else:
+                    fresh.append(account.spec.name)
+        return fresh
 
     def scope_names(self) -> dict[str, set[str]]:
         """The label values the budgets' scopes name, by label (agent, task, user, model, provider)."""

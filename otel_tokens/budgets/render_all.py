@@ -59,7 +59,7 @@ def rendered_files(
     header = generated_header(source)
     return {
         RULES_FILE: render_rules(spec, source),
-        PROMETHEUS_CONFIG: render_prometheus_config(source=source),
+        PROMETHEUS_CONFIG: render_prometheus_config(source=source, scrape_token_file=spec.scrape_token_file),
         ALERTMANAGER_CONFIG: alertmanager_yaml(spec, header, alertmanager),
         ALERTMANAGER_TEMPLATE: notification_template(header, spec.dashboard_url),
         GRAFANA_DATASOURCE: datasource_yaml(header),

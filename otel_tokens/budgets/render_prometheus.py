@@ -19,6 +19,7 @@ prompt-cache hit ratio (PromptCacheMiss). The output is deterministic: same file
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from otel_tokens import metric_names as mn
 from otel_tokens.budgets import budget_queries as q
@@ -289,17 +290,20 @@ def render_prometheus_config(
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
     source: str = "budgets.yaml",
+    scrape_token_file: str | None = None,
 ) -> str:
     """`prometheus.yml` scraping the collector(s) and alerting through Alertmanager. Several
     collectors are several targets of one job: each is an `instance`, and every rendered query
     sums over instances."""
     targets = [collector] if isinstance(collector, str) else list(collector)
+    job: dict[str, Any] = {"job_name": "otel-tokens-collector", "static_configs": [{"targets": targets}]}
+    if scrape_token_file:
+        # A collector started with a token answers 401 to anyone without it, Prometheus included.
+        job["authorization"] = {"type": "Bearer", "credentials_file": scrape_token_file}
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "rule_files": list(rule_files),
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [
-            {"job_name": "otel-tokens-collector", "static_configs": [{"targets": targets}]},
-        ],
+        "scrape_configs": [job],
     }
     return header(source) + dump_yaml(config)

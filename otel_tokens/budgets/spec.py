@@ -394,6 +394,10 @@ class BudgetFile(_Strict):
     #: the call's model it wins over the budget's `downgrade_to` (which may be another provider's).
     tiers: dict[LabelValue, LabelValue] = Field(default_factory=dict)
     guard: GuardSettings = Field(default_factory=GuardSettings)
+    #: Where Prometheus reads the collector's metrics token (`auth.metrics_token_file`, or
+    #: `auth.token_file` when it has none): the rendered scrape job sends it as a bearer token.
+    #: Unset, the job scrapes without one, as a collector without a token expects.
+    scrape_token_file: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] | None = None
 
     @field_validator("timezone")
     @classmethod

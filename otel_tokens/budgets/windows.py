@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 __all__ = ["BUCKETS_PER_WINDOW", "CalendarWindow", "RollingWindow", "Window", "period_bounds"]
@@ -29,6 +29,8 @@ class Window(Protocol):
     def add(self, amount: float, now: float) -> None: ...
     def used(self, now: float) -> float: ...
     def remaining_seconds(self, now: float) -> float: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
     def seconds_until_at_most(self, target: float, now: float) -> float | None: ...
 
 
@@ -59,6 +61,14 @@ class RollingWindow:
     def remaining_seconds(self, now: float) -> float:
         """A rolling window never ends: projections look one whole window ahead."""
         return self.seconds
+
+    def state(self) -> dict[str, Any]:
+        """The buckets as plain values (the collector's durable store keeps them)."""
+        return {"buckets": [list(b) for b in self._buckets], "total": self._total}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._buckets = deque([float(i), float(a)] for i, a in state["buckets"])
+        self._total = float(state["total"])
 
     def seconds_until_at_most(self, target: float, now: float) -> float | None:
         """Seconds until `used` falls to `target` or below if nothing more is added (the guard's
@@ -122,6 +132,14 @@ class CalendarWindow:
     def remaining_seconds(self, now: float) -> float:
         self._roll(now)
         return max(self._end - now, 0.0)
+
+    def state(self) -> dict[str, Any]:
+        """The current period and its use as plain values (for the durable store)."""
+        return {"start": self._start, "end": self._end, "total": self._total}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._start, self._end = float(state["start"]), float(state["end"])
+        self._total = float(state["total"])
 
     def seconds_until_at_most(self, target: float, now: float) -> float | None:
         """Seconds until `used` is at most `target` if nothing more is added: now, or when the

@@ -58,7 +58,12 @@ class CollectorConfig:
     max_series_per_metric: int = _DEFAULT_METRICS.max_series_per_metric
     series_idle_seconds: float = _DEFAULT_METRICS.series_idle_seconds
     dedupe_hold_seconds: float = _DEFAULT_DEDUPE.hold_seconds
+    dedupe_window_seconds: float = _DEFAULT_DEDUPE.window_seconds
+    dedupe_max_spans: int = _DEFAULT_DEDUPE.max_remembered_spans
     flush_interval_seconds: float = 0.5
+    shutdown_scrape_seconds: float = 5.0
+    #: Where counters, budget windows and the dedupe memory are kept; None: in memory only.
+    data_dir: str | None = None
     #: budgets.yaml for the collector's exact budget ledger (/api/v1/budgets, llm_budget_* gauges).
     budgets_file: str | None = None
     # --- what any one client may hold, on every listener ---
@@ -82,7 +87,12 @@ class CollectorConfig:
 
     def dedupe_config(self) -> DedupeConfig:
         """The deduper's config, with the keys the collector passes through."""
-        return replace(_DEFAULT_DEDUPE, hold_seconds=self.dedupe_hold_seconds)
+        return replace(
+            _DEFAULT_DEDUPE,
+            hold_seconds=self.dedupe_hold_seconds,
+            window_seconds=self.dedupe_window_seconds,
+            max_remembered_spans=self.dedupe_max_spans,
+        )
 
 
 # --- value kinds: what a key accepts, checked the same way whatever the source ---------------------
@@ -159,6 +169,7 @@ _NONNEG_NUM = _kind("a number >= 0", lambda v: _is_number(v) and v >= 0, _float_
 _BOOL = _kind("true or false", lambda v: isinstance(v, bool), _bool_text, "BOOL")
 _NAMES = _Kind(_DIMENSIONS, _names_check, lambda t: [s.strip() for s in t.split(",") if s.strip()], "LABELS")
 _PATH = _kind("a file path or null", lambda v: v is None or (isinstance(v, str) and v != ""), str, "FILE")
+_DIR = _kind("a directory path or null", lambda v: v is None or (isinstance(v, str) and v != ""), str, "DIR")
 
 
 @dataclass(frozen=True)
@@ -206,12 +217,27 @@ KEYS: tuple[_Key, ...] = (
     _Key("metrics.dedupe_hold_seconds", "dedupe_hold_seconds", settings.ENV_COLLECTOR_DEDUPE_HOLD_SECONDS,
          "--dedupe-hold-seconds", _NONNEG_NUM,
          "How long a span waits for another span of the same LLM call before it is counted."),
+    _Key("metrics.dedupe_window_seconds", "dedupe_window_seconds",
+         settings.ENV_COLLECTOR_DEDUPE_WINDOW_SECONDS, "--dedupe-window-seconds", _POS_NUM,
+         "How long a counted span is remembered, so an exporter's resend of it is not counted again "
+         "(exactly once; well past the OTLP exporters' retry schedule)."),
+    _Key("metrics.dedupe_max_spans", "dedupe_max_spans", settings.ENV_COLLECTOR_DEDUPE_MAX_SPANS,
+         "--dedupe-max-spans", _POS_INT,
+         "Memory cap of that window (~150 bytes a span); spans it forgets early are counted in "
+         "`otel_tokens_dedupe_forgotten_early_total`."),
     _Key("metrics.flush_interval_seconds", "flush_interval_seconds",
          settings.ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS, "--flush-interval-seconds", _POS_NUM,
          "How often held spans are flushed into the counters."),
+    _Key("metrics.shutdown_scrape_seconds", "shutdown_scrape_seconds",
+         settings.ENV_COLLECTOR_SHUTDOWN_SCRAPE_SECONDS, "--shutdown-scrape-seconds", _NONNEG_NUM,
+         "At shutdown, when held spans were counted by the final flush, `/metrics` stays up until "
+         "it is scraped once more, at most this long."),
     _Key("budgets_file", "budgets_file", settings.ENV_COLLECTOR_BUDGETS_FILE, "--budgets-file", _PATH,
          "Path of `budgets.yaml`: the collector keeps an exact ledger of every budget in it "
          "(`llm_budget_*` gauges on `/metrics`, `/api/v1/budgets`); a broken file stops start-up."),
+    _Key("data_dir", "data_dir", settings.ENV_COLLECTOR_DATA_DIR, "--data-dir", _DIR,
+         "Directory where counters, budget windows and the dedupe memory are kept (SQLite), durable "
+         "before an export is answered and restored at start-up; unset: in memory only."),
     _Key("server.idle_timeout_seconds", "idle_timeout_seconds", settings.ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS,
          "--idle-timeout-seconds", _POS_NUM,
          "A connection that sends no request for this long (from connect, or since its last response) "

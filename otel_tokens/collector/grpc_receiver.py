@@ -30,6 +30,7 @@ from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.http_edge import EdgeLimits, bind_error
 from otel_tokens.collector.http_receiver import ingest_decoded
 from otel_tokens.collector.otlp_codec import UNDECODABLE, Rejected, decode_protobuf, partial_success
+from otel_tokens.collector.store import StoreError
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["GrpcReceiver", "GrpcTls"]
@@ -117,7 +118,10 @@ class GrpcReceiver:
             with swallow_internal_errors("collector.reject_payload"):
                 self._pipeline.reject_payload(UNDECODABLE)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, rejected.message)
-        result = ingest_decoded(self._pipeline, decoded)
+        try:
+            result = ingest_decoded(self._pipeline, decoded)
+        except StoreError as exc:  # not kept on disk, so not acknowledged: UNAVAILABLE is retried
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return partial_success(result, decoded.undecodable_spans, decoded.first_error)
 
 

@@ -111,6 +111,7 @@ class HttpEdge:
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.caps: dict[str, _ConnectionCap] = {}
+        self._stopped: set[int] = set()  # listeners stopped alone (stop_listener), by index
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -152,6 +153,24 @@ class HttpEdge:
             )
             self._servers.append(server)
 
+    def stop_listener(self, listener: Listener) -> None:
+        """Stop one listener as `stop()` stops them all, while the others keep serving (the collector
+        ends OTLP intake first and closes /metrics last, after counting what it still held)."""
+        if self._thread is None or listener not in self._listeners:
+            return
+        index = self._listeners.index(listener)
+        asyncio.run_coroutine_threadsafe(self._stop_one(index), self._loop).result(timeout=10)
+
+    async def _stop_one(self, index: int) -> None:
+        if index in self._stopped or index >= len(self._servers):
+            return
+        self._stopped.add(index)
+        self._servers[index].close()
+        await self._runners[index].cleanup()
+        cap = self.caps.get(self._listeners[index].name)
+        for conn in list(cap.open if cap is not None else ()):
+            conn.abort()
+
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the runners' shutdown timeout)."""
         if self._thread is not None:
@@ -169,10 +188,12 @@ class HttpEdge:
             self._loop.close()
 
     async def _stop_all(self) -> None:
-        for server in self._servers:
-            server.close()
-        for runner in self._runners:
-            await runner.cleanup()
+        for i, server in enumerate(self._servers):
+            if i not in self._stopped:
+                server.close()
+        for i, runner in enumerate(self._runners):
+            if i not in self._stopped:
+                await runner.cleanup()
         for cap in self.caps.values():  # whatever aiohttp did not close (e.g. mid-handshake)
             for conn in list(cap.open):
                 conn.abort()
@@ -183,6 +204,7 @@ class HttpEdge:
         await asyncio.gather(*pending, return_exceptions=True)
         self._servers.clear()
         self._runners.clear()
+        self._stopped.clear()
 
 
 class _ConnectionCap:

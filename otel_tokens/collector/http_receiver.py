@@ -38,6 +38,7 @@ from otel_tokens.collector.otlp_codec import (
     encode_message,
     partial_success,
 )
+from otel_tokens.collector.store import StoreError
 from otel_tokens.exposition_text import choose_encoder
 from otel_tokens.pipeline import IngestResult, Pipeline
 
@@ -101,6 +102,8 @@ class _Otlp:
             reply = await self.edge.run_blocking(self._ingest, body, content_type, encoding)
         except Rejected as rejected:
             return self._reject(rejected, content_type)
+        except StoreError as exc:  # not kept on disk, so not acknowledged: 503 is one the exporter retries
+            return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text=f"{exc}\n", content_type=_TEXT)
         return web.Response(body=reply, content_type=content_type)
 
     def _ingest(self, body: bytes, content_type: str, encoding: str) -> bytes:
@@ -161,7 +164,7 @@ def ingest_decoded(pipeline: Pipeline, decoded: Decoded) -> IngestResult:
     if decoded.undecodable_spans:
         n = decoded.undecodable_spans
         with swallow_internal_errors("collector.reject_spans"):
-            pipeline.aggregator.ingest_stats.add(spans_received=n, rejected={UNDECODABLE: n})
+            pipeline.reject_spans(UNDECODABLE, n)  # through the pipeline's gate: journaled when durable
     return pipeline.ingest_otlp(decoded.request)
 
 

@@ -1,9 +1,11 @@
 """The collector as a running service: receivers, /metrics, a flusher thread, start/stop, signals.
 
-`CollectorService` is the embeddable, testable unit: `start()` returns once every listener is bound
-(port 0 resolves to a free port, exposed as `http_port` / `grpc_port` / `metrics_port`), `stop()`
-stops intake first and flushes last so nothing received is lost. `run_collector()` is the
-command-line shell around it: log where it listens, block until SIGINT/SIGTERM, stop cleanly.
+`CollectorService` is the embeddable, testable unit: `start()` restores the kept state (with a
+data dir) and returns once every listener is bound (port 0 resolves to a free port, exposed as
+`http_port` / `grpc_port` / `metrics_port`). `stop()` stops intake first, then counts the spans
+still held for dedupe while `/metrics` still serves, persists, and closes `/metrics` last, so
+nothing received is lost or unseen. `run_collector()` is the command-line shell around it: log
+where it listens, block until SIGINT/SIGTERM, stop cleanly.
 
 Both HTTP listeners (OTLP/HTTP, and /metrics with the API) run on one `HttpEdge` event loop; gRPC
 runs on grpc core. Every listener shares the same limits (idle and read timeouts, a connection cap),
@@ -16,22 +18,32 @@ import logging
 import signal
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.config import CollectorConfig
+from otel_tokens.collector.durable import Durability, PinnedClock
 from otel_tokens.collector.grpc_receiver import GrpcReceiver, GrpcTls
 from otel_tokens.collector.http_edge import EdgeLimits, HttpEdge, Listener, bind_socket
 from otel_tokens.collector.http_receiver import BUDGETS_PATH, TRACES_PATH, api_app, otlp_app
+from otel_tokens.collector.store import Store
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["CollectorService", "run_collector"]
 
 logger = logging.getLogger("otel_tokens.collector")
+
+#: After the last scrape's metrics were collected at shutdown, time for its response to be sent.
+_RESPONSE_GRACE_SECONDS = 0.2
 
 
 class CollectorService:
@@ -39,13 +51,22 @@ class CollectorService:
 
     def __init__(self, config: CollectorConfig | None = None, *, pipeline: Pipeline | None = None) -> None:
         self.config = config if config is not None else CollectorConfig()
+        #: Registered first in a registry we create, so its count moves at the *start* of a scrape.
+        self._scrapes = _ScrapeWatch()
         self.pipeline = pipeline if pipeline is not None else self._pipeline()
+        if pipeline is not None:
+            pipeline.registry.register(self._scrapes)
         #: The exact budget ledger, when a budget file is configured. Loading it here (not in start())
         #: makes a broken budget file stop start-up with every error listed, before any port opens.
         self.ledger: BudgetLedger | None = None
         if self.config.budgets_file:
-            self.ledger = BudgetLedger(load_budget_file(self.config.budgets_file))
+            self.ledger = BudgetLedger(load_budget_file(self.config.budgets_file), clock=self.pipeline.clock)
             self.ledger.attach(self.pipeline)
+        self.durability: Durability | None = None
+        #: What start() did with the kept state, for the start-up log.
+        self.state_note = (
+            "no data dir: counters, budgets and dedupe memory are kept in memory only (set --data-dir)"
+        )
         # Token and certificate files are read here too: a missing one stops start-up, named.
         self._token = _token(self.config.auth_token_file, "auth.token_file")
         self._metrics_token = _token(self.config.metrics_auth_token_file, "auth.metrics_token_file")
@@ -55,13 +76,19 @@ class CollectorService:
         self._metrics: Listener | None = None
         self._grpc: GrpcReceiver | None = None
         self._threads: list[threading.Thread] = []
+        self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
 
     def _pipeline(self) -> Pipeline:
+        """One clock for the pipeline and the ledger, pinned per change by the durable store."""
+        registry = CollectorRegistry()
+        registry.register(self._scrapes)
         return Pipeline(
             self.config.metrics_config(),
             dedupe=self.config.dedupe_config(),
+            registry=registry,
             max_tokens_per_call=self.config.max_tokens_per_call,
+            clock=PinnedClock(),
         )
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -69,12 +96,25 @@ class CollectorService:
         """Bind every listener, then serve in background threads. A bind failure stops whatever was
         already started and re-raises, so a half-started collector never lingers."""
         try:
+            self._restore()
             self._bind()
         except BaseException:
             self.stop()
             raise
-        self._spawn("otel-tokens-flusher", self._flush_loop)
+        self._flusher = self._spawn("otel-tokens-flusher", self._flush_loop)
         return self
+
+    def _restore(self) -> None:
+        """With a data dir: load the kept state, then journal every change from now on."""
+        if self.config.data_dir is None or self.durability is not None:
+            return
+        durability = Durability(Store(self.config.data_dir), self.pipeline, self.ledger)
+        try:
+            self.state_note = durability.restore()
+        except BaseException:
+            durability.close()
+            raise
+        self.durability = durability.start()
 
     def _bind(self) -> None:
         cfg = self.config
@@ -109,16 +149,32 @@ class CollectorService:
             max_connections=cfg.max_connections,
         )
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
-    def stop(self) -> None:
-        """Stop intake (in-flight requests finish), then count everything still held. Idempotent."""
+    def stop(self, *, final_scrape_seconds: float = 0.0) -> None:
+        """Stop intake (in-flight requests finish), count everything still held while /metrics
+        still serves, persist, then close /metrics — after one more scrape when held spans were
+        counted, waiting at most `final_scrape_seconds`. Idempotent."""
         self._stopping.set()
         if self._grpc is not None:
             self._grpc.stop()
+        if self._edge is not None and self._http is not None:
+            self._edge.stop_listener(self._http)  # OTLP/HTTP intake ends; /metrics keeps serving
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)  # the final flush below is the last one
+        held = self.pipeline.held_spans
+        with swallow_internal_errors("collector.final_flush"):
+            self.pipeline.flush(now=float("inf"))
+        scrapes = self._scrapes.count  # a scrape counted from here on collects after the flush
+        if self.durability is not None:
+            self.durability.close()
+            self.durability = None
+        if held and self._edge is not None:
+            self._scrapes.wait_beyond(scrapes, final_scrape_seconds)
         if self._edge is not None:
             self._edge.stop()
         else:  # bound but never served: only the sockets to close
@@ -130,8 +186,6 @@ class CollectorService:
         self._threads.clear()
         self._http = self._metrics = None
         self._grpc, self._edge = None, None
-        with swallow_internal_errors("collector.final_flush"):
-            self.pipeline.flush(now=float("inf"))
 
     def _flush_loop(self) -> None:
         """Held spans (waiting for a duplicate) reach the counters within one interval."""
@@ -183,6 +237,34 @@ class CollectorService:
         return lines
 
 
+class _ScrapeWatch(Collector):
+    """Counts scrapes of the registry (it yields no metrics), so shutdown can wait for one. The
+    registry collects in registration order, so registered first it counts a scrape as it begins."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # registration must not count as a scrape
+
+    def collect(self) -> Iterable[Metric]:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+        return ()
+
+    def wait_beyond(self, count: int, timeout: float) -> None:
+        """Wait for a scrape after the `count`-th, at most `timeout` seconds, and give its response
+        a moment to be written (collect() runs before the body is sent)."""
+        if timeout <= 0:
+            return
+        with self._cond:
+            scraped = self._cond.wait_for(lambda: self.count > count, timeout)
+        if scraped:
+            time.sleep(_RESPONSE_GRACE_SECONDS)
+
+
 def _token(path: str | None, key: str) -> BearerToken | None:
     return BearerToken.from_file(path, key) if path else None
 
@@ -231,12 +313,16 @@ def run_collector(config: CollectorConfig | Sequence[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with CollectorService(config) as service:
+        service = CollectorService(config).start()
+        try:
             logger.info("otel-tokens collector listening: %s", "; ".join(service.endpoints()))
+            logger.info("%s", service.state_note)
             if service.ledger is not None:
                 logger.info("tracking %d budgets from %s", len(service.ledger.status()), config.budgets_file)
             while not stop.wait(1.0):  # a timed wait keeps signal delivery prompt everywhere
                 pass
+        finally:
+            service.stop(final_scrape_seconds=config.shutdown_scrape_seconds)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

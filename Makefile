@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 COMPAT  ?= .venv-compat
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose
+DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose chromium
 
 .PHONY: demo test unit lint compat-test integration e2e system-deps render check-rendered bench clean
 
@@ -30,12 +30,13 @@ demo: $(VENV)/.installed
 	$(BIN)/otel-tokens demo --budgets examples/budgets.yaml
 
 # Debian's packages start no service here; tests start their own on ports they choose.
+# chromium: the status page's test drives a real headless browser (tests/chromium.py).
 system-deps:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    prometheus prometheus-alertmanager docker-compose >/dev/null; \
+	    prometheus prometheus-alertmanager docker-compose chromium >/dev/null; \
 	fi
 
 # The previous major SDK versions (openai 2.x, anthropic 0.x) in a second environment.

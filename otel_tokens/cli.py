@@ -3,8 +3,9 @@
 Each command's arguments are declared here (the collector's come from its config table, one flag
 per key) and its work is done by the stage it names: `collector` (run the OTLP → Prometheus
 collector), `demo` (fake provider + collector + keyless multi-agent workload), `fake-provider`
-(the keyless provider alone, for one's own agent), `render` / `check` (budgets as code), `status`
-(a running collector's budget standing). Stages are imported only when their command runs.
+(the keyless provider alone, for one's own agent), `render` / `check` / `budget set` (budgets as
+code), and the operator's questions answered by `otel_tokens.ops` — `usage`, `top`, `status`,
+`report` — from a collector or a Prometheus API. Stages are imported only when their command runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from otel_tokens.ops.source import DataSource
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -21,7 +26,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otel-tokens", description="Token-cost observability for LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_collector, _demo, _fake_provider, _render, _check, _status):
+    for register in (
+        _collector, _demo, _fake_provider, _render, _check, _status, _usage, _top, _report, _budget,
+    ):  # fmt: skip
         register(sub)
     return parser
 
@@ -160,29 +167,180 @@ def _run_check(args: argparse.Namespace) -> int:
     return check_command(args.budget_file, args.out)
 
 
+def _source_flags(parser: argparse.ArgumentParser, *, thresholds: bool = False) -> None:
+    """Where a command reads: a collector (default) or a Prometheus-compatible API (a fleet)."""
+    from otel_tokens.ops.source import DEFAULT_COLLECTOR
+
+    parser.add_argument(
+        "--collector",
+        default=DEFAULT_COLLECTOR,
+        metavar="URL",
+        help=f"the collector's metrics address (default {DEFAULT_COLLECTOR})",
+    )
+    parser.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="read a Prometheus-compatible query API instead (every collector it scrapes; keeps history)",
+    )
+    if thresholds:
+        parser.add_argument(
+            "--budgets",
+            metavar="FILE",
+            help="with --prometheus: the budget file whose warn_at thresholds apply (default 0.8)",
+        )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _source(args: argparse.Namespace) -> DataSource:
+    from otel_tokens.ops.commands import make_source
+
+    return make_source(args.collector, args.prometheus, getattr(args, "budgets", None))
+
+
+def _grouping_flags(parser: argparse.ArgumentParser) -> None:
+    from otel_tokens.ops.usage import GROUP_BY
+
+    parser.add_argument("--by", choices=GROUP_BY, default="agent", help="group by this label (default agent)")
+    parser.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="use in the last DURATION (e.g. 24h, 7d); needs --prometheus (a collector keeps no history)",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only series with this label value (repeatable), e.g. --filter model=gpt-4o-mini",
+    )
+
+
+def _usage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = _command(
+        sub,
+        "usage",
+        _run_usage,
+        help="tokens by type (input, output, cache, reasoning) and cost, with totals",
+    )
+    _grouping_flags(usage)
+    _source_flags(usage)
+
+
+def _run_usage(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import usage_command
+
+    return usage_command(
+        _source(args),
+        by=args.by,
+        since=args.since,
+        filters=args.filter,
+        as_json=args.json,
+    )
+
+
+def _top(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = _command(sub, "top", _run_top, help="what costs the most, with each row's share")
+    _grouping_flags(top)
+    top.add_argument("-n", type=int, default=10, metavar="N", help="how many rows (default 10)")
+    _source_flags(top)
+
+
+def _run_top(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import top_command
+
+    return top_command(
+        _source(args),
+        by=args.by, n=args.n, since=args.since, filters=args.filter, as_json=args.json,
+    )  # fmt: skip
+
+
 def _status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = _command(
         sub,
         "status",
         _run_status,
-        help="show a running collector's exact budget standing",
+        help="every budget: used, limit, burn rate, projection and time left",
         description=(
-            "Print every budget's standing from a running collector. Exit code: 0 every budget ok, "
-            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the collector could not be read."
+            "Print every budget's standing: used, limit, percent, state, burn rate, use projected to "
+            "the window's end and the time left at the current rate. Exit code: 0 every budget ok, "
+            "1 a budget at its warning threshold, 2 a budget exceeded, 3 the source could not be read."
         ),
     )
-    status.add_argument(
-        "--collector",
-        default="http://127.0.0.1:9464",
-        metavar="URL",
-        help="the collector's metrics address (default http://127.0.0.1:9464)",
-    )
+    _source_flags(status, thresholds=True)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from otel_tokens.budgets.cli import status_command
+    from otel_tokens.ops.commands import status_command
 
-    return status_command(args.collector)
+    return status_command(_source(args), as_json=args.json)
+
+
+def _report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otel_tokens.ops.report import PERIODS
+
+    report = _command(
+        sub,
+        "report",
+        _run_report,
+        help="a period's report as Markdown, JSON and an offline HTML page with charts",
+        description=(
+            "Write otel-tokens-report-PERIOD.md, .json and .html (self-contained, opens offline): cost "
+            "over time by agent, cost by model, budget standing with thresholds, burn rate and time "
+            "left, usage by hour of day, cache-hit ratio, cost per completed task by task type. "
+            "Charts over time need --prometheus (a collector keeps no history)."
+        ),
+    )
+    report.add_argument("--period", choices=tuple(PERIODS), default="day", help="the period (default day)")
+    report.add_argument("--out", default=".", help="directory to write into (default: the current directory)")
+    _source_flags(report, thresholds=True)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import report_command
+
+    return report_command(_source(args), period=args.period, out_dir=args.out, as_json=args.json)
+
+
+def _budget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    budget = sub.add_parser("budget", help="edit budgets.yaml from the command line")
+    actions = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
+    edit = actions.add_parser(
+        "set",
+        help="set an agent's limit (adds a budget when it has none)",
+        description=(
+            "Set the limit of the budget scoped to AGENT (the one with --window, when it has several), "
+            "or add one. The file keeps its comments and layout, is validated before it is written "
+            "(an invalid edit leaves it untouched) and the generated files are rendered again."
+        ),
+    )
+    edit.set_defaults(run=_run_budget_set)
+    edit.add_argument("agent", metavar="AGENT")
+    edit.add_argument("limit", metavar="LIMIT", help="tokens (500000, 500k, 2M) or, with --usd, dollars")
+    edit.add_argument(
+        "--window", help="the budget's window (1h, 1d, 7d, 30d, day, week, month); new ones: 1d"
+    )
+    edit.add_argument("--usd", action="store_true", help="LIMIT is in US dollars")
+    edit.add_argument(
+        "--file", default="budgets.yaml", metavar="FILE", help="the budget file (default budgets.yaml)"
+    )
+    edit.add_argument(
+        "--out", default=".", help="where the generated files are rendered (default: the current directory)"
+    )
+    edit.add_argument("--json", action="store_true", help="print what changed as JSON")
+
+
+def _run_budget_set(args: argparse.Namespace) -> int:
+    from otel_tokens.ops.commands import budget_set_command
+
+    return budget_set_command(
+        args.file,
+        args.agent,
+        args.limit,
+        window=args.window,
+        usd=args.usd,
+        out_dir=args.out,
+        as_json=args.json,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`otel-tokens render`, `check` and `status`: thin commands over the budget renderers and ledger.
+"""`otel-tokens render` and `check`: thin commands over the budget renderers (and the exit codes and
+budget table `status` and the demo share; `status` itself lives in `otel_tokens.ops`).
 
 `check` validates the budget file, compares the committed generated files with a fresh rendering,
 and — when Prometheus' and Alertmanager's own tools are installed — lets them judge the output.
@@ -6,12 +7,9 @@ and — when Prometheus' and Alertmanager's own tools are installed — lets the
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,25 +69,6 @@ def _run_tool(tool: str, args: list[str]) -> bool:
     if result.returncode != 0:
         print(output, file=sys.stderr)
     return result.returncode == 0
-
-
-def status_command(metrics_url: str) -> int:
-    """Print the collector's exact budget standing (its /api/v1/budgets), one budget a line; exit 0
-    when every budget is ok, 1 when any is at its warning threshold, 2 when any is exceeded, 3 when
-    the collector could not be read."""
-    url = metrics_url.rstrip("/") + "/api/v1/budgets"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            budgets = json.loads(response.read())["budgets"]
-    except urllib.error.HTTPError as exc:
-        hint = " (is the collector running with --budgets-file?)" if exc.code == 404 else ""
-        print(f"otel-tokens status: {url}: HTTP {exc.code}{hint}", file=sys.stderr)
-        return EXIT_UNKNOWN
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"otel-tokens status: cannot read {url}: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN
-    print(budget_table(budgets))
-    return status_exit_code(b["state"] for b in budgets)
 
 
 def status_exit_code(states: Iterable[str]) -> int:

@@ -35,6 +35,7 @@ from otel_tokens.collector.durable import Durability, PinnedClock
 from otel_tokens.collector.grpc_receiver import GrpcReceiver, GrpcTls
 from otel_tokens.collector.http_edge import EdgeLimits, HttpEdge, Listener, bind_socket
 from otel_tokens.collector.http_receiver import BUDGETS_PATH, TRACES_PATH, api_app, otlp_app
+from otel_tokens.collector.status_page import status_routes
 from otel_tokens.collector.store import Store
 from otel_tokens.pipeline import Pipeline
 
@@ -124,8 +125,10 @@ class CollectorService:
         metrics_sock = bind_socket(
             cfg.metrics_host, cfg.metrics_port, "/metrics", "--metrics-port (metrics.port)"
         )
+        page = status_routes(self.pipeline.registry, self.ledger, edge, started_at=time.time())
         self._metrics = Listener("metrics", metrics_sock, api_app(
             self.pipeline.registry, edge, self.ledger, token=self._token, metrics_token=self._metrics_token,
+            routes=page,
         ))  # fmt: skip
         edge.add(self._metrics)
         http_sock = bind_socket(cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)")
@@ -230,6 +233,7 @@ class CollectorService:
             lines.append(f"OTLP/gRPC on {_hostport(cfg.grpc_host, self.grpc_port)}{tls}")
         metrics = _hostport(cfg.metrics_host, self.metrics_port)
         lines.append(f"Prometheus metrics on {scheme}://{metrics}/metrics (health: /healthz)")
+        lines.append(f"Status page on {scheme}://{metrics}/")
         if self.ledger is not None:
             lines.append(f"Budget status on {scheme}://{metrics}{BUDGETS_PATH}")
         if self._token is not None:

@@ -7,10 +7,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 COMPAT  ?= .venv-compat
+INTEROP ?= .venv-interop
+INTEROP_LEGACY ?= .venv-interop-legacy
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TOOLS = promtool amtool prometheus prometheus-alertmanager docker-compose chromium
 
-.PHONY: demo test unit lint compat-test integration e2e system-deps render check-rendered bench clean
+.PHONY: demo test unit lint compat-test interop-test integration e2e system-deps render check-rendered bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,37 @@ $(COMPAT)/.installed: pyproject.toml
 	$(COMPAT)/bin/pip install -q -e . 'openai>=2,<3' 'anthropic<1' pytest pytest-timeout
 	touch $@
 
+# Other instrumentations users already run, each with the real package (tests/interop). They pin
+# SDKs and helper libraries that clash (OpenLIT and openai-v2 need openai 2.x / anthropic 0.x and
+# util-genai 1.1; the genai-* line needs util-genai 1.3), so two environments of their own, each
+# case in its own process (instrumentors patch the SDKs globally). Cases: tests/interop/harness.py.
+INTEROP_CASES = genai-openai genai-anthropic openllmetry-openai openllmetry-anthropic \
+  openinference-openai openinference-anthropic
+INTEROP_LEGACY_CASES = openai-v2 openlit-openai openlit-anthropic
+
+$(INTEROP)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/pip install -q --upgrade pip
+	$(INTEROP)/bin/pip install -q -e . 'openai>=3' 'anthropic>=2' pytest pytest-timeout \
+	  'opentelemetry-instrumentation-genai-openai==1.3b0' 'opentelemetry-instrumentation-genai-anthropic==1.3b0' \
+	  'opentelemetry-instrumentation-openai==0.62.4' 'opentelemetry-instrumentation-anthropic==0.62.4' \
+	  'openinference-instrumentation-openai==0.1.66' 'openinference-instrumentation-anthropic==3.1.0'
+	touch $@
+
+$(INTEROP_LEGACY)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(INTEROP_LEGACY)
+	$(INTEROP_LEGACY)/bin/pip install -q --upgrade pip
+	$(INTEROP_LEGACY)/bin/pip install -q -e . 'openai>=2,<3' 'anthropic<1' pytest pytest-timeout \
+	  'openlit==1.45.0' 'opentelemetry-instrumentation-openai-v2==2.4b0' 'opentelemetry-util-genai==1.1b0'
+	touch $@
+
+interop-test: $(INTEROP)/.installed $(INTEROP_LEGACY)/.installed
+	@set -e; \
+	for c in $(INTEROP_CASES); do echo "interop: $$c"; \
+	  OTEL_TOKENS_INTEROP_CASES=$$c $(INTEROP)/bin/python -m pytest -q -p no:cacheprovider tests/interop; done; \
+	for c in $(INTEROP_LEGACY_CASES); do echo "interop: $$c"; \
+	  OTEL_TOKENS_INTEROP_CASES=$$c $(INTEROP_LEGACY)/bin/python -m pytest -q -p no:cacheprovider tests/interop; done
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check otel_tokens tests benchmarks
 	$(BIN)/ruff format --check otel_tokens tests benchmarks
@@ -70,6 +103,7 @@ compat-test: $(COMPAT)/.installed
 test: $(VENV)/.compiled $(COMPAT)/.bench-installed system-deps lint
 	OTEL_TOKENS_EXPECT_COMPILED=1 $(BIN)/pytest -q
 	$(MAKE) --no-print-directory compat-test
+	$(MAKE) --no-print-directory interop-test
 
 render: $(VENV)/.installed
 	$(BIN)/otel-tokens render examples/budgets.yaml
@@ -86,4 +120,4 @@ bench: $(VENV)/.compiled $(COMPAT)/.bench-installed
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(COMPAT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) $(INTEROP) $(INTEROP_LEGACY) .pytest_cache .mypy_cache .ruff_cache

@@ -4,9 +4,12 @@ The public API is deliberately small:
 
 - `instrument()` / `uninstrument()` — patch the OpenAI and Anthropic SDKs to emit GenAI spans;
   `instrument(budgets="budgets.yaml")` also enforces the budgets before each call.
-- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises.
+- `BudgetExceeded` / `BudgetDeferred` — what a call stopped by a budget raises;
+  `TaskStopped` — what a call of a task instance stopped as a runaway raises.
 - `attribute(agent=..., task=..., ...)` — context manager / decorator attributing calls.
 - `current_attribution()` — what attribution is in force here.
+- `verify(passed, task_id=None, check="tests")` — report a deterministic check of a task instance
+  (also `with verify(check=...):` around the check): cost per *verified* task.
 """
 
 from __future__ import annotations
@@ -16,20 +19,24 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import TracerProvider
 
-from otel_tokens.attribution import attribute, current_attribution
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+from otel_tokens.attribution import attribute, current_attribution, verify
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from otel_tokens.budgets.spec import BudgetFile
     from otel_tokens.guard import Guard
 
 __all__ = [
     "BudgetDeferred",
     "BudgetExceeded",
+    "TaskStopped",
     "attribute",
     "current_attribution",
     "instrument",
     "uninstrument",
+    "verify",
 ]
 
 _instrumentor: Any = None
@@ -40,6 +47,7 @@ def instrument(
     *,
     capture_content: bool | None = None,
     budgets: str | Path | BudgetFile | Guard | None = None,
+    summarizer: Callable[[list[Any]], str] | None = None,
 ) -> None:
     """Instrument every installed supported SDK. Idempotent; undo with `uninstrument()`.
 
@@ -55,6 +63,9 @@ def instrument(
     is sent, and the budget's `action` applies when it would pass the limit. A broken budget file
     raises `otel_tokens.budgets.loader.BudgetFileError` listing every problem; nothing is patched.
     A `Guard` may be passed instead, e.g. one built over another `BudgetState`.
+
+    `summarizer` (older messages, in the SDK's own format → a summary text) is what a `compress`
+    budget calls for the older turns it shrinks; without one they are dropped, oldest first.
     """
     global _instrumentor
     from otel_tokens.instrumentation import OtelTokensInstrumentor
@@ -66,6 +77,7 @@ def instrument(
             tracer_provider=tracer_provider,
             capture_content=capture_content,
             budgets=budgets,
+            summarizer=summarizer,
             raise_budget_errors=True,
         )
 

@@ -17,6 +17,8 @@
  * unexpected wire type, a singular field repeated in a message we read (upb
  * merges those), groups, nesting deeper than MAX_DEPTH, an attribute value
  * we read that is an array/kvlist (Python would hold a message object).
+ * On resources it reads the attribution keys and the caller's fallback key
+ * (scan's second argument, e.g. service.name), as the Python path does.
  * Every field of every message is checked against the schema configure()
  * was given (built from the installed protobuf descriptors), read or not.
  */
@@ -55,7 +57,8 @@ static FieldSpec schema[MAX_TYPES][MAX_FIELDNO];
 static int high_fields[MAX_TYPES];
 static int n_types = 0;
 static Entry table[TABLE_SIZE];
-static int n_slots = 0, no_rank = 99, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1;
+static int n_slots = 0, no_rank = 99, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
+           slot_verify = -1;
 static int configured = 0;
 
 /* a decline is not an error: scan() returns None */
@@ -339,7 +342,9 @@ decline:
     return DECLINE;
 }
 
-static int read_resource(const uint8_t *p, const uint8_t *end, int depth, PyObject **out) {
+/* The resource's attribution attributes (and the fallback key's, when given), or NULL for none. */
+static int read_resource(const uint8_t *p, const uint8_t *end, int depth, const char *fallback,
+                         Py_ssize_t fallback_len, PyObject **out) {
     Field f;
     KV kv;
     PyObject *found = NULL;
@@ -355,7 +360,9 @@ static int read_resource(const uint8_t *p, const uint8_t *end, int depth, PyObje
                 break;
             }
             const Entry *e = lookup(kv.key, kv.key_len);
-            if (e == NULL || !(e->flags & F_ATTRIBUTION)) {
+            int is_fallback = fallback != NULL && kv.key_len == fallback_len &&
+                              memcmp(kv.key, fallback, (size_t)fallback_len) == 0;
+            if (!is_fallback && (e == NULL || !(e->flags & F_ATTRIBUTION))) {
                 if (kv.has_value && validate_msg(T_ANY, kv.val, kv.val + kv.val_len, depth + 2) < 0)
                     rc = DECLINE;
                 continue;
@@ -405,6 +412,8 @@ typedef struct {
     PyObject *scopes;
     PyObject *resources;
     Py_ssize_t n_spans;
+    const char *fallback; /* the resource attribute naming the agent last (NULL: none) */
+    Py_ssize_t fallback_len;
 } Out;
 
 static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t scope, Out *out) {
@@ -488,7 +497,8 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
         }
     }
     int usage = found && (ranks[slot_in] != no_rank || ranks[slot_out] != no_rank ||
-                          ranks[slot_total] != no_rank || vals[slot_task_scope] == Py_True);
+                          ranks[slot_total] != no_rank || vals[slot_task_scope] == Py_True ||
+                          (vals[slot_verify] != NULL && PyBool_Check(vals[slot_verify])));
     if (rc == 0 && usage) {
         PyObject *vlist = PyList_New(n_slots), *rlist = PyList_New(n_slots), *hit = NULL;
         if (vlist != NULL && rlist != NULL) {
@@ -577,7 +587,7 @@ static int read_resource_spans(const uint8_t *p, const uint8_t *end, int depth, 
         int rc;
         if (f.fieldno == 1 && f.wt == 2) {
             PyObject *found = NULL;
-            rc = read_resource(f.val, f.val + f.len, depth + 1, &found);
+            rc = read_resource(f.val, f.val + f.len, depth + 1, out->fallback, out->fallback_len, &found);
             if (rc == 0 && found != NULL) PyList_SetItem(out->resources, index, found); /* steals */
         } else if (f.fieldno == 2 && f.wt == 2) {
             rc = read_scope_spans(f.val, f.val + f.len, depth + 1, index, out);
@@ -591,14 +601,18 @@ static int read_resource_spans(const uint8_t *p, const uint8_t *end, int depth, 
 
 /* --- the module --------------------------------------------------------- */
 
-static PyObject *scan(PyObject *self, PyObject *arg) {
+static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
+    PyObject *arg;
+    const char *fallback = NULL;
+    Py_ssize_t fallback_len = 0;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure() was not called");
         return NULL;
     }
+    if (!PyArg_ParseTuple(args, "O|z#", &arg, &fallback, &fallback_len)) return NULL;
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
-    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0};
+    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, fallback, fallback_len};
     PyObject *result = NULL;
     int rc = (out.hits && out.scopes && out.resources) ? 0 : PYERR;
     const uint8_t *p = buf.buf, *end = p + buf.len;
@@ -631,7 +645,7 @@ static void clear_table(void) {
     }
 }
 
-/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE))
+/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED))
    schema: per type (T_REQ.. first, in enum order), a list of (fieldno, kind, repeated, sub type)
    entries: (key, slot, rank, flags) for every attribute name the extractor reads */
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -645,9 +659,13 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!iiO", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
                           &no_rank, &usage_slots))
         return NULL;
-    if (!PyArg_ParseTuple(usage_slots, "iiii", &slot_in, &slot_out, &slot_total, &slot_task_scope))
+    if (!PyArg_ParseTuple(usage_slots, "iiiii", &slot_in, &slot_out, &slot_total, &slot_task_scope,
+                          &slot_verify))
         return NULL;
     n_types = (int)PyList_GET_SIZE(types);
+    int usage[] = {slot_in, slot_out, slot_total, slot_task_scope, slot_verify};
+    for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
+        if (usage[i] < 0 || usage[i] >= n_slots) n_slots = 0; /* refused just below */
     if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1) {
         PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: schema or slots out of range");
         return NULL;
@@ -699,8 +717,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
-    {"scan", scan, METH_O,
-     "scan(data) -> (n_spans, resources, scopes, hits), or None to decline (take the Python path)."},
+    {"scan", scan, METH_VARARGS,
+     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits), or None to decline (take the "
+     "Python path). fallback: a resource attribute read besides the attribution ones."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,9 +2,11 @@
 
 A plain `pip install` without a compiler has no `_otlp_scan`; everything then runs the pure-Python
 path and `scanner()` returns None. With it, the extractor hands the serialized request to
-`scan(data)`, which returns the slot values, ranks and span fields of the usage spans only — the
-same values the Python walk reads from the decoded request — or None to decline, and the extractor
-then takes the Python path on the same payload. So both paths count the same spans the same way;
+`scan(data, fallback)`, which returns the slot values, ranks and span fields of the usage, task and
+verify spans only, and each resource's attribution attributes plus its `fallback` attribute (the
+extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
+from the decoded request — or None to decline, and the extractor then takes the Python path on the
+same payload. So both paths count the same spans the same way;
 tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
 
 The walk checks every field against the schema of the installed `opentelemetry-proto` (built
@@ -133,7 +135,7 @@ def _repeated(field: Any) -> bool:
     return bool(is_repeated) if is_repeated is not None else field.label == 3
 
 
-def _configure(module: Any) -> Callable[[bytes], ScanResult | None] | None:
+def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] | None:
     from otel_tokens import extract
 
     schema = _schema()
@@ -146,15 +148,15 @@ def _configure(module: Any) -> Callable[[bytes], ScanResult | None] | None:
         for key, (slot, rank, expected) in extract.OTLP_ENTRIES.items()
     ]
     module.configure(schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS)
-    scan: Callable[[bytes], ScanResult | None] = module.scan
+    scan: Callable[[bytes, str | None], ScanResult | None] = module.scan
     return scan
 
 
-_scanner: Callable[[bytes], ScanResult | None] | None = None
+_scanner: Callable[[bytes, str | None], ScanResult | None] | None = None
 _loaded = False
 
 
-def scanner() -> Callable[[bytes], ScanResult | None] | None:
+def scanner() -> Callable[[bytes, str | None], ScanResult | None] | None:
     """The compiled walk, configured; None when it is not built, switched off, or does not match."""
     global _scanner, _loaded
     if not _loaded:

@@ -12,9 +12,17 @@ counted under one acquisition.
 Tokens per completed task: a task instance's calls may come from several processes, so only here is
 its total known. When its owner signals completion (`complete_tasks`, from the task span), the
 instance's accumulated tokens and cost are observed once into the `llm_task_tokens` /
-`llm_task_cost_usd` histograms (labels agent, task, status) and the instance is forgotten; the
-completion's span is remembered so a re-sent task span is not observed twice. Calls counted after
-their task completed still count in every counter, but in no task histogram.
+`llm_task_cost_usd` histograms (labels agent, task, model — the one with most of its tokens —,
+status, verified) and the instance is
+forgotten; the completion's span is remembered so a re-sent task span is not observed twice. Calls
+counted after their task completed still count in every counter, but in no task histogram.
+
+Cost per verified task: verdicts (`otel_tokens.verify`) arrive by task id, before the completion
+(kept, bounded, until it comes) or after it; the pipeline makes a completion without a verdict wait
+`verdict_wait_seconds` for one. At observation a task is `verified="passed"` when every verdict
+reported for it passed, `failed` when one failed, `none` without any. A verdict for a task already
+observed is counted in `otel_tokens_verdicts_late_total` and changes nothing; a re-sent verify span
+(the same span) is ignored.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from otel_tokens import metric_names as names
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
-from otel_tokens.record import TaskCompletion, UsageRecord
+from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
 
 __all__ = [
@@ -82,9 +90,37 @@ def _values_getter(paths: Sequence[str]) -> Callable[[UsageRecord], tuple[str | 
     return getter
 
 
+_VERIFIED = {True: names.VERIFIED_PASSED, False: names.VERIFIED_FAILED}
+
+
+def _remember(table: OrderedDict[Any, Any], key: object, limit: int, value: object = None) -> None:
+    """Add to a bounded table that forgets its oldest entry first."""
+    table[key] = value
+    if len(table) > limit:
+        table.popitem(last=False)
+
+
 def _plain(value: Any) -> list[Any]:
     """A family value's fields, in order (what its constructor takes back)."""
     return list(astuple(value))
+
+
+def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
+    """Task series kept before the `model` and `verified` labels existed (agent, task, status) get
+    `unknown` and `none`."""
+    width = len(TASK_LABELS)
+
+    def widen(key: list[str]) -> list[str]:
+        if len(key) == width:
+            return key
+        agent, task, status = key
+        return [agent, task, UNKNOWN, status, names.VERIFIED_NONE]
+
+    return {
+        **family,
+        "entries": [[widen(key), *rest] for key, *rest in family["entries"]],
+        "admitted": [widen(key) for key in family["admitted"]],
+    }
 
 
 def _label(value: str | None) -> str:
@@ -110,6 +146,15 @@ class MetricsConfig:
     task_token_buckets: tuple[float, ...] = tuple(float(4**n) for n in range(5, 16))
     #: USD per completed task: 1-3-10 steps from a tenth of a cent to $100.
     task_cost_buckets: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
+    #: How long a completed task without a verdict waits for one (`otel_tokens.verify` called after
+    #: the task's scope ended, or in another process) before it is observed as `verified="none"`.
+    #: 0 in-process (a verdict given inside the scope always arrives first); the collector uses its
+    #: dedupe hold window.
+    verdict_wait_seconds: float = 0.0
+    #: The resource attribute whose value is the agent of a span that names none, and has no
+    #: `invoke_agent` ancestor naming one (None: no such fallback). The SDK's made-up
+    #: `unknown_service...` names never count.
+    agent_fallback_attribute: str | None = "service.name"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad key, what was expected and what was given."""
@@ -134,6 +179,19 @@ class MetricsConfig:
             or idle < 0
         ):
             raise ValueError(f"series_idle_seconds: expected a finite number >= 0 (0: never), got {idle!r}")
+        wait = self.verdict_wait_seconds
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, (int, float))
+            or not math.isfinite(wait)
+            or wait < 0
+        ):
+            raise ValueError(f"verdict_wait_seconds: expected a finite number >= 0, got {wait!r}")
+        fallback = self.agent_fallback_attribute
+        if fallback is not None and (not isinstance(fallback, str) or not fallback.strip()):
+            raise ValueError(
+                f"agent_fallback_attribute: expected an attribute name or None, got {fallback!r}"
+            )
         for key in ("input_token_buckets", "task_token_buckets", "task_cost_buckets"):
             buckets = getattr(self, key)
             if not buckets or any(b <= a for a, b in pairwise(buckets)) or buckets[0] <= 0:
@@ -166,8 +224,8 @@ class Series:
 
 @dataclass(slots=True)
 class TaskSeries:
-    """Both task histograms of one (agent, task, status): per-bucket counts (not cumulative, +Inf
-    last) and sums; the count is the number of completed task instances."""
+    """Both task histograms of one (agent, task, model, status, verified): per-bucket counts (not
+    cumulative, +Inf last) and sums; the count is the number of completed task instances."""
 
     token_buckets: list[int]
     cost_buckets: list[int]
@@ -208,6 +266,7 @@ class Snapshot:
     task_series: dict[Key, TaskSeries] = field(default_factory=dict)
     task_token_buckets: tuple[float, ...] = ()
     task_cost_buckets: tuple[float, ...] = ()
+    verdicts_late: int = 0
 
 
 class Aggregator:
@@ -235,6 +294,13 @@ class Aggregator:
         self._tasks = TaskInstanceTable(max_tracked=cfg.max_task_instances)
         #: completions already observed (by task span, else task id): a re-sent span is not re-observed
         self._completed: OrderedDict[object, None] = OrderedDict()
+        #: task id → whether every verdict so far passed, for tasks not observed yet
+        self._verdicts: OrderedDict[str, bool] = OrderedDict()
+        #: verify spans already applied (trace id << 64 | span id): a re-sent one is ignored
+        self._verdict_spans: OrderedDict[int, None] = OrderedDict()
+        #: task ids observed since their last call: a verdict for one of them is late
+        self._observed_ids: OrderedDict[str, None] = OrderedDict()
+        self._verdicts_late = 0
         #: Expire idle series when a scrape reads them. A durable owner turns this off and applies
         #: `expire()` as a journaled change instead, so a replay expires the same series.
         self.expire_on_snapshot = True
@@ -302,9 +368,38 @@ class Aggregator:
         series.input_sum += counts.input
         attribution = record.attribution
         if attribution.task_id:
+            if self._observed_ids:
+                self._observed_ids.pop(attribution.task_id, None)  # a new run of a reused task id
             self._tasks.add(
-                attribution.task_id, attribution.agent, attribution.task, total, record.cost_usd or 0.0, now
+                attribution.task_id,
+                attribution.agent,
+                attribution.task,
+                total,
+                record.cost_usd or 0.0,
+                now,
+                record.model,
             )
+
+    def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
+        """Remember each task's verdicts until it is observed (all passed → passed)."""
+        limit = self.config.max_task_instances
+        with self._lock:
+            for verdict in verdicts:
+                if verdict.span_id:
+                    seen = (verdict.trace_id << 64) | verdict.span_id
+                    if seen in self._verdict_spans:
+                        continue
+                    _remember(self._verdict_spans, seen, limit)
+                if verdict.task_id in self._observed_ids:
+                    self._verdicts_late += 1
+                    continue
+                passed = self._verdicts.pop(verdict.task_id, True) and verdict.passed
+                _remember(self._verdicts, verdict.task_id, limit, passed)
+
+    def has_verdict(self, task_id: str) -> bool:
+        """Whether a verdict for this (not yet observed) task has arrived."""
+        with self._lock:
+            return task_id in self._verdicts
 
     def complete_tasks(self, completions: Iterable[TaskCompletion]) -> int:
         """Observe each completed instance's total into the task histograms, once; returns how many
@@ -328,7 +423,12 @@ class Aggregator:
         totals = self._tasks.pop(completion.task_id)
         agent = completion.agent or (totals.agent if totals is not None else None)
         task = completion.task or (totals.task if totals is not None else None)
-        series = self._task_series.get_or_create((_label(agent), _label(task), completion.status), now)
+        verdict = self._verdicts.pop(completion.task_id, None)
+        _remember(self._observed_ids, completion.task_id, self.config.max_task_instances)
+        verified = names.VERIFIED_NONE if verdict is None else _VERIFIED[verdict]
+        model = totals.main_model() if totals is not None else None
+        key = (_label(agent), _label(task), _label(model), completion.status, verified)
+        series = self._task_series.get_or_create(key, now)
         tokens = totals.tokens if totals is not None else 0
         cost = totals.cost_usd if totals is not None else 0.0
         cfg = self.config
@@ -365,6 +465,7 @@ class Aggregator:
                 task_series={k: s.copy() for k, s in self._task_series.entries.items()},
                 task_token_buckets=self.config.task_token_buckets,
                 task_cost_buckets=self.config.task_cost_buckets,
+                verdicts_late=self._verdicts_late,
             )
 
     # --- durable state (the collector's store snapshots and restores it) ---------------------------
@@ -391,6 +492,12 @@ class Aggregator:
                 "tasks": self._tasks.state(),
                 "completed": list(self._completed),
                 "ingest": [ingest.spans_received, ingest.spans_rejected, ingest.duplicates_dropped],
+                "verdicts": [
+                    list(self._verdicts.items()),
+                    list(self._verdict_spans),
+                    list(self._observed_ids),
+                ],
+                "verdicts_late": self._verdicts_late,
             }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -399,11 +506,18 @@ class Aggregator:
         if state["shape"] != self._shape():
             raise ValueError(f"counters were kept for {state['shape']}, this collector has {self._shape()}")
         values = {"series": Series, "unpriced": Count, "task_series": TaskSeries}
+        families = dict(state["families"])
+        families["task_series"] = _with_verified(families["task_series"])
+        verdicts, verdict_spans, observed = state.get("verdicts", ([], [], []))
         with self._lock:
             for name, family in self._families().items():
-                family.restore(state["families"][name], values[name])
+                family.restore(families[name], values[name])
             self._tasks.restore(state["tasks"])
             self._completed = OrderedDict.fromkeys(state["completed"])
+            self._verdicts = OrderedDict((task_id, bool(passed)) for task_id, passed in verdicts)
+            self._verdict_spans = OrderedDict.fromkeys(verdict_spans)
+            self._observed_ids = OrderedDict.fromkeys(observed)
+            self._verdicts_late = int(state.get("verdicts_late", 0))
         received, rejected, duplicates = state["ingest"]
         self.ingest_stats.restore(IngestCounts(received, dict(rejected), duplicates))
 

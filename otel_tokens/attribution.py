@@ -19,6 +19,17 @@ completed once, by the process that owns it. The span goes through the tracer `i
 from the user's tracer provider (`set_task_tracer`); not instrumented, no span. When the span has
 ended, the instance's `TaskCompletion` record goes to the in-process sinks (`otel_tokens.sinks`),
 just as an LLM call's `UsageRecord` does: in-process consumers never parse our spans back.
+
+`verify(passed, task_id=None, check="tests")` reports a deterministic check of a task instance (the
+task in force here by default): an INTERNAL `verify {check}` span carrying the task id and the
+verdict, and a `Verdict` record to the in-process sinks. A separate span rather than an event on the
+task span, because the check may run after the task's scope ended or in another process (a CI job
+that got the task id in baggage); the collector joins verdicts to tasks by task id, whichever
+arrives first, and a task's verdicts combine as "all passed", so a re-sent span changes nothing.
+
+Agent frameworks name the agent on an `invoke_agent` span (GenAI semconv) rather than with
+`attribute()`: `framework_attribution()` reads the agent and workflow from such a span when it is
+the current one, for calls whose scopes name none.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -36,12 +48,13 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion
+from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion, Verdict
 from otel_tokens.semconv import BAGGAGE_PREFIX
 from otel_tokens.sinks import record_sinks
 
 _ATTRIBUTION_KEY = context.create_key("otel_tokens.attribution")
 _MAX_VALUE_LENGTH = 256  # an attribution value is an identifier, not a document
+_MAX_CHECK_LENGTH = 128  # a check's name is an identifier too
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +78,15 @@ _SPAN_ATTRIBUTE_PAIRS: tuple[tuple[str, str], ...] = tuple(SPAN_ATTRIBUTES.items
 
 #: The tracer task spans are started with; None while otel-tokens is not instrumented.
 _task_tracer: trace.Tracer | None = None
+#: span id → (agent, workflow) the span runs under, from the instrumentation's span processor
+#: (`instrumentation/_agent_scopes.py`); None while not instrumented.
+_agent_scopes: Callable[[int], tuple[str | None, str | None] | None] | None = None
+
+
+def set_agent_scopes(lookup: Callable[[int], tuple[str | None, str | None] | None] | None) -> None:
+    """Called by the instrumentation, like `set_task_tracer`."""
+    global _agent_scopes
+    _agent_scopes = lookup
 
 
 def set_task_tracer(tracer: trace.Tracer | None) -> None:
@@ -251,3 +273,121 @@ def _publish_completion(span: trace.Span, merged: Attribution, exc: BaseExceptio
     except Exception:
         with swallow_internal_errors("attribute: task completion"):
             raise
+
+
+def framework_attribution(attribution: Attribution, ctx: context.Context | None = None) -> Attribution:
+    """`attribution` with the agent (and workflow) an agent framework named filled in where no scope
+    named one: the current span's, when it is an `invoke_agent` span (`gen_ai.agent.name`, and its
+    `gen_ai.workflow.name`) or an `invoke_workflow` span (its workflow); else the scope the current
+    span runs under, as the instrumentation's span processor noted it (a tool span under an agent)."""
+    if attribution.agent is not None and attribution.workflow is not None:
+        return attribution
+    span = trace.get_current_span(ctx)
+    attributes = getattr(span, "attributes", None)  # SDK spans have them
+    operation = attributes.get(sc.GEN_AI_OPERATION_NAME) if attributes else None
+    agent: object = None
+    workflow: object = None
+    if operation == sc.OPERATION_INVOKE_AGENT or operation == sc.OPERATION_INVOKE_WORKFLOW:
+        assert attributes is not None
+        if operation == sc.OPERATION_INVOKE_AGENT:
+            agent = attributes.get(sc.GEN_AI_AGENT_NAME)
+        workflow = attributes.get(sc.GEN_AI_WORKFLOW_NAME)
+    lookup = _agent_scopes
+    if lookup is not None and (agent is None or workflow is None):
+        noted = lookup(span.get_span_context().span_id)
+        if noted is not None:
+            agent, workflow = agent or noted[0], workflow or noted[1]
+    if agent is None and workflow is None:
+        return attribution
+    found = {
+        name: value[:_MAX_VALUE_LENGTH]
+        for name, value in (("agent", agent), ("workflow", workflow))
+        if isinstance(value, str) and value and getattr(attribution, name) is None
+    }
+    return replace(attribution, **found) if found else attribution
+
+
+class verify:
+    """Report a deterministic check (tests, a linter, a schema validation) of a task instance.
+
+    `verify(passed)` records a verdict now; `with verify(check="lint"):` wraps the check itself and
+    records "passed" when the block exits normally, "failed" when it raises (the exception
+    propagates unchanged). The task is `task_id`, else the one the current `attribute()` scope (or
+    incoming baggage) names; with neither, a ValueError says so. The collector exports each task's
+    tokens and cost by `verified` = passed (every check reported passed) / failed / none.
+    """
+
+    def __init__(self, passed: bool | None = None, task_id: str | None = None, check: str = "tests") -> None:
+        if passed is not None and not isinstance(passed, bool):
+            raise TypeError(f"verify(): passed must be True or False, got {passed!r}")
+        if not isinstance(check, str) or not check:
+            raise TypeError(f"verify(): check must be a non-empty string, got {check!r}")
+        in_force = current_attribution()
+        task_id = in_force.task_id if task_id is None else str(task_id)[:_MAX_VALUE_LENGTH]
+        if not task_id:
+            raise ValueError(
+                "verify(): no task to verify: pass task_id=..., or call it inside an "
+                "attribute(task_id=...) scope"
+            )
+        self.task_id, self.check, self.passed = task_id, check[:_MAX_CHECK_LENGTH], passed
+        self._attribution = in_force if in_force.task_id == task_id else Attribution(task_id=task_id)
+        self._span: trace.Span | None = None
+        self._token: object | None = None
+        if passed is not None:
+            self._span = self._start()
+            self._finish(passed, None)
+
+    def __enter__(self) -> verify:
+        if self.passed is not None or self._token is not None:
+            raise TypeError("verify(passed) already recorded its verdict: use `with verify(check=...):`")
+        self._span = self._start()
+        if self._span is not None:
+            self._token = context.attach(trace.set_span_in_context(self._span))
+        else:
+            self._token = False  # entered, no span (not instrumented)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token:
+            context.detach(cast(Any, self._token))
+        self.passed = exc is None
+        self._finish(self.passed, exc)
+
+    def _start(self) -> trace.Span | None:
+        if _task_tracer is None:
+            return None
+        try:
+            attributes = attribution_attributes(self._attribution)
+            attributes.pop(sc.OTEL_TOKENS_STEP, None)
+            attributes[sc.OTEL_TOKENS_VERIFY_CHECK] = self.check
+            return _task_tracer.start_span(
+                f"verify {self.check}", kind=SpanKind.INTERNAL, attributes=attributes
+            )
+        except Exception:
+            with swallow_internal_errors("verify: span"):
+                raise
+            return None
+
+    def _finish(self, passed: bool, exc: BaseException | None) -> None:
+        """The verdict goes on the span (set last: it is what makes the span a verdict) and, once
+        the span ended, to the in-process sinks with the span's ids."""
+        span = self._span
+        if span is None:
+            return
+        try:
+            span.set_attribute(sc.OTEL_TOKENS_VERIFY_PASSED, passed)
+            if exc is not None:
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+            span.end()
+            if record_sinks.active:
+                ctx = span.get_span_context()
+                end = getattr(span, "end_time", None) or time.time_ns()
+                record_sinks.publish(
+                    Verdict(self.task_id, passed, self.check, ctx.trace_id, ctx.span_id, end)
+                )
+        except Exception:
+            with swallow_internal_errors("verify: verdict"):
+                raise

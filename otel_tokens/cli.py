@@ -178,6 +178,12 @@ def _source_flags(parser: argparse.ArgumentParser, *, thresholds: bool = False) 
         help=f"the collector's metrics address (default {DEFAULT_COLLECTOR})",
     )
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer token for a collector started with --auth-token-file (default: "
+        "$OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE; /metrics: $OTEL_TOKENS_COLLECTOR_METRICS_AUTH_TOKEN_FILE)",
+    )
+    parser.add_argument(
         "--prometheus",
         metavar="URL",
         help="read a Prometheus-compatible query API instead (every collector it scrapes; keeps history)",
@@ -193,8 +199,13 @@ def _source_flags(parser: argparse.ArgumentParser, *, thresholds: bool = False) 
 
 def _source(args: argparse.Namespace) -> DataSource:
     from otel_tokens.ops.commands import make_source
+    from otel_tokens.ops.source import SourceError
 
-    return make_source(args.collector, args.prometheus, getattr(args, "budgets", None))
+    try:
+        return make_source(args.collector, args.prometheus, getattr(args, "budgets", None), args.token_file)
+    except SourceError as exc:  # an unreadable token file: say so, as for an unreadable collector
+        print(f"otel-tokens {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def _grouping_flags(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from otel_tokens.record import UsageRecord
+from otel_tokens.record import Attribution, UsageRecord
 
 __all__ = ["DEFAULT_WINDOW_SECONDS", "DedupeConfig", "Deduper", "DeduperState"]
 
@@ -183,6 +183,23 @@ class Deduper:
                 if self._offer(record, now, by_content):
                     counted.append(record)
             return counted, self.duplicates_dropped - before
+
+    def holds(self, record: UsageRecord) -> bool:
+        """Whether this very record is held, waiting for its duplicates."""
+        with self._lock:
+            held = self._held.get(_key(record.trace_id, record.span_id))
+            return held is not None and held[0] is record
+
+    def amend_held(self, record: UsageRecord, attribution: Attribution) -> bool:
+        """Give a record still held here a better attribution (an ancestor span named its agent);
+        False when it was released or dropped already (too late: it was counted as it was)."""
+        with self._lock:
+            held = self._held.get(_key(record.trace_id, record.span_id))
+            if held is None or held[0] is not record:
+                return False
+            record.attribution = attribution
+            record.agent_from_resource = False
+            return True
 
     def state(self) -> DeduperState:
         """A copy of everything remembered (the durable store snapshots it)."""

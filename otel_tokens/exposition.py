@@ -150,7 +150,7 @@ def _render_series(
 
 
 def _task_families(snap: Snapshot | None = None) -> Iterator[Metric]:
-    """Tokens and cost per completed task instance, by (agent, task, status)."""
+    """Tokens and cost per completed task instance, by (agent, task, model, status, verified)."""
     labels = list(TASK_LABELS)
     tokens = HistogramMetricFamily(names.TASK_TOKENS, _HELP[names.TASK_TOKENS], labels=labels)
     cost = HistogramMetricFamily(names.TASK_COST, _HELP[names.TASK_COST], labels=labels)
@@ -186,6 +186,9 @@ def _self_families(snap: Snapshot | None = None) -> Iterator[Metric]:
         f"Records sent to the {names.OVERFLOW} series by the series limit.",
         labels=[names.METRIC],
     )
+    late = CounterMetricFamily(
+        names.VERDICTS_LATE, "Verdicts that arrived after their task was observed (too late to count)"
+    )
     unpriced = CounterMetricFamily(
         names.UNPRICED,
         "Records whose model has no known price (cost counted as 0).",
@@ -194,10 +197,11 @@ def _self_families(snap: Snapshot | None = None) -> Iterator[Metric]:
     if snap is not None:
         received.add_metric([], snap.spans_received)
         duplicates.add_metric([], snap.duplicates_dropped)
+        late.add_metric([], snap.verdicts_late)
         for reason, n in sorted(snap.spans_rejected.items()):
             rejected.add_metric([reason], n)
         for metric, n in sorted(snap.series_overflow.items()):
             overflow.add_metric([metric], n)
         for (provider, model), n in sorted(snap.unpriced.items()):
             unpriced.add_metric([provider, model], n)
-    yield from (received, rejected, duplicates, overflow, unpriced)
+    yield from (received, rejected, duplicates, overflow, unpriced, late)

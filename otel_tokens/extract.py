@@ -14,6 +14,12 @@ OpenInference already report it that way; an Anthropic-style raw input (excludin
 recognised when it is smaller than the cache tokens, or when a reported total only adds up with
 the cache added, and is then normalised.
 
+Agent attribution: the span's own (`gen_ai.agent.name` and the other dialects'), else an ancestor
+`invoke_agent` span's (resolved by the pipeline, `ancestry.py`; `scan_*` below give it the links),
+else the resource's `gen_ai.agent.name`, else the resource's `agent_fallback_attribute`
+(`service.name` by default; the SDK's made-up `unknown_service...` never counts). A record whose
+agent is only the resource's says so (`agent_from_resource`), so an ancestor can still name it.
+
 Malformed values never raise: the span becomes a `Rejection` with a bounded reason.
 
 Hostile numbers: every count is bounded (`MAX_TOKENS`), and so is a call's total (input + output,
@@ -47,13 +53,21 @@ from opentelemetry.trace import StatusCode
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.accelerator import ScanResult, scanner
+from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
     CACHE_WRITE_1H_EXCEEDS_CACHE_WRITE,
     REASONING_EXCEEDS_OUTPUT,
     ExtractStats,
 )
-from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TaskCompletion, TokenCounts, UsageRecord
+from otel_tokens.record import (
+    ATTRIBUTION_FIELDS,
+    Attribution,
+    TaskCompletion,
+    TokenCounts,
+    UsageRecord,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -86,7 +100,8 @@ _TL = sc.OPENLLMETRY_ASSOCIATION_PREFIX
 (AGENT, TASK, TASK_ID, USER, SESSION, STEP, WORKFLOW) = range(10, 17)  # Attribution's field order
 (COST, ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE) = range(17, 22)
 (CACHE_WRITE_1H, SERVICE_TIER, ENRICHMENT_FAILED) = range(22, 25)
-_N_SLOTS = 25
+(VERIFY_PASSED, VERIFY_CHECK) = range(25, 27)
+_N_SLOTS = 27
 _NO_RANK = 99
 
 _DIALECTS: tuple[tuple[str, ...], ...] = (
@@ -110,7 +125,7 @@ _DIALECTS: tuple[tuple[str, ...], ...] = (
     (sc.GEN_AI_PROVIDER_NAME, sc.GEN_AI_SYSTEM, sc.OPENINFERENCE_PROVIDER, sc.OPENINFERENCE_SYSTEM),
     (sc.GEN_AI_OPERATION_NAME, sc.OPENLLMETRY_REQUEST_TYPE),
     # attribution: ours first, then other dialects' nearest equivalents. `service.name` is absent on
-    # purpose: a service is not an agent.
+    # purpose: a service is not an agent, only the last resort (`agent_fallback_attribute`).
     (sc.GEN_AI_AGENT_NAME, sc.GEN_AI_AGENT_ID, _TL + "agent_name", _TL + "agent"),
     (sc.OTEL_TOKENS_TASK, _TL + "task_name", _TL + "task"),
     (sc.OTEL_TOKENS_TASK_ID, _TL + "task_id"),
@@ -126,6 +141,8 @@ _DIALECTS: tuple[tuple[str, ...], ...] = (
     (sc.OTEL_TOKENS_CACHE_WRITE_1H,),
     (sc.OPENAI_RESPONSE_SERVICE_TIER, sc.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
     (sc.OTEL_TOKENS_ENRICHMENT_FAILED,),
+    (sc.OTEL_TOKENS_VERIFY_PASSED,),
+    (sc.OTEL_TOKENS_VERIFY_CHECK,),
 )
 assert len(_DIALECTS) == _N_SLOTS
 
@@ -143,6 +160,7 @@ _EXPECTED_FIELD: tuple[str, ...] = (
     + ("string_value",) * 11
     + ("double_value", "bool_value", "bool_value", "string_value", "bool_value")
     + ("int_value", "string_value", "array_value")
+    + ("bool_value", "string_value")
 )
 assert len(_EXPECTED_FIELD) == _N_SLOTS
 #: attribute name → (slot, rank, the AnyValue field it normally arrives in): the OTLP walk's table.
@@ -154,7 +172,8 @@ _resource_values = attrgetter(*ATTRIBUTION_FIELDS)  # an Attribution's fields as
 # What the compiled walk (accelerator.py) is configured with: the same table, read by the same rules.
 OTLP_ENTRIES = _OTLP_ENTRY
 N_SLOTS, NO_RANK = _N_SLOTS, _NO_RANK
-USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE)  # a span with one of these is read; TASK_SCOPE only if True
+#: a span with one of these is read; TASK_SCOPE only if True, VERIFY_PASSED only if a bool
+USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)
 ATTRIBUTION_SLOTS = frozenset(range(AGENT, WORKFLOW + 1))
 
 
@@ -174,7 +193,7 @@ class Rejection:
         return f"Rejection({self.reason!r}, {self.detail!r})"
 
 
-Outcome = UsageRecord | Rejection | TaskCompletion | None
+Outcome = UsageRecord | Rejection | TaskCompletion | Verdict | None
 
 
 class _Batch(Protocol):
@@ -423,7 +442,9 @@ def _record(
     request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
     provider = (provider or "unknown").lower()
     request_model = request_model or response_model or "unknown"
+    from_resource = False
     if resource is not None:  # == resource.merged(attribution), without building the inner one
+        from_resource = who[0] is None and resource.agent is not None
         who = [v if v is not None else r for v, r in zip(who, _resource_values(resource), strict=True)]
     error_type = _label(vals[ERROR_TYPE]) if vals[ERROR_TYPE] is not None else None
     service_tier = _label(vals[SERVICE_TIER]) if vals[SERVICE_TIER] is not None else None
@@ -454,6 +475,7 @@ def _record(
         scope_ours or vals[MARKER] is True,  # ours
         service_tier,
         failed_steps,
+        from_resource,  # agent_from_resource
     )
 
 
@@ -511,7 +533,11 @@ def _slots_from_otlp(
     # usage is decided on the names present (an empty AnyValue under a usage name still counts)
     if vals is None:
         return None
-    if ranks[IN] == ranks[OUT] == ranks[TOTAL] == _NO_RANK and vals[TASK_SCOPE] is not True:
+    if (
+        ranks[IN] == ranks[OUT] == ranks[TOTAL] == _NO_RANK
+        and vals[TASK_SCOPE] is not True
+        and type(vals[VERIFY_PASSED]) is not bool
+    ):
         return None
     return vals, ranks
 
@@ -536,20 +562,84 @@ def _completion(
     )
 
 
-def _otlp_resource_attribution(attributes: Any) -> Attribution | None:
-    found = {kv.key: kv.value for kv in attributes if kv.key in _ATTRIBUTION_KEYS}
+def _verdict(vals: _Slots, trace_id: int, span_id: int, end_time_ns: int) -> Verdict | None:
+    """A verify span's verdict; None without a task id (nothing to join it to)."""
+    task_id = _label(vals[TASK_ID]) if vals[TASK_ID] is not None else None
+    if task_id is None:
+        return None
+    check = (_label(vals[VERIFY_CHECK]) if vals[VERIFY_CHECK] is not None else None) or "tests"
+    return Verdict(task_id, vals[VERIFY_PASSED] is True, check, trace_id, span_id, end_time_ns)
+
+
+def _otlp_resource_attribution(attributes: Any, fallback: str | None = None) -> Attribution | None:
+    found = {kv.key: kv.value for kv in attributes if kv.key in _ATTRIBUTION_KEYS or kv.key == fallback}
     if not found:
         return None
     return _resource_attribution(
-        {k: getattr(v, v.WhichOneof("value") or "string_value") for k, v in found.items()}
+        {k: getattr(v, v.WhichOneof("value") or "string_value") for k, v in found.items()}, fallback
     )
 
 
-def _resource_attribution(attrs: Mapping[str, object]) -> Attribution | None:
+def _resource_attribution(attrs: Mapping[str, object], fallback: str | None = None) -> Attribution | None:
     """Resource-level attribution (an agent deployed as its own service may set
-    `gen_ai.agent.name` there); None when there is none, so spans skip the merge."""
+    `gen_ai.agent.name` there, else the `fallback` attribute, normally `service.name`, names it);
+    None when there is none, so spans skip the merge."""
     attribution = attribution_from(slots_from_mapping(attrs)[0])
+    if attribution.agent is None and fallback is not None:
+        agent = _label(attrs.get(fallback))
+        if agent is not None and not agent.startswith(sc.UNKNOWN_SERVICE_PREFIX):
+            attribution = dataclasses.replace(attribution, agent=agent)
     return attribution if any(v is not None for _, v in attribution.items()) else None
+
+
+# --- ancestry: the links and agent scopes of the spans of some traces (see ancestry.py) -----------
+
+
+def _scope(operation: object, agent: object, workflow: object) -> Scope | None:
+    """What an `invoke_agent` / `invoke_workflow` span tells its descendants; None for other spans."""
+    if operation == sc.OPERATION_INVOKE_AGENT:
+        scope = Scope(_label(agent), _label(workflow))
+    elif operation == sc.OPERATION_INVOKE_WORKFLOW:
+        scope = Scope(None, _label(workflow))
+    else:
+        return None
+    return scope if scope.agent is not None or scope.workflow is not None else None
+
+
+_SCOPE_KEYS = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_AGENT_NAME, sc.GEN_AI_WORKFLOW_NAME)
+
+
+def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links, scopes: Scopes) -> None:
+    """Add the parent link of every span of `traces` in the request, and the scope of each agent or
+    workflow span among them (only traces with records awaiting an ancestor are walked)."""
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                trace_id = int.from_bytes(span.trace_id, "big")
+                if trace_id not in traces:
+                    continue
+                key = (trace_id << 64) | int.from_bytes(span.span_id, "big")
+                links[key] = (trace_id << 64) | int.from_bytes(span.parent_span_id, "big")
+                values = {kv.key: kv.value.string_value for kv in span.attributes if kv.key in _SCOPE_KEYS}
+                if values.get(sc.GEN_AI_OPERATION_NAME):
+                    found = _scope(*(values.get(k) or None for k in _SCOPE_KEYS))
+                    if found is not None:
+                        scopes[key] = found
+
+
+def scan_readable(spans: Iterable[ReadableSpan], traces: set[int], links: Links, scopes: Scopes) -> None:
+    """`scan_otlp` for SDK spans (the in-process path)."""
+    for span in spans:
+        ctx = span.get_span_context()
+        if ctx is None or ctx.trace_id not in traces:
+            continue
+        key = (ctx.trace_id << 64) | ctx.span_id
+        links[key] = (ctx.trace_id << 64) | (span.parent.span_id if span.parent is not None else 0)
+        attrs = span.attributes or {}
+        if attrs.get(sc.GEN_AI_OPERATION_NAME):
+            found = _scope(*(attrs.get(k) for k in _SCOPE_KEYS))
+            if found is not None:
+                scopes[key] = found
 
 
 class Extractor:
@@ -567,6 +657,7 @@ class Extractor:
         *,
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
         stats: ExtractStats | None = None,
+        agent_fallback_attribute: str | None = sc.SERVICE_NAME,
         compiled: bool = True,
     ) -> None:
         if type(max_tokens_per_call) is not int or max_tokens_per_call < 1:
@@ -574,6 +665,8 @@ class Extractor:
         self._price = price if price is not None else _default_price
         self.max_tokens_per_call = max_tokens_per_call
         self.stats = stats if stats is not None else ExtractStats()
+        #: the resource attribute naming the agent when nothing else does (`service.name`; None: off)
+        self.agent_fallback_attribute = agent_fallback_attribute
         # (resource, its attribution) as one tuple: replaced atomically, so threads may share it
         self._resource_cache: tuple[object, Attribution | None] = (None, None)
         #: the compiled OTLP walk (accelerator.py), when built and not switched off
@@ -584,14 +677,15 @@ class Extractor:
         With the compiled walk, the request is re-serialized and walked in C (cheaper than reading
         its attributes in Python), unless the walk declines."""
         if self._scan is not None:
-            found = self._scan(request.SerializeToString())
+            found = self.scan(request.SerializeToString())
             if found is not None:
                 self.count_scanned(found, batch)
                 return
         from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
         slots_of = _slots_from_otlp
         for resource_spans in request.resource_spans:
-            resource = _otlp_resource_attribution(resource_spans.resource.attributes)
+            fallback = self.agent_fallback_attribute
+            resource = _otlp_resource_attribution(resource_spans.resource.attributes, fallback)
             for scope_spans in resource_spans.scope_spans:
                 scope_ours = scope_spans.scope.name == sc.INSTRUMENTATION_SCOPE
                 spans = scope_spans.spans
@@ -607,7 +701,7 @@ class Extractor:
     def scan(self, data: bytes) -> ScanResult | None:
         """The compiled walk over a serialized request; None without it, or when it declines (the
         caller then decodes `data` and takes `extract_otlp`)."""
-        return self._scan(data) if self._scan is not None else None
+        return self._scan(data, self.agent_fallback_attribute) if self._scan is not None else None
 
     def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
         """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""
@@ -615,7 +709,8 @@ class Extractor:
         batch.spans_received += n_spans
         if not hits:
             return
-        resources = [_resource_attribution(r) if r is not None else None for r in raw_resources]
+        fallback = self.agent_fallback_attribute
+        resources = [_resource_attribution(r, fallback) if r is not None else None for r in raw_resources]
         ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
         outcome_of, add = self._outcome, batch.add
         for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
@@ -657,10 +752,12 @@ class Extractor:
         error: bool,
         ids: tuple[int, int, int, int, int],
     ) -> Outcome:
-        """One usage or task span's outcome from its slots and ids (trace, span, parent or 0, start,
-        end): both OTLP walks end here."""
+        """One usage, task or verify span's outcome from its slots and ids (trace, span, parent or 0,
+        start, end): both OTLP walks end here."""
         if vals[TASK_SCOPE] is True:
             return _completion(vals, resource, error, ids[0], ids[1], ids[4])
+        if type(vals[VERIFY_PASSED]) is bool:
+            return _verdict(vals, ids[0], ids[1], ids[4])
         trace_id, span_id, parent, start, end = ids
         return _record(
             vals, ranks, self._price, resource, scope_ours, error, self.max_tokens_per_call, self.stats,
@@ -675,6 +772,10 @@ class Extractor:
         vals, ranks = slots_from_mapping(raw)
         if vals[TASK_SCOPE] is True:
             return self._readable_completion(span, vals)
+        if type(vals[VERIFY_PASSED]) is bool:
+            ctx = span.get_span_context()
+            trace_id, span_id = (ctx.trace_id, ctx.span_id) if ctx is not None else (0, 0)
+            return _verdict(vals, trace_id, span_id, span.end_time or 0)
         if not _has_usage(vals):
             return None
         scope = span.instrumentation_scope
@@ -737,6 +838,6 @@ class Extractor:
         resource = span.resource
         cached, attribution = self._resource_cache
         if resource is not cached:
-            attribution = _resource_attribution(resource.attributes)
+            attribution = _resource_attribution(resource.attributes, self.agent_fallback_attribute)
             self._resource_cache = (resource, attribution)
         return attribution

@@ -54,6 +54,7 @@ class TokenMetricsSpanProcessor(SpanProcessor):
             if attributes and (
                 attributes.get(sc.OTEL_TOKENS_MARKER) is True
                 or attributes.get(sc.OTEL_TOKENS_TASK_SCOPE) is True
+                or type(attributes.get(sc.OTEL_TOKENS_VERIFY_PASSED)) is bool
             ):
                 self._expect(span)  # ours: its record follows through the sinks
                 return

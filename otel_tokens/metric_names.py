@@ -33,13 +33,23 @@ BUDGET: Final = "budget"
 WINDOW: Final = "window"
 UNIT: Final = "unit"
 ACTION: Final = "action"
+#: On the task histograms: the outcome of the task's deterministic checks (`otel_tokens.verify`).
+VERIFIED: Final = "verified"
 #: On every generated alert: the P1/P2/P3 that Alertmanager routes by.
 SEVERITY: Final = "severity"
 
 #: The default dimensions of the usage metrics (configurable in the collector).
 DEFAULT_DIMENSIONS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, PROVIDER)
-#: The task histograms' labels: a task is owned by one agent; status says whether its scope raised.
-TASK_LABELS: Final[tuple[str, ...]] = (AGENT, TASK, STATUS)
+#: The task histograms' labels: a task is owned by one agent; model is the one that did most of its
+#: work (most tokens); status says whether its scope raised; verified whether its checks passed
+#: (`VERIFIED_VALUES`). Cost per passed task by task type and model reads these.
+TASK_LABELS: Final[tuple[str, ...]] = (AGENT, TASK, MODEL, STATUS, VERIFIED)
+#: The values of `verified`: every check reported for the task passed / at least one failed / none was
+#: reported. `none` is also what a task gets whose verdict arrived too late (see the README).
+VERIFIED_PASSED: Final = "passed"
+VERIFIED_FAILED: Final = "failed"
+VERIFIED_NONE: Final = "none"
+VERIFIED_VALUES: Final[tuple[str, ...]] = (VERIFIED_PASSED, VERIFIED_FAILED, VERIFIED_NONE)
 
 # --- usage metrics (the aggregator) ---------------------------------------------------------------
 TOKENS: Final = "llm_tokens_total"
@@ -63,6 +73,8 @@ UNPRICED: Final = "otel_tokens_unpriced_records_total"
 RECORDS_CLAMPED: Final = "otel_tokens_records_clamped_total"
 #: Records whose source reported an enrichment step failed (pricing, estimation, attribution), by `step`.
 ENRICHMENT_FAILURES: Final = "otel_tokens_enrichment_failures_total"
+#: Verdicts (`otel_tokens.verify`) that arrived after their task had been observed (as `verified="none"`).
+VERDICTS_LATE: Final = "otel_tokens_verdicts_late_total"
 
 # --- budget ledger gauges (exact windows, what budget alerts read) --------------------------------
 BUDGET_USED: Final = "llm_budget_used"

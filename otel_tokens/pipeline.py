@@ -20,7 +20,15 @@ Task completions (a task span arrived) go to the aggregator after the batch's re
 calls exported with it are in its total. While the deduper holds foreign usage spans (up to the
 hold window), a completion waits as long as they do and is observed by `flush()` after them: a
 held span may be one of the task's calls. Our own call spans are never held, so with otel-tokens'
-instrumentation a completion is normally observed at once.
+instrumentation a completion is normally observed at once. Verdicts (`otel_tokens.verify`) go to the
+aggregator before the batch's completions; a completion with no verdict yet waits
+`MetricsConfig.verdict_wait_seconds` for one (0 in-process; the collector's dedupe hold window).
+
+Before the gate, a record naming no agent of its own takes an enclosing `invoke_agent` span's
+(`ancestry.py`): the batch's spans of its trace are scanned for links. A foreign record whose
+ancestors have not arrived is held by the deduper anyway; later batches continue its walk while it is
+held and amend it, so waiting for an ancestor adds no delay beyond the dedupe hold window. (The
+amendment is not journaled: after a crash such a record is counted with the resource's agent.)
 """
 
 from __future__ import annotations
@@ -39,12 +47,21 @@ from prometheus_client.registry import Collector
 from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk, span_key
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
-from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL, Extractor, Outcome, PriceFn, Rejection
+from otel_tokens.extract import (
+    DEFAULT_MAX_TOKENS_PER_CALL,
+    Extractor,
+    Outcome,
+    PriceFn,
+    Rejection,
+    scan_otlp,
+    scan_readable,
+)
 from otel_tokens.extract_stats import ExtractStatsCollector
 from otel_tokens.ingest_stats import bounded_reason
-from otel_tokens.record import Record, TaskCompletion, UsageRecord
+from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -72,14 +89,17 @@ class Batch:
     `by_content`: the records came from spans, so one without a span id is deduplicated by its
     content (a resend of it is not counted twice)."""
 
-    __slots__ = ("by_content", "completions", "records", "rejected", "result")
+    __slots__ = ("by_content", "completions", "records", "rejected", "result", "verdicts", "walks")
 
     def __init__(self, *, by_content: bool = False) -> None:
         self.result = IngestResult()
         self.records: list[UsageRecord] = []
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
+        self.verdicts: list[Verdict] = []
         self.by_content = by_content
+        #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
+        self.walks: list[Walk] = []
 
     @property
     def spans_received(self) -> int:
@@ -94,6 +114,8 @@ class Batch:
             self.records.append(outcome)
         elif type(outcome) is TaskCompletion:
             self.completions.append(outcome)
+        elif type(outcome) is Verdict:
+            self.verdicts.append(outcome)
         elif isinstance(outcome, Rejection):
             self.rejected[outcome.reason] = self.rejected.get(outcome.reason, 0) + 1
             self.result.spans_rejected += 1
@@ -186,7 +208,14 @@ class Pipeline:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.aggregator = Aggregator(self.config, clock=clock)
         self._clock = clock
-        self._extractor = Extractor(price=price, max_tokens_per_call=max_tokens_per_call, compiled=compiled)
+        self._extractor = Extractor(
+            price=price,
+            max_tokens_per_call=max_tokens_per_call,
+            agent_fallback_attribute=self.config.agent_fallback_attribute,
+            compiled=compiled,
+        )
+        self._resolver = AncestorResolver(max_walks=self.dedupe.max_held_spans)
+        self._resolver_lock = threading.Lock()
         self._deduper = Deduper(
             hold_seconds=self.dedupe.hold_seconds,
             max_held=self.dedupe.max_held_spans,
@@ -208,29 +237,40 @@ class Pipeline:
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
+            self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
         return self.gate.batch(batch)
 
     def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
         """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
         decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
         Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
         found = self._extractor.scan(data)
         if found is None:  # no compiled walk, or it declined: decode and take the Python path
-            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
             return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
             self._extractor.count_scanned(found, batch)
+            # the ancestor walk needs every span's parent link: decoded only when a record needs it
+            # (the walk accepted `data`, so upb does too)
+            self._resolve(
+                batch,
+                lambda ts, links, scopes: scan_otlp(
+                    ExportTraceServiceRequest.FromString(data), ts, links, scopes
+                ),
+            )
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
         """Count the usage spans among finished SDK spans (the in-process path)."""
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_spans"):
+            spans = tuple(spans)
             for span in spans:
                 batch.spans_received += 1
                 batch.add(self._extractor.from_readable_span(span))
+            self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
         return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
@@ -244,6 +284,7 @@ class Pipeline:
             for record in records:
                 batch.spans_received += 1
                 batch.add(admit(record) if isinstance(record, UsageRecord) else record)
+            self._resolve(batch, None)
         return self.gate.batch(batch)
 
     def reject_payload(self, reason: str) -> None:
@@ -269,7 +310,11 @@ class Pipeline:
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
             batch.result.records_counted = self._emit(counted)
+            if batch.walks:
+                self._track(batch.walks)
         self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
+        if batch.verdicts:
+            self.aggregator.add_verdicts(batch.verdicts)
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions, now)
@@ -280,6 +325,9 @@ class Pipeline:
         scrapes do not expire idle series (a durable owner), the periodic sweep happens here, as
         part of this change."""
         now = self._clock() if until is None else until
+        if self._resolver.waiting:
+            with self._resolver_lock:
+                self._resolver.expire(now)
         released = self._deduper.flush(now)
         self._emit(released)
         due = self._due_completions(now) if self._pending else []
@@ -327,24 +375,64 @@ class Pipeline:
         self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
-    def _complete(self, completions: list[TaskCompletion], now: float) -> None:
-        """Observe now, unless held foreign spans (maybe the task's calls) are still to be counted."""
-        hold = self.dedupe.hold_seconds
-        if not self._deduper.held or hold <= 0:
-            self.aggregator.complete_tasks(completions)
+    def _resolve(self, batch: Batch, scan: Callable[[set[int], Links, Scopes], None] | None) -> None:
+        """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
+        spans of their traces (and of traces with walks in progress) are scanned only when needed.
+        Walks this batch cannot finish go with the batch, tracked if the deduper holds their record."""
+        needs = AncestorResolver.needs
+        traces = {r.trace_id for r in batch.records if needs(r)}
+        if not traces and not self._resolver.waiting:
             return
-        deadline = now + hold
+        links: Links = {}
+        scopes: Scopes = {}
+        with self._resolver_lock:
+            traces |= self._resolver.traces
+            if scan is not None:
+                scan(traces, links, scopes)
+            for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
+                if r.trace_id in traces and r.span_id:
+                    key = span_key(r.trace_id, r.span_id)
+                    links.setdefault(key, span_key(r.trace_id, r.parent_span_id or 0))
+                    if r.attribution.agent is not None and not r.agent_from_resource:
+                        scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
+            for walk in self._resolver.advance(links, scopes):
+                attribution = walk.attribution()
+                if attribution is not None:
+                    self._deduper.amend_held(walk.record, attribution)
+            deadline = self._clock() + self.dedupe.hold_seconds
+            batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
+
+    def _track(self, walks: list[Walk]) -> None:
+        with self._resolver_lock:
+            for walk in walks:
+                if self._deduper.holds(walk.record):
+                    self._resolver.track(walk)
+
+    def _complete(self, completions: list[TaskCompletion], now: float) -> None:
+        """Observe now, unless held or waiting foreign spans (maybe the task's calls) are still to be
+        counted, or a verdict may still come."""
+        held = self._deduper.held or self._resolver.waiting
+        hold = self.dedupe.hold_seconds if held else 0.0
+        verdict_wait = self.config.verdict_wait_seconds
+        at_once: list[TaskCompletion] = []
         with self._pending_lock:
-            room = max(self.dedupe.max_held_spans - len(self._pending), 0)
-            self._pending.extend((deadline, c) for c in completions[:room])
-        if completions[room:]:  # bounded: past the limit, observe at once rather than drop
-            self.aggregator.complete_tasks(completions[room:])
+            for c in completions:
+                waits_verdict = verdict_wait > 0 and not self.aggregator.has_verdict(c.task_id)
+                wait = max(hold, verdict_wait if waits_verdict else 0.0)
+                if wait <= 0 or len(self._pending) >= self.dedupe.max_held_spans:
+                    at_once.append(c)  # bounded: past the limit, observe at once rather than drop
+                else:
+                    self._pending.append((now + wait, c))
+        if at_once:
+            self.aggregator.complete_tasks(at_once)
 
     def _due_completions(self, now: float) -> list[TaskCompletion]:
-        due: list[TaskCompletion] = []
+        """Every waiting completion due by `now` (waits differ, so not only those in front)."""
         with self._pending_lock:
-            while self._pending and self._pending[0][0] <= now:
-                due.append(self._pending.popleft()[1])
+            if not any(deadline <= now for deadline, _ in self._pending):
+                return []
+            due = [c for deadline, c in self._pending if deadline <= now]
+            self._pending = deque((d, c) for d, c in self._pending if d > now)
         return due
 
     def _emit(self, counted: list[UsageRecord]) -> int:

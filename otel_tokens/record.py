@@ -4,7 +4,8 @@ Instrumentation builds it from an SDK response, the extractor builds it from a s
 instrumentation's); aggregation, budgets and exposition consume only this. Token counts keep the
 semantic-convention meaning (input includes cache tokens, output includes reasoning); `disjoint()`
 gives the non-overlapping split that Prometheus counters need, so that a sum over `token_type` is
-the real total. A `TaskCompletion` (a task instance's scope ended) is the other record that flows:
+the real total. A `TaskCompletion` (a task instance's scope ended) and a `Verdict` (a check of a task instance
+passed or failed) are the other records that flow:
 in-process consumers receive both from `otel_tokens.sinks`, the collector builds both from spans.
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "TaskCompletion",
     "TokenCounts",
     "UsageRecord",
+    "Verdict",
 ]
 
 Status = Literal["ok", "error"]
@@ -144,6 +146,9 @@ class UsageRecord:
     #: Enrichment steps that failed for this record (`semconv.ENRICHMENT_*`: pricing, estimation,
     #: attribution): its reported tokens are still exact, what the step would have added is not.
     failed_steps: tuple[str, ...] = ()
+    #: True when `attribution.agent` is only the resource's (its `gen_ai.agent.name`, else the
+    #: configured fallback such as `service.name`): an enclosing `invoke_agent` span names it better.
+    agent_from_resource: bool = False
 
     @property
     def model(self) -> str:
@@ -165,5 +170,20 @@ class TaskCompletion:
     end_time_ns: int = 0
 
 
-#: What flows to in-process consumers and through the pipeline: one LLM call, or one finished task.
-Record: TypeAlias = UsageRecord | TaskCompletion
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One deterministic check of a task instance passed or failed (`otel_tokens.verify`). It may
+    come from another process than the task's, before or after the task completed; a task's checks
+    combine as "all passed", so a verdict seen twice (a re-sent span) changes nothing."""
+
+    task_id: str
+    passed: bool
+    check: str = "tests"
+    trace_id: int = 0
+    span_id: int = 0
+    end_time_ns: int = 0
+
+
+#: What flows to in-process consumers and through the pipeline: one LLM call, one finished task, or
+#: one verdict on a task.
+Record: TypeAlias = UsageRecord | TaskCompletion | Verdict

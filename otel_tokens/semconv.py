@@ -94,6 +94,20 @@ OTEL_TOKENS_MARKER: Final = "otel_tokens.instrumented"  # True on spans our inst
 #: tells the collector the instance completed (only the process owning the task emits it).
 OTEL_TOKENS_TASK_SCOPE: Final = "otel_tokens.task.scope"
 
+#: On the span `otel_tokens.verify()` opens: the verdict of one deterministic check of a task instance
+#: (True: passed), and the check's name (`tests`, `lint`, ...). The span carries the task's id.
+OTEL_TOKENS_VERIFY_PASSED: Final = "otel_tokens.verify.passed"
+OTEL_TOKENS_VERIFY_CHECK: Final = "otel_tokens.verify.check"
+
+# --- agent frameworks' scopes (GenAI semconv), read for attribution -------------------------------
+#: `gen_ai.operation.name` of the span an agent framework opens around one agent's run / a workflow.
+OPERATION_INVOKE_AGENT: Final = "invoke_agent"
+OPERATION_INVOKE_WORKFLOW: Final = "invoke_workflow"
+#: The resource attribute naming the service: the collector's last-resort agent (configurable).
+SERVICE_NAME: Final = "service.name"
+#: The prefix of the service name the OpenTelemetry SDK makes up when none was set: never an agent.
+UNKNOWN_SERVICE_PREFIX: Final = "unknown_service"
+
 #: The instrumentation scope name of our tracer; the collector trusts spans from this scope first.
 INSTRUMENTATION_SCOPE: Final = "otel_tokens"
 
@@ -118,3 +132,35 @@ OTEL_TOKENS_GUARD_LIMIT: Final = "otel_tokens.guard.limit"
 OTEL_TOKENS_GUARD_ESTIMATE: Final = "otel_tokens.guard.estimate"  # this call, in the budget's unit
 OTEL_TOKENS_GUARD_RETRY_AFTER: Final = "otel_tokens.guard.retry_after_seconds"
 OTEL_TOKENS_GUARD_MODEL: Final = "otel_tokens.guard.model"  # the model a downgrade switched to
+#: Span event: something the guard saved this call (a `compress` rewrite, a response-cache hit).
+#: The collector counts `llm_tokens_saved_total{reason}` from these events.
+OTEL_TOKENS_GUARD_SAVED_EVENT: Final = "otel_tokens.guard.saved"
+OTEL_TOKENS_GUARD_SAVED_REASON: Final = "otel_tokens.guard.saved.reason"  # compressed, cached
+OTEL_TOKENS_GUARD_SAVED_TOKENS: Final = "otel_tokens.guard.saved.tokens"  # tokens not sent / not billed
+SAVED_COMPRESSED: Final = "compressed"
+SAVED_CACHED: Final = "cached"
+#: On the `compress` decision event (and the saved event): the pressure point and the request's
+#: input tokens before and after (as the guard's tokenizer counts them) and the target.
+OTEL_TOKENS_GUARD_COMPRESS_LEVEL: Final = "otel_tokens.guard.compress.level"  # moderate, aggressive
+OTEL_TOKENS_GUARD_COMPRESS_TOKENS_BEFORE: Final = "otel_tokens.guard.compress.tokens_before"
+OTEL_TOKENS_GUARD_COMPRESS_TOKENS_AFTER: Final = "otel_tokens.guard.compress.tokens_after"
+OTEL_TOKENS_GUARD_COMPRESS_TARGET: Final = "otel_tokens.guard.compress.target_tokens"
+#: Span attribute: True when the response came from the response cache (no provider call; the
+#: usage on the span is then 0, and the saved event carries what the call would have used).
+OTEL_TOKENS_CACHE_HIT: Final = "otel_tokens.cache.hit"
+#: Span event: a runaway detector fired on this call (`kind`: one of RUNAWAY_KINDS).
+OTEL_TOKENS_GUARD_RUNAWAY_EVENT: Final = "otel_tokens.guard.runaway"
+OTEL_TOKENS_GUARD_RUNAWAY_KIND: Final = "otel_tokens.guard.runaway.kind"
+OTEL_TOKENS_GUARD_RUNAWAY_KEY: Final = "otel_tokens.guard.runaway.key"  # task_id=... or session=...
+OTEL_TOKENS_GUARD_RUNAWAY_VALUE: Final = "otel_tokens.guard.runaway.value"  # what was seen
+OTEL_TOKENS_GUARD_RUNAWAY_THRESHOLD: Final = "otel_tokens.guard.runaway.threshold"  # what fires
+OTEL_TOKENS_GUARD_RUNAWAY_STOPPED: Final = "otel_tokens.guard.runaway.stopped"  # True: TaskStopped
+RUNAWAY_INSTANCE_OVER_LIMIT: Final = "instance_over_limit"
+RUNAWAY_REPEATED_REQUEST: Final = "repeated_request"
+RUNAWAY_RISING_INPUT: Final = "rising_input"
+RUNAWAY_CACHE_EXPIRED: Final = "cache_expired"
+RUNAWAY_STOPPED: Final = "stopped"  # a call of a task already stopped
+RUNAWAY_KINDS: Final = (
+    RUNAWAY_INSTANCE_OVER_LIMIT, RUNAWAY_REPEATED_REQUEST, RUNAWAY_RISING_INPUT, RUNAWAY_CACHE_EXPIRED,
+    RUNAWAY_STOPPED,
+)  # fmt: skip

@@ -54,6 +54,8 @@ ENV_COLLECTOR_MAX_SERIES: Final = "OTEL_TOKENS_COLLECTOR_MAX_SERIES"
 ENV_COLLECTOR_SERIES_IDLE_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_SERIES_IDLE_SECONDS"
 #: metrics.dedupe_hold_seconds — how long a span waits for its duplicates (default: pipeline's).
 ENV_COLLECTOR_DEDUPE_HOLD_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_DEDUPE_HOLD_SECONDS"
+#: metrics.agent_fallback_attribute — resource attribute naming the agent as a last resort (service.name).
+ENV_COLLECTOR_AGENT_FALLBACK_ATTRIBUTE: Final = "OTEL_TOKENS_COLLECTOR_AGENT_FALLBACK_ATTRIBUTE"
 #: metrics.flush_interval_seconds — how often held spans are flushed into counters (default 0.5).
 ENV_COLLECTOR_FLUSH_INTERVAL_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_FLUSH_INTERVAL_SECONDS"
 #: budgets_file — path of budgets.yaml, tracked by the collector's budget ledger (default unset).

@@ -11,7 +11,7 @@ for the ledger, instances idle for `idle_seconds` forgotten (their run is over).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["TaskInstanceTable", "TaskTotals"]
 
@@ -26,6 +26,14 @@ class TaskTotals:
     tokens: float = 0.0
     cost_usd: float = 0.0
     last_seen: float = 0.0
+    #: tokens by model (a task may call several): the task histograms label it with the main one
+    by_model: dict[str, float] = field(default_factory=dict)
+
+    def main_model(self) -> str | None:
+        """The model that did most of the work (most tokens; ties by name), None without calls."""
+        if not self.by_model:
+            return None
+        return min(self.by_model.items(), key=lambda item: (-item[1], item[0]))[0]
 
 
 class TaskInstanceTable:
@@ -40,7 +48,14 @@ class TaskInstanceTable:
         self._items: OrderedDict[str, TaskTotals] = OrderedDict()
 
     def add(
-        self, task_id: str, agent: str | None, task: str | None, tokens: float, cost_usd: float, now: float
+        self,
+        task_id: str,
+        agent: str | None,
+        task: str | None,
+        tokens: float,
+        cost_usd: float,
+        now: float,
+        model: str | None = None,
     ) -> None:
         """Add one call's tokens and cost to its instance (created on its first call). An instance
         idle for `idle_seconds` is over, whether or not a read forgot it yet: a call after that
@@ -58,6 +73,8 @@ class TaskInstanceTable:
         totals.tokens += tokens
         totals.cost_usd += cost_usd
         totals.last_seen = now
+        if model is not None:
+            totals.by_model[model] = totals.by_model.get(model, 0.0) + tokens
         if self.idle_seconds > 0:
             self.expire(now)
 
@@ -88,10 +105,14 @@ class TaskInstanceTable:
             items.popitem(last=False)
 
     def state(self) -> list[list[object]]:
-        """(task_id, agent, task, tokens, cost_usd, last_seen), least recently active first."""
-        return [[t.task_id, t.agent, t.task, t.tokens, t.cost_usd, t.last_seen] for t in self._items.values()]
+        """(task_id, agent, task, tokens, cost_usd, last_seen, by_model), least recently active first."""
+        return [
+            [t.task_id, t.agent, t.task, t.tokens, t.cost_usd, t.last_seen, dict(t.by_model)]
+            for t in self._items.values()
+        ]
 
     def restore(self, state: list[list[object]]) -> None:
+        """Take back `state()` (entries kept before `by_model` existed have none)."""
         self._items = OrderedDict((str(t[0]), TaskTotals(*t)) for t in state)  # type: ignore[arg-type]
 
     def __len__(self) -> int:

@@ -59,6 +59,7 @@ from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.settings import ENV_TIKTOKEN_CACHE_DIR
 
 __all__ = [
+    "as_mapping",
     "count_message_tokens",
     "count_text_tokens",
     "strict_count_message_tokens",
@@ -295,7 +296,7 @@ def _item_tokens(item: object, model: str) -> int:
             return TOKENS_PER_MESSAGE + _count_text(role, model) + _count_text(content, model)
     if isinstance(item, str):  # a bare string is one user message (Responses `input="..."`)
         item = {"role": "user", "content": item}
-    item = _as_mapping(item)
+    item = as_mapping(item)
     if item is None:
         return 0
     if "role" not in item and "content" not in item:
@@ -317,7 +318,7 @@ def _field_texts(key: str, value: object) -> Iterator[str]:
         yield from _content_texts(value)
     elif key in ("tool_calls", "function_call"):
         for call in _as_list(value) if key == "tool_calls" else [value]:
-            function = _as_mapping((_as_mapping(call) or {}).get("function", call)) or {}
+            function = as_mapping((as_mapping(call) or {}).get("function", call)) or {}
             yield from (v for k, v in function.items() if k in ("name", "arguments") and isinstance(v, str))
 
 
@@ -328,7 +329,7 @@ def _content_texts(content: object) -> Iterator[str]:
     for part in _as_list(content):
         if isinstance(part, str):
             yield part
-        elif (mapping := _as_mapping(part)) is not None:
+        elif (mapping := as_mapping(part)) is not None:
             yield from _part_texts(mapping)
 
 
@@ -349,7 +350,7 @@ def _part_texts(part: Mapping[str, Any]) -> Iterator[str]:
         yield from _content_texts(part.get("output"))
 
 
-def _as_mapping(value: object) -> Mapping[str, Any] | None:
+def as_mapping(value: object) -> Mapping[str, Any] | None:
     """Dicts as they are; SDK objects (pydantic models) through `model_dump`."""
     if isinstance(value, Mapping):
         return value

@@ -5,7 +5,9 @@ realistic batches — goes into three pipelines: pure Python (`FromString` + `in
 compiled walk over the serialized request (`ingest_otlp`), and the compiled walk over the raw
 bytes (`ingest_otlp_bytes`, no decode). Every counted record (as the budget ledger sees it), every
 ingest result and the whole /metrics page must be the same; a body `FromString` refuses must be
-refused by `ingest_otlp_bytes` with the same DecodeError.
+refused by `ingest_otlp_bytes` with the same DecodeError. Interop traffic is fed too: verify spans,
+resources named only by `service.name`, and usage spans whose agent an `invoke_agent` ancestor names
+(in the same request or a later one).
 
 Without the extension built (a plain install without a compiler) these tests skip, unless
 `OTEL_TOKENS_EXPECT_COMPILED=1` (set by `make test`) says it must be there.
@@ -25,8 +27,13 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
+from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
 from otel_tokens.accelerator import scanner
 from otel_tokens.pipeline import DedupeConfig, Pipeline
@@ -68,8 +75,9 @@ class Run:
         return generate_latest(self.pipeline.registry)
 
 
-def assert_same(payloads: list[bytes]) -> tuple[int, int]:
-    """Feed all three paths; returns (payloads the walk read itself, records counted)."""
+def assert_same(payloads: list[bytes]) -> tuple[int, list[str]]:
+    """Feed all three paths; returns (payloads the walk read itself, the records counted) and keeps
+    the last /metrics page in `last_page`."""
     pure, over_request, over_bytes = Run(False), Run(True), Run(True)
     walked = 0
     for data in payloads:
@@ -80,7 +88,7 @@ def assert_same(payloads: list[bytes]) -> tuple[int, int]:
                 over_bytes.pipeline.ingest_otlp_bytes(data)
             assert str(refused.value) == str(exc)
             continue
-        walked += scanner()(data) is not None  # type: ignore[misc]
+        walked += scanner()(data, sc.SERVICE_NAME) is not None  # type: ignore[misc]
         pure.results.append(pure.pipeline.ingest_otlp(request))
         over_request.results.append(over_request.pipeline.ingest_otlp(request))
         over_bytes.results.append(over_bytes.pipeline.ingest_otlp_bytes(data))
@@ -89,7 +97,11 @@ def assert_same(payloads: list[bytes]) -> tuple[int, int]:
         assert run.page() == page  # after the flush: held spans counted
         assert run.results == pure.results
         assert run.records == pure.records
-    return walked, len(pure.records)
+    last_page[:] = [page]
+    return walked, pure.records
+
+
+last_page: list[bytes] = []
 
 
 @settings(settings.get_profile(_PROFILE))
@@ -111,7 +123,60 @@ def test_realistic_batches_are_walked_in_c_and_count_the_same() -> None:
     payloads = [encode_spans(b).SerializeToString() for b in batches]
     walked, counted = assert_same(payloads)
     assert walked == len(payloads)  # none declined: the compiled walk did the work
-    assert counted == 3 * 512 + 512 // 10 + 1
+    assert len(counted) == 3 * 512 + 512 // 10 + 1
+
+
+def interop_spans() -> list[ReadableSpan]:
+    """Another framework's spans under a resource named only by `service.name`: an `invoke_agent`
+    span over a tool span over a call naming no agent, a root call, a call under a plain span, and
+    a task with one passing and one failing check (plus a verify span without a task id and one
+    whose `passed` is not a bool: neither is a verdict)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({sc.SERVICE_NAME: "billing-agent"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("some.framework")
+    usage = {sc.GEN_AI_REQUEST_MODEL: "gpt-4o", sc.GEN_AI_USAGE_INPUT_TOKENS: 100}
+    usage[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = 10
+    invoke = {sc.GEN_AI_OPERATION_NAME: sc.OPERATION_INVOKE_AGENT, sc.GEN_AI_AGENT_NAME: "planner"}
+    with (
+        tracer.start_as_current_span("invoke_agent planner", attributes=invoke),
+        tracer.start_as_current_span("tool"),
+    ):
+        tracer.start_span("chat", attributes=usage).end()
+    tracer.start_span("chat", attributes={**usage, sc.GEN_AI_USAGE_INPUT_TOKENS: 200}).end()
+    with tracer.start_as_current_span("work"):
+        tracer.start_span("chat", attributes={**usage, sc.GEN_AI_USAGE_INPUT_TOKENS: 300}).end()
+    task = {sc.OTEL_TOKENS_TASK_SCOPE: True, sc.OTEL_TOKENS_TASK_ID: "t-1", sc.OTEL_TOKENS_TASK: "fix"}
+    with tracer.start_as_current_span("task", attributes=task):
+        tracer.start_span("chat", attributes={**usage, sc.OTEL_TOKENS_TASK_ID: "t-1"}).end()
+        for passed, check in ((True, "tests"), (False, "lint")):
+            verdict = {sc.OTEL_TOKENS_VERIFY_PASSED: passed, sc.OTEL_TOKENS_VERIFY_CHECK: check}
+            tracer.start_span("verify", attributes={**verdict, sc.OTEL_TOKENS_TASK_ID: "t-1"}).end()
+        tracer.start_span("verify", attributes={sc.OTEL_TOKENS_VERIFY_PASSED: True}).end()
+        not_bool = {sc.OTEL_TOKENS_VERIFY_PASSED: "yes", sc.OTEL_TOKENS_TASK_ID: "t-1"}
+        tracer.start_span("verify", attributes=not_bool).end()
+    return list(exporter.get_finished_spans())
+
+
+@pytest.mark.parametrize("ancestor_later", [False, True])
+def test_verdicts_service_name_and_ancestors_count_the_same(ancestor_later: bool) -> None:
+    spans = interop_spans()
+    if ancestor_later:  # the invoke_agent span in the next request (the held call waits for it)
+        batches = [[s for s in spans if s.name != "invoke_agent planner"], [spans[2]]]
+        assert spans[2].name == "invoke_agent planner"
+    else:
+        batches = [spans]
+    payloads = [encode_spans(b).SerializeToString() for b in batches]
+    walked, records = assert_same(payloads)
+    assert walked == len(payloads)  # none declined: the compiled walk read verdicts and resources
+    agents = sorted(
+        (r.split("agent='")[1].split("'")[0], r.split("input=")[1].split(",")[0]) for r in records
+    )
+    assert agents == [("billing-agent", "100"), ("billing-agent", "200"), ("billing-agent", "300"),
+                      ("planner", "100")]  # fmt: skip
+    page = last_page[0].decode()
+    task_line = f'{mn.VERIFIED}="{mn.VERIFIED_FAILED}"'
+    assert task_line in page  # the task's failing check reached the task histograms
 
 
 def request_with(*attributes: KeyValue) -> bytes:

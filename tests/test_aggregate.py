@@ -135,12 +135,21 @@ def test_input_histogram_buckets():
 
 def _task_sums(agg: Aggregator, task_id: str) -> list[float]:
     """Complete one task instance; what its observation added to [count, token sum, cost sum]."""
-    labels = (("agent", "coder"), ("status", "ok"), ("task", "fix"))
+    labels = (("agent", "coder"), ("status", "ok"), ("task", "fix"), ("verified", "none"))
     series = ("llm_task_tokens_count", "llm_task_tokens_sum", "llm_task_cost_usd_sum")
+
+    def total(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+        """Over every `model` (a forgotten instance's is unknown, the others' gpt-4o)."""
+        return sum(
+            v
+            for (n, ls), v in scraped.items()
+            if n == name and tuple(p for p in ls if p[0] != "model") == labels
+        )
+
     before = scrape(agg)
     agg.complete_tasks([TaskCompletion(task_id, "fix", "coder")])
     after = scrape(agg)
-    return [after[(name, labels)] - before.get((name, labels), 0.0) for name in series]
+    return [total(after, name) - total(before, name) for name in series]
 
 
 def test_task_instances_are_bounded_recent_first_and_never_a_label():
@@ -219,6 +228,9 @@ otel_tokens_duplicates_dropped_total 1.0
 # TYPE otel_tokens_series_overflow_total counter
 # HELP otel_tokens_unpriced_records_total Records whose model has no known price (cost counted as 0).
 # TYPE otel_tokens_unpriced_records_total counter
+# HELP otel_tokens_verdicts_late_total Verdicts that arrived after their task was observed (too late to count)
+# TYPE otel_tokens_verdicts_late_total counter
+otel_tokens_verdicts_late_total 0.0
 """
 
 

@@ -310,3 +310,39 @@ def test_prometheus_scrapes_a_token_guarded_collector_with_the_rendered_job(
         up = poll(lambda: prom.scalar("up"), lambda v: v is not None, what="a scrape")
         assert up == 0  # refused: the collector wants the token
         assert prom.scalar("sum(llm_tokens_total)") is None
+
+
+# --- the operator commands against a guarded collector ---------------------------------------------
+
+
+def test_status_and_usage_send_the_token_and_say_when_it_is_missing(
+    guarded: CollectorService, token_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    import json
+
+    from otel_tokens.cli import main
+
+    exporter = HttpExporter(endpoint=f"http://127.0.0.1:{guarded.http_port}/v1/traces",
+                            headers=bearer(TOKEN), timeout=5)  # fmt: skip
+    assert exporter.export(make_spans(2)) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    url = f"http://127.0.0.1:{guarded.metrics_port}"
+    wait_for(lambda: tokens_counted(guarded.metrics_port, METRICS_TOKEN) >= 2 * 120)
+    monkeypatch.delenv("OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE", raising=False)
+
+    monkeypatch.delenv("OTEL_TOKENS_COLLECTOR_METRICS_AUTH_TOKEN_FILE", raising=False)
+    assert main(["status", "--collector", url, "--json"]) == 3  # refused: no token
+    said = capsys.readouterr().err
+    assert "HTTP 401" in said and "--token-file" in said
+
+    assert main(["status", "--collector", url, "--token-file", str(token_files[0]), "--json"]) == 0
+    standing = json.loads(capsys.readouterr().out)
+    assert [b["name"] for b in standing["budgets"]] == ["support-daily"]
+    assert standing["budgets"][0]["used"] == 2 * 120
+
+    # from the environment that set up the collector: /metrics with its own token
+    monkeypatch.setenv("OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE", str(token_files[0]))
+    monkeypatch.setenv("OTEL_TOKENS_COLLECTOR_METRICS_AUTH_TOKEN_FILE", str(token_files[1]))
+    assert main(["usage", "--collector", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["total_tokens"] == 2 * 120

@@ -282,7 +282,7 @@ def _request(spans: list[Span], resource: dict[str, Any], scope: str) -> Any:
     )
 
 
-def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent():
+def test_resource_attribution_fills_gaps_and_service_name_is_only_the_last_resort():
     spans = [
         otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 1}, span_id=2),
         otlp_span({sc.GEN_AI_USAGE_INPUT_TOKENS: 1, sc.GEN_AI_AGENT_NAME: "span-agent"}, span_id=3),
@@ -297,9 +297,21 @@ def test_resource_attribution_fills_gaps_but_service_name_is_not_an_agent():
         ("res-agent", "t", True),
         ("span-agent", "t", True),
     ]
+    assert [r.agent_from_resource for r in batch.records] == [True, False]
     batch.records.clear()
-    Extractor(price=fake_price).extract_otlp(_request(spans[:1], {"service.name": "svc"}, "x"), batch)
+    # a service is not an agent unless nothing else names one: then service.name is the fallback
+    # (configurable; None turns it off), but never the SDK's made-up `unknown_service...`
+    off = Extractor(price=fake_price, agent_fallback_attribute=None)
+    off.extract_otlp(_request(spans[:1], {"service.name": "svc"}, "x"), batch)
     assert [(r.attribution.agent, r.ours) for r in batch.records] == [(None, False)]
+    batch.records.clear()
+    on = Extractor(price=fake_price)
+    on.extract_otlp(_request(spans[:1], {"service.name": "svc"}, "x"), batch)
+    on.extract_otlp(_request(spans[:1], {"service.name": "unknown_service:python"}, "x"), batch)
+    assert [(r.attribution.agent, r.agent_from_resource) for r in batch.records] == [
+        ("svc", True),
+        (None, False),
+    ]
 
 
 def test_sdk_encoder_roundtrip_and_readable_span_adapter_agree():

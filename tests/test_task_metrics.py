@@ -52,6 +52,10 @@ def samples(source: CollectorRegistry | str, name: str) -> dict[frozenset[tuple[
 
 
 def value(source: CollectorRegistry | str, name: str, **labels: str) -> float:
+    """One sample by its exact label set; a task histogram's `verified` is "none" unless given (no
+    test here reports a verdict, test_verify.py does) and its `model` MODEL."""
+    if name.startswith(("llm_task_tokens", "llm_task_cost_usd")):
+        labels = {"model": MODEL, "verified": "none", **labels}  # every call here is to MODEL
     return samples(source, name).get(frozenset(labels.items()), 0.0)
 
 
@@ -192,13 +196,16 @@ def test_completion_observes_the_instance_total_once_and_forgets_it():
     assert agg.complete_tasks([done]) == 1
     assert agg.complete_tasks([done]) == 0, "a re-sent task span is not observed twice"
 
-    series = agg.snapshot().task_series[("support", "triage", "ok")]
+    series = agg.snapshot().task_series[("support", "triage", "gpt-4o-mini", "ok", "none")]
     assert series.token_sum == first.total + second.total and series.cost_sum == 0.75
     assert sum(series.token_buckets) == 1 and sum(series.cost_buckets) == 1
 
     # a later record of t-1 counts in the counters as usual, and in no histogram
     agg.add(rec("t-1", TokenCounts(10, 10)))
-    assert agg.snapshot().task_series[("support", "triage", "ok")].token_sum == first.total + second.total
+    assert (
+        agg.snapshot().task_series[("support", "triage", "gpt-4o-mini", "ok", "none")].token_sum
+        == first.total + second.total
+    )
 
     # t-1 was forgotten when it completed, t-2 was not: completing both now observes only the call
     # t-1 made after its completion (20), and t-2's (10)
@@ -207,7 +214,7 @@ def test_completion_observes_the_instance_total_once_and_forgets_it():
         TaskCompletion("t-2", "triage", "support"),
     ]
     assert agg.complete_tasks(again) == 2
-    series = agg.snapshot().task_series[("support", "triage", "ok")]
+    series = agg.snapshot().task_series[("support", "triage", "gpt-4o-mini", "ok", "none")]
     assert series.token_sum == first.total + second.total + 20 + 10
 
 
@@ -221,9 +228,9 @@ def test_failed_unknown_and_unlabelled_completions():
         ]
     )
     task_series = agg.snapshot().task_series
-    assert task_series[("coder", "fix", "error")].token_sum == 10
-    assert task_series[("coder", "fix", "ok")].token_sum == 0
-    assert sum(task_series[("coder", "fix", "ok")].token_buckets) == 1
+    assert task_series[("coder", "fix", "gpt-4o-mini", "error", "none")].token_sum == 10
+    assert task_series[("coder", "fix", "unknown", "ok", "none")].token_sum == 0  # no call: no model
+    assert sum(task_series[("coder", "fix", "unknown", "ok", "none")].token_buckets) == 1
 
 
 def test_task_histograms_are_bounded_by_the_series_limit():
@@ -231,7 +238,7 @@ def test_task_histograms_are_bounded_by_the_series_limit():
     agg.complete_tasks([TaskCompletion(f"t-{i}", f"task-{i}", "a", span_id=i + 1) for i in range(5)])
     task_series = agg.snapshot().task_series
     assert len(task_series) == 3
-    assert sum(task_series[(OVERFLOW,) * 3].token_buckets) == 3
+    assert sum(task_series[(OVERFLOW,) * 5].token_buckets) == 3
     assert agg.snapshot().series_overflow == {"llm_task_tokens": 3, "llm_task_cost_usd": 3}
 
 
@@ -245,25 +252,28 @@ def test_bucket_bounds_are_validated():
 GOLDEN = """\
 # HELP llm_task_tokens Tokens per completed task instance (all its calls, every process); count = tasks.
 # TYPE llm_task_tokens histogram
-llm_task_tokens_bucket{agent="support",le="1000.0",status="ok",task="triage"} 0.0
-llm_task_tokens_bucket{agent="support",le="100000.0",status="ok",task="triage"} 1.0
-llm_task_tokens_bucket{agent="support",le="+Inf",status="ok",task="triage"} 2.0
-llm_task_tokens_count{agent="support",status="ok",task="triage"} 2.0
-llm_task_tokens_sum{agent="support",status="ok",task="triage"} 201500.0
+llm_task_tokens_bucket{agent="s",le="1000.0",model="gpt-4o-mini",status="ok",task="t",verified="none"} 0.0
+llm_task_tokens_bucket{agent="s",le="100000.0",model="gpt-4o-mini",status="ok",task="t",verified="none"} 1.0
+llm_task_tokens_bucket{agent="s",le="+Inf",model="gpt-4o-mini",status="ok",task="t",verified="none"} 2.0
+llm_task_tokens_count{agent="s",model="gpt-4o-mini",status="ok",task="t",verified="none"} 2.0
+llm_task_tokens_sum{agent="s",model="gpt-4o-mini",status="ok",task="t",verified="none"} 201500.0
 # HELP llm_task_cost_usd USD per completed task instance (unpriced calls add 0).
 # TYPE llm_task_cost_usd histogram
-llm_task_cost_usd_bucket{agent="support",le="0.1",status="ok",task="triage"} 1.0
-llm_task_cost_usd_bucket{agent="support",le="+Inf",status="ok",task="triage"} 2.0
-llm_task_cost_usd_count{agent="support",status="ok",task="triage"} 2.0
-llm_task_cost_usd_sum{agent="support",status="ok",task="triage"} 2.05
+llm_task_cost_usd_bucket{agent="s",le="0.1",model="gpt-4o-mini",status="ok",task="t",verified="none"} 1.0
+llm_task_cost_usd_bucket{agent="s",le="+Inf",model="gpt-4o-mini",status="ok",task="t",verified="none"} 2.0
+llm_task_cost_usd_count{agent="s",model="gpt-4o-mini",status="ok",task="t",verified="none"} 2.0
+llm_task_cost_usd_sum{agent="s",model="gpt-4o-mini",status="ok",task="t",verified="none"} 2.05
 """
 
 
 def test_golden_exposition_text():
     config = MetricsConfig(task_token_buckets=(1000, 100_000), task_cost_buckets=(0.1,))
     agg = Aggregator(config)
-    agg.add_many([rec("a", TokenCounts(1500), 0.05), rec("b", TokenCounts(150_000, 50_000), 2.0)])
-    agg.complete_tasks([TaskCompletion("a", "triage", "support"), TaskCompletion("b", "triage", "support")])
+    who = {"agent": "s", "task": "t"}  # short names: the golden lines stay readable
+    agg.add_many(
+        [rec("a", TokenCounts(1500), 0.05, **who), rec("b", TokenCounts(150_000, 50_000), 2.0, **who)]
+    )
+    agg.complete_tasks([TaskCompletion("a", "t", "s"), TaskCompletion("b", "t", "s")])
     registry = CollectorRegistry()
     registry.register(TokenMetricsCollector(agg))
     text = generate_latest(registry).decode()
@@ -370,7 +380,13 @@ def test_nested_scopes_of_one_task_are_one_task(
     attrs = dict(span.attributes or {})
     assert (attrs[sc.OTEL_TOKENS_USER], attrs[sc.GEN_AI_CONVERSATION_ID]) == ("alice", "s-1")
     assert sc.OTEL_TOKENS_STEP not in attrs
-    labels = {"agent": "planner", "task": "research", "status": "ok"}  # the owning agent's task
+    labels = {
+        "agent": "planner",
+        "task": "research",
+        "model": MODEL,
+        "status": "ok",
+        "verified": "none",
+    }  # the owning agent's task
     assert samples(pipeline.registry, "llm_task_tokens_count") == {frozenset(labels.items()): 1}
     assert value(pipeline.registry, "llm_task_tokens_sum", **labels) == fake_provider.reported_totals().total
 

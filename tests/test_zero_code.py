@@ -55,7 +55,10 @@ def test_opentelemetry_instrument_counts_an_unmodified_agent(fake_provider: Fake
             lambda v: v == expected,
             what="the agent's tokens on /metrics",
         )
-        assert _metric_sum(collector.metrics_port, "llm_requests_total", agent="unknown", status="ok") == 2
+        # no attribute() scope, no invoke_agent span: the service name is the agent (the fallback)
+        assert (
+            _metric_sum(collector.metrics_port, "llm_requests_total", agent="plain-agent", status="ok") == 2
+        )
 
 
 _CALLEE = textwrap.dedent(

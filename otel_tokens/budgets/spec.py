@@ -42,6 +42,9 @@ __all__ = [
     "Alerting",
     "Budget",
     "BudgetFile",
+    "CacheSettings",
+    "CompressLevel",
+    "CompressSettings",
     "ContextGrowthRule",
     "EmailConfig",
     "ForecastRule",
@@ -51,6 +54,7 @@ __all__ = [
     "PromptCacheMissRule",
     "Receiver",
     "Route",
+    "RunawaySettings",
     "Scope",
     "Severity",
     "SlackConfig",
@@ -198,6 +202,35 @@ class PromptCacheMissRule(_Strict):
     severity: Severity = "P3"
 
 
+class CompressLevel(_Strict):
+    """One pressure point of action `compress`: once this call would bring the budget to `at` x its
+    limit (used + in flight + this call), the request is shrunk to `target_ratio` x its own input
+    tokens (and to at most `target_tokens` when set), keeping the last `keep_last` turns verbatim."""
+
+    at: Annotated[float, Field(gt=0, le=1)]
+    target_ratio: Annotated[float, Field(gt=0, lt=1)]
+    target_tokens: Annotated[int, Field(gt=0)] | None = None
+    keep_last: Annotated[int, Field(ge=1, le=1000)]
+
+
+class CompressSettings(_Strict):
+    """Action `compress`'s two pressure points: moderate (default at 70% of the limit) and
+    aggressive (default at 90%); the aggressive one wins when both apply."""
+
+    moderate: CompressLevel = Field(
+        default_factory=lambda: CompressLevel(at=0.7, target_ratio=0.6, keep_last=6)
+    )
+    aggressive: CompressLevel = Field(
+        default_factory=lambda: CompressLevel(at=0.9, target_ratio=0.3, keep_last=2)
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CompressSettings:
+        if self.aggressive.at <= self.moderate.at:
+            raise PydanticCustomError("window", "aggressive.at must be above moderate.at")
+        return self
+
+
 class Budget(_Strict):
     """One budget: a scope, a limit over a window, and what happens near and past it.
 
@@ -217,8 +250,9 @@ class Budget(_Strict):
         "warn",
         description=(
             "What a call does when it would pass the budget, in an agent whose instrumentation has the "
-            "guard on (`otel_tokens.instrument(budgets=...)`): block, defer, downgrade or warn "
-            "(compress is not implemented yet and warns). Also shown in alert text and /api/v1/budgets."
+            "guard on (`otel_tokens.instrument(budgets=...)`): block, defer, downgrade or warn; compress "
+            "shrinks the request from its first pressure point on (see `compress`). Also shown in alert "
+            "text and /api/v1/budgets."
         ),
     )
     downgrade_to: LabelValue | None = Field(
@@ -229,6 +263,26 @@ class Budget(_Strict):
         description=(
             "Action 'defer' only: how long the in-process guard holds a deferred call waiting for room "
             "before it raises BudgetDeferred (at most 1h; unset: raise at once)."
+        ),
+    )
+    compress: CompressSettings = Field(
+        default_factory=CompressSettings,
+        description="Action 'compress' only: the two pressure points and the token targets.",
+    )
+    on_runaway: Literal["warn", "stop"] = Field(
+        "warn",
+        description=(
+            "What the in-process guard does when it detects a runaway in a call this budget covers "
+            "(a task instance past runaway_factor x its limit, a repeated request, input rising call "
+            "after call, the prompt cache expired): warn (span event), or stop (raise TaskStopped "
+            "for that task instance or session from then on)."
+        ),
+    )
+    cache_responses: bool = Field(
+        False,
+        description=(
+            "Answer an exact repeat of a deterministic call this budget covers from the response "
+            "cache (`guard.cache`) instead of the provider."
         ),
     )
     per_task_instance: TaskInstanceLimit | None = None
@@ -373,12 +427,40 @@ class Alerting(_Strict):
         return next(r for r in self.receivers if r.name == name)
 
 
+class RunawaySettings(_Strict):
+    """The in-process runaway detectors' thresholds (per task instance or session)."""
+
+    #: The same request (model + messages) sent this many times in one task instance or session.
+    repeated_requests: Annotated[int, Field(ge=2, le=1000)] = 5
+    #: Input tokens rising on this many consecutive calls of one session (or task instance).
+    rising_input_calls: Annotated[int, Field(ge=3, le=1000)] = 8
+    #: A prompt at least this large reading nothing from the prompt cache right after calls of the
+    #: same session that read from it: the cache expired between calls.
+    cache_expiry_min_input_tokens: Annotated[int, Field(gt=0)] = 4096
+
+
+class CacheSettings(_Strict):
+    """The response cache: exact repeats of deterministic calls answered without the provider."""
+
+    #: On for every call (else only for calls a budget with `cache_responses: true` covers).
+    enabled: bool = False
+    #: The SQLite file, shared by the agent's processes on this machine (default: the user cache dir).
+    path: str | None = None
+    ttl: Duration = "1h"
+    #: The store's size bound; the least recently used entries go first.
+    max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
+    #: Only calls that ask for a repeatable answer (temperature 0, or a seed) are cached.
+    deterministic_only: bool = True
+
+
 class GuardSettings(_Strict):
-    """How the in-process guard estimates a call before it is sent."""
+    """How the in-process guard estimates a call before it is sent, detects runaways and caches."""
 
     #: Output ceiling assumed for a request that sets no `max_tokens` / `max_completion_tokens` /
     #: `max_output_tokens` (an OpenAI call may omit it; Anthropic requires it).
     default_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 4096
+    runaway: RunawaySettings = Field(default_factory=RunawaySettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
 
 class BudgetFile(_Strict):

@@ -19,7 +19,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
+from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord, Verdict
 
 __all__ = ["Schema", "decode_json", "encode_json", "pack_keys", "schema", "unpack_keys"]
 
@@ -72,11 +72,12 @@ _TOKENS = _Codec(TokenCounts)
 _ATTRIBUTION = _Codec(Attribution)
 RECORD = _Codec(UsageRecord, {"tokens": _TOKENS, "attribution": _ATTRIBUTION})
 COMPLETION = _Codec(TaskCompletion)
+VERDICT = _Codec(Verdict)
 
 
 def schema() -> Schema:
     """The field names this code writes, kept in the store next to the data."""
-    return {c.cls.__name__: c.names for c in (RECORD, _TOKENS, _ATTRIBUTION, COMPLETION)}
+    return {c.cls.__name__: c.names for c in (RECORD, _TOKENS, _ATTRIBUTION, COMPLETION, VERDICT)}
 
 
 class Decoders:
@@ -85,6 +86,7 @@ class Decoders:
     def __init__(self, written: Schema) -> None:
         self.record = RECORD.decoder(written)
         self.completion = COMPLETION.decoder(written)
+        self.verdict = VERDICT.decoder(written)
 
 
 def encode_json(value: Any) -> bytes:

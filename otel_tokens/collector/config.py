@@ -58,6 +58,7 @@ class CollectorConfig:
     max_series_per_metric: int = _DEFAULT_METRICS.max_series_per_metric
     series_idle_seconds: float = _DEFAULT_METRICS.series_idle_seconds
     dedupe_hold_seconds: float = _DEFAULT_DEDUPE.hold_seconds
+    agent_fallback_attribute: str | None = _DEFAULT_METRICS.agent_fallback_attribute
     dedupe_window_seconds: float = _DEFAULT_DEDUPE.window_seconds
     dedupe_max_spans: int = _DEFAULT_DEDUPE.max_remembered_spans
     flush_interval_seconds: float = 0.5
@@ -83,6 +84,10 @@ class CollectorConfig:
             dimensions=tuple(self.dimensions),
             max_series_per_metric=self.max_series_per_metric,
             series_idle_seconds=self.series_idle_seconds,
+            agent_fallback_attribute=self.agent_fallback_attribute,
+            # a verdict reported after its task's scope (or in another process) has as long as a
+            # span has to meet its duplicates: one documented delay
+            verdict_wait_seconds=self.dedupe_hold_seconds,
         )
 
     def dedupe_config(self) -> DedupeConfig:
@@ -168,6 +173,22 @@ _POS_NUM = _kind("a positive number", lambda v: _is_number(v) and v > 0, _float_
 _NONNEG_NUM = _kind("a number >= 0", lambda v: _is_number(v) and v >= 0, _float_text, "SECONDS")
 _BOOL = _kind("true or false", lambda v: isinstance(v, bool), _bool_text, "BOOL")
 _NAMES = _Kind(_DIMENSIONS, _names_check, lambda t: [s.strip() for s in t.split(",") if s.strip()], "LABELS")
+
+
+def _attribute_check(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise _Invalid(f"expected a resource attribute name, or null for no fallback, got {_got(value)}")
+    return value
+
+
+_ATTRIBUTE = _Kind(
+    "a resource attribute name or null",
+    _attribute_check,
+    lambda t: None if t.strip().lower() in ("none", "null", "off") else t.strip(),
+    "ATTRIBUTE",
+)
 _PATH = _kind("a file path or null", lambda v: v is None or (isinstance(v, str) and v != ""), str, "FILE")
 _DIR = _kind("a directory path or null", lambda v: v is None or (isinstance(v, str) and v != ""), str, "DIR")
 
@@ -216,7 +237,14 @@ KEYS: tuple[_Key, ...] = (
          "from 0, which `rate()` reads as a counter reset."),
     _Key("metrics.dedupe_hold_seconds", "dedupe_hold_seconds", settings.ENV_COLLECTOR_DEDUPE_HOLD_SECONDS,
          "--dedupe-hold-seconds", _NONNEG_NUM,
-         "How long a span waits for another span of the same LLM call before it is counted."),
+         "How long a span waits for another span of the same LLM call (and for an enclosing "
+         "`invoke_agent` span naming its agent) before it is counted; also how long a completed task "
+         "waits for a verdict (`otel_tokens.verify`) reported after it."),
+    _Key("metrics.agent_fallback_attribute", "agent_fallback_attribute",
+         settings.ENV_COLLECTOR_AGENT_FALLBACK_ATTRIBUTE, "--agent-fallback-attribute", _ATTRIBUTE,
+         "The resource attribute that names the agent of a span when neither the span nor an "
+         "enclosing `invoke_agent` span nor the resource's `gen_ai.agent.name` does (`none`/null: "
+         "no fallback, such spans are `agent=\"unknown\"`); the SDK's `unknown_service...` never counts."),
     _Key("metrics.dedupe_window_seconds", "dedupe_window_seconds",
          settings.ENV_COLLECTOR_DEDUPE_WINDOW_SECONDS, "--dedupe-window-seconds", _POS_NUM,
          "How long a counted span is remembered, so an exporter's resend of it is not counted again "

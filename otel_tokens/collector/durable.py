@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from otel_tokens.collector.codec import (
     COMPLETION,
     RECORD,
+    VERDICT,
     Decoders,
     decode_json,
     encode_json,
@@ -165,7 +166,13 @@ class Durability:
 
     # --- the gate ------------------------------------------------------------------------------------
     def batch(self, batch: Batch) -> IngestResult:
-        if not (batch.records or batch.completions or batch.rejected or batch.result.spans_received):
+        if not (
+            batch.records
+            or batch.completions
+            or batch.verdicts
+            or batch.rejected
+            or batch.result.spans_received
+        ):
             return batch.result  # nothing to count, nothing to keep
         with self._lock:
             if self._closed:
@@ -176,7 +183,7 @@ class Durability:
             seq = self._store.append(lambda: _encode_batch(now, batch))
             self._changes_since_snapshot += 1
             self._records_since_snapshot += len(batch.records)
-        if batch.records or batch.completions:  # what is money waits for the disk; span tallies don't
+        if batch.records or batch.completions or batch.verdicts:  # money waits for the disk; tallies don't
             self._store.wait(seq)
         return result
 
@@ -265,6 +272,7 @@ def _encode_batch(now: float, batch: Batch) -> bytes:
             "t": now,
             "b": [encode_record(r) for r in batch.records],
             "c": [encode_completion(c) for c in batch.completions],
+            "v": [VERDICT.encode(v) for v in batch.verdicts],
             "n": batch.result.spans_received,
             "x": batch.rejected,
             "k": batch.by_content,
@@ -276,6 +284,7 @@ def _decode_batch(entry: dict[str, Any], decoders: Decoders) -> Batch:
     batch = Batch(by_content=bool(entry["k"]))
     batch.records = [decoders.record(v) for v in entry["b"]]
     batch.completions = [decoders.completion(v) for v in entry["c"]]
+    batch.verdicts = [decoders.verdict(v) for v in entry.get("v", ())]  # absent before verdicts existed
     batch.rejected = {str(k): int(n) for k, n in entry["x"].items()}
     batch.result.spans_received = int(entry["n"])
     return batch

@@ -152,6 +152,25 @@ def _parse(cls: type[Message], data: bytes) -> Message | None:
         return None
 
 
+def _header_and_children(
+    data: bytes, header_field: int, header_cls: type[Message], child_field: int
+) -> tuple[Message | None, bool, list[bytes]]:
+    """A container's header (resource or scope: parsed, and whether it parsed) and its children's
+    raw bytes, for the children to be parsed one by one."""
+    header: Message | None = None
+    header_ok = True
+    children: list[bytes] = []
+    for number, wire, start, end in _fields(data):
+        if wire != _LEN:
+            continue
+        if number == header_field:
+            header = _parse(header_cls, data[start:end])
+            header_ok = header is not None
+        elif number == child_field:
+            children.append(data[start:end])
+    return header, header_ok, children
+
+
 class _Splitter:
     """Rebuilds a request from the parts that decode; counts the spans that do not."""
 
@@ -171,18 +190,11 @@ class _Splitter:
             self.request.resource_spans.append(whole)
             return
         out = ResourceSpans()
-        resource_ok = True
-        parts: list[bytes] = []
-        for number, wire, start, end in _fields(data):
-            if wire != _LEN:
-                continue
-            if number == _RESOURCE_SPANS_RESOURCE:
-                resource = _parse(Resource, data[start:end])
-                resource_ok = resource is not None
-                if resource is not None:
-                    out.resource.CopyFrom(resource)
-            elif number == _RESOURCE_SPANS_SCOPE_SPANS:
-                parts.append(data[start:end])
+        resource, resource_ok, parts = _header_and_children(
+            data, _RESOURCE_SPANS_RESOURCE, Resource, _RESOURCE_SPANS_SCOPE_SPANS
+        )
+        if resource is not None:
+            out.resource.CopyFrom(resource)
         for part in parts:
             # Spans under an undecodable resource cannot be attributed: all rejected.
             scope_spans = self.scope_spans(part) if resource_ok else None
@@ -198,18 +210,11 @@ class _Splitter:
         if isinstance(whole, ScopeSpans):
             return whole
         out = ScopeSpans()
-        spans: list[bytes] = []
-        scope_ok = True
-        for number, wire, start, end in _fields(data):
-            if wire != _LEN:
-                continue
-            if number == _SCOPE_SPANS_SCOPE:
-                scope = _parse(InstrumentationScope, data[start:end])
-                scope_ok = scope is not None
-                if scope is not None:
-                    out.scope.CopyFrom(scope)
-            elif number == _SCOPE_SPANS_SPANS:
-                spans.append(data[start:end])
+        scope, scope_ok, spans = _header_and_children(
+            data, _SCOPE_SPANS_SCOPE, InstrumentationScope, _SCOPE_SPANS_SPANS
+        )
+        if scope is not None:
+            out.scope.CopyFrom(scope)
         for raw in spans:
             span = _parse(Span, raw) if scope_ok else None
             if span is None:

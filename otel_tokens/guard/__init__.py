@@ -7,9 +7,12 @@ the call's usage record when it ends. Modules, one concern each:
 - `estimate` — the pre-flight estimate of a request (tokenizer + output ceiling);
 - `state` — budget standings and in-flight reservations behind the `BudgetState` protocol
   (in-process now; a collector-synced implementation plugs in behind it);
-- `policy` — the actions (downgrade, block, defer, warn) as a pure decision;
+- `policy` — the actions (compress, downgrade, block, defer, warn) as a pure decision;
+- `compress` — the `compress` rewrite: a request shrunk to a token target (pure);
+- `runaway` — the runaway detectors, per task instance and session (bounded);
+- `cache` — the response cache's key and store (SQLite; the SDK replay is the instrumentation's);
 - `guard` — one call's admission: estimate, match, decide and reserve atomically, settle;
-- `errors` — `BudgetExceeded` and `BudgetDeferred`, re-exported by `otel_tokens`.
+- `errors` — `BudgetExceeded`, `BudgetDeferred` and `TaskStopped`, re-exported by `otel_tokens`.
 
 It imports the core (budgets, record, pricing, token counting), never the collector service.
 """
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 # The errors are light and re-exported by `otel_tokens`; the rest (pydantic models, tokenizer) loads
 # only when a budget file turns the guard on, so `import otel_tokens` stays fast.
-from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
+from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 
 if TYPE_CHECKING:
     from otel_tokens.guard.estimate import GuardRequest
@@ -35,6 +38,7 @@ __all__ = [
     "Guard",
     "GuardRequest",
     "LocalBudgetState",
+    "TaskStopped",
 ]
 
 _LAZY = {

@@ -8,10 +8,11 @@ sees which budget, how far in, and when there will be room again.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from otel_tokens.humanize import format_amount
 
-__all__ = ["BudgetDeferred", "BudgetExceeded"]
+__all__ = ["BudgetDeferred", "BudgetExceeded", "TaskStopped"]
 
 
 class BudgetExceeded(Exception):
@@ -68,25 +69,26 @@ class BudgetDeferred(BudgetExceeded):
     sooner.
     """
 
-    def __init__(
-        self,
-        *,
-        retry_after: float,
-        budget: str,
-        scope: str,
-        used: float,
-        reserved: float,
-        limit: float,
-        window: str,
-        resets_at: datetime | None,
-        estimate: float,
-        unit: str,
-    ) -> None:
+    def __init__(self, *, retry_after: float, **standing: Any) -> None:
         self.retry_after = retry_after
-        super().__init__(
-            budget=budget, scope=scope, used=used, reserved=reserved, limit=limit, window=window,
-            resets_at=resets_at, estimate=estimate, unit=unit,
-        )  # fmt: skip
+        super().__init__(**standing)
 
     def _message(self) -> str:
         return f"{super()._message()}; deferred, retry after {self.retry_after:.1f}s"
+
+
+class TaskStopped(Exception):
+    """The guard stopped a runaway task instance (or session): this call was not sent, and neither
+    will the key's later calls be while the stop holds. Not a `BudgetExceeded`: no budget's window
+    is full; the task is looping. `key` is `task_id=...` or `session=...`; `reason` the detector
+    (`semconv.RUNAWAY_KINDS`); `detail` its numbers in words; `budget` the budget whose
+    `on_runaway: stop` applied. (Stop orders from alerts raise this too.)"""
+
+    def __init__(self, *, key: str, reason: str, detail: str, budget: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.detail = detail
+        self.budget = budget
+        self.task_id = key.partition("=")[2] if key.startswith("task_id=") else None
+        by = f" (budget {budget!r}, on_runaway: stop)" if budget else ""
+        super().__init__(f"{key} stopped as a runaway: {reason}: {detail}{by}")

@@ -3,11 +3,12 @@
 Pure: given the pressures (the budgets this call would push past their limit, with the numbers),
 `resolve` answers with one outcome, in this order:
 
-1. rewrite the request so it may fit — `downgrade` (send a cheaper model; the guard then
-   re-evaluates the rewritten call). `compress` will rewrite here too; until it exists a
-   `compress` budget only warns;
+1. rewrite the request so it may fit — `compress` (shrink the messages; `compress_step` decides
+   it before the limit is reached, at the budget's moderate and aggressive pressure points, and the
+   guard estimates and evaluates the shrunk call) and `downgrade` (send a cheaper model; the guard
+   then re-evaluates the rewritten call);
 2. refuse — `block` (`BudgetExceeded`) before `defer` (`BudgetDeferred`, with `retry_after`);
-3. go on — `warn`, a `downgrade` already applied (or with no cheaper model to go to).
+3. go on — `warn`, a `downgrade` or `compress` already applied (or with nothing left to apply).
 
 Every pressure becomes a `Decision`, which the instrumentation writes as a span event.
 """
@@ -18,11 +19,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from otel_tokens import semconv as sc
-from otel_tokens.budgets.spec import Budget, parse_duration
+from otel_tokens.budgets.spec import Budget, CompressLevel, parse_duration
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded
 from otel_tokens.guard.state import BudgetView, Claim
 
-__all__ = ["Admit", "Decision", "Pressure", "Refuse", "Reroute", "pressure_of", "resolve"]
+__all__ = [
+    "Admit",
+    "CompressStep",
+    "Decision",
+    "Pressure",
+    "Refuse",
+    "Reroute",
+    "compress_step",
+    "pressure_of",
+    "resolve",
+]
 
 #: `retry_after` when the window itself has room and only calls in flight hold it: they settle
 #: within a call's latency, usually below their estimates.
@@ -72,6 +83,8 @@ class Decision:
     pressure: Pressure
     retry_after: float | None = None
     model: str | None = None
+    #: a `compress` rewrite: (level, input tokens before, after, target)
+    compress: tuple[str, int, int, int] | None = None
 
     def attributes(self) -> dict[str, str | float]:
         p = self.pressure
@@ -86,6 +99,12 @@ class Decision:
             attributes[sc.OTEL_TOKENS_GUARD_RETRY_AFTER] = self.retry_after
         if self.model is not None:
             attributes[sc.OTEL_TOKENS_GUARD_MODEL] = self.model
+        if self.compress is not None:
+            level, before, after, target = self.compress
+            attributes[sc.OTEL_TOKENS_GUARD_COMPRESS_LEVEL] = level
+            attributes[sc.OTEL_TOKENS_GUARD_COMPRESS_TOKENS_BEFORE] = before
+            attributes[sc.OTEL_TOKENS_GUARD_COMPRESS_TOKENS_AFTER] = after
+            attributes[sc.OTEL_TOKENS_GUARD_COMPRESS_TARGET] = target
         return attributes
 
 
@@ -111,6 +130,52 @@ class Reroute:
 
     model: str
     decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class CompressStep:
+    """Shrink the request at `level` ("moderate" or "aggressive") for the budget under `pressure`."""
+
+    level: str
+    settings: CompressLevel
+    pressure: Pressure
+
+    def target_tokens(self, input_tokens: int) -> int:
+        """The input tokens to shrink a request of `input_tokens` to."""
+        target = int(input_tokens * self.settings.target_ratio)
+        if self.settings.target_tokens is not None:
+            target = min(target, self.settings.target_tokens)
+        return max(target, 1)
+
+
+def compress_step(view: BudgetView, claims: list[Claim], now: float) -> CompressStep | None:
+    """The strongest compression the `compress` budgets among `claims` ask for: a budget (or its
+    task instance) that this call brings to a pressure point's `at` x limit. None: no rewrite."""
+    best: CompressStep | None = None
+    for claim in claims:
+        spec = claim.budget
+        if spec.action != "compress":
+            continue
+        standing = view.standing(claim)
+        limit = spec.limit.amount
+        ratio = (standing.used + standing.reserved + claim.amount) / limit
+        instance = spec.per_task_instance
+        if instance is not None and claim.task_id is not None:
+            held = standing.instance_used + standing.instance_reserved + claim.instance_tokens
+            ratio = max(ratio, held / instance.tokens)
+        for level, settings in (
+            ("aggressive", spec.compress.aggressive),
+            ("moderate", spec.compress.moderate),
+        ):
+            if ratio >= settings.at:
+                pressure = Pressure(
+                    spec, scope_text(spec), standing.used, standing.reserved, limit, claim.amount,
+                    spec.limit.unit, spec.window, now, None,
+                )  # fmt: skip
+                if best is None or settings.target_ratio < best.settings.target_ratio:
+                    best = CompressStep(level, settings, pressure)
+                break
+    return best
 
 
 def scope_text(spec: Budget) -> str:
@@ -183,6 +248,6 @@ def _going_on(p: Pressure, relieved: set[str]) -> Decision:
         outcome = "warned"
     elif action == "downgrade":
         outcome = "over_limit_after_downgrade" if p.budget.name in relieved else "no_cheaper_model"
-    else:  # `compress`: not built yet, so it only warns
-        outcome = "not_implemented"
+    else:  # `compress`: the shrunk call (or one with nothing left to shrink) still passes the limit
+        outcome = "over_limit_after_compress" if p.budget.name in relieved else "not_compressible"
     return Decision(action, outcome, p)

@@ -22,6 +22,9 @@ and leaves the SDKs untouched.
 The same tracer also opens the task-instance spans of `attribute(task_id=...)` scopes: it is handed
 to the attribution module on `instrument()` and taken back on `uninstrument()` (attribution is core
 and never imports the instrumentation), so task spans exist exactly while otel-tokens is instrumented.
+Likewise, when `instrument()` set the provider up itself, an `AgentScopes` span processor is added to
+it (once) so a call made under an agent framework's `invoke_agent` span, however deep, is attributed
+to that agent; an application's own provider is never changed (it may add `AgentScopes()` itself).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Collection
 from typing import Any
 
@@ -39,11 +43,14 @@ import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otel_tokens.attribution import set_task_tracer
+from otel_tokens.attribution import set_agent_scopes, set_task_tracer
+from otel_tokens.instrumentation._agent_scopes import AgentScopes, lookup
 from otel_tokens.instrumentation._call import CallSettings
 from otel_tokens.instrumentation._export import ensure_tracer_provider
 from otel_tokens.semconv import INSTRUMENTATION_SCOPE
 from otel_tokens.settings import ENV_BUDGETS_FILE, ENV_CAPTURE_CONTENT, env_flag
+
+__all__ = ["AgentScopes", "OtelTokensInstrumentor"]
 
 logger = logging.getLogger("otel_tokens")
 
@@ -58,6 +65,23 @@ _SDK_MODULES: tuple[tuple[str, str], ...] = (
 _pending: dict[str, CallSettings] = {}
 _hooked: set[str] = set()
 _lock = threading.Lock()
+#: The agent-scope processor added to each tracer provider instrument() set up itself (once each: a
+#: processor cannot be removed from a provider, so it is switched off on `uninstrument()` instead).
+_agent_scopes: weakref.WeakKeyDictionary[Any, AgentScopes] = weakref.WeakKeyDictionary()
+
+
+def _track_agent_scopes(provider: Any, ours: bool) -> None:
+    """Note which agent each open span runs under (see `_agent_scopes.py`) on a provider we set up;
+    any `AgentScopes` an application added to its own provider is consulted as well."""
+    add = getattr(provider, "add_span_processor", None)
+    if ours and add is not None:
+        with _lock:
+            scopes = _agent_scopes.get(provider)
+            if scopes is None:
+                scopes = _agent_scopes[provider] = AgentScopes()
+                add(scopes)
+        scopes.active = True
+    set_agent_scopes(lookup)
 
 
 def _patch_when_imported(sdk: str, module_name: str, settings: CallSettings) -> None:
@@ -86,18 +110,21 @@ def _unpatch(sdk: str, module_name: str) -> None:
         importlib.import_module(module_name).uninstrument()
 
 
-def _guard_or_stop(budgets: Any, raise_errors: bool) -> Any:
+def _guard_or_stop(budgets: Any, raise_errors: bool, summarizer: Any = None) -> Any:
     """`_guard`, stopping start-up on a broken budget file. `otel_tokens.instrument()` wants the
     `BudgetFileError` itself; `opentelemetry-instrument` would log and swallow it and run the agent
     unguarded, so there the process stops (SystemExit escapes its handler) with every error listed."""
     from otel_tokens.budgets.loader import BudgetFileError
 
     try:
-        return _guard(budgets)
+        guard = _guard(budgets)
     except BudgetFileError as exc:
         if raise_errors:
             raise
         raise SystemExit(f"otel-tokens: not starting unguarded: {exc}") from None
+    if guard is not None and summarizer is not None:
+        guard.summarizer = summarizer
+    return guard
 
 
 def _guard(budgets: Any) -> Any:
@@ -115,8 +142,6 @@ def _guard(budgets: Any) -> Any:
         guard = budgets
     else:
         guard = Guard(budgets) if isinstance(budgets, BudgetFile) else Guard.from_file(budgets)
-    if any(b.action == "compress" for b in guard.budget_file.budgets):
-        logger.warning("otel-tokens: action 'compress' is not implemented yet; those budgets only warn")
     return guard
 
 
@@ -138,13 +163,18 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        provider = kwargs.get("tracer_provider") or ensure_tracer_provider()
+        given = kwargs.get("tracer_provider")
+        before = trace.get_tracer_provider()
+        provider = given or ensure_tracer_provider()
+        set_up_here = given is None and provider is not before  # ensure_tracer_provider() made it
         tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, _version(), tracer_provider=provider)
         capture = kwargs.get("capture_content")
         settings = CallSettings(
             tracer=tracer,
             capture_content=env_flag(ENV_CAPTURE_CONTENT) if capture is None else bool(capture),
-            guard=_guard_or_stop(kwargs.get("budgets"), kwargs.get("raise_budget_errors", False)),
+            guard=_guard_or_stop(
+                kwargs.get("budgets"), kwargs.get("raise_budget_errors", False), kwargs.get("summarizer")
+            ),
         )
         for sdk, module_name in _SDK_MODULES:
             if importlib.util.find_spec(sdk) is None:
@@ -152,8 +182,12 @@ class OtelTokensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 continue
             _patch_when_imported(sdk, module_name, settings)
         set_task_tracer(tracer)
+        _track_agent_scopes(provider, set_up_here)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         set_task_tracer(None)
+        set_agent_scopes(None)
+        for scopes in list(_agent_scopes.values()):
+            scopes.active = False
         for sdk, module_name in _SDK_MODULES:
             _unpatch(sdk, module_name)

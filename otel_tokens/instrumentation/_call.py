@@ -26,13 +26,19 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.attribution import NO_ATTRIBUTION, attribution_attributes, current_attribution
+from otel_tokens.attribution import (
+    NO_ATTRIBUTION,
+    attribution_attributes,
+    current_attribution,
+    framework_attribution,
+)
 from otel_tokens.pricing import default_price_book
 from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.sinks import record_sinks
 
 if TYPE_CHECKING:  # the guard is imported only when a budget file turns it on
     from otel_tokens.guard import Admission, Guard, GuardRequest
+    from otel_tokens.instrumentation._cache_replay import CacheSlot
 
 _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 
@@ -49,7 +55,23 @@ class CallSettings:
 def inside_llm_call() -> bool:
     """True while an instrumented call is in progress in this context: a nested wrapped SDK method
     (e.g. `responses.stream()` calling `responses.create()`) must not count the call twice."""
-    return bool(context.get_value(_INSIDE_CALL_KEY))
+    call = context.get_value(_INSIDE_CALL_KEY)
+    # The call itself, not a flag: a context restored after the call ended (another
+    # instrumentation detaching its stream's context late, out of order, brings ours back) must not
+    # make the next call look nested, or that call would go unrecorded.
+    return isinstance(call, LLMCall) and not call._ended
+
+
+def _live_context() -> context.Context:
+    """The current context, unless it is one of our calls' that already ended (brought back by
+    another instrumentation detaching its stream's context late, out of order): then the context
+    that call started in, so this call is neither nested under the old one's span nor counted as
+    its duplicate."""
+    ctx = context.get_current()
+    call = context.get_value(_INSIDE_CALL_KEY, ctx)
+    if isinstance(call, LLMCall) and call._ended:
+        return call.parent_context
+    return ctx
 
 
 def internal_error(where: str) -> None:
@@ -67,7 +89,9 @@ class LLMCall:
         "_failed",
         "admission",
         "attribution",
+        "cache_slot",
         "operation",
+        "parent_context",
         "provider",
         "request_model",
         "service_tier",
@@ -93,12 +117,16 @@ class LLMCall:
         self.request_model = request_model or "unknown"
         self._ended = False
         self.admission: Admission | None = None  # the budget guard's, when it reserved
+        self.cache_slot: CacheSlot | None = None  # a response to store in the response cache
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
         self._failed: list[str] = []
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
+        self.parent_context = _live_context()
         try:
-            self.attribution = current_attribution()
+            # an agent framework's enclosing invoke_agent span names the agent when no scope does
+            live = self.parent_context
+            self.attribution = framework_attribution(current_attribution(live), live)
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
@@ -122,7 +150,7 @@ class LLMCall:
             except Exception:
                 self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
         self.span = settings.tracer.start_span(
-            f"{operation} {self.request_model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{operation} {self.request_model}", self.parent_context, SpanKind.CLIENT, attributes
         )
 
     @property
@@ -142,7 +170,8 @@ class LLMCall:
 
     def _attach(self) -> Token[context.Context]:
         """`activate()` without the context manager, for `invoke` on the hot path."""
-        return context.attach(context.set_value(_INSIDE_CALL_KEY, True, trace.set_span_in_context(self.span)))
+        ctx = trace.set_span_in_context(self.span, self.parent_context)
+        return context.attach(context.set_value(_INSIDE_CALL_KEY, self, ctx))
 
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
@@ -181,36 +210,48 @@ class LLMCall:
 
     # --- the budget guard's pre-send hook ---------------------------------------------------------
     def admit(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """Ask the budget guard (if on) before sending: returns the kwargs to send (the `model` may
-        be downgraded) or raises `BudgetExceeded` / `BudgetDeferred` with the span ended as an error.
-        A deferral with a `defer_wait` blocks this thread while it waits for room."""
+        be downgraded, the `prompt_arg` messages compressed) or raises `BudgetExceeded` /
+        `BudgetDeferred` / `TaskStopped` with the span ended as an error. A deferral with a
+        `defer_wait` blocks this thread while it waits for room."""
         guard = self.settings.guard
         if guard is None:
             return kwargs
         try:
-            admission = guard.admit(self._guard_request(prompt, system, max_output_tokens))
+            admission = guard.admit(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")  # our bug: the call goes ahead unguarded
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
     async def admit_async(
-        self, kwargs: dict[str, Any], prompt: Any, system: Any, max_output_tokens: int | None
+        self,
+        kwargs: dict[str, Any],
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+        prompt_arg: str = "messages",
     ) -> dict[str, Any]:
         """`admit` for the async clients: a deferred call waits without blocking the event loop."""
         guard = self.settings.guard
         if guard is None:
             return kwargs
         try:
-            admission = await guard.admit_async(self._guard_request(prompt, system, max_output_tokens))
+            admission = await guard.admit_async(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")
             return kwargs
-        return self._apply_admission(admission, kwargs)
+        return self._apply_admission(admission, kwargs, prompt_arg)
 
-    def _guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+    def guard_request(self, prompt: Any, system: Any, max_output_tokens: int | None) -> GuardRequest:
+        """This call as the guard sees it."""
         from otel_tokens.guard.estimate import GuardRequest  # in sys.modules once a guard exists
 
         return GuardRequest(
@@ -223,9 +264,13 @@ class LLMCall:
             max_output_tokens,
         )
 
-    def _apply_admission(self, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _apply_admission(
+        self, admission: Admission, kwargs: dict[str, Any], prompt_arg: str
+    ) -> dict[str, Any]:
         for decision in admission.decisions:
             self.span.add_event(sc.OTEL_TOKENS_GUARD_DECISION_EVENT, decision.attributes())
+        for finding in admission.findings:
+            self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         if admission.refusal is not None:
             self.finish(None, error=admission.refusal)
             raise admission.refusal
@@ -241,7 +286,21 @@ class LLMCall:
                 }
             )
             kwargs = {**kwargs, "model": admission.model}
+        if admission.saved is not None:  # compressed: send the shrunk messages
+            kwargs = {**kwargs, prompt_arg: admission.prompt}
+            budget, tokens = admission.saved
+            self.add_saved_event(sc.SAVED_COMPRESSED, tokens, budget)
         return kwargs
+
+    def add_saved_event(self, reason: str, tokens: int, budget: str | None) -> None:
+        """What the guard saved this call (`semconv.SAVED_*`), for `llm_tokens_saved_total`."""
+        attributes: dict[str, AttributeValue] = {
+            sc.OTEL_TOKENS_GUARD_SAVED_REASON: reason,
+            sc.OTEL_TOKENS_GUARD_SAVED_TOKENS: tokens,
+        }
+        if budget is not None:
+            attributes[sc.OTEL_TOKENS_GUARD_BUDGET] = budget
+        self.span.add_event(sc.OTEL_TOKENS_GUARD_SAVED_EVENT, attributes)
 
     def record_content(self, key: str, value: str) -> None:
         """Prompt/completion text goes on the span only when content capture was switched on."""
@@ -270,8 +329,12 @@ class LLMCall:
             self._set_result_attributes(record, response_id, finish_reasons)
         except Exception:
             internal_error("LLMCall.finish")
+        if self.cache_slot is not None:
+            self.cache_slot.commit(record)
         if self.admission is not None:
             self._settle(self.admission, record)
+            for finding in self.admission.late_findings:
+                self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)

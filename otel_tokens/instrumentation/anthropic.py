@@ -35,6 +35,7 @@ from otel_tokens.instrumentation._anthropic_streams import (
     output_messages_json,
     usage_tokens,
 )
+from otel_tokens.instrumentation._cache_replay import MISS, CacheSlot, open_slot
 from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
 from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
 from otel_tokens.record import TokenCounts
@@ -106,6 +107,15 @@ async def _admit_async(call: LLMCall, request: dict[str, Any]) -> dict[str, Any]
     )
 
 
+def _cache_slot(call: LLMCall, request: dict[str, Any]) -> CacheSlot | None:
+    """The call's response-cache slot (the guard's cache is on, the call may be cached), or None.
+    Only `create` / `parse` take part; the `stream()` helper always goes to the provider."""
+    guard = call.settings.guard
+    if guard is None or guard.response_cache is None:
+        return None
+    return open_slot(call, "messages", request)
+
+
 def _max_tokens(request: Mapping[str, Any]) -> int | None:
     value = request.get("max_tokens")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -165,6 +175,15 @@ def _stream_classes() -> tuple[type[Any], type[Any]]:
     return Stream, AsyncStream
 
 
+def _wrapped_stream(result: Any, classes: tuple[type[Any], ...]) -> Any:
+    """The SDK stream inside another instrumentation's wrapper (`__wrapped__`, a few levels), or None."""
+    for _ in range(4):
+        result = getattr(result, "__wrapped__", None)
+        if result is None or isinstance(result, classes):
+            return result
+    return None
+
+
 def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
     if raw_response_mode(request) is not None:  # `.with_raw_response` / `.with_streaming_response`
         return _RawResponse(call, request).attach(result)
@@ -173,6 +192,15 @@ def _observe(call: LLMCall, result: Any, request: Mapping[str, Any]) -> Any:
         return observe_sync_stream(result, StreamTracker(call, request))
     if isinstance(result, async_stream_class):
         return observe_async_stream(result, StreamTracker(call, request))
+    inner = (
+        _wrapped_stream(result, (stream_class, async_stream_class)) if request.get("stream") is True else None
+    )
+    if inner is not None:
+        # another instrumentation's stream wrapper (OpenLIT's) around the SDK's stream: observe the
+        # SDK's stream in place, hand back their wrapper, which reads its events through ours
+        observe = observe_sync_stream if isinstance(inner, stream_class) else observe_async_stream
+        observe(inner, StreamTracker(call, request))
+        return result
     if getattr(result, "usage", None) is None:
         logger.debug("otel-tokens: anthropic returned %s without usage; estimating", type(result).__name__)
     _finish_message(call, result, request)
@@ -210,9 +238,16 @@ def _sync_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        slot = None
         if settings.guard is not None:
-            kwargs = _admit(call, kwargs)
+            slot = _cache_slot(call, kwargs)
+            if slot is not None and (cached := slot.replay(instance._client, is_async=False)) is not MISS:
+                return cached
+            admitted = _admit(call, kwargs)
+            slot, kwargs = (slot if admitted is kwargs else None), admitted  # a rewritten call: not stored
         result = call.invoke(wrapped, args, kwargs)
+        if slot is not None:
+            result = slot.keep(result)
         return _on_result(call, result, kwargs)
 
     return wrapper
@@ -225,9 +260,16 @@ def _async_call(settings: CallSettings) -> Wrapper:
         call = None if inside_llm_call() else _open_call(settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        slot = None
         if settings.guard is not None:
-            kwargs = await _admit_async(call, kwargs)
+            slot = _cache_slot(call, kwargs)
+            if slot is not None and (cached := slot.replay(instance._client, is_async=True)) is not MISS:
+                return cached
+            admitted = await _admit_async(call, kwargs)
+            slot, kwargs = (slot if admitted is kwargs else None), admitted
         result = await call.invoke_async(wrapped, args, kwargs)
+        if slot is not None:
+            result = slot.keep(result)
         return _on_result(call, result, kwargs)
 
     return wrapper
@@ -275,8 +317,9 @@ def _tracker(
     rebuild: Callable[..., Any],
 ) -> StreamTracker:
     tracker = StreamTracker(call, admitted)
-    if admitted is not request:  # downgraded: the helper must send the cheaper model
-        tracker.replacement_manager = rebuild(**{**kwargs, "model": admitted["model"]})
+    if admitted is not request:  # downgraded or compressed: the helper must send what was admitted
+        rewritten = {"model": admitted["model"], "messages": admitted.get("messages")}
+        tracker.replacement_manager = rebuild(**{**kwargs, **rewritten})
     return tracker
 
 

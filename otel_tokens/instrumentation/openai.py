@@ -21,6 +21,7 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
+from otel_tokens.instrumentation._cache_replay import MISS, CacheSlot, open_slot
 from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
 from otel_tokens.instrumentation._openai_extract import (
     Result,
@@ -57,11 +58,23 @@ class _Endpoint:
     result: Callable[[Any], Result]
     stream_state: type[StreamState] | None  # None: the API does not stream
     captures_content: bool = True
+    name: str = ""  # the API, as the response cache names it
 
 
-_CHAT = _Endpoint("chat", "messages", ("max_completion_tokens", "max_tokens"), chat_result, ChatStreamState)
-_RESPONSES = _Endpoint("chat", "input", ("max_output_tokens",), responses_result, ResponsesStreamState)
-_EMBEDDINGS = _Endpoint("embeddings", "input", (), embeddings_result, None, captures_content=False)
+_CHAT = _Endpoint(
+    "chat",
+    "messages",
+    ("max_completion_tokens", "max_tokens"),
+    chat_result,
+    ChatStreamState,
+    name="chat.completions",
+)
+_RESPONSES = _Endpoint(
+    "chat", "input", ("max_output_tokens",), responses_result, ResponsesStreamState, name="responses"
+)
+_EMBEDDINGS = _Endpoint(
+    "embeddings", "input", (), embeddings_result, None, captures_content=False, name="embeddings"
+)
 
 _CHAT_MODULE = "openai.resources.chat.completions.completions"
 _RESPONSES_MODULE = "openai.resources.responses.responses"
@@ -137,10 +150,17 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        slot = None
         if settings.guard is not None:
-            kwargs = call.admit(kwargs, *_guard_inputs(endpoint, kwargs))
+            slot = _cache_slot(endpoint, call, kwargs)
+            if slot is not None and (cached := slot.replay(instance._client, is_async=False)) is not MISS:
+                return cached
+            admitted = call.admit(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
+            slot, kwargs = (slot if admitted is kwargs else None), admitted  # a rewritten call: not stored
         result = call.invoke(wrapped, args, kwargs)
-        return _on_result(endpoint, call, kwargs, result)
+        if slot is not None:
+            result = slot.keep(result)
+        return _on_result(endpoint, call, kwargs, result, is_async=False)
 
     return wrapper
 
@@ -155,10 +175,17 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         call = _open_call(endpoint, settings, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        slot = None
         if settings.guard is not None:
-            kwargs = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs))
+            slot = _cache_slot(endpoint, call, kwargs)
+            if slot is not None and (cached := slot.replay(instance._client, is_async=True)) is not MISS:
+                return cached
+            admitted = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
+            slot, kwargs = (slot if admitted is kwargs else None), admitted
         result = await call.invoke_async(wrapped, args, kwargs)
-        return _on_result(endpoint, call, kwargs, result)
+        if slot is not None:
+            result = slot.keep(result)
+        return _on_result(endpoint, call, kwargs, result, is_async=True)
 
     return wrapper
 
@@ -182,6 +209,14 @@ async def _async_helper_close(
 
 
 # --- call lifecycle -------------------------------------------------------------------------------
+def _cache_slot(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any]) -> CacheSlot | None:
+    """The call's response-cache slot (the guard's cache is on, the call may be cached), or None."""
+    guard = call.settings.guard
+    if guard is None or guard.response_cache is None:
+        return None
+    return open_slot(call, endpoint.name, kwargs)
+
+
 def _materialise_prompt(endpoint: _Endpoint, kwargs: dict[str, Any]) -> dict[str, Any]:
     """`messages` may be any iterable; a one-shot iterator would be consumed by the SDK before we
     could count it, so hand the SDK an equal list instead."""
@@ -258,9 +293,13 @@ def _is_stream_request(kwargs: dict[str, Any]) -> bool:
     return kwargs.get("stream") is True
 
 
-def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any) -> Any:
+def _on_result(
+    endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], result: Any, *, is_async: bool
+) -> Any:
     """Hand the caller the SDK's result: streams wrapped so the span ends with them, a raw-response
-    wrapper watched until its body is read, anything else unchanged after the span is finished."""
+    wrapper watched until its body is read, anything else unchanged after the span is finished.
+    Sync or async is the client's, not guessed from the result: another instrumentation's stream
+    proxy (OpenLLMetry's) has both `__next__` and `__anext__`."""
     if raw_response_mode(kwargs) is not None:  # `.with_raw_response` / `.with_streaming_response`
         try:
             return _RawResponse(endpoint, call, kwargs).attach(result)
@@ -270,7 +309,7 @@ def _on_result(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], resul
             return result
     if _is_stream_request(kwargs) and endpoint.stream_state is not None:
         state = endpoint.stream_state(call, kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"))
-        proxy_type = AsyncStreamProxy if hasattr(result, "__anext__") else SyncStreamProxy
+        proxy_type = AsyncStreamProxy if is_async else SyncStreamProxy
         return proxy_type(result, state)
     _finish_from_response(endpoint, call, kwargs, result)
     return result

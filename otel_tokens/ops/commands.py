@@ -24,8 +24,10 @@ from otel_tokens.ops.source import (
     PrometheusSource,
     SourceError,
     check_since,
+    read_token_file,
 )
 from otel_tokens.ops.usage import USAGE_SERIES, parse_filters, top_rows, usage_table
+from otel_tokens.settings import ENV_COLLECTOR_METRICS_AUTH_TOKEN_FILE
 
 __all__ = [
     "budget_set_command",
@@ -43,10 +45,19 @@ _RATE_NOTE = (
 )
 
 
-def make_source(collector: str, prometheus: str | None, budgets_file: str | None = None) -> DataSource:
+def make_source(
+    collector: str, prometheus: str | None, budgets_file: str | None = None, token_file: str | None = None
+) -> DataSource:
     if prometheus:
         return PrometheusSource(prometheus, budgets_file=budgets_file)
-    return CollectorSource(collector)
+    if token_file:  # one token for both, as a collector with no separate metrics token wants
+        token = read_token_file(token_file)
+        return CollectorSource(collector, token=token, metrics_token=token)
+    return CollectorSource(
+        collector,
+        token=read_token_file(None),
+        metrics_token=read_token_file(None, env=ENV_COLLECTOR_METRICS_AUTH_TOKEN_FILE),
+    )
 
 
 def _fail(command: str, message: object) -> int:

@@ -15,6 +15,7 @@ Every response is size-bounded and every request times out: a wrong URL fails fa
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -33,6 +34,7 @@ from otel_tokens.ops.outlook import Outlook, outlook
 from otel_tokens.ops.progress import progress
 from otel_tokens.ops.summary import SUMMARY_PATH
 from otel_tokens.ops.usage import Sample
+from otel_tokens.settings import ENV_COLLECTOR_AUTH_TOKEN_FILE
 
 __all__ = [
     "DEFAULT_COLLECTOR",
@@ -81,12 +83,35 @@ def check_since(since: str | None) -> None:
         raise SourceError(f"--since wants a duration such as 30m, 24h, 7d; got {since!r}")
 
 
-def _get(url: str, what: str) -> bytes:
+def read_token_file(path: str | None, *, env: str = ENV_COLLECTOR_AUTH_TOKEN_FILE) -> str | None:
+    """The bearer token in `path` (surrounding whitespace, e.g. `echo`'s newline, is not part of it).
+
+    The operator commands send it to a collector started with `--auth-token-file`; without a path
+    they take the file named by `env`, the variable that set up the collector."""
+    path = path or os.environ.get(env) or None
+    if path is None:
+        return None
     try:
-        with progress(f"reading {what} from {url}"), urllib.request.urlopen(url, timeout=_TIMEOUT) as resp:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise SourceError(f"token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise SourceError(f"token file {path} is empty")
+    return token
+
+
+def _get(url: str, what: str, token: str | None = None) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with (
+            progress(f"reading {what} from {url}"),
+            urllib.request.urlopen(request, timeout=_TIMEOUT) as resp,
+        ):
             body: bytes = resp.read(_MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        hint = " (the collector wants a token: --token-file FILE)" if exc.code == 401 and not token else ""
+        raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SourceError(f"cannot read {url}: {reason}") from None
@@ -95,9 +120,9 @@ def _get(url: str, what: str) -> bytes:
     return body
 
 
-def _json(url: str, what: str) -> Any:
+def _json(url: str, what: str, token: str | None = None) -> Any:
     try:
-        return json.loads(_get(url, what))
+        return json.loads(_get(url, what, token))
     except ValueError:
         raise SourceError(f"{url}: not JSON (is this the right address?)") from None
 
@@ -108,6 +133,10 @@ def _json(url: str, what: str) -> Any:
 @dataclass
 class CollectorSource:
     url: str = DEFAULT_COLLECTOR
+    #: The collector's bearer token for its API, when it was started with one.
+    token: str | None = None
+    #: The token `/metrics` wants: its own (`auth.metrics_token_file`) or the API's.
+    metrics_token: str | None = None
     has_history = False
 
     def __post_init__(self) -> None:
@@ -124,7 +153,9 @@ class CollectorSource:
                 "--since needs history, which only Prometheus keeps: add --prometheus URL "
                 "(the collector's /metrics holds totals since it started; drop --since to see those)"
             )
-        text = _get(f"{self.url}/metrics", "metrics").decode("utf-8", errors="replace")
+        text = _get(f"{self.url}/metrics", "metrics", self.metrics_token or self.token).decode(
+            "utf-8", errors="replace"
+        )
         try:
             families = list(text_string_to_metric_families(text))
         except ValueError as exc:
@@ -141,7 +172,7 @@ class CollectorSource:
         """From `/api/v1/summary` (standings with burn rates); an older collector without it
         answers `/api/v1/budgets`, whose standings then have no rate."""
         try:
-            summary = _json(f"{self.url}{SUMMARY_PATH}", "budget standings")
+            summary = _json(f"{self.url}{SUMMARY_PATH}", "budget standings", self.token)
         except SourceError as exc:
             if "HTTP 404" not in str(exc):
                 raise
@@ -152,7 +183,7 @@ class CollectorSource:
 
     def _budgets_only(self) -> list[Outlook]:
         try:
-            body = _json(f"{self.url}{BUDGETS_PATH}", "budget standings")
+            body = _json(f"{self.url}{BUDGETS_PATH}", "budget standings", self.token)
         except SourceError as exc:
             if "HTTP 404" in str(exc):
                 raise NoBudgets(

@@ -638,6 +638,104 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* --- links(): the parent links the ancestor walk needs --------------------- */
+
+typedef struct {
+    PyObject *traces; /* a set of trace ids: only their spans are listed */
+    const char *keys[3]; /* gen_ai.operation.name, gen_ai.agent.name, gen_ai.workflow.name */
+    Py_ssize_t key_lens[3];
+    PyObject *found;
+} Links;
+
+static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out) {
+    Field f;
+    KV kv;
+    PyObject *values[3] = {NULL, NULL, NULL};
+    const uint8_t *ids[3] = {(const uint8_t *)"", (const uint8_t *)"", (const uint8_t *)""};
+    Py_ssize_t id_len[3] = {0, 0, 0};
+    int rc = depth > MAX_DEPTH ? DECLINE : 0;
+    while (rc == 0 && p < end) {
+        if (next_field(&p, end, &f) < 0) {
+            rc = DECLINE;
+        } else if ((f.fieldno == 1 || f.fieldno == 2 || f.fieldno == 4) && f.wt == 2) {
+            int i = f.fieldno == 4 ? 2 : (int)f.fieldno - 1;
+            ids[i] = f.val;
+            id_len[i] = f.len;
+        } else if (f.fieldno == 9 && f.wt == 2) {
+            if (read_kv(f.val, f.val + f.len, depth + 1, &kv) < 0) {
+                rc = DECLINE;
+                break;
+            }
+            for (int k = 0; k < 3; k++) {
+                if (kv.key_len != out->key_lens[k] || memcmp(kv.key, out->keys[k], (size_t)kv.key_len) != 0)
+                    continue;
+                PyObject *value = NULL;
+                if (kv.has_value) {
+                    rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, Py_None, &value);
+                } else {
+                    Py_INCREF(Py_None);
+                    value = Py_None;
+                }
+                if (rc == 0) Py_XSETREF(values[k], value); /* the last one, as a dict keeps it */
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        PyObject *trace = big_endian_int(ids[0], id_len[0]), *hit = NULL;
+        int wanted = trace != NULL ? PySet_Contains(out->traces, trace) : -1;
+        if (wanted > 0) {
+            PyObject *span = big_endian_int(ids[1], id_len[1]), *parent = big_endian_int(ids[2], id_len[2]);
+            if (span != NULL && parent != NULL)
+                hit = Py_BuildValue("(OOOOOO)", trace, span, parent, values[0] ? values[0] : Py_None,
+                                    values[1] ? values[1] : Py_None, values[2] ? values[2] : Py_None);
+            Py_XDECREF(span);
+            Py_XDECREF(parent);
+            if (hit == NULL || PyList_Append(out->found, hit) < 0) rc = PYERR;
+            Py_XDECREF(hit);
+        } else if (wanted < 0) {
+            rc = PYERR;
+        }
+        Py_XDECREF(trace);
+    }
+    for (int k = 0; k < 3; k++) Py_XDECREF(values[k]);
+    return rc;
+}
+
+/* Each length-delimited field numbered path[0] of the message in [p, end): descended into along
+   the rest of `path` (0-terminated), or, at its last number, read as a span. */
+static int link_level(const uint8_t *p, const uint8_t *end, int depth, const int *path, Links *out) {
+    Field f;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0) return DECLINE;
+        if (f.fieldno != (uint32_t)path[0] || f.wt != 2) continue;
+        int rc = path[1] == 0 ? link_span(f.val, f.val + f.len, depth + 1, out)
+                              : link_level(f.val, f.val + f.len, depth + 1, path + 1, out);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* links(data, traces, (operation key, agent key, workflow key)) -> [(trace id, span id, parent span
+   id, operation, agent, workflow)] for the spans of `traces`, each value the attribute's scalar as
+   read_any reads it (None: absent or unset), or None to decline. Only for data scan() accepted. */
+static PyObject *links(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL};
+    if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
+                          &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2]))
+        return NULL;
+    static const int path[] = {1, 2, 2, 0}; /* resource_spans > scope_spans > spans */
+    out.found = PyList_New(0);
+    int rc = out.found == NULL ? PYERR : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
+    PyBuffer_Release(&buf);
+    if (rc == 0) return out.found;
+    Py_XDECREF(out.found);
+    if (rc == DECLINE) Py_RETURN_NONE;
+    return NULL;
+}
+
 static void clear_table(void) {
     for (int i = 0; i < TABLE_SIZE; i++) {
         PyMem_Free(table[i].key);
@@ -717,6 +815,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
+    {"links", links, METH_VARARGS,
+     "links(data, traces, keys) -> [(trace, span, parent, operation, agent, workflow)] of the spans of "
+     "traces, or None to decline."},
     {"scan", scan, METH_VARARGS,
      "scan(data, fallback=None) -> (n_spans, resources, scopes, hits), or None to decline (take the "
      "Python path). fallback: a resource attribute read besides the attribution ones."},

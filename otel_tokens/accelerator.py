@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PURE_PYTHON_ENV", "ScanResult", "scanner"]
+__all__ = ["PURE_PYTHON_ENV", "LinksWalk", "ScanResult", "links_walk", "scanner"]
 
 #: "1": never use the compiled walk, even when it is built.
 PURE_PYTHON_ENV = "OTEL_TOKENS_PURE_PYTHON"
@@ -34,6 +34,10 @@ _log = logging.getLogger(__name__)
 #: index, scope name], per usage span (scope index, slot values, ranks, trace id, span id, parent
 #: span id, start ns, end ns, status code))
 ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]]]
+#: `links(data, traces, (operation key, agent key, workflow key))`: per span of `traces` (trace id,
+#: span id, parent span id, and the three attributes' scalar values or None), or None to decline;
+#: only for a payload `scan` accepted (the ancestor walk's parent links, extract.scan_otlp_bytes)
+LinksWalk = Callable[[bytes, set[int], tuple[str, str, str]], list[tuple[Any, ...]] | None]
 
 # the C walk's kinds (K_*) by descriptor field type
 _VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)
@@ -153,12 +157,13 @@ def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] 
 
 
 _scanner: Callable[[bytes, str | None], ScanResult | None] | None = None
+_links: LinksWalk | None = None
 _loaded = False
 
 
 def scanner() -> Callable[[bytes, str | None], ScanResult | None] | None:
     """The compiled walk, configured; None when it is not built, switched off, or does not match."""
-    global _scanner, _loaded
+    global _scanner, _links, _loaded
     if not _loaded:
         _loaded = True
         if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
@@ -168,4 +173,11 @@ def scanner() -> Callable[[bytes, str | None], ScanResult | None] | None:
                 _otlp_scan = None
             if _otlp_scan is not None:
                 _scanner = _configure(_otlp_scan)
+                _links = _otlp_scan.links if _scanner is not None else None
     return _scanner
+
+
+def links_walk() -> LinksWalk | None:
+    """The compiled parent-link walk, when the compiled walk (`scanner()`) is on."""
+    scanner()
+    return _links

@@ -52,7 +52,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.accelerator import ScanResult, scanner
+from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
@@ -627,6 +627,28 @@ def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links
                         scopes[key] = found
 
 
+def scan_otlp_bytes(
+    data: bytes, traces: set[int], links: Links, scopes: Scopes, compiled: LinksWalk | None
+) -> None:
+    """`scan_otlp` over the serialized request `data` (one the compiled walk accepted): read by the
+    compiled `links` walk when there is one and it does not decline, else decoded."""
+    found = compiled(data, traces, _SCOPE_KEYS) if compiled is not None else None
+    if found is None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        scan_otlp(ExportTraceServiceRequest.FromString(data), traces, links, scopes)
+        return
+    for trace_id, span_id, parent, *values in found:
+        key = (trace_id << 64) | span_id
+        links[key] = (trace_id << 64) | parent
+        # as `kv.value.string_value` reads them: a value of another kind is ""
+        operation, agent, workflow = (v if type(v) is str and v else None for v in values)
+        if operation:
+            scope = _scope(operation, agent, workflow)
+            if scope is not None:
+                scopes[key] = scope
+
+
 def scan_readable(spans: Iterable[ReadableSpan], traces: set[int], links: Links, scopes: Scopes) -> None:
     """`scan_otlp` for SDK spans (the in-process path)."""
     for span in spans:
@@ -671,6 +693,7 @@ class Extractor:
         self._resource_cache: tuple[object, Attribution | None] = (None, None)
         #: the compiled OTLP walk (accelerator.py), when built and not switched off
         self._scan = scanner() if compiled else None
+        self._links = links_walk() if compiled else None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections).
@@ -702,6 +725,10 @@ class Extractor:
         """The compiled walk over a serialized request; None without it, or when it declines (the
         caller then decodes `data` and takes `extract_otlp`)."""
         return self._scan(data, self.agent_fallback_attribute) if self._scan is not None else None
+
+    def scan_links(self, data: bytes, traces: set[int], links: Links, scopes: Scopes) -> None:
+        """`scan_otlp` over a payload `scan` accepted, by the compiled walk when it is on."""
+        scan_otlp_bytes(data, traces, links, scopes, self._links)
 
     def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
         """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""

@@ -252,13 +252,9 @@ class Pipeline:
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
             self._extractor.count_scanned(found, batch)
-            # the ancestor walk needs every span's parent link: decoded only when a record needs it
-            # (the walk accepted `data`, so upb does too)
+            # the ancestor walk's parent links, read from the bytes only when a record needs them
             self._resolve(
-                batch,
-                lambda ts, links, scopes: scan_otlp(
-                    ExportTraceServiceRequest.FromString(data), ts, links, scopes
-                ),
+                batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
         return self.gate.batch(batch)
 

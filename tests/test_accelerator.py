@@ -35,7 +35,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
-from otel_tokens.accelerator import scanner
+from otel_tokens.accelerator import links_walk, scanner
+from otel_tokens.ancestry import Links, Scope, Scopes
+from otel_tokens.extract import scan_otlp, scan_otlp_bytes
 from otel_tokens.pipeline import DedupeConfig, Pipeline
 from otel_tokens.record import TokenCounts
 from tests.test_fuzz import _PROFILE, _cuts, _mutated, _requests
@@ -177,6 +179,44 @@ def test_verdicts_service_name_and_ancestors_count_the_same(ancestor_later: bool
     page = last_page[0].decode()
     task_line = f'{mn.VERIFIED}="{mn.VERIFIED_FAILED}"'
     assert task_line in page  # the task's failing check reached the task histograms
+
+
+def assert_same_links(data: bytes, all_traces: bool = False) -> Scopes:
+    """The compiled parent-link walk finds what `scan_otlp` finds in the decoded request."""
+    request = ExportTraceServiceRequest.FromString(data)
+    traces = {int.from_bytes(span.trace_id, "big") for rs in request.resource_spans
+              for ss in rs.scope_spans for span in ss.spans}  # fmt: skip
+    if not all_traces:
+        traces.discard(min(traces, default=0))  # and only the spans of the traces asked for
+    expected: tuple[Links, Scopes] = ({}, {})
+    scan_otlp(request, traces, *expected)
+    got: tuple[Links, Scopes] = ({}, {})
+    scan_otlp_bytes(data, traces, *got, links_walk())
+    assert got == expected
+    return expected[1]
+
+
+def test_the_link_walk_finds_the_ancestors_scan_otlp_finds() -> None:
+    payload = encode_spans(interop_spans()).SerializeToString()
+    assert links_walk()(payload, {0}, ("a", "b", "c")) is not None  # type: ignore[misc]
+    assert list(assert_same_links(payload, all_traces=True).values()) == [Scope("planner", None)]
+    decoded = ExportTraceServiceRequest.FromString(payload)
+    for rs in decoded.resource_spans:  # other kinds of values under the scope keys: read as ""
+        for ss in rs.scope_spans:
+            for i, span in enumerate(ss.spans):
+                for kv in span.attributes:
+                    if kv.key == sc.GEN_AI_AGENT_NAME and i % 2:
+                        kv.value.CopyFrom(AnyValue(int_value=3))
+                span.attributes.add(key=sc.GEN_AI_WORKFLOW_NAME)
+    assert_same_links(decoded.SerializeToString(), all_traces=True)
+
+
+@settings(settings.get_profile(_PROFILE))
+@given(request=_requests)
+def test_fuzzed_requests_give_the_same_links(request: ExportTraceServiceRequest) -> None:
+    data = request.SerializeToString()
+    if scanner()(data, sc.SERVICE_NAME) is not None:  # type: ignore[misc]
+        assert_same_links(data)
 
 
 def request_with(*attributes: KeyValue) -> bytes:

@@ -6,7 +6,9 @@ listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*`
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
 dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
-`ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
+`ingest_spans` / `ingest_otlp` / `ingest_otlp_bytes` (the serialized request: with the optional
+compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
+in the deduper, so one call is counted once either way.
 
 Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
 `gate`: by default applied at once; the collector's durable store (otel_tokens.collector.durable)
@@ -229,6 +231,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+        compiled: bool = True,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
@@ -241,6 +244,7 @@ class Pipeline:
             price=price,
             max_tokens_per_call=max_tokens_per_call,
             agent_fallback_attribute=self.config.agent_fallback_attribute,
+            compiled=compiled,
         )
         self._resolver = AncestorResolver(max_walks=self.dedupe.max_held_spans)
         self._resolver_lock = threading.Lock()
@@ -278,6 +282,24 @@ class Pipeline:
             self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
             self.guard_decisions.count_otlp(request)
+        return self.gate.batch(batch)
+
+    def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
+        """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
+        decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
+        Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        found = self._extractor.scan(data)
+        if found is None:  # no compiled walk, or it declined: decode and take the Python path
+            return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
+        batch = Batch(by_content=True)
+        with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
+            self._extractor.count_scanned(found, batch)
+            # the ancestor walk's parent links, read from the bytes only when a record needs them
+            self._resolve(
+                batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
+            )
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:

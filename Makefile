@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# The optional compiled OTLP walk (otel_tokens/_otlp_scan.c, see otel_tokens/accelerator.py): the
+# editable install builds it when a C compiler is there; this rebuilds it in place when its source
+# changes (pip, for the build backend pyproject.toml names). Without a compiler pip still
+# installs, and the collector runs the pure-Python path.
+$(VENV)/.compiled: $(VENV)/.installed otel_tokens/_otlp_scan.c setup.py
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/otel-tokens demo --budgets examples/budgets.yaml
 
@@ -76,7 +84,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check otel_tokens tests benchmarks
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.compiled
 	$(BIN)/pytest -q -m "not integration" -x
 
 # Real servers and tools (every e2e test is also integration).
@@ -91,8 +99,9 @@ compat-test: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider \
 	  tests/test_openai_instrumentation.py tests/test_anthropic_instrumentation.py
 
-test: $(VENV)/.installed $(COMPAT)/.bench-installed system-deps lint
-	$(BIN)/pytest -q
+# OTEL_TOKENS_EXPECT_COMPILED: here the compiled walk must be built, and is tested against Python.
+test: $(VENV)/.compiled $(COMPAT)/.bench-installed system-deps lint
+	OTEL_TOKENS_EXPECT_COMPILED=1 $(BIN)/pytest -q
 	$(MAKE) --no-print-directory compat-test
 	$(MAKE) --no-print-directory interop-test
 
@@ -107,7 +116,7 @@ $(COMPAT)/.bench-installed: $(COMPAT)/.installed
 	$(COMPAT)/bin/pip install -q 'opentelemetry-instrumentation-openai-v2==2.4b0' 'opentelemetry-util-genai==1.1b0'
 	touch $@
 
-bench: $(VENV)/.installed $(COMPAT)/.bench-installed system-deps
+bench: $(VENV)/.compiled $(COMPAT)/.bench-installed system-deps
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

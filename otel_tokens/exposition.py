@@ -1,21 +1,28 @@
 """The aggregator as Prometheus metrics: a custom prometheus_client Collector.
 
-`collect()` builds fresh metric families from one consistent snapshot on every scrape (the
-client_python model for proxies and exporters), so nothing here holds state of its own and the
-aggregator stays free of any Prometheus import.
+`collect()` reads one consistent snapshot per scrape (the client_python model for proxies and
+exporters), so the aggregator stays free of any Prometheus import. The usage families (tokens,
+cost, requests, estimated tokens, input histogram: nearly all of a large page) come out as
+`RenderedFamily` objects whose sample lines are kept per series between scrapes and re-rendered
+only for series whose values changed (exposition_text.py); their `samples` are still built the
+prometheus_client way when read, so every reader sees the same families as before.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from otel_tokens import metric_names as names
-from otel_tokens.aggregate import UNPRICED_LABELS, Aggregator, Snapshot
+from otel_tokens.aggregate import UNPRICED_LABELS, Aggregator, Series, Snapshot
+from otel_tokens.exposition_text import RenderedFamily, SeriesLines
+from otel_tokens.keyed import Key
 from otel_tokens.metric_names import TASK_LABELS, TOKEN_TYPES
 
 __all__ = ["TokenMetricsCollector"]
@@ -38,6 +45,9 @@ class TokenMetricsCollector(Collector):
 
     def __init__(self, aggregator: Aggregator) -> None:
         self._aggregator = aggregator
+        #: per series: (the values its lines were rendered from, its lines in each usage family)
+        self._lines: dict[Key, tuple[Series, tuple[str, str, str, str, str]]] = {}
+        self._lines_for: tuple[tuple[str, ...], tuple[float, ...]] | None = None
 
     def describe(self) -> Iterator[Metric]:
         """Names only, so a registry detects a second registration without a snapshot."""
@@ -48,8 +58,35 @@ class TokenMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._aggregator.snapshot()
-        dims = list(snap.dimensions)
-        tokens, cost, requests, estimated, hist = self._usage_families(dims)
+        yield from self._rendered_usage_families(snap)
+        yield from _task_families(snap)
+        yield from _self_families(snap)
+
+    def _rendered_usage_families(self, snap: Snapshot) -> list[RenderedFamily]:
+        """The five usage families, each series' lines reused from the last scrape when unchanged."""
+        dims = snap.dimensions
+        if self._lines_for != (dims, snap.buckets):  # another layout: nothing rendered can be kept
+            self._lines, self._lines_for = {}, (dims, snap.buckets)
+        bounds = [_go_float(b) for b in snap.buckets] + ["+Inf"]
+        previous, current = self._lines, {}
+        for key in sorted(snap.series):
+            series = snap.series[key]
+            kept = previous.get(key)
+            if kept is None or kept[0] != series:
+                kept = (series, _render_series(dims, key, series, bounds))
+            current[key] = kept
+        self._lines = current  # replaced whole: a concurrent scrape reads one or the other
+        bodies = ["".join(chunks[i] for _, chunks in current.values()) for i in range(5)]
+        build = functools.partial(self._usage_samples, snap)
+        return [
+            RenderedFamily(family.name, family.documentation, family.type, body, functools.partial(build, i))
+            for i, (family, body) in enumerate(zip(self._usage_families(list(dims)), bodies, strict=True))
+        ]
+
+    def _usage_samples(self, snap: Snapshot, index: int) -> list[Sample]:
+        """Family `index`'s samples the prometheus_client way (what a reader of `samples` gets)."""
+        families = self._usage_families(list(snap.dimensions))
+        tokens, cost, requests, estimated, hist = families
         bounds = [_go_float(b) for b in snap.buckets] + ["+Inf"]
         for key, s in sorted(snap.series.items()):
             labels = list(key)
@@ -63,9 +100,7 @@ class TokenMetricsCollector(Collector):
             if s.estimated_tokens:
                 estimated.add_metric(labels, s.estimated_tokens)
             hist.add_metric(labels, _cumulative(bounds, s.input_buckets), s.input_sum)
-        yield from (tokens, cost, requests, estimated, hist)
-        yield from _task_families(snap)
-        yield from _self_families(snap)
+        return families[index].samples
 
     @staticmethod
     def _usage_families(
@@ -84,6 +119,34 @@ class TokenMetricsCollector(Collector):
             CounterMetricFamily(names.ESTIMATED, _HELP[names.ESTIMATED], labels=dims),
             HistogramMetricFamily(names.INPUT_HISTOGRAM, _HELP[names.INPUT_HISTOGRAM], labels=dims),
         )
+
+
+def _render_series(
+    dims: tuple[str, ...], key: Key, s: Series, bounds: list[str]
+) -> tuple[str, str, str, str, str]:
+    """One series' sample lines in each usage family, as prometheus_client renders them."""
+    labels = list(zip(dims, key, strict=True))
+    plain = SeriesLines(labels)
+    by_type = SeriesLines(labels, names.TOKEN_TYPE)
+    tokens_name = names.TOKENS
+    tokens = "".join(
+        by_type.extra_line(tokens_name, t, n) for t, n in zip(TOKEN_TYPES, s.tokens, strict=True)
+    )
+    cost = plain.line(names.COST, s.cost_usd)
+    requests = ""
+    if s.requests_ok or s.requests_error:
+        by_status = SeriesLines(labels, names.STATUS)
+        if s.requests_ok:
+            requests += by_status.extra_line(names.REQUESTS, "ok", s.requests_ok)
+        if s.requests_error:
+            requests += by_status.extra_line(names.REQUESTS, "error", s.requests_error)
+    estimated = plain.line(names.ESTIMATED, s.estimated_tokens) if s.estimated_tokens else ""
+    by_le = SeriesLines(labels, "le")
+    bucket_name = names.INPUT_HISTOGRAM + "_bucket"
+    lines = [by_le.extra_line(bucket_name, b, n) for b, n in _cumulative(bounds, s.input_buckets)]
+    lines.append(plain.line(names.INPUT_HISTOGRAM + "_count", sum(s.input_buckets)))
+    lines.append(plain.line(names.INPUT_HISTOGRAM + "_sum", s.input_sum))
+    return tokens, cost, requests, estimated, "".join(lines)
 
 
 def _task_families(snap: Snapshot | None = None) -> Iterator[Metric]:

@@ -44,14 +44,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
+from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
@@ -168,6 +169,13 @@ _OTLP_ENTRY: dict[str, tuple[int, int, str]] = {
 }
 _resource_values = attrgetter(*ATTRIBUTION_FIELDS)  # an Attribution's fields as one tuple
 
+# What the compiled walk (accelerator.py) is configured with: the same table, read by the same rules.
+OTLP_ENTRIES = _OTLP_ENTRY
+N_SLOTS, NO_RANK = _N_SLOTS, _NO_RANK
+#: a span with one of these is read; TASK_SCOPE only if True, VERIFY_PASSED only if a bool
+USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)
+ATTRIBUTION_SLOTS = frozenset(range(AGENT, WORKFLOW + 1))
+
 
 class Rejection:
     """Why a usage span was not counted: a bounded `reason` (a metric label) and a free `detail`."""
@@ -194,14 +202,22 @@ class _Batch(Protocol):
     def add(self, outcome: Outcome) -> None: ...
 
 
+_book_cost: PriceFn | None = None  # the process-wide price book's strict_cost_usd, once it loaded
+
+
 def _default_price(
     provider: str, model: str, tokens: TokenCounts, service_tier: str | None = None
 ) -> float | None:
     """genai-prices' price; raises on our own error (genai-prices missing), which `_price` logs once
-    and marks on the record, unlike an unknown model (None)."""
-    from otel_tokens.pricing import default_price_book  # owned elsewhere; loaded on first use
+    and marks on the record, unlike an unknown model (None). The price book is looked up once (it
+    is a singleton), not per span; while it cannot load, every call tries again and raises."""
+    global _book_cost
+    cost = _book_cost
+    if cost is None:
+        from otel_tokens.pricing import default_price_book  # owned elsewhere; loaded on first use
 
-    return default_price_book().strict_cost_usd(provider, model, tokens, service_tier)
+        cost = _book_cost = default_price_book().strict_cost_usd
+    return cost(provider, model, tokens, service_tier)
 
 
 def _label(value: object) -> str | None:
@@ -244,14 +260,16 @@ def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = Non
     made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
     for slot, value in enumerate(counts):
+        if type(value) is int and 0 <= value <= MAX_TOKENS:
+            continue  # the common case, judged in one line
         if value is None:
             counts[slot] = 0
-        elif type(value) is not int or not 0 <= value <= MAX_TOKENS:  # rare: let _token_count judge
+        else:  # rare: let _token_count judge
             count = _token_count(vals, ranks, slot)
             if type(count) is Rejection:
                 return count
             counts[slot] = count
-    inp, out, cache_read, cache_write, reasoning, total = cast("list[int]", counts)
+    inp, out, cache_read, cache_write, reasoning, total = counts  # ints now (vals holds Any)
     if vals[IN] is None and vals[OUT] is None:
         inp = total  # only a total: the best split we have puts it all on input
     cached = cache_read + cache_write
@@ -372,6 +390,11 @@ def record_from_attributes(
     )
 
 
+#: A span's identity for the record: (trace id, span id, parent span id or None, start ns, end ns).
+SpanIds = tuple[int, int, "int | None", int, int]
+_NO_IDS: SpanIds = (0, 0, None, 0, 0)
+
+
 def record_from_slots(
     vals: _Slots,
     ranks: list[int],
@@ -382,8 +405,26 @@ def record_from_slots(
     error: bool,
     max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
     stats: ExtractStats | None = None,
+    ids: SpanIds = _NO_IDS,
 ) -> UsageRecord | Rejection:
-    """A UsageRecord (ids and times are the adapter's) or a Rejection; never raises on bad input."""
+    """A UsageRecord (with the adapter's span `ids`) or a Rejection; never raises on bad input."""
+    return _record(vals, ranks, price, resource, scope_ours, error, max_tokens_per_call, stats, ids)
+
+
+def _record(
+    vals: _Slots,
+    ranks: list[int],
+    price: PriceFn,
+    resource: Attribution | None,
+    scope_ours: bool,
+    error: bool,
+    max_tokens_per_call: int,
+    stats: ExtractStats | None,
+    ids: SpanIds,
+) -> UsageRecord | Rejection:
+    """`record_from_slots` with positional arguments (this runs once per usage span): the record
+    is built in one constructor call and each check has its common case first (a plain value),
+    leaving the rare ones to the helpers."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -391,10 +432,12 @@ def record_from_slots(
     if tokens.input + tokens.output > max_tokens_per_call:
         total = tokens.input + tokens.output
         return Rejection("token_count_too_large", f"{total} tokens in one call, above {max_tokens_per_call}")
-    cost = _cost(vals, ranks) if vals[COST] is not None else None
-    if type(cost) is Rejection:
-        return cost
-    assert isinstance(tokens, TokenCounts) and not isinstance(cost, Rejection)
+    cost = vals[COST]
+    if cost is not None and not (type(cost) is float and 0.0 <= cost <= MAX_COST_USD):  # NaN fails too
+        cost = _cost(vals, ranks)
+        if type(cost) is Rejection:
+            return cost
+    assert cost is None or isinstance(cost, float)
     # slots REQUEST_MODEL..WORKFLOW are adjacent: one pass labels them all (this runs per span)
     request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
     provider = (provider or "unknown").lower()
@@ -412,6 +455,7 @@ def record_from_slots(
         cost, pricing_failed = _price(price, provider, request_model, response_model, tokens, service_tier)
         if pricing_failed and sc.ENRICHMENT_PRICING not in failed_steps:
             failed_steps += (sc.ENRICHMENT_PRICING,)
+    trace_id, span_id, parent_span_id, start_ns, end_ns = ids
     return UsageRecord(
         provider,
         request_model,
@@ -423,10 +467,15 @@ def record_from_slots(
         Attribution(*who),
         "error" if error or error_type is not None else "ok",  # status
         error_type,
-        ours=scope_ours or vals[MARKER] is True,
-        service_tier=service_tier,
-        failed_steps=failed_steps,
-        agent_from_resource=from_resource,
+        trace_id,
+        span_id,
+        parent_span_id,
+        start_ns,
+        end_ns,
+        scope_ours or vals[MARKER] is True,  # ours
+        service_tier,
+        failed_steps,
+        from_resource,  # agent_from_resource
     )
 
 
@@ -456,12 +505,16 @@ def _price(
         return None, True
 
 
-def _slots_from_otlp(attributes: Any) -> tuple[_Slots, list[int]] | None:
-    """One pass over the keys; only the AnyValues of names we read are converted."""
+def _slots_from_otlp(
+    attributes: Any, _entry: Callable[[str], tuple[int, int, str] | None] = _OTLP_ENTRY.get
+) -> tuple[_Slots, list[int]] | None:
+    """One pass over the keys; only the AnyValues of names we read are converted. A span without
+    a name we read allocates nothing (most spans of mixed traffic); `_entry` is bound once, as a
+    default, because this loop runs per attribute of every span."""
     vals: _Slots | None = None
     ranks: list[int] = []
     for kv in attributes:
-        entry = _OTLP_ENTRY.get(kv.key)
+        entry = _entry(kv.key)
         if entry is None:
             continue
         if vals is None:
@@ -556,7 +609,9 @@ def _scope(operation: object, agent: object, workflow: object) -> Scope | None:
 _SCOPE_KEYS = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_AGENT_NAME, sc.GEN_AI_WORKFLOW_NAME)
 
 
-def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links, scopes: Scopes) -> None:
+def scan_otlp(
+    request: ExportTraceServiceRequest, traces: Container[int], links: Links, scopes: Scopes
+) -> None:
     """Add the parent link of every span of `traces` in the request, and the scope of each agent or
     workflow span among them (only traces with records awaiting an ancestor are walked)."""
     for resource_spans in request.resource_spans:
@@ -574,7 +629,32 @@ def scan_otlp(request: ExportTraceServiceRequest, traces: set[int], links: Links
                         scopes[key] = found
 
 
-def scan_readable(spans: Iterable[ReadableSpan], traces: set[int], links: Links, scopes: Scopes) -> None:
+def scan_otlp_bytes(
+    data: bytes, traces: Container[int], links: Links, scopes: Scopes, compiled: LinksWalk | None
+) -> None:
+    """`scan_otlp` over the serialized request `data` (one the compiled walk accepted): read by the
+    compiled `links` walk when there is one and it does not decline, else decoded."""
+    # the compiled walk filters by a real set; "every trace" (a collector worker's) is decoded
+    found = compiled(data, traces, _SCOPE_KEYS) if compiled is not None and isinstance(traces, set) else None
+    if found is None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        scan_otlp(ExportTraceServiceRequest.FromString(data), traces, links, scopes)
+        return
+    for trace_id, span_id, parent, *values in found:
+        key = (trace_id << 64) | span_id
+        links[key] = (trace_id << 64) | parent
+        # as `kv.value.string_value` reads them: a value of another kind is ""
+        operation, agent, workflow = (v if type(v) is str and v else None for v in values)
+        if operation:
+            scope = _scope(operation, agent, workflow)
+            if scope is not None:
+                scopes[key] = scope
+
+
+def scan_readable(
+    spans: Iterable[ReadableSpan], traces: Container[int], links: Links, scopes: Scopes
+) -> None:
     """`scan_otlp` for SDK spans (the in-process path)."""
     for span in spans:
         ctx = span.get_span_context()
@@ -594,7 +674,8 @@ class Extractor:
 
     `max_tokens_per_call` is the ceiling on one call's input + output tokens (above it the span
     is rejected as `token_count_too_large`); `stats` counts clamped records and enrichment
-    failures (one is made when none is given; expose it with `ExtractStatsCollector`).
+    failures (one is made when none is given; expose it with `ExtractStatsCollector`);
+    `compiled=False` keeps the OTLP walk in Python even when the compiled one is built.
     """
 
     def __init__(
@@ -604,6 +685,7 @@ class Extractor:
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
         stats: ExtractStats | None = None,
         agent_fallback_attribute: str | None = sc.SERVICE_NAME,
+        compiled: bool = True,
     ) -> None:
         if type(max_tokens_per_call) is not int or max_tokens_per_call < 1:
             raise ValueError(f"max_tokens_per_call: expected a positive integer, got {max_tokens_per_call!r}")
@@ -614,10 +696,21 @@ class Extractor:
         self.agent_fallback_attribute = agent_fallback_attribute
         # (resource, its attribution) as one tuple: replaced atomically, so threads may share it
         self._resource_cache: tuple[object, Attribution | None] = (None, None)
+        #: the compiled OTLP walk (accelerator.py), when built and not switched off
+        self._scan = scanner() if compiled else None
+        self._links = links_walk() if compiled else None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
-        """Every span of an export request, counted into `batch` (received, records, rejections)."""
+        """Every span of an export request, counted into `batch` (received, records, rejections).
+        With the compiled walk, the request is re-serialized and walked in C (cheaper than reading
+        its attributes in Python), unless the walk declines."""
+        if self._scan is not None:
+            found = self.scan(request.SerializeToString())
+            if found is not None:
+                self.count_scanned(found, batch)
+                return
         from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
+        slots_of = _slots_from_otlp
         for resource_spans in request.resource_spans:
             fallback = self.agent_fallback_attribute
             resource = _otlp_resource_attribution(resource_spans.resource.attributes, fallback)
@@ -626,41 +719,82 @@ class Extractor:
                 spans = scope_spans.spans
                 batch.spans_received += len(spans)
                 for span in spans:
-                    outcome = from_span(span, resource, scope_ours)
-                    if outcome is not None:
-                        add(outcome)
+                    # the attribute walk inline: a span without usage (most spans) costs only this
+                    found_slots = slots_of(span.attributes)
+                    if found_slots is not None:
+                        outcome = from_span(span, resource, scope_ours, found_slots)
+                        if outcome is not None:
+                            add(outcome)
+
+    def scan(self, data: bytes) -> ScanResult | None:
+        """The compiled walk over a serialized request; None without it, or when it declines (the
+        caller then decodes `data` and takes `extract_otlp`)."""
+        return self._scan(data, self.agent_fallback_attribute) if self._scan is not None else None
+
+    def scan_links(self, data: bytes, traces: Container[int], links: Links, scopes: Scopes) -> None:
+        """`scan_otlp` over a payload `scan` accepted, by the compiled walk when it is on."""
+        scan_otlp_bytes(data, traces, links, scopes, self._links)
+
+    def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
+        """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""
+        n_spans, raw_resources, scopes, hits = found
+        batch.spans_received += n_spans
+        if not hits:
+            return
+        fallback = self.agent_fallback_attribute
+        resources = [_resource_attribution(r, fallback) if r is not None else None for r in raw_resources]
+        ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
+        outcome_of, add = self._outcome, batch.add
+        for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
+            outcome = outcome_of(
+                vals, ranks, resources[scopes[scope][0]], ours[scope], code == _OTLP_STATUS_ERROR,
+                (trace_id, span_id, parent, start, end),
+            )  # fmt: skip
+            if outcome is not None:
+                add(outcome)
 
     def from_otlp_span(
-        self, span: Any, resource: Attribution | None = None, scope_ours: bool = False
+        self,
+        span: Any,
+        resource: Attribution | None = None,
+        scope_ours: bool = False,
+        found: tuple[_Slots, list[int]] | None = None,
     ) -> Outcome:
         """None for a span without GenAI usage (most spans), else a record or a rejection; a task
-        span is a TaskCompletion."""
-        found = _slots_from_otlp(span.attributes)
+        span is a TaskCompletion. `found`: the span's slots, when the caller walked them already."""
         if found is None:
-            return None
-        error = span.status.code == _OTLP_STATUS_ERROR
-        if found[0][TASK_SCOPE] is True:
-            trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
-            return _completion(found[0], resource, error, trace_id, span_id, span.end_time_unix_nano)
-        if type(found[0][VERIFY_PASSED]) is bool:
-            trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
-            return _verdict(found[0], trace_id, span_id, span.end_time_unix_nano)
-        outcome = record_from_slots(
-            *found,
-            price=self._price,
-            resource=resource,
-            scope_ours=scope_ours,
-            error=error,
-            max_tokens_per_call=self.max_tokens_per_call,
-            stats=self.stats,
+            found = _slots_from_otlp(span.attributes)
+            if found is None:
+                return None
+        ids = (
+            int.from_bytes(span.trace_id, "big"),
+            int.from_bytes(span.span_id, "big"),
+            int.from_bytes(span.parent_span_id, "big"),
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
         )
-        if type(outcome) is UsageRecord:
-            outcome.trace_id = int.from_bytes(span.trace_id, "big")
-            outcome.span_id = int.from_bytes(span.span_id, "big")
-            outcome.parent_span_id = int.from_bytes(span.parent_span_id, "big") or None
-            outcome.start_time_ns = span.start_time_unix_nano
-            outcome.end_time_ns = span.end_time_unix_nano
-        return outcome
+        return self._outcome(*found, resource, scope_ours, span.status.code == _OTLP_STATUS_ERROR, ids)
+
+    def _outcome(
+        self,
+        vals: _Slots,
+        ranks: list[int],
+        resource: Attribution | None,
+        scope_ours: bool,
+        error: bool,
+        ids: tuple[int, int, int, int, int],
+    ) -> Outcome:
+        """One usage, task or verify span's outcome from its slots and ids (trace, span, parent or 0,
+        start, end): both OTLP walks end here."""
+        if vals[TASK_SCOPE] is True:
+            return _completion(vals, resource, error, ids[0], ids[1], ids[4])
+        if type(vals[VERIFY_PASSED]) is bool:
+            return _verdict(vals, ids[0], ids[1], ids[4])
+        trace_id, span_id, parent, start, end = ids
+        return _record(
+            vals, ranks, self._price, resource, scope_ours, error, self.max_tokens_per_call, self.stats,
+            (trace_id, span_id, parent or None, start, end),
+        )  # fmt: skip
 
     def from_readable_span(self, span: ReadableSpan) -> Outcome:
         """The in-process adapter: same logic over an SDK span's attributes."""
@@ -677,7 +811,8 @@ class Extractor:
         if not _has_usage(vals):
             return None
         scope = span.instrumentation_scope
-        outcome = record_from_slots(
+        ctx = span.get_span_context()
+        return record_from_slots(
             vals,
             ranks,
             price=self._price,
@@ -686,16 +821,14 @@ class Extractor:
             error=span.status.status_code == StatusCode.ERROR,
             max_tokens_per_call=self.max_tokens_per_call,
             stats=self.stats,
+            ids=(
+                ctx.trace_id if ctx is not None else 0,
+                ctx.span_id if ctx is not None else 0,
+                span.parent.span_id if span.parent is not None else None,
+                span.start_time or 0,
+                span.end_time or 0,
+            ),
         )
-        if type(outcome) is UsageRecord:
-            ctx = span.get_span_context()
-            if ctx is not None:
-                outcome.trace_id = ctx.trace_id
-                outcome.span_id = ctx.span_id
-            outcome.parent_span_id = span.parent.span_id if span.parent is not None else None
-            outcome.start_time_ns = span.start_time or 0
-            outcome.end_time_ns = span.end_time or 0
-        return outcome
 
     def admit_record(self, record: UsageRecord) -> UsageRecord | Rejection:
         """A record built in this process (our instrumentation's, handed over by `otel_tokens.sinks`

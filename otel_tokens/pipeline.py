@@ -6,7 +6,9 @@ listeners (the budget ledger). No sockets, no threads: receivers call `ingest_*`
 threads and `flush()` periodically and at shutdown; the clock is injected so tests control the
 dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
-`ingest_spans` / `ingest_otlp`. Both meet in the deduper, so one call is counted once either way.
+`ingest_spans` / `ingest_otlp` / `ingest_otlp_bytes` (the serialized request: with the optional
+compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
+in the deduper, so one call is counted once either way.
 
 Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
 `gate`: by default applied at once; the collector's durable store (otel_tokens.collector.durable)
@@ -27,6 +29,14 @@ Before the gate, a record naming no agent of its own takes an enclosing `invoke_
 ancestors have not arrived is held by the deduper anyway; later batches continue its walk while it is
 held and amend it, so waiting for an ancestor adds no delay beyond the dedupe hold window. (The
 amendment is not journaled: after a crash such a record is counted with the resource's agent.)
+
+With ingest workers (`collector --workers N`) a worker extracts and resolves against its own batch,
+but the deduper and the tracked walks are the main process's: a batch carries its unfinished walks
+there, and while the main process tracks any (`walks_elsewhere`), a worker scans every trace of its
+batches and the batch carries those links and scopes to the main process's `apply_batch`, which
+continues the walks and amends held records as `_resolve` does in one process. The limit is the one
+a single process has between two concurrent exports: an ancestor scanned before its descendant's
+walk is tracked is not seen; with workers that window also spans the descendant's trip over the pipe.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,7 +67,7 @@ from otel_tokens.extract import (
     scan_otlp,
     scan_readable,
 )
-from otel_tokens.extract_stats import ExtractStatsCollector
+from otel_tokens.extract_stats import ExtractStats, ExtractStatsCollector
 from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
@@ -67,6 +77,16 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
+
+
+class _EveryTrace:
+    """The trace filter of a worker's scan while the main process tracks walks: every trace."""
+
+    def __contains__(self, trace_id: object) -> bool:
+        return True
+
+
+_EVERY_TRACE = _EveryTrace()
 
 #: How many rejection details an IngestResult carries (enough for an error message, bounded).
 _MAX_REASONS = 5
@@ -88,7 +108,17 @@ class Batch:
     `by_content`: the records came from spans, so one without a span id is deduplicated by its
     content (a resend of it is not counted twice)."""
 
-    __slots__ = ("by_content", "completions", "records", "rejected", "result", "verdicts", "walks")
+    __slots__ = (
+        "by_content",
+        "completions",
+        "links",
+        "records",
+        "rejected",
+        "result",
+        "scopes",
+        "verdicts",
+        "walks",
+    )
 
     def __init__(self, *, by_content: bool = False) -> None:
         self.result = IngestResult()
@@ -99,6 +129,9 @@ class Batch:
         self.by_content = by_content
         #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
         self.walks: list[Walk] = []
+        #: an ingest worker's scan for the main process's tracked walks (see the module docstring)
+        self.links: Links | None = None
+        self.scopes: Scopes | None = None
 
     @property
     def spans_received(self) -> int:
@@ -198,6 +231,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         price: PriceFn | None = None,
         max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL,
+        compiled: bool = True,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         self.config.validate()
@@ -210,6 +244,7 @@ class Pipeline:
             price=price,
             max_tokens_per_call=max_tokens_per_call,
             agent_fallback_attribute=self.config.agent_fallback_attribute,
+            compiled=compiled,
         )
         self._resolver = AncestorResolver(max_walks=self.dedupe.max_held_spans)
         self._resolver_lock = threading.Lock()
@@ -232,6 +267,12 @@ class Pipeline:
         #: memory only, outside the gate: not journaled by the durable store
         self.guard_decisions = GuardDecisions(max_series=self.config.max_series_per_metric, clock=clock)
         self.registry.register(GuardDecisionCollector(self.guard_decisions))
+        #: In an ingest worker: whether the main process tracks unfinished walks (then every batch
+        #: carries its links and scopes there). None: this pipeline tracks its own.
+        self.walks_elsewhere: Callable[[], bool] | None = None
+        #: Told how many walks this pipeline tracks whenever that changes (the collector's main
+        #: process publishes it to its ingest workers).
+        self.on_walks: Callable[[int], None] | None = None
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request."""
@@ -241,6 +282,24 @@ class Pipeline:
             self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
             self.guard_decisions.count_otlp(request)
+        return self.gate.batch(batch)
+
+    def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
+        """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
+        decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
+        Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        found = self._extractor.scan(data)
+        if found is None:  # no compiled walk, or it declined: decode and take the Python path
+            return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
+        batch = Batch(by_content=True)
+        with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
+            self._extractor.count_scanned(found, batch)
+            # the ancestor walk's parent links, read from the bytes only when a record needs them
+            self._resolve(
+                batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
+            )
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
@@ -290,6 +349,8 @@ class Pipeline:
         """Dedupe, count and observe one batch; the clock is read once."""
         now = self._clock()
         dropped = 0
+        if batch.links is not None:
+            self._continue_walks(batch.links, batch.scopes or {})
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
             batch.result.records_counted = self._emit(counted)
@@ -311,6 +372,7 @@ class Pipeline:
         if self._resolver.waiting:
             with self._resolver_lock:
                 self._resolver.expire(now)
+                self._publish_walks()
         released = self._deduper.flush(now)
         self._emit(released)
         due = self._due_completions(now) if self._pending else []
@@ -344,6 +406,11 @@ class Pipeline:
         return self._clock
 
     @property
+    def extract_stats(self) -> ExtractStats:
+        """The extractor's self-metrics (the collector's ingest workers ship theirs to the main one)."""
+        return self._extractor.stats
+
+    @property
     def held_spans(self) -> int:
         """Foreign spans waiting for a twin (counted by `flush`)."""
         return self._deduper.held
@@ -358,38 +425,60 @@ class Pipeline:
         self.aggregator.always_admit(values)
 
     # --- internals -----------------------------------------------------------------------------
-    def _resolve(self, batch: Batch, scan: Callable[[set[int], Links, Scopes], None] | None) -> None:
+    def _resolve(self, batch: Batch, scan: Callable[[Container[int], Links, Scopes], None] | None) -> None:
         """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
         spans of their traces (and of traces with walks in progress) are scanned only when needed.
         Walks this batch cannot finish go with the batch, tracked if the deduper holds their record."""
         needs = AncestorResolver.needs
         traces = {r.trace_id for r in batch.records if needs(r)}
-        if not traces and not self._resolver.waiting:
+        elsewhere = self.walks_elsewhere is not None and self.walks_elsewhere()
+        if not traces and not self._resolver.waiting and not elsewhere:
             return
         links: Links = {}
         scopes: Scopes = {}
         with self._resolver_lock:
             traces |= self._resolver.traces
+            wanted: Container[int] = _EVERY_TRACE if elsewhere else traces
             if scan is not None:
-                scan(traces, links, scopes)
+                scan(wanted, links, scopes)
             for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
-                if r.trace_id in traces and r.span_id:
+                if r.trace_id in wanted and r.span_id:
                     key = span_key(r.trace_id, r.span_id)
                     links.setdefault(key, span_key(r.trace_id, r.parent_span_id or 0))
                     if r.attribution.agent is not None and not r.agent_from_resource:
                         scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
-            for walk in self._resolver.advance(links, scopes):
-                attribution = walk.attribution()
-                if attribution is not None:
-                    self._deduper.amend_held(walk.record, attribution)
+            self._advance(links, scopes)
             deadline = self._clock() + self.dedupe.hold_seconds
             batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
+        if elsewhere:
+            batch.links, batch.scopes = links, scopes
+
+    def _advance(self, links: Links, scopes: Scopes) -> None:
+        """Continue the tracked walks with these spans, amending each held record a walk finishes
+        (under the resolver lock)."""
+        if not self._resolver.waiting:
+            return
+        for walk in self._resolver.advance(links, scopes):
+            attribution = walk.attribution()
+            if attribution is not None:
+                self._deduper.amend_held(walk.record, attribution)
+        self._publish_walks()
+
+    def _continue_walks(self, links: Links, scopes: Scopes) -> None:
+        """An ingest worker's scan of a batch, for the walks this (main) process tracks."""
+        with self._resolver_lock:
+            self._advance(links, scopes)
+
+    def _publish_walks(self) -> None:
+        if self.on_walks is not None:
+            self.on_walks(self._resolver.waiting)
 
     def _track(self, walks: list[Walk]) -> None:
         with self._resolver_lock:
             for walk in walks:
                 if self._deduper.holds(walk.record):
                     self._resolver.track(walk)
+            self._publish_walks()
 
     def _complete(self, completions: list[TaskCompletion], now: float) -> None:
         """Observe now, unless held or waiting foreign spans (maybe the task's calls) are still to be

@@ -29,6 +29,7 @@ from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
 from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.collector.workers import ScaledCollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.instrumentation import AgentScopes
 from otel_tokens.pipeline import Pipeline
@@ -160,11 +161,16 @@ def test_our_spans_take_the_agent_from_the_current_invoke_agent_span(
 
 
 @pytest.mark.integration
-def test_collector_attributes_framework_named_agents(fake_provider: FakeProvider):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_collector_attributes_framework_named_agents(fake_provider: FakeProvider, workers: int):
     """Our calls (under a tool span under invoke_agent: deeper than the current span) and another
     instrumentation's (its ancestors exported in a later batch) land on the framework's agent; calls
-    outside any agent span on the service's name; every token once."""
-    with CollectorService(CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)) as collector:
+    outside any agent span on the service's name; every token once. With 2 ingest worker processes
+    each span is extracted by either worker (one span an export), and the main process still
+    amends the held call when its ancestors arrive."""
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, workers=workers)
+    service = CollectorService(config) if workers == 1 else ScaledCollectorService(config)
+    with service as collector:
         provider = TracerProvider(resource=Resource.create({sc.SERVICE_NAME: "support-bot"}))
         endpoint = f"http://127.0.0.1:{collector.http_port}/v1/traces"
         provider.add_span_processor(SimpleSpanProcessor(HttpExporter(endpoint=endpoint)))  # one span a batch

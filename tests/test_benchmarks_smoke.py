@@ -96,12 +96,50 @@ def test_collector_benchmark():
     assert re.search(totals, out), out
 
 
-def test_run_all_prints_a_summary_table():
-    out = run_quick(sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "bench_collector")
+def test_collector_benchmark_measures_the_openai_v2_shape_and_mixed_traffic():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_collector.py"))
+    for payload in ("openai-v2 shape", "mixed, 10% LLM"):
+        stage = re.escape(f"Pipeline.ingest_otlp ({payload})")
+        floor = re.escape(f"of ParseFromString ({payload})")
+        assert re.search(rf"{stage} +{NUMBER} spans/s .* x{NUMBER} {floor}", out), out
+
+
+def test_exposition_benchmark():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_exposition.py"))
+    assert re.search(rf"prometheus_client, 10k plain counter series +{NUMBER} ms", out), out
+    for variant in (
+        "prometheus_client generate_latest",
+        "fast, unchanged",
+        "fast, 10% of series changed",
+        "fast, cold",
+    ):
+        assert re.search(
+            rf"our page, {re.escape(variant)} +{NUMBER} ms .* x{NUMBER} of the plain page", out
+        ), out
+    assert re.search(rf"llm_tokens_total series: x{NUMBER} of the plain page \(unchanged\)", out), out
+
+
+def test_run_all_prints_a_summary_table_and_writes_the_results(tmp_path: Path):
+    results = tmp_path / "RESULTS.md"
+    out = run_quick(
+        sys.executable,
+        str(BENCHMARKS / "run_all.py"),
+        "--quick",
+        "--results",
+        str(results),
+        "bench_collector",
+    )
     summary = out.split("=== summary", 1)[1]
     assert re.search(r"bench_collector\.py +main +\[ok, ", summary), summary
     row = rf"Pipeline\.ingest_otlp +{NUMBER} spans/s +x{NUMBER} of ParseFromString"
     assert re.search(row, summary), summary
+    text = results.read_text(encoding="utf-8")
+    assert "QUICK MODE" in text and "cores" in text and "prometheus-client " in text, text
+    assert re.search(
+        rf"\| +\| +\| Pipeline\.ingest_otlp \| {NUMBER} spans/s \| x{NUMBER} of ParseFromString "
+        rf"\(rounds x{NUMBER}\.\.x{NUMBER}\) \|",
+        text,
+    ), text
 
 
 def test_durability_benchmark_compares_data_dir_with_in_memory():
@@ -130,3 +168,11 @@ def test_callgrind_benchmark_counts_instructions_per_variant():
         for variant in (r"bare span \(floor\)", "otel-tokens", r"otel-tokens \+ guard"):
             assert re.search(rf"{variant} +{NUMBER} +x{NUMBER} of floor", out), out
         assert re.search(rf"vs the bare-span floor \({sdk}\): otel-tokens x{NUMBER}", out), out
+
+
+def test_workers_benchmark_compares_one_and_two_ingest_processes():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_workers.py"))
+    for workers in ("1", "2"):
+        line = rf"--workers {workers}: +{NUMBER} spans/s .* CPU {NUMBER} s main / {NUMBER} s workers"
+        assert re.search(line, out), out
+    assert re.search(rf"--workers 2 / --workers 1: x{NUMBER}", out), out

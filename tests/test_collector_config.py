@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from pathlib import Path
 
@@ -176,3 +177,18 @@ def test_shipped_config_is_valid_documents_every_key_and_binds_all_interfaces():
     assert others == CollectorConfig()  # the file shows the defaults, it does not change them
     text = Path(path).read_text()
     assert all(k.path.rsplit(".", 1)[-1] + ":" in text for k in KEYS)
+
+
+def test_workers_flag_env_and_file_in_one_precedence_and_zero_means_one_per_core(tmp_path: Path):
+    path = write(tmp_path, "server: {workers: 3}\n")
+    env = {settings.ENV_COLLECTOR_WORKERS: "2"}
+    assert load_config(path=path, env={}).workers == 3
+    assert load_config(path=path, env=env).workers == 2
+    assert load_config(cli={"workers": "1"}, path=path, env=env).workers == 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert CollectorConfig().workers == 1  # the default: one process (2 workers were slower on 2 cores)
+    assert CollectorConfig().resolved_workers() == 1
+    assert CollectorConfig(workers=0).resolved_workers() == cores
+    expected = r"OTEL_TOKENS_COLLECTOR_WORKERS: server\.workers: expected an integer >= 0, got -1"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(env={settings.ENV_COLLECTOR_WORKERS: "-1"})

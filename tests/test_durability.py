@@ -47,11 +47,12 @@ def budgets(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def collector(tmp_path: Path, budgets: Path) -> Iterator[CollectorProcess]:
-    process = CollectorProcess(
-        tmp_path, *collector_args(data_dir=tmp_path / "data", budgets=budgets), grpc=True
-    )
+@pytest.fixture(params=["1", "2"], ids=["workers=1", "workers=2"])
+def collector(tmp_path: Path, budgets: Path, request: pytest.FixtureRequest) -> Iterator[CollectorProcess]:
+    """With `--workers 2` the kill -9 hits the main process, which owns the journal: its workers
+    exit with it, and what they had acknowledged was journaled first."""
+    args = collector_args(data_dir=tmp_path / "data", budgets=budgets)
+    process = CollectorProcess(tmp_path, *args, "--workers", request.param, grpc=True)
     try:
         yield process
     finally:

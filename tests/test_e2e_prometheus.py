@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 import otel_tokens
 from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.collector.workers import ScaledCollectorService
 from otel_tokens.demo.fake_provider import FakeProvider, ReportedUsage
 from tests import prom_text
 from tests.services import poll, run_prometheus
@@ -26,10 +27,13 @@ from tests.services import poll, run_prometheus
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
-@pytest.fixture
-def collector() -> Iterator[CollectorService]:
-    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0)
-    with CollectorService(config) as service:
+@pytest.fixture(params=[1, 2], ids=["workers=1", "workers=2"])
+def collector(request: pytest.FixtureRequest) -> Iterator[CollectorService]:
+    """The collector in one process, and as `--workers 2`: two ingest processes on the same ports
+    feeding one main process, whose /metrics must be just as exact."""
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, workers=request.param)
+    service = CollectorService(config) if request.param == 1 else ScaledCollectorService(config)
+    with service:
         yield service
 
 

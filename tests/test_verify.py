@@ -27,6 +27,7 @@ from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
 from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.collector import CollectorConfig, CollectorService
+from otel_tokens.collector.workers import ScaledCollectorService
 from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.inprocess import TokenMetricsSpanProcessor
 from otel_tokens.pipeline import Pipeline
@@ -233,12 +234,17 @@ def test_in_process_sums_by_verified_are_what_the_provider_reported(
 
 
 @pytest.mark.integration
-def test_collector_exports_cost_per_verified_task(fake_provider: FakeProvider):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_collector_exports_cost_per_verified_task(fake_provider: FakeProvider, workers: int):
     """Verdicts inside the scope, after the task span (a later export), before the task span (an
-    earlier export), combined, re-sent, and too late."""
-    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, dedupe_hold_seconds=1.0)
+    earlier export), combined, re-sent, and too late — the same with 2 ingest worker processes,
+    whose verdict records cross the pipe to the main process."""
+    config = CollectorConfig(
+        http_port=0, grpc_port=0, metrics_port=0, dedupe_hold_seconds=1.0, workers=workers
+    )
     ledger = Ledger(fake_provider)
-    with CollectorService(config) as collector:
+    service = CollectorService(config) if workers == 1 else ScaledCollectorService(config)
+    with service as collector:
         endpoint = f"http://127.0.0.1:{collector.http_port}/v1/traces"
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(HttpExporter(endpoint=endpoint)))

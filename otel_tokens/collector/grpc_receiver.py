@@ -65,6 +65,7 @@ class GrpcReceiver:
         token: BearerToken | None = None,
         tls: GrpcTls | None = None,
         workers: int = 8,
+        reuse_port: bool = False,
     ) -> None:
         limits = limits if limits is not None else EdgeLimits()
         self._pipeline = pipeline
@@ -73,7 +74,7 @@ class GrpcReceiver:
         self._host, self._requested_port = host, port
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otel-tokens-grpc"),
-            options=_options(max_message_bytes, limits),
+            options=_options(max_message_bytes, limits, reuse_port),
             maximum_concurrent_rpcs=max(workers * 8, 16),  # beyond: RESOURCE_EXHAUSTED, not a queue
         )
         handler = grpc.unary_unary_rpc_method_handler(
@@ -125,12 +126,14 @@ class GrpcReceiver:
         return partial_success(result, decoded.undecodable_spans, decoded.first_error)
 
 
-def _options(max_message_bytes: int, limits: EdgeLimits) -> list[tuple[str, int]]:
+def _options(max_message_bytes: int, limits: EdgeLimits, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """`reuse_port`: the collector's ingest workers share the port (the main process reserved it, so
+    another collector is still refused: collector/workers.py)."""
     idle_ms = int(limits.idle_timeout * 1000)
     handshake_ms = min(idle_ms, _HANDSHAKE_TIMEOUT_MS)
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second collector on the same port must fail, not share
+        ("grpc.so_reuseport", int(reuse_port)),  # else a second collector on the port must fail, not share
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
         ("grpc.server_handshake_timeout_ms", handshake_ms),  # a silent socket never finishes HTTP/2 setup
         ("grpc.max_connection_idle_ms", idle_ms),  # no RPC for this long: GOAWAY

@@ -4,7 +4,8 @@
 The apps are thin: bodies are read with a size limit and a read timeout, decoded and ingested on
 `HttpEdge`'s worker pool (otlp_codec does the OTLP rules), and answered. `/metrics` content
 negotiation (OpenMetrics when asked for, gzip when accepted, `name[]` filters) is decided by
-prometheus_client's own `choose_encoder` and `gzip_accepted`. Routing, 404 and 405 (with `Allow`)
+prometheus_client's own `choose_encoder` (with our encoders for its default answers:
+exposition_text.py) and `gzip_accepted`. Routing, 404 and 405 (with `Allow`)
 are aiohttp's.
 """
 
@@ -21,7 +22,7 @@ from http import HTTPStatus
 from aiohttp import web
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import gzip_accepted
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.budgets.ledger import BudgetLedger
@@ -39,6 +40,7 @@ from otel_tokens.collector.otlp_codec import (
     partial_success,
 )
 from otel_tokens.collector.store import StoreError
+from otel_tokens.exposition_text import choose_encoder
 from otel_tokens.pipeline import IngestResult, Pipeline
 
 __all__ = ["BUDGETS_PATH", "HEALTH_PATH", "METRICS_PATH", "TRACES_PATH", "api_app", "otlp_app"]

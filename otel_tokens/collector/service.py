@@ -144,9 +144,7 @@ class CollectorService:
 
     def _bind(self) -> None:
         cfg = self.config
-        limits = self.limits()
-        ssl_context = _ssl_context(cfg)
-        self._edge = edge = HttpEdge(limits, ssl_context)
+        self._edge = edge = HttpEdge(self.limits(), _ssl_context(cfg))
         metrics_sock = bind_socket(
             cfg.metrics_host, cfg.metrics_port, "/metrics", "--metrics-port (metrics.port)"
         )
@@ -156,6 +154,12 @@ class CollectorService:
             routes=page, guard=GuardApi(self.ledger, self.stop_orders),
         ))  # fmt: skip
         edge.add(self._metrics)
+        self._bind_intake(edge)
+        edge.start()
+
+    def _bind_intake(self, edge: HttpEdge) -> None:
+        """The OTLP receivers, in this process (the multi-process service replaces this)."""
+        cfg = self.config
         http_sock = bind_socket(cfg.http_host, cfg.http_port, "OTLP/HTTP", "--http-port (otlp.http.port)")
         self._http = Listener("otlp-http", http_sock, otlp_app(
             self.pipeline, edge, cfg.max_body_bytes, self._token
@@ -164,18 +168,19 @@ class CollectorService:
         if cfg.grpc_enabled:
             self._grpc = GrpcReceiver(
                 cfg.grpc_host, cfg.grpc_port, self.pipeline, cfg.max_body_bytes,
-                limits=limits, token=self._token, tls=self._tls,
+                limits=self.limits(), token=self._token, tls=self._tls,
             )  # fmt: skip
             self._grpc.start()
-        edge.start()
+
+    def _stop_intake(self) -> None:
+        """End OTLP intake (in-flight exports finish); /metrics keeps serving."""
+        if self._grpc is not None:
+            self._grpc.stop()
+        if self._edge is not None and self._http is not None:
+            self._edge.stop_listener(self._http)
 
     def limits(self) -> EdgeLimits:
-        cfg = self.config
-        return EdgeLimits(
-            idle_timeout=cfg.idle_timeout_seconds,
-            read_timeout=cfg.read_timeout_seconds,
-            max_connections=cfg.max_connections,
-        )
+        return edge_limits(self.config)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -188,10 +193,7 @@ class CollectorService:
         still serves, persist, then close /metrics — after one more scrape when held spans were
         counted, waiting at most `final_scrape_seconds`. Idempotent."""
         self._stopping.set()
-        if self._grpc is not None:
-            self._grpc.stop()
-        if self._edge is not None and self._http is not None:
-            self._edge.stop_listener(self._http)  # OTLP/HTTP intake ends; /metrics keeps serving
+        self._stop_intake()
         if self._flusher is not None:
             self._flusher.join(timeout=5)  # the final flush below is the last one
         held = self.pipeline.held_spans
@@ -253,7 +255,7 @@ class CollectorService:
         cfg = self.config
         scheme = "https" if self._tls is not None else "http"
         lines = [f"OTLP/HTTP on {scheme}://{_hostport(cfg.http_host, self.http_port)}{TRACES_PATH}"]
-        if self._grpc is not None:
+        if cfg.grpc_enabled and self.grpc_port:
             tls = " (TLS)" if self._tls is not None else ""
             lines.append(f"OTLP/gRPC on {_hostport(cfg.grpc_host, self.grpc_port)}{tls}")
         metrics = _hostport(cfg.metrics_host, self.metrics_port)
@@ -294,6 +296,15 @@ class _ScrapeWatch(Collector):
             time.sleep(_RESPONSE_GRACE_SECONDS)
 
 
+def edge_limits(config: CollectorConfig) -> EdgeLimits:
+    """What any one client may hold on a listener, from the `server.*` keys."""
+    return EdgeLimits(
+        idle_timeout=config.idle_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
+        max_connections=config.max_connections,
+    )
+
+
 def _token(path: str | None, key: str) -> BearerToken | None:
     return BearerToken.from_file(path, key) if path else None
 
@@ -328,6 +339,16 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _service(config: CollectorConfig) -> CollectorService:
+    """One process, or the main process of `workers` ingest processes (collector/workers.py)."""
+    workers = config.resolved_workers()
+    if workers == 1:
+        return CollectorService(config)
+    from otel_tokens.collector.workers import ScaledCollectorService
+
+    return ScaledCollectorService(config, workers=workers)
+
+
 def run_collector(config: CollectorConfig | Sequence[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM; `config` is a config, or CLI arguments to parse. Returns an exit code."""
     if not isinstance(config, CollectorConfig):
@@ -342,7 +363,7 @@ def run_collector(config: CollectorConfig | Sequence[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        service = CollectorService(config).start()
+        service = _service(config).start()
         try:
             logger.info("otel-tokens collector listening: %s", "; ".join(service.endpoints()))
             logger.info("%s", service.state_note)

@@ -1,0 +1,829 @@
+/*
+ * otel_tokens._otlp_scan: the optional compiled walk over a serialized OTLP
+ * ExportTraceServiceRequest (see otel_tokens/accelerator.py, which configures
+ * and calls it, and falls back to the pure-Python path whenever it declines).
+ *
+ * Why: in pure Python, reading a decoded span's attributes costs ~8x the
+ * decode itself (upb builds a wrapper per KeyValue and a str per key). Here
+ * the wire bytes are walked once; only the attributes the extractor reads,
+ * on spans that carry usage, become Python objects.
+ *
+ * Contract (what keeps both paths' results identical): scan() returns either
+ * None ("decline": the caller takes the pure-Python path on the same
+ * payload) or exactly the slot values, ranks and span fields the Python
+ * extractor would read from ExportTraceServiceRequest.FromString(data). It
+ * declines on anything it does not mirror exactly, so it is never laxer than
+ * upb: malformed wire data, strings that are not strict UTF-8, a field with an
+ * unexpected wire type, a singular field repeated in a message we read (upb
+ * merges those), groups, nesting deeper than MAX_DEPTH, an attribute value
+ * we read that is an array/kvlist (Python would hold a message object).
+ * On resources it reads the attribution keys and the caller's fallback key
+ * (scan's second argument, e.g. service.name), as the Python path does.
+ * Every field of every message is checked against the schema configure()
+ * was given (built from the installed protobuf descriptors), read or not.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_TYPES 32
+#define MAX_FIELDNO 64
+#define MAX_SLOTS 64
+#define MAX_DEPTH 32
+#define TABLE_SIZE 512 /* power of two, > 4x the keys we read */
+
+enum { K_NONE = 0, K_VARINT, K_FIXED64, K_FIXED32, K_BYTES, K_STRING, K_MESSAGE };
+/* the message types the walk reads, in the order configure() receives them */
+enum { T_REQ = 0, T_RS, T_RES, T_SS, T_SCOPE, T_SPAN, T_KV, T_ANY, T_STATUS, T_FIXED };
+
+typedef struct {
+    uint8_t kind;
+    uint8_t repeated;
+    int16_t sub;
+} FieldSpec;
+
+typedef struct {
+    char *key;
+    Py_ssize_t len;
+    int slot;
+    int rank;
+    int flags; /* F_ARRAY: the slot expects an array (decline); F_ATTRIBUTION: read on resources */
+} Entry;
+#define F_ARRAY 1
+#define F_ATTRIBUTION 2
+
+static FieldSpec schema[MAX_TYPES][MAX_FIELDNO];
+static int high_fields[MAX_TYPES];
+static int n_types = 0;
+static Entry table[TABLE_SIZE];
+static int n_slots = 0, no_rank = 99, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
+           slot_verify = -1;
+static int configured = 0;
+
+/* a decline is not an error: scan() returns None */
+#define DECLINE (-1)
+#define PYERR (-2)
+
+/* --- wire reading ------------------------------------------------------- */
+
+static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    const uint8_t *p = *pp;
+    uint64_t v = 0;
+    for (int i = 0; i < 10; i++) {
+        if (p >= end) return DECLINE;
+        uint8_t b = *p++;
+        if (i == 9 && b > 1) return DECLINE;
+        v |= (uint64_t)(b & 0x7f) << (7 * i);
+        if (!(b & 0x80)) {
+            *pp = p;
+            *out = v;
+            return 0;
+        }
+    }
+    return DECLINE;
+}
+
+typedef struct {
+    uint32_t fieldno;
+    int wt;
+    uint64_t num;          /* varint, fixed64, fixed32 */
+    const uint8_t *val;    /* length-delimited */
+    Py_ssize_t len;
+} Field;
+
+static int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
+    uint64_t tag;
+    if (read_varint(pp, end, &tag) < 0 || tag > 0xFFFFFFFFu) return DECLINE;
+    f->fieldno = (uint32_t)(tag >> 3);
+    f->wt = (int)(tag & 7);
+    if (f->fieldno == 0) return DECLINE;
+    const uint8_t *p = *pp;
+    switch (f->wt) {
+    case 0:
+        return read_varint(pp, end, &f->num);
+    case 1:
+        if (end - p < 8) return DECLINE;
+        memcpy(&f->num, p, 8); /* little-endian hosts only: checked in configure() */
+        *pp = p + 8;
+        return 0;
+    case 5: {
+        uint32_t v;
+        if (end - p < 4) return DECLINE;
+        memcpy(&v, p, 4);
+        f->num = v;
+        *pp = p + 4;
+        return 0;
+    }
+    case 2: {
+        uint64_t len;
+        if (read_varint(pp, end, &len) < 0) return DECLINE;
+        p = *pp;
+        if (len > (uint64_t)(end - p) || len > 0x7FFFFFFF) return DECLINE;
+        f->val = p;
+        f->len = (Py_ssize_t)len;
+        *pp = p + len;
+        return 0;
+    }
+    default: /* groups (3, 4) and invalid wire types */
+        return DECLINE;
+    }
+}
+
+static int utf8_ok(const uint8_t *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i + 8 <= n) { /* the common case: ASCII, eight bytes at a time */
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ull) break;
+        i += 8;
+    }
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && s[i + 1] < 0xA0) return 0; /* overlong */
+            if (c == 0xED && s[i + 1] >= 0xA0) return 0; /* surrogate */
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
+                (s[i + 3] & 0xC0) != 0x80)
+                return 0;
+            if (c == 0xF0 && s[i + 1] < 0x90) return 0; /* overlong */
+            if (c == 0xF4 && s[i + 1] >= 0x90) return 0; /* above U+10FFFF */
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int wire_of(int kind) {
+    switch (kind) {
+    case K_VARINT: return 0;
+    case K_FIXED64: return 1;
+    case K_FIXED32: return 5;
+    default: return 2;
+    }
+}
+
+static int validate_msg(int type, const uint8_t *p, const uint8_t *end, int depth);
+
+/* Check one field of `type` against the schema: its wire type, its string, its sub-message. */
+static int check_field(int type, const Field *f, int depth) {
+    if (f->fieldno >= MAX_FIELDNO) return high_fields[type] ? DECLINE : 0; /* unknown: kept by upb */
+    const FieldSpec *spec = &schema[type][f->fieldno];
+    if (spec->kind == K_NONE) return 0; /* an unknown field: upb keeps it, nothing to check */
+    if (wire_of(spec->kind) != f->wt) return DECLINE;
+    if (spec->repeated && spec->kind != K_STRING && spec->kind != K_BYTES && spec->kind != K_MESSAGE)
+        return DECLINE; /* packed scalars: none in OTLP traces; not mirrored */
+    if (spec->kind == K_STRING) return utf8_ok(f->val, f->len) ? 0 : DECLINE;
+    if (spec->kind == K_MESSAGE) return validate_msg(spec->sub, f->val, f->val + f->len, depth + 1);
+    return 0;
+}
+
+static int validate_msg(int type, const uint8_t *p, const uint8_t *end, int depth) {
+    if (depth > MAX_DEPTH) return DECLINE;
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0 || check_field(type, &f, depth) < 0) return DECLINE;
+    }
+    return 0;
+}
+
+/* A singular field of a message we read appears twice: upb merges or overwrites; not mirrored. */
+static int once(uint64_t *seen, const Field *f, int type) {
+    if (f->fieldno >= MAX_FIELDNO) return 0;
+    if (schema[type][f->fieldno].repeated) return 0;
+    uint64_t bit = (uint64_t)1 << f->fieldno;
+    if (*seen & bit) return DECLINE;
+    *seen |= bit;
+    return 0;
+}
+
+/* --- the key table ------------------------------------------------------ */
+
+/* Keys are compared in full by lookup(); the hash only spreads them: length, and the first and
+   last eight bytes, so a long key costs no more than a short one. */
+static uint32_t hash_key(const uint8_t *s, Py_ssize_t n) {
+    uint64_t head = 0, tail = 0;
+    memcpy(&head, s, n < 8 ? (size_t)n : 8);
+    if (n > 8) memcpy(&tail, s + n - 8, 8);
+    uint64_t h = (head * 0x9E3779B97F4A7C15ull) ^ (tail * 0xC2B2AE3D27D4EB4Full) ^ (uint64_t)n;
+    return (uint32_t)(h ^ (h >> 29) ^ (h >> 43));
+}
+
+static const Entry *lookup(const uint8_t *s, Py_ssize_t n) {
+    uint32_t i = hash_key(s, n) & (TABLE_SIZE - 1);
+    while (table[i].key != NULL) {
+        if (table[i].len == n && memcmp(table[i].key, s, n) == 0) return &table[i];
+        i = (i + 1) & (TABLE_SIZE - 1);
+    }
+    return NULL;
+}
+
+/* --- short ASCII strings, shared ----------------------------------------- */
+
+/* Label values repeat from span to span (operation, provider, model, agent, task names): one str
+   object per distinct short ASCII value, kept in a small direct-mapped table, saves decoding and
+   allocating it again, and its hash, computed once, is reused by every dict it is looked up in.
+   str is immutable, so sharing it changes nothing a reader can see. */
+#define INTERN_SIZE 1024
+#define INTERN_MAX_LEN 64
+static PyObject *interned[INTERN_SIZE];
+
+static PyObject *short_str(const uint8_t *s, Py_ssize_t n) {
+    if (n > INTERN_MAX_LEN) return PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] >= 0x80) return PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    uint32_t h = hash_key(s, n) & (INTERN_SIZE - 1);
+    PyObject *cached = interned[h];
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n && memcmp(PyUnicode_DATA(cached), s, n) == 0) {
+        Py_INCREF(cached);
+        return cached;
+    }
+    PyObject *fresh = PyUnicode_DecodeASCII((const char *)s, n, "strict");
+    if (fresh == NULL) return NULL;
+    Py_INCREF(fresh);
+    Py_XSETREF(interned[h], fresh);
+    return fresh;
+}
+
+/* --- the messages we read ----------------------------------------------- */
+
+typedef struct {
+    const uint8_t *key;
+    Py_ssize_t key_len;
+    const uint8_t *val;
+    Py_ssize_t val_len;
+    int has_value;
+} KV;
+
+static int read_kv(const uint8_t *p, const uint8_t *end, int depth, KV *kv) {
+    Field f;
+    uint64_t seen = 0;
+    kv->key = (const uint8_t *)"";
+    kv->key_len = 0;
+    kv->has_value = 0;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0 || once(&seen, &f, T_KV) < 0) return DECLINE;
+        if (f.fieldno == 1 && f.wt == 2) {
+            if (!utf8_ok(f.val, f.len)) return DECLINE;
+            kv->key = f.val;
+            kv->key_len = f.len;
+        } else if (f.fieldno == 2 && f.wt == 2) {
+            kv->val = f.val;
+            kv->val_len = f.len;
+            kv->has_value = 1;
+        } else if (check_field(T_KV, &f, depth) < 0) {
+            return DECLINE;
+        }
+    }
+    return 0;
+}
+
+/* The AnyValue's one set member as Python reads it (None when unset: `unset`), or a decline for
+   members not mirrored (array, kvlist, anything but the five scalars). */
+static int read_any(const uint8_t *p, const uint8_t *end, int depth, PyObject *unset, PyObject **out) {
+    Field f;
+    PyObject *value = NULL;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0) goto decline;
+        int member = f.fieldno >= 1 && f.fieldno <= 8 && schema[T_ANY][f.fieldno].kind != K_NONE;
+        if (!member) {
+            if (check_field(T_ANY, &f, depth) < 0) goto decline;
+            continue;
+        }
+        if (value != NULL) goto decline; /* a second member: upb keeps the last; not mirrored */
+        if (wire_of(schema[T_ANY][f.fieldno].kind) != f.wt) goto decline;
+        switch (f.fieldno) {
+        case 1:
+            if (!utf8_ok(f.val, f.len)) goto decline;
+            value = short_str(f.val, f.len);
+            break;
+        case 2:
+            value = PyBool_FromLong(f.num != 0);
+            break;
+        case 3:
+            value = PyLong_FromLongLong((long long)(int64_t)f.num);
+            break;
+        case 4: {
+            double d;
+            memcpy(&d, &f.num, 8);
+            value = PyFloat_FromDouble(d);
+            break;
+        }
+        case 7:
+            value = PyBytes_FromStringAndSize((const char *)f.val, f.len);
+            break;
+        default:
+            goto decline;
+        }
+        if (value == NULL) return PYERR;
+    }
+    if (value == NULL) {
+        Py_INCREF(unset);
+        value = unset;
+    }
+    *out = value;
+    return 0;
+decline:
+    Py_XDECREF(value);
+    return DECLINE;
+}
+
+/* The resource's attribution attributes (and the fallback key's, when given), or NULL for none. */
+static int read_resource(const uint8_t *p, const uint8_t *end, int depth, const char *fallback,
+                         Py_ssize_t fallback_len, PyObject **out) {
+    Field f;
+    KV kv;
+    PyObject *found = NULL;
+    PyObject *empty = PyUnicode_FromStringAndSize("", 0);
+    if (empty == NULL) return PYERR;
+    int rc = 0;
+    while (p < end && rc == 0) {
+        if (next_field(&p, end, &f) < 0) {
+            rc = DECLINE;
+        } else if (f.fieldno == 1 && f.wt == 2) {
+            if (read_kv(f.val, f.val + f.len, depth + 1, &kv) < 0) {
+                rc = DECLINE;
+                break;
+            }
+            const Entry *e = lookup(kv.key, kv.key_len);
+            int is_fallback = fallback != NULL && kv.key_len == fallback_len &&
+                              memcmp(kv.key, fallback, (size_t)fallback_len) == 0;
+            if (!is_fallback && (e == NULL || !(e->flags & F_ATTRIBUTION))) {
+                if (kv.has_value && validate_msg(T_ANY, kv.val, kv.val + kv.val_len, depth + 2) < 0)
+                    rc = DECLINE;
+                continue;
+            }
+            PyObject *value;
+            if (kv.has_value) {
+                rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, empty, &value);
+                if (rc < 0) break;
+            } else {
+                Py_INCREF(empty);
+                value = empty;
+            }
+            PyObject *key = PyUnicode_DecodeUTF8((const char *)kv.key, kv.key_len, "strict");
+            if (found == NULL) found = PyDict_New();
+            if (key == NULL || found == NULL || PyDict_SetItem(found, key, value) < 0) rc = PYERR;
+            Py_XDECREF(key);
+            Py_DECREF(value);
+        } else if (check_field(T_RES, &f, depth) < 0) {
+            rc = DECLINE;
+        }
+    }
+    Py_DECREF(empty);
+    if (rc < 0) {
+        Py_XDECREF(found);
+        return rc;
+    }
+    *out = found; /* NULL: no attribution key */
+    return 0;
+}
+
+/* int.from_bytes(b, "big"), any length */
+static PyObject *big_endian_int(const uint8_t *b, Py_ssize_t n) {
+    if (n <= 8) {
+        uint64_t v = 0;
+        for (Py_ssize_t i = 0; i < n; i++) v = (v << 8) | b[i];
+        return PyLong_FromUnsignedLongLong(v);
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(b, (size_t)n, Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
+#else
+    return _PyLong_FromByteArray(b, (size_t)n, 0, 0);
+#endif
+}
+
+typedef struct {
+    PyObject *hits;
+    PyObject *scopes;
+    PyObject *resources;
+    Py_ssize_t n_spans;
+    const char *fallback; /* the resource attribute naming the agent last (NULL: none) */
+    Py_ssize_t fallback_len;
+} Out;
+
+static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t scope, Out *out) {
+    Field f;
+    KV kv;
+    uint64_t seen = 0;
+    PyObject *vals[MAX_SLOTS] = {NULL};
+    int ranks[MAX_SLOTS];
+    int found = 0, rc = 0;
+    const uint8_t *ids[3] = {(const uint8_t *)"", (const uint8_t *)"", (const uint8_t *)""};
+    Py_ssize_t id_len[3] = {0, 0, 0};
+    uint64_t start = 0, stop = 0, code = 0;
+    for (int i = 0; i < n_slots; i++) ranks[i] = no_rank;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end && rc == 0) {
+        if (next_field(&p, end, &f) < 0 || once(&seen, &f, T_SPAN) < 0) {
+            rc = DECLINE;
+            break;
+        }
+        int expected = f.fieldno < MAX_FIELDNO && wire_of(schema[T_SPAN][f.fieldno].kind) == f.wt;
+        if (!expected) {
+            rc = check_field(T_SPAN, &f, depth);
+            continue;
+        }
+        switch (f.fieldno) {
+        case 1: case 2: case 4: {
+            int i = f.fieldno == 4 ? 2 : (int)f.fieldno - 1;
+            ids[i] = f.val;
+            id_len[i] = f.len;
+            break;
+        }
+        case 7: start = f.num; break;
+        case 8: stop = f.num; break;
+        case 9: {
+            if (read_kv(f.val, f.val + f.len, depth + 1, &kv) < 0) {
+                rc = DECLINE;
+                break;
+            }
+            const Entry *e = lookup(kv.key, kv.key_len);
+            if (e != NULL && (e->flags & F_ARRAY)) {
+                rc = DECLINE; /* the slot holds a message object in Python: not mirrored */
+            } else if (e != NULL && e->rank < ranks[e->slot]) {
+                PyObject *value;
+                found = 1;
+                if (kv.has_value) {
+                    rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, Py_None, &value);
+                    if (rc < 0) break;
+                } else {
+                    Py_INCREF(Py_None);
+                    value = Py_None;
+                }
+                Py_XSETREF(vals[e->slot], value);
+                ranks[e->slot] = e->rank;
+            } else {
+                found |= e != NULL;
+                if (kv.has_value && validate_msg(T_ANY, kv.val, kv.val + kv.val_len, depth + 2) < 0)
+                    rc = DECLINE;
+            }
+            break;
+        }
+        case 15: {
+            const uint8_t *q = f.val, *qend = f.val + f.len;
+            Field g;
+            uint64_t seen_status = 0;
+            if (depth + 1 > MAX_DEPTH) {
+                rc = DECLINE;
+                break;
+            }
+            while (q < qend && rc == 0) {
+                if (next_field(&q, qend, &g) < 0 || once(&seen_status, &g, T_STATUS) < 0)
+                    rc = DECLINE;
+                else if (g.fieldno == 3 && g.wt == 0)
+                    code = g.num;
+                else
+                    rc = check_field(T_STATUS, &g, depth + 1);
+            }
+            break;
+        }
+        default:
+            rc = check_field(T_SPAN, &f, depth);
+        }
+    }
+    int usage = found && (ranks[slot_in] != no_rank || ranks[slot_out] != no_rank ||
+                          ranks[slot_total] != no_rank || vals[slot_task_scope] == Py_True ||
+                          (vals[slot_verify] != NULL && PyBool_Check(vals[slot_verify])));
+    if (rc == 0 && usage) {
+        PyObject *vlist = PyList_New(n_slots), *rlist = PyList_New(n_slots), *hit = NULL;
+        if (vlist != NULL && rlist != NULL) {
+            for (int i = 0; i < n_slots; i++) {
+                PyObject *v = vals[i] != NULL ? vals[i] : Py_None;
+                Py_INCREF(v);
+                PyList_SET_ITEM(vlist, i, v);
+                PyList_SET_ITEM(rlist, i, PyLong_FromLong(ranks[i]));
+            }
+            PyObject *trace = big_endian_int(ids[0], id_len[0]), *span = big_endian_int(ids[1], id_len[1]),
+                     *parent = big_endian_int(ids[2], id_len[2]);
+            if (trace != NULL && span != NULL && parent != NULL)
+                hit = Py_BuildValue("(nOOOOOKKi)", scope, vlist, rlist, trace, span, parent,
+                                    (unsigned long long)start, (unsigned long long)stop,
+                                    (int)(int32_t)(uint32_t)code);
+            Py_XDECREF(trace);
+            Py_XDECREF(span);
+            Py_XDECREF(parent);
+        }
+        if (hit == NULL || PyList_Append(out->hits, hit) < 0) rc = PYERR;
+        Py_XDECREF(vlist);
+        Py_XDECREF(rlist);
+        Py_XDECREF(hit);
+    }
+    for (int i = 0; i < n_slots; i++) Py_XDECREF(vals[i]);
+    return rc;
+}
+
+static int read_scope_name(const uint8_t *p, const uint8_t *end, int depth, PyObject **name) {
+    Field f;
+    uint64_t seen = 0;
+    const uint8_t *s = (const uint8_t *)"";
+    Py_ssize_t n = 0;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0 || once(&seen, &f, T_SCOPE) < 0) return DECLINE;
+        if (f.fieldno == 1 && f.wt == 2) {
+            if (!utf8_ok(f.val, f.len)) return DECLINE;
+            s = f.val;
+            n = f.len;
+        } else if (check_field(T_SCOPE, &f, depth) < 0) {
+            return DECLINE;
+        }
+    }
+    *name = PyUnicode_DecodeUTF8((const char *)s, n, "strict");
+    return *name == NULL ? PYERR : 0;
+}
+
+static int read_scope_spans(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t rs, Out *out) {
+    Field f;
+    uint64_t seen = 0;
+    Py_ssize_t index = PyList_GET_SIZE(out->scopes);
+    PyObject *entry = Py_BuildValue("[ns]", rs, "");
+    if (entry == NULL || PyList_Append(out->scopes, entry) < 0) {
+        Py_XDECREF(entry);
+        return PYERR;
+    }
+    Py_DECREF(entry);
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0 || once(&seen, &f, T_SS) < 0) return DECLINE;
+        int rc;
+        if (f.fieldno == 1 && f.wt == 2) {
+            PyObject *name;
+            rc = read_scope_name(f.val, f.val + f.len, depth + 1, &name);
+            if (rc == 0) PyList_SetItem(entry, 1, name); /* steals name; entry still owned by scopes */
+        } else if (f.fieldno == 2 && f.wt == 2) {
+            out->n_spans++;
+            rc = read_span(f.val, f.val + f.len, depth + 1, index, out);
+        } else {
+            rc = check_field(T_SS, &f, depth);
+        }
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static int read_resource_spans(const uint8_t *p, const uint8_t *end, int depth, Out *out) {
+    Field f;
+    uint64_t seen = 0;
+    Py_ssize_t index = PyList_GET_SIZE(out->resources);
+    if (PyList_Append(out->resources, Py_None) < 0) return PYERR;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0 || once(&seen, &f, T_RS) < 0) return DECLINE;
+        int rc;
+        if (f.fieldno == 1 && f.wt == 2) {
+            PyObject *found = NULL;
+            rc = read_resource(f.val, f.val + f.len, depth + 1, out->fallback, out->fallback_len, &found);
+            if (rc == 0 && found != NULL) PyList_SetItem(out->resources, index, found); /* steals */
+        } else if (f.fieldno == 2 && f.wt == 2) {
+            rc = read_scope_spans(f.val, f.val + f.len, depth + 1, index, out);
+        } else {
+            rc = check_field(T_RS, &f, depth);
+        }
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* --- the module --------------------------------------------------------- */
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *arg;
+    const char *fallback = NULL;
+    Py_ssize_t fallback_len = 0;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O|z#", &arg, &fallback, &fallback_len)) return NULL;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, fallback, fallback_len};
+    PyObject *result = NULL;
+    int rc = (out.hits && out.scopes && out.resources) ? 0 : PYERR;
+    const uint8_t *p = buf.buf, *end = p + buf.len;
+    Field f;
+    while (rc == 0 && p < end) {
+        if (next_field(&p, end, &f) < 0)
+            rc = DECLINE;
+        else if (f.fieldno == 1 && f.wt == 2)
+            rc = read_resource_spans(f.val, f.val + f.len, 1, &out);
+        else
+            rc = check_field(T_REQ, &f, 0);
+    }
+    PyBuffer_Release(&buf);
+    if (rc == 0) {
+        result = Py_BuildValue("(nOOO)", out.n_spans, out.resources, out.scopes, out.hits);
+    } else if (rc == DECLINE) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    Py_XDECREF(out.hits);
+    Py_XDECREF(out.scopes);
+    Py_XDECREF(out.resources);
+    return result;
+}
+
+/* --- links(): the parent links the ancestor walk needs --------------------- */
+
+typedef struct {
+    PyObject *traces; /* a set of trace ids: only their spans are listed */
+    const char *keys[3]; /* gen_ai.operation.name, gen_ai.agent.name, gen_ai.workflow.name */
+    Py_ssize_t key_lens[3];
+    PyObject *found;
+} Links;
+
+static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out) {
+    Field f;
+    KV kv;
+    PyObject *values[3] = {NULL, NULL, NULL};
+    const uint8_t *ids[3] = {(const uint8_t *)"", (const uint8_t *)"", (const uint8_t *)""};
+    Py_ssize_t id_len[3] = {0, 0, 0};
+    int rc = depth > MAX_DEPTH ? DECLINE : 0;
+    while (rc == 0 && p < end) {
+        if (next_field(&p, end, &f) < 0) {
+            rc = DECLINE;
+        } else if ((f.fieldno == 1 || f.fieldno == 2 || f.fieldno == 4) && f.wt == 2) {
+            int i = f.fieldno == 4 ? 2 : (int)f.fieldno - 1;
+            ids[i] = f.val;
+            id_len[i] = f.len;
+        } else if (f.fieldno == 9 && f.wt == 2) {
+            if (read_kv(f.val, f.val + f.len, depth + 1, &kv) < 0) {
+                rc = DECLINE;
+                break;
+            }
+            for (int k = 0; k < 3; k++) {
+                if (kv.key_len != out->key_lens[k] || memcmp(kv.key, out->keys[k], (size_t)kv.key_len) != 0)
+                    continue;
+                PyObject *value = NULL;
+                if (kv.has_value) {
+                    rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, Py_None, &value);
+                } else {
+                    Py_INCREF(Py_None);
+                    value = Py_None;
+                }
+                if (rc == 0) Py_XSETREF(values[k], value); /* the last one, as a dict keeps it */
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        PyObject *trace = big_endian_int(ids[0], id_len[0]), *hit = NULL;
+        int wanted = trace != NULL ? PySet_Contains(out->traces, trace) : -1;
+        if (wanted > 0) {
+            PyObject *span = big_endian_int(ids[1], id_len[1]), *parent = big_endian_int(ids[2], id_len[2]);
+            if (span != NULL && parent != NULL)
+                hit = Py_BuildValue("(OOOOOO)", trace, span, parent, values[0] ? values[0] : Py_None,
+                                    values[1] ? values[1] : Py_None, values[2] ? values[2] : Py_None);
+            Py_XDECREF(span);
+            Py_XDECREF(parent);
+            if (hit == NULL || PyList_Append(out->found, hit) < 0) rc = PYERR;
+            Py_XDECREF(hit);
+        } else if (wanted < 0) {
+            rc = PYERR;
+        }
+        Py_XDECREF(trace);
+    }
+    for (int k = 0; k < 3; k++) Py_XDECREF(values[k]);
+    return rc;
+}
+
+/* Each length-delimited field numbered path[0] of the message in [p, end): descended into along
+   the rest of `path` (0-terminated), or, at its last number, read as a span. */
+static int link_level(const uint8_t *p, const uint8_t *end, int depth, const int *path, Links *out) {
+    Field f;
+    if (depth > MAX_DEPTH) return DECLINE;
+    while (p < end) {
+        if (next_field(&p, end, &f) < 0) return DECLINE;
+        if (f.fieldno != (uint32_t)path[0] || f.wt != 2) continue;
+        int rc = path[1] == 0 ? link_span(f.val, f.val + f.len, depth + 1, out)
+                              : link_level(f.val, f.val + f.len, depth + 1, path + 1, out);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* links(data, traces, (operation key, agent key, workflow key)) -> [(trace id, span id, parent span
+   id, operation, agent, workflow)] for the spans of `traces`, each value the attribute's scalar as
+   read_any reads it (None: absent or unset), or None to decline. Only for data scan() accepted. */
+static PyObject *links(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL};
+    if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
+                          &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2]))
+        return NULL;
+    static const int path[] = {1, 2, 2, 0}; /* resource_spans > scope_spans > spans */
+    out.found = PyList_New(0);
+    int rc = out.found == NULL ? PYERR : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
+    PyBuffer_Release(&buf);
+    if (rc == 0) return out.found;
+    Py_XDECREF(out.found);
+    if (rc == DECLINE) Py_RETURN_NONE;
+    return NULL;
+}
+
+static void clear_table(void) {
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        PyMem_Free(table[i].key);
+        table[i].key = NULL;
+    }
+}
+
+/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED))
+   schema: per type (T_REQ.. first, in enum order), a list of (fieldno, kind, repeated, sub type)
+   entries: (key, slot, rank, flags) for every attribute name the extractor reads */
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *types, *entries, *usage_slots;
+    uint16_t probe = 1;
+    if (*(uint8_t *)&probe != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan: little-endian hosts only");
+        return NULL;
+    }
+    configured = 0;
+    if (!PyArg_ParseTuple(args, "O!O!iiO", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
+                          &no_rank, &usage_slots))
+        return NULL;
+    if (!PyArg_ParseTuple(usage_slots, "iiiii", &slot_in, &slot_out, &slot_total, &slot_task_scope,
+                          &slot_verify))
+        return NULL;
+    n_types = (int)PyList_GET_SIZE(types);
+    int usage[] = {slot_in, slot_out, slot_total, slot_task_scope, slot_verify};
+    for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
+        if (usage[i] < 0 || usage[i] >= n_slots) n_slots = 0; /* refused just below */
+    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1) {
+        PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: schema or slots out of range");
+        return NULL;
+    }
+    memset(schema, 0, sizeof schema);
+    memset(high_fields, 0, sizeof high_fields);
+    for (int t = 0; t < n_types; t++) {
+        PyObject *fields = PyList_GET_ITEM(types, t);
+        if (!PyList_Check(fields)) return PyErr_Format(PyExc_TypeError, "type %d: a list expected", t);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fields); i++) {
+            int no, kind, repeated, sub;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(fields, i), "iiii", &no, &kind, &repeated, &sub)) return NULL;
+            if (sub >= n_types || kind < K_NONE || kind > K_MESSAGE || no < 1)
+                return PyErr_Format(PyExc_ValueError, "type %d field %d: bad spec", t, no);
+            if (no >= MAX_FIELDNO) {
+                high_fields[t] = 1;
+                continue;
+            }
+            schema[t][no].kind = (uint8_t)kind;
+            schema[t][no].repeated = (uint8_t)repeated;
+            schema[t][no].sub = (int16_t)sub;
+        }
+    }
+    clear_table();
+    if (PyList_GET_SIZE(entries) > TABLE_SIZE / 4) {
+        PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: too many keys");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        const char *key;
+        Py_ssize_t len;
+        int slot, rank, flags;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(entries, i), "s#iii", &key, &len, &slot, &rank, &flags))
+            return NULL;
+        if (slot < 0 || slot >= n_slots) return PyErr_Format(PyExc_ValueError, "%s: slot out of range", key);
+        uint32_t h = hash_key((const uint8_t *)key, len) & (TABLE_SIZE - 1);
+        while (table[h].key != NULL) h = (h + 1) & (TABLE_SIZE - 1);
+        table[h].key = PyMem_Malloc(len + 1);
+        if (table[h].key == NULL) return PyErr_NoMemory();
+        memcpy(table[h].key, key, len + 1);
+        table[h].len = len;
+        table[h].slot = slot;
+        table[h].rank = rank;
+        table[h].flags = flags;
+    }
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
+    {"links", links, METH_VARARGS,
+     "links(data, traces, keys) -> [(trace, span, parent, operation, agent, workflow)] of the spans of "
+     "traces, or None to decline."},
+    {"scan", scan, METH_VARARGS,
+     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits), or None to decline (take the "
+     "Python path). fallback: a resource attribute read besides the attribution ones."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlp_scan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__otlp_scan(void) { return PyModule_Create(&module); }

@@ -1,0 +1,183 @@
+"""The optional compiled OTLP walk (`_otlp_scan`, C): configured here, used by the extractor.
+
+A plain `pip install` without a compiler has no `_otlp_scan`; everything then runs the pure-Python
+path and `scanner()` returns None. With it, the extractor hands the serialized request to
+`scan(data, fallback)`, which returns the slot values, ranks and span fields of the usage, task and
+verify spans only, and each resource's attribution attributes plus its `fallback` attribute (the
+extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
+from the decoded request — or None to decline, and the extractor then takes the Python path on the
+same payload. So both paths count the same spans the same way;
+tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
+
+The walk checks every field against the schema of the installed `opentelemetry-proto` (built
+here from its descriptors) so it never accepts a payload upb would refuse; the few field numbers it
+reads are checked against those descriptors before it is switched on.
+
+`OTEL_TOKENS_PURE_PYTHON=1` switches the compiled walk off (for comparisons and debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PURE_PYTHON_ENV", "LinksWalk", "ScanResult", "links_walk", "scanner"]
+
+#: "1": never use the compiled walk, even when it is built.
+PURE_PYTHON_ENV = "OTEL_TOKENS_PURE_PYTHON"
+
+_log = logging.getLogger(__name__)
+
+#: (spans, per ResourceSpans the attribution attributes found or None, per ScopeSpans [resource
+#: index, scope name], per usage span (scope index, slot values, ranks, trace id, span id, parent
+#: span id, start ns, end ns, status code))
+ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]]]
+#: `links(data, traces, (operation key, agent key, workflow key))`: per span of `traces` (trace id,
+#: span id, parent span id, and the three attributes' scalar values or None), or None to decline;
+#: only for a payload `scan` accepted (the ancestor walk's parent links, extract.scan_otlp_bytes)
+LinksWalk = Callable[[bytes, set[int], tuple[str, str, str]], list[tuple[Any, ...]] | None]
+
+# the C walk's kinds (K_*) by descriptor field type
+_VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)
+_KIND_OF_TYPE = {
+    1: _FIXED64,
+    2: _FIXED32,
+    3: _VARINT,
+    4: _VARINT,
+    5: _VARINT,
+    6: _FIXED64,
+    7: _FIXED32,
+    8: _VARINT,
+    9: _STRING,
+    10: _MESSAGE,
+    11: _MESSAGE,
+    12: _BYTES,
+    13: _VARINT,
+    14: _VARINT,
+    15: _FIXED32,
+    16: _FIXED64,
+    17: _VARINT,
+    18: _VARINT,
+}  # fmt: skip  (10, a group, is never length-delimited: the walk declines it)
+
+#: The fields the C walk reads by number: (message, field number, name, kind). Checked against the
+#: installed descriptors before the walk is switched on.
+_READ_FIELDS = (
+    ("ExportTraceServiceRequest", 1, "resource_spans", _MESSAGE),
+    ("ResourceSpans", 1, "resource", _MESSAGE),
+    ("ResourceSpans", 2, "scope_spans", _MESSAGE),
+    ("Resource", 1, "attributes", _MESSAGE),
+    ("ScopeSpans", 1, "scope", _MESSAGE),
+    ("ScopeSpans", 2, "spans", _MESSAGE),
+    ("InstrumentationScope", 1, "name", _STRING),
+    ("Span", 1, "trace_id", _BYTES),
+    ("Span", 2, "span_id", _BYTES),
+    ("Span", 4, "parent_span_id", _BYTES),
+    ("Span", 7, "start_time_unix_nano", _FIXED64),
+    ("Span", 8, "end_time_unix_nano", _FIXED64),
+    ("Span", 9, "attributes", _MESSAGE),
+    ("Span", 15, "status", _MESSAGE),
+    ("KeyValue", 1, "key", _STRING),
+    ("KeyValue", 2, "value", _MESSAGE),
+    ("AnyValue", 1, "string_value", _STRING),
+    ("AnyValue", 2, "bool_value", _VARINT),
+    ("AnyValue", 3, "int_value", _VARINT),
+    ("AnyValue", 4, "double_value", _FIXED64),
+    ("AnyValue", 7, "bytes_value", _BYTES),
+    ("Status", 3, "code", _VARINT),
+)
+#: The message types in the order the C walk numbers them (T_REQ .. T_STATUS), by descriptor path.
+_FIXED_TYPES = (
+    "ExportTraceServiceRequest",
+    "ResourceSpans",
+    "Resource",
+    "ScopeSpans",
+    "InstrumentationScope",
+    "Span",
+    "KeyValue",
+    "AnyValue",
+    "Status",
+)
+
+
+def _schema() -> list[list[tuple[int, int, int, int]]] | None:
+    """Every message type reachable from ExportTraceServiceRequest, the walk's fixed ones first."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    root = ExportTraceServiceRequest.DESCRIPTOR
+    order: list[Any] = []
+    pending = [root]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor in order:
+            continue
+        order.append(descriptor)
+        pending.extend(f.message_type for f in descriptor.fields if f.message_type is not None)
+    by_name = {d.name: d for d in order}
+    if any(name not in by_name for name in _FIXED_TYPES):
+        return None
+    fixed = [by_name[name] for name in _FIXED_TYPES]
+    order = fixed + [d for d in order if d not in fixed]
+    index = {d: i for i, d in enumerate(order)}
+    for message, number, name, kind in _READ_FIELDS:
+        field = by_name[message].fields_by_number.get(number)
+        if field is None or field.name != name or _KIND_OF_TYPE.get(field.type) != kind:
+            return None
+    return [
+        [
+            (f.number, _KIND_OF_TYPE[f.type], int(_repeated(f)), index.get(f.message_type, -1))
+            for f in d.fields
+        ]
+        for d in order
+    ]
+
+
+def _repeated(field: Any) -> bool:
+    is_repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` before
+    return bool(is_repeated) if is_repeated is not None else field.label == 3
+
+
+def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] | None:
+    from otel_tokens import extract
+
+    schema = _schema()
+    if schema is None:
+        _log.info("otel-tokens: the installed OTLP schema differs from the compiled walk's; pure Python")
+        return None
+    attribution = extract.ATTRIBUTION_SLOTS
+    entries = [
+        (key, slot, rank, (1 if expected == "array_value" else 0) | (2 if slot in attribution else 0))
+        for key, (slot, rank, expected) in extract.OTLP_ENTRIES.items()
+    ]
+    module.configure(schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS)
+    scan: Callable[[bytes, str | None], ScanResult | None] = module.scan
+    return scan
+
+
+_scanner: Callable[[bytes, str | None], ScanResult | None] | None = None
+_links: LinksWalk | None = None
+_loaded = False
+
+
+def scanner() -> Callable[[bytes, str | None], ScanResult | None] | None:
+    """The compiled walk, configured; None when it is not built, switched off, or does not match."""
+    global _scanner, _links, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
+            try:
+                from otel_tokens import _otlp_scan  # type: ignore[attr-defined]
+            except ImportError:
+                _otlp_scan = None
+            if _otlp_scan is not None:
+                _scanner = _configure(_otlp_scan)
+                _links = _otlp_scan.links if _scanner is not None else None
+    return _scanner
+
+
+def links_walk() -> LinksWalk | None:
+    """The compiled parent-link walk, when the compiled walk (`scanner()`) is on."""
+    scanner()
+    return _links

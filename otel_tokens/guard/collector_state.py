@@ -35,7 +35,14 @@ from otel_tokens.budgets.spec import Budget, BudgetFile, GuardCollector
 from otel_tokens.guard.collector_client import CollectorClient, CollectorError
 from otel_tokens.guard.errors import CollectorUnavailable
 from otel_tokens.guard.policy import scope_text
-from otel_tokens.guard.state import Claim, LocalBudgetState, Reservation, Standing, StateUnavailable
+from otel_tokens.guard.state import (
+    Claim,
+    LocalBudgetState,
+    LockedView,
+    Reservation,
+    Standing,
+    StateUnavailable,
+)
 from otel_tokens.guard.stops import StopOrder, parse_orders
 from otel_tokens.record import UsageRecord
 
@@ -253,26 +260,10 @@ def _unavailable(claim: Claim, url: str, reason: str) -> CollectorUnavailable:
     )  # fmt: skip
 
 
-class _CollectorView:
+class _CollectorView(LockedView["CollectorBudgetState"]):
     """`BudgetView` over a `CollectorBudgetState`, holding its decision lock."""
 
-    __slots__ = ("_now", "_state")
-
-    def __init__(self, state: CollectorBudgetState) -> None:
-        self._state = state
-        self._now = 0.0
-
-    def __enter__(self) -> _CollectorView:
-        self._state._lock.acquire()
-        self._now = self._state._clock()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._state._lock.release()
-
-    @property
-    def now(self) -> float:
-        return self._now
+    __slots__ = ()
 
     def standing(self, claim: Claim) -> Standing:
         local = self._state._local.standing(claim.budget.name, claim.task_id)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from otel_tokens.budgets.ledger import budget_window, instance_amount, record_amount, token_type_positions
 from otel_tokens.budgets.spec import Budget, BudgetFile
@@ -238,16 +238,26 @@ class LocalBudgetState:
             return self._accounts[budget].standing(task_id, self._clock())
 
 
-class _LocalView:
-    """`BudgetView` over a `LocalBudgetState`, holding its lock from `__enter__` to `__exit__`."""
+class _Lockable(Protocol):
+    _lock: threading.Lock
+    _clock: Callable[[], float]
+
+
+_S = TypeVar("_S", bound=_Lockable)
+
+
+class LockedView(Generic[_S]):
+    """A `BudgetView` base: holds the state's decision lock from `__enter__` to `__exit__` and reads
+    the clock once, so every standing in one decision is taken at the same instant. A class, not a
+    generator context manager: this is on the hot path of every guarded call."""
 
     __slots__ = ("_now", "_state")
 
-    def __init__(self, state: LocalBudgetState) -> None:
+    def __init__(self, state: _S) -> None:
         self._state = state
         self._now = 0.0
 
-    def __enter__(self) -> _LocalView:
+    def __enter__(self: _V) -> _V:
         self._state._lock.acquire()
         self._now = self._state._clock()
         return self
@@ -258,6 +268,15 @@ class _LocalView:
     @property
     def now(self) -> float:
         return self._now
+
+
+_V = TypeVar("_V", bound="LockedView[Any]")
+
+
+class _LocalView(LockedView["LocalBudgetState"]):
+    """`BudgetView` over a `LocalBudgetState`."""
+
+    __slots__ = ()
 
     def standing(self, claim: Claim) -> Standing:
         return self._state._accounts[claim.budget.name].standing(claim.task_id, self._now)

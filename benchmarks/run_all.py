@@ -149,7 +149,7 @@ def _machine() -> list[str]:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return [
         f"- machine: {platform.platform()}, {os.cpu_count()} cores ({cpu}); load average at the end {load}",
-        f"- Python {platform.python_version()} ({sys.executable})",
+        f"- Python {platform.python_version()} ({_relative(Path(sys.executable))})",
     ]
 
 
@@ -223,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             f"\nnote: no official OpenAI instrumentation measured in .venv-compat; add it: {OFFICIAL_INSTALL}"
         )
     return 0 if all(r.returncode == 0 for r in runs) else 1
+
+
+def _relative(path: Path) -> str:
+    """A path as the project sees it (`.venv/bin/python`): RESULTS.md is committed, and this
+    machine's directories mean nothing elsewhere."""
+    try:
+        return str(path.relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return path.name
 
 
 if __name__ == "__main__":

@@ -36,3 +36,19 @@ def budget(name: str, limit: dict[str, Any], action: str = "warn", **extra: Any)
 
 def events(span: ReadableSpan, name: str) -> list[dict[str, Any]]:
     return [dict(e.attributes or {}) for e in span.events if e.name == name]
+
+
+def tool_pairs(messages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Anthropic messages' tool_use ids and tool_result ids, in order: equal lists mean every tool
+    call still sits with its result."""
+
+    def blocks(kind: str, field: str) -> list[str]:
+        return [
+            b[field]
+            for m in messages
+            if isinstance(m["content"], list)
+            for b in m["content"]
+            if b["type"] == kind
+        ]
+
+    return blocks("tool_use", "id"), blocks("tool_result", "tool_use_id")

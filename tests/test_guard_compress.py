@@ -16,6 +16,7 @@ from otel_tokens.guard.compress import (
     compress_messages,
 )
 from otel_tokens.tokencount import count_message_tokens
+from tests.guard_helpers import tool_pairs
 
 MODEL = "gpt-4o-mini"
 SYSTEM = {"role": "system", "content": "You are a careful coding agent. Follow the repository's rules."}
@@ -210,21 +211,8 @@ def test_anthropic_tool_use_and_tool_result_blocks_stay_paired_and_system_is_unt
     assert result.tokens_after <= target
     assert out[-2:] == messages[-2:]
     assert out[0]["role"] == "user"
-    uses = [
-        b["id"]
-        for m in out
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_use"
-    ]
-    results = [
-        b["tool_use_id"]
-        for m in out
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_result"
-    ]
-    assert uses == results
+    uses, results = tool_pairs(out)
+    assert uses == results  # every tool call kept with its result, in order
 
 
 def test_anthropic_conversation_starting_with_an_assistant_turn_after_dropping_gets_a_user_opener():

@@ -15,7 +15,7 @@ from otel_tokens import semconv as sc
 from otel_tokens.demo.fake_provider import FakeProvider
 from otel_tokens.guard import Guard
 from otel_tokens.tokencount import count_message_tokens
-from tests.guard_helpers import budget, events, guard_on
+from tests.guard_helpers import budget, events, guard_on, tool_pairs
 
 __all__ = ["guard_on"]  # the fixture, imported for pytest
 
@@ -191,19 +191,6 @@ def test_anthropic_messages_are_compressed_with_tool_pairs_intact_and_system_unt
     assert count_message_tokens(sent, CLAUDE, system=SYSTEM) <= before * 0.3
     assert sent[-2:] == messages[-2:]
     assert sent[0]["role"] == "user"
-    uses = [
-        b["id"]
-        for m in sent
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_use"
-    ]
-    results = [
-        b["tool_use_id"]
-        for m in sent
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_result"
-    ]
-    assert uses == results
+    uses, results = tool_pairs(sent)
+    assert uses == results  # every tool call kept with its result, in order
     assert fake_provider.reported[-1].tokens.input < before * 0.5  # what the provider billed shrank too

@@ -24,7 +24,6 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from genai_prices import Usage, calc_price
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,6 +36,7 @@ from otel_tokens.instrumentation import _call
 from otel_tokens.record import TokenCounts
 from otel_tokens.settings import ENV_RAISE_INTERNAL_ERRORS
 from tests.services import free_port, poll
+from tests.test_pricing import reference_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,19 +129,6 @@ def _span_tokens(a: dict[str, Any]) -> TokenCounts:
     )
 
 
-def _reference_cost(provider: str, model: str, tokens: TokenCounts, tier: str | None) -> float:
-    usage = Usage(
-        input_tokens=tokens.input,
-        output_tokens=tokens.output,
-        cache_read_tokens=tokens.cache_read,
-        cache_write_tokens=tokens.cache_write,
-        output_reasoning_tokens=tokens.reasoning,
-        cache_write_1h_tokens=tokens.cache_write_1h,
-    )
-    context = {"service_tier": tier} if tier else None
-    return float(calc_price(usage, model, provider_id=provider, price_context=context).total_price)
-
-
 def _run_agent(tmp_path: Path, fake: FakeProvider, otlp_port: int) -> subprocess.CompletedProcess[str]:
     run = subprocess.run(
         [
@@ -196,7 +183,7 @@ def test_an_agent_without_genai_prices_still_records_exact_tokens_and_the_collec
             ("anthropic", "claude-sonnet-4-5", None),
         ]
         expected_cost = sum(
-            _reference_cost(provider, model, _span_tokens(a), tier)
+            reference_cost(provider, model, _span_tokens(a), tier)
             for (provider, model, tier), a in zip(calls, spans, strict=True)
         )
         assert _total(metrics, mn.COST, agent="no-prices") == pytest.approx(expected_cost, rel=1e-9)

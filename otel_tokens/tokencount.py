@@ -279,21 +279,53 @@ def count_message_tokens(messages: object, model: str, *, system: object = None)
     return 0
 
 
+#: Tokens of whole plain messages (`{"role": str, "content": str}`, overhead included) seen
+#: before, keyed by (encoding, hash of the role, length and hash of the content) — again never the
+#: text. An agent resends its whole history on every call, so counting a request is then a lookup
+#: per message, without a call per text.
+_message_counts: dict[tuple[str, int, int, int], int] = {}
+
+
 def _count_messages(messages: object, model: str, system: object) -> int:
-    items: list[object] = [messages] if isinstance(messages, (str, Mapping)) else _as_list(messages)
-    if system is not None and system != "" and system != []:
-        items.insert(0, {"role": "system", "content": system})
+    if type(messages) is list:
+        items: list[object] = messages
+    else:
+        items = [messages] if isinstance(messages, (str, Mapping)) else _as_list(messages)
     total = REPLY_PRIMING_TOKENS
+    if system is not None and system != "" and system != []:
+        total += _item_tokens({"role": "system", "content": system}, model)
+    name = encoding_name_for_model(model)
+    known = _message_counts
     for item in items:
+        if type(item) is dict and len(item) == 2:  # the common message: a lookup, no call
+            role, content = item.get("role"), item.get("content")
+            if type(role) is str and type(content) is str:
+                key = (name, hash(role), len(content), hash(content))
+                count = known.get(key)
+                if count is None:
+                    count = _plain_message_tokens(key, role, content, model)
+                total += count
+                continue
         total += _item_tokens(item, model)
     return total
+
+
+def _plain_message_tokens(key: tuple[str, int, int, int], role: str, content: str, model: str) -> int:
+    count = TOKENS_PER_MESSAGE + _count_text(role, model) + _count_text(content, model)
+    if _encoding(key[0]) is not None:  # a chars/4 fallback is not remembered as a count
+        if len(_message_counts) >= _MAX_CACHED_COUNTS:
+            _message_counts.clear()
+        _message_counts[key] = count
+    return count
 
 
 def _item_tokens(item: object, model: str) -> int:
     if type(item) is dict and len(item) == 2:  # the common {"role": ..., "content": "..."}: no walk
         role, content = item.get("role"), item.get("content")
         if type(role) is str and type(content) is str:
-            return TOKENS_PER_MESSAGE + _count_text(role, model) + _count_text(content, model)
+            known = (encoding_name_for_model(model), hash(role), len(content), hash(content))
+            count = _message_counts.get(known)
+            return _plain_message_tokens(known, role, content, model) if count is None else count
     if isinstance(item, str):  # a bare string is one user message (Responses `input="..."`)
         item = {"role": "user", "content": item}
     item = as_mapping(item)

@@ -23,7 +23,7 @@ from otel_tokens.budgets.spec import Budget
 from otel_tokens.record import Attribution, TokenCounts
 from otel_tokens.tokencount import strict_count_message_tokens
 
-__all__ = ["GuardRequest", "estimate_amount", "estimate_tokens"]
+__all__ = ["AmountForm", "GuardRequest", "amount_form", "estimate_amount", "estimate_tokens"]
 
 EMBEDDINGS = "embeddings"
 _INPUT_SIDE = frozenset({"input", "cache_read", "cache_write"})
@@ -61,18 +61,29 @@ def _embedding_input_tokens(value: Any, model: str) -> int:
     return strict_count_message_tokens(value, model)
 
 
+#: What a budget claims of an estimate: (input coefficient, output coefficient, in USD).
+AmountForm = tuple[int, int, bool]
+
+
+def amount_form(spec: Budget) -> AmountForm:
+    """`spec`'s claim on an estimate as coefficients, worked out once per budget (see
+    `estimate_amount`)."""
+    limit = spec.limit
+    if limit.usd is not None:
+        return (0, 0, True)
+    if not limit.token_types:
+        return (1, 1, False)
+    types = frozenset(limit.token_types)
+    return (1 if types & _INPUT_SIDE else 0, 1 if types & _OUTPUT_SIDE else 0, False)
+
+
 def estimate_amount(spec: Budget, estimate: TokenCounts, cost_usd: float | None) -> float:
     """The estimate in `spec`'s unit. Unlike an actual record, an estimate cannot tell cache reads
     from fresh input or reasoning from visible output, so a `token_types` limit is charged the whole
     input side if it counts any input type, and the whole output ceiling if it counts any output
     type: an upper bound, never less than the call can use. An unpriced model costs 0 USD, as it
     does in the collector's ledger."""
-    limit = spec.limit
-    if limit.usd is not None:
+    i, o, in_usd = amount_form(spec)
+    if in_usd:
         return cost_usd or 0.0
-    if not limit.token_types:
-        return float(estimate.input + estimate.output)
-    types = frozenset(limit.token_types)
-    amount = estimate.input if types & _INPUT_SIDE else 0
-    amount += estimate.output if types & _OUTPUT_SIDE else 0
-    return float(amount)
+    return float(i * estimate.input + o * estimate.output)

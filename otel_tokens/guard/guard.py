@@ -25,21 +25,22 @@ from typing import Any
 
 from otel_tokens import semconv as sc
 from otel_tokens.attribution import is_critical
-from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.loader import load_budget_file
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.guard.cache import ResponseCache
 from otel_tokens.guard.compress import Summarizer, compress_messages
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
-from otel_tokens.guard.estimate import GuardRequest, estimate_amount, estimate_tokens
+from otel_tokens.guard.estimate import EMBEDDINGS, GuardRequest, estimate_tokens
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, compress_step, pressure_of, resolve
+from otel_tokens.guard.routes import Routes
 from otel_tokens.guard.runaway import Finding, RunawayDetector, instance_finding, keys_of, request_fingerprint
-from otel_tokens.guard.state import BudgetState, Claim, Reservation, StateUnavailable
+from otel_tokens.guard.state import BudgetState, Claim, Lane, Reservation, StateUnavailable
 from otel_tokens.guard.stops import StopDecision, find_stop
 from otel_tokens.guard.wiring import default_state
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.pricing import PriceBook, default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+from otel_tokens.tokencount import strict_count_message_tokens
 
 __all__ = ["Admission", "Guard"]
 
@@ -48,8 +49,6 @@ UNCHANGED: Any = object()
 
 #: How often an async deferred call looks again for room (a thread waits on a condition instead).
 _ASYNC_POLL_S = 0.05
-#: Distinct (provider, model, attribution) combinations whose matching budgets are remembered.
-_MAX_CACHED_MATCHES = 4096
 
 
 @dataclass(slots=True)
@@ -71,9 +70,22 @@ class Admission:
     late_findings: Sequence[Finding] = ()
     #: the usage-based runaway check, run once on `settle`
     after: Callable[[UsageRecord], list[Finding]] | None = None
+    #: the reservation of a call admitted on the state's fast lane instead (the lane and its
+    #: hold): such an admission has nothing else set, and settles from the call's counts and cost
+    #: alone (`settle_usage`), so the instrumentation need not build a `UsageRecord` for it
+    hold: tuple[Lane, list[float]] | None = None
+
+    def settle_usage(self, tokens: TokenCounts, cost_usd: float | None) -> None:
+        """`settle` from the call's counts and cost, for a fast-lane admission (`hold`)."""
+        if self.hold is not None:
+            lane, amounts = self.hold
+            lane.settle(amounts, tokens, cost_usd)
 
     def settle(self, record: UsageRecord | None) -> None:
         """Replace the reservation with the call's real use; safe to call more than once."""
+        if self.hold is not None:
+            lane, amounts = self.hold
+            lane.settle(amounts, *((record.tokens, record.cost_usd) if record is not None else (None, None)))
         if self.reservation is not None and self.state is not None:
             self.state.settle(self.reservation, record)
         after, self.after = self.after, None
@@ -125,9 +137,7 @@ class Guard:
         self.state: BudgetState = state if state is not None else default_state(budget_file, clock)
         self._critical_agents = frozenset(budget_file.guard.critical_agents)
         self._prices = prices or default_price_book()
-        self._scopes = [(spec, spec.scope.matchers()) for spec in budget_file.budgets]
-        #: (provider, model, attribution) → the budgets matching such a call, and whether one is in USD
-        self._matches: dict[tuple[str, str, Attribution], tuple[list[Budget], bool]] = {}
+        self._routes = Routes(budget_file.budgets, getattr(self.state, "lane", None))
         self._tiers = dict(budget_file.tiers)
         self._default_output = budget_file.guard.default_output_tokens
 
@@ -145,10 +155,31 @@ class Guard:
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: GuardRequest) -> Admission:
         """Decide and reserve; a deferral with a `defer_wait` blocks this thread up to that long."""
+        return self.admit_call(*request)
+
+    def admit_call(
+        self,
+        provider: str,
+        operation: str,
+        model: str,
+        attribution: Attribution,
+        prompt: Any = None,
+        system: Any = None,
+        max_output_tokens: int | None = None,
+    ) -> Admission:
+        """`admit(GuardRequest(...))`, without building the request for the common call that fits
+        (the instrumentation's hook calls this, once per call)."""
+        route = self._routes.get(provider, model, attribution)
+        lane = route.lane
+        if lane is not None and operation != EMBEDDINGS:
+            hold = self._hold(lane, route.priced, provider, model, prompt, system, max_output_tokens)
+            if hold is not None:
+                return Admission(model, None, [], None, None, None, UNCHANGED, None, (), (), None, hold)
+        request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:
             return ordered
-        matching = self._matching(request.provider, request.model, request.attribution)
+        matching = route.budgets
         if not matching:
             return Admission(request.model)  # no budget covers this call: nothing to estimate
         estimate = estimate_tokens(request, self._default_output)
@@ -171,10 +202,18 @@ class Guard:
 
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
+        route = self._routes.get(request.provider, request.model, request.attribution)
+        if route.lane is not None and request.operation != EMBEDDINGS:
+            hold = self._hold(
+                route.lane, route.priced, request.provider, request.model, request.prompt,
+                request.system, request.max_output_tokens,
+            )  # fmt: skip
+            if hold is not None:
+                return Admission(request.model, hold=hold)
         ordered = self._stop_ordered(request)
         if ordered is not None:
             return ordered
-        matching = self._matching(request.provider, request.model, request.attribution)
+        matching = route.budgets
         if not matching:
             return Admission(request.model)
         estimate = estimate_tokens(request, self._default_output)
@@ -196,6 +235,27 @@ class Guard:
                 admission, (await self._attempt_async(request, estimate, prepared))[0]
             )
         return admission
+
+    def _hold(
+        self,
+        lane: Lane,
+        priced: bool,
+        provider: str,
+        model: str,
+        prompt: Any,
+        system: Any,
+        max_output_tokens: int | None,
+    ) -> tuple[Lane, list[float]] | None:
+        """The common call — nothing but its budgets' standing decides it (see `routes`) —
+        estimated (`estimate_tokens`, inline) and reserved in one step on the state's lane, if it
+        fits; None: the general path decides (and estimates again: it is the rare case)."""
+        output = max_output_tokens if max_output_tokens is not None else self._default_output
+        if output < 0:
+            output = 0
+        tokens = strict_count_message_tokens(prompt, model, system=system)
+        cost = self._prices.cost_usd(provider, model, TokenCounts(tokens, output)) if priced else None
+        amounts = lane.try_hold(tokens, output, cost)
+        return None if amounts is None else (lane, amounts)
 
     @staticmethod
     def _after_wait(before: Admission, after: Admission) -> Admission:
@@ -270,7 +330,7 @@ class Guard:
         """A call that does not fit: apply the actions; a downgrade re-evaluates the cheaper call."""
         model, tried = request.model, {request.model}
         decisions: list[Decision] = []
-        for _ in range(len(self._scopes) + 1):  # each budget can downgrade at most once
+        for _ in range(len(self.budget_file.budgets) + 1):  # each budget can downgrade at most once
             claims = self._claims(request, model, estimate)
             if not claims:
                 return self._admission(request, model, decisions), 0.0
@@ -328,7 +388,7 @@ class Guard:
         cache = self.response_cache
         if cache is None:
             return None
-        matching = self._matching(request.provider, request.model, request.attribution)
+        matching = self._routes.get(request.provider, request.model, request.attribution).budgets
         budget = next((spec.name for spec in matching if spec.cache_responses), None)
         if budget is None and not cache.settings.enabled:
             return None
@@ -411,7 +471,7 @@ class Guard:
     def _late_check(self, keys: list[str], request: GuardRequest) -> Callable[[UsageRecord], list[Finding]]:
         """The usage-based detectors for this call, run when it settles; a finding under a budget
         with `on_runaway: stop` stops the key for its next call."""
-        matching = self._matching(request.provider, request.model, request.attribution)
+        matching = self._routes.get(request.provider, request.model, request.attribution).budgets
         stopper = next((spec.name for spec in matching if spec.on_runaway == "stop"), None)
 
         def check(record: UsageRecord) -> list[Finding]:
@@ -460,31 +520,16 @@ class Guard:
 
     # --- what the call claims of each budget ------------------------------------------------------
     def _claims(self, request: GuardRequest, model: str, estimate: TokenCounts) -> list[Claim]:
-        matching, priced = self._match(request.provider, model, request.attribution)
-        cost = self._prices.cost_usd(request.provider, model, estimate) if priced else None
-        return [self._claim(spec, request, estimate, cost) for spec in matching]
-
-    def _matching(self, provider: str, model: str, attribution: Attribution) -> list[Budget]:
-        return self._match(provider, model, attribution)[0]
-
-    def _match(self, provider: str, model: str, attribution: Attribution) -> tuple[list[Budget], bool]:
-        """The budgets whose scope matches a call, by the ledger's own matching, and whether any
-        is in USD; remembered per (provider, model, attribution), which repeats call after call."""
-        key = (provider, model, attribution)
-        found = self._matches.get(key)
-        if found is None:
-            record = UsageRecord(provider=provider, request_model=model, attribution=attribution)
-            labels = record_labels(record)
-            matching = [spec for spec, matchers in self._scopes if scope_matches(matchers, labels)]
-            found = (matching, any(spec.limit.usd is not None for spec in matching))
-            if len(self._matches) >= _MAX_CACHED_MATCHES:
-                self._matches.clear()
-            self._matches[key] = found
-        return found
+        route = self._routes.get(request.provider, model, request.attribution)
+        cost = self._prices.cost_usd(request.provider, model, estimate) if route.priced else None
+        amounts = route.amounts(estimate.input, estimate.output, cost)
+        return [
+            self._claim(spec, request, estimate, amount)
+            for spec, amount in zip(route.budgets, amounts)  # noqa: B905 (equal by construction)
+        ]
 
     @staticmethod
-    def _claim(spec: Budget, request: GuardRequest, estimate: TokenCounts, cost: float | None) -> Claim:
-        amount = estimate_amount(spec, estimate, cost)
+    def _claim(spec: Budget, request: GuardRequest, estimate: TokenCounts, amount: float) -> Claim:
         task_id = request.attribution.task_id if spec.per_task_instance is not None else None
         if task_id is None:
             return Claim(spec, amount)

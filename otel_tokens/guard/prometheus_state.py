@@ -32,10 +32,12 @@ from otel_tokens import metric_names as mn
 from otel_tokens.budgets.spec import Budget, BudgetFile, GuardCollector
 from otel_tokens.guard.collector_client import CollectorClient, CollectorError
 from otel_tokens.guard.errors import CollectorUnavailable
+from otel_tokens.guard.estimate import AmountForm
 from otel_tokens.guard.policy import scope_text
 from otel_tokens.guard.state import (
     BudgetView,
     Claim,
+    Lane,
     LocalBudgetState,
     Reservation,
     Standing,
@@ -96,6 +98,10 @@ class PrometheusBudgetState(LocalBudgetState):
 
     def stop_orders(self) -> Sequence[StopOrder]:
         return self._orders
+
+    def lane(self, budgets: Sequence[Budget], forms: list[AmountForm]) -> Lane | None:
+        """No fast lane: a call here may be refused (fail-closed) or stopped by an alert."""
+        return None
 
     def transaction(self) -> AbstractContextManager[BudgetView]:
         if self._down is not None and self.settings.on_unreachable == "closed":

@@ -25,15 +25,17 @@ from otel_tokens.budgets.ledger import budget_window, instance_amount, record_am
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.budgets.windows import Window
 from otel_tokens.guard.errors import BudgetExceeded
+from otel_tokens.guard.estimate import AmountForm
 from otel_tokens.guard.stops import StopOrder
 from otel_tokens.metric_names import UNKNOWN
-from otel_tokens.record import UsageRecord
+from otel_tokens.record import TokenCounts, UsageRecord
 from otel_tokens.task_instances import TaskInstanceTable
 
 __all__ = [
     "BudgetState",
     "BudgetView",
     "Claim",
+    "Lane",
     "LocalBudgetState",
     "Reservation",
     "Standing",
@@ -137,6 +139,8 @@ class _Account:
         self.spec = spec
         self.window: Window = budget_window(budget_file, spec)
         self.type_positions = token_type_positions(spec)
+        self.limit = spec.limit.amount  # read per call on the fast lane: not through the properties
+        self.usd = spec.limit.unit == "usd"
         self.reserved = 0.0
         self.instances = (
             TaskInstanceTable(max_tracked=_MAX_TRACKED_INSTANCES, idle_seconds=_INSTANCE_IDLE_S)
@@ -151,10 +155,10 @@ class _Account:
 
     def used(self, now: float) -> float:
         own = self.window.used(now)
-        return max(own + self.external, own)
+        return own + self.external if self.external > 0 else own  # max(): a kwargs parse per call
 
     def fits(self, claim: Claim, now: float) -> bool:
-        if self.used(now) + self.reserved + claim.amount > self.spec.limit.amount:
+        if self.used(now) + self.reserved + claim.amount > self.limit:
             return False
         instance = self.spec.per_task_instance
         if instance is None or claim.task_id is None or self.instances is None:
@@ -206,6 +210,12 @@ class LocalBudgetState:
 
     def stop_orders(self) -> Sequence[StopOrder]:
         return ()  # alerts reach guards through the collector (`CollectorBudgetState`)
+
+    def lane(self, budgets: Sequence[Budget], forms: list[AmountForm]) -> Lane | None:
+        """The fast lane through `budgets`, which claim `forms` of an estimate (see `Lane`); None
+        where a state decides otherwise than by its own accounts alone (a subclass whose source
+        can refuse a call or stop it)."""
+        return Lane(self, [self._accounts[spec.name] for spec in budgets], forms)
 
     def transaction(self) -> AbstractContextManager[BudgetView]:
         return _LocalView(self)  # takes the lock on entry (a class: no generator on the hot path)
@@ -302,3 +312,64 @@ class _LocalView(LockedView["LocalBudgetState"]):
         if all(accounts[claim.budget.name].fits(claim, now) for claim in claims):
             return self.reserve(claims, agent, task)
         return None
+
+
+class Lane:
+    """The common call's path through a `LocalBudgetState`: the accounts of the budgets one kind of
+    call matches (no task instance among them), resolved once, with what each claims of an
+    estimate (`estimate.amount_form`). `try_hold` checks every account and reserves in one pass
+    under the state's lock — the same test and the same additions as `try_reserve` on claims, so a
+    call admitted here is admitted there and the cap is as exact — and `settle` replaces the hold
+    with the call's counts. Anything else (a call that does not fit, task instances, runaway keys)
+    takes the general path through claims and `transaction()`.
+
+    A hold is the list of amounts reserved, one per account; settling empties it, so a hold is
+    settled at most once without an object of its own (this runs on every guarded call)."""
+
+    __slots__ = ("_entries", "_state")
+
+    def __init__(self, state: LocalBudgetState, accounts: list[_Account], forms: list[AmountForm]) -> None:
+        self._state = state
+        self._entries = [(account, i, o, usd) for account, (i, o, usd) in zip(accounts, forms, strict=True)]
+
+    def try_hold(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> list[float] | None:
+        """Reserve an estimate (`estimate_amount` of it, per budget) when it fits every budget;
+        the hold, else None."""
+        usd = cost_usd or 0.0
+        amounts = []
+        state = self._state
+        with state._lock:
+            now = state._clock()
+            for account, i, o, in_usd in self._entries:
+                amount = usd if in_usd else float(i * input_tokens + o * output_tokens)
+                if account.used(now) + account.reserved + amount > account.limit:
+                    return None
+                amounts.append(amount)
+            for (account, _, _, _), amount in zip(self._entries, amounts):  # noqa: B905 (equal lengths)
+                account.reserved += amount
+        return amounts
+
+    def settle(self, hold: list[float], counts: TokenCounts | None, cost_usd: float | None) -> None:
+        """Release `hold` and count what the call used (`counts` None: released only), as
+        `LocalBudgetState.settle` counts a record. A settled (empty) hold is left alone."""
+        state = self._state
+        split = counts.disjoint_counts() if counts is not None else None
+        with state._lock:
+            if not hold:
+                return
+            now = state._clock()
+            for (account, _, _, _), amount in zip(self._entries, hold):  # noqa: B905 (equal lengths)
+                account.reserved -= amount
+                if split is not None:
+                    account.window.add(_spent(account, split, cost_usd), now)
+            hold.clear()
+            if state._waiting:
+                state._changed.notify_all()
+
+
+def _spent(account: _Account, split: tuple[int, ...], cost_usd: float | None) -> float:
+    """`record_amount` of a call from its disjoint token split and cost."""
+    if account.usd:
+        return cost_usd or 0.0
+    positions = account.type_positions
+    return float(sum([split[i] for i in positions]) if positions is not None else sum(split))

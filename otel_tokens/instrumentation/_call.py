@@ -235,9 +235,15 @@ class LLMCall:
         if guard is None:
             return kwargs
         try:
-            admission = guard.admit(self.guard_request(prompt, system, max_output_tokens))
+            admission = guard.admit_call(
+                self.provider, self.operation, self.request_model, self.attribution,
+                prompt, system, max_output_tokens,
+            )  # fmt: skip
         except Exception:
             internal_error("budget guard")  # our bug: the call goes ahead unguarded
+            return kwargs
+        if admission.hold is not None:  # the common case: reserved on the fast lane, nothing to say
+            self.admission = admission
             return kwargs
         return self._apply_admission(admission, kwargs, prompt_arg)
 
@@ -257,6 +263,9 @@ class LLMCall:
             admission = await guard.admit_async(self.guard_request(prompt, system, max_output_tokens))
         except Exception:
             internal_error("budget guard")
+            return kwargs
+        if admission.hold is not None:
+            self.admission = admission
             return kwargs
         return self._apply_admission(admission, kwargs, prompt_arg)
 
@@ -284,7 +293,7 @@ class LLMCall:
         if admission.refusal is not None:
             self.finish(None, error=admission.refusal)
             raise admission.refusal
-        if admission.reservation is not None:
+        if admission.reservation is not None or admission.hold is not None:
             self.admission = admission  # settled in `finish`
         if admission.downgraded_from is not None:
             self.request_model = admission.model
@@ -361,7 +370,11 @@ class LLMCall:
             internal_error("LLMCall.finish")
         admission, cache_slot = self.admission, self.cache_slot
         record: UsageRecord | None = None
-        if admission is not None or cache_slot is not None or record_sinks.active:
+        if (
+            (admission is not None and admission.hold is None)
+            or cache_slot is not None
+            or record_sinks.active
+        ):
             try:
                 record = self._build_record(counts, response_model, estimated, cost, failed, error_type)
             except Exception:
@@ -369,7 +382,7 @@ class LLMCall:
         if cache_slot is not None:
             cache_slot.commit(record)
         if admission is not None:
-            self._settle(admission, record)
+            self._settle(admission, record, counts, cost)
             for finding in admission.late_findings:
                 self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         self.span.end()
@@ -378,11 +391,16 @@ class LLMCall:
         return record
 
     @staticmethod
-    def _settle(admission: Admission, record: UsageRecord | None) -> None:
+    def _settle(
+        admission: Admission, record: UsageRecord | None, counts: TokenCounts, cost: float | None
+    ) -> None:
         """The guard's reconcile: the call's reservation becomes what it really used (released
-        when there is no record: our accounting failed)."""
+        when there is no record: our accounting failed). A fast-lane hold needs only the counts."""
         try:
-            admission.settle(record)
+            if admission.hold is not None:
+                admission.settle_usage(counts, cost)
+            else:
+                admission.settle(record)
         except Exception:
             internal_error("budget guard settle")
 

@@ -102,6 +102,27 @@ class _Rates:
 
     thresholds: tuple[int, ...]
     terms: tuple[_Term, ...]
+    #: (input coefficient, output coefficient, constant, rates) of the terms with a leaf in a
+    #: vector of input and output alone (`estimate_cost`), in `terms` order
+    estimate_terms: tuple[tuple[int, int, int, tuple[float, ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        forms = [(dict(t.coefs).get(0, 0), dict(t.coefs).get(1, 0), t.constant, t.rates) for t in self.terms]
+        object.__setattr__(self, "estimate_terms", tuple(f for f in forms if f[0] or f[1] or f[2]))
+
+    def estimate_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """`cost` of the vector (input_tokens, output_tokens, 0, 0, 0, 0) — a budget guard's
+        pre-flight estimate, which has no cache or reasoning split — to the same float: the same
+        leaves, summed in the same order, without the terms that are zero in such a vector."""
+        regime = bisect.bisect_left(self.thresholds, input_tokens) if self.thresholds else 0
+        total = 0.0
+        for input_coef, output_coef, constant, rates in self.estimate_terms:
+            leaf = constant + input_coef * input_tokens + output_coef * output_tokens
+            if leaf > 0:
+                total += rates[regime] * leaf
+        return total
 
     def cost(self, counts: Sequence[int]) -> float:
         regime = bisect.bisect_left(self.thresholds, counts[0]) if self.thresholds else 0
@@ -242,6 +263,30 @@ class PriceBook:
         if min(counts) < 0:
             counts = _counts(tokens)
         return (rates or entry.rates_for(service_tier)).cost(counts)
+
+    def estimate_cost_usd(
+        self, provider: str, model: str, input_tokens: int, output_tokens: int
+    ) -> float | None:
+        """`cost_usd(provider, model, TokenCounts(input=input_tokens, output=output_tokens))` (the
+        same float; counts at least 0), for the budget guard, which prices its estimate of every
+        call before sending it: no `TokenCounts`, and only the terms such a call has. Standard
+        rates (the service tier is not known before the call)."""
+        try:
+            entry: _Entry | None = None
+            try:
+                if self._snapshots.get_snapshot() is self._snapshot:
+                    entry = self._entries[(provider, model)]  # lock-free read, as in strict_cost_usd
+                else:
+                    entry = self._entry(provider, model)
+            except KeyError:
+                entry = self._entry(provider, model)
+            if entry is None:
+                return None
+            return (entry.rates or entry.rates_now()).estimate_cost(input_tokens, output_tokens)
+        except Exception:
+            with swallow_internal_errors("pricing.estimate_cost_usd"):
+                raise
+            return None
 
     def _entry(self, provider: str, model: str) -> _Entry | None:
         key = (provider, model)

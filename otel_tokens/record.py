@@ -57,9 +57,10 @@ class TokenCounts:
         the field with partial usage) cannot produce a negative counter increment.
         """
         cache_read, cache_write, reasoning = self.cache_read, self.cache_write, self.reasoning
+        fresh, visible = self.input - cache_read - cache_write, self.output - reasoning
         return (
-            max(self.input - cache_read - cache_write, 0),
-            max(self.output - reasoning, 0),
+            fresh if fresh > 0 else 0,  # not max(): it parses keyword arguments on every call
+            visible if visible > 0 else 0,
             cache_read,
             cache_write,
             reasoning,

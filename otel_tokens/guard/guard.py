@@ -253,7 +253,7 @@ class Guard:
         if output < 0:
             output = 0
         tokens = strict_count_message_tokens(prompt, model, system=system)
-        cost = self._prices.cost_usd(provider, model, TokenCounts(tokens, output)) if priced else None
+        cost = self._prices.estimate_cost_usd(provider, model, tokens, output) if priced else None
         amounts = lane.try_hold(tokens, output, cost)
         return None if amounts is None else (lane, amounts)
 
@@ -521,7 +521,9 @@ class Guard:
     # --- what the call claims of each budget ------------------------------------------------------
     def _claims(self, request: GuardRequest, model: str, estimate: TokenCounts) -> list[Claim]:
         route = self._routes.get(request.provider, model, request.attribution)
-        cost = self._prices.cost_usd(request.provider, model, estimate) if route.priced else None
+        cost = None
+        if route.priced:
+            cost = self._prices.estimate_cost_usd(request.provider, model, estimate.input, estimate.output)
         amounts = route.amounts(estimate.input, estimate.output, cost)
         return [
             self._claim(spec, request, estimate, amount)

@@ -326,11 +326,12 @@ class Lane:
     A hold is the list of amounts reserved, one per account; settling empties it, so a hold is
     settled at most once without an object of its own (this runs on every guarded call)."""
 
-    __slots__ = ("_entries", "_state")
+    __slots__ = ("_entries", "_state", "_tokens")
 
     def __init__(self, state: LocalBudgetState, accounts: list[_Account], forms: list[AmountForm]) -> None:
         self._state = state
         self._entries = [(account, i, o, usd) for account, (i, o, usd) in zip(accounts, forms, strict=True)]
+        self._tokens = any(not account.usd for account in accounts)  # the token split is needed
 
     def try_hold(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> list[float] | None:
         """Reserve an estimate (`estimate_amount` of it, per budget) when it fits every budget;
@@ -351,25 +352,25 @@ class Lane:
 
     def settle(self, hold: list[float], counts: TokenCounts | None, cost_usd: float | None) -> None:
         """Release `hold` and count what the call used (`counts` None: released only), as
-        `LocalBudgetState.settle` counts a record. A settled (empty) hold is left alone."""
+        `LocalBudgetState.settle` counts a record (`record_amount`). A settled (empty) hold is
+        left alone."""
         state = self._state
-        split = counts.disjoint_counts() if counts is not None else None
+        split = counts.disjoint_counts() if counts is not None and self._tokens else ()
+        spent_usd = cost_usd or 0.0
         with state._lock:
             if not hold:
                 return
             now = state._clock()
-            for (account, _, _, _), amount in zip(self._entries, hold):  # noqa: B905 (equal lengths)
+            for (account, _, _, in_usd), amount in zip(self._entries, hold):  # noqa: B905 (equal lengths)
                 account.reserved -= amount
-                if split is not None:
-                    account.window.add(_spent(account, split, cost_usd), now)
+                if counts is None:
+                    continue
+                if in_usd:
+                    account.window.add(spent_usd, now)
+                else:
+                    positions = account.type_positions
+                    tokens = sum([split[i] for i in positions]) if positions is not None else sum(split)
+                    account.window.add(float(tokens), now)
             hold.clear()
             if state._waiting:
                 state._changed.notify_all()
-
-
-def _spent(account: _Account, split: tuple[int, ...], cost_usd: float | None) -> float:
-    """`record_amount` of a call from its disjoint token split and cost."""
-    if account.usd:
-        return cost_usd or 0.0
-    positions = account.type_positions
-    return float(sum([split[i] for i in positions]) if positions is not None else sum(split))

@@ -161,3 +161,22 @@ def test_rolling_window_seconds_until_at_most():
     assert window.seconds_until_at_most(50, 130.0) == 60 + 3600 - 130
     assert window.seconds_until_at_most(0, 130.0) == 180 + 3600 - 130
     assert window.seconds_until_at_most(-1, 130.0) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4o-mini"),
+        ("openai", "gpt-4o"),
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("anthropic", "claude-sonnet-4-5"),  # a tier above 200k input tokens
+        ("openai", "no-such-model"),
+    ],
+)
+def test_the_estimate_is_priced_exactly_as_a_call_of_its_counts(provider: str, model: str):
+    """The guard prices its estimate through `estimate_cost_usd`: the same float as `cost_usd` of
+    the same input and output, on both sides of a price tier."""
+    prices = default_price_book()
+    for input_tokens, output_tokens in [(0, 0), (17, 64), (199_999, 5), (200_001, 7), (10**6, 10**5)]:
+        expected = prices.cost_usd(provider, model, TokenCounts(input=input_tokens, output=output_tokens))
+        assert prices.estimate_cost_usd(provider, model, input_tokens, output_tokens) == expected

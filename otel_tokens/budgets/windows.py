@@ -45,18 +45,28 @@ class RollingWindow:
 
     def add(self, amount: float, now: float) -> None:
         index = float(int(now // self.bucket_seconds))
-        if self._buckets and self._buckets[-1][0] >= index:
+        buckets = self._buckets
+        if buckets and buckets[-1][0] >= index:
             # Same bucket (or a clock that stepped back): add to the newest bucket.
-            self._buckets[-1][1] += amount
+            buckets[-1][1] += amount
         else:
-            self._buckets.append([index, amount])
+            buckets.append([index, amount])
         self._total += amount
-        self._expire(now)
+        # `_expire`'s test, inline: the budget guard adds and reads on every call, and mostly
+        # nothing has aged out
+        if (buckets[0][0] + 1) * self.bucket_seconds <= now - self.seconds:
+            self._expire(now)
 
     def used(self, now: float) -> float:
-        self._expire(now)
-        # Summing float additions and subtractions drifts; clamp tiny negatives from rounding.
-        return max(self._total, 0.0) if self._buckets else 0.0
+        buckets = self._buckets
+        if not buckets or (buckets[0][0] + 1) * self.bucket_seconds <= now - self.seconds:
+            self._expire(now)  # (its test, inline)
+            if not self._buckets:
+                return 0.0
+        # Summing float additions and subtractions drifts; clamp tiny negatives from rounding
+        # (not max(): it parses keyword arguments on every call).
+        total = self._total
+        return total if total > 0.0 else 0.0
 
     def remaining_seconds(self, now: float) -> float:
         """A rolling window never ends: projections look one whole window ahead."""
@@ -122,11 +132,13 @@ class CalendarWindow:
         self._total = 0.0
 
     def add(self, amount: float, now: float) -> None:
-        self._roll(now)
+        if not self._start <= now < self._end:  # `_roll`'s test, inline (the guard's hot path)
+            self._roll(now)
         self._total += amount
 
     def used(self, now: float) -> float:
-        self._roll(now)
+        if not self._start <= now < self._end:
+            self._roll(now)
         return self._total
 
     def remaining_seconds(self, now: float) -> float:

@@ -86,11 +86,34 @@ class Admission:
         if self.hold is not None:
             lane, amounts = self.hold
             lane.settle(amounts, *((record.tokens, record.cost_usd) if record is not None else (None, None)))
+            return
         if self.reservation is not None and self.state is not None:
             self.state.settle(self.reservation, record)
         after, self.after = self.after, None
         if after is not None and record is not None:
             self.late_findings = after(record)
+
+
+class LaneAdmission(Admission):
+    """The `Admission` of a call reserved on the state's fast lane: the model asked for, nothing
+    to put on the span, a `hold` to settle. Built on every such call, so it sets only what varies;
+    the other fields are the defaults, as class attributes (read-only on these)."""
+
+    __slots__ = ()
+    downgraded_from = None
+    refusal = None
+    reservation = None
+    state = None
+    prompt = UNCHANGED
+    saved = None
+    findings = ()
+    late_findings = ()
+    after = None
+
+    def __init__(self, model: str, hold: tuple[Lane, list[float]]) -> None:
+        self.model = model
+        self.hold = hold
+        self.decisions = []
 
 
 @dataclass(slots=True)
@@ -174,7 +197,7 @@ class Guard:
         if lane is not None and operation != EMBEDDINGS:
             hold = self._hold(lane, route.priced, provider, model, prompt, system, max_output_tokens)
             if hold is not None:
-                return Admission(model, None, [], None, None, None, UNCHANGED, None, (), (), None, hold)
+                return LaneAdmission(model, hold)
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:
@@ -209,7 +232,7 @@ class Guard:
                 request.system, request.max_output_tokens,
             )  # fmt: skip
             if hold is not None:
-                return Admission(request.model, hold=hold)
+                return LaneAdmission(request.model, hold)
         ordered = self._stop_ordered(request)
         if ordered is not None:
             return ordered

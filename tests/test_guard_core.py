@@ -180,3 +180,29 @@ def test_the_estimate_is_priced_exactly_as_a_call_of_its_counts(provider: str, m
     for input_tokens, output_tokens in [(0, 0), (17, 64), (199_999, 5), (200_001, 7), (10**6, 10**5)]:
         expected = prices.cost_usd(provider, model, TokenCounts(input=input_tokens, output=output_tokens))
         assert prices.estimate_cost_usd(provider, model, input_tokens, output_tokens) == expected
+
+
+def test_the_common_call_reserves_and_counts_what_the_general_path_does():
+    """A call nothing but its budgets decide takes the state's fast lane; one with a session to
+    watch for runaways takes the general path. Both hold and count the same amounts."""
+    budgets = (
+        {"name": "tokens", "limit": {"tokens": 10**6}, "window": "1h"},
+        {"name": "usd", "limit": {"usd": 100.0}, "window": "month"},
+        {"name": "out", "limit": {"tokens": 10**6, "token_types": ["output"]}, "window": "day"},
+    )
+    lane, general = guard_for(*budgets, clock=Clock(0.0)), guard_for(*budgets, clock=Clock(0.0))
+    fast, slow = lane.admit(request()), general.admit(request(session="s1"))
+    assert fast.hold is not None and slow.hold is None and slow.reservation is not None
+    states: list[Any] = [lane.state, general.state]
+    for name in ("tokens", "usd", "out"):
+        assert states[0].standing(name).reserved == states[1].standing(name).reserved > 0
+    record = UsageRecord(
+        provider="openai", request_model="gpt-4o", tokens=TokenCounts(input=40, output=9, cache_read=30),
+        cost_usd=0.25,
+    )  # fmt: skip
+    fast.settle(record)
+    slow.settle(record)
+    for name in ("tokens", "usd", "out"):
+        assert states[0].standing(name) == states[1].standing(name)
+    assert (states[0].standing("tokens").used, states[0].standing("usd").used) == (49, 0.25)
+    assert states[0].standing("out").used == 9

@@ -151,6 +151,23 @@ def test_openai_chat_messages_as_in_the_cookbook():
     assert count_message_tokens(messages, "gpt-4o") == expected
 
 
+def test_a_history_resent_and_grown_counts_as_if_counted_afresh():
+    """Whole messages are remembered between calls (an agent resends its history): the count of a
+    grown or edited history is still the cookbook's, message by message, in either encoding."""
+    history = [{"role": "user", "content": "Find the flaky test."}]
+    for model in ("gpt-4o", "gpt-4"):
+        assert count_message_tokens(history, model) == 3 + 3 + n("user", model) + n(
+            history[0]["content"], model
+        )
+    history.append({"role": "assistant", "content": "It is test_retry in tests/test_backoff.py."})
+    history[0]["content"] = "Find the flaky test, please."  # edited in place: counted again
+    expected = 3 + sum(3 + n(m["role"]) + n(m["content"]) for m in history)
+    assert count_message_tokens(history, "gpt-4o") == expected
+    assert count_message_tokens(history, "gpt-4o", system="Be brief.") == expected + 3 + n("system") + n(
+        "Be brief."
+    )
+
+
 def test_content_parts_count_text_and_ignore_images_and_audio():
     text_only = [{"role": "user", "content": [{"type": "text", "text": "Describe this picture."}]}]
     with_media = [

@@ -6,7 +6,9 @@ the call's usage record when it ends. Modules, one concern each:
 
 - `estimate` — the pre-flight estimate of a request (tokenizer + output ceiling);
 - `state` — budget standings and in-flight reservations behind the `BudgetState` protocol
-  (`LocalBudgetState`: this process alone);
+  (`LocalBudgetState`: this process alone, with a fast `Lane` for the common call);
+- `routes` — which budgets a kind of call (provider, model, attribution) claims from, resolved
+  once, and whether it may take the state's fast lane;
 - `collector_state` (+ `collector_client`) — `CollectorBudgetState`: budgets shared by many
   processes through the collector's ledger, and the stop orders its alerts webhook placed;
 - `prometheus_state` — `PrometheusBudgetState`: read-only, from a Prometheus query API (a fleet);

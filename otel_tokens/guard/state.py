@@ -9,7 +9,9 @@ process's use since the last sync.
 
 Atomicity: a decision and its reservation happen inside one `transaction()`, under one lock, so
 concurrent calls in one process cannot each see the same room and all slip past a cap. Nothing
-slow runs under the lock (no tokenizer, no I/O): a few additions per matching budget.
+slow runs under the lock (no tokenizer, no I/O): a few additions per matching budget. The common
+call — it fits, and nothing but its budgets decides it — takes a `Lane` instead: the same test and
+the same additions under the same lock, without claims or a transaction object.
 """
 
 from __future__ import annotations

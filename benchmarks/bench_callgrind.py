@@ -390,11 +390,11 @@ def report_guard(sdk: str, per_call: dict[str, float | None]) -> None:
         return
     share = (guarded - ours) / ours
     goal = "met" if share < GUARD_GOAL else "not met"
-    line = f"guard added vs otel-tokens' own overhead ({sdk}): x{share:.2f} (goal < {GUARD_GOAL:.2f}: {goal})"
+    line = f"guard added vs otel-tokens' own overhead ({sdk}): x{share:.3f} (goal < {GUARD_GOAL:.2f}: {goal})"
     record(BENCH, f"{sdk}: guard / otel-tokens overhead", share, "x", f"goal < {GUARD_GOAL}")
     if cold is not None:
         cold_share = (cold - ours) / ours
-        line += f"; cold, a new message every call: x{cold_share:.2f}"
+        line += f"; cold, a new message every call: x{cold_share:.3f}"
         record(
             BENCH, f"{sdk}: guard (cold) / otel-tokens overhead", cold_share, "x", "a new message per call"
         )

@@ -168,6 +168,9 @@ def test_callgrind_benchmark_counts_instructions_per_variant():
         for variant in (r"bare span \(floor\)", "otel-tokens", r"otel-tokens \+ guard"):
             assert re.search(rf"{variant} +{NUMBER} +x{NUMBER} of floor", out), out
         assert re.search(rf"vs the bare-span floor \({sdk}\): otel-tokens x{NUMBER}", out), out
+        assert re.search(rf"otel-tokens \+ guard \(cold\) +{NUMBER} +x{NUMBER} of floor", out), out
+        share = rf"guard added vs otel-tokens' own overhead \({sdk}\): x{NUMBER} \(goal < 0.20: (not )?met\)"
+        assert re.search(share + rf"; cold, a new message every call: x{NUMBER}", out), out
 
 
 def test_workers_benchmark_compares_one_and_two_ingest_processes():

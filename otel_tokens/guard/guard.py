@@ -191,13 +191,23 @@ class Guard:
         max_output_tokens: int | None = None,
     ) -> Admission:
         """`admit(GuardRequest(...))`, without building the request for the common call that fits
-        (the instrumentation's hook calls this, once per call)."""
-        route = self._routes.get(provider, model, attribution)
+        (the instrumentation's hook calls this, once per call: `_hold` and `Routes.get`'s memo are
+        inline here)."""
+        last = self._routes.last
+        if last[0] is attribution and last[1] == model and last[2] == provider:
+            route = last[3]
+        else:
+            route = self._routes.get(provider, model, attribution)
         lane = route.lane
         if lane is not None and operation != EMBEDDINGS:
-            hold = self._hold(lane, route.priced, provider, model, prompt, system, max_output_tokens)
-            if hold is not None:
-                return LaneAdmission(model, hold)
+            output = max_output_tokens if max_output_tokens is not None else self._default_output
+            if output < 0:
+                output = 0
+            tokens = strict_count_message_tokens(prompt, model, system=system)
+            cost = self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
+            amounts = lane.try_hold(tokens, output, cost)
+            if amounts is not None:
+                return LaneAdmission(model, (lane, amounts))
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:

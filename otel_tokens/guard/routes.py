@@ -64,12 +64,13 @@ class Routes:
         self._lanes = lanes
         self._max_routes = max_routes
         self._table: dict[tuple[str, str, Attribution], Route] = {}
-        #: the last route asked for: an agent's next call is almost always the same kind, and the
-        #: same `Attribution` object (its scope's), which is cheaper to compare than to hash
-        self._last: tuple[Attribution | None, str, str, Route] = (None, "", "", _NOWHERE)
+        #: (attribution, model, provider, route) of the last route asked for: an agent's next call
+        #: is almost always the same kind, and the same `Attribution` object (its scope's), which
+        #: is cheaper to compare than to hash; a caller on the hot path compares it before `get`
+        self.last: tuple[Attribution | None, str, str, Route] = (None, "", "", _NOWHERE)
 
     def get(self, provider: str, model: str, attribution: Attribution) -> Route:
-        last = self._last
+        last = self.last
         if last[0] is attribution and last[1] == model and last[2] == provider:
             return last[3]
         key = (provider, model, attribution)
@@ -79,7 +80,7 @@ class Routes:
             if len(self._table) >= self._max_routes:
                 self._table = {}
             self._table[key] = route
-        self._last = (attribution, model, provider, route)
+        self.last = (attribution, model, provider, route)
         return route
 
     def _resolve(self, provider: str, model: str, attribution: Attribution) -> Route:

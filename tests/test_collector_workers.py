@@ -18,9 +18,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import fields
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_tokens import metric_names as mn
@@ -35,6 +40,7 @@ from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRe
 from tests import prom_text
 from tests.services import poll
 from tests.test_collector_service import PB, make_spans
+from tests.test_guard_decisions import decision, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -119,6 +125,39 @@ def test_metrics_is_one_page_with_what_the_workers_counted_aside(collector: Scal
     assert prom_text.total(page, mn.REQUESTS) == 10
     assert prom_text.total(page, mn.RECORDS_CLAMPED) == 3
     assert prom_text.total(page, mn.SPANS_REJECTED) == 1
+
+
+def test_guard_decisions_sent_to_either_worker_are_on_the_one_metrics_page_once(
+    collector: ScaledCollectorService,
+) -> None:
+    """The guard's decision counters are counted in the main process, whichever worker decoded the
+    span (each export on a connection of its own, over HTTP and gRPC, so both workers take some), and
+    a resend reaching the other worker is not counted again."""
+    sent = [request(i, f"agent-{i % 3}", decision("blocked", "daily", 100.0 + i)) for i in range(1, 13)]
+    post = f"http://127.0.0.1:{collector.http_port}/v1/traces"
+    for body in [*sent, sent[0], sent[5]]:  # two resends
+        with urllib.request.urlopen(
+            urllib.request.Request(post, data=body.SerializeToString(), headers=PB), timeout=30
+        ) as response:
+            assert response.status == 200
+    grpc_sent = request(99, "agent-grpc", decision("downgraded", "daily", 7.0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}")
+    try:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=ExportTraceServiceRequest.SerializeToString,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        for _ in range(2):  # sent, then resent
+            export(grpc_sent, timeout=30)
+    finally:
+        channel.close()
+    page = prom_text.scrape(collector.metrics_port)
+    assert prom_text.total(page, mn.GUARD_ACTIONS, action="blocked") == len(sent)
+    assert prom_text.total(page, mn.GUARD_ACTIONS, action="downgraded", agent="agent-grpc") == 1
+    assert prom_text.total(page, mn.TOKENS_SAVED, reason="blocked") == sum(100.0 + i for i in range(1, 13))
+    assert prom_text.total(page, mn.TOKENS_SAVED, agent="agent-1", reason="blocked") == 101 + 104 + 107 + 110
+    assert prom_text.total(page, mn.TOKENS_SAVED, reason="downgraded") == 7.0
 
 
 def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_walks() -> None:

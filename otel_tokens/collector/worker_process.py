@@ -24,7 +24,7 @@ from otel_tokens.collector.grpc_receiver import GrpcReceiver
 from otel_tokens.collector.http_edge import HttpEdge, Listener
 from otel_tokens.collector.http_receiver import otlp_app
 from otel_tokens.collector.service import _ssl_context, _tls, _token, edge_limits
-from otel_tokens.collector.worker_link import RemoteGate, WorkerLink
+from otel_tokens.collector.worker_link import RemoteGate, RemoteGuardDecisions, WorkerLink
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["run_worker"]
@@ -66,6 +66,7 @@ def run_worker(
         config.metrics_config(), dedupe=config.dedupe_config(), max_tokens_per_call=config.max_tokens_per_call
     )
     pipeline.gate = RemoteGate(link, pipeline.extract_stats)
+    pipeline.guard_decisions = RemoteGuardDecisions(link)  # counted in the main process too
     # while the main process tracks ancestor walks, batches carry their spans' links there
     pipeline.walks_elsewhere = lambda: bool(main_walks.value)
     _serve(config, pipeline, link, http_sock, grpc_port, stop)

@@ -40,11 +40,13 @@ from otel_tokens.collector.store import StoreError
 from otel_tokens.collector.worker_link import (
     BATCH,
     ERROR,
+    GUARD,
     OK,
     READY,
     REJECTION,
     STORE_ERROR,
     add_stats,
+    count_decisions,
     unpack_batch,
 )
 from otel_tokens.pipeline import Pipeline
@@ -210,6 +212,9 @@ class WorkerPool:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)
                 worker.answer(rid, OK, self.pipeline.gate.batch(batch))
+            elif kind == GUARD:
+                count_decisions(self.pipeline.guard_decisions, payload)
+                worker.answer(rid, OK, None)
             elif kind == REJECTION:
                 self.pipeline.gate.rejection(*payload)
                 worker.answer(rid, OK, None)

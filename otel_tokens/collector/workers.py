@@ -303,18 +303,25 @@ class ScaledCollectorService(CollectorService):
         super().__init__(config)
         self.workers = workers if workers is not None else self.config.resolved_workers()
         self.pool: WorkerPool | None = None
+        self._unsettle_gc: Callable[[], None] | None = None
 
     def _bind_intake(self, edge: HttpEdge) -> None:
+        from otel_tokens.collector.worker_process import settle_gc
+
         self.pool = WorkerPool(self.config, self.workers, self.pipeline)
         try:
             self.pool.start()
         except BaseException:
             self.pool.stop()
             raise
+        self._unsettle_gc = settle_gc()  # the main process rebuilds every record a worker sends
 
     def _stop_intake(self) -> None:
         if self.pool is not None:
             self.pool.stop()
+        if self._unsettle_gc is not None:
+            self._unsettle_gc()
+            self._unsettle_gc = None
 
     def endpoints(self) -> list[str]:
         return [*super().endpoints(), f"{self.workers} OTLP ingest worker processes (server.workers)"]

@@ -3,7 +3,8 @@
 `run_worker` is the `multiprocessing` target the main process (workers.py) spawns. It builds a
 pipeline whose gate is a `RemoteGate` (worker_link.py), so the receivers — the same `otlp_app` and
 `GrpcReceiver` the single-process collector runs — send every extracted batch to the main process
-and answer their exporter with its acknowledgement. It serves until SIGTERM (drain: stop accepting,
+and answer their exporter with its acknowledgement; the guard's decision events go there as well
+(`RemoteGuardDecisions`). It serves until SIGTERM (drain: stop accepting,
 finish in-flight exports, exit) or until the main process is gone (exit at once: nothing can be
 acknowledged any more, and a restarted collector needs the ports).
 """

@@ -176,9 +176,14 @@ def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_w
     default = UsageRecord(provider="", request_model="")
     assert [f.name for f in fields(UsageRecord) if getattr(record, f.name) == getattr(default, f.name)] == []
     plain = UsageRecord(provider="anthropic", request_model="claude", trace_id=3, span_id=4, parent_span_id=5)
+    # the same shape as `plain` (sent once), its own ids, times, cost and tokens
+    twin = UsageRecord(
+        provider="anthropic", request_model="claude", tokens=TokenCounts(7, 1), cost_usd=0.25,
+        trace_id=3, span_id=9, start_time_ns=10, end_time_ns=11,
+    )  # fmt: skip
     batch = Batch(by_content=True)
     batch.spans_received = 4
-    batch.records = [plain, record]
+    batch.records = [plain, record, twin]
     batch.verdicts = [Verdict("t1", False, "lint", trace_id=9, span_id=8, end_time_ns=7)]
     batch.completions = [TaskCompletion("t1", "fix", "svc", "ok", trace_id=9, span_id=6, end_time_ns=5)]
     walk = Walk(record, deadline=12.5)
@@ -205,7 +210,7 @@ def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_w
         link.close()
         main_end.close()
     (got,) = received
-    assert got.records == [plain, record] and got.by_content
+    assert got.records == [plain, record, twin] and got.by_content
     assert got.records[1].agent_from_resource and got.records[1].attribution.workflow == "report"
     assert got.verdicts == batch.verdicts and got.completions == batch.completions
     assert (got.links, got.scopes) == ({1: 2}, {2: Scope("researcher", None)})

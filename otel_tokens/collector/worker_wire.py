@@ -81,6 +81,13 @@ def pack_records(records: list[UsageRecord]) -> PackedRecords:
     """Records as shapes (once each) and flat rows of plain values (see the module docstring)."""
     if any(type(r) is not UsageRecord for r in records):  # a subclass: keep it whole
         return ("objects", records)
+    try:
+        return ("rows", _rows(records))
+    except TypeError:  # a field holding something unhashable (a list for a tuple): send it whole
+        return ("objects", records)
+
+
+def _rows(records: list[UsageRecord]) -> tuple[list[Shape], list[Row]]:
     shapes: dict[Shape, int] = {}
     rows: list[Row] = []
     append = rows.append
@@ -90,7 +97,7 @@ def pack_records(records: list[UsageRecord]) -> PackedRecords:
         if index is None:
             index = shapes[shape] = len(shapes)
         append((index, _ids_of(r), _tokens_of(r.tokens)))
-    return ("rows", (list(shapes), rows))
+    return list(shapes), rows
 
 
 def unpack_records(packed: PackedRecords) -> list[UsageRecord]:

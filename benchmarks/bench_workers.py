@@ -8,6 +8,10 @@ ratio of 2 workers to 1, and CPU seconds per 10k spans of the main process and o
 (from /proc), which shows where the time goes on a machine shared with other work: the workers
 decode and extract in parallel, the main process dedupes, counts and answers — the serial part.
 
+The client's own CPU per span is reported too (pre-encoded bodies, so it is small and the same for
+both variants), and the collector's CPU per span with 2 workers against 1: what the pipe costs,
+whatever else the shared machine runs.
+
 Every client has its own distinct batches and the dedupe memory is capped below one client's
 cycle, so every span posted is counted; each round checks `llm_requests_total` moved by exactly the
 spans sent (one exact /metrics, whichever worker decoded them).
@@ -224,6 +228,13 @@ def _report(results: dict[int, list[Round]], n_rounds: int, n: int, batch: int) 
     mid = ratios[len(ratios) // 2]
     print(f"  --workers 2 / --workers 1: x{mid:.2f} (per-round ratios {ratios[0]:.2f}..{ratios[-1]:.2f})")
     record(BENCH, "--workers 2 / --workers 1", mid, "ratio", f"rounds {ratios[0]:.2f}..{ratios[-1]:.2f}")
+    # what the pipe costs, whatever else runs on the machine: collector CPU per span, 2 workers / 1
+    cpu = {w: statistics.median(r.main_cpu + r.worker_cpu for r in results[w]) for w in VARIANTS}
+    main_share = statistics.median(r.main_cpu / (r.main_cpu + r.worker_cpu) for r in results[2])
+    print(f"  collector CPU per span, --workers 2 / --workers 1: x{cpu[2] / cpu[1]:.2f}; the main process "
+          f"does {main_share:.0%} of it with 2 workers (the serial part)")  # fmt: skip
+    record(BENCH, "collector CPU per span, --workers 2 / 1", cpu[2] / cpu[1], "ratio",
+           f"main process share {main_share:.0%}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ OFFICIAL_INSTALL = (
     "'opentelemetry-util-genai==1.1b0'"
 )
 TIMEOUT_S = 300
-#: Benchmarks that need longer: bench_callgrind runs nine processes under valgrind.
+#: Benchmarks that need longer: bench_callgrind runs eleven processes under valgrind.
 TIMEOUTS_S = {"bench_callgrind.py": 900}
 RESULTS_MD = HERE / "RESULTS.md"
 #: Packages whose versions decide the figures (the peers and what we build on).

@@ -44,7 +44,7 @@ class RollingWindow:
         self._total = 0.0
 
     def add(self, amount: float, now: float) -> None:
-        index = float(int(now // self.bucket_seconds))
+        index = now // self.bucket_seconds  # a float's floor division: already a whole float
         buckets = self._buckets
         if buckets and buckets[-1][0] >= index:
             # Same bucket (or a clock that stepped back): add to the newest bucket.

@@ -476,6 +476,9 @@ class Guard:
 
     def _instance_findings(self, prepared: _Prepared) -> list[Finding]:
         """A task instance this call would take past `runaway_factor` x its per-instance limit."""
+        request = prepared.request
+        if not self._routes.get(request.provider, request.model, request.attribution).instances:
+            return []  # no budget has a per-instance limit: nothing to claim
         claims = [
             c for c in self._claims(prepared.request, prepared.request.model, prepared.estimate) if c.task_id
         ]

@@ -39,6 +39,8 @@ class Route:
     forms: list[AmountForm]
     #: the state's fast path through these budgets, when such a call may take it
     lane: Lane | None = None
+    #: whether a budget has a per-task-instance limit (the instance runaway check needs claims)
+    instances: bool = False
 
     def amounts(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> list[float]:
         """Each budget's claim on an estimate of `input_tokens` + `output_tokens` (`estimate_amount`)."""
@@ -86,12 +88,11 @@ class Routes:
     def _resolve(self, provider: str, model: str, attribution: Attribution) -> Route:
         labels = record_labels(UsageRecord(provider=provider, request_model=model, attribution=attribution))
         budgets = [spec for spec, matchers in self._scopes if scope_matches(matchers, labels)]
-        route = Route(
-            budgets, any(spec.limit.usd is not None for spec in budgets), [amount_form(s) for s in budgets]
-        )
+        priced = any(spec.limit.usd is not None for spec in budgets)
+        forms = [amount_form(spec) for spec in budgets]
+        instances = any(spec.per_task_instance is not None for spec in budgets)
         watched = attribution.task_id or attribution.session
-        if not budgets or watched or self._lanes is None:
-            return route
-        if any(spec.action == "compress" for spec in budgets):
-            return route
-        return Route(route.budgets, route.priced, route.forms, self._lanes(budgets, route.forms))
+        compressing = any(spec.action == "compress" for spec in budgets)
+        if not budgets or watched or compressing or self._lanes is None:
+            return Route(budgets, priced, forms, None, instances)
+        return Route(budgets, priced, forms, self._lanes(budgets, forms), instances)

@@ -23,7 +23,6 @@ set of request hashes. Thread-safe; nothing slow runs under the lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -67,7 +66,7 @@ class Finding:
 
 @dataclass(slots=True)
 class _KeyState:
-    hashes: OrderedDict[str, int] = field(default_factory=OrderedDict)  # fingerprint → times sent
+    hashes: OrderedDict[int, int] = field(default_factory=OrderedDict)  # fingerprint → times sent
     last_input: int | None = None
     rising: int = 1  # calls in the current run of rising input (the first counts as one)
     last_cache_read: int = 0
@@ -85,10 +84,28 @@ def keys_of(attribution: Attribution) -> list[str]:
     return keys
 
 
-def request_fingerprint(model: str, system: Any, prompt: Any) -> str:
-    """A stable hash of what makes two requests "the same" for the repeat detector."""
-    text = json.dumps([model, system, prompt], sort_keys=True, default=_jsonable, separators=(",", ":"))
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+def request_fingerprint(model: str, system: Any, prompt: Any) -> int:
+    """A hash of what makes two requests "the same" for the repeat detector: model, system prompt
+    and messages. The detector's memory is this process's, so Python's own 64-bit hash serves: a
+    plain message (`{"role": str, "content": str}`) is hashed by its two strings, whose hashes
+    Python caches — an agent resends its whole history on every call, so this walks cached hashes
+    instead of serialising the request — and anything else by its canonical JSON."""
+    about = None if system is None else _canonical(system)
+    if type(prompt) is not list:
+        return hash((model, about, _canonical(prompt)))
+    parts = []
+    for message in prompt:
+        if type(message) is dict and len(message) == 2:
+            role, content = message.get("role"), message.get("content")
+            if type(role) is str and type(content) is str:
+                parts.append(hash((role, content)))
+                continue
+        parts.append(hash(_canonical(message)))
+    return hash((model, about, tuple(parts)))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_jsonable, separators=(",", ":"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -123,7 +140,7 @@ class RunawayDetector:
         with self._lock:
             self._state(finding.key).stop = finding
 
-    def before(self, keys: list[str], fingerprint: str) -> list[Finding]:
+    def before(self, keys: list[str], fingerprint: int) -> list[Finding]:
         """Count this request for each key; a key reaching `repeated_requests` of it fires."""
         threshold = self.settings.repeated_requests
         findings = []

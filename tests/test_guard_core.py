@@ -182,17 +182,29 @@ def test_the_estimate_is_priced_exactly_as_a_call_of_its_counts(provider: str, m
         assert prices.estimate_cost_usd(provider, model, input_tokens, output_tokens) == expected
 
 
-def test_the_common_call_reserves_and_counts_what_the_general_path_does():
-    """A call nothing but its budgets decide takes the state's fast lane; one with a session to
-    watch for runaways takes the general path. Both hold and count the same amounts."""
-    budgets = (
+class GeneralPathOnly(LocalBudgetState):
+    """A local state that offers no fast lane: every call takes the general path."""
+
+    def lane(self, budgets: Any, forms: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("attribution", [{}, {"session": "s1"}, {"task_id": "t-1"}])
+def test_the_common_call_reserves_and_counts_what_the_general_path_does(attribution: dict[str, str]):
+    """A call nothing but its budgets decide — watched by the runaway detectors or not — takes
+    the state's fast lane; a state without one decides it on the general path. Both hold and
+    count the same amounts, and a watched call's usage still reaches the detectors."""
+    budgets = [
         {"name": "tokens", "limit": {"tokens": 10**6}, "window": "1h"},
         {"name": "usd", "limit": {"usd": 100.0}, "window": "month"},
         {"name": "out", "limit": {"tokens": 10**6, "token_types": ["output"]}, "window": "day"},
-    )
-    lane, general = guard_for(*budgets, clock=Clock(0.0)), guard_for(*budgets, clock=Clock(0.0))
-    fast, slow = lane.admit(request()), general.admit(request(session="s1"))
+    ]
+    budget_file = BudgetFile.model_validate({"budgets": budgets})
+    lane = Guard(budget_file, LocalBudgetState(budget_file, Clock(0.0)))
+    general = Guard(budget_file, GeneralPathOnly(budget_file, Clock(0.0)))
+    fast, slow = lane.admit(request(**attribution)), general.admit(request(**attribution))
     assert fast.hold is not None and slow.hold is None and slow.reservation is not None
+    assert (fast.after is None) == (slow.after is None) == (not attribution)
     states: list[Any] = [lane.state, general.state]
     for name in ("tokens", "usd", "out"):
         assert states[0].standing(name).reserved == states[1].standing(name).reserved > 0
@@ -206,3 +218,4 @@ def test_the_common_call_reserves_and_counts_what_the_general_path_does():
         assert states[0].standing(name) == states[1].standing(name)
     assert (states[0].standing("tokens").used, states[0].standing("usd").used) == (49, 0.25)
     assert states[0].standing("out").used == 9
+    assert len(lane.runaway) == len(general.runaway) == len(attribution)  # the keys watched

@@ -71,12 +71,18 @@ class Admission:
     #: the usage-based runaway check, run once on `settle`
     after: Callable[[UsageRecord], list[Finding]] | None = None
     #: the reservation of a call admitted on the state's fast lane instead (the lane and its
-    #: hold): such an admission has nothing else set, and settles from the call's counts and cost
-    #: alone (`settle_usage`), so the instrumentation need not build a `UsageRecord` for it
+    #: hold); unless a usage-based runaway check (`after`) waits for the call's record, such an
+    #: admission settles from the call's counts and cost alone (`settle_usage`)
     hold: tuple[Lane, list[float]] | None = None
 
+    @property
+    def needs_record(self) -> bool:
+        """Whether settling needs the call's `UsageRecord` (else `settle_usage` will do, and the
+        instrumentation need not build one)."""
+        return self.hold is None or self.after is not None
+
     def settle_usage(self, tokens: TokenCounts, cost_usd: float | None) -> None:
-        """`settle` from the call's counts and cost, for a fast-lane admission (`hold`)."""
+        """`settle` from the call's counts and cost, when it needs no record (`needs_record`)."""
         if self.hold is not None:
             lane, amounts = self.hold
             lane.settle(amounts, tokens, cost_usd)
@@ -86,9 +92,10 @@ class Admission:
         if self.hold is not None:
             lane, amounts = self.hold
             lane.settle(amounts, *((record.tokens, record.cost_usd) if record is not None else (None, None)))
-            return
-        if self.reservation is not None and self.state is not None:
+        elif self.reservation is not None and self.state is not None:
             self.state.settle(self.reservation, record)
+        if self.after is None:
+            return
         after, self.after = self.after, None
         if after is not None and record is not None:
             self.late_findings = after(record)
@@ -109,6 +116,7 @@ class LaneAdmission(Admission):
     findings = ()
     late_findings = ()
     after = None
+    needs_record = False
 
     def __init__(self, model: str, hold: tuple[Lane, list[float]]) -> None:
         self.model = model
@@ -198,16 +206,26 @@ class Guard:
             route = last[3]
         else:
             route = self._routes.get(provider, model, attribution)
-        lane = route.lane
+        lane, keys = route.lane, route.keys
+        seen: list[Finding] | None = None  # what the repeat detector said of this call, if it was asked
         if lane is not None and operation != EMBEDDINGS:
-            output = max_output_tokens if max_output_tokens is not None else self._default_output
-            if output < 0:
-                output = 0
-            tokens = strict_count_message_tokens(prompt, model, system=system)
-            cost = self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
-            amounts = lane.try_hold(tokens, output, cost)
-            if amounts is not None:
-                return LaneAdmission(model, (lane, amounts))
+            if keys and self.runaway.stopped(keys) is None:
+                seen = self.runaway.before(keys, request_fingerprint(model, system, prompt))
+            if not keys or seen == []:  # not watched, or watched and nothing fired: the lane decides
+                output = max_output_tokens if max_output_tokens is not None else self._default_output
+                if output < 0:
+                    output = 0
+                tokens = strict_count_message_tokens(prompt, model, system=system)
+                cost = (
+                    self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
+                )
+                amounts = lane.try_hold(tokens, output, cost)
+                if amounts is not None:
+                    if not keys:
+                        return LaneAdmission(model, (lane, amounts))
+                    admission = Admission(model, hold=(lane, amounts))
+                    admission.after = self._late_check(keys, route.budgets)
+                    return admission
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:
@@ -216,7 +234,7 @@ class Guard:
         if not matching:
             return Admission(request.model)  # no budget covers this call: nothing to estimate
         estimate = estimate_tokens(request, self._default_output)
-        prepared = self._prepare(request, matching, estimate)
+        prepared = self._prepare(request, matching, estimate, seen)
         if prepared is not None:
             if prepared.refusal is not None:
                 return self._stopped(request, prepared)
@@ -236,7 +254,7 @@ class Guard:
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
         route = self._routes.get(request.provider, request.model, request.attribution)
-        if route.lane is not None and request.operation != EMBEDDINGS:
+        if route.lane is not None and not route.keys and request.operation != EMBEDDINGS:
             hold = self._hold(
                 route.lane, route.priced, request.provider, request.model, request.prompt,
                 request.system, request.max_output_tokens,
@@ -354,7 +372,8 @@ class Guard:
             if wait_s > 0:
                 return prepared.apply(admission, request), wait_s
         if prepared.keys and admission.refusal is None:
-            admission.after = self._late_check(prepared.keys, request)
+            budgets = self._routes.get(request.provider, request.model, request.attribution).budgets
+            admission.after = self._late_check(prepared.keys, budgets)
         return prepared.apply(admission, request), 0.0
 
     def _decide(
@@ -430,36 +449,46 @@ class Guard:
 
     # --- before the decision: runaways and compression ----------------------------------------------
     def _prepare(
-        self, request: GuardRequest, matching: list[Budget], estimate: TokenCounts
+        self,
+        request: GuardRequest,
+        matching: list[Budget],
+        estimate: TokenCounts,
+        seen: list[Finding] | None = None,
     ) -> _Prepared | None:
         """The checks that come before reserving: runaway stops, then a `compress` rewrite. None
         (the common case, kept cheap) when the call has no task instance or session to watch and
-        no `compress` budget exists."""
+        no `compress` budget exists. `seen`: the repeat detector already counted this call (on
+        the way to the fast lane) and said this."""
         attribution = request.attribution
         if not (attribution.task_id or attribution.session or self._compressing):
             return None
         keys = keys_of(attribution)
         prepared = _Prepared(request, estimate, [], keys=keys)
         if keys:
-            self._runaway_before(prepared, matching)
+            self._runaway_before(prepared, matching, seen)
             if prepared.refusal is not None:
                 return prepared
         if any(spec.action == "compress" for spec in matching):
             self._compress(prepared)
         return prepared
 
-    def _runaway_before(self, prepared: _Prepared, matching: list[Budget]) -> None:
+    def _runaway_before(
+        self, prepared: _Prepared, matching: list[Budget], seen: list[Finding] | None = None
+    ) -> None:
         request, keys = prepared.request, prepared.keys
-        stop = self.runaway.stopped(keys)
-        if stop is not None:  # stopped earlier: every later call of the key is refused
-            prepared.refusal = TaskStopped(
-                key=stop.key, reason=stop.kind, detail=stop.detail, budget=stop.budget
+        if seen is None:  # not counted yet (a key found stopped on the way is counted here)
+            stop = self.runaway.stopped(keys)
+            if stop is not None:  # stopped earlier: every later call of the key is refused
+                prepared.refusal = TaskStopped(
+                    key=stop.key, reason=stop.kind, detail=stop.detail, budget=stop.budget
+                )
+                detail = f"stopped earlier: {stop.detail}"
+                prepared.findings = [Finding(sc.RUNAWAY_STOPPED, stop.key, 0, 0, detail, stop.budget, True)]
+                return
+            seen = self.runaway.before(
+                keys, request_fingerprint(request.model, request.system, request.prompt)
             )
-            detail = f"stopped earlier: {stop.detail}"
-            prepared.findings = [Finding(sc.RUNAWAY_STOPPED, stop.key, 0, 0, detail, stop.budget, True)]
-            return
-        fingerprint = request_fingerprint(request.model, request.system, request.prompt)
-        findings = self.runaway.before(keys, fingerprint) + self._instance_findings(prepared)
+        findings = seen + self._instance_findings(prepared)
         stopper = next((spec.name for spec in matching if spec.on_runaway == "stop"), None)
         for i, finding in enumerate(findings):
             budget = finding.budget if finding.budget is not None else stopper
@@ -504,10 +533,9 @@ class Guard:
                     findings.append(found)
         return findings
 
-    def _late_check(self, keys: list[str], request: GuardRequest) -> Callable[[UsageRecord], list[Finding]]:
+    def _late_check(self, keys: list[str], matching: list[Budget]) -> Callable[[UsageRecord], list[Finding]]:
         """The usage-based detectors for this call, run when it settles; a finding under a budget
-        with `on_runaway: stop` stops the key for its next call."""
-        matching = self._routes.get(request.provider, request.model, request.attribution).budgets
+        (of `matching`) with `on_runaway: stop` stops the key for its next call."""
         stopper = next((spec.name for spec in matching if spec.on_runaway == "stop"), None)
 
         def check(record: UsageRecord) -> list[Finding]:

@@ -6,18 +6,20 @@ ledger's own matching), whether one of them is in USD (the estimate then needs a
 each claims of an estimate, and — when the state offers one and nothing but the budgets' standing
 can decide such a call — the state's fast `Lane` through those budgets' accounts.
 
-A call takes the lane only when no task instance or session is watched for runaways and no
-`compress` budget matches: those need the general path (`Guard._prepare`) before the decision.
+A call takes the lane only when no `compress` budget matches (a rewrite needs the general path,
+`Guard._prepare`) and, when it has a task instance or session the runaway detectors watch, no
+budget has a per-task-instance limit (the lane holds no task instance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from otel_tokens.budgets.ledger import record_labels, scope_matches
 from otel_tokens.budgets.spec import Budget
 from otel_tokens.guard.estimate import AmountForm, amount_form
+from otel_tokens.guard.runaway import keys_of
 from otel_tokens.guard.state import Lane
 from otel_tokens.record import Attribution, UsageRecord
 
@@ -41,6 +43,8 @@ class Route:
     lane: Lane | None = None
     #: whether a budget has a per-task-instance limit (the instance runaway check needs claims)
     instances: bool = False
+    #: the runaway detectors' keys for such a call (`runaway.keys_of`): its task instance, session
+    keys: list[str] = field(default_factory=list)
 
     def amounts(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> list[float]:
         """Each budget's claim on an estimate of `input_tokens` + `output_tokens` (`estimate_amount`)."""
@@ -91,8 +95,8 @@ class Routes:
         priced = any(spec.limit.usd is not None for spec in budgets)
         forms = [amount_form(spec) for spec in budgets]
         instances = any(spec.per_task_instance is not None for spec in budgets)
-        watched = attribution.task_id or attribution.session
+        keys = keys_of(attribution)
         compressing = any(spec.action == "compress" for spec in budgets)
-        if not budgets or watched or compressing or self._lanes is None:
-            return Route(budgets, priced, forms, None, instances)
-        return Route(budgets, priced, forms, self._lanes(budgets, forms), instances)
+        if not budgets or compressing or (keys and instances) or self._lanes is None:
+            return Route(budgets, priced, forms, None, instances, keys)
+        return Route(budgets, priced, forms, self._lanes(budgets, forms), instances, keys)

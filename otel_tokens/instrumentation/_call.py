@@ -371,7 +371,7 @@ class LLMCall:
         admission, cache_slot = self.admission, self.cache_slot
         record: UsageRecord | None = None
         if (
-            (admission is not None and admission.hold is None)
+            (admission is not None and admission.needs_record)
             or cache_slot is not None
             or record_sinks.active
         ):
@@ -395,12 +395,12 @@ class LLMCall:
         admission: Admission, record: UsageRecord | None, counts: TokenCounts, cost: float | None
     ) -> None:
         """The guard's reconcile: the call's reservation becomes what it really used (released
-        when there is no record: our accounting failed). A fast-lane hold needs only the counts."""
+        when there is no record: our accounting failed). A fast-lane hold may need only the counts."""
         try:
-            if admission.hold is not None:
-                admission.settle_usage(counts, cost)
-            else:
+            if admission.needs_record:
                 admission.settle(record)
+            else:
+                admission.settle_usage(counts, cost)
         except Exception:
             internal_error("budget guard settle")
 

@@ -32,7 +32,7 @@ from otel_tokens.guard.compress import Summarizer, compress_messages
 from otel_tokens.guard.errors import BudgetDeferred, BudgetExceeded, TaskStopped
 from otel_tokens.guard.estimate import EMBEDDINGS, GuardRequest, estimate_tokens
 from otel_tokens.guard.policy import Admit, Decision, Refuse, Reroute, compress_step, pressure_of, resolve
-from otel_tokens.guard.routes import Routes
+from otel_tokens.guard.routes import Route, Routes
 from otel_tokens.guard.runaway import Finding, RunawayDetector, instance_finding, keys_of, request_fingerprint
 from otel_tokens.guard.state import BudgetState, Claim, Lane, Reservation, StateUnavailable
 from otel_tokens.guard.stops import StopDecision, find_stop
@@ -198,43 +198,28 @@ class Guard:
         system: Any = None,
         max_output_tokens: int | None = None,
     ) -> Admission:
-        """`admit(GuardRequest(...))`, without building the request for the common call that fits
-        (the instrumentation's hook calls this, once per call: `_hold` and `Routes.get`'s memo are
-        inline here)."""
+        """`admit(GuardRequest(...))`, without building the request for the common call that the
+        state's fast lane admits (the instrumentation's hook calls this, once per call; the route
+        memo of `Routes.get` is inline)."""
         last = self._routes.last
         if last[0] is attribution and last[1] == model and last[2] == provider:
             route = last[3]
         else:
             route = self._routes.get(provider, model, attribution)
-        lane, keys = route.lane, route.keys
-        seen: list[Finding] | None = None  # what the repeat detector said of this call, if it was asked
-        if lane is not None and operation != EMBEDDINGS:
-            if keys and self.runaway.stopped(keys) is None:
-                seen = self.runaway.before(keys, request_fingerprint(model, system, prompt))
-            if not keys or seen == []:  # not watched, or watched and nothing fired: the lane decides
-                output = max_output_tokens if max_output_tokens is not None else self._default_output
-                if output < 0:
-                    output = 0
-                tokens = strict_count_message_tokens(prompt, model, system=system)
-                cost = (
-                    self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
-                )
-                amounts = lane.try_hold(tokens, output, cost)
-                if amounts is not None:
-                    if not keys:
-                        return LaneAdmission(model, (lane, amounts))
-                    admission = Admission(model, hold=(lane, amounts))
-                    admission.after = self._late_check(keys, route.budgets)
-                    return admission
+        seen: list[Finding] | None = None
+        if route.lane is not None and operation != EMBEDDINGS:
+            laned = self._on_lane(route, provider, model, prompt, system, max_output_tokens)
+            if isinstance(laned, Admission):
+                return laned
+            seen = laned
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:
             return ordered
-        matching = route.budgets
-        if not matching:
+        if not route.budgets:
             return Admission(request.model)  # no budget covers this call: nothing to estimate
         estimate = estimate_tokens(request, self._default_output)
-        prepared = self._prepare(request, matching, estimate, seen)
+        prepared = self._prepare(request, route.budgets, estimate, seen)
         if prepared is not None:
             if prepared.refusal is not None:
                 return self._stopped(request, prepared)
@@ -254,21 +239,22 @@ class Guard:
     async def admit_async(self, request: GuardRequest) -> Admission:
         """`admit` for async callers: a deferred call waits without blocking the event loop."""
         route = self._routes.get(request.provider, request.model, request.attribution)
-        if route.lane is not None and not route.keys and request.operation != EMBEDDINGS:
-            hold = self._hold(
-                route.lane, route.priced, request.provider, request.model, request.prompt,
-                request.system, request.max_output_tokens,
+        seen: list[Finding] | None = None
+        if route.lane is not None and request.operation != EMBEDDINGS:
+            laned = self._on_lane(
+                route, request.provider, request.model, request.prompt, request.system,
+                request.max_output_tokens,
             )  # fmt: skip
-            if hold is not None:
-                return LaneAdmission(request.model, hold)
+            if isinstance(laned, Admission):
+                return laned
+            seen = laned
         ordered = self._stop_ordered(request)
         if ordered is not None:
             return ordered
-        matching = route.budgets
-        if not matching:
+        if not route.budgets:
             return Admission(request.model)
         estimate = estimate_tokens(request, self._default_output)
-        prepared = self._prepare(request, matching, estimate)
+        prepared = self._prepare(request, route.budgets, estimate, seen)
         if prepared is not None:
             if prepared.refusal is not None:
                 return self._stopped(request, prepared)
@@ -287,26 +273,38 @@ class Guard:
             )
         return admission
 
-    def _hold(
-        self,
-        lane: Lane,
-        priced: bool,
-        provider: str,
-        model: str,
-        prompt: Any,
-        system: Any,
-        max_output_tokens: int | None,
-    ) -> tuple[Lane, list[float]] | None:
-        """The common call — nothing but its budgets' standing decides it (see `routes`) —
-        estimated (`estimate_tokens`, inline) and reserved in one step on the state's lane, if it
-        fits; None: the general path decides (and estimates again: it is the rare case)."""
+    def _on_lane(
+        self, route: Route, provider: str, model: str, prompt: Any, system: Any, max_output_tokens: int | None
+    ) -> Admission | list[Finding] | None:
+        """The common call — nothing but its budgets' standing decides it (see `routes`) — on the
+        state's fast lane: the runaway detectors asked first if they watch it (the same questions
+        as `_runaway_before`, in the same order), then estimated (`estimate_tokens`, inline) and
+        reserved in one step. The admission if it fits; else for the general path, what the
+        repeat detector said (it counted the call: not to be counted again), or None if it was
+        not asked (not watched, or the key is stopped)."""
+        lane, keys = route.lane, route.keys
+        if lane is None:
+            return None
+        seen: list[Finding] | None = None
+        if keys:
+            if self.runaway.stopped(keys) is not None:
+                return None
+            seen = self.runaway.before(keys, request_fingerprint(model, system, prompt))
+            if seen:
+                return seen
         output = max_output_tokens if max_output_tokens is not None else self._default_output
         if output < 0:
             output = 0
         tokens = strict_count_message_tokens(prompt, model, system=system)
-        cost = self._prices.estimate_cost_usd(provider, model, tokens, output) if priced else None
+        cost = self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
         amounts = lane.try_hold(tokens, output, cost)
-        return None if amounts is None else (lane, amounts)
+        if amounts is None:
+            return seen
+        if not keys:
+            return LaneAdmission(model, (lane, amounts))
+        admission = Admission(model, hold=(lane, amounts))
+        admission.after = self._late_check(keys, route.budgets)  # the usage-based detectors
+        return admission
 
     @staticmethod
     def _after_wait(before: Admission, after: Admission) -> Admission:

@@ -52,12 +52,13 @@ typedef struct {
 } Entry;
 #define F_ARRAY 1
 #define F_ATTRIBUTION 2
+#define F_LABEL 4 /* a label slot: the value is handed over as extract._label makes it */
 
 static FieldSpec schema[MAX_TYPES][MAX_FIELDNO];
 static int high_fields[MAX_TYPES];
 static int n_types = 0;
 static Entry table[TABLE_SIZE];
-static int n_slots = 0, no_rank = 99, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
+static int n_slots = 0, no_rank = 99, max_label = 128, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
            slot_verify = -1;
 static int configured = 0;
 
@@ -416,6 +417,32 @@ typedef struct {
     Py_ssize_t fallback_len;
 } Out;
 
+/* extract._label(value), taking the reference to `value`: a str cut to max_label code points (""
+   is None), an int or float as its str() cut the same way, anything else (bool, bytes, None) None.
+   The Python side applies _label again to what it reads from here: the rule is idempotent. */
+static PyObject *as_label(PyObject *value) {
+    PyObject *text;
+    if (PyUnicode_CheckExact(value)) {
+        text = value;
+    } else if ((PyLong_CheckExact(value) || PyFloat_CheckExact(value))) {
+        text = PyObject_Str(value);
+        Py_DECREF(value);
+        if (text == NULL) return NULL;
+    } else {
+        Py_DECREF(value);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n == 0) {
+        Py_DECREF(text);
+        Py_RETURN_NONE;
+    }
+    if (n <= max_label) return text;
+    PyObject *cut = PyUnicode_Substring(text, 0, max_label);
+    Py_DECREF(text);
+    return cut;
+}
+
 static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t scope, Out *out) {
     Field f;
     KV kv;
@@ -461,6 +488,13 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
                 if (kv.has_value) {
                     rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, Py_None, &value);
                     if (rc < 0) break;
+                    if (e->flags & F_LABEL) {
+                        value = as_label(value);
+                        if (value == NULL) {
+                            rc = PYERR;
+                            break;
+                        }
+                    }
                 } else {
                     Py_INCREF(Py_None);
                     value = Py_None;
@@ -743,7 +777,7 @@ static void clear_table(void) {
     }
 }
 
-/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED))
+/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)[, max_label])
    schema: per type (T_REQ.. first, in enum order), a list of (fieldno, kind, repeated, sub type)
    entries: (key, slot, rank, flags) for every attribute name the extractor reads */
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -754,8 +788,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         return NULL;
     }
     configured = 0;
-    if (!PyArg_ParseTuple(args, "O!O!iiO", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
-                          &no_rank, &usage_slots))
+    max_label = 128;
+    if (!PyArg_ParseTuple(args, "O!O!iiO|i", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
+                          &no_rank, &usage_slots, &max_label))
         return NULL;
     if (!PyArg_ParseTuple(usage_slots, "iiiii", &slot_in, &slot_out, &slot_total, &slot_task_scope,
                           &slot_verify))
@@ -764,7 +799,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     int usage[] = {slot_in, slot_out, slot_total, slot_task_scope, slot_verify};
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
         if (usage[i] < 0 || usage[i] >= n_slots) n_slots = 0; /* refused just below */
-    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1) {
+    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1 ||
+        max_label < 1) {
         PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: schema or slots out of range");
         return NULL;
     }

@@ -2,7 +2,8 @@
 
 A plain `pip install` without a compiler has no `_otlp_scan`; everything then runs the pure-Python
 path and `scanner()` returns None. With it, the extractor hands the serialized request to
-`scan(data, fallback)`, which returns the slot values, ranks and span fields of the usage, task and
+`scan(data, fallback)`, which returns the slot values (the label slots, `extract.LABEL_SLOTS`,
+already made labels by `extract._label`'s rule), ranks and span fields of the usage, task and
 verify spans only, and each resource's attribution attributes plus its `fallback` attribute (the
 extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
 from the decoded request — or None to decline, and the extractor then takes the Python path on the
@@ -146,12 +147,17 @@ def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] 
     if schema is None:
         _log.info("otel-tokens: the installed OTLP schema differs from the compiled walk's; pure Python")
         return None
-    attribution = extract.ATTRIBUTION_SLOTS
+    attribution, labels = extract.ATTRIBUTION_SLOTS, extract.LABEL_SLOTS
     entries = [
-        (key, slot, rank, (1 if expected == "array_value" else 0) | (2 if slot in attribution else 0))
+        (
+            key, slot, rank,
+            (1 if expected == "array_value" else 0) | (2 if slot in attribution else 0) | (4 if slot in labels else 0),
+        )
         for key, (slot, rank, expected) in extract.OTLP_ENTRIES.items()
-    ]
-    module.configure(schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS)
+    ]  # fmt: skip
+    module.configure(
+        schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS, extract.MAX_LABEL
+    )
     scan: Callable[[bytes, str | None], ScanResult | None] = module.scan
     return scan
 

@@ -175,6 +175,8 @@ N_SLOTS, NO_RANK = _N_SLOTS, _NO_RANK
 #: a span with one of these is read; TASK_SCOPE only if True, VERIFY_PASSED only if a bool
 USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)
 ATTRIBUTION_SLOTS = frozenset(range(AGENT, WORKFLOW + 1))
+#: the slots `_record` reads as labels: the compiled walk hands them over already made labels
+LABEL_SLOTS = frozenset(range(REQUEST_MODEL, WORKFLOW + 1))
 
 
 class Rejection:
@@ -421,10 +423,12 @@ def _record(
     max_tokens_per_call: int,
     stats: ExtractStats | None,
     ids: SpanIds,
+    labelled: bool = False,
 ) -> UsageRecord | Rejection:
     """`record_from_slots` with positional arguments (this runs once per usage span): the record
     is built in one constructor call and each check has its common case first (a plain value),
-    leaving the rare ones to the helpers."""
+    leaving the rare ones to the helpers. `labelled`: the label slots hold labels already (the
+    compiled walk makes them, `LABEL_SLOTS`), so `_labels` (idempotent) is not run again."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -439,7 +443,8 @@ def _record(
             return cost
     assert cost is None or isinstance(cost, float)
     # slots REQUEST_MODEL..WORKFLOW are adjacent: one pass labels them all (this runs per span)
-    request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
+    labels = vals[REQUEST_MODEL : WORKFLOW + 1]
+    request_model, response_model, provider, operation, *who = labels if labelled else _labels(labels)
     provider = (provider or "unknown").lower()
     request_model = request_model or response_model or "unknown"
     from_resource = False
@@ -743,13 +748,20 @@ class Extractor:
             return
         fallback = self.agent_fallback_attribute
         resources = [_resource_attribution(r, fallback) if r is not None else None for r in raw_resources]
+        scope_resource = [resources[index] for index, _ in scopes]
         ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
-        outcome_of, add = self._outcome, batch.add
+        price, ceiling, stats, add = self._price, self.max_tokens_per_call, self.stats, batch.add
         for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
-            outcome = outcome_of(
-                vals, ranks, resources[scopes[scope][0]], ours[scope], code == _OTLP_STATUS_ERROR,
-                (trace_id, span_id, parent, start, end),
-            )  # fmt: skip
+            error = code == _OTLP_STATUS_ERROR
+            if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare: one per task
+                outcome = self._outcome(
+                    vals, ranks, scope_resource[scope], ours[scope], error, (trace_id, span_id, parent, start, end)
+                )
+            else:  # `_outcome`'s usage case, inline: this runs per usage span
+                outcome = _record(
+                    vals, ranks, price, scope_resource[scope], ours[scope], error, ceiling, stats,
+                    (trace_id, span_id, parent or None, start, end), True,
+                )  # fmt: skip
             if outcome is not None:
                 add(outcome)
 

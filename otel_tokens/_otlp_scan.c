@@ -413,6 +413,7 @@ typedef struct {
     PyObject *scopes;
     PyObject *resources;
     Py_ssize_t n_spans;
+    Py_ssize_t n_events; /* span events seen (the guard's decisions travel as events: read in Python) */
     const char *fallback; /* the resource attribute naming the agent last (NULL: none) */
     Py_ssize_t fallback_len;
 } Out;
@@ -526,6 +527,10 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
             }
             break;
         }
+        case 11:
+            out->n_events++;
+            rc = check_field(T_SPAN, &f, depth);
+            break;
         default:
             rc = check_field(T_SPAN, &f, depth);
         }
@@ -646,7 +651,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
     if (!PyArg_ParseTuple(args, "O|z#", &arg, &fallback, &fallback_len)) return NULL;
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
-    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, fallback, fallback_len};
+    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, 0, fallback, fallback_len};
     PyObject *result = NULL;
     int rc = (out.hits && out.scopes && out.resources) ? 0 : PYERR;
     const uint8_t *p = buf.buf, *end = p + buf.len;
@@ -661,7 +666,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&buf);
     if (rc == 0) {
-        result = Py_BuildValue("(nOOO)", out.n_spans, out.resources, out.scopes, out.hits);
+        result = Py_BuildValue("(nOOOn)", out.n_spans, out.resources, out.scopes, out.hits, out.n_events);
     } else if (rc == DECLINE) {
         Py_INCREF(Py_None);
         result = Py_None;
@@ -855,7 +860,7 @@ static PyMethodDef methods[] = {
      "links(data, traces, keys) -> [(trace, span, parent, operation, agent, workflow)] of the spans of "
      "traces, or None to decline."},
     {"scan", scan, METH_VARARGS,
-     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits), or None to decline (take the "
+     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits, n_events), or None to decline (take the "
      "Python path). fallback: a resource attribute read besides the attribution ones."},
     {NULL, NULL, 0, NULL},
 };

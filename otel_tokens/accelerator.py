@@ -33,8 +33,9 @@ _log = logging.getLogger(__name__)
 
 #: (spans, per ResourceSpans the attribution attributes found or None, per ScopeSpans [resource
 #: index, scope name], per usage span (scope index, slot values, ranks, trace id, span id, parent
-#: span id, start ns, end ns, status code))
-ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]]]
+#: span id, start ns, end ns, status code), span events seen: the guard's decision events are
+#: read from the decoded request, only when there are any)
+ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]], int]
 #: `links(data, traces, (operation key, agent key, workflow key))`: per span of `traces` (trace id,
 #: span id, parent span id, and the three attributes' scalar values or None), or None to decline;
 #: only for a payload `scan` accepted (the ancestor walk's parent links, extract.scan_otlp_bytes)
@@ -79,6 +80,7 @@ _READ_FIELDS = (
     ("Span", 7, "start_time_unix_nano", _FIXED64),
     ("Span", 8, "end_time_unix_nano", _FIXED64),
     ("Span", 9, "attributes", _MESSAGE),
+    ("Span", 11, "events", _MESSAGE),
     ("Span", 15, "status", _MESSAGE),
     ("KeyValue", 1, "key", _STRING),
     ("KeyValue", 2, "value", _MESSAGE),
@@ -149,12 +151,9 @@ def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] 
         return None
     attribution, labels = extract.ATTRIBUTION_SLOTS, extract.LABEL_SLOTS
     entries = [
-        (
-            key, slot, rank,
-            (1 if expected == "array_value" else 0) | (2 if slot in attribution else 0) | (4 if slot in labels else 0),
-        )
+        (key, slot, rank, (expected == "array_value") | (slot in attribution) << 1 | (slot in labels) << 2)
         for key, (slot, rank, expected) in extract.OTLP_ENTRIES.items()
-    ]  # fmt: skip
+    ]
     module.configure(
         schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS, extract.MAX_LABEL
     )

@@ -742,7 +742,7 @@ class Extractor:
 
     def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
         """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""
-        n_spans, raw_resources, scopes, hits = found
+        n_spans, raw_resources, scopes, hits, _ = found
         batch.spans_received += n_spans
         if not hits:
             return
@@ -754,9 +754,8 @@ class Extractor:
         for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
             error = code == _OTLP_STATUS_ERROR
             if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare: one per task
-                outcome = self._outcome(
-                    vals, ranks, scope_resource[scope], ours[scope], error, (trace_id, span_id, parent, start, end)
-                )
+                ids = (trace_id, span_id, parent, start, end)
+                outcome = self._outcome(vals, ranks, scope_resource[scope], ours[scope], error, ids)
             else:  # `_outcome`'s usage case, inline: this runs per usage span
                 outcome = _record(
                     vals, ranks, price, scope_resource[scope], ours[scope], error, ceiling, stats,

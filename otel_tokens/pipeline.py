@@ -7,7 +7,8 @@ threads and `flush()` periodically and at shutdown; the clock is injected so tes
 dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
 `ingest_spans` / `ingest_otlp` / `ingest_otlp_bytes` (the serialized request: with the optional
-compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
+compiled walk, accelerator.py, it is never decoded into Python objects; same results; the
+receivers call `ingest_otlp_scanned`, which leaves a body the walk declines to their decoder). Both meet
 in the deduper, so one call is counted once either way.
 
 Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
@@ -288,11 +289,22 @@ class Pipeline:
         """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
         decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
         Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        result = self.ingest_otlp_scanned(data)
+        if result is None:  # no compiled walk, or it declined: decode and take the Python path
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        found = self._extractor.scan(data)
-        if found is None:  # no compiled walk, or it declined: decode and take the Python path
             return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
+        return result
+
+    def ingest_otlp_scanned(self, data: bytes) -> IngestResult | None:
+        """The serialized request counted by the compiled walk, with `ingest_otlp`'s result; None
+        (nothing counted) when there is no compiled walk or it declines `data` — the receivers then
+        decode it their own way (otlp_codec keeps the good spans of a partly broken request). The
+        walk declines whatever `FromString` would refuse, so a None is also how a malformed body
+        shows. The guard's decision events are read from a decode, only for a request with events."""
+        found = self._extractor.scan(data)
+        if found is None:
+            return None
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
             self._extractor.count_scanned(found, batch)
@@ -300,6 +312,13 @@ class Pipeline:
             self._resolve(
                 batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
+        if found[4]:  # span events: maybe the guard's decisions (`ingest_otlp` counts them too)
+            with swallow_internal_errors("Pipeline.guard_decisions"):
+                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                    ExportTraceServiceRequest,
+                )
+
+                self.guard_decisions.count_otlp(ExportTraceServiceRequest.FromString(data))
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:

@@ -683,8 +683,28 @@ typedef struct {
     PyObject *traces; /* a set of trace ids: only their spans are listed */
     const char *keys[3]; /* gen_ai.operation.name, gen_ai.agent.name, gen_ai.workflow.name */
     Py_ssize_t key_lens[3];
-    PyObject *found;
+    PyObject *links;  /* span key -> parent key (ancestry.span_key) */
+    PyObject *scoped; /* (span key, operation, agent, workflow) of spans naming an operation */
 } Links;
+
+/* ancestry.span_key(int.from_bytes(trace, "big"), int.from_bytes(span, "big")): (trace << 64) | span,
+   from the bytes at once when they fit in 24, else by Python's int arithmetic. */
+static PyObject *span_key_of(const uint8_t *trace, Py_ssize_t tn, const uint8_t *span, Py_ssize_t sn) {
+    if (tn <= 16 && sn <= 8) {
+        uint8_t buf[24] = {0};
+        memcpy(buf + 16 - tn, trace, (size_t)tn);
+        memcpy(buf + 24 - sn, span, (size_t)sn);
+        return big_endian_int(buf, 24);
+    }
+    PyObject *t = big_endian_int(trace, tn), *s = big_endian_int(span, sn), *n64 = PyLong_FromLong(64);
+    PyObject *shifted = (t && s && n64) ? PyNumber_Lshift(t, n64) : NULL;
+    PyObject *key = shifted ? PyNumber_Or(shifted, s) : NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(s);
+    Py_XDECREF(n64);
+    Py_XDECREF(shifted);
+    return key;
+}
 
 static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out) {
     Field f;
@@ -721,17 +741,21 @@ static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out
         }
     }
     if (rc == 0) {
-        PyObject *trace = big_endian_int(ids[0], id_len[0]), *hit = NULL;
+        PyObject *trace = big_endian_int(ids[0], id_len[0]);
         int wanted = trace != NULL ? PySet_Contains(out->traces, trace) : -1;
         if (wanted > 0) {
-            PyObject *span = big_endian_int(ids[1], id_len[1]), *parent = big_endian_int(ids[2], id_len[2]);
-            if (span != NULL && parent != NULL)
-                hit = Py_BuildValue("(OOOOOO)", trace, span, parent, values[0] ? values[0] : Py_None,
-                                    values[1] ? values[1] : Py_None, values[2] ? values[2] : Py_None);
-            Py_XDECREF(span);
+            PyObject *key = span_key_of(ids[0], id_len[0], ids[1], id_len[1]);
+            PyObject *parent = span_key_of(ids[0], id_len[0], ids[2], id_len[2]);
+            if (key == NULL || parent == NULL || PyDict_SetItem(out->links, key, parent) < 0) rc = PYERR;
+            PyObject *op = values[0];
+            if (rc == 0 && op != NULL && PyUnicode_Check(op) && PyUnicode_GET_LENGTH(op) > 0) {
+                PyObject *row = Py_BuildValue("(OOOO)", key, op, values[1] ? values[1] : Py_None,
+                                              values[2] ? values[2] : Py_None);
+                if (row == NULL || PyList_Append(out->scoped, row) < 0) rc = PYERR;
+                Py_XDECREF(row);
+            }
+            Py_XDECREF(key);
             Py_XDECREF(parent);
-            if (hit == NULL || PyList_Append(out->found, hit) < 0) rc = PYERR;
-            Py_XDECREF(hit);
         } else if (wanted < 0) {
             rc = PYERR;
         }
@@ -756,23 +780,33 @@ static int link_level(const uint8_t *p, const uint8_t *end, int depth, const int
     return 0;
 }
 
-/* links(data, traces, (operation key, agent key, workflow key)) -> [(trace id, span id, parent span
-   id, operation, agent, workflow)] for the spans of `traces`, each value the attribute's scalar as
-   read_any reads it (None: absent or unset), or None to decline. Only for data scan() accepted. */
+/* links(data, traces, (operation key, agent key, workflow key)) -> ({span key: parent key}, [(span key,
+   operation, agent, workflow)]) for the spans of `traces` (keys as ancestry.span_key makes them; the
+   rows only for spans whose operation is a non-empty str, each value the attribute's scalar as
+   read_any reads it, None when absent or unset), or None to decline. Only for data scan() accepted. */
 static PyObject *links(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL};
+    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL, NULL};
     if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
                           &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2]))
         return NULL;
     static const int path[] = {1, 2, 2, 0}; /* resource_spans > scope_spans > spans */
-    out.found = PyList_New(0);
-    int rc = out.found == NULL ? PYERR : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
+    out.links = PyDict_New();
+    out.scoped = PyList_New(0);
+    int rc = out.links == NULL || out.scoped == NULL
+                 ? PYERR
+                 : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
     PyBuffer_Release(&buf);
-    if (rc == 0) return out.found;
-    Py_XDECREF(out.found);
-    if (rc == DECLINE) Py_RETURN_NONE;
-    return NULL;
+    PyObject *result = NULL;
+    if (rc == 0) {
+        result = PyTuple_Pack(2, out.links, out.scoped);
+    } else if (rc == DECLINE) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    Py_XDECREF(out.links);
+    Py_XDECREF(out.scoped);
+    return result;
 }
 
 static void clear_table(void) {
@@ -857,8 +891,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
     {"links", links, METH_VARARGS,
-     "links(data, traces, keys) -> [(trace, span, parent, operation, agent, workflow)] of the spans of "
-     "traces, or None to decline."},
+     "links(data, traces, keys) -> ({span key: parent key}, [(span key, operation, agent, workflow)]) of "
+     "the spans of traces, or None to decline."},
     {"scan", scan, METH_VARARGS,
      "scan(data, fallback=None) -> (n_spans, resources, scopes, hits, n_events), or None to decline (take the "
      "Python path). fallback: a resource attribute read besides the attribution ones."},

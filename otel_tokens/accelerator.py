@@ -36,10 +36,14 @@ _log = logging.getLogger(__name__)
 #: span id, start ns, end ns, status code), span events seen: the guard's decision events are
 #: read from the decoded request, only when there are any)
 ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]], int]
-#: `links(data, traces, (operation key, agent key, workflow key))`: per span of `traces` (trace id,
-#: span id, parent span id, and the three attributes' scalar values or None), or None to decline;
-#: only for a payload `scan` accepted (the ancestor walk's parent links, extract.scan_otlp_bytes)
-LinksWalk = Callable[[bytes, set[int], tuple[str, str, str]], list[tuple[Any, ...]] | None]
+#: `links(data, traces, (operation key, agent key, workflow key))`: for the spans of `traces`, their
+#: parent links ({span key: parent key}, keys as `ancestry.span_key` makes them) and, for each span
+#: whose operation is a non-empty str, (span key, operation, agent, workflow: the attributes' scalar
+#: values or None); or None to decline. Only for a payload `scan` accepted (the ancestor walk's
+#: parent links, extract.scan_otlp_bytes): the links are built in C, not per span in Python.
+LinksWalk = Callable[
+    [bytes, set[int], tuple[str, str, str]], tuple[dict[int, int], list[tuple[Any, ...]]] | None
+]
 
 # the C walk's kinds (K_*) by descriptor field type
 _VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)

@@ -646,15 +646,13 @@ def scan_otlp_bytes(
 
         scan_otlp(ExportTraceServiceRequest.FromString(data), traces, links, scopes)
         return
-    for trace_id, span_id, parent, *values in found:
-        key = (trace_id << 64) | span_id
-        links[key] = (trace_id << 64) | parent
+    found_links, scoped = found
+    links.update(found_links)
+    for key, operation, agent, workflow in scoped:  # only spans naming an operation (a non-empty str)
         # as `kv.value.string_value` reads them: a value of another kind is ""
-        operation, agent, workflow = (v if type(v) is str and v else None for v in values)
-        if operation:
-            scope = _scope(operation, agent, workflow)
-            if scope is not None:
-                scopes[key] = scope
+        scope = _scope(operation, *(v if type(v) is str and v else None for v in (agent, workflow)))
+        if scope is not None:
+            scopes[key] = scope
 
 
 def scan_readable(

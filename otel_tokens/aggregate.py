@@ -346,7 +346,10 @@ class Aggregator:
     def _add_locked(self, key: Key, record: UsageRecord, now: float) -> None:
         series = self._series.get_or_create(key, now)
         counts = record.tokens
-        fresh_input, visible_output, cache_read, cache_write, reasoning = counts.disjoint_counts()
+        cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
+        # TokenCounts.disjoint_counts(), inline: this runs per record
+        fresh_input = max(counts.input - cache_read - cache_write, 0)
+        visible_output = max(counts.output - reasoning, 0)
         tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
         tokens[0] += fresh_input
         tokens[1] += visible_output

@@ -261,6 +261,28 @@ def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = Non
     """Token counts in semconv meaning, whichever dialect reported them; self-contradicting counts
     made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
+    inp, out, cache_read, cache_write, reasoning, total = counts
+    if (  # the common case judged at once: plain counts, no total, nothing to make consistent
+        type(inp) is int
+        and type(out) is int
+        and total is None
+        and vals[CACHE_WRITE_1H] is None
+        and MAX_TOKENS >= inp >= 0
+        and MAX_TOKENS >= out >= 0
+    ):
+        cache_read = 0 if cache_read is None else cache_read
+        cache_write = 0 if cache_write is None else cache_write
+        reasoning = 0 if reasoning is None else reasoning
+        if (
+            type(cache_read) is int
+            and type(cache_write) is int
+            and type(reasoning) is int
+            and cache_read >= 0
+            and cache_write >= 0
+            and inp >= cache_read + cache_write
+            and out >= reasoning >= 0
+        ):
+            return TokenCounts(inp, out, cache_read, cache_write, reasoning)
     for slot, value in enumerate(counts):
         if type(value) is int and 0 <= value <= MAX_TOKENS:
             continue  # the common case, judged in one line
@@ -449,8 +471,9 @@ def _record(
     request_model = request_model or response_model or "unknown"
     from_resource = False
     if resource is not None:  # == resource.merged(attribution), without building the inner one
-        from_resource = who[0] is None and resource.agent is not None
-        who = [v if v is not None else r for v, r in zip(who, _resource_values(resource), strict=True)]
+        inherited = _resource_values(resource)
+        from_resource = who[0] is None and inherited[0] is not None
+        who = [v if v is not None else r for v, r in zip(who, inherited, strict=True)]
     error_type = _label(vals[ERROR_TYPE]) if vals[ERROR_TYPE] is not None else None
     service_tier = _label(vals[SERVICE_TIER]) if vals[SERVICE_TIER] is not None else None
     failed_steps = _failed_steps(vals[ENRICHMENT_FAILED]) if vals[ENRICHMENT_FAILED] is not None else ()

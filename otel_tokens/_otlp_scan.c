@@ -809,6 +809,190 @@ static PyObject *links(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* --- build(): usage records from scan()'s hits, for the plain case ----------------------- */
+
+/* What build() needs of the extractor (configure_records): the record classes, the slots it reads
+   and the bounds it checks. Every hit build() cannot prove plain is left for extract._record. */
+static PyObject *record_type, *tokens_type, *attribution_type, *str_unknown, *str_chat, *str_ok, *str_error,
+    *str_lower, *empty_tuple, *zero;
+enum { S_IN, S_OUT, S_CACHE_READ, S_CACHE_WRITE, S_REASONING, S_TOTAL, S_REQUEST_MODEL, S_COST, S_ESTIMATED,
+       S_MARKER, S_ERROR_TYPE, S_TASK_SCOPE, S_CACHE_WRITE_1H, S_SERVICE_TIER, S_ENRICHMENT_FAILED,
+       S_VERIFY_PASSED, N_BUILD_SLOTS };
+static int build_slot[N_BUILD_SLOTS];
+static long long max_tokens = 0;
+static double max_cost = 0.0;
+static int records_configured = 0;
+#define N_WHO 7 /* Attribution's fields, in order: the slots after the four model/provider/operation ones */
+
+/* An exact int in [0, max_tokens] into *out; 0 when it is not one. */
+static int plain_count(PyObject *v, long long *out) {
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || n < 0 || n > max_tokens) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = n;
+    return 1;
+}
+
+/* An optional count (None: 0) as plain_count judges it. */
+static int plain_optional(PyObject *v, long long *out) {
+    if (v == Py_None) {
+        *out = 0;
+        return 1;
+    }
+    return plain_count(v, out);
+}
+
+/* extract._record's result for a hit whose slots need none of its rare rules, or NULL with no error
+   set when they might (the caller leaves the hit to Python); NULL with an error set on failure. */
+static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours, long long ceiling) {
+    if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 9) return NULL;
+    PyObject *vals = PyTuple_GET_ITEM(hit, 1);
+    if (!PyList_CheckExact(vals) || PyList_GET_SIZE(vals) != n_slots) return NULL;
+#define SLOT(i) PyList_GET_ITEM(vals, build_slot[i])
+    if (SLOT(S_TASK_SCOPE) == Py_True || PyBool_Check(SLOT(S_VERIFY_PASSED))) return NULL;
+    if (SLOT(S_TOTAL) != Py_None || SLOT(S_CACHE_WRITE_1H) != Py_None || SLOT(S_ERROR_TYPE) != Py_None ||
+        SLOT(S_ENRICHMENT_FAILED) != Py_None)
+        return NULL;
+    PyObject *tier = SLOT(S_SERVICE_TIER); /* a label as it is, or left to _label */
+    if (tier != Py_None && !(PyUnicode_CheckExact(tier) && PyUnicode_GET_LENGTH(tier) > 0 &&
+                             PyUnicode_GET_LENGTH(tier) <= max_label))
+        return NULL;
+    long long in, out, read, write, reasoning;
+    if (!plain_count(SLOT(S_IN), &in) || !plain_count(SLOT(S_OUT), &out) ||
+        !plain_optional(SLOT(S_CACHE_READ), &read) || !plain_optional(SLOT(S_CACHE_WRITE), &write) ||
+        !plain_optional(SLOT(S_REASONING), &reasoning))
+        return NULL;
+    if (in < read + write || out < reasoning || in + out > ceiling) return NULL;
+    PyObject *cost = SLOT(S_COST);
+    if (cost != Py_None) {
+        if (!PyFloat_CheckExact(cost)) return NULL;
+        double c = PyFloat_AS_DOUBLE(cost);
+        if (!(c >= 0.0 && c <= max_cost)) return NULL; /* NaN fails too */
+    }
+    Py_ssize_t scope = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 0));
+    if (scope < 0 || scope >= PyList_GET_SIZE(resources) || scope >= PyList_GET_SIZE(ours)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *inherited = PyList_GET_ITEM(resources, scope); /* a tuple of N_WHO values, or None */
+    if (inherited != Py_None && (!PyTuple_CheckExact(inherited) || PyTuple_GET_SIZE(inherited) != N_WHO))
+        return NULL;
+    int base = build_slot[S_REQUEST_MODEL];
+    PyObject *request_model = PyList_GET_ITEM(vals, base), *response_model = PyList_GET_ITEM(vals, base + 1),
+             *provider = PyList_GET_ITEM(vals, base + 2), *operation = PyList_GET_ITEM(vals, base + 3);
+    PyObject *who[N_WHO];
+    int from_resource = 0;
+    for (int i = 0; i < N_WHO; i++) {
+        who[i] = PyList_GET_ITEM(vals, base + 4 + i);
+        if (who[i] == Py_None && inherited != Py_None) who[i] = PyTuple_GET_ITEM(inherited, i);
+    }
+    if (inherited != Py_None)
+        from_resource = PyList_GET_ITEM(vals, base + 4) == Py_None && PyTuple_GET_ITEM(inherited, 0) != Py_None;
+    /* the labels are the walk's own (as_label): a str or None */
+    PyObject *lowered = provider == Py_None ? Py_NewRef(str_unknown) : PyObject_CallMethodNoArgs(provider, str_lower);
+    if (lowered == NULL) return NULL;
+    if (request_model == Py_None) request_model = response_model != Py_None ? response_model : str_unknown;
+    if (operation == Py_None) operation = str_chat;
+    PyObject *counts[5] = {SLOT(S_IN), SLOT(S_OUT), SLOT(S_CACHE_READ), SLOT(S_CACHE_WRITE), SLOT(S_REASONING)};
+    for (int i = 2; i < 5; i++)
+        if (counts[i] == Py_None) counts[i] = zero;
+    PyObject *tokens = PyObject_Vectorcall(tokens_type, counts, 5, NULL);
+    PyObject *attribution = tokens != NULL ? PyObject_Vectorcall(attribution_type, who, N_WHO, NULL) : NULL;
+    PyObject *record = NULL;
+    if (attribution != NULL) {
+        PyObject *parent = PyTuple_GET_ITEM(hit, 5);
+        int is_error = PyLong_AsLong(PyTuple_GET_ITEM(hit, 8)) == 2; /* STATUS_CODE_ERROR */
+        int ours_scope = PyObject_IsTrue(PyList_GET_ITEM(ours, scope));
+        PyObject *args[19] = {
+            lowered, request_model, operation, response_model, tokens,
+            SLOT(S_ESTIMATED) == Py_True ? Py_True : Py_False, cost, attribution,
+            is_error ? str_error : str_ok, Py_None, PyTuple_GET_ITEM(hit, 3), PyTuple_GET_ITEM(hit, 4),
+            PyObject_IsTrue(parent) ? parent : Py_None, PyTuple_GET_ITEM(hit, 6), PyTuple_GET_ITEM(hit, 7),
+            (ours_scope > 0 || SLOT(S_MARKER) == Py_True) ? Py_True : Py_False, tier, empty_tuple,
+            from_resource ? Py_True : Py_False,
+        };
+        if (!PyErr_Occurred()) record = PyObject_Vectorcall(record_type, args, 19, NULL);
+    }
+#undef SLOT
+    Py_DECREF(lowered);
+    Py_XDECREF(tokens);
+    Py_XDECREF(attribution);
+    return record;
+}
+
+/* build(hits, resources, ours, ceiling) -> how many hits were replaced, in place, by their usage
+   record: resources[scope] is the scope's resource attribution as a tuple of Attribution's fields
+   (or None), ours[scope] whether the scope is otel-tokens' own, ceiling the extractor's
+   max_tokens_per_call. A record's cost is None when the span gave none (the caller prices it). */
+static PyObject *build(PyObject *self, PyObject *args) {
+    PyObject *hits, *resources, *ours;
+    long long ceiling;
+    if (!records_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_records() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!L", &PyList_Type, &hits, &PyList_Type, &resources, &PyList_Type, &ours,
+                          &ceiling))
+        return NULL;
+    Py_ssize_t built = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hits); i++) {
+        PyObject *record = plain_record(PyList_GET_ITEM(hits, i), resources, ours, ceiling);
+        if (record == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            continue;
+        }
+        PyList_SetItem(hits, i, record); /* steals record, drops the hit */
+        built++;
+    }
+    return PyLong_FromSsize_t(built);
+}
+
+/* configure_records(UsageRecord, TokenCounts, Attribution, slots, max_tokens, max_cost): slots are
+   the extractor's (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL, REQUEST_MODEL, COST,
+   ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE, CACHE_WRITE_1H, SERVICE_TIER, ENRICHMENT_FAILED,
+   VERIFY_PASSED); the label slots are REQUEST_MODEL and the ten after it, in UsageRecord's order. */
+static PyObject *configure_records(PyObject *self, PyObject *args) {
+    PyObject *rec, *tok, *att, *slots;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure() first");
+        return NULL;
+    }
+    records_configured = 0;
+    if (!PyArg_ParseTuple(args, "OOOO!Ld", &rec, &tok, &att, &PyTuple_Type, &slots, &max_tokens, &max_cost))
+        return NULL;
+    if (PyTuple_GET_SIZE(slots) != N_BUILD_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "configure_records: wrong number of slots");
+        return NULL;
+    }
+    for (int i = 0; i < N_BUILD_SLOTS; i++) {
+        int slot = (int)PyLong_AsLong(PyTuple_GET_ITEM(slots, i));
+        if (slot < 0 || slot >= n_slots || (i == S_REQUEST_MODEL && slot + 4 + N_WHO > n_slots)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_records: slot out of range");
+            return NULL;
+        }
+        build_slot[i] = slot;
+    }
+    Py_XSETREF(record_type, Py_NewRef(rec));
+    Py_XSETREF(tokens_type, Py_NewRef(tok));
+    Py_XSETREF(attribution_type, Py_NewRef(att));
+    if (str_unknown == NULL) {
+        str_unknown = PyUnicode_InternFromString("unknown");
+        str_chat = PyUnicode_InternFromString("chat");
+        str_ok = PyUnicode_InternFromString("ok");
+        str_error = PyUnicode_InternFromString("error");
+        str_lower = PyUnicode_InternFromString("lower");
+        empty_tuple = PyTuple_New(0);
+        zero = PyLong_FromLong(0);
+        if (!str_unknown || !str_chat || !str_ok || !str_error || !str_lower || !empty_tuple || !zero) return NULL;
+    }
+    records_configured = 1;
+    Py_RETURN_NONE;
+}
+
 static void clear_table(void) {
     for (int i = 0; i < TABLE_SIZE; i++) {
         PyMem_Free(table[i].key);
@@ -890,6 +1074,10 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
+    {"build", build, METH_VARARGS,
+     "build(hits, resources, ours, ceiling) -> n: scan()'s plain usage hits replaced by their records."},
+    {"configure_records", configure_records, METH_VARARGS,
+     "Give build() the record classes, the slots it reads and the bounds it checks."},
     {"links", links, METH_VARARGS,
      "links(data, traces, keys) -> ({span key: parent key}, [(span key, operation, agent, workflow)]) of "
      "the spans of traces, or None to decline."},

@@ -52,7 +52,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, scanner
+from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, record_builder, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
@@ -725,6 +725,7 @@ class Extractor:
         #: the compiled OTLP walk (accelerator.py), when built and not switched off
         self._scan = scanner() if compiled else None
         self._links = links_walk() if compiled else None
+        self._build = record_builder() if compiled else None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections).
@@ -772,7 +773,16 @@ class Extractor:
         scope_resource = [resources[index] for index, _ in scopes]
         ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
         price, ceiling, stats, add = self._price, self.max_tokens_per_call, self.stats, batch.add
-        for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
+        if self._build is not None:  # the plain usage spans' records, built in C (accelerator.Build)
+            inherited = [None if r is None else _resource_values(r) for r in scope_resource]
+            self._build(hits, inherited, ours, ceiling)
+        for hit in hits:
+            if type(hit) is UsageRecord:
+                if hit.cost_usd is None:
+                    self._price_built(hit)
+                add(hit)
+                continue
+            scope, vals, ranks, trace_id, span_id, parent, start, end, code = hit
             error = code == _OTLP_STATUS_ERROR
             if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare: one per task
                 ids = (trace_id, span_id, parent, start, end)
@@ -784,6 +794,17 @@ class Extractor:
                 )  # fmt: skip
             if outcome is not None:
                 add(outcome)
+
+    def _price_built(self, record: UsageRecord) -> None:
+        """`_record`'s pricing, for a record the compiled build made without a cost (it has no
+        failed steps: the build leaves such spans to `_record`)."""
+        cost, failed = _price(
+            self._price, record.provider, record.request_model, record.response_model, record.tokens,
+            record.service_tier,
+        )  # fmt: skip
+        record.cost_usd = cost
+        if failed:
+            record.failed_steps = (sc.ENRICHMENT_PRICING,)
 
     def from_otlp_span(
         self,

@@ -35,13 +35,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
-from otel_tokens.accelerator import links_walk, scanner
+from otel_tokens.accelerator import links_walk, record_builder, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.collector.http_receiver import ingest_protobuf
 from otel_tokens.collector.otlp_codec import Rejected, partial_success
 from otel_tokens.extract import scan_otlp, scan_otlp_bytes
 from otel_tokens.pipeline import DedupeConfig, Pipeline
-from otel_tokens.record import TokenCounts
+from otel_tokens.record import TokenCounts, UsageRecord
 from tests.test_fuzz import _PROFILE, _cuts, _mutated, _requests
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -146,6 +146,11 @@ def test_realistic_batches_are_walked_in_c_and_count_the_same() -> None:
     walked, counted = assert_same(payloads)
     assert walked == len(payloads)  # none declined: the compiled walk did the work
     assert len(counted) == 3 * 512 + 512 // 10 + 1
+    for data in (payloads[0], payloads[2]):  # ours and openai-v2's: every usage span built in C
+        _, _, scopes, hits, _ = scanner()(data, sc.SERVICE_NAME)  # type: ignore[misc]
+        build = record_builder()
+        assert build is not None and build(hits, [None] * len(scopes), [False] * len(scopes), 10**7) == 512
+        assert {type(h) for h in hits} == {UsageRecord}
 
 
 def interop_spans() -> list[ReadableSpan]:

@@ -753,6 +753,11 @@ class Extractor:
                         if outcome is not None:
                             add(outcome)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled walk is on for this extractor."""
+        return self._scan is not None
+
     def scan(self, data: bytes) -> ScanResult | None:
         """The compiled walk over a serialized request; None without it, or when it declines (the
         caller then decodes `data` and takes `extract_otlp`)."""

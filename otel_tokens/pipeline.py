@@ -276,7 +276,13 @@ class Pipeline:
         self.on_walks: Callable[[int], None] | None = None
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
-        """Count the usage spans of one decoded OTLP export request."""
+        """Count the usage spans of one decoded OTLP export request. With the compiled walk, the
+        request is serialized again and counted as `ingest_otlp_scanned` counts bytes (cheaper than
+        reading its attributes, links and events in Python), unless the walk declines."""
+        if self._extractor.compiled:
+            result = self.ingest_otlp_scanned(request.SerializeToString(), request)
+            if result is not None:
+                return result
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
@@ -296,12 +302,15 @@ class Pipeline:
             return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
         return result
 
-    def ingest_otlp_scanned(self, data: bytes) -> IngestResult | None:
+    def ingest_otlp_scanned(
+        self, data: bytes, request: ExportTraceServiceRequest | None = None
+    ) -> IngestResult | None:
         """The serialized request counted by the compiled walk, with `ingest_otlp`'s result; None
         (nothing counted) when there is no compiled walk or it declines `data` — the receivers then
         decode it their own way (otlp_codec keeps the good spans of a partly broken request). The
         walk declines whatever `FromString` would refuse, so a None is also how a malformed body
-        shows. The guard's decision events are read from a decode, only for a request with events."""
+        shows. The guard's decision events are read from a decode (`request`, when the caller has
+        it), only for a request with events."""
         found = self._extractor.scan(data)
         if found is None:
             return None
@@ -312,13 +321,15 @@ class Pipeline:
             self._resolve(
                 batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
-        if found[4]:  # span events: maybe the guard's decisions (`ingest_otlp` counts them too)
+        if found[4]:  # span events: maybe the guard's decisions (the Python path counts them too)
             with swallow_internal_errors("Pipeline.guard_decisions"):
-                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-                    ExportTraceServiceRequest,
-                )
+                if request is None:
+                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                        ExportTraceServiceRequest,
+                    )
 
-                self.guard_decisions.count_otlp(ExportTraceServiceRequest.FromString(data))
+                    request = ExportTraceServiceRequest.FromString(data)
+                self.guard_decisions.count_otlp(request)
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:

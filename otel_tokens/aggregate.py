@@ -344,7 +344,11 @@ class Aggregator:
                 self._add_locked(key, record, now)
 
     def _add_locked(self, key: Key, record: UsageRecord, now: float) -> None:
-        series = self._series.get_or_create(key, now)
+        series = self._series.entries.get(key)  # KeyedFamily.get_or_create's common case, inline
+        if series is None:
+            series = self._series.get_or_create(key, now)
+        else:
+            series.last_seen = now
         counts = record.tokens
         cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
         # TokenCounts.disjoint_counts(), inline: this runs per record

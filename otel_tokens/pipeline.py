@@ -505,8 +505,9 @@ class Pipeline:
 
     def _track(self, walks: list[Walk]) -> None:
         with self._resolver_lock:
-            for walk in walks:
-                if self._deduper.holds(walk.record):
+            held = self._deduper.holding([walk.record for walk in walks])
+            for walk, is_held in zip(walks, held, strict=True):
+                if is_held:
                     self._resolver.track(walk)
             self._publish_walks()
 

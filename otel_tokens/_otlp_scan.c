@@ -68,7 +68,20 @@ static int configured = 0;
 
 /* --- wire reading ------------------------------------------------------- */
 
-static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+static int read_varint_slow(const uint8_t **pp, const uint8_t *end, uint64_t *out);
+
+/* Tags and most lengths are one byte: that case without a loop (this runs per field). */
+static inline int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    const uint8_t *p = *pp;
+    if (p < end && *p < 0x80) {
+        *out = *p;
+        *pp = p + 1;
+        return 0;
+    }
+    return read_varint_slow(pp, end, out);
+}
+
+static int read_varint_slow(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *pp;
     uint64_t v = 0;
     for (int i = 0; i < 10; i++) {
@@ -93,7 +106,7 @@ typedef struct {
     Py_ssize_t len;
 } Field;
 
-static int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
+static inline int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
     uint64_t tag;
     if (read_varint(pp, end, &tag) < 0 || tag > 0xFFFFFFFFu) return DECLINE;
     f->fieldno = (uint32_t)(tag >> 3);
@@ -539,13 +552,14 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
                           ranks[slot_total] != no_rank || vals[slot_task_scope] == Py_True ||
                           (vals[slot_verify] != NULL && PyBool_Check(vals[slot_verify])));
     if (rc == 0 && usage) {
-        PyObject *vlist = PyList_New(n_slots), *rlist = PyList_New(n_slots), *hit = NULL;
+        /* ranks as bytes: read by index as ints like the Python walk's list; one object, not GC-tracked */
+        PyObject *vlist = PyList_New(n_slots), *rlist = PyBytes_FromStringAndSize(NULL, n_slots), *hit = NULL;
         if (vlist != NULL && rlist != NULL) {
             for (int i = 0; i < n_slots; i++) {
                 PyObject *v = vals[i] != NULL ? vals[i] : Py_None;
                 Py_INCREF(v);
                 PyList_SET_ITEM(vlist, i, v);
-                PyList_SET_ITEM(rlist, i, PyLong_FromLong(ranks[i]));
+                PyBytes_AS_STRING(rlist)[i] = (char)(unsigned char)ranks[i];
             }
             PyObject *trace = big_endian_int(ids[0], id_len[0]), *span = big_endian_int(ids[1], id_len[1]),
                      *parent = big_endian_int(ids[2], id_len[2]);
@@ -1022,7 +1036,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     int usage[] = {slot_in, slot_out, slot_total, slot_task_scope, slot_verify};
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
         if (usage[i] < 0 || usage[i] >= n_slots) n_slots = 0; /* refused just below */
-    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1 ||
+    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1 || no_rank < 0 || no_rank > 255 ||
         max_label < 1) {
         PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: schema or slots out of range");
         return NULL;

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -235,12 +235,12 @@ def _labels(values: Iterable[object]) -> list[str | None]:
     return [None if v is None else (v[:MAX_LABEL] or None) if type(v) is str else _label(v) for v in values]
 
 
-def _malformed(reason: str, slot: int, ranks: list[int], value: object) -> Rejection:
+def _malformed(reason: str, slot: int, ranks: Sequence[int], value: object) -> Rejection:
     key = _DIALECTS[slot][ranks[slot]] if ranks[slot] != _NO_RANK else f"slot {slot}"
     return Rejection(reason, f"{key}={str(value)[:64]!r}")
 
 
-def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
+def _token_count(vals: _Slots, ranks: Sequence[int], slot: int) -> int | Rejection:
     value = vals[slot]
     if type(value) is int and 0 <= value <= MAX_TOKENS:
         return value  # the fast path: everything else is rare
@@ -257,7 +257,9 @@ def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
     return value
 
 
-def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = None) -> TokenCounts | Rejection:
+def tokens_from(
+    vals: _Slots, ranks: Sequence[int], stats: ExtractStats | None = None
+) -> TokenCounts | Rejection:
     """Token counts in semconv meaning, whichever dialect reported them; self-contradicting counts
     made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
@@ -341,7 +343,7 @@ def _consistent(tokens: TokenCounts, stats: ExtractStats) -> TokenCounts:
     return TokenCounts(inp, out, tokens.cache_read, tokens.cache_write, tokens.reasoning, one_hour)
 
 
-def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
+def _cost(vals: _Slots, ranks: Sequence[int]) -> float | Rejection | None:
     value = vals[COST]
     if value is None:
         return None
@@ -421,7 +423,7 @@ _NO_IDS: SpanIds = (0, 0, None, 0, 0)
 
 def record_from_slots(
     vals: _Slots,
-    ranks: list[int],
+    ranks: Sequence[int],
     *,
     price: PriceFn,
     resource: Attribution | None,
@@ -437,7 +439,7 @@ def record_from_slots(
 
 def _record(
     vals: _Slots,
-    ranks: list[int],
+    ranks: Sequence[int],
     price: PriceFn,
     resource: Attribution | None,
     scope_ours: bool,
@@ -816,7 +818,7 @@ class Extractor:
         span: Any,
         resource: Attribution | None = None,
         scope_ours: bool = False,
-        found: tuple[_Slots, list[int]] | None = None,
+        found: tuple[_Slots, Sequence[int]] | None = None,
     ) -> Outcome:
         """None for a span without GenAI usage (most spans), else a record or a rejection; a task
         span is a TaskCompletion. `found`: the span's slots, when the caller walked them already."""
@@ -836,7 +838,7 @@ class Extractor:
     def _outcome(
         self,
         vals: _Slots,
-        ranks: list[int],
+        ranks: Sequence[int],
         resource: Attribution | None,
         scope_ours: bool,
         error: bool,

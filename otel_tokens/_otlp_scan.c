@@ -24,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -838,6 +839,43 @@ static double max_cost = 0.0;
 static int records_configured = 0;
 #define N_WHO 7 /* Attribution's fields, in order: the slots after the four model/provider/operation ones */
 
+/* The record classes are slotted dataclasses whose __init__ only stores its arguments: build() makes
+   them as that __init__ would, without calling it (a Python function: most of build()'s time),
+   storing each field in its slot. The slots' offsets come from their member descriptors, checked
+   in configure_records to be plain object slots. */
+#define MAX_FIELDS 24
+typedef struct {
+    PyTypeObject *type;
+    int n;
+    Py_ssize_t offset[MAX_FIELDS];
+} Layout;
+static Layout record_layout, tokens_layout, attribution_layout;
+
+static int layout_of(PyObject *cls, PyObject *names, Layout *out) {
+    if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) > MAX_FIELDS) return -1;
+    out->type = (PyTypeObject *)cls;
+    out->n = (int)PyTuple_GET_SIZE(names);
+    for (int i = 0; i < out->n; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL) return -1;
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+                 !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+        if (ok) out->offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!ok) return -1;
+    }
+    return 0;
+}
+
+/* An instance of layout's class with its fields set to values (new references taken). */
+static PyObject *make(const Layout *layout, PyObject *const *values) {
+    PyObject *obj = layout->type->tp_alloc(layout->type, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < layout->n; i++) *(PyObject **)((char *)obj + layout->offset[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
 /* An exact int in [0, max_tokens] into *out; 0 when it is not one. */
 static int plain_count(PyObject *v, long long *out) {
     if (!PyLong_CheckExact(v)) return 0;
@@ -911,11 +949,12 @@ static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours
     if (lowered == NULL) return NULL;
     if (request_model == Py_None) request_model = response_model != Py_None ? response_model : str_unknown;
     if (operation == Py_None) operation = str_chat;
-    PyObject *counts[5] = {SLOT(S_IN), SLOT(S_OUT), SLOT(S_CACHE_READ), SLOT(S_CACHE_WRITE), SLOT(S_REASONING)};
+    PyObject *counts[6] = {SLOT(S_IN), SLOT(S_OUT), SLOT(S_CACHE_READ), SLOT(S_CACHE_WRITE), SLOT(S_REASONING),
+                           zero}; /* the last: cache_write_1h */
     for (int i = 2; i < 5; i++)
         if (counts[i] == Py_None) counts[i] = zero;
-    PyObject *tokens = PyObject_Vectorcall(tokens_type, counts, 5, NULL);
-    PyObject *attribution = tokens != NULL ? PyObject_Vectorcall(attribution_type, who, N_WHO, NULL) : NULL;
+    PyObject *tokens = make(&tokens_layout, counts);
+    PyObject *attribution = tokens != NULL ? make(&attribution_layout, who) : NULL;
     PyObject *record = NULL;
     if (attribution != NULL) {
         PyObject *parent = PyTuple_GET_ITEM(hit, 5);
@@ -929,7 +968,7 @@ static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours
             (ours_scope > 0 || SLOT(S_MARKER) == Py_True) ? Py_True : Py_False, tier, empty_tuple,
             from_resource ? Py_True : Py_False,
         };
-        if (!PyErr_Occurred()) record = PyObject_Vectorcall(record_type, args, 19, NULL);
+        if (!PyErr_Occurred()) record = make(&record_layout, args);
     }
 #undef SLOT
     Py_DECREF(lowered);
@@ -965,7 +1004,8 @@ static PyObject *build(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(built);
 }
 
-/* configure_records(UsageRecord, TokenCounts, Attribution, slots, max_tokens, max_cost): slots are
+/* configure_records(UsageRecord, TokenCounts, Attribution, slots, max_tokens, max_cost, and the three
+   classes' field names in order): slots are
    the extractor's (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL, REQUEST_MODEL, COST,
    ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE, CACHE_WRITE_1H, SERVICE_TIER, ENRICHMENT_FAILED,
    VERIFY_PASSED); the label slots are REQUEST_MODEL and the ten after it, in UsageRecord's order. */
@@ -976,8 +1016,16 @@ static PyObject *configure_records(PyObject *self, PyObject *args) {
         return NULL;
     }
     records_configured = 0;
-    if (!PyArg_ParseTuple(args, "OOOO!Ld", &rec, &tok, &att, &PyTuple_Type, &slots, &max_tokens, &max_cost))
+    PyObject *rec_fields, *tok_fields, *att_fields;
+    if (!PyArg_ParseTuple(args, "OOOO!LdO!O!O!", &rec, &tok, &att, &PyTuple_Type, &slots, &max_tokens, &max_cost,
+                          &PyTuple_Type, &rec_fields, &PyTuple_Type, &tok_fields, &PyTuple_Type, &att_fields))
         return NULL;
+    if (layout_of(rec, rec_fields, &record_layout) < 0 || layout_of(tok, tok_fields, &tokens_layout) < 0 ||
+        layout_of(att, att_fields, &attribution_layout) < 0 || record_layout.n != 19 || tokens_layout.n != 6 ||
+        attribution_layout.n != N_WHO) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_records: not the expected slots");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(slots) != N_BUILD_SLOTS) {
         PyErr_SetString(PyExc_ValueError, "configure_records: wrong number of slots");
         return NULL;

@@ -196,7 +196,16 @@ def _configure_records(module: Any) -> None:
     )  # fmt: skip
     if e.WORKFLOW != e.REQUEST_MODEL + 10:
         return
-    module.configure_records(UsageRecord, TokenCounts, Attribution, slots, e.MAX_TOKENS, e.MAX_COST_USD)
+    names = [tuple(f.name for f in fields(cls)) for cls in (UsageRecord, TokenCounts, Attribution)]
+    if names[1] != ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h"):
+        return
+    try:  # the classes' slots are checked there: plain object slots, else the build stays off
+        module.configure_records(
+            UsageRecord, TokenCounts, Attribution, slots, e.MAX_TOKENS, e.MAX_COST_USD, *names
+        )
+    except ValueError as exc:
+        _log.info("otel-tokens: the compiled record build is off: %s", exc)
+        return
     _build = module.build
 
 

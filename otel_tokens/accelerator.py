@@ -7,7 +7,9 @@ already made labels by `extract._label`'s rule), ranks and span fields of the us
 verify spans only, and each resource's attribution attributes plus its `fallback` attribute (the
 extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
 from the decoded request — or None to decline, and the extractor then takes the Python path on the
-same payload. So both paths count the same spans the same way;
+same payload. `build` then turns each plain usage span's hit into the UsageRecord `extract._record`
+would build (record_builder(); the rare rules stay in Python), and `links` gives the ancestor walk
+its parent links as a dict. So both paths count the same spans the same way;
 tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
 
 The walk checks every field against the schema of the installed `opentelemetry-proto` (built

@@ -12,6 +12,11 @@ every budget whose scope matches, and exports gauges for Prometheus:
 - `llm_task_instance_tokens{budget,agent,task,task_id}` for the top-N task instances by tokens, and
   `llm_task_instance_limit{budget}`: instance ids stay off every other metric.
 
+Besides its window, each budget keeps a trailing window of its use over the forecast rule's
+`lookback` (default 1h) and since when this ledger has counted without a gap in its state (start-up,
+or the oldest time a restored data dir kept): the status page's burn rate (`recent_use`) is a rate
+over the last `lookback`, not an average over the collector's uptime.
+
 A call counts when the collector learns of it (the injected clock), not at the span's own
 timestamp: clock skew between agents cannot move use into another window, and a late span cannot
 reopen a closed calendar period.
@@ -31,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as names
 from otel_tokens.budgets.reservations import HoldBook
-from otel_tokens.budgets.spec import Budget, BudgetFile
+from otel_tokens.budgets.spec import Budget, BudgetFile, parse_duration
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
 from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
@@ -42,6 +47,7 @@ __all__ = [
     "BudgetLedgerCollector",
     "BudgetStanding",
     "BudgetStatus",
+    "RecentUse",
     "State",
     "budget_window",
     "instance_amount",
@@ -52,6 +58,19 @@ __all__ = [
 ]
 
 State = Literal["ok", "warning", "exceeded"]
+
+
+@dataclass(frozen=True)
+class RecentUse:
+    """A budget's use over its trailing rate window (the forecast rule's `lookback`)."""
+
+    #: used in the last `lookback_seconds` (per-minute buckets: may include up to a minute before)
+    amount: float
+    lookback_seconds: float
+    #: how much of that window this ledger has counted: min(lookback, now - counting since)
+    counted_seconds: float
+
+
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
 _MAX_TRACKED_INSTANCES = 10_000
 
@@ -146,11 +165,16 @@ def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
 class _BudgetAccount:
     """One budget's window, lifetime total and task instances. Not locked: the ledger locks."""
 
-    def __init__(self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float) -> None:
+    def __init__(
+        self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float, since: float
+    ) -> None:
         self.spec = spec
         self.matchers = spec.scope.matchers()
         self.window: Window = budget_window(budget, spec)
         self.consumed = 0.0
+        #: use over the forecast's lookback, and since when it has been counted (burn rates)
+        self.recent = RollingWindow(parse_duration(spec.forecast.lookback))
+        self.since = since
         self.top_n = top_n
         self.instances = (
             TaskInstanceTable(max_tracked=max(_MAX_TRACKED_INSTANCES, top_n), idle_seconds=idle_seconds)
@@ -169,6 +193,8 @@ class _BudgetAccount:
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
         self.window.add(amount, now)
+        self.recent.add(amount, now)
+        self.since = min(self.since, now)  # a replayed journal reaches back before start-up
         self.consumed += amount
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
@@ -187,13 +213,22 @@ class _BudgetAccount:
             "window": self.window.state(),
             "consumed": self.consumed,
             "instances": self.instances.state() if self.instances is not None else [],
+            "recent": {"seconds": self.recent.seconds, "since": self.since, **self.recent.state()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.window.restore(state["window"])
         self.consumed = float(state["consumed"])
+        recent = state.get("recent")  # absent before burn rates had a window; a new lookback restarts
+        if recent is not None and float(recent["seconds"]) == self.recent.seconds:
+            self.recent.restore(recent)
+            self.since = float(recent["since"])
         if self.instances is not None:
             self.instances.restore(state["instances"])
+
+    def recent_use(self, now: float) -> RecentUse:
+        seconds = self.recent.seconds
+        return RecentUse(self.recent.used(now), seconds, max(0.0, min(seconds, now - self.since)))
 
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
@@ -225,8 +260,9 @@ class BudgetLedger:
         self.budget_file = budget_file
         self._clock = clock
         self._lock = threading.Lock()
+        since = clock()
         self._accounts = [
-            _BudgetAccount(budget_file, b, instances_top_n, instance_idle_seconds)
+            _BudgetAccount(budget_file, b, instances_top_n, instance_idle_seconds, since)
             for b in budget_file.budgets
         ]
         self._holds = HoldBook([b.name for b in budget_file.budgets])
@@ -290,6 +326,12 @@ class BudgetLedger:
                         for t in account.top_instances(now)
                     ]
         raise KeyError(f"no budget named {budget!r}")
+
+    def recent_use(self) -> list[RecentUse]:
+        """Every budget's use over its trailing rate window, in file order (burn rates)."""
+        with self._lock:
+            now = self._clock()
+            return [a.recent_use(now) for a in self._accounts]
 
     def standings(self) -> list[BudgetStanding]:
         """Every budget's status, lifetime total and top task instances, read at one instant (what

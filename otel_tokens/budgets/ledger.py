@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as names
-from otel_tokens.budgets.reservations import HoldBook
+from otel_tokens.budgets.reservations import HoldBook, ReservationError
 from otel_tokens.budgets.spec import Budget, BudgetFile, parse_duration
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
 from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
@@ -155,6 +155,16 @@ def instance_amount(spec: Budget, amount: float, record: UsageRecord) -> float:
     return amount if spec.limit.unit == "tokens" else float(record.tokens.total)
 
 
+def _check_instance(instance: Mapping[str, float], amounts: Mapping[str, float]) -> None:
+    """A reservation's instance tokens name only budgets it reserves, with finite amounts >= 0."""
+    stray = sorted(set(instance) - set(amounts))
+    if stray:
+        raise ReservationError(f"instance_tokens name budgets the reservation does not: {stray}")
+    bad = sorted(name for name, tokens in instance.items() if not 0 <= tokens < float("inf"))
+    if bad:
+        raise ReservationError(f"instance_tokens must be finite and >= 0; not so for {bad}")
+
+
 def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
     """A fresh window for `spec`: a calendar period in the file's zone, or a rolling duration."""
     if spec.is_calendar:
@@ -230,6 +240,10 @@ class _BudgetAccount:
         seconds = self.recent.seconds
         return RecentUse(self.recent.used(now), seconds, max(0.0, min(seconds, now - self.since)))
 
+    def instance_used(self, task_id: str, now: float) -> float:
+        totals = self.instances.get(task_id, now) if self.instances is not None else None
+        return totals.tokens if totals is not None else 0.0
+
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
 
@@ -288,24 +302,58 @@ class BudgetLedger:
 
     # --- reservations of calls in flight (`budgets/reservations.py`) ---------------------------
     def reserve(
-        self, amounts: Mapping[str, float], ttl_seconds: float, *, force: bool = False
+        self,
+        amounts: Mapping[str, float],
+        ttl_seconds: float,
+        *,
+        force: bool = False,
+        task_id: str | None = None,
+        instance_tokens: Mapping[str, float] | None = None,
     ) -> tuple[str | None, list[BudgetStatus]]:
         """Hold `amounts` (budget name → amount in its unit) for up to `ttl_seconds` when each fits
         its budget (`used + reserved + amount <= limit`), or whatever they do with `force` (a call the
-        guard lets through over a `warn` budget). Returns the reservation id (None: refused) and every
+        guard lets through over a `warn` budget). With `task_id`, `instance_tokens` (budget name →
+        tokens) must also fit each budget's per-task-instance limit, counting what every process
+        has used and holds for that instance. Returns the reservation id (None: refused) and every
         budget's standing after the decision. Raises `ReservationError` for a malformed request."""
+        instance = dict(instance_tokens or {}) if task_id is not None else {}
         with self._lock:
             now = self._clock()
             holds = self._holds
             holds.expire(now)
             holds.check(amounts, ttl_seconds)
+            _check_instance(instance, amounts)
             fits = force or all(
                 a.window.used(now) + holds.totals[a.spec.name] + amounts[a.spec.name] <= a.spec.limit.amount
+                and (task_id is None or self._instance_fits(a, task_id, instance.get(a.spec.name, 0.0), now))
                 for a in self._accounts
                 if a.spec.name in amounts
             )
-            hold_id = holds.add(amounts, now + ttl_seconds) if fits else None
+            hold_id = holds.add(amounts, now + ttl_seconds, task_id, instance) if fits else None
             return hold_id, self._status(now)
+
+    def _instance_fits(self, account: _BudgetAccount, task_id: str, tokens: float, now: float) -> bool:
+        limit = account.spec.per_task_instance
+        if limit is None or tokens <= 0:
+            return True
+        held = self._holds.instance_held(account.spec.name, task_id)
+        return account.instance_used(task_id, now) + held + tokens <= limit.tokens
+
+    def task_instance(self, task_id: str) -> dict[str, dict[str, float]]:
+        """One task instance against every per-task-instance limit: budget name → its counted
+        `used` tokens, the `reserved` tokens calls in flight hold, and the `limit`."""
+        with self._lock:
+            now = self._clock()
+            self._holds.expire(now)
+            return {
+                a.spec.name: {
+                    "used": a.instance_used(task_id, now),
+                    "reserved": self._holds.instance_held(a.spec.name, task_id),
+                    "limit": float(a.spec.per_task_instance.tokens),
+                }
+                for a in self._accounts
+                if a.spec.per_task_instance is not None
+            }
 
     def settle(self, hold_id: str, used: Mapping[str, float] | None, hold_seconds: float) -> bool:
         """The call of reservation `hold_id` ended: hold what it really `used` for `hold_seconds`

@@ -54,6 +54,9 @@ _WANTED = (
     sc.OTEL_TOKENS_GUARD_SAVED_REASON, sc.OTEL_TOKENS_GUARD_SAVED_TOKENS,
 )  # fmt: skip
 _EVENTS = frozenset({sc.OTEL_TOKENS_GUARD_DECISION_EVENT, sc.OTEL_TOKENS_GUARD_SAVED_EVENT})
+#: What both event names start with: a serialized request without it carries no guard events.
+_EVENT_MARK = sc.OTEL_TOKENS_GUARD_DECISION_EVENT.rsplit(".", 1)[0].encode() + b"."
+assert sc.OTEL_TOKENS_GUARD_SAVED_EVENT.encode().startswith(_EVENT_MARK)
 #: Longest agent / budget / reason text kept (they become label values).
 _MAX_TEXT = 256
 
@@ -117,6 +120,16 @@ class GuardDecisions:
                         if item is not None:
                             found.append(item)
         return found
+
+    @staticmethod
+    def read_otlp_bytes(data: bytes) -> list[SpanDecisions]:
+        """`read_otlp` of a serialized request, for the path that never decodes one: a byte search
+        for the event names first, so only a request with guard events (rare) is decoded here."""
+        if _EVENT_MARK not in data:
+            return []
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        return GuardDecisions.read_otlp(ExportTraceServiceRequest.FromString(data))
 
     @staticmethod
     def read_spans(spans: Iterable[ReadableSpan]) -> list[SpanDecisions]:

@@ -303,6 +303,8 @@ class Pipeline:
             self._resolve(
                 batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
+        with swallow_internal_errors("Pipeline.guard_decisions"):
+            batch.decisions = self.guard_decisions.read_otlp_bytes(data)
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:

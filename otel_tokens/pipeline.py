@@ -69,7 +69,7 @@ from otel_tokens.extract import (
     scan_readable,
 )
 from otel_tokens.extract_stats import ExtractStats, ExtractStatsCollector
-from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions
+from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions, SpanDecisions
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 
@@ -112,6 +112,7 @@ class Batch:
     __slots__ = (
         "by_content",
         "completions",
+        "decisions",
         "links",
         "records",
         "rejected",
@@ -127,6 +128,8 @@ class Batch:
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
         self.verdicts: list[Verdict] = []
+        #: the guard's decision events of the batch's spans, counted by `apply_batch` (journaled)
+        self.decisions: list[SpanDecisions] = []
         self.by_content = by_content
         #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
         self.walks: list[Walk] = []
@@ -264,8 +267,8 @@ class Pipeline:
         self.registry.register(_DedupeMemoryCollector(self._deduper))
         #: Every state change passes here (see the module docstring); replaced by a durable store.
         self.gate: Gate = _ApplyAtOnce(self)
-        #: the guard's decision events, counted apart from extraction (`guard_decisions.py`); in
-        #: memory only, outside the gate: not journaled by the durable store
+        #: the guard's decision events: read at ingest apart from extraction, carried by the batch
+        #: and counted by `apply_batch` (`guard_decisions.py`), so a durable gate journals them
         self.guard_decisions = GuardDecisions(max_series=self.config.max_series_per_metric, clock=clock)
         self.registry.register(GuardDecisionCollector(self.guard_decisions))
         #: In an ingest worker: whether the main process tracks unfinished walks (then every batch
@@ -288,7 +291,7 @@ class Pipeline:
             self._extractor.extract_otlp(request, batch)
             self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
-            self.guard_decisions.count_otlp(request)
+            batch.decisions = self.guard_decisions.read_otlp(request)
         return self.gate.batch(batch)
 
     def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
@@ -309,8 +312,8 @@ class Pipeline:
         (nothing counted) when there is no compiled walk or it declines `data` — the receivers then
         decode it their own way (otlp_codec keeps the good spans of a partly broken request). The
         walk declines whatever `FromString` would refuse, so a None is also how a malformed body
-        shows. The guard's decision events are read from a decode (`request`, when the caller has
-        it), only for a request with events."""
+        shows. The guard's decision events are read from `request` when the caller has it decoded,
+        else from the bytes (`GuardDecisions.read_otlp_bytes`), only when the walk saw span events."""
         found = self._extractor.scan(data)
         if found is None:
             return None
@@ -321,15 +324,12 @@ class Pipeline:
             self._resolve(
                 batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
-        if found[4]:  # span events: maybe the guard's decisions (the Python path counts them too)
+        if found[4]:  # span events (the guard's decisions travel as events), else none to read
             with swallow_internal_errors("Pipeline.guard_decisions"):
-                if request is None:
-                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-                        ExportTraceServiceRequest,
-                    )
-
-                    request = ExportTraceServiceRequest.FromString(data)
-                self.guard_decisions.count_otlp(request)
+                decisions = self.guard_decisions
+                batch.decisions = (
+                    decisions.read_otlp(request) if request is not None else decisions.read_otlp_bytes(data)
+                )
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
@@ -342,7 +342,7 @@ class Pipeline:
                 batch.add(self._extractor.from_readable_span(span))
             self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
-            self.guard_decisions.count_spans(spans)
+            batch.decisions = self.guard_decisions.read_spans(spans)
         return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
@@ -392,6 +392,9 @@ class Pipeline:
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions, now)
+        if batch.decisions:
+            with swallow_internal_errors("Pipeline.guard_decisions"):
+                self.guard_decisions.apply(batch.decisions)
         return batch.result
 
     def apply_flush(self, until: float | None = None) -> bool:

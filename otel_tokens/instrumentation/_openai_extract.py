@@ -80,34 +80,34 @@ def service_tier(response: Any) -> str | None:
 
 
 def chat_result(completion: Any) -> Result:
-    """A whole chat completion's result. On every non-streamed call's path, so it reads each field
-    once, inline (what `chat_tokens`, `_str_or_none` and `service_tier` do, without their calls)."""
-    choices = getattr(completion, "choices", None) or []
-    reasons: list[str] = []
-    for choice in choices:  # a loop, not a comprehension: one choice is the norm, a call is not
-        reason = getattr(choice, "finish_reason", None)
-        if isinstance(reason, str):
-            reasons.append(reason)
-    message = getattr(choices[0], "message", None) if choices else None
-    usage = getattr(completion, "usage", None)
-    tokens: TokenCounts | None = None
-    if usage is not None:
-        prompt, completion_tokens = (
-            getattr(usage, "prompt_tokens", None),
-            getattr(usage, "completion_tokens", None),
-        )
-        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
-        reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
-        tokens = TokenCounts(
-            prompt if isinstance(prompt, int) else 0,
-            completion_tokens if isinstance(completion_tokens, int) else 0,
-            cached if isinstance(cached, int) else 0,
-            0,
-            reasoning if isinstance(reasoning, int) else 0,
-        )
-    model, response_id = getattr(completion, "model", None), getattr(completion, "id", None)
-    content = getattr(message, "content", None)
-    tier = getattr(completion, "service_tier", None)
+    """A whole chat completion's result. On every non-streamed call's path, so it reads the fields
+    of the SDK's own `ChatCompletion` directly (an attribute read costs a fraction of a
+    `getattr(obj, name, None)` call); any field missing (a hand-built or foreign object) reads the
+    whole object again, duck-typed, in `_chat_result_duck_typed`."""
+    try:
+        choices, usage = completion.choices, completion.usage
+        if type(choices) is list and len(choices) == 1:  # the norm: one choice
+            choice = choices[0]
+            reason, content = choice.finish_reason, choice.message.content
+            reasons = [reason] if isinstance(reason, str) else []
+        else:
+            return _chat_result_duck_typed(completion)
+        tokens: TokenCounts | None = None
+        if usage is not None:
+            prompt, output = usage.prompt_tokens, usage.completion_tokens
+            prompt_details, output_details = usage.prompt_tokens_details, usage.completion_tokens_details
+            cached = prompt_details.cached_tokens if prompt_details is not None else 0
+            reasoning = output_details.reasoning_tokens if output_details is not None else 0
+            tokens = TokenCounts(
+                prompt if isinstance(prompt, int) else 0,
+                output if isinstance(output, int) else 0,
+                cached if isinstance(cached, int) else 0,
+                0,
+                reasoning if isinstance(reasoning, int) else 0,
+            )
+        model, response_id, tier = completion.model, completion.id, completion.service_tier
+    except AttributeError:
+        return _chat_result_duck_typed(completion)
     return Result(
         tokens,
         model if isinstance(model, str) else None,
@@ -115,6 +115,26 @@ def chat_result(completion: Any) -> Result:
         reasons,
         content if isinstance(content, str) else "",
         tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None,
+    )
+
+
+def _chat_result_duck_typed(completion: Any) -> Result:
+    """`chat_result` for any object shaped like a chat completion: every field may be missing."""
+    choices = getattr(completion, "choices", None) or []
+    reasons: list[str] = []
+    for choice in choices:
+        reason = getattr(choice, "finish_reason", None)
+        if isinstance(reason, str):
+            reasons.append(reason)
+    message = getattr(choices[0], "message", None) if choices else None
+    content = getattr(message, "content", None)
+    return Result(
+        chat_tokens(getattr(completion, "usage", None)),
+        _str_or_none(getattr(completion, "model", None)),
+        _str_or_none(getattr(completion, "id", None)),
+        reasons,
+        content if isinstance(content, str) else "",
+        service_tier(completion),
     )
 
 

@@ -24,7 +24,13 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_tokens.instrumentation._cache_replay import MISS, CacheSlot, open_slot
-from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
+from otel_tokens.instrumentation._call import (
+    _INSIDE_CALL_KEY,
+    CallSettings,
+    LLMCall,
+    inside_llm_call,
+    internal_error,
+)
 from otel_tokens.instrumentation._openai_extract import (
     Result,
     chat_result,
@@ -166,7 +172,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        if inside_llm_call(ctx):
+        if _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx):  # the key is absent outside our calls
             return wrapped(*args, **kwargs)
         prompt = kwargs.get(endpoint.prompt_arg)
         if type(prompt) is not list and isinstance(prompt, Iterator):  # `_materialise_prompt`
@@ -267,16 +273,16 @@ def _open_call(
     try:
         address, port = _server(instance)
         model = kwargs.get("model")
-        call = LLMCall(
+        call = LLMCall(  # by position: see `LLMCall.__init__`
             settings,
-            provider=PROVIDER,
-            operation=endpoint.operation,
-            request_model=model if isinstance(model, str) else "",
-            stream=kwargs.get("stream") is True,  # `_is_stream_request`, inline
-            server_address=address,
-            server_port=port,
-            max_tokens=_max_tokens(endpoint, kwargs),
-            ctx=ctx,
+            PROVIDER,
+            endpoint.operation,
+            model if isinstance(model, str) else "",
+            kwargs.get("stream") is True,  # `_is_stream_request`, inline
+            address,
+            port,
+            _max_tokens(endpoint, kwargs),
+            ctx,
         )
     except Exception:
         internal_error("openai call start")
@@ -299,11 +305,11 @@ _last_server: tuple[Any, str | None, int | None] = (None, None, None)
 
 def _server(instance: Any) -> tuple[str | None, int | None]:
     global _last_server
-    client = getattr(instance, "_client", None)
-    # `_base_url` is what the `base_url` property returns; in openai 3.x the property costs ~1 µs.
-    url = getattr(client, "_base_url", None)
-    if url is None:
-        url = getattr(client, "base_url", None)
+    try:
+        # `_base_url` is what the `base_url` property returns; in openai 3.x the property costs ~1 µs.
+        url = instance._client._base_url
+    except AttributeError:
+        url = getattr(getattr(instance, "_client", None), "base_url", None)
     last_url, host, port = _last_server
     if url is not last_url:
         host, port = getattr(url, "host", None), getattr(url, "port", None)
@@ -313,9 +319,11 @@ def _server(instance: Any) -> tuple[str | None, int | None]:
 
 
 def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
+    """The first output ceiling the request sets as a plain int (not a bool, not the SDK's
+    `NOT_GIVEN`)."""
     for name in endpoint.max_tokens_args:
         value = kwargs.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if type(value) is int:
             return value
     return None
 

@@ -123,11 +123,11 @@ class LLMCall:
         # (brought back by another instrumentation detaching its stream's context late, out of
         # order): then the context that call started in, so this call is neither nested under the
         # old one's span nor counted as its duplicate.
-        live = context.get_current() if ctx is None else ctx
+        live: Context = context.get_current() if ctx is None else ctx
         mark = live.get(_INSIDE_CALL_KEY)
         if mark is not None and isinstance(mark, LLMCall) and mark._ended:
             live = mark.parent_context
-        self.parent_context = live
+        self.parent_context: Context = live
         try:
             attribution = current_attribution(live)
             # an agent framework's enclosing invoke_agent span names the agent when no scope does

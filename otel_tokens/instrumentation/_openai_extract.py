@@ -80,49 +80,11 @@ def service_tier(response: Any) -> str | None:
 
 
 def chat_result(completion: Any) -> Result:
-    """A whole chat completion's result. On every non-streamed call's path, so it reads the fields
-    of the SDK's own `ChatCompletion` directly (an attribute read costs a fraction of a
-    `getattr(obj, name, None)` call); any field missing (a hand-built or foreign object) reads the
-    whole object again, duck-typed, in `_chat_result_duck_typed`."""
-    try:
-        choices, usage = completion.choices, completion.usage
-        if type(choices) is list and len(choices) == 1:  # the norm: one choice
-            choice = choices[0]
-            reason, content = choice.finish_reason, choice.message.content
-            reasons = [reason] if isinstance(reason, str) else []
-        else:
-            return _chat_result_duck_typed(completion)
-        tokens: TokenCounts | None = None
-        if usage is not None:
-            prompt, output = usage.prompt_tokens, usage.completion_tokens
-            prompt_details, output_details = usage.prompt_tokens_details, usage.completion_tokens_details
-            cached = prompt_details.cached_tokens if prompt_details is not None else 0
-            reasoning = output_details.reasoning_tokens if output_details is not None else 0
-            tokens = TokenCounts(
-                prompt if isinstance(prompt, int) else 0,
-                output if isinstance(output, int) else 0,
-                cached if isinstance(cached, int) else 0,
-                0,
-                reasoning if isinstance(reasoning, int) else 0,
-            )
-        model, response_id, tier = completion.model, completion.id, completion.service_tier
-    except AttributeError:
-        return _chat_result_duck_typed(completion)
-    return Result(
-        tokens,
-        model if isinstance(model, str) else None,
-        response_id if isinstance(response_id, str) else None,
-        reasons,
-        content if isinstance(content, str) else "",
-        tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None,
-    )
-
-
-def _chat_result_duck_typed(completion: Any) -> Result:
-    """`chat_result` for any object shaped like a chat completion: every field may be missing."""
+    """A whole chat completion's result; every field may be missing (a hand-built or foreign object).
+    The SDK's own `ChatCompletion` with usage takes a faster path (`openai._finish_chat_completion`)."""
     choices = getattr(completion, "choices", None) or []
     reasons: list[str] = []
-    for choice in choices:
+    for choice in choices:  # a loop, not a comprehension: one choice is the norm
         reason = getattr(choice, "finish_reason", None)
         if isinstance(reason, str):
             reasons.append(reason)

@@ -49,6 +49,7 @@ from otel_tokens.instrumentation._openai_streams import (
     notify_closed,
 )
 from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
+from otel_tokens.record import TokenCounts
 from otel_tokens.semconv import GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES
 
 PROVIDER = "openai"
@@ -108,21 +109,24 @@ _HELPER_CLOSE_PATCHES: tuple[tuple[str, str], ...] = (
 )
 
 _patched: list[tuple[type[Any], str]] = []
-#: The SDK's whole-response classes ("module:Class"): a call returning exactly one of these (not a
-#: stream, not a raw-response wrapper) is finished straight away, without `_on_result`'s checks.
-_WHOLE_RESPONSES = (
-    "openai.types.chat:ChatCompletion",
-    "openai.types.responses:Response",
-    "openai.types:CreateEmbeddingResponse",
+Finisher = Callable[[_Endpoint, LLMCall, dict[str, Any], Any], None]
+#: The SDK's whole-response classes ("module:Class") and how each is finished: a call returning
+#: exactly one of these (not a stream, not a raw-response wrapper) is finished straight away,
+#: without `_on_result`'s checks. Filled in by `instrument`.
+_WHOLE_RESPONSES: tuple[tuple[str, str], ...] = (
+    ("openai.types.chat:ChatCompletion", "_finish_chat_completion"),
+    ("openai.types.responses:Response", "_finish_from_response"),
+    ("openai.types:CreateEmbeddingResponse", "_finish_from_response"),
 )
-_whole_response_types: frozenset[type[Any]] = frozenset()
+_whole_responses: dict[type[Any], Finisher] = {}
 
 
 def instrument(settings: CallSettings) -> None:
     """Patch every supported method this SDK version has. Re-instrumenting replaces the patches."""
-    global _whole_response_types
+    global _whole_responses
     uninstrument()
-    _whole_response_types = frozenset(filter(None, (_class(name) for name in _WHOLE_RESPONSES)))
+    finishers = {name: globals()[finisher] for name, finisher in _WHOLE_RESPONSES}
+    _whole_responses = {cls: finishers[name] for name in finishers if (cls := _class(name)) is not None}
     for module_name, path, endpoint in _CALL_PATCHES:
         owner = _resolve(module_name, path)
         if owner is not None:
@@ -190,8 +194,9 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         result = call.invoke(wrapped, args, kwargs)
         if slot is not None:
             result = slot.keep(result)
-        if type(result) in _whole_response_types:  # the common case: no stream, no raw response
-            _finish_from_response(endpoint, call, kwargs, result)
+        finish_whole = _whole_responses.get(type(result))
+        if finish_whole is not None:  # the common case: no stream, no raw response
+            finish_whole(endpoint, call, kwargs, result)
             return result
         return _on_result(endpoint, call, kwargs, result, is_async=False)
 
@@ -219,8 +224,9 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         result = await call.invoke_async(wrapped, args, kwargs)
         if slot is not None:
             result = slot.keep(result)
-        if type(result) in _whole_response_types:  # the common case: no stream, no raw response
-            _finish_from_response(endpoint, call, kwargs, result)
+        finish_whole = _whole_responses.get(type(result))
+        if finish_whole is not None:  # the common case: no stream, no raw response
+            finish_whole(endpoint, call, kwargs, result)
             return result
         return _on_result(endpoint, call, kwargs, result, is_async=True)
 
@@ -415,6 +421,44 @@ def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, 
         response_id=result.response_id,
         finish_reasons=result.finish_reasons,
         estimated=estimated,
+    )
+
+
+def _finish_chat_completion(
+    endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], completion: Any
+) -> None:
+    """`_finish_from_response` for the SDK's own `ChatCompletion` in the common case (usage
+    reported, one choice, content capture off): its fields read as attributes (a read costs a
+    fraction of a `getattr(obj, name, None)` call) and handed to `finish` without building a
+    `Result`. Anything else, or any field missing or odd, takes the general, duck-typed path."""
+    try:
+        usage, choices = completion.usage, completion.choices
+        if usage is None or len(choices) != 1 or call.settings.capture_content:
+            _finish_from_response(endpoint, call, kwargs, completion)
+            return
+        reason = choices[0].finish_reason
+        prompt, output = usage.prompt_tokens, usage.completion_tokens
+        prompt_details, output_details = usage.prompt_tokens_details, usage.completion_tokens_details
+        cached = prompt_details.cached_tokens if prompt_details is not None else 0
+        reasoning = output_details.reasoning_tokens if output_details is not None else 0
+        model, response_id, tier = completion.model, completion.id, completion.service_tier
+    except Exception:  # e.g. a field a proxy or an older SDK leaves out
+        _finish_from_response(endpoint, call, kwargs, completion)
+        return
+    tokens = TokenCounts(
+        prompt if isinstance(prompt, int) else 0,
+        output if isinstance(output, int) else 0,
+        cached if isinstance(cached, int) else 0,
+        0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+    # as `service_tier()` bounds it: only ever looked up among the known tiers
+    call.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None
+    call.finish(
+        tokens,
+        response_model=model if isinstance(model, str) else None,
+        response_id=response_id if isinstance(response_id, str) else None,
+        finish_reasons=[reason] if isinstance(reason, str) else (),
     )
 
 

@@ -8,6 +8,10 @@ ratio of 2 workers to 1, and CPU seconds per 10k spans of the main process and o
 (from /proc), which shows where the time goes on a machine shared with other work: the workers
 decode and extract in parallel, the main process dedupes, counts and answers — the serial part.
 
+The client's own CPU per span is reported too (pre-encoded bodies, so it is small and the same for
+both variants), and the collector's CPU per span with 2 workers against 1: what the pipe costs,
+whatever else the shared machine runs.
+
 Every client has its own distinct batches and the dedupe memory is capped below one client's
 cycle, so every span posted is counted; each round checks `llm_requests_total` moved by exactly the
 spans sent (one exact /metrics, whichever worker decoded them).
@@ -145,18 +149,19 @@ class Round:
     rate: float  # spans/s
     main_cpu: float  # seconds per 10k spans
     worker_cpu: float
+    client_cpu: float  # this process's posting threads: the load generator's share of the 2 cores
 
 
 def _round(c: Collector, per_client: list[Iterator[bytes]], n: int, batch: int) -> Round:
     before = c.requests_counted()
     cpu0 = c.cpu_seconds()
     threads = [threading.Thread(target=_post, args=(c.http_port, p, n)) for p in per_client]
-    start = time.perf_counter()
+    start, client0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
+    elapsed, client = time.perf_counter() - start, time.process_time() - client0
     spans = len(per_client) * n * batch
     # Spans with a foreign parent wait for the dedupe hold, then the flusher counts them.
     deadline = time.monotonic() + 30
@@ -168,7 +173,7 @@ def _round(c: Collector, per_client: list[Iterator[bytes]], n: int, batch: int) 
         raise AssertionError(f"--workers {c.workers}: {spans} spans posted, {counted:.0f} counted: {own}")
     cpu1 = c.cpu_seconds()
     per10k = 1e4 / spans
-    return Round(spans / elapsed, (cpu1[0] - cpu0[0]) * per10k, (cpu1[1] - cpu0[1]) * per10k)
+    return Round(spans / elapsed, (cpu1[0] - cpu0[0]) * per10k, (cpu1[1] - cpu0[1]) * per10k, client * per10k)
 
 
 def main() -> None:
@@ -205,21 +210,31 @@ def main() -> None:
 def _report(results: dict[int, list[Round]], n_rounds: int, n: int, batch: int) -> None:
     print(f"otel-tokens collector over OTLP/HTTP, {CLIENTS} keep-alive clients x {n} batches of {batch} "
           "spans, "
-          f"{n_rounds} interleaved rounds, {os.cpu_count()} cores; spans/s median (min..max of rounds); "
-          "CPU s per 10k spans: main process / worker processes")  # fmt: skip
+          f"{n_rounds} interleaved rounds, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          "spans/s median (min..max of rounds); CPU s per 10k spans: main process / worker processes / "
+          "the posting client (pre-encoded bodies, sharing the cores)")  # fmt: skip
     for w in VARIANTS:
         rs = results[w]
         rate = statistics.median(r.rate for r in rs)
         main_cpu = statistics.median(r.main_cpu for r in rs)
         worker_cpu = statistics.median(r.worker_cpu for r in rs)
+        client_cpu = statistics.median(r.client_cpu for r in rs)
         print(f"  --workers {w}: {rate:>9,.0f} spans/s ({spread([r.rate for r in rs], 1e-3, 1)}k)  "
-              f"CPU {main_cpu:.2f} s main / {worker_cpu:.2f} s workers")  # fmt: skip
-        record(BENCH, f"--workers {w}", rate, "spans/s", f"CPU/10k spans: main {main_cpu:.2f} s, "
-               f"workers {worker_cpu:.2f} s")  # fmt: skip
+              f"CPU {main_cpu:.3f} s main / {worker_cpu:.3f} s workers / "
+              f"{client_cpu:.3f} s client")  # fmt: skip
+        record(BENCH, f"--workers {w}", rate, "spans/s", f"CPU/10k spans: main {main_cpu:.3f} s, "
+               f"workers {worker_cpu:.3f} s, client {client_cpu:.3f} s")  # fmt: skip
     ratios = sorted(b.rate / a.rate for a, b in zip(results[1], results[2], strict=True))
     mid = ratios[len(ratios) // 2]
     print(f"  --workers 2 / --workers 1: x{mid:.2f} (per-round ratios {ratios[0]:.2f}..{ratios[-1]:.2f})")
     record(BENCH, "--workers 2 / --workers 1", mid, "ratio", f"rounds {ratios[0]:.2f}..{ratios[-1]:.2f}")
+    # what the pipe costs, whatever else runs on the machine: collector CPU per span, 2 workers / 1
+    cpu = {w: statistics.median(r.main_cpu + r.worker_cpu for r in results[w]) for w in VARIANTS}
+    main_share = statistics.median(r.main_cpu / (r.main_cpu + r.worker_cpu) for r in results[2])
+    print(f"  collector CPU per span, --workers 2 / --workers 1: x{cpu[2] / cpu[1]:.2f}; the main process "
+          f"does {main_share:.0%} of it with 2 workers (the serial part)")  # fmt: skip
+    record(BENCH, "collector CPU per span, --workers 2 / 1", cpu[2] / cpu[1], "ratio",
+           f"main process share {main_share:.0%}")  # fmt: skip
 
 
 if __name__ == "__main__":

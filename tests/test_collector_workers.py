@@ -18,9 +18,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import fields
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_tokens import metric_names as mn
@@ -35,6 +40,7 @@ from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRe
 from tests import prom_text
 from tests.services import poll
 from tests.test_collector_service import PB, make_spans
+from tests.test_guard_decisions import decision, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -121,6 +127,39 @@ def test_metrics_is_one_page_with_what_the_workers_counted_aside(collector: Scal
     assert prom_text.total(page, mn.SPANS_REJECTED) == 1
 
 
+def test_guard_decisions_sent_to_either_worker_are_on_the_one_metrics_page_once(
+    collector: ScaledCollectorService,
+) -> None:
+    """The guard's decision counters are counted in the main process, whichever worker decoded the
+    span (each export on a connection of its own, over HTTP and gRPC, so both workers take some), and
+    a resend reaching the other worker is not counted again."""
+    sent = [request(i, f"agent-{i % 3}", decision("blocked", "daily", 100.0 + i)) for i in range(1, 13)]
+    post = f"http://127.0.0.1:{collector.http_port}/v1/traces"
+    for body in [*sent, sent[0], sent[5]]:  # two resends
+        with urllib.request.urlopen(
+            urllib.request.Request(post, data=body.SerializeToString(), headers=PB), timeout=30
+        ) as response:
+            assert response.status == 200
+    grpc_sent = request(99, "agent-grpc", decision("downgraded", "daily", 7.0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}")
+    try:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=ExportTraceServiceRequest.SerializeToString,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        for _ in range(2):  # sent, then resent
+            export(grpc_sent, timeout=30)
+    finally:
+        channel.close()
+    page = prom_text.scrape(collector.metrics_port)
+    assert prom_text.total(page, mn.GUARD_ACTIONS, action="blocked") == len(sent)
+    assert prom_text.total(page, mn.GUARD_ACTIONS, action="downgraded", agent="agent-grpc") == 1
+    assert prom_text.total(page, mn.TOKENS_SAVED, reason="blocked") == sum(100.0 + i for i in range(1, 13))
+    assert prom_text.total(page, mn.TOKENS_SAVED, agent="agent-1", reason="blocked") == 101 + 104 + 107 + 110
+    assert prom_text.total(page, mn.TOKENS_SAVED, reason="downgraded") == 7.0
+
+
 def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_walks() -> None:
     """What a worker extracted reaches the main process whole, through the real `RemoteGate` and
     `WorkerLink` over a real pipe: every `UsageRecord` field (one added later fails the first
@@ -137,9 +176,14 @@ def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_w
     default = UsageRecord(provider="", request_model="")
     assert [f.name for f in fields(UsageRecord) if getattr(record, f.name) == getattr(default, f.name)] == []
     plain = UsageRecord(provider="anthropic", request_model="claude", trace_id=3, span_id=4, parent_span_id=5)
+    # the same shape as `plain` (sent once), its own ids, times, cost and tokens
+    twin = UsageRecord(
+        provider="anthropic", request_model="claude", tokens=TokenCounts(7, 1), cost_usd=0.25,
+        trace_id=3, span_id=9, start_time_ns=10, end_time_ns=11,
+    )  # fmt: skip
     batch = Batch(by_content=True)
     batch.spans_received = 4
-    batch.records = [plain, record]
+    batch.records = [plain, record, twin]
     batch.verdicts = [Verdict("t1", False, "lint", trace_id=9, span_id=8, end_time_ns=7)]
     batch.completions = [TaskCompletion("t1", "fix", "svc", "ok", trace_id=9, span_id=6, end_time_ns=5)]
     walk = Walk(record, deadline=12.5)
@@ -166,7 +210,7 @@ def test_a_batch_crosses_the_pipe_with_every_record_field_its_verdicts_and_its_w
         link.close()
         main_end.close()
     (got,) = received
-    assert got.records == [plain, record] and got.by_content
+    assert got.records == [plain, record, twin] and got.by_content
     assert got.records[1].agent_from_resource and got.records[1].attribution.workflow == "report"
     assert got.verdicts == batch.verdicts and got.completions == batch.completions
     assert (got.links, got.scopes) == ({1: 2}, {2: Scope("researcher", None)})

@@ -27,7 +27,15 @@ from otel_tokens.aggregate import ALLOWED_DIMENSIONS, MetricsConfig
 from otel_tokens.dedupe import DedupeConfig
 from otel_tokens.extract import DEFAULT_MAX_TOKENS_PER_CALL
 
-__all__ = ["KEYS", "CollectorConfig", "ConfigError", "add_arguments", "config_from_args", "load_config"]
+__all__ = [
+    "KEYS",
+    "CollectorConfig",
+    "ConfigError",
+    "add_arguments",
+    "config_from_args",
+    "load_config",
+    "usable_cores",
+]
 
 _DEFAULT_METRICS = MetricsConfig()
 _DEFAULT_DEDUPE = DedupeConfig()
@@ -71,11 +79,10 @@ class CollectorConfig:
     idle_timeout_seconds: float = 30.0
     read_timeout_seconds: float = 30.0
     max_connections: int = 256
-    #: OTLP ingest processes (workers.py); 0: one per CPU core. `CollectorService` itself is always
-    #: one process: `run_collector` picks the multi-process service when this resolves above 1.
-    #: Default 1: on 2 cores, 2 workers ran at x0.42-0.58 of one process (the pipe costs as much
-    #: CPU as extraction saves), so more processes are an opt-in for machines with idle cores.
-    workers: int = 1
+    #: OTLP ingest processes (workers.py); 0 (the default): one per CPU core this process may use;
+    #: 1: everything in one process. `CollectorService` itself is always one process:
+    #: `run_collector` picks the multi-process service when this resolves above 1.
+    workers: int = 0
     # --- who gets in ---
     auth_token_file: str | None = None
     metrics_auth_token_file: str | None = None
@@ -86,8 +93,7 @@ class CollectorConfig:
         """`workers`, with 0 resolved to the CPU cores this process may run on."""
         if self.workers:
             return self.workers
-        affinity = getattr(os, "sched_getaffinity", None)
-        return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+        return usable_cores()
 
     def metrics_config(self) -> MetricsConfig:
         """The pipeline's own config, with the keys the collector passes through."""
@@ -125,6 +131,16 @@ class _Kind:
     check: Callable[[Any], Any]  # python value (from YAML, or converted from text) -> config value
     from_text: Callable[[str], Any]  # env var / CLI text -> python value for `check`
     metavar: str  # how --help shows the flag's argument
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as `os.process_cpu_count()` of
+    Python 3.13 reads it; a container's CPU quota is not seen), at least 1."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return int(count() or 1)
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def _got(value: object) -> str:
@@ -292,9 +308,9 @@ KEYS: tuple[_Key, ...] = (
          "or is refused if every connection is busy. Keep the sum under the open-files limit."),
     _Key("server.workers", "workers", settings.ENV_COLLECTOR_WORKERS, "--workers", _NONNEG_INT,
          "OTLP ingest processes sharing the receiver ports: each decodes and extracts, one main "
-         "process dedupes, counts, journals and serves `/metrics`, so counts stay exact; 0: one per "
-         "CPU core; 1 (the default): everything in one process, which was faster on 2 cores (the pipe "
-         "costs as much CPU as extraction). `server.max_connections` applies per process."),
+         "process dedupes, counts, journals and serves `/metrics`, so counts stay exact; 0 (the "
+         "default): one per CPU core this process may use; 1: everything in one process. "
+         "`server.max_connections` applies per process."),
     _Key("auth.token_file", "auth_token_file", settings.ENV_COLLECTOR_AUTH_TOKEN_FILE, "--auth-token-file",
          _PATH, "File holding a bearer token that every listener then requires "
          "(`Authorization: Bearer <token>`; gRPC: `authorization` metadata). Needed whenever a "

@@ -6,7 +6,8 @@ its answer. The main process applies it through *its* pipeline's gate — dedupe
 journal — so there is still one state and one point every change passes; the worker answers its
 exporter only after that (with a data dir: after the change is on disk).
 
-Messages are pickled tuples over a `multiprocessing` pipe: worker → main `(id, kind, payload)`,
+Messages are pickled tuples over a `multiprocessing` pipe (a batch packed by worker_wire.py, so
+that pickling it stays cheap): worker → main `(id, kind, payload)`,
 main → worker `(id, outcome, value)`. The pipe is shared by the worker's receiver threads, so
 sends take a lock and a reader thread hands each answer to the request waiting for it. At most
 `max_in_flight` requests of a worker wait for the main process at once; beyond that a receiver
@@ -21,32 +22,33 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import fields
 from multiprocessing.connection import Connection
-from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from otel_tokens.ancestry import Walk
+from otel_tokens import semconv as sc
 from otel_tokens.collector.store import StoreError
+from otel_tokens.collector.worker_wire import StatsDelta, pack_batch, unpack_batch
 from otel_tokens.extract_stats import ExtractStats
+from otel_tokens.guard_decisions import GuardDecisions
 from otel_tokens.pipeline import Batch, IngestResult
-from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 __all__ = [
     "BATCH",
+    "GUARD",
     "OK",
     "READY",
     "REJECTION",
     "STORE_ERROR",
     "MainProcessGone",
     "RemoteGate",
+    "RemoteGuardDecisions",
     "StatsDelta",
     "WorkerLink",
-    "pack_records",
-    "pack_walks",
+    "count_decisions",
     "unpack_batch",
-    "unpack_records",
-    "unpack_walks",
 ]
 
 logger = logging.getLogger("otel_tokens.collector")
@@ -55,13 +57,11 @@ logger = logging.getLogger("otel_tokens.collector")
 READY = "ready"
 BATCH = "batch"
 REJECTION = "rejection"
+GUARD = "guard"
 # outcomes (main → worker)
 OK = "ok"
 STORE_ERROR = "store_error"  # the change was not kept: the receiver answers 503 / UNAVAILABLE
 ERROR = "error"
-
-#: (clamped by reason, enrichment failures by step) counted since the worker last sent them.
-StatsDelta = tuple[dict[str, int], dict[str, int]]
 
 
 class MainProcessGone(StoreError):
@@ -150,9 +150,7 @@ class RemoteGate:
         self._stats_lock = threading.Lock()
 
     def batch(self, batch: Batch) -> IngestResult:
-        walks, batch.walks = pack_walks(batch.records, batch.walks), []
-        records, batch.records = pack_records(batch.records), []
-        result: IngestResult = self._link.call(BATCH, (batch, records, walks, self._stats_delta()))
+        result: IngestResult = self._link.call(BATCH, pack_batch(batch, self._stats_delta()))
         return result
 
     def flush(self, until: float | None) -> None:
@@ -173,72 +171,60 @@ class RemoteGate:
         return (clamped, failed) if clamped or failed else None
 
 
-_RECORD_FIELDS = [f.name for f in fields(UsageRecord)]
-_TOKENS_AT = _RECORD_FIELDS.index("tokens")
-_ATTRIBUTION_AT = _RECORD_FIELDS.index("attribution")
-_record_values = attrgetter(*_RECORD_FIELDS)
-_token_values = attrgetter(*[f.name for f in fields(TokenCounts)])
-_attribution_values = attrgetter(*[f.name for f in fields(Attribution)])
-#: Records as they cross the pipe: plain tuples (pickled in C), or the objects themselves.
-PackedRecords = tuple[str, list[Any]]
+#: The guard decision events of one span as they cross the pipe: its (trace id, span id) when it has
+#: one (the main process counts a resent span once), and its events as (agent, attributes, name).
+SpanDecisions = tuple[tuple[object, object] | None, list[tuple[str, dict[str, Any], str]]]
 
 
-def pack_records(records: list[UsageRecord]) -> PackedRecords:
-    """Records as tuples of their field values: pickling a slotted dataclass runs Python code per
-    object (its `__getstate__`/`__setstate__`), which cost more than extracting the record did."""
-    if any(type(r) is not UsageRecord for r in records):  # a subclass: keep it whole
-        return ("objects", records)
-    return ("tuples", [(_record_values(r), _token_values(r.tokens), _attribution_values(r.attribution))
-                       for r in records])  # fmt: skip
+class RemoteGuardDecisions(GuardDecisions):
+    """A worker pipeline's guard-decision counter: it reads the decision events off the spans as the
+    main process's would, and sends them there to be counted — so `llm_guard_actions_total` and
+    `llm_tokens_saved_total` are on the one /metrics, and a resend counted once even when it reaches
+    the other worker (the main process remembers the spans). The export is answered after that."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        super().__init__()
+        self._link = link
+        self._local = threading.local()
+
+    def count_otlp(self, request: ExportTraceServiceRequest) -> None:
+        found: list[SpanDecisions] = []
+        self._local.found = found
+        try:
+            super().count_otlp(request)
+        finally:
+            self._local.found = None
+        if any(events for _, events in found):
+            self._link.call(GUARD, found)
+
+    def _otlp_span(self, span: Any) -> None:
+        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
+        if found is not None:
+            found.append((None, []))
+        super()._otlp_span(span)
+
+    def first_time(self, trace_id: object, span_id: object) -> bool:
+        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
+        if found is None:
+            return super().first_time(trace_id, span_id)
+        found[-1] = ((trace_id, span_id), found[-1][1])
+        return True  # the main process decides
+
+    def count(self, agent: str, event: Any, name: str = sc.OTEL_TOKENS_GUARD_DECISION_EVENT) -> None:
+        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
+        if found is None:
+            super().count(agent, event, name)
+        else:
+            found[-1][1].append((agent, dict(event), name))
 
 
-def unpack_records(packed: PackedRecords) -> list[UsageRecord]:
-    kind, items = packed
-    if kind == "objects":
-        return items
-    records = []
-    for values, tokens, attribution in items:
-        fields_ = list(values)
-        fields_[_TOKENS_AT] = TokenCounts(*tokens)
-        fields_[_ATTRIBUTION_AT] = Attribution(*attribution)
-        records.append(UsageRecord(*fields_))
-    return records
-
-
-#: An unfinished ancestor walk as it crosses the pipe: (its record's index in the batch, frontier,
-#: agent, workflow, deadline). The index, because the main process amends the very record object
-#: its deduper holds, which unpickling would otherwise copy.
-PackedWalk = tuple[int, int, str | None, str | None, float]
-
-
-def pack_walks(records: list[UsageRecord], walks: list[Walk]) -> list[PackedWalk]:
-    if not walks:
-        return []
-    at = {id(r): i for i, r in enumerate(records)}
-    return [
-        (at[id(w.record)], w.frontier, w.agent, w.workflow, w.deadline) for w in walks if id(w.record) in at
-    ]
-
-
-def unpack_batch(
-    payload: tuple[Batch, PackedRecords, list[PackedWalk], StatsDelta | None],
-) -> tuple[Batch, StatsDelta | None]:
-    """A `RemoteGate.batch` request as the main process applies it: the batch (verdicts, completions,
-    rejections and the links of a worker's scan came pickled whole) with its records rebuilt and its
-    unfinished walks pointing at them; and the worker's stats delta."""
-    batch, records, walks, delta = payload
-    batch.records = unpack_records(records)
-    batch.walks = unpack_walks(batch.records, walks)
-    return batch, delta
-
-
-def unpack_walks(records: list[UsageRecord], packed: list[PackedWalk]) -> list[Walk]:
-    walks = []
-    for index, frontier, agent, workflow, deadline in packed:
-        walk = Walk(records[index], deadline)
-        walk.frontier, walk.agent, walk.workflow = frontier, agent, workflow
-        walks.append(walk)
-    return walks
+def count_decisions(decisions: GuardDecisions, found: list[SpanDecisions]) -> None:
+    """Count what a worker's `RemoteGuardDecisions` sent, in the main process."""
+    for span, events in found:
+        if span is not None and not decisions.first_time(*span):
+            continue  # a resend, whichever worker got it first
+        for agent, event, name in events:
+            decisions.count(agent, event, name)
 
 
 def add_stats(stats: ExtractStats, delta: StatsDelta) -> None:

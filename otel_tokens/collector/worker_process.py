@@ -3,7 +3,8 @@
 `run_worker` is the `multiprocessing` target the main process (workers.py) spawns. It builds a
 pipeline whose gate is a `RemoteGate` (worker_link.py), so the receivers — the same `otlp_app` and
 `GrpcReceiver` the single-process collector runs — send every extracted batch to the main process
-and answer their exporter with its acknowledgement. It serves until SIGTERM (drain: stop accepting,
+and answer their exporter with its acknowledgement; the guard's decision events go there as well
+(`RemoteGuardDecisions`). It serves until SIGTERM (drain: stop accepting,
 finish in-flight exports, exit) or until the main process is gone (exit at once: nothing can be
 acknowledged any more, and a restarted collector needs the ports).
 """
@@ -11,11 +12,13 @@ acknowledged any more, and a restarted collector needs the ports).
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
 
@@ -24,15 +27,36 @@ from otel_tokens.collector.grpc_receiver import GrpcReceiver
 from otel_tokens.collector.http_edge import HttpEdge, Listener
 from otel_tokens.collector.http_receiver import otlp_app
 from otel_tokens.collector.service import _ssl_context, _tls, _token, edge_limits
-from otel_tokens.collector.worker_link import RemoteGate, WorkerLink
+from otel_tokens.collector.worker_link import RemoteGate, RemoteGuardDecisions, WorkerLink
 from otel_tokens.pipeline import Pipeline
 
-__all__ = ["run_worker"]
+__all__ = ["run_worker", "settle_gc"]
 
 logger = logging.getLogger("otel_tokens.collector")
 
 #: Exit code of a worker whose main process vanished.
 EXIT_MAIN_GONE = 3
+#: Container allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_gc() -> Callable[[], None]:
+    """Once started: move everything allocated so far out of the collector's sight (`gc.freeze`),
+    and collect the young generation every 20k container allocations instead of 700. A batch
+    allocates tens of thousands of short-lived tuples and records, nearly none in cycles; with the
+    defaults, rebuilding a batch's records in the main process took twice as long (1.5 -> 2.9 us a
+    record, measured), most of it collections finding nothing. Memory cost: cyclic garbage waits a
+    little longer. Returns what puts the previous settings back (a collector run inside a test)."""
+    gc.collect()
+    gc.freeze()
+    before = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+
+    def restore() -> None:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+    return restore
 
 
 def run_worker(
@@ -66,8 +90,10 @@ def run_worker(
         config.metrics_config(), dedupe=config.dedupe_config(), max_tokens_per_call=config.max_tokens_per_call
     )
     pipeline.gate = RemoteGate(link, pipeline.extract_stats)
+    pipeline.guard_decisions = RemoteGuardDecisions(link)  # counted in the main process too
     # while the main process tracks ancestor walks, batches carry their spans' links there
     pipeline.walks_elsewhere = lambda: bool(main_walks.value)
+    settle_gc()
     _serve(config, pipeline, link, http_sock, grpc_port, stop)
 
 

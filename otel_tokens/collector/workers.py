@@ -1,15 +1,16 @@
 """The collector on every core: N ingest processes on the same ports, one main process that counts.
 
-`otel-tokens collector --workers N` (default 1; 0: one per core) runs `ScaledCollectorService`. Its
-main process binds the OTLP/HTTP socket and reserves the gRPC port (so a port in use fails
-start-up with the usual message, and port 0 resolves once), then starts N worker processes
-(`spawn`, so no thread or grpc state is forked). Each worker accepts on the shared HTTP socket,
-binds gRPC on the reserved port with SO_REUSEPORT, and decodes and extracts there — the CPU-heavy
-part, now in parallel. What it extracted (a `Batch`: records, rejections, task completions) goes
-over a pipe to the main process (worker_link.py), which applies it through its one pipeline's gate:
-dedupe, counters, budget ledger, journal. So `/metrics`, the ledger and the data dir stay single
-and exact, and a worker answers an export only after the main process acknowledged it (with a data
-dir: after it is on disk).
+`otel-tokens collector --workers N` (default: one per core; 1: the single-process collector) runs
+`ScaledCollectorService`. Its main process binds the OTLP/HTTP socket and reserves the gRPC port (so
+a port in use fails start-up with the usual message, and port 0 resolves once), then starts N worker
+processes (`spawn`, so no thread or grpc state is forked). Each worker accepts on the shared HTTP
+socket, binds gRPC on the reserved port with SO_REUSEPORT, and decodes and extracts there — the
+CPU-heavy part, now in parallel. What it extracted (a `Batch`: records, rejections, task
+completions) goes over a pipe to the main process (worker_link.py; packed by worker_wire.py so that
+crossing costs a fraction of extracting), which applies it through its one pipeline's gate: dedupe,
+counters, budget ledger, journal. The guard's decision events found in a worker's spans are counted
+there too. So `/metrics`, the ledger and the data dir stay single and exact, and a worker answers an
+export only after the main process acknowledged it (with a data dir: after it is on disk).
 
 A worker that dies is restarted (logged); whatever it had sent was applied, whatever it had not
 was never acknowledged, so the exporter's resend is counted once (dedupe). If the main process
@@ -40,11 +41,13 @@ from otel_tokens.collector.store import StoreError
 from otel_tokens.collector.worker_link import (
     BATCH,
     ERROR,
+    GUARD,
     OK,
     READY,
     REJECTION,
     STORE_ERROR,
     add_stats,
+    count_decisions,
     unpack_batch,
 )
 from otel_tokens.pipeline import Pipeline
@@ -210,6 +213,9 @@ class WorkerPool:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)
                 worker.answer(rid, OK, self.pipeline.gate.batch(batch))
+            elif kind == GUARD:
+                count_decisions(self.pipeline.guard_decisions, payload)
+                worker.answer(rid, OK, None)
             elif kind == REJECTION:
                 self.pipeline.gate.rejection(*payload)
                 worker.answer(rid, OK, None)
@@ -298,18 +304,25 @@ class ScaledCollectorService(CollectorService):
         super().__init__(config)
         self.workers = workers if workers is not None else self.config.resolved_workers()
         self.pool: WorkerPool | None = None
+        self._unsettle_gc: Callable[[], None] | None = None
 
     def _bind_intake(self, edge: HttpEdge) -> None:
+        from otel_tokens.collector.worker_process import settle_gc
+
         self.pool = WorkerPool(self.config, self.workers, self.pipeline)
         try:
             self.pool.start()
         except BaseException:
             self.pool.stop()
             raise
+        self._unsettle_gc = settle_gc()  # the main process rebuilds every record a worker sends
 
     def _stop_intake(self) -> None:
         if self.pool is not None:
             self.pool.stop()
+        if self._unsettle_gc is not None:
+            self._unsettle_gc()
+            self._unsettle_gc = None
 
     def endpoints(self) -> list[str]:
         return [*super().endpoints(), f"{self.workers} OTLP ingest worker processes (server.workers)"]

@@ -208,7 +208,7 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        if inside_llm_call(ctx):
+        if _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx):
             return await wrapped(*args, **kwargs)
         kwargs = _materialise_prompt(endpoint, kwargs)
         call = _open_call(endpoint, settings, instance, kwargs, ctx)

@@ -46,6 +46,7 @@ _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 #: from the API's private module).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 _CLIENT = SpanKind.CLIENT
+_PLAIN_SEQUENCES = (list, tuple)  # finish reasons passed to the SDK as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,32 +353,37 @@ class LLMCall:
         except Exception:
             self.enrichment_failed(sc.ENRICHMENT_PRICING, "pricing")
         try:
-            # `_set_result_attributes`, inline: this runs on every call
+            # All the common attributes in one literal (built at its final size, where inserting
+            # them one by one grows the dict twice), the absent ones removed: this runs per call.
             attributes: dict[str, AttributeValue] = {
                 sc.GEN_AI_USAGE_INPUT_TOKENS: counts.input,
                 sc.GEN_AI_USAGE_OUTPUT_TOKENS: counts.output,
+                sc.OTEL_TOKENS_COST_USD: cost,  # type: ignore[dict-item]  # None: removed below
+                sc.OPENAI_RESPONSE_SERVICE_TIER: tier,  # type: ignore[dict-item]
+                sc.GEN_AI_RESPONSE_MODEL: response_model,  # type: ignore[dict-item]
+                sc.GEN_AI_RESPONSE_ID: response_id,  # type: ignore[dict-item]
+                # the SDK copies a sequence attribute into a tuple of its own
+                sc.GEN_AI_RESPONSE_FINISH_REASONS: (
+                    finish_reasons if type(finish_reasons) in _PLAIN_SEQUENCES else list(finish_reasons)
+                ),
             }
+            if cost is None:
+                del attributes[sc.OTEL_TOKENS_COST_USD]
+                attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
+            if not tier:
+                del attributes[sc.OPENAI_RESPONSE_SERVICE_TIER]
+            if not response_model:
+                del attributes[sc.GEN_AI_RESPONSE_MODEL]
+            if not response_id:
+                del attributes[sc.GEN_AI_RESPONSE_ID]
+            if not finish_reasons:
+                del attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS]
             if counts.cache_read or counts.cache_write or counts.cache_write_1h or counts.reasoning:
                 _add_detail_counts(attributes, counts)
             if estimated:
                 attributes[sc.OTEL_TOKENS_ESTIMATED] = True
-            if cost is not None:
-                attributes[sc.OTEL_TOKENS_COST_USD] = cost
-            else:
-                attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
             if self._failed:
                 attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(self._failed)
-            if tier:
-                attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = tier
-            if response_model:
-                attributes[sc.GEN_AI_RESPONSE_MODEL] = response_model
-            if response_id:
-                attributes[sc.GEN_AI_RESPONSE_ID] = response_id
-            if finish_reasons:
-                # the SDK copies a sequence attribute into a tuple of its own
-                attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (
-                    finish_reasons if type(finish_reasons) is list else list(finish_reasons)
-                )
             if failed:
                 attributes[sc.ERROR_TYPE] = error_type or "_OTHER"
             self.span.set_attributes(attributes)

@@ -169,37 +169,43 @@ class LLMCall:
     def activate(self) -> Iterator[None]:
         """Make the span current while the SDK sends the request, so the SDK's own spans (and HTTP
         client spans) nest under it and nested wrapped calls are recognised as the same call."""
-        token = self._attach()
+        token = self.enter()
         try:
             yield
         finally:
             context.detach(token)
 
-    def _attach(self) -> Token[context.Context]:
-        """`activate()` without the context manager: the call's parent context plus this span and
-        the call itself as the inside-a-call mark, in one copy (what `set_span_in_context` and
-        `set_value` would make in two)."""
-        return context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
-
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
-        propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
-        # `_attach()`, inline: this runs on every call
-        token = context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
+        propagates unchanged; a result is returned for the wrapper to observe (and finish).
+        The openai sync wrapper does the same inline (`enter` / `failed`), so that no frame of ours
+        sits between it and the SDK's deep call stack."""
+        token = self.enter()
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            context.detach(token)
-            self.finish(None, error=exc)
+            self.failed(token, exc)
             raise
         context.detach(token)
         return result
+
+    def enter(self) -> Token[context.Context]:
+        """Make this call's context current; `context.detach` the token after. The call's parent
+        context plus this span and the call itself as the inside-a-call mark, in one copy (what
+        `set_span_in_context` and `set_value` would make in two)."""
+        return context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
+
+    def failed(self, token: Token[context.Context], error: BaseException) -> None:
+        """The SDK call raised `error`: leave its context and end the span as an error (the caller
+        re-raises the SDK's exception unchanged)."""
+        context.detach(token)
+        self.finish(None, error=error)
 
     async def invoke_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """`invoke` for the async clients."""
-        token = self._attach()
+        token = self.enter()
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:

@@ -191,7 +191,13 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
                 return cached
             admitted = call.admit(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
             slot, kwargs = (slot if admitted is kwargs else None), admitted  # a rewritten call: not stored
-        result = call.invoke(wrapped, args, kwargs)
+        token = call.enter()  # `call.invoke`, inline: no frame of ours under the SDK's call
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.failed(token, exc)
+            raise
+        context.detach(token)
         if slot is not None:
             result = slot.keep(result)
         finish_whole = _whole_responses.get(type(result))

@@ -10,7 +10,10 @@ and `otel_tokens_bench_measured` (benchmarks/_callgrind_measure.c, compiled here
 compiler and called through ctypes) switches collection on with callgrind's client requests exactly
 around a callback into Python that makes the N measured calls.
 Imports, client set-up and warm-up calls run before instrumentation is switched on, so they are
-neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts (and so the count) repeat.
+neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts repeat. One process's count
+repeats within ~0.1%, but the address layout (ASLR) moves it by a few thousand instructions per
+call, so each variant runs in `REPEATS` processes, interleaved, and the median is reported with the
+spread.
 
 Variants, per SDK (`client.chat.completions.create` for openai, `client.messages.create` for
 anthropic, non-streaming, over the SDK's own HTTP client with a `MockTransport` replaying the local

@@ -24,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -52,12 +53,13 @@ typedef struct {
 } Entry;
 #define F_ARRAY 1
 #define F_ATTRIBUTION 2
+#define F_LABEL 4 /* a label slot: the value is handed over as extract._label makes it */
 
 static FieldSpec schema[MAX_TYPES][MAX_FIELDNO];
 static int high_fields[MAX_TYPES];
 static int n_types = 0;
 static Entry table[TABLE_SIZE];
-static int n_slots = 0, no_rank = 99, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
+static int n_slots = 0, no_rank = 99, max_label = 128, slot_in = -1, slot_out = -1, slot_total = -1, slot_task_scope = -1,
            slot_verify = -1;
 static int configured = 0;
 
@@ -67,7 +69,20 @@ static int configured = 0;
 
 /* --- wire reading ------------------------------------------------------- */
 
-static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+static int read_varint_slow(const uint8_t **pp, const uint8_t *end, uint64_t *out);
+
+/* Tags and most lengths are one byte: that case without a loop (this runs per field). */
+static inline int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    const uint8_t *p = *pp;
+    if (p < end && *p < 0x80) {
+        *out = *p;
+        *pp = p + 1;
+        return 0;
+    }
+    return read_varint_slow(pp, end, out);
+}
+
+static int read_varint_slow(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *pp;
     uint64_t v = 0;
     for (int i = 0; i < 10; i++) {
@@ -92,7 +107,7 @@ typedef struct {
     Py_ssize_t len;
 } Field;
 
-static int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
+static inline int next_field(const uint8_t **pp, const uint8_t *end, Field *f) {
     uint64_t tag;
     if (read_varint(pp, end, &tag) < 0 || tag > 0xFFFFFFFFu) return DECLINE;
     f->fieldno = (uint32_t)(tag >> 3);
@@ -412,9 +427,36 @@ typedef struct {
     PyObject *scopes;
     PyObject *resources;
     Py_ssize_t n_spans;
+    Py_ssize_t n_events; /* span events seen (the guard's decisions travel as events: read in Python) */
     const char *fallback; /* the resource attribute naming the agent last (NULL: none) */
     Py_ssize_t fallback_len;
 } Out;
+
+/* extract._label(value), taking the reference to `value`: a str cut to max_label code points (""
+   is None), an int or float as its str() cut the same way, anything else (bool, bytes, None) None.
+   The Python side applies _label again to what it reads from here: the rule is idempotent. */
+static PyObject *as_label(PyObject *value) {
+    PyObject *text;
+    if (PyUnicode_CheckExact(value)) {
+        text = value;
+    } else if ((PyLong_CheckExact(value) || PyFloat_CheckExact(value))) {
+        text = PyObject_Str(value);
+        Py_DECREF(value);
+        if (text == NULL) return NULL;
+    } else {
+        Py_DECREF(value);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n == 0) {
+        Py_DECREF(text);
+        Py_RETURN_NONE;
+    }
+    if (n <= max_label) return text;
+    PyObject *cut = PyUnicode_Substring(text, 0, max_label);
+    Py_DECREF(text);
+    return cut;
+}
 
 static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t scope, Out *out) {
     Field f;
@@ -461,6 +503,13 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
                 if (kv.has_value) {
                     rc = read_any(kv.val, kv.val + kv.val_len, depth + 2, Py_None, &value);
                     if (rc < 0) break;
+                    if (e->flags & F_LABEL) {
+                        value = as_label(value);
+                        if (value == NULL) {
+                            rc = PYERR;
+                            break;
+                        }
+                    }
                 } else {
                     Py_INCREF(Py_None);
                     value = Py_None;
@@ -492,6 +541,10 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
             }
             break;
         }
+        case 11:
+            out->n_events++;
+            rc = check_field(T_SPAN, &f, depth);
+            break;
         default:
             rc = check_field(T_SPAN, &f, depth);
         }
@@ -500,13 +553,14 @@ static int read_span(const uint8_t *p, const uint8_t *end, int depth, Py_ssize_t
                           ranks[slot_total] != no_rank || vals[slot_task_scope] == Py_True ||
                           (vals[slot_verify] != NULL && PyBool_Check(vals[slot_verify])));
     if (rc == 0 && usage) {
-        PyObject *vlist = PyList_New(n_slots), *rlist = PyList_New(n_slots), *hit = NULL;
+        /* ranks as bytes: read by index as ints like the Python walk's list; one object, not GC-tracked */
+        PyObject *vlist = PyList_New(n_slots), *rlist = PyBytes_FromStringAndSize(NULL, n_slots), *hit = NULL;
         if (vlist != NULL && rlist != NULL) {
             for (int i = 0; i < n_slots; i++) {
                 PyObject *v = vals[i] != NULL ? vals[i] : Py_None;
                 Py_INCREF(v);
                 PyList_SET_ITEM(vlist, i, v);
-                PyList_SET_ITEM(rlist, i, PyLong_FromLong(ranks[i]));
+                PyBytes_AS_STRING(rlist)[i] = (char)(unsigned char)ranks[i];
             }
             PyObject *trace = big_endian_int(ids[0], id_len[0]), *span = big_endian_int(ids[1], id_len[1]),
                      *parent = big_endian_int(ids[2], id_len[2]);
@@ -612,7 +666,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
     if (!PyArg_ParseTuple(args, "O|z#", &arg, &fallback, &fallback_len)) return NULL;
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
-    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, fallback, fallback_len};
+    Out out = {PyList_New(0), PyList_New(0), PyList_New(0), 0, 0, fallback, fallback_len};
     PyObject *result = NULL;
     int rc = (out.hits && out.scopes && out.resources) ? 0 : PYERR;
     const uint8_t *p = buf.buf, *end = p + buf.len;
@@ -627,7 +681,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&buf);
     if (rc == 0) {
-        result = Py_BuildValue("(nOOO)", out.n_spans, out.resources, out.scopes, out.hits);
+        result = Py_BuildValue("(nOOOn)", out.n_spans, out.resources, out.scopes, out.hits, out.n_events);
     } else if (rc == DECLINE) {
         Py_INCREF(Py_None);
         result = Py_None;
@@ -644,8 +698,28 @@ typedef struct {
     PyObject *traces; /* a set of trace ids: only their spans are listed */
     const char *keys[3]; /* gen_ai.operation.name, gen_ai.agent.name, gen_ai.workflow.name */
     Py_ssize_t key_lens[3];
-    PyObject *found;
+    PyObject *links;  /* span key -> parent key (ancestry.span_key) */
+    PyObject *scoped; /* (span key, operation, agent, workflow) of spans naming an operation */
 } Links;
+
+/* ancestry.span_key(int.from_bytes(trace, "big"), int.from_bytes(span, "big")): (trace << 64) | span,
+   from the bytes at once when they fit in 24, else by Python's int arithmetic. */
+static PyObject *span_key_of(const uint8_t *trace, Py_ssize_t tn, const uint8_t *span, Py_ssize_t sn) {
+    if (tn <= 16 && sn <= 8) {
+        uint8_t buf[24] = {0};
+        memcpy(buf + 16 - tn, trace, (size_t)tn);
+        memcpy(buf + 24 - sn, span, (size_t)sn);
+        return big_endian_int(buf, 24);
+    }
+    PyObject *t = big_endian_int(trace, tn), *s = big_endian_int(span, sn), *n64 = PyLong_FromLong(64);
+    PyObject *shifted = (t && s && n64) ? PyNumber_Lshift(t, n64) : NULL;
+    PyObject *key = shifted ? PyNumber_Or(shifted, s) : NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(s);
+    Py_XDECREF(n64);
+    Py_XDECREF(shifted);
+    return key;
+}
 
 static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out) {
     Field f;
@@ -682,17 +756,21 @@ static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out
         }
     }
     if (rc == 0) {
-        PyObject *trace = big_endian_int(ids[0], id_len[0]), *hit = NULL;
+        PyObject *trace = big_endian_int(ids[0], id_len[0]);
         int wanted = trace != NULL ? PySet_Contains(out->traces, trace) : -1;
         if (wanted > 0) {
-            PyObject *span = big_endian_int(ids[1], id_len[1]), *parent = big_endian_int(ids[2], id_len[2]);
-            if (span != NULL && parent != NULL)
-                hit = Py_BuildValue("(OOOOOO)", trace, span, parent, values[0] ? values[0] : Py_None,
-                                    values[1] ? values[1] : Py_None, values[2] ? values[2] : Py_None);
-            Py_XDECREF(span);
+            PyObject *key = span_key_of(ids[0], id_len[0], ids[1], id_len[1]);
+            PyObject *parent = span_key_of(ids[0], id_len[0], ids[2], id_len[2]);
+            if (key == NULL || parent == NULL || PyDict_SetItem(out->links, key, parent) < 0) rc = PYERR;
+            PyObject *op = values[0];
+            if (rc == 0 && op != NULL && PyUnicode_Check(op) && PyUnicode_GET_LENGTH(op) > 0) {
+                PyObject *row = Py_BuildValue("(OOOO)", key, op, values[1] ? values[1] : Py_None,
+                                              values[2] ? values[2] : Py_None);
+                if (row == NULL || PyList_Append(out->scoped, row) < 0) rc = PYERR;
+                Py_XDECREF(row);
+            }
+            Py_XDECREF(key);
             Py_XDECREF(parent);
-            if (hit == NULL || PyList_Append(out->found, hit) < 0) rc = PYERR;
-            Py_XDECREF(hit);
         } else if (wanted < 0) {
             rc = PYERR;
         }
@@ -717,23 +795,264 @@ static int link_level(const uint8_t *p, const uint8_t *end, int depth, const int
     return 0;
 }
 
-/* links(data, traces, (operation key, agent key, workflow key)) -> [(trace id, span id, parent span
-   id, operation, agent, workflow)] for the spans of `traces`, each value the attribute's scalar as
-   read_any reads it (None: absent or unset), or None to decline. Only for data scan() accepted. */
+/* links(data, traces, (operation key, agent key, workflow key)) -> ({span key: parent key}, [(span key,
+   operation, agent, workflow)]) for the spans of `traces` (keys as ancestry.span_key makes them; the
+   rows only for spans whose operation is a non-empty str, each value the attribute's scalar as
+   read_any reads it, None when absent or unset), or None to decline. Only for data scan() accepted. */
 static PyObject *links(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL};
+    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL, NULL};
     if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
                           &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2]))
         return NULL;
     static const int path[] = {1, 2, 2, 0}; /* resource_spans > scope_spans > spans */
-    out.found = PyList_New(0);
-    int rc = out.found == NULL ? PYERR : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
+    out.links = PyDict_New();
+    out.scoped = PyList_New(0);
+    int rc = out.links == NULL || out.scoped == NULL
+                 ? PYERR
+                 : link_level(buf.buf, (const uint8_t *)buf.buf + buf.len, 0, path, &out);
     PyBuffer_Release(&buf);
-    if (rc == 0) return out.found;
-    Py_XDECREF(out.found);
-    if (rc == DECLINE) Py_RETURN_NONE;
-    return NULL;
+    PyObject *result = NULL;
+    if (rc == 0) {
+        result = PyTuple_Pack(2, out.links, out.scoped);
+    } else if (rc == DECLINE) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    Py_XDECREF(out.links);
+    Py_XDECREF(out.scoped);
+    return result;
+}
+
+/* --- build(): usage records from scan()'s hits, for the plain case ----------------------- */
+
+/* What build() needs of the extractor (configure_records): the record classes, the slots it reads
+   and the bounds it checks. Every hit build() cannot prove plain is left for extract._record. */
+static PyObject *record_type, *tokens_type, *attribution_type, *str_unknown, *str_chat, *str_ok, *str_error,
+    *str_lower, *empty_tuple, *zero;
+enum { S_IN, S_OUT, S_CACHE_READ, S_CACHE_WRITE, S_REASONING, S_TOTAL, S_REQUEST_MODEL, S_COST, S_ESTIMATED,
+       S_MARKER, S_ERROR_TYPE, S_TASK_SCOPE, S_CACHE_WRITE_1H, S_SERVICE_TIER, S_ENRICHMENT_FAILED,
+       S_VERIFY_PASSED, N_BUILD_SLOTS };
+static int build_slot[N_BUILD_SLOTS];
+static long long max_tokens = 0;
+static double max_cost = 0.0;
+static int records_configured = 0;
+#define N_WHO 7 /* Attribution's fields, in order: the slots after the four model/provider/operation ones */
+
+/* The record classes are slotted dataclasses whose __init__ only stores its arguments: build() makes
+   them as that __init__ would, without calling it (a Python function: most of build()'s time),
+   storing each field in its slot. The slots' offsets come from their member descriptors, checked
+   in configure_records to be plain object slots. */
+#define MAX_FIELDS 24
+typedef struct {
+    PyTypeObject *type;
+    int n;
+    Py_ssize_t offset[MAX_FIELDS];
+} Layout;
+static Layout record_layout, tokens_layout, attribution_layout;
+
+static int layout_of(PyObject *cls, PyObject *names, Layout *out) {
+    if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) > MAX_FIELDS) return -1;
+    out->type = (PyTypeObject *)cls;
+    out->n = (int)PyTuple_GET_SIZE(names);
+    for (int i = 0; i < out->n; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL) return -1;
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+                 !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+        if (ok) out->offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!ok) return -1;
+    }
+    return 0;
+}
+
+/* An instance of layout's class with its fields set to values (new references taken). */
+static PyObject *make(const Layout *layout, PyObject *const *values) {
+    PyObject *obj = layout->type->tp_alloc(layout->type, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < layout->n; i++) *(PyObject **)((char *)obj + layout->offset[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
+/* An exact int in [0, max_tokens] into *out; 0 when it is not one. */
+static int plain_count(PyObject *v, long long *out) {
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || n < 0 || n > max_tokens) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = n;
+    return 1;
+}
+
+/* An optional count (None: 0) as plain_count judges it. */
+static int plain_optional(PyObject *v, long long *out) {
+    if (v == Py_None) {
+        *out = 0;
+        return 1;
+    }
+    return plain_count(v, out);
+}
+
+/* extract._record's result for a hit whose slots need none of its rare rules, or NULL with no error
+   set when they might (the caller leaves the hit to Python); NULL with an error set on failure. */
+static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours, long long ceiling) {
+    if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 9) return NULL;
+    PyObject *vals = PyTuple_GET_ITEM(hit, 1);
+    if (!PyList_CheckExact(vals) || PyList_GET_SIZE(vals) != n_slots) return NULL;
+#define SLOT(i) PyList_GET_ITEM(vals, build_slot[i])
+    if (SLOT(S_TASK_SCOPE) == Py_True || PyBool_Check(SLOT(S_VERIFY_PASSED))) return NULL;
+    if (SLOT(S_TOTAL) != Py_None || SLOT(S_CACHE_WRITE_1H) != Py_None || SLOT(S_ERROR_TYPE) != Py_None ||
+        SLOT(S_ENRICHMENT_FAILED) != Py_None)
+        return NULL;
+    PyObject *tier = SLOT(S_SERVICE_TIER); /* a label as it is, or left to _label */
+    if (tier != Py_None && !(PyUnicode_CheckExact(tier) && PyUnicode_GET_LENGTH(tier) > 0 &&
+                             PyUnicode_GET_LENGTH(tier) <= max_label))
+        return NULL;
+    long long in, out, read, write, reasoning;
+    if (!plain_count(SLOT(S_IN), &in) || !plain_count(SLOT(S_OUT), &out) ||
+        !plain_optional(SLOT(S_CACHE_READ), &read) || !plain_optional(SLOT(S_CACHE_WRITE), &write) ||
+        !plain_optional(SLOT(S_REASONING), &reasoning))
+        return NULL;
+    if (in < read + write || out < reasoning || in + out > ceiling) return NULL;
+    PyObject *cost = SLOT(S_COST);
+    if (cost != Py_None) {
+        if (!PyFloat_CheckExact(cost)) return NULL;
+        double c = PyFloat_AS_DOUBLE(cost);
+        if (!(c >= 0.0 && c <= max_cost)) return NULL; /* NaN fails too */
+    }
+    Py_ssize_t scope = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 0));
+    if (scope < 0 || scope >= PyList_GET_SIZE(resources) || scope >= PyList_GET_SIZE(ours)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *inherited = PyList_GET_ITEM(resources, scope); /* a tuple of N_WHO values, or None */
+    if (inherited != Py_None && (!PyTuple_CheckExact(inherited) || PyTuple_GET_SIZE(inherited) != N_WHO))
+        return NULL;
+    int base = build_slot[S_REQUEST_MODEL];
+    PyObject *request_model = PyList_GET_ITEM(vals, base), *response_model = PyList_GET_ITEM(vals, base + 1),
+             *provider = PyList_GET_ITEM(vals, base + 2), *operation = PyList_GET_ITEM(vals, base + 3);
+    PyObject *who[N_WHO];
+    int from_resource = 0;
+    for (int i = 0; i < N_WHO; i++) {
+        who[i] = PyList_GET_ITEM(vals, base + 4 + i);
+        if (who[i] == Py_None && inherited != Py_None) who[i] = PyTuple_GET_ITEM(inherited, i);
+    }
+    if (inherited != Py_None)
+        from_resource = PyList_GET_ITEM(vals, base + 4) == Py_None && PyTuple_GET_ITEM(inherited, 0) != Py_None;
+    /* the labels are the walk's own (as_label): a str or None */
+    PyObject *lowered = provider == Py_None ? Py_NewRef(str_unknown) : PyObject_CallMethodNoArgs(provider, str_lower);
+    if (lowered == NULL) return NULL;
+    if (request_model == Py_None) request_model = response_model != Py_None ? response_model : str_unknown;
+    if (operation == Py_None) operation = str_chat;
+    PyObject *counts[6] = {SLOT(S_IN), SLOT(S_OUT), SLOT(S_CACHE_READ), SLOT(S_CACHE_WRITE), SLOT(S_REASONING),
+                           zero}; /* the last: cache_write_1h */
+    for (int i = 2; i < 5; i++)
+        if (counts[i] == Py_None) counts[i] = zero;
+    PyObject *tokens = make(&tokens_layout, counts);
+    PyObject *attribution = tokens != NULL ? make(&attribution_layout, who) : NULL;
+    PyObject *record = NULL;
+    if (attribution != NULL) {
+        PyObject *parent = PyTuple_GET_ITEM(hit, 5);
+        int is_error = PyLong_AsLong(PyTuple_GET_ITEM(hit, 8)) == 2; /* STATUS_CODE_ERROR */
+        int ours_scope = PyObject_IsTrue(PyList_GET_ITEM(ours, scope));
+        PyObject *args[19] = {
+            lowered, request_model, operation, response_model, tokens,
+            SLOT(S_ESTIMATED) == Py_True ? Py_True : Py_False, cost, attribution,
+            is_error ? str_error : str_ok, Py_None, PyTuple_GET_ITEM(hit, 3), PyTuple_GET_ITEM(hit, 4),
+            PyObject_IsTrue(parent) ? parent : Py_None, PyTuple_GET_ITEM(hit, 6), PyTuple_GET_ITEM(hit, 7),
+            (ours_scope > 0 || SLOT(S_MARKER) == Py_True) ? Py_True : Py_False, tier, empty_tuple,
+            from_resource ? Py_True : Py_False,
+        };
+        if (!PyErr_Occurred()) record = make(&record_layout, args);
+    }
+#undef SLOT
+    Py_DECREF(lowered);
+    Py_XDECREF(tokens);
+    Py_XDECREF(attribution);
+    return record;
+}
+
+/* build(hits, resources, ours, ceiling) -> how many hits were replaced, in place, by their usage
+   record: resources[scope] is the scope's resource attribution as a tuple of Attribution's fields
+   (or None), ours[scope] whether the scope is otel-tokens' own, ceiling the extractor's
+   max_tokens_per_call. A record's cost is None when the span gave none (the caller prices it). */
+static PyObject *build(PyObject *self, PyObject *args) {
+    PyObject *hits, *resources, *ours;
+    long long ceiling;
+    if (!records_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_records() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!L", &PyList_Type, &hits, &PyList_Type, &resources, &PyList_Type, &ours,
+                          &ceiling))
+        return NULL;
+    Py_ssize_t built = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hits); i++) {
+        PyObject *record = plain_record(PyList_GET_ITEM(hits, i), resources, ours, ceiling);
+        if (record == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            continue;
+        }
+        PyList_SetItem(hits, i, record); /* steals record, drops the hit */
+        built++;
+    }
+    return PyLong_FromSsize_t(built);
+}
+
+/* configure_records(UsageRecord, TokenCounts, Attribution, slots, max_tokens, max_cost, and the three
+   classes' field names in order): slots are
+   the extractor's (IN, OUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL, REQUEST_MODEL, COST,
+   ESTIMATED, MARKER, ERROR_TYPE, TASK_SCOPE, CACHE_WRITE_1H, SERVICE_TIER, ENRICHMENT_FAILED,
+   VERIFY_PASSED); the label slots are REQUEST_MODEL and the ten after it, in UsageRecord's order. */
+static PyObject *configure_records(PyObject *self, PyObject *args) {
+    PyObject *rec, *tok, *att, *slots;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure() first");
+        return NULL;
+    }
+    records_configured = 0;
+    PyObject *rec_fields, *tok_fields, *att_fields;
+    if (!PyArg_ParseTuple(args, "OOOO!LdO!O!O!", &rec, &tok, &att, &PyTuple_Type, &slots, &max_tokens, &max_cost,
+                          &PyTuple_Type, &rec_fields, &PyTuple_Type, &tok_fields, &PyTuple_Type, &att_fields))
+        return NULL;
+    if (layout_of(rec, rec_fields, &record_layout) < 0 || layout_of(tok, tok_fields, &tokens_layout) < 0 ||
+        layout_of(att, att_fields, &attribution_layout) < 0 || record_layout.n != 19 || tokens_layout.n != 6 ||
+        attribution_layout.n != N_WHO) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_records: not the expected slots");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(slots) != N_BUILD_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "configure_records: wrong number of slots");
+        return NULL;
+    }
+    for (int i = 0; i < N_BUILD_SLOTS; i++) {
+        int slot = (int)PyLong_AsLong(PyTuple_GET_ITEM(slots, i));
+        if (slot < 0 || slot >= n_slots || (i == S_REQUEST_MODEL && slot + 4 + N_WHO > n_slots)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_records: slot out of range");
+            return NULL;
+        }
+        build_slot[i] = slot;
+    }
+    Py_XSETREF(record_type, Py_NewRef(rec));
+    Py_XSETREF(tokens_type, Py_NewRef(tok));
+    Py_XSETREF(attribution_type, Py_NewRef(att));
+    if (str_unknown == NULL) {
+        str_unknown = PyUnicode_InternFromString("unknown");
+        str_chat = PyUnicode_InternFromString("chat");
+        str_ok = PyUnicode_InternFromString("ok");
+        str_error = PyUnicode_InternFromString("error");
+        str_lower = PyUnicode_InternFromString("lower");
+        empty_tuple = PyTuple_New(0);
+        zero = PyLong_FromLong(0);
+        if (!str_unknown || !str_chat || !str_ok || !str_error || !str_lower || !empty_tuple || !zero) return NULL;
+    }
+    records_configured = 1;
+    Py_RETURN_NONE;
 }
 
 static void clear_table(void) {
@@ -743,7 +1062,7 @@ static void clear_table(void) {
     }
 }
 
-/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED))
+/* configure(schema, entries, n_slots, no_rank, (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)[, max_label])
    schema: per type (T_REQ.. first, in enum order), a list of (fieldno, kind, repeated, sub type)
    entries: (key, slot, rank, flags) for every attribute name the extractor reads */
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -754,8 +1073,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         return NULL;
     }
     configured = 0;
-    if (!PyArg_ParseTuple(args, "O!O!iiO", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
-                          &no_rank, &usage_slots))
+    max_label = 128;
+    if (!PyArg_ParseTuple(args, "O!O!iiO|i", &PyList_Type, &types, &PyList_Type, &entries, &n_slots,
+                          &no_rank, &usage_slots, &max_label))
         return NULL;
     if (!PyArg_ParseTuple(usage_slots, "iiiii", &slot_in, &slot_out, &slot_total, &slot_task_scope,
                           &slot_verify))
@@ -764,7 +1084,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     int usage[] = {slot_in, slot_out, slot_total, slot_task_scope, slot_verify};
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
         if (usage[i] < 0 || usage[i] >= n_slots) n_slots = 0; /* refused just below */
-    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1) {
+    if (n_types < T_FIXED || n_types > MAX_TYPES || n_slots > MAX_SLOTS || n_slots < 1 || no_rank < 0 || no_rank > 255 ||
+        max_label < 1) {
         PyErr_SetString(PyExc_ValueError, "_otlp_scan.configure: schema or slots out of range");
         return NULL;
     }
@@ -815,11 +1136,15 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
+    {"build", build, METH_VARARGS,
+     "build(hits, resources, ours, ceiling) -> n: scan()'s plain usage hits replaced by their records."},
+    {"configure_records", configure_records, METH_VARARGS,
+     "Give build() the record classes, the slots it reads and the bounds it checks."},
     {"links", links, METH_VARARGS,
-     "links(data, traces, keys) -> [(trace, span, parent, operation, agent, workflow)] of the spans of "
-     "traces, or None to decline."},
+     "links(data, traces, keys) -> ({span key: parent key}, [(span key, operation, agent, workflow)]) of "
+     "the spans of traces, or None to decline."},
     {"scan", scan, METH_VARARGS,
-     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits), or None to decline (take the "
+     "scan(data, fallback=None) -> (n_spans, resources, scopes, hits, n_events), or None to decline (take the "
      "Python path). fallback: a resource attribute read besides the attribution ones."},
     {NULL, NULL, 0, NULL},
 };

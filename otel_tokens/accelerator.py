@@ -2,11 +2,14 @@
 
 A plain `pip install` without a compiler has no `_otlp_scan`; everything then runs the pure-Python
 path and `scanner()` returns None. With it, the extractor hands the serialized request to
-`scan(data, fallback)`, which returns the slot values, ranks and span fields of the usage, task and
+`scan(data, fallback)`, which returns the slot values (the label slots, `extract.LABEL_SLOTS`,
+already made labels by `extract._label`'s rule), ranks and span fields of the usage, task and
 verify spans only, and each resource's attribution attributes plus its `fallback` attribute (the
 extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
 from the decoded request — or None to decline, and the extractor then takes the Python path on the
-same payload. So both paths count the same spans the same way;
+same payload. `build` then turns each plain usage span's hit into the UsageRecord `extract._record`
+would build (record_builder(); the rare rules stay in Python), and `links` gives the ancestor walk
+its parent links as a dict. So both paths count the same spans the same way;
 tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
 
 The walk checks every field against the schema of the installed `opentelemetry-proto` (built
@@ -23,7 +26,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PURE_PYTHON_ENV", "LinksWalk", "ScanResult", "links_walk", "scanner"]
+__all__ = ["PURE_PYTHON_ENV", "Build", "LinksWalk", "ScanResult", "links_walk", "record_builder", "scanner"]
 
 #: "1": never use the compiled walk, even when it is built.
 PURE_PYTHON_ENV = "OTEL_TOKENS_PURE_PYTHON"
@@ -32,12 +35,26 @@ _log = logging.getLogger(__name__)
 
 #: (spans, per ResourceSpans the attribution attributes found or None, per ScopeSpans [resource
 #: index, scope name], per usage span (scope index, slot values, ranks, trace id, span id, parent
-#: span id, start ns, end ns, status code))
-ScanResult = tuple[int, list[Any], list[list[Any]], list[tuple[Any, ...]]]
-#: `links(data, traces, (operation key, agent key, workflow key))`: per span of `traces` (trace id,
-#: span id, parent span id, and the three attributes' scalar values or None), or None to decline;
-#: only for a payload `scan` accepted (the ancestor walk's parent links, extract.scan_otlp_bytes)
-LinksWalk = Callable[[bytes, set[int], tuple[str, str, str]], list[tuple[Any, ...]] | None]
+#: span id, start ns, end ns, status code), span events seen: the guard's decision events are
+#: read from the decoded request, only when there are any)
+ScanResult = tuple[int, list[Any], list[list[Any]], list[Any], int]
+#: `links(data, traces, (operation key, agent key, workflow key))`: for the spans of `traces`, their
+#: parent links ({span key: parent key}, keys as `ancestry.span_key` makes them) and, for each span
+#: whose operation is a non-empty str, (span key, operation, agent, workflow: the attributes' scalar
+#: values or None); or None to decline. Only for a payload `scan` accepted (the ancestor walk's
+#: parent links, extract.scan_otlp_bytes): the links are built in C, not per span in Python.
+LinksWalk = Callable[
+    [bytes, set[int], tuple[str, str, str]], tuple[dict[int, int], list[tuple[Any, ...]]] | None
+]
+
+#: `build(hits, resources, ours, ceiling)`: replaces, in place, each of `scan`'s hits that needs none
+#: of extract._record's rare rules (plain in-range counts, nothing to make consistent, a plain cost
+#: or none, a service tier that is a label as it is or none, no error type, enrichment failure,
+#: 1-hour split or total) by the
+#: UsageRecord _record would build — its cost left None when the span gave none, for the caller to
+#: price; `resources[scope]` is the scope's resource attribution as a tuple of Attribution's fields
+#: (or None), `ours[scope]` whether the scope is otel-tokens' own, `ceiling` max_tokens_per_call.
+Build = Callable[[list[Any], list[Any], list[bool], int], int]
 
 # the C walk's kinds (K_*) by descriptor field type
 _VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)
@@ -78,6 +95,7 @@ _READ_FIELDS = (
     ("Span", 7, "start_time_unix_nano", _FIXED64),
     ("Span", 8, "end_time_unix_nano", _FIXED64),
     ("Span", 9, "attributes", _MESSAGE),
+    ("Span", 11, "events", _MESSAGE),
     ("Span", 15, "status", _MESSAGE),
     ("KeyValue", 1, "key", _STRING),
     ("KeyValue", 2, "value", _MESSAGE),
@@ -146,18 +164,64 @@ def _configure(module: Any) -> Callable[[bytes, str | None], ScanResult | None] 
     if schema is None:
         _log.info("otel-tokens: the installed OTLP schema differs from the compiled walk's; pure Python")
         return None
-    attribution = extract.ATTRIBUTION_SLOTS
+    attribution, labels = extract.ATTRIBUTION_SLOTS, extract.LABEL_SLOTS
     entries = [
-        (key, slot, rank, (1 if expected == "array_value" else 0) | (2 if slot in attribution else 0))
+        (key, slot, rank, (expected == "array_value") | (slot in attribution) << 1 | (slot in labels) << 2)
         for key, (slot, rank, expected) in extract.OTLP_ENTRIES.items()
     ]
-    module.configure(schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS)
+    module.configure(
+        schema, entries, extract.N_SLOTS, extract.NO_RANK, extract.USAGE_SLOTS, extract.MAX_LABEL
+    )
     scan: Callable[[bytes, str | None], ScanResult | None] = module.scan
+    _configure_records(module)
     return scan
+
+
+def _configure_records(module: Any) -> None:
+    """Switch on `build` when the record classes still have the fields, in the order, it fills."""
+    global _build
+    from dataclasses import fields
+
+    from otel_tokens import extract
+    from otel_tokens.record import Attribution, TokenCounts, UsageRecord
+
+    if [f.name for f in fields(UsageRecord)] != list(_RECORD_FIELDS) or [
+        f.name for f in fields(Attribution)
+    ] != ["agent", "task", "task_id", "user", "session", "step", "workflow"]:
+        _log.info("otel-tokens: the usage record's fields differ from the compiled build's; not used")
+        return
+    e = extract
+    slots = (
+        e.IN, e.OUT, e.CACHE_READ, e.CACHE_WRITE, e.REASONING, e.TOTAL, e.REQUEST_MODEL, e.COST,
+        e.ESTIMATED, e.MARKER, e.ERROR_TYPE, e.TASK_SCOPE, e.CACHE_WRITE_1H, e.SERVICE_TIER,
+        e.ENRICHMENT_FAILED, e.VERIFY_PASSED,
+    )  # fmt: skip
+    if e.WORKFLOW != e.REQUEST_MODEL + 10:
+        return
+    names = [tuple(f.name for f in fields(cls)) for cls in (UsageRecord, TokenCounts, Attribution)]
+    if names[1] != ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h"):
+        return
+    try:  # the classes' slots are checked there: plain object slots, else the build stays off
+        module.configure_records(
+            UsageRecord, TokenCounts, Attribution, slots, e.MAX_TOKENS, e.MAX_COST_USD, *names
+        )
+    except ValueError as exc:
+        _log.info("otel-tokens: the compiled record build is off: %s", exc)
+        return
+    _build = module.build
+
+
+#: The UsageRecord fields `build` fills, in order.
+_RECORD_FIELDS = (
+    "provider", "request_model", "operation", "response_model", "tokens", "estimated", "cost_usd",
+    "attribution", "status", "error_type", "trace_id", "span_id", "parent_span_id", "start_time_ns",
+    "end_time_ns", "ours", "service_tier", "failed_steps", "agent_from_resource",
+)  # fmt: skip
 
 
 _scanner: Callable[[bytes, str | None], ScanResult | None] | None = None
 _links: LinksWalk | None = None
+_build: Build | None = None
 _loaded = False
 
 
@@ -175,6 +239,12 @@ def scanner() -> Callable[[bytes, str | None], ScanResult | None] | None:
                 _scanner = _configure(_otlp_scan)
                 _links = _otlp_scan.links if _scanner is not None else None
     return _scanner
+
+
+def record_builder() -> Build | None:
+    """The compiled record build (`build`), when the compiled walk (`scanner()`) is on."""
+    scanner()
+    return _build
 
 
 def links_walk() -> LinksWalk | None:

@@ -344,9 +344,16 @@ class Aggregator:
                 self._add_locked(key, record, now)
 
     def _add_locked(self, key: Key, record: UsageRecord, now: float) -> None:
-        series = self._series.get_or_create(key, now)
+        series = self._series.entries.get(key)  # KeyedFamily.get_or_create's common case, inline
+        if series is None:
+            series = self._series.get_or_create(key, now)
+        else:
+            series.last_seen = now
         counts = record.tokens
-        fresh_input, visible_output, cache_read, cache_write, reasoning = counts.disjoint_counts()
+        cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
+        # TokenCounts.disjoint_counts(), inline: this runs per record
+        fresh_input = max(counts.input - cache_read - cache_write, 0)
+        visible_output = max(counts.output - reasoning, 0)
         tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
         tokens[0] += fresh_input
         tokens[1] += visible_output

@@ -84,14 +84,14 @@ class _RecentKeys(OrderedDict[int, float]):
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
-        self._max = maxsize
+        self.max = maxsize
         self.evicted_early = 0  # forgotten by the size cap while still inside the window
 
     def add(self, key: int, now: float) -> None:
         if key in self:  # a parent seen again (siblings): keep the order by time for `expire`
             self.move_to_end(key)
         self[key] = now
-        if len(self) > self._max:
+        if len(self) > self.max:
             self.popitem(last=False)
             self.evicted_early += 1  # `expire(window start)` ran first: the oldest was still inside
 
@@ -190,6 +190,16 @@ class Deduper:
             held = self._held.get(_key(record.trace_id, record.span_id))
             return held is not None and held[0] is record
 
+    def holding(self, records: Iterable[UsageRecord]) -> list[bool]:
+        """`holds` of each record, under one acquisition of the lock."""
+        with self._lock:
+            get = self._held.get
+            found = []
+            for record in records:
+                held = get(_key(record.trace_id, record.span_id))
+                found.append(held is not None and held[0] is record)
+            return found
+
     def amend_held(self, record: UsageRecord, attribution: Attribution) -> bool:
         """Give a record still held here a better attribution (an ancestor span named its agent);
         False when it was released or dropped already (too late: it was counted as it was)."""
@@ -234,11 +244,18 @@ class Deduper:
         with self._lock:
             if now != float("inf"):  # the final flush at shutdown keeps the memory for the snapshot
                 self._expire(now)
-            while self._held:
-                key, (record, deadline, _) = next(iter(self._held.items()))
+            held, children = self._held, self._held_children
+            while held:
+                key, (record, deadline, parent) = next(iter(held.items()))
                 if deadline > now:
                     break
-                self._pop_held(key)
+                held.popitem(last=False)  # == self._pop_held(key), inline: the oldest goes first
+                if parent is not None:
+                    siblings = children.get(parent)
+                    if siblings is not None:
+                        siblings.remove(key)
+                        if not siblings:
+                            del children[parent]
                 self._remember(key, record, now)
                 released.append(record)
         return released
@@ -277,9 +294,18 @@ class Deduper:
             if self.hold_seconds > 0 and len(held) < self.max_held:
                 self._hold(key, record, now + self.hold_seconds, parent)
                 return False
-        self._counted.add(key, now)  # == self._remember(key, record, now), inline on the hot path
+        # == self._remember(key, record, now), with _RecentKeys.add's common case inline (hot path)
+        counted = self._counted
+        if key in counted or len(counted) >= counted.max:
+            counted.add(key, now)
+        else:
+            counted[key] = now
         if parent is not None:
-            self._counted_parents.add(parent, now)
+            parents = self._counted_parents
+            if parent in parents or len(parents) >= parents.max:
+                parents.add(parent, now)
+            else:
+                parents[parent] = now
         return True
 
     def _duplicate(self, n: int) -> bool:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,7 +52,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, scanner
+from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, record_builder, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
@@ -175,6 +175,8 @@ N_SLOTS, NO_RANK = _N_SLOTS, _NO_RANK
 #: a span with one of these is read; TASK_SCOPE only if True, VERIFY_PASSED only if a bool
 USAGE_SLOTS = (IN, OUT, TOTAL, TASK_SCOPE, VERIFY_PASSED)
 ATTRIBUTION_SLOTS = frozenset(range(AGENT, WORKFLOW + 1))
+#: the slots `_record` reads as labels: the compiled walk hands them over already made labels
+LABEL_SLOTS = frozenset(range(REQUEST_MODEL, WORKFLOW + 1))
 
 
 class Rejection:
@@ -233,12 +235,12 @@ def _labels(values: Iterable[object]) -> list[str | None]:
     return [None if v is None else (v[:MAX_LABEL] or None) if type(v) is str else _label(v) for v in values]
 
 
-def _malformed(reason: str, slot: int, ranks: list[int], value: object) -> Rejection:
+def _malformed(reason: str, slot: int, ranks: Sequence[int], value: object) -> Rejection:
     key = _DIALECTS[slot][ranks[slot]] if ranks[slot] != _NO_RANK else f"slot {slot}"
     return Rejection(reason, f"{key}={str(value)[:64]!r}")
 
 
-def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
+def _token_count(vals: _Slots, ranks: Sequence[int], slot: int) -> int | Rejection:
     value = vals[slot]
     if type(value) is int and 0 <= value <= MAX_TOKENS:
         return value  # the fast path: everything else is rare
@@ -255,10 +257,34 @@ def _token_count(vals: _Slots, ranks: list[int], slot: int) -> int | Rejection:
     return value
 
 
-def tokens_from(vals: _Slots, ranks: list[int], stats: ExtractStats | None = None) -> TokenCounts | Rejection:
+def tokens_from(
+    vals: _Slots, ranks: Sequence[int], stats: ExtractStats | None = None
+) -> TokenCounts | Rejection:
     """Token counts in semconv meaning, whichever dialect reported them; self-contradicting counts
     made consistent (and counted in `stats`), see the module docstring."""
     counts = vals[IN : TOTAL + 1]  # the token slots are 0..5
+    inp, out, cache_read, cache_write, reasoning, total = counts
+    if (  # the common case judged at once: plain counts, no total, nothing to make consistent
+        type(inp) is int
+        and type(out) is int
+        and total is None
+        and vals[CACHE_WRITE_1H] is None
+        and MAX_TOKENS >= inp >= 0
+        and MAX_TOKENS >= out >= 0
+    ):
+        cache_read = 0 if cache_read is None else cache_read
+        cache_write = 0 if cache_write is None else cache_write
+        reasoning = 0 if reasoning is None else reasoning
+        if (
+            type(cache_read) is int
+            and type(cache_write) is int
+            and type(reasoning) is int
+            and cache_read >= 0
+            and cache_write >= 0
+            and inp >= cache_read + cache_write
+            and out >= reasoning >= 0
+        ):
+            return TokenCounts(inp, out, cache_read, cache_write, reasoning)
     for slot, value in enumerate(counts):
         if type(value) is int and 0 <= value <= MAX_TOKENS:
             continue  # the common case, judged in one line
@@ -317,7 +343,7 @@ def _consistent(tokens: TokenCounts, stats: ExtractStats) -> TokenCounts:
     return TokenCounts(inp, out, tokens.cache_read, tokens.cache_write, tokens.reasoning, one_hour)
 
 
-def _cost(vals: _Slots, ranks: list[int]) -> float | Rejection | None:
+def _cost(vals: _Slots, ranks: Sequence[int]) -> float | Rejection | None:
     value = vals[COST]
     if value is None:
         return None
@@ -397,7 +423,7 @@ _NO_IDS: SpanIds = (0, 0, None, 0, 0)
 
 def record_from_slots(
     vals: _Slots,
-    ranks: list[int],
+    ranks: Sequence[int],
     *,
     price: PriceFn,
     resource: Attribution | None,
@@ -413,7 +439,7 @@ def record_from_slots(
 
 def _record(
     vals: _Slots,
-    ranks: list[int],
+    ranks: Sequence[int],
     price: PriceFn,
     resource: Attribution | None,
     scope_ours: bool,
@@ -421,10 +447,12 @@ def _record(
     max_tokens_per_call: int,
     stats: ExtractStats | None,
     ids: SpanIds,
+    labelled: bool = False,
 ) -> UsageRecord | Rejection:
     """`record_from_slots` with positional arguments (this runs once per usage span): the record
     is built in one constructor call and each check has its common case first (a plain value),
-    leaving the rare ones to the helpers."""
+    leaving the rare ones to the helpers. `labelled`: the label slots hold labels already (the
+    compiled walk makes them, `LABEL_SLOTS`), so `_labels` (idempotent) is not run again."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -439,13 +467,15 @@ def _record(
             return cost
     assert cost is None or isinstance(cost, float)
     # slots REQUEST_MODEL..WORKFLOW are adjacent: one pass labels them all (this runs per span)
-    request_model, response_model, provider, operation, *who = _labels(vals[REQUEST_MODEL : WORKFLOW + 1])
+    labels = vals[REQUEST_MODEL : WORKFLOW + 1]
+    request_model, response_model, provider, operation, *who = labels if labelled else _labels(labels)
     provider = (provider or "unknown").lower()
     request_model = request_model or response_model or "unknown"
     from_resource = False
     if resource is not None:  # == resource.merged(attribution), without building the inner one
-        from_resource = who[0] is None and resource.agent is not None
-        who = [v if v is not None else r for v, r in zip(who, _resource_values(resource), strict=True)]
+        inherited = _resource_values(resource)
+        from_resource = who[0] is None and inherited[0] is not None
+        who = [v if v is not None else r for v, r in zip(who, inherited, strict=True)]
     error_type = _label(vals[ERROR_TYPE]) if vals[ERROR_TYPE] is not None else None
     service_tier = _label(vals[SERVICE_TIER]) if vals[SERVICE_TIER] is not None else None
     failed_steps = _failed_steps(vals[ENRICHMENT_FAILED]) if vals[ENRICHMENT_FAILED] is not None else ()
@@ -641,15 +671,13 @@ def scan_otlp_bytes(
 
         scan_otlp(ExportTraceServiceRequest.FromString(data), traces, links, scopes)
         return
-    for trace_id, span_id, parent, *values in found:
-        key = (trace_id << 64) | span_id
-        links[key] = (trace_id << 64) | parent
+    found_links, scoped = found
+    links.update(found_links)
+    for key, operation, agent, workflow in scoped:  # only spans naming an operation (a non-empty str)
         # as `kv.value.string_value` reads them: a value of another kind is ""
-        operation, agent, workflow = (v if type(v) is str and v else None for v in values)
-        if operation:
-            scope = _scope(operation, agent, workflow)
-            if scope is not None:
-                scopes[key] = scope
+        scope = _scope(operation, *(v if type(v) is str and v else None for v in (agent, workflow)))
+        if scope is not None:
+            scopes[key] = scope
 
 
 def scan_readable(
@@ -699,6 +727,7 @@ class Extractor:
         #: the compiled OTLP walk (accelerator.py), when built and not switched off
         self._scan = scanner() if compiled else None
         self._links = links_walk() if compiled else None
+        self._build = record_builder() if compiled else None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections).
@@ -726,6 +755,11 @@ class Extractor:
                         if outcome is not None:
                             add(outcome)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled walk is on for this extractor."""
+        return self._scan is not None
+
     def scan(self, data: bytes) -> ScanResult | None:
         """The compiled walk over a serialized request; None without it, or when it declines (the
         caller then decodes `data` and takes `extract_otlp`)."""
@@ -737,28 +771,54 @@ class Extractor:
 
     def count_scanned(self, found: ScanResult, batch: _Batch) -> None:
         """What the compiled walk found, counted into `batch` as `extract_otlp` would have."""
-        n_spans, raw_resources, scopes, hits = found
+        n_spans, raw_resources, scopes, hits, _ = found
         batch.spans_received += n_spans
         if not hits:
             return
         fallback = self.agent_fallback_attribute
         resources = [_resource_attribution(r, fallback) if r is not None else None for r in raw_resources]
+        scope_resource = [resources[index] for index, _ in scopes]
         ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
-        outcome_of, add = self._outcome, batch.add
-        for scope, vals, ranks, trace_id, span_id, parent, start, end, code in hits:
-            outcome = outcome_of(
-                vals, ranks, resources[scopes[scope][0]], ours[scope], code == _OTLP_STATUS_ERROR,
-                (trace_id, span_id, parent, start, end),
-            )  # fmt: skip
+        price, ceiling, stats, add = self._price, self.max_tokens_per_call, self.stats, batch.add
+        if self._build is not None:  # the plain usage spans' records, built in C (accelerator.Build)
+            inherited = [None if r is None else _resource_values(r) for r in scope_resource]
+            self._build(hits, inherited, ours, ceiling)
+        for hit in hits:
+            if type(hit) is UsageRecord:
+                if hit.cost_usd is None:
+                    self._price_built(hit)
+                add(hit)
+                continue
+            scope, vals, ranks, trace_id, span_id, parent, start, end, code = hit
+            error = code == _OTLP_STATUS_ERROR
+            if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare: one per task
+                ids = (trace_id, span_id, parent, start, end)
+                outcome = self._outcome(vals, ranks, scope_resource[scope], ours[scope], error, ids)
+            else:  # `_outcome`'s usage case, inline: this runs per usage span
+                outcome = _record(
+                    vals, ranks, price, scope_resource[scope], ours[scope], error, ceiling, stats,
+                    (trace_id, span_id, parent or None, start, end), True,
+                )  # fmt: skip
             if outcome is not None:
                 add(outcome)
+
+    def _price_built(self, record: UsageRecord) -> None:
+        """`_record`'s pricing, for a record the compiled build made without a cost (it has no
+        failed steps: the build leaves such spans to `_record`)."""
+        cost, failed = _price(
+            self._price, record.provider, record.request_model, record.response_model, record.tokens,
+            record.service_tier,
+        )  # fmt: skip
+        record.cost_usd = cost
+        if failed:
+            record.failed_steps = (sc.ENRICHMENT_PRICING,)
 
     def from_otlp_span(
         self,
         span: Any,
         resource: Attribution | None = None,
         scope_ours: bool = False,
-        found: tuple[_Slots, list[int]] | None = None,
+        found: tuple[_Slots, Sequence[int]] | None = None,
     ) -> Outcome:
         """None for a span without GenAI usage (most spans), else a record or a rejection; a task
         span is a TaskCompletion. `found`: the span's slots, when the caller walked them already."""
@@ -778,7 +838,7 @@ class Extractor:
     def _outcome(
         self,
         vals: _Slots,
-        ranks: list[int],
+        ranks: Sequence[int],
         resource: Attribution | None,
         scope_ours: bool,
         error: bool,

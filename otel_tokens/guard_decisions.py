@@ -17,8 +17,13 @@ Bounded: `action` and `reason` take fixed values (`GUARD_OUTCOMES`, `SAVED_REASO
 else is `other`, or not a saving), and (agent, budget) go through a `KeyedFamily` with a series
 limit and the usual overflow series. An exporter's resend of a span is counted once: the ids of
 the last `max_remembered` spans that carried decisions are remembered (decisions are rare, so this
-covers a long time). The counts live in memory: a restarted collector starts them from 0, which
-`rate()` and `increase()` read as a counter reset.
+covers a long time); the span's (trace id, span id) is the idempotency key.
+
+Reading is split from counting: ingest reads a span's events into `SpanDecisions` carried by the
+pipeline's batch, and the pipeline's apply step counts them (`apply`) — in the collector's main
+process, under its gate, so with a data dir they are journaled with the batch and kept in the
+snapshots like every other counter (counts and the memory of counted spans): they survive a
+restart, and a resend after the restart is still counted once.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["GuardDecisionCollector", "GuardDecisions"]
+__all__ = ["GuardDecisionCollector", "GuardDecisions", "SpanDecisions"]
 
 _OUTCOMES = frozenset(mn.GUARD_OUTCOMES)
 _REASONS = frozenset(mn.SAVED_REASONS)
@@ -49,30 +54,117 @@ _WANTED = (
     sc.OTEL_TOKENS_GUARD_SAVED_REASON, sc.OTEL_TOKENS_GUARD_SAVED_TOKENS,
 )  # fmt: skip
 _EVENTS = frozenset({sc.OTEL_TOKENS_GUARD_DECISION_EVENT, sc.OTEL_TOKENS_GUARD_SAVED_EVENT})
+#: What both event names start with: a serialized request without it carries no guard events.
+_EVENT_MARK = sc.OTEL_TOKENS_GUARD_DECISION_EVENT.rsplit(".", 1)[0].encode() + b"."
+assert sc.OTEL_TOKENS_GUARD_SAVED_EVENT.encode().startswith(_EVENT_MARK)
+#: Longest agent / budget / reason text kept (they become label values).
+_MAX_TEXT = 256
 
 
 class _Count:
     __slots__ = ("last_seen", "value")
 
-    def __init__(self) -> None:
-        self.value = 0.0
-        self.last_seen = 0.0
+    def __init__(self, value: float = 0.0, last_seen: float = 0.0) -> None:
+        self.value = value
+        self.last_seen = last_seen
+
+
+class SpanDecisions(NamedTuple):
+    """One span's guard events as read at ingest, before anything is counted: the unit a batch
+    carries to the apply step (and the journal keeps). Plain values only, so it pickles across an
+    ingest worker's pipe and encodes as JSON."""
+
+    #: the span's ids as integers (OTLP's bytes read big-endian, like the SDK's); the pair is the
+    #: idempotency key of its decisions. `span_id` 0: the sender left it out (a resend of such a
+    #: span cannot be told apart, and is counted again).
+    trace_id: int
+    span_id: int
+    agent: str
+    #: (event name, its wanted `otel_tokens.guard.*` attributes), in the span's order
+    events: tuple[tuple[str, dict[str, Any]], ...]
+
+    @classmethod
+    def from_json(cls, value: Sequence[Any]) -> SpanDecisions:
+        """Back from the journal (JSON has no tuples)."""
+        trace_id, span_id, agent, events = value
+        return cls(int(trace_id), int(span_id), str(agent), tuple((str(n), dict(a)) for n, a in events))
 
 
 class GuardDecisions:
-    """Counts decision events by (agent, budget, action) and savings by (agent, budget, reason)."""
+    """Counts decision events by (agent, budget, action) and savings by (agent, budget, reason).
+
+    Reading (`read_otlp`, `read_spans`) is apart from counting (`apply`), so a collector reads in
+    whichever process decoded the spans and counts where every other change is applied and
+    journaled; `count_otlp` / `count_spans` do both at once (in-memory use)."""
 
     def __init__(
         self, *, max_series: int = 2000, max_remembered: int = 100_000, clock: Callable[[], float] = time.time
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self._seen: OrderedDict[tuple[object, object], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._max_remembered = max_remembered
         self.actions: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
         self.saved: KeyedFamily[_Count] = KeyedFamily(_Count, width=3, limit=max_series)
 
-    def first_time(self, trace_id: object, span_id: object) -> bool:
+    # --- reading: pure, in whichever process decoded the spans ------------------------------------
+    @staticmethod
+    def read_otlp(request: ExportTraceServiceRequest) -> list[SpanDecisions]:
+        """The guard events of a decoded OTLP request (spans without events cost a length check)."""
+        found = []
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.events:
+                        item = _otlp_span(span)
+                        if item is not None:
+                            found.append(item)
+        return found
+
+    @staticmethod
+    def read_otlp_bytes(data: bytes) -> list[SpanDecisions]:
+        """`read_otlp` of a serialized request, for the path that never decodes one: a byte search
+        for the event names first, so only a request with guard events (rare) is decoded here."""
+        if _EVENT_MARK not in data:
+            return []
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        return GuardDecisions.read_otlp(ExportTraceServiceRequest.FromString(data))
+
+    @staticmethod
+    def read_spans(spans: Iterable[ReadableSpan]) -> list[SpanDecisions]:
+        """The guard events of finished SDK spans (the in-process path)."""
+        found = []
+        for span in spans:
+            events = tuple(
+                (e.name, _scalars((e.attributes or {}).items()))
+                for e in span.events or ()
+                if e.name in _EVENTS
+            )
+            if not events:
+                continue
+            ctx = span.get_span_context()
+            trace_id, span_id = (ctx.trace_id, ctx.span_id) if ctx is not None else (0, 0)
+            agent = str((span.attributes or {}).get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)[:_MAX_TEXT]
+            found.append(SpanDecisions(trace_id, span_id, agent, events))
+        return found
+
+    # --- counting: where the pipeline applies its changes (deterministic given the clock) ----------
+    def apply(self, items: Iterable[SpanDecisions]) -> None:
+        """Count what `read_*` found; a span already counted (by its ids) is not counted again."""
+        for item in items:
+            if item.span_id and not self.first_time(item.trace_id, item.span_id):
+                continue
+            for name, attributes in item.events:
+                self.count(item.agent, attributes, name)
+
+    def count_otlp(self, request: ExportTraceServiceRequest) -> None:
+        self.apply(self.read_otlp(request))
+
+    def count_spans(self, spans: Iterable[ReadableSpan]) -> None:
+        self.apply(self.read_spans(spans))
+
+    def first_time(self, trace_id: int, span_id: int) -> bool:
         """True the first time a span (by its ids) is seen; a resend is not counted again."""
         key = (trace_id, span_id)
         with self._lock:
@@ -88,7 +180,7 @@ class GuardDecisions:
     ) -> None:
         """One event's attributes (`otel_tokens.guard.*`): a decision (`name` the decision event)
         or a saving (the saved event)."""
-        budget = str(event.get(sc.OTEL_TOKENS_GUARD_BUDGET) or mn.UNKNOWN)
+        budget = str(event.get(sc.OTEL_TOKENS_GUARD_BUDGET) or mn.UNKNOWN)[:_MAX_TEXT]
         if name == sc.OTEL_TOKENS_GUARD_SAVED_EVENT:
             reason = str(event.get(sc.OTEL_TOKENS_GUARD_SAVED_REASON) or "")
             self._save(agent, budget, reason, event.get(sc.OTEL_TOKENS_GUARD_SAVED_TOKENS))
@@ -106,41 +198,56 @@ class GuardDecisions:
             with self._lock:
                 self.saved.get_or_create((agent, budget, reason), self._clock()).value += float(tokens)
 
-    def count_otlp(self, request: ExportTraceServiceRequest) -> None:
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    if span.events:
-                        self._otlp_span(span)
-
-    def _otlp_span(self, span: Any) -> None:
-        agent: str | None = None
-        for event in span.events:
-            if event.name not in _EVENTS:
-                continue
-            if agent is None:
-                if span.span_id and not self.first_time(bytes(span.trace_id), bytes(span.span_id)):
-                    return
-                agent = _otlp_agent(span.attributes)
-            values = {kv.key: _any_value(kv.value) for kv in event.attributes if kv.key in _WANTED}
-            self.count(agent, values, event.name)
-
-    def count_spans(self, spans: Iterable[ReadableSpan]) -> None:
-        for span in spans:
-            events = [e for e in span.events or () if e.name in _EVENTS]
-            ctx = span.get_span_context()
-            if not events or (ctx is not None and not self.first_time(ctx.trace_id, ctx.span_id)):
-                continue
-            agent = str((span.attributes or {}).get(sc.GEN_AI_AGENT_NAME) or mn.UNKNOWN)
-            for event in events:
-                self.count(agent, dict(event.attributes or {}), event.name)
-
+    # --- exposition and persistence --------------------------------------------------------------
     def snapshot(self) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
         with self._lock:
             return (
                 {k: v.value for k, v in self.actions.entries.items()},
                 {k: v.value for k, v in self.saved.entries.items()},
             )
+
+    def state(self) -> dict[str, Any]:
+        """The counts and the memory of counted spans as plain data (the durable store's snapshot)."""
+        with self._lock:
+            return {
+                "actions": self.actions.state(_count_values),
+                "saved": self.saved.state(_count_values),
+                "seen": [list(key) for key in self._seen],
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back `state()`."""
+        with self._lock:
+            self.actions.restore(state["actions"], _Count)
+            self.saved.restore(state["saved"], _Count)
+            self._seen = OrderedDict(((int(t), int(s)), None) for t, s in state["seen"])
+
+
+def _count_values(count: _Count) -> list[Any]:
+    return [count.value, count.last_seen]
+
+
+def _otlp_span(span: Any) -> SpanDecisions | None:
+    events = tuple((e.name, _scalars((kv.key, _any_value(kv.value)) for kv in e.attributes))
+                   for e in span.events if e.name in _EVENTS)  # fmt: skip
+    if not events:
+        return None
+    trace_id, span_id = int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")
+    return SpanDecisions(trace_id, span_id, _otlp_agent(span.attributes), events)
+
+
+def _scalars(attributes: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The wanted attributes whose values are scalars (an outsider's list or map is ignored);
+    text is cut at `_MAX_TEXT` characters."""
+    kept: dict[str, Any] = {}
+    for key, value in attributes:
+        if key not in _WANTED:
+            continue
+        if isinstance(value, str):
+            kept[key] = value[:_MAX_TEXT]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            kept[key] = value
+    return kept
 
 
 def _any_value(value: Any) -> Any:
@@ -151,7 +258,7 @@ def _any_value(value: Any) -> Any:
 def _otlp_agent(attributes: Any) -> str:
     for kv in attributes:
         if kv.key == sc.GEN_AI_AGENT_NAME:
-            return str(_any_value(kv.value) or mn.UNKNOWN)[:256]
+            return str(_any_value(kv.value) or mn.UNKNOWN)[:_MAX_TEXT]
     return mn.UNKNOWN
 
 

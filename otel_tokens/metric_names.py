@@ -104,8 +104,16 @@ SAVED_REASONS: Final[tuple[str, ...]] = ("blocked", "deferred", "downgraded", "c
 # --- alerts that act: the `action` label values the collector turns into stop orders --------------
 #: On RunawayTask: the named `task_id`'s next call raises TaskStopped.
 KILL_AGENT_TASK: Final = "kill_agent_task"
-#: On BudgetExceeded of a budget with `pause_noncritical: true`: non-critical agents in its scope stop.
+#: On BudgetExceeded of a budget with `pause_noncritical: true`: non-critical agents in its scope
+#: stop. The label the rendered rules carry, spelled as issue 6 names it.
+PAUSE_ALL_NONCRITICAL_AGENTS: Final = "pause_all_noncritical_agents"
+#: The budget-file flag, the stop order's `kind` (and `TaskStopped.kind`), and the label value
+#: rules rendered before `pause_all_noncritical_agents` carried: still accepted as one.
 PAUSE_NONCRITICAL: Final = "pause_noncritical"
+#: Every `action` label value that pauses non-critical agents (the rendered one first).
+PAUSE_ACTIONS: Final[tuple[str, ...]] = (PAUSE_ALL_NONCRITICAL_AGENTS, PAUSE_NONCRITICAL)
+#: Every `action` label value the collector and guards turn into stop orders.
+STOP_ACTIONS: Final[tuple[str, ...]] = (KILL_AGENT_TASK, *PAUSE_ACTIONS)
 
 #: The value of `metric` on the overflow counter, and of every label in an overflow series.
 OVERFLOW: Final = "__overflow__"

@@ -7,7 +7,8 @@ threads and `flush()` periodically and at shutdown; the clock is injected so tes
 dedupe hold window. Records built in this process (our instrumentation's, via `otel_tokens.sinks`)
 enter through `ingest_records` and skip extraction; spans of other instrumentations through
 `ingest_spans` / `ingest_otlp` / `ingest_otlp_bytes` (the serialized request: with the optional
-compiled walk, accelerator.py, it is never decoded into Python objects; same results). Both meet
+compiled walk, accelerator.py, it is never decoded into Python objects; same results; the
+receivers call `ingest_otlp_scanned`, which leaves a body the walk declines to their decoder). Both meet
 in the deduper, so one call is counted once either way.
 
 Every change to the pipeline's state — a batch, a flush, a rejected payload — passes through its
@@ -68,7 +69,7 @@ from otel_tokens.extract import (
     scan_readable,
 )
 from otel_tokens.extract_stats import ExtractStats, ExtractStatsCollector
-from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions
+from otel_tokens.guard_decisions import GuardDecisionCollector, GuardDecisions, SpanDecisions
 from otel_tokens.ingest_stats import bounded_reason
 from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 
@@ -111,6 +112,7 @@ class Batch:
     __slots__ = (
         "by_content",
         "completions",
+        "decisions",
         "links",
         "records",
         "rejected",
@@ -126,6 +128,8 @@ class Batch:
         self.rejected: dict[str, int] = {}
         self.completions: list[TaskCompletion] = []
         self.verdicts: list[Verdict] = []
+        #: the guard's decision events of the batch's spans, counted by `apply_batch` (journaled)
+        self.decisions: list[SpanDecisions] = []
         self.by_content = by_content
         #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
         self.walks: list[Walk] = []
@@ -263,8 +267,8 @@ class Pipeline:
         self.registry.register(_DedupeMemoryCollector(self._deduper))
         #: Every state change passes here (see the module docstring); replaced by a durable store.
         self.gate: Gate = _ApplyAtOnce(self)
-        #: the guard's decision events, counted apart from extraction (`guard_decisions.py`); in
-        #: memory only, outside the gate: not journaled by the durable store
+        #: the guard's decision events: read at ingest apart from extraction, carried by the batch
+        #: and counted by `apply_batch` (`guard_decisions.py`), so a durable gate journals them
         self.guard_decisions = GuardDecisions(max_series=self.config.max_series_per_metric, clock=clock)
         self.registry.register(GuardDecisionCollector(self.guard_decisions))
         #: In an ingest worker: whether the main process tracks unfinished walks (then every batch
@@ -275,24 +279,44 @@ class Pipeline:
         self.on_walks: Callable[[int], None] | None = None
 
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
-        """Count the usage spans of one decoded OTLP export request."""
+        """Count the usage spans of one decoded OTLP export request. With the compiled walk, the
+        request is serialized again and counted as `ingest_otlp_scanned` counts bytes (cheaper than
+        reading its attributes, links and events in Python), unless the walk declines."""
+        if self._extractor.compiled:
+            result = self.ingest_otlp_scanned(request.SerializeToString(), request)
+            if result is not None:
+                return result
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp"):
             self._extractor.extract_otlp(request, batch)
             self._resolve(batch, lambda ts, links, scopes: scan_otlp(request, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
-            self.guard_decisions.count_otlp(request)
+            batch.decisions = self.guard_decisions.read_otlp(request)
         return self.gate.batch(batch)
 
     def ingest_otlp_bytes(self, data: bytes) -> IngestResult:
         """`ingest_otlp(ExportTraceServiceRequest.FromString(data))`, the same result, without the
         decode when the compiled walk is built (accelerator.py): it reads the wire bytes itself.
         Raises protobuf's DecodeError, as `FromString` does, for a body that is not a request."""
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        result = self.ingest_otlp_scanned(data)
+        if result is None:  # no compiled walk, or it declined: decode and take the Python path
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        found = self._extractor.scan(data)
-        if found is None:  # no compiled walk, or it declined: decode and take the Python path
             return self.ingest_otlp(ExportTraceServiceRequest.FromString(data))
+        return result
+
+    def ingest_otlp_scanned(
+        self, data: bytes, request: ExportTraceServiceRequest | None = None
+    ) -> IngestResult | None:
+        """The serialized request counted by the compiled walk, with `ingest_otlp`'s result; None
+        (nothing counted) when there is no compiled walk or it declines `data` — the receivers then
+        decode it their own way (otlp_codec keeps the good spans of a partly broken request). The
+        walk declines whatever `FromString` would refuse, so a None is also how a malformed body
+        shows. The guard's decision events are read from `request` when the caller has it decoded,
+        else from the bytes (`GuardDecisions.read_otlp_bytes`), only when the walk saw span events."""
+        found = self._extractor.scan(data)
+        if found is None:
+            return None
         batch = Batch(by_content=True)
         with swallow_internal_errors("Pipeline.ingest_otlp_bytes"):
             self._extractor.count_scanned(found, batch)
@@ -300,6 +324,12 @@ class Pipeline:
             self._resolve(
                 batch, lambda ts, links, scopes: self._extractor.scan_links(data, ts, links, scopes)
             )
+        if found[4]:  # span events (the guard's decisions travel as events), else none to read
+            with swallow_internal_errors("Pipeline.guard_decisions"):
+                decisions = self.guard_decisions
+                batch.decisions = (
+                    decisions.read_otlp(request) if request is not None else decisions.read_otlp_bytes(data)
+                )
         return self.gate.batch(batch)
 
     def ingest_spans(self, spans: Iterable[ReadableSpan]) -> IngestResult:
@@ -312,7 +342,7 @@ class Pipeline:
                 batch.add(self._extractor.from_readable_span(span))
             self._resolve(batch, lambda ts, links, scopes: scan_readable(spans, ts, links, scopes))
         with swallow_internal_errors("Pipeline.guard_decisions"):
-            self.guard_decisions.count_spans(spans)
+            batch.decisions = self.guard_decisions.read_spans(spans)
         return self.gate.batch(batch)
 
     def ingest_records(self, records: Iterable[Record]) -> IngestResult:
@@ -362,6 +392,9 @@ class Pipeline:
         if batch.completions:
             batch.result.tasks_completed = len(batch.completions)
             self._complete(batch.completions, now)
+        if batch.decisions:
+            with swallow_internal_errors("Pipeline.guard_decisions"):
+                self.guard_decisions.apply(batch.decisions)
         return batch.result
 
     def apply_flush(self, until: float | None = None) -> bool:
@@ -475,8 +508,9 @@ class Pipeline:
 
     def _track(self, walks: list[Walk]) -> None:
         with self._resolver_lock:
-            for walk in walks:
-                if self._deduper.holds(walk.record):
+            held = self._deduper.holding([walk.record for walk in walks])
+            for walk, is_held in zip(walks, held, strict=True):
+                if is_held:
                     self._resolver.track(walk)
             self._publish_walks()
 

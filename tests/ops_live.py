@@ -40,6 +40,7 @@ BUDGETS = textwrap.dedent(
         scope: {agent: research}
         limit: {tokens: 1000000}
         window: 1d
+        forecast: {lookback: 2h}   # its burn rate is over 2h, from a collector and from Prometheus
       - name: everyone-monthly-usd
         limit: {usd: 100}
         window: month

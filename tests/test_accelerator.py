@@ -35,11 +35,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from otel_tokens import metric_names as mn
 from otel_tokens import semconv as sc
-from otel_tokens.accelerator import links_walk, scanner
+from otel_tokens.accelerator import links_walk, record_builder, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
+from otel_tokens.collector.http_receiver import ingest_protobuf
+from otel_tokens.collector.otlp_codec import Rejected, partial_success
 from otel_tokens.extract import scan_otlp, scan_otlp_bytes
 from otel_tokens.pipeline import DedupeConfig, Pipeline
-from otel_tokens.record import TokenCounts
+from otel_tokens.record import TokenCounts, UsageRecord
 from tests.test_fuzz import _PROFILE, _cuts, _mutated, _requests
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -77,12 +79,24 @@ class Run:
         return generate_latest(self.pipeline.registry)
 
 
+def receive(run: Run, data: bytes) -> None:
+    """What the HTTP and gRPC receivers do with a protobuf body (`ingest_protobuf`): the answer, or
+    the refusal, goes into the run's results."""
+    try:
+        run.results.append(ingest_protobuf(run.pipeline, data).SerializeToString())
+    except Rejected as rejected:
+        run.results.append(rejected.message)
+
+
 def assert_same(payloads: list[bytes]) -> tuple[int, list[str]]:
-    """Feed all three paths; returns (payloads the walk read itself, the records counted) and keeps
-    the last /metrics page in `last_page`."""
+    """Feed all three paths, and the receivers' path with and without the walk; returns (payloads
+    the walk read itself, the records counted) and keeps the last /metrics page in `last_page`."""
     pure, over_request, over_bytes = Run(False), Run(True), Run(True)
+    received_pure, received = Run(False), Run(True)
     walked = 0
     for data in payloads:
+        receive(received_pure, data)
+        receive(received, data)
         try:
             request = ExportTraceServiceRequest.FromString(data)
         except DecodeError as exc:
@@ -99,6 +113,12 @@ def assert_same(payloads: list[bytes]) -> tuple[int, list[str]]:
         assert run.page() == page  # after the flush: held spans counted
         assert run.results == pure.results
         assert run.records == pure.records
+    assert received.page() == received_pure.page()
+    assert received.results == received_pure.results
+    assert received.records == received_pure.records
+    if len(received.results) == len(pure.results):  # every payload decoded: the same as ingest_otlp
+        assert received.records == pure.records
+        assert received.results == [partial_success(r).SerializeToString() for r in pure.results]
     last_page[:] = [page]
     return walked, pure.records
 
@@ -126,6 +146,11 @@ def test_realistic_batches_are_walked_in_c_and_count_the_same() -> None:
     walked, counted = assert_same(payloads)
     assert walked == len(payloads)  # none declined: the compiled walk did the work
     assert len(counted) == 3 * 512 + 512 // 10 + 1
+    for data in (payloads[0], payloads[2]):  # ours and openai-v2's: every usage span built in C
+        _, _, scopes, hits, _ = scanner()(data, sc.SERVICE_NAME)  # type: ignore[misc]
+        build = record_builder()
+        assert build is not None and build(hits, [None] * len(scopes), [False] * len(scopes), 10**7) == 512
+        assert {type(h) for h in hits} == {UsageRecord}
 
 
 def interop_spans() -> list[ReadableSpan]:
@@ -276,3 +301,17 @@ def test_the_walk_declines_what_it_does_not_mirror_and_results_stay_the_same(
 ) -> None:
     assert (scanner()(payload) is None) == declined  # type: ignore[misc]
     assert_same([payload])
+
+
+def test_guard_decision_events_are_counted_on_every_path() -> None:
+    """The guard's decisions travel as span events, which the compiled walk leaves to a decode of
+    the request: the bytes and receiver paths count them as `ingest_otlp` does."""
+    from tests.test_guard_decisions import decision, request
+
+    payloads = [
+        request(1, "coder", decision("blocked", "coder-daily", 120.0)).SerializeToString(),
+        request(2, "writer", decision("downgraded", "w-usd", 33.5)).SerializeToString(),
+    ]
+    assert_same(payloads)
+    page = last_page[0].decode()
+    assert f'{mn.GUARD_ACTIONS}{{action="blocked",agent="coder",budget="coder-daily"}} 1.0' in page

@@ -82,7 +82,7 @@ RUNAWAY = {
 }  # fmt: skip
 PAUSE = {
     "alertname": "BudgetExceeded",
-    "action": "pause_noncritical",
+    "action": "pause_all_noncritical_agents",  # as the rendered rules carry it
     "severity": "P2",
     "budget": "all-daily",
 }
@@ -149,10 +149,13 @@ def test_runaway_alert_stops_that_task_instance_only_until_it_resolves(
     assert len(fake_provider.requests) == 2
 
 
+@pytest.mark.parametrize("action", mn.PAUSE_ACTIONS)
 def test_pause_noncritical_spares_agents_marked_critical(
-    collector: CollectorService, guard: Guard, client: openai.OpenAI, fake_provider: FakeProvider
+    collector: CollectorService, guard: Guard, client: openai.OpenAI, fake_provider: FakeProvider, action: str
 ) -> None:
-    post_alerts(collector.metrics_port, alert("firing", **PAUSE))
+    """Both spellings pause: the rendered `pause_all_noncritical_agents` and the older
+    `pause_noncritical` of rules rendered before it."""
+    post_alerts(collector.metrics_port, alert("firing", **{**PAUSE, "action": action}))
     orders_seen(guard, 1)
     with otel_tokens.attribute(agent="batch"), pytest.raises(otel_tokens.TaskStopped) as caught:
         chat(client)
@@ -162,7 +165,7 @@ def test_pause_noncritical_spares_agents_marked_critical(
     with otel_tokens.attribute(agent="ops"):
         chat(client)  # listed in guard.critical_agents
     assert len(fake_provider.requests) == 2
-    post_alerts(collector.metrics_port, alert("resolved", **PAUSE))
+    post_alerts(collector.metrics_port, alert("resolved", **{**PAUSE, "action": action}))
     orders_seen(guard, 0)
     with otel_tokens.attribute(agent="batch"):
         chat(client)

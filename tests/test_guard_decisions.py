@@ -89,3 +89,20 @@ def test_what_compress_and_the_cache_saved_is_counted_from_their_saved_events():
     actions, saved = exposed(decisions)
     assert actions == {("compressed", "coder", "codegen"): 1.0}  # a saving is no decision of its own
     assert saved == {("coder", "codegen", "compressed"): 900.0, ("coder", mn.UNKNOWN, "cached"): 40.0}
+
+
+def test_the_serialized_request_path_counts_the_same_decisions():
+    """`Pipeline.ingest_otlp_bytes` (the compiled walk, no decode) counts what `ingest_otlp` does."""
+    from otel_tokens.pipeline import Pipeline
+
+    blocked = request(1, "coder", decision("blocked", "coder-daily", 120.0))
+    downgraded = request(2, "writer", decision("downgraded", "w-usd", 33.5))
+    decoded, serialized = Pipeline(registry=CollectorRegistry()), Pipeline(registry=CollectorRegistry())
+    for body in (blocked, downgraded, blocked):
+        decoded.ingest_otlp(body)
+        serialized.ingest_otlp_bytes(body.SerializeToString())
+    assert exposed(serialized.guard_decisions) == exposed(decoded.guard_decisions)
+    assert exposed(serialized.guard_decisions)[0] == {
+        ("blocked", "coder", "coder-daily"): 1.0,
+        ("downgraded", "writer", "w-usd"): 1.0,
+    }

@@ -50,6 +50,14 @@ BUDGETS = textwrap.dedent(
         per_task_instance: {tokens: 100, runaway_factor: 3}
         spike: {enabled: false}
         forecast: {enabled: false}
+      - name: batch-daily
+        scope: {agent: batch}
+        limit: {tokens: 1000}
+        window: day
+        action: warn
+        pause_noncritical: true
+        spike: {enabled: false}
+        forecast: {enabled: false}
     """
 )
 
@@ -84,6 +92,7 @@ def test_a_guard_reads_the_fleets_use_and_firing_alerts_from_prometheus(
             [
                 used_elsewhere("support", 1000 - ESTIMATE + 1),
                 used_elsewhere("research", 301, task_id="loop-1"),
+                used_elsewhere("batch", 1000),  # exceeded: its alert pauses non-critical agents
             ]
         )
         state = PrometheusBudgetState(spec, prom.url)
@@ -94,7 +103,13 @@ def test_a_guard_reads_the_fleets_use_and_firing_alerts_from_prometheus(
             with otel_tokens.attribute(agent="support"), pytest.raises(otel_tokens.BudgetExceeded) as caught:
                 client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=20)
             assert caught.value.used == 1000 - ESTIMATE + 1
-            poll(lambda: len(state.stop_orders()), lambda n: n == 1, what="the firing RunawayTask")
+            poll(
+                lambda: len(state.stop_orders()),
+                lambda n: n == 2,
+                what="the firing RunawayTask and BudgetExceeded",
+            )
+            with otel_tokens.attribute(agent="batch"), pytest.raises(otel_tokens.TaskStopped) as paused:
+                client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=20)
             loop = otel_tokens.attribute(agent="research", task="t", task_id="loop-1")
             with loop, pytest.raises(otel_tokens.TaskStopped) as stopped:
                 client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=20)
@@ -104,4 +119,8 @@ def test_a_guard_reads_the_fleets_use_and_firing_alerts_from_prometheus(
             otel_tokens.uninstrument()
             guard.close()
     assert (stopped.value.kind, stopped.value.task_id) == ("kill_agent_task", "loop-1")
+    # the rendered `action: pause_all_noncritical_agents` is read as a pause
+    assert (paused.value.kind, paused.value.agent, paused.value.budget) == (
+        "pause_noncritical", "batch", "batch-daily",
+    )  # fmt: skip
     assert len(fake_provider.requests) == 1  # only loop-2's call left the process

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,9 +94,11 @@ AGENT = textwrap.dedent(
     while not go.exists():
         time.sleep(0.01)
 
+    where = {"agent": "worker", **({"task_id": sys.argv[6]} if len(sys.argv) > 6 else {})}
+
     def one(_):
         try:
-            with otel_tokens.attribute(agent="worker"):
+            with otel_tokens.attribute(**where):
                 client.chat.completions.create(
                     model="gpt-4o-mini", max_completion_tokens=int(sys.argv[4]),
                     messages=[{"role": "user", "content": sys.argv[5]}],
@@ -110,10 +113,11 @@ AGENT = textwrap.dedent(
 )
 
 
-def test_two_processes_sharing_one_budget_send_exactly_what_it_admits(
-    fake_provider: FakeProvider, tmp_path: Path
-) -> None:
-    budgets = write_budgets(tmp_path, TEN_CALLS)
+def two_agents(
+    fake_provider: FakeProvider, tmp_path: Path, budgets: Path, *task_id: str
+) -> tuple[list[str], dict[str, Any]]:
+    """Two agent processes sending 25 calls each at once (in task instance `task_id`, if given)
+    through one collector: every call's outcome, and the collector's budget status afterwards."""
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
     script, go = tmp_path / "agent.py", tmp_path / "go"
     script.write_text(AGENT)
@@ -134,6 +138,7 @@ def test_two_processes_sharing_one_budget_send_exactly_what_it_admits(
                     str(go),
                     str(REPLY_TOKENS),
                     MESSAGES[0]["content"],
+                    *task_id,
                 ],
                 env=env,
                 stdout=subprocess.PIPE,
@@ -151,13 +156,35 @@ def test_two_processes_sharing_one_budget_send_exactly_what_it_admits(
             assert agent.returncode == 0, err
             outcomes += json.loads(out.strip().splitlines()[-1])
         status = http_get_json(f"http://127.0.0.1:{collector.metrics_port}/api/v1/budgets")
+    return outcomes, status
 
+
+def test_two_processes_sharing_one_budget_send_exactly_what_it_admits(
+    fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    outcomes, status = two_agents(fake_provider, tmp_path, write_budgets(tmp_path, TEN_CALLS))
     # The documented bound: across processes, as within one, only what the estimates miss (here 0).
     assert (outcomes.count("sent"), outcomes.count("blocked")) == (10, 40)
     assert len(fake_provider.requests) == 10
     assert fake_provider.reported_totals().output == 10 * REPLY_TOKENS
     (ten,) = status["budgets"]
     assert ten["reserved"] + ten["used"] >= 10 * REPLY_TOKENS  # settled calls held until their spans count
+
+
+def test_two_processes_sharing_one_task_instance_send_what_its_limit_admits(
+    fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """One task instance (one `task_id`) spread over two processes: its per-instance limit holds
+    over both, as the budget's limit does, because the collector checks it over every process."""
+    roomy = {
+        **TEN_CALLS, "name": "roomy", "limit": {"tokens": 1000 * REPLY_TOKENS, "token_types": ["output"]},
+        "per_task_instance": {"tokens": 10 * REPLY_TOKENS},
+    }  # fmt: skip
+    outcomes, status = two_agents(fake_provider, tmp_path, write_budgets(tmp_path, roomy), "run-1")
+    assert (outcomes.count("sent"), outcomes.count("blocked")) == (10, 40)  # each alone would send 10
+    assert len(fake_provider.requests) == 10
+    (budget,) = status["budgets"]
+    assert budget["used"] + budget["reserved"] < 1000 * REPLY_TOKENS  # the instance, not the budget, refused
 
 
 # --- the collector is down ---------------------------------------------------------------------------
@@ -264,3 +291,31 @@ def test_fifty_asyncio_tasks_against_a_shared_budget_of_ten_send_ten(
         outcomes = asyncio.run(main())
     assert sum(isinstance(o, otel_tokens.BudgetExceeded) for o in outcomes) == 40
     assert len(fake_provider.requests) == 10
+
+
+def test_a_reservation_names_its_task_instance_and_a_bad_task_id_is_refused(tmp_path: Path) -> None:
+    budgets = write_budgets(tmp_path, {**TEN_CALLS, "per_task_instance": {"tokens": 5 * REPLY_TOKENS}})
+    config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
+
+    def reserve(port: int, **body: Any) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/reservations", method="POST",
+            data=json.dumps({"amounts": {"ten-calls": 1}, **body}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    with CollectorService(config) as collector:
+        port = collector.metrics_port
+        code, answer = reserve(port, task_id="run-1", instance_tokens={"ten-calls": 1})
+        assert code == 200 and answer["id"] is not None
+        instance = {"used": 0, "reserved": 1, "limit": 5 * REPLY_TOKENS}
+        assert answer["task_instance"] == {"task_id": "run-1", "budgets": {"ten-calls": instance}}
+        code, answer = reserve(port, task_id="x" * 257)
+        assert code == 400 and "task_id must be a string of 1 to 256 characters" in answer["error"]
+        code, answer = reserve(port, task_id="run-1", instance_tokens={"other": 1})
+        assert code == 400 and "instance_tokens name budgets the reservation does not" in answer["error"]

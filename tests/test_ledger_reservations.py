@@ -109,3 +109,37 @@ def test_concurrent_reservations_never_pass_the_limit():
         t.join()
     assert sum(g is not None for g in granted) == 10
     assert standing(led, "day") == (0, 100)
+
+
+INSTANCE_BUDGETS = """
+budgets:
+  - {name: day, limit: {tokens: 100000}, window: day, per_task_instance: {tokens: 100}}
+"""
+
+
+def test_a_task_instance_is_held_over_every_process_until_its_span_counts():
+    clock = Clock()
+    led = BudgetLedger(parse_budget_text(INSTANCE_BUDGETS, "budgets.yaml"), clock=clock)
+    run = Attribution(agent="a", task="t", task_id="run-1")
+    led.observe(UsageRecord("openai", "gpt-4o-mini", tokens=TokenCounts(input=30), attribution=run))
+    first, _ = led.reserve({"day": 50}, 60, task_id="run-1", instance_tokens={"day": 50})
+    assert first is not None
+    assert led.task_instance("run-1") == {"day": {"used": 30, "reserved": 50, "limit": 100}}
+    # another process, the same instance: 30 counted + 50 held + 21 > 100
+    assert led.reserve({"day": 21}, 60, task_id="run-1", instance_tokens={"day": 21})[0] is None
+    assert led.reserve({"day": 21}, 60, task_id="run-2", instance_tokens={"day": 21})[0] is not None
+    assert led.settle(first, {"day": 45}, hold_seconds=15)  # the estimate stays held for its span
+    assert led.task_instance("run-1")["day"]["reserved"] == 50
+    clock.now += 16
+    assert led.task_instance("run-1")["day"]["reserved"] == 0
+    assert led.reserve({"day": 70}, 60, task_id="run-1", instance_tokens={"day": 70})[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("instance", "message"),
+    [({"usd": 5}, "does not: ['usd']"), ({"day": -1}, "finite and >= 0")],
+)
+def test_malformed_instance_tokens_are_refused_with_the_reason(instance: dict[str, float], message: str):
+    led = ledger(Clock())
+    with pytest.raises(ReservationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        led.reserve({"day": 1}, 60, task_id="run-1", instance_tokens=instance)

@@ -10,6 +10,7 @@ import pty
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,14 +152,27 @@ def test_top_table_shows_shares_in_80_columns(live: Live):
 
 
 # --- status ---------------------------------------------------------------------------------------
-def test_status_shows_every_budget_with_burn_rate_projection_and_time_left(live: Live, capsys):
+def test_status_shows_every_budget_with_burn_rate_projection_and_time_left(
+    live: Live, capsys, monkeypatch: pytest.MonkeyPatch
+):
     code, doc = run_json(capsys, "status", "--collector", live.url)
     budgets = {b["name"]: b for b in doc["budgets"]}
     assert set(budgets) == {"support-daily", "research-daily", "everyone-monthly-usd"}
     assert code == doc["exit_code"] == status_exit_code(b["state"] for b in doc["budgets"])
     support = budgets["support-daily"]
     assert support["used"] == sum(live.expected["support"].values())
-    assert support["rate_per_hour"] > 0 and support["projected"] > 0
+    # the collector started seconds ago: too little data for a burn rate, so none is made up
+    assert (support["rate_per_hour"], support["projected"], support["seconds_left"]) == (None, None, None)
+    assert main(["status", "--collector", live.url]) == code
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("support-daily "))
+    assert row.count("—") == 3, row  # at end, burn/h, left
+    # ten minutes on, the rate is the use of the minutes counted (over 10, under 60), per hour
+    monkeypatch.setattr(live.collector.pipeline.clock, "base", lambda: time.time() + 600)
+    code, doc = run_json(capsys, "status", "--collector", live.url)
+    support = next(b for b in doc["budgets"] if b["name"] == "support-daily")
+    used = sum(live.expected["support"].values())
+    assert used <= support["rate_per_hour"] <= used * 6
+    assert support["projected"] == pytest.approx(support["rate_per_hour"] * 24)  # rolling 1d
     assert support["seconds_left"] is not None
     monthly = budgets["everyone-monthly-usd"]
     assert monthly["unit"] == "usd" and monthly["resets_at"] > monthly["remaining_seconds"]

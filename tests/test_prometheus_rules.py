@@ -45,6 +45,7 @@ budgets:
     scope: {{agent: a, task: t}}
     limit: {{tokens: 24000}}
     window: 1d
+    pause_noncritical: true
     per_task_instance: {{tokens: 1000, runaway_factor: 3}}
     context_growth: {{factor: 1.5, window: 10m, baseline_offset: 1h}}
     prompt_cache_miss: {{min_input_tokens: 10000, window: 30m}}
@@ -146,7 +147,8 @@ CASES = [
         "BudgetExceeded",
         above=ratio(1.0),
         below=[ratio(0.9999)],
-        labels={**B_LABELS, "severity": "P2", "window": "1d"},
+        # `pause_noncritical: true`: the collector pauses non-critical agents (issue 6's action name)
+        labels={**B_LABELS, "severity": "P2", "window": "1d", "action": "pause_all_noncritical_agents"},
         annotations=annotations_b(
             "Budget b exceeded: 100% of 24k tokens per 1d (action: warn)",
             percent="100%",

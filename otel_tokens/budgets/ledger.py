@@ -12,6 +12,11 @@ every budget whose scope matches, and exports gauges for Prometheus:
 - `llm_task_instance_tokens{budget,agent,task,task_id}` for the top-N task instances by tokens, and
   `llm_task_instance_limit{budget}`: instance ids stay off every other metric.
 
+Besides its window, each budget keeps a trailing window of its use over the forecast rule's
+`lookback` (default 1h) and since when this ledger has counted without a gap in its state (start-up,
+or the oldest time a restored data dir kept): the status page's burn rate (`recent_use`) is a rate
+over the last `lookback`, not an average over the collector's uptime.
+
 A call counts when the collector learns of it (the injected clock), not at the span's own
 timestamp: clock skew between agents cannot move use into another window, and a late span cannot
 reopen a closed calendar period.
@@ -30,8 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as names
-from otel_tokens.budgets.reservations import HoldBook
-from otel_tokens.budgets.spec import Budget, BudgetFile
+from otel_tokens.budgets.reservations import HoldBook, ReservationError
+from otel_tokens.budgets.spec import Budget, BudgetFile, parse_duration
 from otel_tokens.budgets.windows import CalendarWindow, RollingWindow, Window
 from otel_tokens.metric_names import TOKEN_TYPES, UNKNOWN
 from otel_tokens.record import UsageRecord
@@ -42,6 +47,7 @@ __all__ = [
     "BudgetLedgerCollector",
     "BudgetStanding",
     "BudgetStatus",
+    "RecentUse",
     "State",
     "budget_window",
     "instance_amount",
@@ -52,6 +58,19 @@ __all__ = [
 ]
 
 State = Literal["ok", "warning", "exceeded"]
+
+
+@dataclass(frozen=True)
+class RecentUse:
+    """A budget's use over its trailing rate window (the forecast rule's `lookback`)."""
+
+    #: used in the last `lookback_seconds` (per-minute buckets: may include up to a minute before)
+    amount: float
+    lookback_seconds: float
+    #: how much of that window this ledger has counted: min(lookback, now - counting since)
+    counted_seconds: float
+
+
 #: How many task instances a per-instance budget remembers at most (the top-N come from these).
 _MAX_TRACKED_INSTANCES = 10_000
 
@@ -136,6 +155,16 @@ def instance_amount(spec: Budget, amount: float, record: UsageRecord) -> float:
     return amount if spec.limit.unit == "tokens" else float(record.tokens.total)
 
 
+def _check_instance(instance: Mapping[str, float], amounts: Mapping[str, float]) -> None:
+    """A reservation's instance tokens name only budgets it reserves, with finite amounts >= 0."""
+    stray = sorted(set(instance) - set(amounts))
+    if stray:
+        raise ReservationError(f"instance_tokens name budgets the reservation does not: {stray}")
+    bad = sorted(name for name, tokens in instance.items() if not 0 <= tokens < float("inf"))
+    if bad:
+        raise ReservationError(f"instance_tokens must be finite and >= 0; not so for {bad}")
+
+
 def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
     """A fresh window for `spec`: a calendar period in the file's zone, or a rolling duration."""
     if spec.is_calendar:
@@ -146,11 +175,16 @@ def budget_window(budget_file: BudgetFile, spec: Budget) -> Window:
 class _BudgetAccount:
     """One budget's window, lifetime total and task instances. Not locked: the ledger locks."""
 
-    def __init__(self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float) -> None:
+    def __init__(
+        self, budget: BudgetFile, spec: Budget, top_n: int, idle_seconds: float, since: float
+    ) -> None:
         self.spec = spec
         self.matchers = spec.scope.matchers()
         self.window: Window = budget_window(budget, spec)
         self.consumed = 0.0
+        #: use over the forecast's lookback, and since when it has been counted (burn rates)
+        self.recent = RollingWindow(parse_duration(spec.forecast.lookback))
+        self.since = since
         self.top_n = top_n
         self.instances = (
             TaskInstanceTable(max_tracked=max(_MAX_TRACKED_INSTANCES, top_n), idle_seconds=idle_seconds)
@@ -169,6 +203,8 @@ class _BudgetAccount:
     def observe(self, record: UsageRecord, labels: dict[str, str], now: float) -> None:
         amount = self.amount(record)
         self.window.add(amount, now)
+        self.recent.add(amount, now)
+        self.since = min(self.since, now)  # a replayed journal reaches back before start-up
         self.consumed += amount
         task_id = record.attribution.task_id
         if self.instances is not None and task_id:
@@ -187,13 +223,26 @@ class _BudgetAccount:
             "window": self.window.state(),
             "consumed": self.consumed,
             "instances": self.instances.state() if self.instances is not None else [],
+            "recent": {"seconds": self.recent.seconds, "since": self.since, **self.recent.state()},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.window.restore(state["window"])
         self.consumed = float(state["consumed"])
+        recent = state.get("recent")  # absent before burn rates had a window; a new lookback restarts
+        if recent is not None and float(recent["seconds"]) == self.recent.seconds:
+            self.recent.restore(recent)
+            self.since = float(recent["since"])
         if self.instances is not None:
             self.instances.restore(state["instances"])
+
+    def recent_use(self, now: float) -> RecentUse:
+        seconds = self.recent.seconds
+        return RecentUse(self.recent.used(now), seconds, max(0.0, min(seconds, now - self.since)))
+
+    def instance_used(self, task_id: str, now: float) -> float:
+        totals = self.instances.get(task_id, now) if self.instances is not None else None
+        return totals.tokens if totals is not None else 0.0
 
     def top_instances(self, now: float) -> list[TaskTotals]:
         return self.instances.top(self.top_n, now) if self.instances is not None else []
@@ -225,8 +274,9 @@ class BudgetLedger:
         self.budget_file = budget_file
         self._clock = clock
         self._lock = threading.Lock()
+        since = clock()
         self._accounts = [
-            _BudgetAccount(budget_file, b, instances_top_n, instance_idle_seconds)
+            _BudgetAccount(budget_file, b, instances_top_n, instance_idle_seconds, since)
             for b in budget_file.budgets
         ]
         self._holds = HoldBook([b.name for b in budget_file.budgets])
@@ -252,24 +302,58 @@ class BudgetLedger:
 
     # --- reservations of calls in flight (`budgets/reservations.py`) ---------------------------
     def reserve(
-        self, amounts: Mapping[str, float], ttl_seconds: float, *, force: bool = False
+        self,
+        amounts: Mapping[str, float],
+        ttl_seconds: float,
+        *,
+        force: bool = False,
+        task_id: str | None = None,
+        instance_tokens: Mapping[str, float] | None = None,
     ) -> tuple[str | None, list[BudgetStatus]]:
         """Hold `amounts` (budget name → amount in its unit) for up to `ttl_seconds` when each fits
         its budget (`used + reserved + amount <= limit`), or whatever they do with `force` (a call the
-        guard lets through over a `warn` budget). Returns the reservation id (None: refused) and every
+        guard lets through over a `warn` budget). With `task_id`, `instance_tokens` (budget name →
+        tokens) must also fit each budget's per-task-instance limit, counting what every process
+        has used and holds for that instance. Returns the reservation id (None: refused) and every
         budget's standing after the decision. Raises `ReservationError` for a malformed request."""
+        instance = dict(instance_tokens or {}) if task_id is not None else {}
         with self._lock:
             now = self._clock()
             holds = self._holds
             holds.expire(now)
             holds.check(amounts, ttl_seconds)
+            _check_instance(instance, amounts)
             fits = force or all(
                 a.window.used(now) + holds.totals[a.spec.name] + amounts[a.spec.name] <= a.spec.limit.amount
+                and (task_id is None or self._instance_fits(a, task_id, instance.get(a.spec.name, 0.0), now))
                 for a in self._accounts
                 if a.spec.name in amounts
             )
-            hold_id = holds.add(amounts, now + ttl_seconds) if fits else None
+            hold_id = holds.add(amounts, now + ttl_seconds, task_id, instance) if fits else None
             return hold_id, self._status(now)
+
+    def _instance_fits(self, account: _BudgetAccount, task_id: str, tokens: float, now: float) -> bool:
+        limit = account.spec.per_task_instance
+        if limit is None or tokens <= 0:
+            return True
+        held = self._holds.instance_held(account.spec.name, task_id)
+        return account.instance_used(task_id, now) + held + tokens <= limit.tokens
+
+    def task_instance(self, task_id: str) -> dict[str, dict[str, float]]:
+        """One task instance against every per-task-instance limit: budget name → its counted
+        `used` tokens, the `reserved` tokens calls in flight hold, and the `limit`."""
+        with self._lock:
+            now = self._clock()
+            self._holds.expire(now)
+            return {
+                a.spec.name: {
+                    "used": a.instance_used(task_id, now),
+                    "reserved": self._holds.instance_held(a.spec.name, task_id),
+                    "limit": float(a.spec.per_task_instance.tokens),
+                }
+                for a in self._accounts
+                if a.spec.per_task_instance is not None
+            }
 
     def settle(self, hold_id: str, used: Mapping[str, float] | None, hold_seconds: float) -> bool:
         """The call of reservation `hold_id` ended: hold what it really `used` for `hold_seconds`
@@ -290,6 +374,12 @@ class BudgetLedger:
                         for t in account.top_instances(now)
                     ]
         raise KeyError(f"no budget named {budget!r}")
+
+    def recent_use(self) -> list[RecentUse]:
+        """Every budget's use over its trailing rate window, in file order (burn rates)."""
+        with self._lock:
+            now = self._clock()
+            return [a.recent_use(now) for a in self._accounts]
 
     def standings(self) -> list[BudgetStanding]:
         """Every budget's status, lifetime total and top task instances, read at one instant (what

@@ -7,7 +7,8 @@ page does not. `AlertmanagerOverrides` re-points every receiver at one webhook w
 which is how the end-to-end test catches a real page in well under a second.
 
 Alerts that act: with `alerting.collector_url` set, a first route sends every alert carrying an
-`action` label (`kill_agent_task`, `pause_noncritical`) to the collector's webhook
+`action` label (`kill_agent_task`, `pause_all_noncritical_agents`, and the older
+`pause_noncritical`) to the collector's webhook
 (`/api/v1/alerts`, resolved notifications included, so a resolved alert lifts its stop order),
 ungrouped and at once, then `continue`s so the people's routes page as before.
 """
@@ -113,7 +114,7 @@ def _collector_route(alerting: Alerting, o: AlertmanagerOverrides) -> list[dict[
     lets the severity routes page people too."""
     if _collector_url(alerting, o) is None:
         return []
-    acts = "|".join((mn.KILL_AGENT_TASK, mn.PAUSE_NONCRITICAL))
+    acts = "|".join(mn.STOP_ACTIONS)
     return [
         {
             "receiver": COLLECTOR_RECEIVER,

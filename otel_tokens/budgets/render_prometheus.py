@@ -38,7 +38,7 @@ from otel_tokens.budgets.promql import (
 from otel_tokens.budgets.rulefmt import AlertingRule, RecordingRule, RuleFile, RuleGroup, dump_yaml
 from otel_tokens.budgets.spec import Budget, BudgetFile
 from otel_tokens.humanize import format_tokens, format_usd, short_number
-from otel_tokens.metric_names import KILL_AGENT_TASK, PAUSE_NONCRITICAL
+from otel_tokens.metric_names import KILL_AGENT_TASK, PAUSE_ALL_NONCRITICAL_AGENTS
 
 __all__ = ["ALERT_NAMES", "RECORDING_RULES", "render_prometheus_config", "render_rules", "rule_groups"]
 
@@ -129,7 +129,7 @@ def _alerts(bf: BudgetFile, b: Budget) -> list[AlertingRule]:
                f"Budget {name} at {t.action('$value | humanizePercentage')} of {_limit_text(b)}"),
         _alert(bf, b, "BudgetExceeded", f"{ratio} >= 1", fr.budget_exceeded, b.severity,
                f"Budget {name} exceeded: {t.action('$value | humanizePercentage')} of {_limit_text(b)}"
-               f" (action: {b.action})", act=PAUSE_NONCRITICAL if b.pause_noncritical else None),
+               f" (action: {b.action})", act=PAUSE_ALL_NONCRITICAL_AGENTS if b.pause_noncritical else None),
     ]  # fmt: skip
     if b.spike.enabled:
         alerts.append(_spike(bf, b))

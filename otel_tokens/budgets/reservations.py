@@ -14,6 +14,11 @@ Two things keep reservations honest:
   is never invisible between settle and span, at the price of counting it twice for those seconds
   (conservative: a call may be refused that would have fitted, never the other way round).
 
+A reservation may also name the call's task instance (`task_id`) and its tokens against each
+budget's per-task-instance limit: those are held per (budget, task_id), so processes sharing a
+task_id see each other's calls in flight. Settling keeps the instance's hold at its estimate until
+the hold after settle ends (the settle carries amounts in the budget's unit, not instance tokens).
+
 Pure bookkeeping with an injected clock; `BudgetLedger` owns the lock.
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["MAX_HOLDS", "MAX_TTL_SECONDS", "Hold", "HoldBook", "ReservationError"]
 
@@ -43,6 +48,9 @@ class Hold:
     amounts: dict[str, float]
     expires_at: float
     settled: bool = False
+    task_id: str | None = None
+    #: tokens held against the per-task-instance limit of `task_id`, by budget
+    instance: dict[str, float] = field(default_factory=dict)
 
 
 class HoldBook:
@@ -50,6 +58,8 @@ class HoldBook:
 
     def __init__(self, budgets: list[str]) -> None:
         self.totals: dict[str, float] = dict.fromkeys(budgets, 0.0)
+        #: tokens held per (budget, task_id), only while some are
+        self.instance_totals: dict[tuple[str, str], float] = {}
         self._holds: dict[str, Hold] = {}
         self._expiry: list[tuple[float, str]] = []  # lazy heap: stale entries are skipped
 
@@ -71,10 +81,18 @@ class HoldBook:
         if len(self._holds) >= MAX_HOLDS:
             raise ReservationError(f"{MAX_HOLDS} reservations are held already; try again shortly")
 
-    def add(self, amounts: Mapping[str, float], expires_at: float) -> str:
+    def add(
+        self,
+        amounts: Mapping[str, float],
+        expires_at: float,
+        task_id: str | None = None,
+        instance: Mapping[str, float] | None = None,
+    ) -> str:
         hold_id = uuid.uuid4().hex
-        self._holds[hold_id] = Hold(dict(amounts), expires_at)
+        hold = Hold(dict(amounts), expires_at, task_id=task_id, instance=dict(instance or {}))
+        self._holds[hold_id] = hold
         self._count(amounts, 1.0)
+        self._count_instance(hold, 1.0)
         heapq.heappush(self._expiry, (expires_at, hold_id))
         return hold_id
 
@@ -87,6 +105,7 @@ class HoldBook:
         self._count(hold.amounts, -1.0)
         if not used:
             del self._holds[hold_id]
+            self._count_instance(hold, -1.0)
             return True
         hold.amounts = {name: amount for name, amount in used.items() if name in self.totals}
         hold.expires_at, hold.settled = until, True
@@ -102,6 +121,21 @@ class HoldBook:
             if hold is not None and hold.expires_at == expires_at:
                 del self._holds[hold_id]
                 self._count(hold.amounts, -1.0)
+                self._count_instance(hold, -1.0)
+
+    def instance_held(self, budget: str, task_id: str) -> float:
+        return self.instance_totals.get((budget, task_id), 0.0)
+
+    def _count_instance(self, hold: Hold, sign: float) -> None:
+        if hold.task_id is None:
+            return
+        for name, tokens in hold.instance.items():
+            key = (name, hold.task_id)
+            total = self.instance_totals.get(key, 0.0) + sign * tokens
+            if total > 1e-9:
+                self.instance_totals[key] = total
+            else:
+                self.instance_totals.pop(key, None)
 
     def _count(self, amounts: Mapping[str, float], sign: float) -> None:
         for name, amount in amounts.items():

@@ -268,7 +268,8 @@ class Budget(_Strict):
     pause_noncritical: bool = Field(
         False,
         description=(
-            "When the budget is exceeded, its BudgetExceeded alert carries `action: pause_noncritical`: "
+            "When the budget is exceeded, its BudgetExceeded alert carries "
+            "`action: pause_all_noncritical_agents`: "
             "Alertmanager posts it to the collector, and every guarded call in the budget's scope from "
             "an agent not marked critical raises TaskStopped until the alert resolves."
         ),

@@ -3,7 +3,10 @@
 - `POST /api/v1/reservations` `{"amounts": {budget: amount}, "ttl_seconds": s, "force": false}` →
   `{"id": "<id>" | null, "budgets": [...], "stop_orders": [...]}`: id null means refused (the call
   would pass a budget); either way the answer carries the fresh standings, so a guard's decision
-  and its sync are one round trip.
+  and its sync are one round trip. Optionally `"task_id": "<id>", "instance_tokens": {budget:
+  tokens}`: the call must also fit each budget's per-task-instance limit over every process's use
+  and holds of that instance, and the answer adds `"task_instance": {"task_id": ..., "budgets":
+  {budget: {"used", "reserved", "limit"}}}`.
 - `DELETE /api/v1/reservations/{id}` with an optional body `{"used": {budget: amount},
   "hold_seconds": s}`: the call ended; its real use is held until its span has been counted.
 - `POST /api/v1/alerts`: Alertmanager's webhook (`collector/stop_orders.py`).
@@ -33,6 +36,8 @@ ALERTS_PATH = "/api/v1/alerts"
 MAX_BODY_BYTES = 1024 * 1024
 #: The longest a settled call's use may be held waiting for its span.
 _MAX_HOLD_SECONDS = 300.0
+#: The longest task id a reservation may name (ids are label-like values).
+MAX_TASK_ID_CHARS = 256
 
 
 def _bad(message: str, status: int = HTTPStatus.BAD_REQUEST) -> web.HTTPException:
@@ -64,6 +69,15 @@ def _amounts(value: Any, key: str) -> dict[str, float]:
     ):
         raise _bad(f"{key} must be an object of budget name → number")
     return {k: float(v) for k, v in value.items()}
+
+
+def _task_id(body: Mapping[str, Any]) -> str | None:
+    value = body.get("task_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TASK_ID_CHARS:
+        raise _bad(f"task_id must be a string of 1 to {MAX_TASK_ID_CHARS} characters, got {value!r:.80}")
+    return value
 
 
 def _number(body: Mapping[str, Any], key: str, default: float) -> float:
@@ -105,15 +119,21 @@ class GuardApi:
         body = await _json_body(request)
         amounts = _amounts(body.get("amounts"), "amounts")
         ttl = _number(body, "ttl_seconds", 300.0)
+        task_id = _task_id(body)
+        instance = _amounts(body.get("instance_tokens") or {}, "instance_tokens")
         try:
-            hold_id, status = ledger.reserve(amounts, ttl, force=body.get("force") is True)
+            hold_id, status = ledger.reserve(
+                amounts, ttl, force=body.get("force") is True, task_id=task_id, instance_tokens=instance
+            )
         except ReservationError as exc:
             raise _bad(str(exc)) from None
-        answer = {
+        answer: dict[str, Any] = {
             "id": hold_id,
             "budgets": [dataclasses.asdict(s) for s in status],
             "stop_orders": [o.as_json() for o in self.stops.orders()],
         }
+        if task_id is not None:
+            answer["task_instance"] = {"task_id": task_id, "budgets": ledger.task_instance(task_id)}
         return web.json_response(answer, dumps=lambda v: json.dumps(v, sort_keys=True))
 
     async def settle(self, request: web.Request) -> web.Response:

@@ -6,9 +6,12 @@ and appended to the store's journal in that order; an export's call returns only
 is on disk (group commit, `store.py`), so the receiver's OK follows durability. The journal holds
 the changes' *inputs* (records before dedupe, with their arrival time), and the pipeline's
 transitions are deterministic given the clock, so replaying it rebuilds the counters, the dedupe
-memory and the budget ledger's windows exactly, original arrival times included.
+memory and the budget ledger's windows exactly, original arrival times included. The guard's
+decision events ride in the same batches (`llm_guard_actions_total`, `llm_tokens_saved_total`,
+`guard_decisions.py`), so those counters and their memory of counted spans are kept the same way.
 
-A snapshot of the whole state (aggregator, ledger, dedupe memory, held spans) is written every
+A snapshot of the whole state (aggregator, ledger, dedupe memory, held spans, guard decisions) is
+written every
 `snapshot_seconds` and at shutdown; it replaces the journal up to its position, so a restart
 reads one snapshot and replays what came after. The extractor's own self-metrics (records
 clamped, enrichment failures) are counted before a change reaches the gate, so they are kept by
@@ -38,6 +41,7 @@ from otel_tokens.collector.codec import (
 )
 from otel_tokens.collector.store import Store, StoreError
 from otel_tokens.dedupe import DeduperState
+from otel_tokens.guard_decisions import SpanDecisions
 from otel_tokens.pipeline import Batch, IngestResult, Pipeline, PipelineState
 
 if TYPE_CHECKING:
@@ -170,6 +174,7 @@ class Durability:
             batch.records
             or batch.completions
             or batch.verdicts
+            or batch.decisions
             or batch.rejected
             or batch.result.spans_received
         ):
@@ -183,7 +188,8 @@ class Durability:
             seq = self._store.append(lambda: _encode_batch(now, batch))
             self._changes_since_snapshot += 1
             self._records_since_snapshot += len(batch.records)
-        if batch.records or batch.completions or batch.verdicts:  # money waits for the disk; tallies don't
+        # money (and what the guard saved of it) waits for the disk; tallies don't
+        if batch.records or batch.completions or batch.verdicts or batch.decisions:
             self._store.wait(seq)
         return result
 
@@ -215,8 +221,9 @@ class Durability:
                 counters = self._pipeline.aggregator.state()
                 budgets = self._ledger.state() if self._ledger is not None else {}
                 pipeline = self._pipeline.state()
+                guard = self._pipeline.guard_decisions.state()
                 self._changes_since_snapshot = self._records_since_snapshot = 0
-            self._store.write_snapshot(seq, _encode_snapshot(counters, budgets, pipeline))
+            self._store.write_snapshot(seq, _encode_snapshot(counters, budgets, pipeline, guard))
 
     def _snapshot_loop(self) -> None:
         last = time.monotonic()
@@ -248,6 +255,8 @@ class Durability:
             if fresh:
                 notes += f"; budgets starting afresh (new or changed): {', '.join(fresh)}"
         self._pipeline.restore(_decode_pipeline(state["pipeline"], parts, decoders))
+        if "guard" in state:  # absent in snapshots written before guard decisions were kept
+            self._pipeline.guard_decisions.restore(state["guard"])
         return seq, notes
 
     def _replay(self, entry: dict[str, Any], decoders: Decoders) -> None:
@@ -273,6 +282,7 @@ def _encode_batch(now: float, batch: Batch) -> bytes:
             "b": [encode_record(r) for r in batch.records],
             "c": [encode_completion(c) for c in batch.completions],
             "v": [VERDICT.encode(v) for v in batch.verdicts],
+            "g": batch.decisions,  # NamedTuples: JSON lists
             "n": batch.result.spans_received,
             "x": batch.rejected,
             "k": batch.by_content,
@@ -285,13 +295,14 @@ def _decode_batch(entry: dict[str, Any], decoders: Decoders) -> Batch:
     batch.records = [decoders.record(v) for v in entry["b"]]
     batch.completions = [decoders.completion(v) for v in entry["c"]]
     batch.verdicts = [decoders.verdict(v) for v in entry.get("v", ())]  # absent before verdicts existed
+    batch.decisions = [SpanDecisions.from_json(d) for d in entry.get("g", ())]  # ... before guard decisions
     batch.rejected = {str(k): int(n) for k, n in entry["x"].items()}
     batch.result.spans_received = int(entry["n"])
     return batch
 
 
 def _encode_snapshot(
-    counters: dict[str, Any], budgets: dict[str, Any], pipeline: PipelineState
+    counters: dict[str, Any], budgets: dict[str, Any], pipeline: PipelineState, guard: dict[str, Any]
 ) -> dict[str, bytes]:
     dedupe = pipeline.deduper
     counted_keys, counted_times = pack_keys(dedupe.counted)
@@ -300,6 +311,7 @@ def _encode_snapshot(
         "schema": schema(),
         "counters": counters,
         "budgets": budgets,
+        "guard": guard,
         "pipeline": {
             "held": [[k, RECORD.encode(r), d, p] for k, r, d, p in dedupe.held],
             "pending": [[d, COMPLETION.encode(c)] for d, c in pipeline.pending],

@@ -5,7 +5,8 @@ with the generated deserializer, grpcio answers an undecodable request with INTE
 deserializing request!") before our code runs, while the OTLP spec wants INVALID_ARGUMENT (not
 retryable) and we want the rejection counted — and a request with one undecodable span should keep
 its good spans (otlp_codec's piecewise decoding). So the handler receives raw bytes and parses them
-itself; everything else (framing, gzip, RESOURCE_EXHAUSTED above the size limit) is grpcio's.
+itself — with the compiled walk, without decoding them at all (`http_receiver.ingest_protobuf`);
+everything else (framing, gzip, RESOURCE_EXHAUSTED above the size limit) is grpcio's.
 
 Hostile clients are held off by grpc core itself, configured here: connections are multiplexed
 without a thread each, a connection that does not finish its handshake or sends no RPC for
@@ -28,8 +29,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.collector.auth import BearerToken
 from otel_tokens.collector.http_edge import EdgeLimits, bind_error
-from otel_tokens.collector.http_receiver import ingest_decoded
-from otel_tokens.collector.otlp_codec import UNDECODABLE, Rejected, decode_protobuf, partial_success
+from otel_tokens.collector.http_receiver import ingest_protobuf
+from otel_tokens.collector.otlp_codec import UNDECODABLE, Rejected
 from otel_tokens.collector.store import StoreError
 from otel_tokens.pipeline import Pipeline
 
@@ -114,16 +115,14 @@ class GrpcReceiver:
         if self._token is not None and not self._token.accepts(_metadata(context, "authorization")):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
-            decoded = decode_protobuf(body)
+            return ingest_protobuf(self._pipeline, body)
         except Rejected as rejected:
             with swallow_internal_errors("collector.reject_payload"):
                 self._pipeline.reject_payload(UNDECODABLE)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, rejected.message)
-        try:
-            result = ingest_decoded(self._pipeline, decoded)
         except StoreError as exc:  # not kept on disk, so not acknowledged: UNAVAILABLE is retried
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return partial_success(result, decoded.undecodable_spans, decoded.first_error)
+        raise AssertionError("context.abort raises")  # pragma: no cover
 
 
 def _options(max_message_bytes: int, limits: EdgeLimits, reuse_port: bool = False) -> list[tuple[str, int]]:

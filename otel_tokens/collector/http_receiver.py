@@ -2,9 +2,10 @@
 `/metrics`, `/healthz` and the JSON API (`/api/v1/budgets`, and what comes next) on the other.
 
 The apps are thin: bodies are read with a size limit and a read timeout, decoded and ingested on
-`HttpEdge`'s worker pool (otlp_codec does the OTLP rules), and answered. `/metrics` content
-negotiation (OpenMetrics when asked for, gzip when accepted, `name[]` filters) is decided by
-prometheus_client's own `choose_encoder` (with our encoders for its default answers:
+`HttpEdge`'s worker pool (otlp_codec does the OTLP rules), and answered. A protobuf body goes to
+the compiled walk first (`ingest_protobuf`): decoded only when the walk is not built or declines.
+`/metrics` content negotiation (OpenMetrics when asked for, gzip when accepted, `name[]` filters)
+is decided by prometheus_client's own `choose_encoder` (with our encoders for its default answers:
 exposition_text.py) and `gzip_accepted`. Routing, 404 and 405 (with `Allow`)
 are aiohttp's.
 """
@@ -21,6 +22,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
 
@@ -35,7 +37,9 @@ from otel_tokens.collector.otlp_codec import (
     UNDECODABLE,
     Decoded,
     Rejected,
-    decode_body,
+    decode_json,
+    decode_protobuf,
+    decompress,
     encode_message,
     partial_success,
 )
@@ -109,10 +113,14 @@ class _Otlp:
 
     def _ingest(self, body: bytes, content_type: str, encoding: str) -> bytes:
         """Decode, count, and encode the answer — on the worker pool."""
-        decoded = decode_body(body, content_type, encoding, self.max_body_bytes)
-        result = ingest_decoded(self.pipeline, decoded)
-        return encode_message(partial_success(result, decoded.undecodable_spans, decoded.first_error),
-                              content_type)  # fmt: skip
+        data = decompress(body, encoding, self.max_body_bytes)
+        if content_type == PROTOBUF:
+            response = ingest_protobuf(self.pipeline, data)
+        else:
+            decoded = decode_json(data)
+            result = ingest_decoded(self.pipeline, decoded)
+            response = partial_success(result, decoded.undecodable_spans, decoded.first_error)
+        return encode_message(response, content_type)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.max_body_bytes
@@ -167,6 +175,17 @@ def ingest_decoded(pipeline: Pipeline, decoded: Decoded) -> IngestResult:
         with swallow_internal_errors("collector.reject_spans"):
             pipeline.reject_spans(UNDECODABLE, n)  # through the pipeline's gate: journaled when durable
     return pipeline.ingest_otlp(decoded.request)
+
+
+def ingest_protobuf(pipeline: Pipeline, data: bytes) -> ExportTraceServiceResponse:
+    """Count a serialized export request and answer it: walked without a decode when the compiled
+    walk takes it (`Pipeline.ingest_otlp_scanned`), else decoded — piecewise when part of it is
+    broken, its good spans kept — and counted. Raises `Rejected` for a body that is no request."""
+    result = pipeline.ingest_otlp_scanned(data)
+    if result is not None:
+        return partial_success(result)
+    decoded = decode_protobuf(data)
+    return partial_success(ingest_decoded(pipeline, decoded), decoded.undecodable_spans, decoded.first_error)
 
 
 def otlp_app(

@@ -43,6 +43,7 @@ __all__ = [
     "decode_body",
     "decode_json",
     "decode_protobuf",
+    "decompress",
     "encode_message",
     "partial_success",
 ]
@@ -79,6 +80,12 @@ def decode_body(body: bytes, content_type: str, encoding: str, limit: int) -> De
     if content_type == PROTOBUF:
         return decode_protobuf(data)
     return decode_json(data)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body as sent before `Content-Encoding` (gzip, deflate or none), never inflated past
+    `limit`; raise `Rejected` as `decode_body` does."""
+    return _decompress(body, encoding, limit)
 
 
 def decode_protobuf(data: bytes) -> Decoded:

@@ -5,9 +5,10 @@ becomes an order by its `action` label, which `otel-tokens render` puts on the r
 
 - `kill_agent_task` (on `RunawayTask`, which carries `task_id`): that task instance's next call
   raises `otel_tokens.TaskStopped`; other instances of the same task keep running;
-- `pause_noncritical` (on `BudgetExceeded` of a budget with `pause_noncritical: true`): every
-  call in the budget's scope (the alert's agent/task/user/model/provider labels; none: everyone)
-  from an agent not marked critical raises `TaskStopped`.
+- `pause_all_noncritical_agents` (on `BudgetExceeded` of a budget with `pause_noncritical: true`;
+  the older label value `pause_noncritical` is accepted as the same): an order of kind
+  `pause_noncritical` — every call in the budget's scope (the alert's agent/task/user/model/
+  provider labels; none: everyone) from an agent not marked critical raises `TaskStopped`.
 
 A resolved alert lifts its order (matched by Alertmanager's fingerprint, or by the alert's labels
 when a sender leaves it out). Orders travel with the budget status (`GET /api/v1/budgets`).
@@ -43,8 +44,9 @@ __all__ = [
 
 KILL_AGENT_TASK = mn.KILL_AGENT_TASK
 PAUSE_NONCRITICAL = mn.PAUSE_NONCRITICAL
-#: Accepted spellings of the pause action (the long one is how runbooks tend to name it).
-PAUSE_ACTIONS = frozenset({PAUSE_NONCRITICAL, "pause_all_noncritical_agents"})
+#: Accepted spellings of the pause action: `pause_all_noncritical_agents`, which the rendered rules
+#: carry (issue 6's name), and `pause_noncritical`, which rules rendered before it carried.
+PAUSE_ACTIONS = frozenset(mn.PAUSE_ACTIONS)
 #: Labels of an alert that narrow whom a pause applies to (the budget's scope keys).
 SCOPE_LABELS = (mn.AGENT, mn.TASK, mn.USER, mn.MODEL, mn.PROVIDER)
 MAX_ALERTS_PER_POST = 1000

@@ -3,7 +3,8 @@
 A worker's receivers decode and extract in the worker (the CPU-heavy part) into a `Batch`; the
 worker pipeline's gate is a `RemoteGate`, which ships the batch to the main process and waits for
 its answer. The main process applies it through *its* pipeline's gate — dedupe, counters, ledger,
-journal — so there is still one state and one point every change passes; the worker answers its
+the guard's decision events the batch carries, journal — so there is still one state and one point
+every change passes; the worker answers its
 exporter only after that (with a data dir: after the change is on disk).
 
 Messages are pickled tuples over a `multiprocessing` pipe (a batch packed by worker_wire.py, so
@@ -23,31 +24,23 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from otel_tokens import semconv as sc
 from otel_tokens.collector.store import StoreError
 from otel_tokens.collector.worker_wire import StatsDelta, pack_batch, unpack_batch
 from otel_tokens.extract_stats import ExtractStats
-from otel_tokens.guard_decisions import GuardDecisions
 from otel_tokens.pipeline import Batch, IngestResult
-
-if TYPE_CHECKING:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 __all__ = [
     "BATCH",
-    "GUARD",
     "OK",
     "READY",
     "REJECTION",
     "STORE_ERROR",
     "MainProcessGone",
     "RemoteGate",
-    "RemoteGuardDecisions",
     "StatsDelta",
     "WorkerLink",
-    "count_decisions",
     "unpack_batch",
 ]
 
@@ -57,7 +50,6 @@ logger = logging.getLogger("otel_tokens.collector")
 READY = "ready"
 BATCH = "batch"
 REJECTION = "rejection"
-GUARD = "guard"
 # outcomes (main → worker)
 OK = "ok"
 STORE_ERROR = "store_error"  # the change was not kept: the receiver answers 503 / UNAVAILABLE
@@ -169,62 +161,6 @@ class RemoteGate:
             self._sent = now
         clamped, failed = delta
         return (clamped, failed) if clamped or failed else None
-
-
-#: The guard decision events of one span as they cross the pipe: its (trace id, span id) when it has
-#: one (the main process counts a resent span once), and its events as (agent, attributes, name).
-SpanDecisions = tuple[tuple[object, object] | None, list[tuple[str, dict[str, Any], str]]]
-
-
-class RemoteGuardDecisions(GuardDecisions):
-    """A worker pipeline's guard-decision counter: it reads the decision events off the spans as the
-    main process's would, and sends them there to be counted — so `llm_guard_actions_total` and
-    `llm_tokens_saved_total` are on the one /metrics, and a resend counted once even when it reaches
-    the other worker (the main process remembers the spans). The export is answered after that."""
-
-    def __init__(self, link: WorkerLink) -> None:
-        super().__init__()
-        self._link = link
-        self._local = threading.local()
-
-    def count_otlp(self, request: ExportTraceServiceRequest) -> None:
-        found: list[SpanDecisions] = []
-        self._local.found = found
-        try:
-            super().count_otlp(request)
-        finally:
-            self._local.found = None
-        if any(events for _, events in found):
-            self._link.call(GUARD, found)
-
-    def _otlp_span(self, span: Any) -> None:
-        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
-        if found is not None:
-            found.append((None, []))
-        super()._otlp_span(span)
-
-    def first_time(self, trace_id: object, span_id: object) -> bool:
-        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
-        if found is None:
-            return super().first_time(trace_id, span_id)
-        found[-1] = ((trace_id, span_id), found[-1][1])
-        return True  # the main process decides
-
-    def count(self, agent: str, event: Any, name: str = sc.OTEL_TOKENS_GUARD_DECISION_EVENT) -> None:
-        found: list[SpanDecisions] | None = getattr(self._local, "found", None)
-        if found is None:
-            super().count(agent, event, name)
-        else:
-            found[-1][1].append((agent, dict(event), name))
-
-
-def count_decisions(decisions: GuardDecisions, found: list[SpanDecisions]) -> None:
-    """Count what a worker's `RemoteGuardDecisions` sent, in the main process."""
-    for span, events in found:
-        if span is not None and not decisions.first_time(*span):
-            continue  # a resend, whichever worker got it first
-        for agent, event, name in events:
-            decisions.count(agent, event, name)
 
 
 def add_stats(stats: ExtractStats, delta: StatsDelta) -> None:

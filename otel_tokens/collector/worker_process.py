@@ -3,8 +3,8 @@
 `run_worker` is the `multiprocessing` target the main process (workers.py) spawns. It builds a
 pipeline whose gate is a `RemoteGate` (worker_link.py), so the receivers — the same `otlp_app` and
 `GrpcReceiver` the single-process collector runs — send every extracted batch to the main process
-and answer their exporter with its acknowledgement; the guard's decision events go there as well
-(`RemoteGuardDecisions`). It serves until SIGTERM (drain: stop accepting,
+and answer their exporter with its acknowledgement; the guard's decision events go there as well,
+in the batch (`Batch.decisions`). It serves until SIGTERM (drain: stop accepting,
 finish in-flight exports, exit) or until the main process is gone (exit at once: nothing can be
 acknowledged any more, and a restarted collector needs the ports).
 """
@@ -27,7 +27,7 @@ from otel_tokens.collector.grpc_receiver import GrpcReceiver
 from otel_tokens.collector.http_edge import HttpEdge, Listener
 from otel_tokens.collector.http_receiver import otlp_app
 from otel_tokens.collector.service import _ssl_context, _tls, _token, edge_limits
-from otel_tokens.collector.worker_link import RemoteGate, RemoteGuardDecisions, WorkerLink
+from otel_tokens.collector.worker_link import RemoteGate, WorkerLink
 from otel_tokens.pipeline import Pipeline
 
 __all__ = ["run_worker", "settle_gc"]
@@ -90,7 +90,6 @@ def run_worker(
         config.metrics_config(), dedupe=config.dedupe_config(), max_tokens_per_call=config.max_tokens_per_call
     )
     pipeline.gate = RemoteGate(link, pipeline.extract_stats)
-    pipeline.guard_decisions = RemoteGuardDecisions(link)  # counted in the main process too
     # while the main process tracks ancestor walks, batches carry their spans' links there
     pipeline.walks_elsewhere = lambda: bool(main_walks.value)
     settle_gc()

@@ -8,9 +8,10 @@ socket, binds gRPC on the reserved port with SO_REUSEPORT, and decodes and extra
 CPU-heavy part, now in parallel. What it extracted (a `Batch`: records, rejections, task
 completions) goes over a pipe to the main process (worker_link.py; packed by worker_wire.py so that
 crossing costs a fraction of extracting), which applies it through its one pipeline's gate: dedupe,
-counters, budget ledger, journal. The guard's decision events found in a worker's spans are counted
-there too. So `/metrics`, the ledger and the data dir stay single and exact, and a worker answers an
-export only after the main process acknowledged it (with a data dir: after it is on disk).
+counters, budget ledger, journal. The guard's decision events found in a worker's spans travel in
+the batch and are counted (and journaled) there too. So `/metrics`, the ledger and the data dir stay
+single and exact, and a worker answers an export only after the main process acknowledged it (with
+a data dir: after it is on disk).
 
 A worker that dies is restarted (logged); whatever it had sent was applied, whatever it had not
 was never acknowledged, so the exporter's resend is counted once (dedupe). If the main process
@@ -41,13 +42,11 @@ from otel_tokens.collector.store import StoreError
 from otel_tokens.collector.worker_link import (
     BATCH,
     ERROR,
-    GUARD,
     OK,
     READY,
     REJECTION,
     STORE_ERROR,
     add_stats,
-    count_decisions,
     unpack_batch,
 )
 from otel_tokens.pipeline import Pipeline
@@ -213,9 +212,6 @@ class WorkerPool:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)
                 worker.answer(rid, OK, self.pipeline.gate.batch(batch))
-            elif kind == GUARD:
-                count_decisions(self.pipeline.guard_decisions, payload)
-                worker.answer(rid, OK, None)
             elif kind == REJECTION:
                 self.pipeline.gate.rejection(*payload)
                 worker.answer(rid, OK, None)

@@ -12,8 +12,14 @@ the collector before it is sent (about a millisecond on one host), and calls of 
 that round trip one at a time (the decision and its reservation are atomic). In exchange the
 cross-process overshoot is the same as within one process: only what the estimates miss.
 
-This process's own calls are also counted locally (a `LocalBudgetState`): per-task-instance limits
-are enforced here (an instance runs in one process), and when the collector is unreachable the
+Per-task-instance limits are shared the same way: a call in a task instance names its `task_id` and
+its tokens in the reservation, and the collector admits it only when it also fits each budget's
+per-instance limit over what every process has used (counted spans) and holds (calls in flight)
+for that task_id; the answer carries the instance's standing. So processes sharing a task_id see
+each other's use, with the same overshoot bound as the budget itself.
+
+This process's own calls are also counted locally (a `LocalBudgetState`, which also checks the
+instance limits on this process's own use first), and when the collector is unreachable the
 guard decides on the last standing the collector sent plus its own use since (`on_unreachable:
 open`, the default, logged once per outage), or refuses covered calls with `CollectorUnavailable`
 (`closed`). Nothing here raises into the agent except that documented refusal.
@@ -63,6 +69,10 @@ class _Remote:
     remaining_seconds: float
 
 
+#: One task instance as the collector last reported it: task_id, budget → (used, reserved) tokens.
+_RemoteInstance = tuple[str, dict[str, tuple[float, float]]]
+
+
 class CollectorBudgetState:
     """A `BudgetState` shared through the collector at `url`. Thread-safe; `close()` stops its threads."""
 
@@ -86,6 +96,7 @@ class CollectorBudgetState:
         self._lock = threading.Lock()  # one decision (and its round trip) at a time
         self._client = CollectorClient(url, token, self.settings.timeout_seconds)
         self._remote: dict[str, _Remote] = {}
+        self._instance: _RemoteInstance | None = None  # from the last reservation naming a task_id
         self._local_at_sync: dict[str, float] = {}  # this process's window use when `_remote` was read
         self._orders: tuple[StopOrder, ...] = ()
         self._down: str | None = None  # the reason, while the collector is unreachable
@@ -150,6 +161,8 @@ class CollectorBudgetState:
                 continue
         self._remote = remote
         self._local_at_sync = {name: self._local.standing(name).used for name in remote}
+        if "task_instance" in answer:
+            self._instance = _instance(answer["task_instance"])
         self._orders = parse_orders(answer.get("stop_orders"))
         self._recovered()
 
@@ -207,7 +220,17 @@ class CollectorBudgetState:
         if self._down is not None:  # add what this process used since the collector last answered
             used += max(local.used - self._local_at_sync.get(claim.budget.name, 0.0), 0.0)
             reserved = max(reserved, local.reserved)
-        return Standing(used, reserved, local.instance_used, local.instance_reserved)
+            return Standing(used, reserved, local.instance_used, local.instance_reserved)
+        instance = self._instance
+        if claim.task_id is None or instance is None or instance[0] != claim.task_id:
+            return Standing(used, reserved, local.instance_used, local.instance_reserved)
+        shared = instance[1].get(claim.budget.name)
+        if shared is None:
+            return Standing(used, reserved, local.instance_used, local.instance_reserved)
+        # every process's use and holds (this one's included), never less than this one knows of
+        return Standing(
+            used, reserved, max(shared[0], local.instance_used), max(shared[1], local.instance_reserved)
+        )
 
     def _fits(self, claims: Sequence[Claim]) -> bool:
         for claim in claims:
@@ -225,7 +248,13 @@ class CollectorBudgetState:
         amounts: dict[str, float] = {}
         for claim in claims:
             amounts[claim.budget.name] = amounts.get(claim.budget.name, 0.0) + claim.amount
-        body = {"amounts": amounts, "ttl_seconds": self.settings.reservation_ttl_seconds, "force": force}
+        body: dict[str, Any] = {
+            "amounts": amounts, "ttl_seconds": self.settings.reservation_ttl_seconds, "force": force,
+        }  # fmt: skip
+        instance = [c for c in claims if c.task_id is not None]
+        if instance:  # one call: one task_id
+            body["task_id"] = instance[0].task_id
+            body["instance_tokens"] = {c.budget.name: c.instance_tokens for c in instance}
         try:
             answer = self._client.request("POST", RESERVATIONS_PATH, body)
         except CollectorError as exc:
@@ -250,6 +279,20 @@ class CollectorBudgetState:
         with self._local.transaction() as view:
             again = view.reserve(claims, agent, task)
         return Reservation(tuple(claims), agent, task, local=again)
+
+
+def _instance(value: Any) -> _RemoteInstance | None:
+    """The `task_instance` of a reservation's answer; None when it is not one."""
+    if not isinstance(value, dict) or not isinstance(value.get("task_id"), str):
+        return None
+    budgets: dict[str, tuple[float, float]] = {}
+    found = value.get("budgets")
+    for name, item in (found if isinstance(found, dict) else {}).items():
+        try:
+            budgets[str(name)] = (float(item["used"]), float(item.get("reserved", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return value["task_id"], budgets
 
 
 def _unavailable(claim: Claim, url: str, reason: str) -> CollectorUnavailable:

@@ -3,7 +3,7 @@
 For a fleet of collectors behind one OTLP endpoint, Prometheus (or any engine speaking its HTTP
 query API) is the global view: this state reads every budget's use as the rendered rules do —
 `sum by (budget) (llm_budget_used)` over all collectors — and the stop orders as the alerts that
-act currently firing (`ALERTS{alertstate="firing", action=~"kill_agent_task|pause_noncritical"}`),
+act currently firing (`ALERTS{alertstate="firing", action=~"..."}`, every `mn.STOP_ACTIONS` value),
 every `sync_interval_seconds`, in the background. A call never waits on the network.
 
 Decisions combine that figure with this process's own use since it was read, and this process's
@@ -48,7 +48,7 @@ __all__ = ["ALERTS_QUERY", "USED_QUERY", "PrometheusBudgetState"]
 logger = logging.getLogger("otel_tokens.guard")
 
 USED_QUERY = f"sum by ({mn.BUDGET}) ({mn.BUDGET_USED})"
-ALERTS_QUERY = f'ALERTS{{alertstate="firing", {mn.ACTION}=~"{KILL_AGENT_TASK}|{PAUSE_NONCRITICAL}"}}'
+ALERTS_QUERY = f'ALERTS{{alertstate="firing", {mn.ACTION}=~"{"|".join(mn.STOP_ACTIONS)}"}}'
 _SCOPE_LABELS = (mn.AGENT, mn.TASK, mn.USER, mn.MODEL, mn.PROVIDER)
 
 
@@ -66,7 +66,7 @@ def _orders(series: list[dict[str, Any]]) -> tuple[StopOrder, ...]:
         action, name = labels.get(mn.ACTION), str(labels.get("alertname", ""))
         if action == KILL_AGENT_TASK and labels.get(mn.TASK_ID):
             orders.append(StopOrder(KILL_AGENT_TASK, name, "", labels[mn.TASK_ID], {}, labels.get(mn.BUDGET)))
-        elif action == PAUSE_NONCRITICAL:
+        elif action in mn.PAUSE_ACTIONS:
             scope = {k: str(labels[k]) for k in _SCOPE_LABELS if k in labels}
             orders.append(StopOrder(PAUSE_NONCRITICAL, name, "", None, scope, labels.get(mn.BUDGET)))
     return tuple(orders)

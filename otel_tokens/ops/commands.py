@@ -18,6 +18,7 @@ from otel_tokens.budgets.cli import EXIT_UNKNOWN, status_exit_code
 from otel_tokens.budgets.loader import BudgetFileError
 from otel_tokens.humanize import format_tokens, format_usd
 from otel_tokens.ops import tables
+from otel_tokens.ops.outlook import MIN_RATE_SECONDS
 from otel_tokens.ops.source import (
     CollectorSource,
     DataSource,
@@ -40,8 +41,9 @@ __all__ = [
 
 EXIT_OK, EXIT_ERROR = 0, 1
 _RATE_NOTE = (
-    "burn/h: average over the window so far (with --prometheus: the last hour); at end: use "
-    "projected to the window's end, % of the limit; left: time to the limit at that rate"
+    "burn/h: use over the last hour (the budget's forecast lookback); at end: use projected to the "
+    "window's end, % of the limit; left: time to the limit at that rate; —: not enough data yet "
+    f"(under {MIN_RATE_SECONDS / 60:.0f} min counted)"
 )
 
 

@@ -74,7 +74,7 @@ def _budget(b: Mapping[str, Any]) -> str:
     used, limit = format_amount(b["used"], unit), format_amount(b["limit"], unit)
     rate, left = b.get("rate_per_hour"), b.get("seconds_left")
     if rate is None:
-        burn = "burn rate unknown"
+        burn = "burn rate: not enough data yet"
     elif left == 0:
         burn = f"burning {format_amount(rate, unit)}/h · limit reached"
     elif not rate:

@@ -7,6 +7,13 @@ computation, so they never disagree about "days left".
 Projection follows the forecast alert's rule: a calendar period ends, so the projection is what is
 used now plus the rate times what is left of it; a rolling window never ends, so its projection is
 the steady state — the rate times one whole window.
+
+The burn rate is one formula too, the forecast rule's `rate(llm_budget_consumed_total[lookback])`:
+use over the trailing `lookback` divided by its length (`trailing_rate`). A collector reads it from
+its ledger's trailing window — over the part of it the ledger has counted, so a collector started a
+minute ago is not read as a day's average — and gives no rate (`—`, "not enough data") while that
+part is under `MIN_RATE_SECONDS`: one call over a collector's first seconds would read as a burn of
+thousands of percent.
 """
 
 from __future__ import annotations
@@ -18,9 +25,17 @@ from typing import Any
 
 from otel_tokens.budgets.spec import CALENDAR_PERIODS, parse_duration
 
-__all__ = ["Outlook", "format_duration", "outlook", "window_seconds"]
+__all__ = ["MIN_RATE_SECONDS", "Outlook", "format_duration", "outlook", "trailing_rate", "window_seconds"]
 
 _NOMINAL = {"day": 86400.0, "week": 7 * 86400.0, "month": 30 * 86400.0}
+#: Under this much counted time in the rate window a burn rate is noise: None (shown as `—`).
+MIN_RATE_SECONDS = 300.0
+
+
+def trailing_rate(amount: float, counted_seconds: float) -> float | None:
+    """Burn per second: `amount` used over the last `counted_seconds` (the counted part of the
+    trailing window); None when that is under `MIN_RATE_SECONDS` (not enough data yet)."""
+    return amount / counted_seconds if counted_seconds >= MIN_RATE_SECONDS else None
 
 
 @dataclass(frozen=True)

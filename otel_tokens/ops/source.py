@@ -29,7 +29,8 @@ from typing import Any, Protocol
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import metric_names as mn
-from otel_tokens.budgets.spec import DURATION_PATTERN
+from otel_tokens.budgets import budget_queries as q
+from otel_tokens.budgets.spec import DURATION_PATTERN, BudgetFile
 from otel_tokens.ops.outlook import Outlook, outlook
 from otel_tokens.ops.progress import progress
 from otel_tokens.ops.summary import SUMMARY_PATH
@@ -51,7 +52,8 @@ DEFAULT_COLLECTOR = "http://127.0.0.1:9464"
 BUDGETS_PATH = "/api/v1/budgets"
 _MAX_BYTES = 64 * 1024 * 1024
 _TIMEOUT = 10.0
-#: The burn rate Prometheus reports: the same lookback as the forecast rule's default.
+#: The burn rate Prometheus reports: the same lookback as the forecast rule's default (a budget
+#: file given with `--budgets` sets each budget's own `forecast.lookback`, as its rule has it).
 RATE_LOOKBACK = "1h"
 
 
@@ -258,8 +260,9 @@ class PrometheusSource:
             raise NoBudgets(f"{self.url} has no {mn.BUDGET_USED} series (no collector tracks budgets)")
         limits = self._by_budget(f"max by ({mn.BUDGET}) ({mn.BUDGET_LIMIT})")
         remaining = self._by_budget(f"max by ({mn.BUDGET}) ({mn.BUDGET_WINDOW_REMAINING})")
-        rates = self._by_budget(f"sum by ({mn.BUDGET}) (rate({mn.BUDGET_CONSUMED_TOTAL}[{RATE_LOOKBACK}]))")
-        now, warn_at = time.time(), warn_thresholds(self.budgets_file) or {}
+        spec = _load(self.budgets_file)
+        rates = self._rates(spec)
+        now, warn_at = time.time(), ({b.name: b.warn_at for b in spec.budgets} if spec else {})
         order = {name: i for i, name in enumerate(warn_at)}  # the budget file's order, when given
         result = []
         for row in sorted(used, key=lambda r: (order.get(r["metric"].get(mn.BUDGET, ""), len(order)),
@@ -273,6 +276,17 @@ class PrometheusSource:
             result.append(outlook(status, rates.get(name), now))
         return result
 
+    def _rates(self, spec: BudgetFile | None) -> dict[str, float]:
+        """Each budget's burn per second: the forecast rule's own `rate()` over its lookback
+        (`budget_queries.consumed_rate`); one query for every budget at the default lookback."""
+        rates = self._by_budget(f"sum by ({mn.BUDGET}) (rate({mn.BUDGET_CONSUMED_TOTAL}[{RATE_LOOKBACK}]))")
+        for budget in spec.budgets if spec else ():
+            if budget.forecast.lookback != RATE_LOOKBACK:
+                found = self._by_budget(q.consumed_rate(budget.name, budget.forecast.lookback))
+                rates.pop(budget.name, None)
+                rates.update(found)
+        return rates
+
     def _by_budget(self, expr: str) -> dict[str, float]:
         return {r["metric"].get(mn.BUDGET, ""): float(r["value"][1]) for r in self.query(expr)}
 
@@ -285,10 +299,10 @@ class PrometheusSource:
         return {r["metric"].get(by, mn.UNKNOWN): [(float(t), float(v)) for t, v in r["values"]] for r in rows}
 
 
-def warn_thresholds(budget_file: str | Path | None) -> dict[str, float] | None:
-    """Each budget's warn_at from the budget file (Prometheus holds no thresholds)."""
+def _load(budget_file: str | Path | None) -> BudgetFile | None:
+    """The budget file for what Prometheus does not hold: thresholds and rate lookbacks."""
     if budget_file is None:
         return None
     from otel_tokens.budgets.loader import load_budget_file
 
-    return {b.name: b.warn_at for b in load_budget_file(budget_file).budgets}
+    return load_budget_file(budget_file)

@@ -4,9 +4,10 @@ One JSON document, built from the collector's own registry (the very samples `/m
 and its budget ledger: live totals by token type and cost, the top spenders by agent and by model,
 every budget's outlook (burn rate, projection, time left) and the alerts the ledger implies now.
 
-The burn rate a single collector can give is an average: what the window has used over the part of
-it this collector has seen (`min(window elapsed, uptime)`). Prometheus gives a rate over the last
-hour instead (`otel-tokens status --prometheus`).
+The burn rate is the ledger's use over each budget's trailing rate window (the forecast rule's
+`lookback`, default 1h) divided by the part of it the ledger has counted — with a data dir, across
+restarts (`outlook.trailing_rate`); under `MIN_RATE_SECONDS` of it there is no rate yet. Prometheus
+gives its rate over the last hour (`otel-tokens status --prometheus`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from otel_tokens.budgets.ledger import BudgetLedger, BudgetStatus
+from otel_tokens.budgets.ledger import BudgetLedger, BudgetStatus, RecentUse
 from otel_tokens.budgets.spec import Budget
-from otel_tokens.budgets.windows import period_bounds
-from otel_tokens.ops.outlook import Outlook, outlook, window_seconds
+from otel_tokens.ops.outlook import Outlook, outlook, trailing_rate
 from otel_tokens.ops.usage import TASK_SERIES, USAGE_SERIES, Sample, cache_hit_ratio, top_rows, usage_table
 
 __all__ = ["SUMMARY_PATH", "TOP_N", "registry_samples", "summary"]
@@ -60,8 +60,8 @@ def summary(
     }
     if ledger is not None:
         specs = ledger.budget_file.budgets
-        statuses = ledger.status()
-        outlooks = [_outlook(s, b, ledger, started_at, now) for s, b in zip(statuses, specs, strict=True)]
+        statuses, recent = ledger.status(), ledger.recent_use()
+        outlooks = [_outlook(s, r, now) for s, r in zip(statuses, recent, strict=True)]
         document["budgets"] = [o.to_dict() for o in outlooks]
         document["alerts"] = _alerts(outlooks, specs, ledger)
     return document
@@ -71,16 +71,9 @@ def _top(row: Any, share: float) -> dict[str, Any]:
     return {"key": row.key, "cost_usd": row.cost, "tokens": row.total_tokens, "share": share}
 
 
-def _outlook(
-    status: BudgetStatus, spec: Budget, ledger: BudgetLedger, started_at: float, now: float
-) -> Outlook:
-    """Average burn over the part of the window this collector has seen."""
-    if spec.is_calendar:
-        elapsed = now - period_bounds(spec.window, now, ledger.budget_file.zone)[0]
-    else:
-        elapsed = window_seconds(spec.window)
-    observed = min(elapsed, now - started_at)
-    rate = status.used / observed if observed > 0 else None
+def _outlook(status: BudgetStatus, recent: RecentUse, now: float) -> Outlook:
+    """The standing at the burn rate over the trailing window (None: not enough data yet)."""
+    rate = trailing_rate(recent.amount, recent.counted_seconds)
     return outlook(dataclasses.asdict(status), rate, now)
 
 

@@ -102,9 +102,13 @@ def _share(ratio: float | None) -> str:
     return ">999%" if ratio is not None and ratio >= 9.995 else percent(ratio)
 
 
+#: A figure that needs a burn rate, while there is not enough data for one (`outlook.MIN_RATE_SECONDS`).
+NO_RATE = "—"
+
+
 def _left(o: Outlook) -> str:
-    """Time to the limit at the current rate; `-` when the rate is unknown."""
-    return "-" if o.rate_per_hour is None else format_duration(o.seconds_left)
+    """Time to the limit at the current rate; `—` when the rate is unknown."""
+    return NO_RATE if o.rate_per_hour is None else format_duration(o.seconds_left)
 
 
 def status_text(outlooks: Sequence[Outlook], width: int = WIDTH, note: str = "") -> str:
@@ -128,7 +132,8 @@ def status_table(outlooks: Sequence[Outlook], budget_width: int = 22) -> Table:
         at_end = None if o.projected is None or not o.limit else o.projected / o.limit
         rows.append((
             o.name, o.window, _compact(o.used, o.unit), _compact(o.limit, o.unit), _share(o.ratio),
-            _share(at_end), _compact(o.rate_per_hour, o.unit), _left(o), o.state,
+            NO_RATE if at_end is None else _share(at_end),
+            NO_RATE if o.rate_per_hour is None else _compact(o.rate_per_hour, o.unit), _left(o), o.state,
         ))  # fmt: skip
     view = _table()
     view.add_column("budget", no_wrap=True, overflow="ellipsis", max_width=budget_width)

@@ -10,7 +10,10 @@ and `otel_tokens_bench_measured` (benchmarks/_callgrind_measure.c, compiled here
 compiler and called through ctypes) switches collection on with callgrind's client requests exactly
 around a callback into Python that makes the N measured calls.
 Imports, client set-up and warm-up calls run before instrumentation is switched on, so they are
-neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts (and so the count) repeat.
+neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts repeat. One process's count
+repeats within ~0.1%, but the address layout (ASLR) moves it by a few thousand instructions per
+call, so each variant runs in `REPEATS` processes, interleaved, and the median is reported with the
+spread.
 
 Variants, per SDK (`client.chat.completions.create` for openai, `client.messages.create` for
 anthropic, non-streaming, over the SDK's own HTTP client with a `MockTransport` replaying the local
@@ -42,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +84,16 @@ MESSAGES: list[Any] = [
     {"role": "user", "content": "Rename the variable x to retry_count in utils/backoff.py."},
 ]
 CHILD_TIMEOUT_S = 240
+#: Uncounted calls before the measured ones. CPython 3.11 quickens a function's bytecode on its
+#: 8th run and specialises its instructions over the runs after: with fewer warm-up calls the
+#: measured calls paid for warming every function that runs once per call, so an instrumentation
+#: made of more (small) functions looked costlier than it is at steady state.
+WARM_UP_CALLS = 10
+#: Processes per variant. One process's count repeats within ~0.1%, but where the address space
+#: lands (ASLR) moves it: the interpreter's type-attribute cache and the dicts and sets of objects
+#: hashed by address collide differently in each process, ±3-10k instructions per call. The median
+#: of a few processes, interleaved variant by variant, is what is reported, with the spread.
+REPEATS = 3
 
 
 # --- the child: one variant, measured calls inside the C helper -------------------------------------
@@ -357,11 +371,16 @@ def measure(sdk: str, variant: str, calls: int, warm: int, helper: Path, out: Pa
     return int(totals.group(1))
 
 
-def report(sdk: str, per_call: dict[str, float | None], calls: int) -> None:
+def report(sdk: str, runs: dict[str, list[float]], calls: int) -> None:
+    """Medians over the processes of each variant; the spread is each variant's own (min..max of
+    its added instructions), so a difference smaller than it is not one."""
+    per_call = {variant: statistics.median(values) if values else None for variant, values in runs.items()}
     base = per_call[BASELINE]
     assert base is not None
     floor = _added(per_call, FLOOR)
-    print(f"\n{sdk} sync call, mock transport: {calls} measured calls, instructions per call (callgrind)")
+    repeats = len(runs[BASELINE])
+    print(f"\n{sdk} sync call, mock transport: {calls} measured calls x {repeats} processes, "
+          "instructions per call (callgrind; median, spread of the processes)")  # fmt: skip
     print(f"  {BASELINE:<28}{base:>12,.0f}")
     for variant in VARIANTS[sdk][1:]:
         added = _added(per_call, variant)
@@ -370,7 +389,7 @@ def report(sdk: str, per_call: dict[str, float | None], calls: int) -> None:
             record(BENCH, f"{sdk}: {variant}", None, "k instr", "added per call")
             continue
         of_floor = f"x{added / floor:.2f} of floor" if floor else "n/a"
-        print(f"  {variant:<28}{added:>+12,.0f}  {of_floor}")
+        print(f"  {variant:<28}{added:>+12,.0f}  {of_floor}  ({_spread(runs[variant], base)})")
         record(BENCH, f"{sdk}: {variant}", added / 1e3, "k instr", "added per call")
     ours = _added(per_call, OURS)
     if floor and ours is not None:
@@ -380,6 +399,7 @@ def report(sdk: str, per_call: dict[str, float | None], calls: int) -> None:
         print(f"added instructions vs the bare-span floor ({sdk}): otel-tokens x{ours / floor:.2f} "
               f"(goal <= x{FLOOR_GOAL}: {goal}){theirs}")  # fmt: skip
         record(BENCH, f"{sdk}: otel-tokens / floor", ours / floor, "x", f"goal <= {FLOOR_GOAL}")
+    print(f"spread of the bare SDK's processes: {min(runs[BASELINE]):,.0f}..{max(runs[BASELINE]):,.0f}")
     report_guard(sdk, per_call)
 
 
@@ -401,6 +421,10 @@ def report_guard(sdk: str, per_call: dict[str, float | None]) -> None:
     print(line)
 
 
+def _spread(values: list[float], base: float) -> str:
+    return f"{min(values) - base:+,.0f}..{max(values) - base:+,.0f}"
+
+
 def _added(per_call: dict[str, float | None], variant: str) -> float | None:
     value, base = per_call.get(variant), per_call[BASELINE]
     return None if value is None or base is None else value - base
@@ -410,7 +434,7 @@ def parent(sdks: Sequence[str]) -> int:
     if shutil.which("valgrind") is None:
         print("callgrind benchmark skipped: valgrind not installed (`make system-deps`)")
         return 0
-    calls, warm = (2, 2) if QUICK else (20, 5)
+    calls, warm, repeats = (2, 2, 1) if QUICK else (20, WARM_UP_CALLS, REPEATS)
     with tempfile.TemporaryDirectory(prefix="otel-tokens-callgrind-") as tmp:
         directory = Path(tmp)
         helper = build_helper(directory)
@@ -419,11 +443,14 @@ def parent(sdks: Sequence[str]) -> int:
             return 0
         print(f"python {sys.version.split()[0]}, {_versions()}")
         for sdk in sdks:
-            per_call: dict[str, float | None] = {}
-            for variant in VARIANTS[sdk]:
-                total = measure(sdk, variant, calls, warm, helper, directory / f"{sdk}-{len(per_call)}.out")
-                per_call[variant] = None if total is None else total / calls
-            report(sdk, per_call, calls)
+            runs: dict[str, list[float]] = {variant: [] for variant in VARIANTS[sdk]}
+            for round_ in range(repeats):  # interleaved: every variant once per round
+                for n, variant in enumerate(VARIANTS[sdk]):
+                    out = directory / f"{sdk}-{round_}-{n}.out"
+                    total = measure(sdk, variant, calls, warm, helper, out)
+                    if total is not None:
+                        runs[variant].append(total / calls)
+            report(sdk, runs, calls)
     return 0
 
 
@@ -441,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--child", nargs=2, metavar=("SDK", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=20, help=argparse.SUPPRESS)
-    parser.add_argument("--warm", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--warm", type=int, default=WARM_UP_CALLS, help=argparse.SUPPRESS)
     parser.add_argument("--helper", help=argparse.SUPPRESS)
     parser.add_argument("sdks", nargs="*", help="openai and/or anthropic (default: both)")
     args = parser.parse_args(argv)

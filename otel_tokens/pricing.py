@@ -30,11 +30,11 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.record import TokenCounts
@@ -95,36 +95,38 @@ class _Term:
     rates: tuple[float, ...]  # USD per unit, by regime (see _Rates.thresholds)
 
 
+#: A compiled price function: (input, output, cache_read, cache_write, reasoning, cache_write_1h)
+#: → USD, counts in `_REPORTED_KEYS` order.
+CostFn = Callable[[int, int, int, int, int, int], float]
+
+
 @dataclass(frozen=True, slots=True)
 class _Rates:
     """One `ModelPrice` compiled to floats. Regime k applies when exactly k tier starts lie strictly
-    below the total input tokens, matching genai-prices' `total_input_tokens > tier.start`."""
+    below the total input tokens, matching genai-prices' `total_input_tokens > tier.start`.
+
+    `fast` is the same arithmetic as `reference_cost`, generated once as straight-line Python (no
+    loops over terms and coefficients): it runs on every instrumented call and every collected span.
+    """
 
     thresholds: tuple[int, ...]
     terms: tuple[_Term, ...]
-    #: (input coefficient, output coefficient, constant, rates) of the terms with a leaf in a
-    #: vector of input and output alone (`estimate_cost`), in `terms` order
-    estimate_terms: tuple[tuple[int, int, int, tuple[float, ...]], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    fast: CostFn = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        forms = [(dict(t.coefs).get(0, 0), dict(t.coefs).get(1, 0), t.constant, t.rates) for t in self.terms]
-        object.__setattr__(self, "estimate_terms", tuple(f for f in forms if f[0] or f[1] or f[2]))
+        object.__setattr__(self, "fast", _generate_cost(self.thresholds, self.terms))
 
     def estimate_cost(self, input_tokens: int, output_tokens: int) -> float:
-        """`cost` of the vector (input_tokens, output_tokens, 0, 0, 0, 0) — a budget guard's
-        pre-flight estimate, which has no cache or reasoning split — to the same float: the same
-        leaves, summed in the same order, without the terms that are zero in such a vector."""
-        regime = bisect.bisect_left(self.thresholds, input_tokens) if self.thresholds else 0
-        total = 0.0
-        for input_coef, output_coef, constant, rates in self.estimate_terms:
-            leaf = constant + input_coef * input_tokens + output_coef * output_tokens
-            if leaf > 0:
-                total += rates[regime] * leaf
-        return total
+        """`cost` of the vector (input_tokens, output_tokens, 0, 0, 0, 0): a budget guard's
+        pre-flight estimate has no cache or reasoning split. The same generated function, so the
+        same float as the call's cost once it reports those counts."""
+        return self.fast(input_tokens, output_tokens, 0, 0, 0, 0)
 
     def cost(self, counts: Sequence[int]) -> float:
+        return self.fast(*counts)
+
+    def reference_cost(self, counts: Sequence[int]) -> float:
+        """The definition `fast` is generated from (a test holds them bit-equal)."""
         regime = bisect.bisect_left(self.thresholds, counts[0]) if self.thresholds else 0
         total = 0.0
         for term in self.terms:
@@ -134,6 +136,44 @@ class _Rates:
             if leaf > 0:  # genai-prices rejects negative leaves (bad usage); we bill them as zero
                 total += term.rates[regime] * leaf
         return total
+
+
+_COUNT_ARGS = ("c0", "c1", "c2", "c3", "c4", "c5")  # one per `_REPORTED_KEYS` entry
+
+
+def _generate_cost(thresholds: tuple[int, ...], terms: tuple[_Term, ...]) -> CostFn:
+    """`_Rates.reference_cost` unrolled for one price set, as `dataclasses` generates `__init__`:
+    the same integer leaves and the same float operations in the same order, so the result is
+    bit-identical. Counts below zero (impossible, but spans come from outsiders) count as zero.
+    Only integers and fixed names go into the source; the rates are bound by name."""
+    lines = [f"def cost({', '.join(_COUNT_ARGS)}):"]
+    used = sorted({index for term in terms for index, _ in term.coefs})
+    lines += [f"    if c{i} < 0: c{i} = 0" for i in used]
+    if thresholds:
+        lines.append("    regime = _bisect(_thresholds, c0)")
+    lines.append("    total = 0.0")
+    namespace: dict[str, Any] = {"_bisect": bisect.bisect_left, "_thresholds": thresholds}
+    for n, term in enumerate(terms):
+        lines.append(f"    leaf = {_linear_source(term)}")
+        if thresholds:
+            lines.append(f"    if leaf > 0: total += _rates{n}[regime] * leaf")
+            namespace[f"_rates{n}"] = term.rates
+        else:  # one regime: the rate itself, no indexing
+            lines.append(f"    if leaf > 0: total += _rate{n} * leaf")
+            namespace[f"_rate{n}"] = term.rates[0]
+    lines.append("    return total")
+    exec("\n".join(lines), namespace)  # the source holds only integers and fixed names
+    return cast("CostFn", namespace["cost"])
+
+
+def _linear_source(term: _Term) -> str:
+    """A term's leaf count as a Python expression over the count arguments (integers: exact)."""
+    source = str(int(term.constant)) if term.constant else ""
+    for index, coef in term.coefs:
+        sign, magnitude = ("-" if coef < 0 else "+"), abs(int(coef))
+        factor = f"c{int(index)}" if magnitude == 1 else f"{magnitude} * c{int(index)}"
+        source = f"{source} {sign} {factor}" if source else (f"-{factor}" if coef < 0 else factor)
+    return source or "0"
 
 
 class _Constraint(Protocol):
@@ -250,9 +290,10 @@ class PriceBook:
             entry = self._entry(provider, model)
         if entry is None:
             return None
-        # the common case (no tier, or a model without tier variants), without a call
-        rates = entry.rates if service_tier is None or not entry.tiers else None
-        counts: tuple[int, ...] = (  # `_counts`, inline: this runs per call
+        rates = entry.rates  # the common case: one price set, and no tier variant for this call
+        if rates is None or (service_tier is not None and service_tier in entry.tiers):
+            rates = entry.rates_for(service_tier)
+        return rates.fast(
             tokens.input,
             tokens.output,
             tokens.cache_read,
@@ -260,9 +301,6 @@ class PriceBook:
             tokens.reasoning,
             tokens.cache_write_1h,
         )
-        if min(counts) < 0:
-            counts = _counts(tokens)
-        return (rates or entry.rates_for(service_tier)).cost(counts)
 
     def estimate_cost_usd(
         self, provider: str, model: str, input_tokens: int, output_tokens: int
@@ -311,22 +349,6 @@ class PriceBook:
                 self._entries.clear()
                 self._snapshot = snapshot
         return snapshot
-
-
-def _counts(tokens: TokenCounts) -> tuple[int, ...]:
-    """The reported vector, in `_REPORTED_KEYS` order; negative counts (impossible, but spans come
-    from outsiders) count as zero."""
-    counts = (
-        tokens.input,
-        tokens.output,
-        tokens.cache_read,
-        tokens.cache_write,
-        tokens.reasoning,
-        tokens.cache_write_1h,
-    )
-    if min(counts) < 0:
-        return tuple(max(count, 0) for count in counts)
-    return counts
 
 
 def _resolve(provider: str, model: str) -> _Entry | None:

@@ -30,27 +30,28 @@ class RecordSinks:
     """A registry of record sinks. Publishing reads an immutable tuple (replaced whole under the lock
     on subscribe/unsubscribe), so the hot path takes no lock."""
 
-    __slots__ = ("_lock", "_sinks")
+    __slots__ = ("_lock", "_sinks", "active")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sinks: tuple[RecordSink, ...] = ()
+        #: True when someone listens: publishers skip building what nobody reads. A plain attribute
+        #: (kept equal to `bool(self._sinks)` under the lock), not a property: every instrumented
+        #: call reads it, and a property is a Python call.
+        self.active = False
 
     def subscribe(self, sink: RecordSink) -> None:
         """Receive every record published from now on (subscribing twice has no extra effect)."""
         with self._lock:
             if sink not in self._sinks:
                 self._sinks = (*self._sinks, sink)
+            self.active = bool(self._sinks)
 
     def unsubscribe(self, sink: RecordSink) -> None:
         """Stop receiving records; unknown sinks are ignored."""
         with self._lock:
             self._sinks = tuple(s for s in self._sinks if s != sink)
-
-    @property
-    def active(self) -> bool:
-        """True when someone listens: publishers skip building what nobody reads."""
-        return bool(self._sinks)
+            self.active = bool(self._sinks)
 
     def publish(self, record: Record) -> None:
         """Hand `record` to every sink; a sink's error never reaches the caller."""

@@ -157,6 +157,67 @@ def test_chat_completion_span_is_complete_and_carries_no_content(
     assert not [v for v in a.values() if isinstance(v, str) and (PROMPT in v or REPLY_TEXT in v)]
 
 
+def _replaying_client(body: dict[str, Any]) -> openai.OpenAI:
+    """The real SDK over its own HTTP library's `MockTransport`, answering every request with
+    `body`: shapes the fake provider never sends (several choices, usage without its details)."""
+    import importlib
+
+    http = next(
+        importlib.import_module(top)
+        for cls in openai.DefaultHttpxClient.__mro__
+        if (top := cls.__module__.split(".")[0]).startswith("httpx")
+    )
+    content = json.dumps(body).encode()
+
+    def answer(request: Any) -> Any:
+        return http.Response(200, headers={"content-type": "application/json"}, content=content)
+
+    transport = http.MockTransport(answer)
+    return openai.OpenAI(
+        base_url="http://mock.invalid/v1", api_key="k", http_client=http.Client(transport=transport)
+    )
+
+
+@pytest.mark.parametrize(
+    ("choices", "usage", "reasons", "tokens"),
+    [
+        # two choices: both finish reasons, the general (duck-typed) reading
+        (
+            [{"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop"},
+             {"index": 1, "message": {"role": "assistant", "content": "b"}, "finish_reason": "length"}],
+            {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+            ("stop", "length"),
+            TokenCounts(input=11, output=7),
+        ),
+        # one choice, usage with no details objects and a cached count: the attribute reading
+        (
+            [{"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop"}],
+            {"prompt_tokens": 90, "completion_tokens": 5, "total_tokens": 95,
+             "prompt_tokens_details": {"cached_tokens": 64}},
+            ("stop",),
+            TokenCounts(input=90, output=5, cache_read=64),
+        ),
+    ],
+)  # fmt: skip
+def test_chat_completion_shapes_beyond_the_common_one_are_read_exactly(
+    span_exporter: InMemorySpanExporter,
+    choices: list[Any],
+    usage: dict[str, Any],
+    reasons: tuple[str, ...],
+    tokens: TokenCounts,
+) -> None:
+    body = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": SNAPSHOT}
+    with _replaying_client({**body, "choices": choices, "usage": usage}) as client:
+        completion = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert len(completion.choices) == len(choices)
+    a = attrs(only_span(span_exporter))
+    assert span_tokens(only_span(span_exporter)) == tokens
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == reasons
+    assert (a[sc.GEN_AI_RESPONSE_ID], a[sc.GEN_AI_RESPONSE_MODEL]) == ("chatcmpl-x", SNAPSHOT)
+    assert a[sc.OTEL_TOKENS_COST_USD] == pytest.approx(genai_prices_cost(SNAPSHOT, tokens), rel=1e-9)
+    assert sc.OPENAI_RESPONSE_SERVICE_TIER not in a and sc.OTEL_TOKENS_ESTIMATED not in a
+
+
 def test_each_call_sees_the_attribution_and_server_in_force_at_that_call(
     client: openai.OpenAI, fake_provider: FakeProvider, span_exporter: InMemorySpanExporter
 ) -> None:

@@ -149,6 +149,22 @@ def test_odd_counts_never_raise():
     assert book.cost_usd("openai", "gpt-4o", odd) == pytest.approx(500 * 1.25 / 1e6)
 
 
+@pytest.mark.parametrize(("provider", "model"), MODELS)
+def test_generated_cost_is_bit_identical_to_its_definition(provider: str, model: str):
+    """The straight-line cost function generated per price set gives exactly (==, not approx) the
+    float its term loop gives, odd and negative counts included, in every tier regime."""
+    entry = PriceBook()._entry(provider, model)
+    assert entry is not None
+    price_sets = [entry.rates] if entry.rates is not None else [rates for _, rates in entry.conditional]
+    grid = [
+        (t.input, t.output, t.cache_read, t.cache_write, t.reasoning, t.cache_write_1h) for t in TOKENS
+    ] + [(100, -5, 500, -1, -2, 0), (-7, 3, 0, 9, 0, 11), (1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 3)]
+    for rates in price_sets:
+        for counts in grid:
+            clamped = tuple(max(count, 0) for count in counts)
+            assert rates.fast(*counts) == rates.reference_cost(clamped), counts
+
+
 def test_provider_map_targets_real_genai_prices_providers():
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 

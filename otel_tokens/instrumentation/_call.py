@@ -45,6 +45,8 @@ _INSIDE_CALL_KEY = context.create_key("otel_tokens.inside_llm_call")
 #: The key `trace.set_span_in_context` stores the current span under (read once, not imported
 #: from the API's private module).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_CLIENT = SpanKind.CLIENT
+_PLAIN_SEQUENCES = (list, tuple)  # finish reasons passed to the SDK as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +67,6 @@ def inside_llm_call(ctx: Context | None = None) -> bool:
     # instrumentation detaching its stream's context late, out of order, brings ours back) must not
     # make the next call look nested, or that call would go unrecorded.
     return isinstance(call, LLMCall) and not call._ended
-
-
-def _live_context(ctx: Context | None = None) -> context.Context:
-    """The current context (`ctx`, when the caller already read it), unless it is one of our calls'
-    that already ended (brought back by another instrumentation detaching its stream's context
-    late, out of order): then the context that call started in, so this call is neither nested
-    under the old one's span nor counted as its duplicate."""
-    if ctx is None:
-        ctx = context.get_current()
-    call = ctx.get(_INSIDE_CALL_KEY)
-    if isinstance(call, LLMCall) and call._ended:
-        return call.parent_context
-    return ctx
 
 
 def internal_error(where: str) -> None:
@@ -108,7 +97,6 @@ class LLMCall:
     def __init__(
         self,
         settings: CallSettings,
-        *,
         provider: str,
         operation: str,
         request_model: str,
@@ -118,11 +106,13 @@ class LLMCall:
         max_tokens: int | None = None,
         ctx: Context | None = None,
     ) -> None:
-        """`ctx`: the current context, when the wrapper already read it (not read again here)."""
+        """`ctx`: the current context, when the wrapper already read it (not read again here).
+        Wrappers pass every argument by position: a class called with keywords costs ~4k
+        instructions more (the interpreter packs them into a dict for `__init__`)."""
         self.settings = settings
         self.provider = provider
         self.operation = operation
-        self.request_model = request_model or "unknown"
+        self.request_model = request_model = request_model or "unknown"
         self._ended = False
         self.admission: Admission | None = None  # the budget guard's, when it reserved
         self.cache_slot: CacheSlot | None = None  # a response to store in the response cache
@@ -130,18 +120,29 @@ class LLMCall:
         self._failed: tuple[str, ...] = ()  # a tuple: no allocation on the common path
         #: the tier the provider served the call in, when its response says (prices the call)
         self.service_tier: str | None = None
-        self.parent_context = _live_context(ctx)
+        # The live context: the current one, unless it is one of our calls' that already ended
+        # (brought back by another instrumentation detaching its stream's context late, out of
+        # order): then the context that call started in, so this call is neither nested under the
+        # old one's span nor counted as its duplicate.
+        live: Context = context.get_current() if ctx is None else ctx
+        mark = live.get(_INSIDE_CALL_KEY)
+        if mark is not None and isinstance(mark, LLMCall) and mark._ended:
+            live = mark.parent_context
+        self.parent_context: Context = live
         try:
+            attribution = current_attribution(live)
             # an agent framework's enclosing invoke_agent span names the agent when no scope does
-            live = self.parent_context
-            self.attribution = framework_attribution(current_attribution(live), live)
+            # (`framework_attribution` returns at once when no span encloses the call)
+            if live.get(_SPAN_KEY) is not None:
+                attribution = framework_attribution(attribution, live)
+            self.attribution = attribution
         except Exception:
             self.attribution = NO_ATTRIBUTION  # the call is still observed, unattributed
             self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution")
         attributes: dict[str, AttributeValue] = {
             sc.GEN_AI_OPERATION_NAME: operation,
             sc.GEN_AI_PROVIDER_NAME: provider,
-            sc.GEN_AI_REQUEST_MODEL: self.request_model,
+            sc.GEN_AI_REQUEST_MODEL: request_model,
             sc.OTEL_TOKENS_MARKER: True,
         }
         if stream:
@@ -157,9 +158,7 @@ class LLMCall:
                 attributes.update(attribution_attributes(self.attribution))
             except Exception:
                 self.enrichment_failed(sc.ENRICHMENT_ATTRIBUTION, "attribution attributes")
-        self.span = settings.tracer.start_span(
-            f"{operation} {self.request_model}", self.parent_context, SpanKind.CLIENT, attributes
-        )
+        self.span = settings.tracer.start_span(f"{operation} {request_model}", live, _CLIENT, attributes)
 
     @property
     def ended(self) -> bool:
@@ -170,37 +169,43 @@ class LLMCall:
     def activate(self) -> Iterator[None]:
         """Make the span current while the SDK sends the request, so the SDK's own spans (and HTTP
         client spans) nest under it and nested wrapped calls are recognised as the same call."""
-        token = self._attach()
+        token = self.enter()
         try:
             yield
         finally:
             context.detach(token)
 
-    def _attach(self) -> Token[context.Context]:
-        """`activate()` without the context manager: the call's parent context plus this span and
-        the call itself as the inside-a-call mark, in one copy (what `set_span_in_context` and
-        `set_value` would make in two)."""
-        return context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
-
     def invoke(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Send the SDK call as this span. The SDK's own exception ends the span as an error and
-        propagates unchanged; a result is returned for the wrapper to observe (and finish)."""
-        # `_attach()`, inline: this runs on every call
-        token = context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
+        propagates unchanged; a result is returned for the wrapper to observe (and finish).
+        The openai sync wrapper does the same inline (`enter` / `failed`), so that no frame of ours
+        sits between it and the SDK's deep call stack."""
+        token = self.enter()
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            context.detach(token)
-            self.finish(None, error=exc)
+            self.failed(token, exc)
             raise
         context.detach(token)
         return result
+
+    def enter(self) -> Token[context.Context]:
+        """Make this call's context current; `context.detach` the token after. The call's parent
+        context plus this span and the call itself as the inside-a-call mark, in one copy (what
+        `set_span_in_context` and `set_value` would make in two)."""
+        return context.attach(Context({**self.parent_context, _SPAN_KEY: self.span, _INSIDE_CALL_KEY: self}))
+
+    def failed(self, token: Token[context.Context], error: BaseException) -> None:
+        """The SDK call raised `error`: leave its context and end the span as an error (the caller
+        re-raises the SDK's exception unchanged)."""
+        context.detach(token)
+        self.finish(None, error=error)
 
     async def invoke_async(
         self, wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """`invoke` for the async clients."""
-        token = self._attach()
+        token = self.enter()
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -351,21 +356,54 @@ class LLMCall:
         failed = error is not None or error_type is not None
         if failed:
             error_type = error_type or (type(error).__qualname__ if error is not None else None)
+        request_model, tier = self.request_model, self.service_tier
         cost: float | None = None
         try:
-            # `_cost`, inline for the common case: the response model (often a dated snapshot)
-            # prices more exactly; only when it is unknown is the request's model tried
-            cost = default_price_book().strict_cost_usd(
-                self.provider, response_model or self.request_model, counts, self.service_tier
-            )
-            if cost is None and response_model and response_model != self.request_model:
-                cost = self._cost(counts, response_model)
+            # the response model (often a dated snapshot) prices more exactly; only when it is
+            # unknown is the request's model tried
+            prices = default_price_book()
+            cost = prices.strict_cost_usd(self.provider, response_model or request_model, counts, tier)
+            if cost is None and response_model and response_model != request_model:
+                cost = prices.strict_cost_usd(self.provider, request_model, counts, tier)
         except Exception:
             self.enrichment_failed(sc.ENRICHMENT_PRICING, "pricing")
         try:
-            self._set_result_attributes(
-                counts, estimated, cost, response_model, response_id, finish_reasons, failed, error_type
-            )
+            # All the common attributes in one literal (built at its final size, where inserting
+            # them one by one grows the dict twice), the absent ones removed: this runs per call.
+            attributes: dict[str, AttributeValue] = {
+                sc.GEN_AI_USAGE_INPUT_TOKENS: counts.input,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: counts.output,
+                sc.OTEL_TOKENS_COST_USD: cost,  # type: ignore[dict-item]  # None: removed below
+                sc.OPENAI_RESPONSE_SERVICE_TIER: tier,  # type: ignore[dict-item]
+                sc.GEN_AI_RESPONSE_MODEL: response_model,  # type: ignore[dict-item]
+                sc.GEN_AI_RESPONSE_ID: response_id,  # type: ignore[dict-item]
+                # the SDK copies a sequence attribute into a tuple of its own
+                sc.GEN_AI_RESPONSE_FINISH_REASONS: (
+                    finish_reasons if type(finish_reasons) in _PLAIN_SEQUENCES else list(finish_reasons)
+                ),
+            }
+            if cost is None:
+                del attributes[sc.OTEL_TOKENS_COST_USD]
+                attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
+            if not tier:
+                del attributes[sc.OPENAI_RESPONSE_SERVICE_TIER]
+            if not response_model:
+                del attributes[sc.GEN_AI_RESPONSE_MODEL]
+            if not response_id:
+                del attributes[sc.GEN_AI_RESPONSE_ID]
+            if not finish_reasons:
+                del attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS]
+            if counts.cache_read or counts.cache_write or counts.cache_write_1h or counts.reasoning:
+                _add_detail_counts(attributes, counts)
+            if estimated:
+                attributes[sc.OTEL_TOKENS_ESTIMATED] = True
+            if self._failed:
+                attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(self._failed)
+            if failed:
+                attributes[sc.ERROR_TYPE] = error_type or "_OTHER"
+            self.span.set_attributes(attributes)
+            if failed:
+                self.span.set_status(Status(StatusCode.ERROR, error_type))
         except Exception:
             internal_error("LLMCall.finish")
         admission, cache_slot = self.admission, self.cache_slot
@@ -449,60 +487,15 @@ class LLMCall:
             failed_steps=self._failed,
         )
 
-    def _cost(self, counts: TokenCounts, response_model: str | None) -> float | None:
-        """The response model (often a dated snapshot) prices more exactly; else the request's.
-        Raises on our own errors (genai-prices missing or broken) so the caller can mark them."""
-        prices = default_price_book()
-        tier = self.service_tier
-        cost = prices.strict_cost_usd(self.provider, response_model or self.request_model, counts, tier)
-        if cost is None and response_model and response_model != self.request_model:
-            cost = prices.strict_cost_usd(self.provider, self.request_model, counts, tier)
-        return cost
 
-    def _set_result_attributes(
-        self,
-        t: TokenCounts,
-        estimated: bool,
-        cost: float | None,
-        response_model: str | None,
-        response_id: str | None,
-        finish_reasons: Sequence[str],
-        failed: bool,
-        error_type: str | None,
-    ) -> None:
-        attributes: dict[str, AttributeValue] = {
-            sc.GEN_AI_USAGE_INPUT_TOKENS: t.input,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: t.output,
-        }
-        if t.cache_read:
-            attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cache_read
-        if t.cache_write:
-            attributes[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write
-        if t.cache_write_1h:
-            attributes[sc.OTEL_TOKENS_CACHE_WRITE_1H] = t.cache_write_1h
-        if t.reasoning:
-            attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning
-        if estimated:
-            attributes[sc.OTEL_TOKENS_ESTIMATED] = True
-        if cost is not None:
-            attributes[sc.OTEL_TOKENS_COST_USD] = cost
-        else:
-            attributes[sc.OTEL_TOKENS_COST_UNPRICED] = True
-        if self._failed:
-            attributes[sc.OTEL_TOKENS_ENRICHMENT_FAILED] = list(self._failed)
-        if self.service_tier:
-            attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = self.service_tier
-        if response_model:
-            attributes[sc.GEN_AI_RESPONSE_MODEL] = response_model
-        if response_id:
-            attributes[sc.GEN_AI_RESPONSE_ID] = response_id
-        if finish_reasons:
-            # the SDK copies a sequence attribute into a tuple of its own
-            attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (
-                finish_reasons if type(finish_reasons) is list else list(finish_reasons)
-            )
-        if failed:
-            attributes[sc.ERROR_TYPE] = error_type or "_OTHER"
-        self.span.set_attributes(attributes)
-        if failed:
-            self.span.set_status(Status(StatusCode.ERROR, error_type))
+def _add_detail_counts(attributes: dict[str, AttributeValue], t: TokenCounts) -> None:
+    """The detail counts a call reported (cache read, cache writes, reasoning), each only when
+    non-zero."""
+    if t.cache_read:
+        attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = t.cache_read
+    if t.cache_write:
+        attributes[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = t.cache_write
+    if t.cache_write_1h:
+        attributes[sc.OTEL_TOKENS_CACHE_WRITE_1H] = t.cache_write_1h
+    if t.reasoning:
+        attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = t.reasoning

@@ -80,41 +80,23 @@ def service_tier(response: Any) -> str | None:
 
 
 def chat_result(completion: Any) -> Result:
-    """A whole chat completion's result. On every non-streamed call's path, so it reads each field
-    once, inline (what `chat_tokens`, `_str_or_none` and `service_tier` do, without their calls)."""
+    """A whole chat completion's result; every field may be missing (a hand-built or foreign object).
+    The SDK's own `ChatCompletion` with usage takes a faster path (`openai._finish_chat_completion`)."""
     choices = getattr(completion, "choices", None) or []
     reasons: list[str] = []
-    for choice in choices:  # a loop, not a comprehension: one choice is the norm, a call is not
+    for choice in choices:  # a loop, not a comprehension: one choice is the norm
         reason = getattr(choice, "finish_reason", None)
         if isinstance(reason, str):
             reasons.append(reason)
     message = getattr(choices[0], "message", None) if choices else None
-    usage = getattr(completion, "usage", None)
-    tokens: TokenCounts | None = None
-    if usage is not None:
-        prompt, completion_tokens = (
-            getattr(usage, "prompt_tokens", None),
-            getattr(usage, "completion_tokens", None),
-        )
-        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
-        reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
-        tokens = TokenCounts(
-            prompt if isinstance(prompt, int) else 0,
-            completion_tokens if isinstance(completion_tokens, int) else 0,
-            cached if isinstance(cached, int) else 0,
-            0,
-            reasoning if isinstance(reasoning, int) else 0,
-        )
-    model, response_id = getattr(completion, "model", None), getattr(completion, "id", None)
     content = getattr(message, "content", None)
-    tier = getattr(completion, "service_tier", None)
     return Result(
-        tokens,
-        model if isinstance(model, str) else None,
-        response_id if isinstance(response_id, str) else None,
+        chat_tokens(getattr(completion, "usage", None)),
+        _str_or_none(getattr(completion, "model", None)),
+        _str_or_none(getattr(completion, "id", None)),
         reasons,
         content if isinstance(content, str) else "",
-        tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None,
+        service_tier(completion),
     )
 
 

@@ -38,7 +38,13 @@ from otel_tokens.instrumentation._anthropic_streams import (
     usage_tokens,
 )
 from otel_tokens.instrumentation._cache_replay import MISS, CacheSlot, open_slot
-from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
+from otel_tokens.instrumentation._call import (
+    _INSIDE_CALL_KEY,
+    CallSettings,
+    LLMCall,
+    inside_llm_call,
+    internal_error,
+)
 from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
 from otel_tokens.record import TokenCounts
 
@@ -83,16 +89,16 @@ def _open_call(
     try:
         host, port = _server(resource)
         max_tokens = request.get("max_tokens")
-        call = LLMCall(
+        call = LLMCall(  # by position: see `LLMCall.__init__`
             settings,
-            provider=PROVIDER,
-            operation=OPERATION,
-            request_model=str(request.get("model") or ""),
-            stream=request.get("stream") is True,
-            server_address=host,
-            server_port=port,
-            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-            ctx=ctx,
+            PROVIDER,
+            OPERATION,
+            str(request.get("model") or ""),
+            request.get("stream") is True,
+            host,
+            port,
+            max_tokens if isinstance(max_tokens, int) else None,
+            ctx,
         )
         if settings.capture_content:
             call.record_content(sc.GEN_AI_INPUT_MESSAGES, input_messages_json(request))
@@ -254,7 +260,8 @@ def _sync_call(settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        call = None if inside_llm_call(ctx) else _open_call(settings, instance, kwargs, ctx)
+        nested = _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx)  # the key: only inside our calls
+        call = None if nested else _open_call(settings, instance, kwargs, ctx)
         if call is None:
             return wrapped(*args, **kwargs)
         slot = None
@@ -277,7 +284,8 @@ def _async_call(settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        call = None if inside_llm_call(ctx) else _open_call(settings, instance, kwargs, ctx)
+        nested = _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx)  # the key: only inside our calls
+        call = None if nested else _open_call(settings, instance, kwargs, ctx)
         if call is None:
             return await wrapped(*args, **kwargs)
         slot = None

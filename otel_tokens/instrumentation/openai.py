@@ -24,7 +24,13 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_tokens.instrumentation._cache_replay import MISS, CacheSlot, open_slot
-from otel_tokens.instrumentation._call import CallSettings, LLMCall, inside_llm_call, internal_error
+from otel_tokens.instrumentation._call import (
+    _INSIDE_CALL_KEY,
+    CallSettings,
+    LLMCall,
+    inside_llm_call,
+    internal_error,
+)
 from otel_tokens.instrumentation._openai_extract import (
     Result,
     chat_result,
@@ -43,6 +49,7 @@ from otel_tokens.instrumentation._openai_streams import (
     notify_closed,
 )
 from otel_tokens.instrumentation._raw_response import ObservedStream, RawResponseCall, raw_response_mode
+from otel_tokens.record import TokenCounts
 from otel_tokens.semconv import GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES
 
 PROVIDER = "openai"
@@ -102,21 +109,24 @@ _HELPER_CLOSE_PATCHES: tuple[tuple[str, str], ...] = (
 )
 
 _patched: list[tuple[type[Any], str]] = []
-#: The SDK's whole-response classes ("module:Class"): a call returning exactly one of these (not a
-#: stream, not a raw-response wrapper) is finished straight away, without `_on_result`'s checks.
-_WHOLE_RESPONSES = (
-    "openai.types.chat:ChatCompletion",
-    "openai.types.responses:Response",
-    "openai.types:CreateEmbeddingResponse",
+Finisher = Callable[[_Endpoint, LLMCall, dict[str, Any], Any], None]
+#: The SDK's whole-response classes ("module:Class") and how each is finished: a call returning
+#: exactly one of these (not a stream, not a raw-response wrapper) is finished straight away,
+#: without `_on_result`'s checks. Filled in by `instrument`.
+_WHOLE_RESPONSES: tuple[tuple[str, str], ...] = (
+    ("openai.types.chat:ChatCompletion", "_finish_chat_completion"),
+    ("openai.types.responses:Response", "_finish_from_response"),
+    ("openai.types:CreateEmbeddingResponse", "_finish_from_response"),
 )
-_whole_response_types: frozenset[type[Any]] = frozenset()
+_whole_responses: dict[type[Any], Finisher] = {}
 
 
 def instrument(settings: CallSettings) -> None:
     """Patch every supported method this SDK version has. Re-instrumenting replaces the patches."""
-    global _whole_response_types
+    global _whole_responses
     uninstrument()
-    _whole_response_types = frozenset(filter(None, (_class(name) for name in _WHOLE_RESPONSES)))
+    finishers = {name: globals()[finisher] for name, finisher in _WHOLE_RESPONSES}
+    _whole_responses = {cls: finishers[name] for name in finishers if (cls := _class(name)) is not None}
     for module_name, path, endpoint in _CALL_PATCHES:
         owner = _resolve(module_name, path)
         if owner is not None:
@@ -166,7 +176,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        if inside_llm_call(ctx):
+        if _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx):  # the key is absent outside our calls
             return wrapped(*args, **kwargs)
         prompt = kwargs.get(endpoint.prompt_arg)
         if type(prompt) is not list and isinstance(prompt, Iterator):  # `_materialise_prompt`
@@ -181,11 +191,18 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
                 return cached
             admitted = call.admit(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
             slot, kwargs = (slot if admitted is kwargs else None), admitted  # a rewritten call: not stored
-        result = call.invoke(wrapped, args, kwargs)
+        token = call.enter()  # `call.invoke`, inline: no frame of ours under the SDK's call
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.failed(token, exc)
+            raise
+        context.detach(token)
         if slot is not None:
             result = slot.keep(result)
-        if type(result) in _whole_response_types:  # the common case: no stream, no raw response
-            _finish_from_response(endpoint, call, kwargs, result)
+        finish_whole = _whole_responses.get(type(result))
+        if finish_whole is not None:  # the common case: no stream, no raw response
+            finish_whole(endpoint, call, kwargs, result)
             return result
         return _on_result(endpoint, call, kwargs, result, is_async=False)
 
@@ -197,7 +214,7 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         ctx = context.get_current()
-        if inside_llm_call(ctx):
+        if _INSIDE_CALL_KEY in ctx and inside_llm_call(ctx):
             return await wrapped(*args, **kwargs)
         kwargs = _materialise_prompt(endpoint, kwargs)
         call = _open_call(endpoint, settings, instance, kwargs, ctx)
@@ -213,8 +230,9 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         result = await call.invoke_async(wrapped, args, kwargs)
         if slot is not None:
             result = slot.keep(result)
-        if type(result) in _whole_response_types:  # the common case: no stream, no raw response
-            _finish_from_response(endpoint, call, kwargs, result)
+        finish_whole = _whole_responses.get(type(result))
+        if finish_whole is not None:  # the common case: no stream, no raw response
+            finish_whole(endpoint, call, kwargs, result)
             return result
         return _on_result(endpoint, call, kwargs, result, is_async=True)
 
@@ -267,16 +285,16 @@ def _open_call(
     try:
         address, port = _server(instance)
         model = kwargs.get("model")
-        call = LLMCall(
+        call = LLMCall(  # by position: see `LLMCall.__init__`
             settings,
-            provider=PROVIDER,
-            operation=endpoint.operation,
-            request_model=model if isinstance(model, str) else "",
-            stream=kwargs.get("stream") is True,  # `_is_stream_request`, inline
-            server_address=address,
-            server_port=port,
-            max_tokens=_max_tokens(endpoint, kwargs),
-            ctx=ctx,
+            PROVIDER,
+            endpoint.operation,
+            model if isinstance(model, str) else "",
+            kwargs.get("stream") is True,  # `_is_stream_request`, inline
+            address,
+            port,
+            _max_tokens(endpoint, kwargs),
+            ctx,
         )
     except Exception:
         internal_error("openai call start")
@@ -299,11 +317,11 @@ _last_server: tuple[Any, str | None, int | None] = (None, None, None)
 
 def _server(instance: Any) -> tuple[str | None, int | None]:
     global _last_server
-    client = getattr(instance, "_client", None)
-    # `_base_url` is what the `base_url` property returns; in openai 3.x the property costs ~1 µs.
-    url = getattr(client, "_base_url", None)
-    if url is None:
-        url = getattr(client, "base_url", None)
+    try:
+        # `_base_url` is what the `base_url` property returns; in openai 3.x the property costs ~1 µs.
+        url = instance._client._base_url
+    except AttributeError:
+        url = getattr(getattr(instance, "_client", None), "base_url", None)
     last_url, host, port = _last_server
     if url is not last_url:
         host, port = getattr(url, "host", None), getattr(url, "port", None)
@@ -313,9 +331,11 @@ def _server(instance: Any) -> tuple[str | None, int | None]:
 
 
 def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
+    """The first output ceiling the request sets as a plain int (not a bool, not the SDK's
+    `NOT_GIVEN`)."""
     for name in endpoint.max_tokens_args:
         value = kwargs.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if type(value) is int:
             return value
     return None
 
@@ -407,6 +427,44 @@ def _finish_from_response(endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, 
         response_id=result.response_id,
         finish_reasons=result.finish_reasons,
         estimated=estimated,
+    )
+
+
+def _finish_chat_completion(
+    endpoint: _Endpoint, call: LLMCall, kwargs: dict[str, Any], completion: Any
+) -> None:
+    """`_finish_from_response` for the SDK's own `ChatCompletion` in the common case (usage
+    reported, one choice, content capture off): its fields read as attributes (a read costs a
+    fraction of a `getattr(obj, name, None)` call) and handed to `finish` without building a
+    `Result`. Anything else, or any field missing or odd, takes the general, duck-typed path."""
+    try:
+        usage, choices = completion.usage, completion.choices
+        if usage is None or len(choices) != 1 or call.settings.capture_content:
+            _finish_from_response(endpoint, call, kwargs, completion)
+            return
+        reason = choices[0].finish_reason
+        prompt, output = usage.prompt_tokens, usage.completion_tokens
+        prompt_details, output_details = usage.prompt_tokens_details, usage.completion_tokens_details
+        cached = prompt_details.cached_tokens if prompt_details is not None else 0
+        reasoning = output_details.reasoning_tokens if output_details is not None else 0
+        model, response_id, tier = completion.model, completion.id, completion.service_tier
+    except Exception:  # e.g. a field a proxy or an older SDK leaves out
+        _finish_from_response(endpoint, call, kwargs, completion)
+        return
+    tokens = TokenCounts(
+        prompt if isinstance(prompt, int) else 0,
+        output if isinstance(output, int) else 0,
+        cached if isinstance(cached, int) else 0,
+        0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+    # as `service_tier()` bounds it: only ever looked up among the known tiers
+    call.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None
+    call.finish(
+        tokens,
+        response_model=model if isinstance(model, str) else None,
+        response_id=response_id if isinstance(response_id, str) else None,
+        finish_reasons=[reason] if isinstance(reason, str) else (),
     )
 
 

@@ -326,64 +326,90 @@ class Lane:
     takes the general path through claims and `transaction()`.
 
     A hold is the list of amounts reserved, one per account; settling empties it, so a hold is
-    settled at most once without an object of its own (this runs on every guarded call)."""
+    settled at most once without an object of its own (this runs on every guarded call).
 
-    __slots__ = ("_accounts", "_entries", "_lock", "_state", "_tokens")
+    Both are generated once per lane as straight-line Python over its accounts (`_lane_source`),
+    as `pricing` generates its cost functions: no loop, no `zip`, no tuple unpacking per account
+    on every call; the same comparisons and the same float operations in the same order. They are
+    plain functions in instance slots: `lane.try_hold(...)` binds no method."""
+
+    __slots__ = ("_accounts", "_state", "settle", "try_hold")
+
+    #: `try_hold(input_tokens, output_tokens, cost_usd)`: reserve an estimate (`estimate_amount`
+    #: of it, per budget) when it fits every budget; the hold, else None
+    try_hold: Callable[[int, int, float | None], list[float] | None]
+    #: `settle(hold, counts, cost_usd)`: release `hold` and count what the call used (`counts`
+    #: None: released only), as `LocalBudgetState.settle` counts a record (`record_amount`); a
+    #: settled (empty) hold is left alone
+    settle: Callable[[list[float], TokenCounts | None, float | None], None]
 
     def __init__(self, state: LocalBudgetState, accounts: list[_Account], forms: list[AmountForm]) -> None:
         self._state = state
-        self._lock = state._lock
         self._accounts = accounts
-        self._entries = [(account, i, o, usd) for account, (i, o, usd) in zip(accounts, forms, strict=True)]
-        self._tokens = any(not account.usd for account in accounts)  # the token split is needed
+        namespace: dict[str, Any] = {"_state": state, "_acquire": state._lock.acquire,
+                                     "_release": state._lock.release, "_clock": state._clock}  # fmt: skip
+        for n, account in enumerate(accounts):
+            namespace[f"_acc{n}"] = account
+            namespace[f"_used{n}"] = account.window.used
+            namespace[f"_add{n}"] = account.window.add
+            namespace[f"_positions{n}"] = account.type_positions
+        # The source holds only integers and fixed names; the accounts are bound by name.
+        exec(_lane_source(accounts, forms), namespace)
+        self.try_hold = namespace["try_hold"]
+        self.settle = namespace["settle"]
 
-    # The lock is taken with acquire()/release() rather than `with`: half the cost, on every call.
-    def try_hold(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> list[float] | None:
-        """Reserve an estimate (`estimate_amount` of it, per budget) when it fits every budget;
-        the hold, else None."""
-        usd = cost_usd or 0.0
-        amounts = []
-        self._lock.acquire()
-        try:
-            now = self._state._clock()
-            for account, i, o, in_usd in self._entries:
-                amount = usd if in_usd else float(i * input_tokens + o * output_tokens)
-                used = account.window.used(now)  # `_Account.used`, inline
-                if account.external > 0:
-                    used += account.external
-                if used + account.reserved + amount > account.limit:
-                    return None
-                amounts.append(amount)
-            for account, amount in zip(self._accounts, amounts):  # noqa: B905 (equal lengths)
-                account.reserved += amount
-        finally:
-            self._lock.release()
-        return amounts
 
-    def settle(self, hold: list[float], counts: TokenCounts | None, cost_usd: float | None) -> None:
-        """Release `hold` and count what the call used (`counts` None: released only), as
-        `LocalBudgetState.settle` counts a record (`record_amount`). A settled (empty) hold is
-        left alone."""
-        state = self._state
-        split = counts.disjoint_counts() if counts is not None and self._tokens else ()
-        spent_usd = cost_usd or 0.0
-        self._lock.acquire()
-        try:
-            if not hold:
-                return
-            now = state._clock()
-            for account, amount in zip(self._accounts, hold):  # noqa: B905 (equal lengths)
-                account.reserved -= amount
-                if counts is None:
-                    continue
-                if account.usd:
-                    account.window.add(spent_usd, now)
-                else:
-                    positions = account.type_positions
-                    tokens = sum([split[i] for i in positions]) if positions is not None else sum(split)
-                    account.window.add(float(tokens), now)
-            hold.clear()
-            if state._waiting:
-                state._changed.notify_all()
-        finally:
-            self._lock.release()
+def _lane_source(accounts: list[_Account], forms: list[AmountForm]) -> str:
+    """`try_hold` and `settle` unrolled over `accounts` (see `Lane`). An account's claim is its
+    form's `i * input + o * output` with the integer coefficients folded in (integers: exact), as
+    a float; a USD account claims the priced estimate. The lock is taken with acquire()/release()
+    rather than `with`: half the cost, on every call."""
+    n = len(accounts)
+    amounts = ", ".join(f"a{k}" for k in range(n))
+    hold = [
+        "def try_hold(input_tokens, output_tokens, cost_usd):",
+        "    usd = cost_usd or 0.0",
+        "    _acquire()",
+        "    try:",
+        "        now = _clock()",
+    ]
+    for k, (i, o, in_usd) in enumerate(forms):
+        terms = [name for name, coef in (("input_tokens", i), ("output_tokens", o)) if coef]
+        claim = "usd" if in_usd else (f"float({' + '.join(terms)})" if terms else "0.0")
+        hold += [
+            f"        a{k} = {claim}",
+            f"        used = _used{k}(now)",  # `_Account.used`, inline
+            f"        if _acc{k}.external > 0: used += _acc{k}.external",
+            f"        if used + _acc{k}.reserved + a{k} > _acc{k}.limit: return None",
+        ]
+    hold += [f"        _acc{k}.reserved += a{k}" for k in range(n)]
+    hold += ["    finally:", "        _release()", f"    return [{amounts}]"]
+    split = any(account.type_positions is not None and not account.usd for account in accounts)
+    whole = any(account.type_positions is None and not account.usd for account in accounts)
+    settle = [
+        "def settle(hold, counts, cost_usd):",
+        "    split = counts.disjoint_counts() if counts is not None else ()" if split or whole else "",
+        "    whole = float(sum(split))" if whole else "",
+        "    spent_usd = cost_usd or 0.0",
+        "    _acquire()",
+        "    try:",
+        "        if not hold: return",
+        "        now = _clock()",
+        f"        {amounts}, = hold" if n else "",
+    ]
+    settle += [f"        _acc{k}.reserved -= a{k}" for k in range(n)]
+    settle.append("        if counts is not None:" if n else "")
+    for k, account in enumerate(accounts):
+        if account.usd:
+            settle.append(f"            _add{k}(spent_usd, now)")
+        elif account.type_positions is None:
+            settle.append(f"            _add{k}(whole, now)")
+        else:
+            settle.append(f"            _add{k}(float(sum([split[i] for i in _positions{k}])), now)")
+    settle += [
+        "        hold.clear()",
+        "        if _state._waiting: _state._changed.notify_all()",
+        "    finally:",
+        "        _release()",
+    ]
+    return "\n".join(hold + settle) + "\n"

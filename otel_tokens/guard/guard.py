@@ -40,7 +40,7 @@ from otel_tokens.guard.wiring import default_state
 from otel_tokens.metric_names import UNKNOWN
 from otel_tokens.pricing import PriceBook, default_price_book
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
-from otel_tokens.tokencount import strict_count_message_tokens
+from otel_tokens.tokencount import _count_messages, strict_count_message_tokens
 
 __all__ = ["Admission", "Guard"]
 
@@ -122,6 +122,10 @@ class LaneAdmission(Admission):
         self.model = model
         self.hold = hold
         self.decisions = []
+
+    def settle_usage(self, tokens: TokenCounts, cost_usd: float | None) -> None:
+        hold = self.hold  # set, always, on a lane admission
+        hold[0].settle(hold[1], tokens, cost_usd)  # type: ignore[index]
 
 
 @dataclass(slots=True)
@@ -207,11 +211,24 @@ class Guard:
         else:
             route = self._routes.get(provider, model, attribution)
         seen: list[Finding] | None = None
-        if route.lane is not None and operation != EMBEDDINGS:
-            laned = self._on_lane(route, provider, model, prompt, system, max_output_tokens)
-            if isinstance(laned, Admission):
-                return laned
-            seen = laned
+        lane = route.lane
+        if lane is not None and operation != EMBEDDINGS:
+            if not route.keys:  # `_on_lane` for a call no runaway detector watches, inline
+                output = max_output_tokens if max_output_tokens is not None else self._default_output
+                if output < 0:
+                    output = 0
+                tokens = _count_messages(prompt, model, system)  # `strict_count_message_tokens`
+                cost = (
+                    self._prices.estimate_cost_usd(provider, model, tokens, output) if route.priced else None
+                )
+                amounts = lane.try_hold(tokens, output, cost)
+                if amounts is not None:
+                    return LaneAdmission(model, (lane, amounts))
+            else:
+                laned = self._on_lane(route, provider, model, prompt, system, max_output_tokens)
+                if isinstance(laned, Admission):
+                    return laned
+                seen = laned
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
         ordered = self._stop_ordered(request)
         if ordered is not None:

@@ -85,6 +85,7 @@ class LLMCall:
         "admission",
         "attribution",
         "cache_slot",
+        "max_tokens",
         "operation",
         "parent_context",
         "provider",
@@ -114,6 +115,7 @@ class LLMCall:
         self.operation = operation
         self.request_model = request_model = request_model or "unknown"
         self._ended = False
+        self.max_tokens = max_tokens  # the request's output ceiling, read once (the guard's too)
         self.admission: Admission | None = None  # the budget guard's, when it reserved
         self.cache_slot: CacheSlot | None = None  # a response to store in the response cache
         #: enrichment steps that failed (semconv.ENRICHMENT_*); the record says so, its tokens stay
@@ -420,27 +422,22 @@ class LLMCall:
         if cache_slot is not None:
             cache_slot.commit(record)
         if admission is not None:
-            self._settle(admission, record, counts, cost)
+            # The guard's reconcile (inline: this runs per guarded call): the reservation becomes
+            # what the call really used (released when there is no record: our accounting
+            # failed); a fast-lane hold may need only the counts.
+            try:
+                if admission.needs_record:
+                    admission.settle(record)
+                else:
+                    admission.settle_usage(counts, cost)
+            except Exception:
+                internal_error("budget guard settle")
             for finding in admission.late_findings:
                 self.span.add_event(sc.OTEL_TOKENS_GUARD_RUNAWAY_EVENT, finding.attributes())
         self.span.end()
         if record is not None and record_sinks.active:
             self._publish(record)
         return record
-
-    @staticmethod
-    def _settle(
-        admission: Admission, record: UsageRecord | None, counts: TokenCounts, cost: float | None
-    ) -> None:
-        """The guard's reconcile: the call's reservation becomes what it really used (released
-        when there is no record: our accounting failed). A fast-lane hold may need only the counts."""
-        try:
-            if admission.needs_record:
-                admission.settle(record)
-            else:
-                admission.settle_usage(counts, cost)
-        except Exception:
-            internal_error("budget guard settle")
 
     def _publish(self, record: UsageRecord) -> None:
         """The record as the span describes it (ids, so a consumer can deduplicate it against other

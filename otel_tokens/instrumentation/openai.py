@@ -185,12 +185,18 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
         if call is None:
             return wrapped(*args, **kwargs)
         slot = None
-        if settings.guard is not None:
-            slot = _cache_slot(endpoint, call, kwargs)
-            if slot is not None and (cached := slot.replay(instance._client, is_async=False)) is not MISS:
-                return cached
-            admitted = call.admit(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
-            slot, kwargs = (slot if admitted is kwargs else None), admitted  # a rewritten call: not stored
+        guard = settings.guard
+        if guard is not None:  # `_cache_slot` and `_guard_inputs`, inline: this runs per guarded call
+            if guard.response_cache is not None:
+                slot = open_slot(call, endpoint.name, kwargs)
+                if slot is not None and (cached := slot.replay(instance._client, is_async=False)) is not MISS:
+                    return cached
+            prompt_arg = endpoint.prompt_arg
+            admitted = call.admit(
+                kwargs, kwargs.get(prompt_arg), kwargs.get("instructions"), call.max_tokens, prompt_arg
+            )
+            if admitted is not kwargs:  # a rewritten call: not stored
+                slot, kwargs = None, admitted
         token = call.enter()  # `call.invoke`, inline: no frame of ours under the SDK's call
         try:
             result = wrapped(*args, **kwargs)

@@ -219,3 +219,42 @@ def test_the_common_call_reserves_and_counts_what_the_general_path_does(attribut
     assert (states[0].standing("tokens").used, states[0].standing("usd").used) == (49, 0.25)
     assert states[0].standing("out").used == 9
     assert len(lane.runaway) == len(general.runaway) == len(attribution)  # the keys watched
+
+
+def test_the_fast_lane_counts_as_the_windows_do_as_time_passes():
+    """The lane's generated code reads and adds to the windows inline; over calls that cross
+    bucket boundaries, let use age out of a rolling window and roll a calendar period, it holds,
+    counts and refuses exactly as the general path, call by call."""
+    budgets = [
+        {"name": "hour", "limit": {"tokens": 3000}, "window": "1h", "action": "block"},
+        {"name": "day", "limit": {"usd": 1.0}, "window": "day", "action": "block"},
+        {
+            "name": "out",
+            "limit": {"tokens": 10**6, "token_types": ["output"]},
+            "window": "2h",
+            "action": "block",
+        },
+    ]
+    budget_file = BudgetFile.model_validate({"budgets": budgets})
+    clocks = [Clock(86_000.0), Clock(86_000.0)]
+    lane = Guard(budget_file, LocalBudgetState(budget_file, clocks[0]))
+    general = Guard(budget_file, GeneralPathOnly(budget_file, clocks[1]))
+    record = UsageRecord(
+        provider="openai", request_model="gpt-4o", tokens=TokenCounts(input=400, output=90, cache_read=300),
+        cost_usd=0.01,
+    )  # fmt: skip
+    refused = 0
+    for step in range(60):
+        for clock in clocks:
+            clock.now += 37.0 if step % 7 else 900.0  # within a bucket, across them, past the hour
+        fast, slow = lane.admit(request()), general.admit(request())
+        assert (fast.refusal is None) == (slow.refusal is None)
+        assert (fast.hold is not None) == (fast.refusal is None)
+        refused += fast.refusal is not None
+        for name in ("hour", "day", "out"):
+            assert lane.state.standing(name) == general.state.standing(name)  # type: ignore[attr-defined]
+        fast.settle(record if step % 5 else None)
+        slow.settle(record if step % 5 else None)
+        for name in ("hour", "day", "out"):
+            assert lane.state.standing(name) == general.state.standing(name)  # type: ignore[attr-defined]
+    assert 0 < refused < 60  # both paths were exercised: the lane admitted, and it refused

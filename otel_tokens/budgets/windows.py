@@ -68,6 +68,34 @@ class RollingWindow:
         total = self._total
         return total if total > 0.0 else 0.0
 
+    @staticmethod
+    def inline_used(window: str, now: str, out: str) -> list[str]:
+        """`used` as source lines setting `out`, for code generated per window (the guard's fast
+        lane: no call per budget on every call). `window` names the window, `now` the time; the
+        same test as `used`, which it calls when something may have aged out."""
+        return [
+            f"_b = {window}._buckets",
+            f"if _b and (_b[0][0] + 1) * {window}.bucket_seconds > {now} - {window}.seconds:",
+            f"    {out} = {window}._total",
+            f"    if not {out} > 0.0: {out} = 0.0",  # `used`'s clamp
+            "else:",
+            f"    {out} = {window}.used({now})",
+        ]
+
+    @staticmethod
+    def inline_add(window: str, amount: str, now: str) -> list[str]:
+        """`add` as source lines (see `inline_used`): the common case, an amount added to the
+        newest bucket with nothing aged out, inline; anything else through `add`."""
+        return [
+            f"_b = {window}._buckets",
+            f"if _b and _b[-1][0] >= {now} // {window}.bucket_seconds"
+            f" and (_b[0][0] + 1) * {window}.bucket_seconds > {now} - {window}.seconds:",
+            f"    _b[-1][1] += {amount}",
+            f"    {window}._total += {amount}",
+            "else:",
+            f"    {window}.add({amount}, {now})",
+        ]
+
     def remaining_seconds(self, now: float) -> float:
         """A rolling window never ends: projections look one whole window ahead."""
         return self.seconds
@@ -140,6 +168,26 @@ class CalendarWindow:
         if not self._start <= now < self._end:
             self._roll(now)
         return self._total
+
+    @staticmethod
+    def inline_used(window: str, now: str, out: str) -> list[str]:
+        """`used` as source lines setting `out` (see `RollingWindow.inline_used`)."""
+        return [
+            f"if {window}._start <= {now} < {window}._end:",
+            f"    {out} = {window}._total",
+            "else:",
+            f"    {out} = {window}.used({now})",
+        ]
+
+    @staticmethod
+    def inline_add(window: str, amount: str, now: str) -> list[str]:
+        """`add` as source lines (see `RollingWindow.inline_add`)."""
+        return [
+            f"if {window}._start <= {now} < {window}._end:",
+            f"    {window}._total += {amount}",
+            "else:",
+            f"    {window}.add({amount}, {now})",
+        ]
 
     def remaining_seconds(self, now: float) -> float:
         self._roll(now)

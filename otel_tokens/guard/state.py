@@ -350,8 +350,7 @@ class Lane:
                                      "_release": state._lock.release, "_clock": state._clock}  # fmt: skip
         for n, account in enumerate(accounts):
             namespace[f"_acc{n}"] = account
-            namespace[f"_used{n}"] = account.window.used
-            namespace[f"_add{n}"] = account.window.add
+            namespace[f"_win{n}"] = account.window
             namespace[f"_positions{n}"] = account.type_positions
         # The source holds only integers and fixed names; the accounts are bound by name.
         exec(_lane_source(accounts, forms), namespace)
@@ -378,7 +377,7 @@ def _lane_source(accounts: list[_Account], forms: list[AmountForm]) -> str:
         claim = "usd" if in_usd else (f"float({' + '.join(terms)})" if terms else "0.0")
         hold += [
             f"        a{k} = {claim}",
-            f"        used = _used{k}(now)",  # `_Account.used`, inline
+            *_indent(_inline(accounts[k].window, "inline_used", f"_win{k}", "now", "used"), 8),
             f"        if _acc{k}.external > 0: used += _acc{k}.external",
             f"        if used + _acc{k}.reserved + a{k} > _acc{k}.limit: return None",
         ]
@@ -401,11 +400,13 @@ def _lane_source(accounts: list[_Account], forms: list[AmountForm]) -> str:
     settle.append("        if counts is not None:" if n else "")
     for k, account in enumerate(accounts):
         if account.usd:
-            settle.append(f"            _add{k}(spent_usd, now)")
+            amount = "spent_usd"
         elif account.type_positions is None:
-            settle.append(f"            _add{k}(whole, now)")
+            amount = "whole"
         else:
-            settle.append(f"            _add{k}(float(sum([split[i] for i in _positions{k}])), now)")
+            settle.append(f"            part = float(sum([split[i] for i in _positions{k}]))")
+            amount = "part"
+        settle += _indent(_inline(account.window, "inline_add", f"_win{k}", amount, "now"), 12)
     settle += [
         "        hold.clear()",
         "        if _state._waiting: _state._changed.notify_all()",
@@ -413,3 +414,20 @@ def _lane_source(accounts: list[_Account], forms: list[AmountForm]) -> str:
         "        _release()",
     ]
     return "\n".join(hold + settle) + "\n"
+
+
+def _inline(window: Window, kind: str, *names: str) -> list[str]:
+    """A window's `used` (`inline_used`) or `add` (`inline_add`) as source lines over `names`,
+    from the window class when it offers them (`budgets.windows`), else a call of the method."""
+    source = getattr(type(window), kind, None)
+    if callable(source):
+        return list(source(*names))
+    if kind == "inline_used":
+        window_name, now, out = names
+        return [f"{out} = {window_name}.used({now})"]
+    window_name, amount, now = names
+    return [f"{window_name}.add({amount}, {now})"]
+
+
+def _indent(lines: list[str], spaces: int) -> list[str]:
+    return [" " * spaces + line for line in lines]

@@ -509,9 +509,7 @@ class Pipeline:
     def _track(self, walks: list[Walk]) -> None:
         with self._resolver_lock:
             held = self._deduper.holding([walk.record for walk in walks])
-            for walk, is_held in zip(walks, held, strict=True):
-                if is_held:
-                    self._resolver.track(walk)
+            self._resolver.track_many([walk for walk, is_held in zip(walks, held, strict=True) if is_held])
             self._publish_walks()
 
     def _complete(self, completions: list[TaskCompletion], now: float) -> None:

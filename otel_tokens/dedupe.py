@@ -262,20 +262,26 @@ class Deduper:
                 held[key] = entry  # not due: back to the front, where it was
                 held.move_to_end(key, last=False)
                 break
-            if key in counted or len(counted) >= counted.max:
+            if key in counted:
                 counted.add(key, now)
-            else:
+            else:  # new: store, and at the size cap evict the oldest (the steady state of a busy collector)
                 counted[key] = now
+                if len(counted) > counted.max:
+                    counted.popitem(last=False)
+                    counted.evicted_early += 1
             if parent is not None:
                 siblings = children.get(parent)
                 if siblings is not None:
                     siblings.remove(key)
                     if not siblings:
                         del children[parent]
-                if parent in parents or len(parents) >= parents.max:
+                if parent in parents:
                     parents.add(parent, now)
                 else:
                     parents[parent] = now
+                    if len(parents) > parents.max:
+                        parents.popitem(last=False)
+                        parents.evicted_early += 1
             released.append(record)
         return released
 

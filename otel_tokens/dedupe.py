@@ -275,8 +275,9 @@ class Deduper:
                     siblings.remove(key)
                     if not siblings:
                         del children[parent]
-                if parent in parents:
-                    parents.add(parent, now)
+                if parent in parents:  # a sibling's parent: newest again (`add`'s known-key case)
+                    parents.move_to_end(parent)
+                    parents[parent] = now
                 else:
                     parents[parent] = now
                     if len(parents) > parents.max:

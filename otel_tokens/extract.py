@@ -519,6 +519,8 @@ def _price(
 ) -> tuple[float | None, bool]:
     """(cost, whether pricing failed). The response model (often a dated snapshot) prices more
     exactly; fall back to the request's. The tier is passed only when the span has one."""
+    if price is _default_price and _book_cost is not None:
+        price = _book_cost  # what `_default_price` forwards to once loaded, without its frame
     extra = (service_tier,) if service_tier is not None else ()
     try:
         cost = None

@@ -138,7 +138,10 @@ class AncestorResolver:
         out: list[UsageRecord] = []
         unfinished: list[Walk] = []
         for record in records:
-            if not AncestorResolver.needs(record):
+            # `needs`, inline (per record)
+            if not record.parent_span_id or (
+                record.attribution.agent is not None and not record.agent_from_resource
+            ):
                 out.append(record)
                 continue
             walk = Walk(record, deadline)

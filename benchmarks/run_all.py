@@ -37,7 +37,7 @@ from _harness import QUICK_ENV, RESULTS_ENV  # noqa: E402
 
 COMPAT_PYTHON = ROOT / ".venv-compat" / "bin" / "python"
 #: Benchmarks that also run under the compat venv (the previous major SDK versions).
-ALSO_UNDER_COMPAT = {"bench_instrumentation.py", "bench_callgrind.py"}
+ALSO_UNDER_COMPAT = {"bench_instrumentation.py", "bench_callgrind.py", "bench_startup.py"}
 OFFICIAL_INSTALL = (
     ".venv-compat/bin/pip install 'opentelemetry-instrumentation-openai-v2==2.4b0' "
     "'opentelemetry-util-genai==1.1b0'"

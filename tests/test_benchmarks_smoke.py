@@ -179,3 +179,13 @@ def test_workers_benchmark_compares_one_and_two_ingest_processes():
         line = rf"--workers {workers}: +{NUMBER} spans/s .* CPU {NUMBER} s main / {NUMBER} s workers"
         assert re.search(line, out), out
     assert re.search(rf"--workers 2 / --workers 1: x{NUMBER}", out), out
+
+
+def test_startup_benchmark_times_instrument_in_fresh_interpreters():
+    out = run_quick(sys.executable, str(BENCHMARKS / "bench_startup.py"))
+    assert re.search(rf"otel-tokens instrument\(\) +\+{NUMBER} ms \(", out), out
+    assert re.search(
+        rf"otel_tokens.instrument\(\) in an app that imported only openai: \+{NUMBER} ms CPU "
+        r"\(goal <= 100 ms: (met|not met)\)",
+        out,
+    ), out

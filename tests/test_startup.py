@@ -61,3 +61,31 @@ def test_an_sdk_imported_after_instrument_is_patched_on_import_and_unpatched_by_
         """
     )
     assert seen == [1, 0, 1]
+
+
+def test_openai_resources_are_patched_when_the_app_first_touches_them_not_at_instrument():
+    """openai loads `client.responses` lazily; instrument() must not load it (the Responses API and
+    its stream types cost an app that only chats ~50 ms), yet a responses call is still a span."""
+    seen = _run(
+        """
+        import json, sys
+        import openai, wrapt
+        import otel_tokens
+        otel_tokens.instrument()
+        loaded_at_instrument = "openai.resources.responses.responses" in sys.modules
+        client = openai.OpenAI(api_key="k")
+        client.responses  # the app touches the Responses API: openai imports it now
+        from openai.resources.responses.responses import Responses
+        from openai.lib.streaming.responses._responses import ResponseStream
+        patched = [isinstance(cls.__dict__[m], wrapt.FunctionWrapper)
+                   for cls, m in ((Responses, "create"), (ResponseStream, "close"))]
+        otel_tokens.uninstrument()
+        unpatched = isinstance(Responses.__dict__["create"], wrapt.FunctionWrapper)
+        otel_tokens.instrument()  # already loaded now: patched at once, exactly once
+        layers, fn = 0, Responses.__dict__["create"]
+        while isinstance(fn, wrapt.FunctionWrapper):
+            layers, fn = layers + 1, fn.__wrapped__
+        print(json.dumps([loaded_at_instrument, patched, unpatched, layers]))
+        """
+    )
+    assert seen == [False, [True, True], False, 1]

@@ -113,7 +113,10 @@ def _unpatch(sdk: str, module_name: str) -> None:
 def _guard_or_stop(budgets: Any, raise_errors: bool, summarizer: Any = None) -> Any:
     """`_guard`, stopping start-up on a broken budget file. `otel_tokens.instrument()` wants the
     `BudgetFileError` itself; `opentelemetry-instrument` would log and swallow it and run the agent
-    unguarded, so there the process stops (SystemExit escapes its handler) with every error listed."""
+    unguarded, so there the process stops (SystemExit escapes its handler) with every error listed.
+    Without budgets the budget modules (pydantic models: ~25 ms) are not even imported."""
+    if budgets is None and not os.environ.get(ENV_BUDGETS_FILE, "").strip():
+        return None
     from otel_tokens.budgets.loader import BudgetFileError
 
     try:

@@ -14,6 +14,8 @@ by `_raw_response` from what the SDK or the application reads of its body.
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +111,10 @@ _HELPER_CLOSE_PATCHES: tuple[tuple[str, str], ...] = (
 )
 
 _patched: list[tuple[type[Any], str]] = []
+#: What patches use while instrumented (None: not instrumented); modules given a post-import hook.
+_settings: CallSettings | None = None
+_hooked: set[str] = set()
+_patch_lock = threading.RLock()
 Finisher = Callable[[_Endpoint, LLMCall, dict[str, Any], Any], None]
 #: The SDK's whole-response classes ("module:Class") and how each is finished: a call returning
 #: exactly one of these (not a stream, not a raw-response wrapper) is finished straight away,
@@ -122,37 +128,58 @@ _whole_responses: dict[type[Any], Finisher] = {}
 
 
 def instrument(settings: CallSettings) -> None:
-    """Patch every supported method this SDK version has. Re-instrumenting replaces the patches."""
-    global _whole_responses
+    """Patch every supported method this SDK version has. Re-instrumenting replaces the patches.
+
+    openai imports its resource modules lazily (`client.responses` loads the Responses API the
+    first time it is touched), and importing them all here cost an app that only chats ~50 ms of
+    start-up: a module already loaded is patched now, any other the moment the app loads it."""
+    global _whole_responses, _settings
     uninstrument()
     finishers = {name: globals()[finisher] for name, finisher in _WHOLE_RESPONSES}
     _whole_responses = {cls: finishers[name] for name in finishers if (cls := _class(name)) is not None}
-    for module_name, path, endpoint in _CALL_PATCHES:
-        owner = _resolve(module_name, path)
-        if owner is not None:
-            method = path.rsplit(".", 1)[1]
-            # By name: `create` is decorated (`required_args`), hiding that the async one is a coroutine.
-            is_async = path.startswith("Async")
-            _patch(owner, method, (_async_call if is_async else _sync_call)(endpoint, settings))
-    for module_name, path in _HELPER_CLOSE_PATCHES:
-        owner = _resolve(module_name, path)
-        if owner is not None:
-            _patch(owner, "close", _async_helper_close if path.startswith("Async") else _sync_helper_close)
+    _settings = settings
+    modules = [name for name, _, _ in _CALL_PATCHES] + [name for name, _ in _HELPER_CLOSE_PATCHES]
+    for module_name in dict.fromkeys(modules):
+        if module_name in sys.modules:
+            _patch_module(sys.modules[module_name])
+        elif module_name not in _hooked:  # hooks cannot be removed: one per module, reading `_settings`
+            _hooked.add(module_name)
+            wrapt.register_post_import_hook(_patch_module, module_name)
+
+
+def _patch_module(module: Any) -> None:
+    """Patch what the patch tables name in `module`, with the settings in force (none: not
+    instrumented any more, so nothing)."""
+    settings = _settings
+    if settings is None:
+        return
+    with _patch_lock:
+        for module_name, path, endpoint in _CALL_PATCHES:
+            if module_name == module.__name__ and (owner := _owner(module, path)) is not None:
+                # By name: `create` is decorated (`required_args`), hiding that the async one is a coroutine.
+                is_async = path.startswith("Async")
+                method = path.rsplit(".", 1)[1]
+                _patch(owner, method, (_async_call if is_async else _sync_call)(endpoint, settings))
+        for module_name, path in _HELPER_CLOSE_PATCHES:
+            if module_name == module.__name__ and (owner := _owner(module, path)) is not None:
+                _patch(
+                    owner, "close", _async_helper_close if path.startswith("Async") else _sync_helper_close
+                )
 
 
 def uninstrument() -> None:
-    while _patched:
-        owner, method = _patched.pop()
-        unwrap(owner, method)
+    global _settings
+    with _patch_lock:
+        _settings = None
+        while _patched:
+            owner, method = _patched.pop()
+            unwrap(owner, method)
 
 
-def _resolve(module_name: str, path: str) -> type[Any] | None:
-    """The class owning `path` ("Class.method"), or None when this SDK version lacks either."""
+def _owner(module: Any, path: str) -> type[Any] | None:
+    """The class in `module` owning `path` ("Class.method"), or None when this SDK version lacks either."""
     class_name, method = path.split(".")
-    try:
-        owner = getattr(importlib.import_module(module_name), class_name, None)
-    except ImportError:
-        return None
+    owner = getattr(module, class_name, None)
     return owner if isinstance(owner, type) and callable(getattr(owner, method, None)) else None
 
 

@@ -138,7 +138,10 @@ class AncestorResolver:
         out: list[UsageRecord] = []
         unfinished: list[Walk] = []
         for record in records:
-            if not AncestorResolver.needs(record):
+            # `needs`, inline (per record)
+            if not record.parent_span_id or (
+                record.attribution.agent is not None and not record.agent_from_resource
+            ):
                 out.append(record)
                 continue
             walk = Walk(record, deadline)
@@ -151,9 +154,23 @@ class AncestorResolver:
 
     def track(self, walk: Walk) -> None:
         """Continue this walk with later batches (dropped when full: the record keeps what it has)."""
-        if self._count < self.max_walks:
-            self._by_trace.setdefault(walk.record.trace_id, []).append(walk)
-            self._count += 1
+        self.track_many([walk])
+
+    def track_many(self, walks: list[Walk]) -> None:
+        """`track` of each walk in order (a batch's held records, often every one of its records)."""
+        room = self.max_walks - self._count
+        if room <= 0:
+            return
+        walks = walks[:room]
+        by_trace = self._by_trace
+        for walk in walks:
+            trace_id = walk.record.trace_id
+            trace_walks = by_trace.get(trace_id)
+            if trace_walks is None:
+                by_trace[trace_id] = [walk]
+            else:
+                trace_walks.append(walk)
+        self._count += len(walks)
 
     def advance(self, links: Links, scopes: Scopes) -> list[Walk]:
         """The tracked walks these spans finish (forgotten here)."""
@@ -173,6 +190,10 @@ class AncestorResolver:
 
     def expire(self, now: float) -> None:
         """Forget walks whose record's hold is over (the deduper has released it)."""
+        if now == float("inf"):  # every hold is over (shutdown, or a flush past every window)
+            self._by_trace.clear()
+            self._count = 0
+            return
         for trace_id in [t for t, ws in self._by_trace.items() if any(w.deadline <= now for w in ws)]:
             rest = [w for w in self._by_trace[trace_id] if w.deadline > now]
             self._count -= len(self._by_trace[trace_id]) - len(rest)

@@ -240,27 +240,52 @@ class Deduper:
 
     def flush(self, now: float) -> list[UsageRecord]:
         """Held spans whose window has passed, to be counted now (nothing is dropped here)."""
-        released: list[UsageRecord] = []
         with self._lock:
             if now != float("inf"):  # the final flush at shutdown keeps the memory for the snapshot
                 self._expire(now)
-            held, children = self._held, self._held_children
-            while held:
-                key, (record, deadline, parent) = next(iter(held.items()))
-                if deadline > now:
-                    break
-                held.popitem(last=False)  # == self._pop_held(key), inline: the oldest goes first
-                if parent is not None:
-                    siblings = children.get(parent)
-                    if siblings is not None:
-                        siblings.remove(key)
-                        if not siblings:
-                            del children[parent]
-                self._remember(key, record, now)
-                released.append(record)
-        return released
+            return self._release(now)
 
     # --- internals (lock held) -----------------------------------------------------------------
+    def _release(self, now: float) -> list[UsageRecord]:
+        """Pop the held spans due by `now` (the oldest first) and remember them as counted. Runs
+        for every foreign span with a parent, so `_pop_held` and remembering are inline here: the
+        oldest is popped (put back if not due yet), its parent key is the one stored with it, and
+        `_RecentKeys.add`'s common case (a new key, memory not full) is a plain store."""
+        released: list[UsageRecord] = []
+        held, children = self._held, self._held_children
+        counted, parents = self._counted, self._counted_parents
+        popitem = held.popitem
+        while held:
+            key, entry = popitem(last=False)
+            record, deadline, parent = entry
+            if deadline > now:
+                held[key] = entry  # not due: back to the front, where it was
+                held.move_to_end(key, last=False)
+                break
+            if key in counted:
+                counted.add(key, now)
+            else:  # new: store, and at the size cap evict the oldest (the steady state of a busy collector)
+                counted[key] = now
+                if len(counted) > counted.max:
+                    counted.popitem(last=False)
+                    counted.evicted_early += 1
+            if parent is not None:
+                siblings = children.get(parent)
+                if siblings is not None:
+                    siblings.remove(key)
+                    if not siblings:
+                        del children[parent]
+                if parent in parents:  # a sibling's parent: newest again (`add`'s known-key case)
+                    parents.move_to_end(parent)
+                    parents[parent] = now
+                else:
+                    parents[parent] = now
+                    if len(parents) > parents.max:
+                        parents.popitem(last=False)
+                        parents.evicted_early += 1
+            released.append(record)
+        return released
+
     def _expire(self, now: float) -> None:
         """Forget spans counted before the window; called before every insertion, so whatever the
         size cap evicts afterwards was still inside its window (`evicted_early`)."""
@@ -294,7 +319,7 @@ class Deduper:
             if self.hold_seconds > 0 and len(held) < self.max_held:
                 self._hold(key, record, now + self.hold_seconds, parent)
                 return False
-        # == self._remember(key, record, now), with _RecentKeys.add's common case inline (hot path)
+        # remembered as counted (as `_release` does), `_RecentKeys.add`'s common case inline (hot path)
         counted = self._counted
         if key in counted or len(counted) >= counted.max:
             counted.add(key, now)
@@ -311,11 +336,6 @@ class Deduper:
     def _duplicate(self, n: int) -> bool:
         self.duplicates_dropped += n
         return False
-
-    def _remember(self, key: int, record: UsageRecord, now: float) -> None:
-        self._counted.add(key, now)
-        if record.parent_span_id:
-            self._counted_parents.add(_key(record.trace_id, record.parent_span_id), now)
 
     def _hold(self, key: int, record: UsageRecord, deadline: float, parent: int) -> None:
         self._held[key] = (record, deadline, parent)

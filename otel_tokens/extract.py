@@ -519,6 +519,8 @@ def _price(
 ) -> tuple[float | None, bool]:
     """(cost, whether pricing failed). The response model (often a dated snapshot) prices more
     exactly; fall back to the request's. The tier is passed only when the span has one."""
+    if price is _default_price and _book_cost is not None:
+        price = _book_cost  # what `_default_price` forwards to once loaded, without its frame
     extra = (service_tier,) if service_tier is not None else ()
     try:
         cost = None
@@ -637,6 +639,8 @@ def _scope(operation: object, agent: object, workflow: object) -> Scope | None:
 
 
 _SCOPE_KEYS = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_AGENT_NAME, sc.GEN_AI_WORKFLOW_NAME)
+#: The operations `_scope` reads a scope from; every other span opens none.
+_SCOPE_OPERATIONS = frozenset((sc.OPERATION_INVOKE_AGENT, sc.OPERATION_INVOKE_WORKFLOW))
 
 
 def scan_otlp(
@@ -674,6 +678,8 @@ def scan_otlp_bytes(
     found_links, scoped = found
     links.update(found_links)
     for key, operation, agent, workflow in scoped:  # only spans naming an operation (a non-empty str)
+        if type(operation) is not str or operation not in _SCOPE_OPERATIONS:
+            continue  # `_scope` is None for it: most spans (every chat span) end here, per span
         # as `kv.value.string_value` reads them: a value of another kind is ""
         scope = _scope(operation, *(v if type(v) is str and v else None for v in (agent, workflow)))
         if scope is not None:

@@ -56,7 +56,7 @@ from prometheus_client.registry import Collector
 from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
-from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk, span_key
+from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import (
@@ -475,9 +475,11 @@ class Pipeline:
             if scan is not None:
                 scan(wanted, links, scopes)
             for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
-                if r.trace_id in wanted and r.span_id:
-                    key = span_key(r.trace_id, r.span_id)
-                    links.setdefault(key, span_key(r.trace_id, r.parent_span_id or 0))
+                trace_id = r.trace_id
+                if trace_id in wanted and r.span_id:
+                    key = (trace_id << 64) | r.span_id  # span_key, inline (per record)
+                    if key not in links:
+                        links[key] = (trace_id << 64) | (r.parent_span_id or 0)
                     if r.attribution.agent is not None and not r.agent_from_resource:
                         scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
             self._advance(links, scopes)
@@ -509,9 +511,7 @@ class Pipeline:
     def _track(self, walks: list[Walk]) -> None:
         with self._resolver_lock:
             held = self._deduper.holding([walk.record for walk in walks])
-            for walk, is_held in zip(walks, held, strict=True):
-                if is_held:
-                    self._resolver.track(walk)
+            self._resolver.track_many([walk for walk, is_held in zip(walks, held, strict=True) if is_held])
             self._publish_walks()
 
     def _complete(self, completions: list[TaskCompletion], now: float) -> None:

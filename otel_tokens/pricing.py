@@ -14,7 +14,8 @@ The compiled form reproduces genai-prices' own semantics (checked by a golden te
 - Tiers ("cliff" pricing) are chosen for every price key by the call's *total* input tokens
   (cache included): above `tier.start` the tier rate applies to all tokens of that key.
 - Conditional prices (a new price from a start date, DeepSeek's off-peak hours) are evaluated at
-  call time, never frozen in the cache.
+  call time, never frozen in the cache: the rates they select are kept only until the next instant
+  one of the model's constraints can change (`_UntilNextChange`), then selected again.
 - Price variants selected by the response's service tier (OpenAI's `flex` at half price,
   `priority` at double) are applied as genai-prices' `price_context={"service_tier": tier}` does:
   only for a model of the provider's own list, with each variant's start date checked at call
@@ -28,11 +29,13 @@ The compiled form reproduces genai-prices' own semantics (checked by a golden te
 from __future__ import annotations
 
 import bisect
+import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Protocol, cast
 
@@ -191,13 +194,21 @@ class _Entry:
     rates: _Rates | None
     conditional: tuple[tuple[_Constraint | None, _Rates], ...] = ()
     tiers: Mapping[str, _TierPrices] = field(default_factory=dict)
+    _dated: _UntilNextChange | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rates is None:
+            constraints = [c for c, _ in self.conditional if c is not None]
+            object.__setattr__(self, "_dated", _UntilNextChange(constraints, self._select))
 
     def rates_now(self) -> _Rates:
         if self.rates is not None:
             return self.rates
+        return cast("_UntilNextChange", self._dated).rates()
+
+    def _select(self, now: datetime) -> _Rates:
         # Same rule as genai-prices' ModelInfo.get_prices: the last active price wins; if none is
         # active, the first one applies.
-        now = datetime.now(tz=timezone.utc)
         for constraint, rates in reversed(self.conditional):
             if constraint is None or constraint.active(now):
                 return rates
@@ -216,18 +227,21 @@ class _Entry:
 class _TierPrices:
     """One service tier's prices for one model: genai-prices' `get_prices(now, price_context)`,
     compiled once per combination of active date constraints (variants start on a date, so which
-    apply changes over time; the combination is a few booleans, checked per call)."""
+    apply changes over time; the combination is a few booleans, re-checked when one can change)."""
 
-    __slots__ = ("_compiled", "_constraints", "_model_info", "_tier")
+    __slots__ = ("_compiled", "_constraints", "_dated", "_model_info", "_tier")
 
     def __init__(self, model_info: Any, tier: str, constraints: Sequence[_Constraint]) -> None:
         self._model_info = model_info
         self._tier = tier
         self._constraints = tuple(constraints)
         self._compiled: dict[tuple[bool, ...], _Rates] = {}
+        self._dated = _UntilNextChange(self._constraints, self._select)
 
     def rates_now(self) -> _Rates:
-        now = datetime.now(tz=timezone.utc)
+        return self._dated.rates()
+
+    def _select(self, now: datetime) -> _Rates:
         active = tuple(c.active(now) for c in self._constraints)
         try:
             return self._compiled[active]  # lock-free read: a dict lookup is atomic
@@ -237,6 +251,68 @@ class _TierPrices:
         if len(self._compiled) < _MAX_TIER_RATES:
             self._compiled[active] = rates
         return rates
+
+
+class _UntilNextChange:
+    """The rates date constraints select, kept from the instant they were selected until the next
+    instant any of the constraints can change its answer (a start date's UTC midnight, a time of
+    day's start or end). Between two such instants every constraint answers the same, so the
+    selection is the same as evaluating them per call — which cost a `datetime.now()` and one
+    `active()` per constraint on every priced span. A constraint of a kind not known here is never
+    cached past the call. Thread-safe: the memo is one tuple, replaced whole."""
+
+    __slots__ = ("_constraints", "_memo", "_select")
+
+    def __init__(self, constraints: Sequence[object], select: Callable[[datetime], _Rates]) -> None:
+        self._constraints = tuple(constraints)
+        self._select = select
+        self._memo: tuple[_Rates, float, float] | None = None  # (rates, valid from, valid until)
+
+    def rates(self) -> _Rates:
+        memo = self._memo
+        if memo is not None and memo[1] <= time.time() < memo[2]:
+            return memo[0]
+        now = datetime.now(tz=timezone.utc)
+        rates = self._select(now)
+        self._memo = (rates, now.timestamp(), _next_change(self._constraints, now))
+        return rates
+
+
+def _next_change(constraints: Sequence[object], now: datetime) -> float:
+    """The first instant after `now` (epoch seconds) at which one of `constraints` may answer
+    differently than at `now`; `now` itself for a constraint kind not known here (no caching)."""
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+
+    until = math.inf
+    for constraint in constraints:
+        if isinstance(constraint, StartDateConstraint):
+            starts = _utc_midnight(constraint.start_date)
+            if starts > now:
+                until = min(until, starts.timestamp())
+        elif isinstance(constraint, TimeOfDateConstraint):
+            for at in (constraint.start_time, constraint.end_time):
+                until = min(until, _next_time_of_day(at, now).timestamp())
+        else:
+            return now.timestamp()
+    return until
+
+
+def _utc_midnight(day: date) -> datetime:
+    """Where genai-prices' StartDateConstraint turns active: it compares the request's UTC date."""
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _next_time_of_day(at: Any, now: datetime) -> datetime:
+    """The first instant after `now` whose UTC time of day is `at` (naive: UTC, as genai-prices
+    reads it). Every moment of the day is covered, including offsets that cross midnight."""
+    aware = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    today = datetime.combine(now.date(), aware).astimezone(timezone.utc)
+    # the UTC day of `now` can differ from the day `combine` assumed: step to the first one after
+    while today <= now:
+        today += timedelta(days=1)
+    while today - timedelta(days=1) > now:
+        today -= timedelta(days=1)
+    return today
 
 
 class PriceBook:

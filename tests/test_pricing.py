@@ -272,3 +272,47 @@ def test_tier_of_a_model_served_by_a_fallback_provider_is_the_standard_price():
     for tier in ("flex", "priority"):
         got = book.cost_usd("azure.ai.openai", "gpt-5", tokens, service_tier=tier)
         assert got == pytest.approx(reference_cost("azure", "gpt-5", tokens, service_tier=tier))
+
+
+def test_dated_rates_are_kept_only_until_a_constraint_can_change():
+    """The rates date constraints select are cached until `_next_change`: no constraint may answer
+    differently anywhere between the selection and that instant, and one must change right at it
+    (a start date's UTC midnight; a time of day's start or end, also across midnight)."""
+    from datetime import date, datetime, time, timedelta, timezone
+
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+
+    utc = timezone.utc
+    offset = timezone(timedelta(hours=8))
+    cases = [
+        [StartDateConstraint(start_date=date(2026, 3, 1))],
+        [TimeOfDateConstraint(start_time=time(16, 30), end_time=time(0, 30))],
+        [TimeOfDateConstraint(start_time=time(0, 30, tzinfo=offset), end_time=time(8, 30, tzinfo=offset))],
+        [StartDateConstraint(start_date=date(2026, 2, 28)), TimeOfDateConstraint(time(1), time(2))],
+    ]
+    for constraints in cases:
+        now = datetime(2026, 2, 27, 23, 59, 59, tzinfo=utc)
+        for _ in range(12):
+            next_change = pricing._next_change(constraints, now)
+            if next_change == math.inf:
+                assert all(isinstance(c, StartDateConstraint) and c.active(now) for c in constraints)
+                break
+            until = datetime.fromtimestamp(next_change, tz=utc)
+            assert until > now
+            before = [c.active(now) for c in constraints]
+            step = (until - now) / 50
+            assert all([c.active(now + k * step) for c in constraints] == before for k in range(50)), (
+                constraints,
+                now,
+            )
+            assert [c.active(until) for c in constraints] != before, (constraints, until)
+            now = until
+    started = [StartDateConstraint(start_date=date(2025, 6, 10))]  # in the past: never changes again
+    assert pricing._next_change(started, datetime(2026, 1, 1, tzinfo=utc)) == math.inf
+
+
+def test_a_constraint_of_an_unknown_kind_is_evaluated_on_every_call():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert pricing._next_change([object()], now) == now.timestamp()  # valid until now: no cache

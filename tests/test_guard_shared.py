@@ -279,9 +279,11 @@ def _budgets(port: int, token: str) -> Any:
 
 
 def test_fifty_asyncio_tasks_against_a_shared_budget_of_ten_send_ten(
-    shared_guard: Callable[[Path, str], Guard], fake_provider: FakeProvider, tmp_path: Path
-) -> None:
-    budgets = write_budgets(tmp_path, TEN_CALLS, collector=FAST_SYNC)
+    shared_guard: Callable[[Path, str], Guard], fake_provider: FakeProvider, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    budgets = write_budgets(tmp_path, TEN_CALLS, collector={**FAST_SYNC, **PATIENT})
+    caplog.set_level(logging.WARNING, logger="otel_tokens.guard")
     config = CollectorConfig(http_port=0, grpc_port=0, metrics_port=0, budgets_file=str(budgets))
     with CollectorService(config) as collector:
         shared_guard(budgets, f"http://127.0.0.1:{collector.metrics_port}")
@@ -297,6 +299,8 @@ def test_fifty_asyncio_tasks_against_a_shared_budget_of_ten_send_ten(
             return await asyncio.gather(*calls, return_exceptions=True)
 
         outcomes = asyncio.run(main())
+    unreachable = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert not unreachable, f"the guard failed open: not the connected bound: {unreachable}"
     assert sum(isinstance(o, otel_tokens.BudgetExceeded) for o in outcomes) == 40
     assert len(fake_provider.requests) == 10
 

@@ -74,7 +74,7 @@ ENV_COLLECTOR_IDLE_TIMEOUT_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_IDLE_TIMEOUT_
 ENV_COLLECTOR_READ_TIMEOUT_SECONDS: Final = "OTEL_TOKENS_COLLECTOR_READ_TIMEOUT_SECONDS"
 #: server.max_connections — open connections per listener (default 256).
 ENV_COLLECTOR_MAX_CONNECTIONS: Final = "OTEL_TOKENS_COLLECTOR_MAX_CONNECTIONS"
-#: server.workers — OTLP ingest processes sharing the receiver ports (default 0: one per core; 1: one).
+#: server.workers — OTLP ingest processes sharing the receiver ports (default 1; 0: one per CPU core).
 ENV_COLLECTOR_WORKERS: Final = "OTEL_TOKENS_COLLECTOR_WORKERS"
 #: auth.token_file — file with the bearer token every listener requires (default unset: no auth).
 ENV_COLLECTOR_AUTH_TOKEN_FILE: Final = "OTEL_TOKENS_COLLECTOR_AUTH_TOKEN_FILE"

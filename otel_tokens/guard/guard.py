@@ -230,17 +230,10 @@ class Guard:
                     return laned
                 seen = laned
         request = GuardRequest(provider, operation, model, attribution, prompt, system, max_output_tokens)
-        ordered = self._stop_ordered(request)
-        if ordered is not None:
-            return ordered
-        if not route.budgets:
-            return Admission(request.model)  # no budget covers this call: nothing to estimate
-        estimate = estimate_tokens(request, self._default_output)
-        prepared = self._prepare(request, route.budgets, estimate, seen)
-        if prepared is not None:
-            if prepared.refusal is not None:
-                return self._stopped(request, prepared)
-            request, estimate = prepared.request, prepared.estimate
+        front = self._general_path(request, route, seen)
+        if isinstance(front, Admission):
+            return front
+        request, estimate, prepared = front
         admission, wait_s = self._attempt(request, estimate, prepared)
         if wait_s <= 0:
             return admission
@@ -265,17 +258,10 @@ class Guard:
             if isinstance(laned, Admission):
                 return laned
             seen = laned
-        ordered = self._stop_ordered(request)
-        if ordered is not None:
-            return ordered
-        if not route.budgets:
-            return Admission(request.model)
-        estimate = estimate_tokens(request, self._default_output)
-        prepared = self._prepare(request, route.budgets, estimate, seen)
-        if prepared is not None:
-            if prepared.refusal is not None:
-                return self._stopped(request, prepared)
-            request, estimate = prepared.request, prepared.estimate
+        front = self._general_path(request, route, seen)
+        if isinstance(front, Admission):
+            return front
+        request, estimate, prepared = front
         admission, wait_s = await self._attempt_async(request, estimate, prepared)
         if wait_s <= 0:
             return admission
@@ -289,6 +275,25 @@ class Guard:
                 admission, (await self._attempt_async(request, estimate, prepared))[0]
             )
         return admission
+
+    def _general_path(
+        self, request: GuardRequest, route: Route, seen: list[Finding] | None
+    ) -> Admission | tuple[GuardRequest, TokenCounts, _Prepared | None]:
+        """What the sync and async admissions share once the fast lane did not admit the call: an
+        answer already (a stop order, no budget covering the call, a runaway or compress refusal),
+        or the request and estimate to reserve, possibly rewritten (compressed) by `_prepare`."""
+        ordered = self._stop_ordered(request)
+        if ordered is not None:
+            return ordered
+        if not route.budgets:
+            return Admission(request.model)  # no budget covers this call: nothing to estimate
+        estimate = estimate_tokens(request, self._default_output)
+        prepared = self._prepare(request, route.budgets, estimate, seen)
+        if prepared is not None:
+            if prepared.refusal is not None:
+                return self._stopped(request, prepared)
+            request, estimate = prepared.request, prepared.estimate
+        return request, estimate, prepared
 
     def _on_lane(
         self, route: Route, provider: str, model: str, prompt: Any, system: Any, max_output_tokens: int | None

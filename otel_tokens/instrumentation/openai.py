@@ -213,7 +213,7 @@ def _sync_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
             return wrapped(*args, **kwargs)
         slot = None
         guard = settings.guard
-        if guard is not None:  # `_cache_slot` and `_guard_inputs`, inline: this runs per guarded call
+        if guard is not None:  # `_cache_slot` and the guard's inputs, inline: this runs per guarded call
             if guard.response_cache is not None:
                 slot = open_slot(call, endpoint.name, kwargs)
                 if slot is not None and (cached := slot.replay(instance._client, is_async=False)) is not MISS:
@@ -258,7 +258,10 @@ def _async_call(endpoint: _Endpoint, settings: CallSettings) -> Wrapper:
             slot = _cache_slot(endpoint, call, kwargs)
             if slot is not None and (cached := slot.replay(instance._client, is_async=True)) is not MISS:
                 return cached
-            admitted = await call.admit_async(kwargs, *_guard_inputs(endpoint, kwargs), endpoint.prompt_arg)
+            prompt_arg = endpoint.prompt_arg  # the output ceiling: the span's own read (`call.max_tokens`)
+            admitted = await call.admit_async(
+                kwargs, kwargs.get(prompt_arg), kwargs.get("instructions"), call.max_tokens, prompt_arg
+            )
             slot, kwargs = (slot if admitted is kwargs else None), admitted
         result = await call.invoke_async(wrapped, args, kwargs)
         if slot is not None:
@@ -371,11 +374,6 @@ def _max_tokens(endpoint: _Endpoint, kwargs: dict[str, Any]) -> int | None:
         if type(value) is int:
             return value
     return None
-
-
-def _guard_inputs(endpoint: _Endpoint, kwargs: dict[str, Any]) -> tuple[Any, Any, int | None]:
-    """What the budget guard estimates a request from: prompt, instructions, output ceiling."""
-    return kwargs.get(endpoint.prompt_arg), kwargs.get("instructions"), _max_tokens(endpoint, kwargs)
 
 
 def _is_stream_request(kwargs: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from itertools import repeat
 
 from otel_tokens.record import Attribution, UsageRecord
 
@@ -54,16 +55,20 @@ class Walk:
 
     __slots__ = ("agent", "deadline", "frontier", "record", "workflow")
 
-    def __init__(self, record: UsageRecord, deadline: float) -> None:
+    def __init__(self, record: UsageRecord, deadline: float, frontier: int | None = None) -> None:
         self.record = record
         self.deadline = deadline
-        self.frontier = span_key(record.trace_id, record.parent_span_id or 0)
+        #: where the walk has got to: first the record's parent (`frontier`, when the caller has it)
+        self.frontier = (
+            span_key(record.trace_id, record.parent_span_id or 0) if frontier is None else frontier
+        )
         self.agent: str | None = None
         self.workflow: str | None = None
 
     def advance(self, links: Links, scopes: Scopes) -> bool:
-        """Walk as far as these spans allow; True when done (an agent found, or the root passed)."""
-        while True:
+        """Walk as far as these spans allow; True when done (an agent found, the root passed, or a
+        cycle: a sender's span naming itself, or a descendant, as its parent must not hang ingest)."""
+        for _ in range(len(links) + 2):  # a chain visits each link once, then one span not among them
             scope = scopes.get(self.frontier)
             if scope is not None:
                 if self.workflow is None:
@@ -77,6 +82,7 @@ class Walk:
             if parent & _SPAN_MASK == 0:
                 return True  # the root: no ancestor names an agent
             self.frontier = parent
+        return True  # the parent links loop: no ancestor beyond what was found
 
     def attribution(self) -> Attribution | None:
         """The record's attribution with what the walk found; None when it found nothing new."""
@@ -131,10 +137,23 @@ class AncestorResolver:
 
     @staticmethod
     def start(
-        records: list[UsageRecord], links: Links, scopes: Scopes, deadline: float
+        records: list[UsageRecord], links: Links, scopes: Scopes, deadline: float, *, batch_path: bool = True
     ) -> tuple[list[UsageRecord], list[Walk]]:
         """Each record resolved as far as this batch allows, and the walks still unfinished (whose
-        record is in the list unchanged, the very object, so it can be amended later)."""
+        record is in the list unchanged, the very object, so it can be amended later).
+
+        `batch_path`: when no record's parent is among these spans (the common case: the parent
+        ends, and is exported, after its children), every walk stops at its first step, so they are
+        all unfinished at once, without walking record by record."""
+        if batch_path:
+            needing = [
+                r
+                for r in records
+                if r.parent_span_id and (r.attribution.agent is None or r.agent_from_resource)
+            ]  # `needs`, inline (per record)
+            frontiers = [(r.trace_id << 64) | r.parent_span_id for r in needing]  # type: ignore[operator]
+            if links.keys().isdisjoint(frontiers) and scopes.keys().isdisjoint(frontiers):
+                return records, list(map(Walk, needing, repeat(deadline), frontiers))
         out: list[UsageRecord] = []
         unfinished: list[Walk] = []
         for record in records:

@@ -36,9 +36,10 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress, islice, repeat
 
 from otel_tokens.record import Attribution, UsageRecord
 
@@ -94,6 +95,35 @@ class _RecentKeys(OrderedDict[int, float]):
         if len(self) > self.max:
             self.popitem(last=False)
             self.evicted_early += 1  # `expire(window start)` ran first: the oldest was still inside
+
+    def add_many(self, keys: list[int], now: float) -> None:
+        """`add` of each key in order, with the same outcome (order, evictions, `evicted_early`)
+        computed by C-level bulk operations when that is provably the same; per key otherwise."""
+        if len(self) > self.max:  # over the cap already (a restored larger memory): per key
+            for key in keys:
+                self.add(key, now)
+            return
+        # `add` moves a key seen again to the end: the keys end up ordered by their last occurrence
+        ordered = keys if len(set(keys)) == len(keys) else list(dict.fromkeys(reversed(keys)))[::-1]
+        known = self.keys() & ordered  # each moves to the end instead of growing the memory
+        evict = len(self) + len(ordered) - len(known) - self.max
+        # each insert past the cap pops the front; a key this batch adds again, popped before it
+        # comes again (then inserted anew, popping another one): only per key is exact then
+        if evict > 0 and (
+            (known and not known.isdisjoint(islice(self, evict)))
+            or (ordered is not keys and evict > len(self) - len(known))
+        ):
+            for key in keys:
+                self.add(key, now)
+            return
+        for key in known:
+            del self[key]
+        self.update(zip(ordered, repeat(now)))
+        if evict > 0:  # the front: the oldest untouched keys, then (a batch past the cap) its first
+            popitem = self.popitem
+            for _ in range(evict):
+                popitem(last=False)
+            self.evicted_early += evict
 
     def expire(self, before: float) -> None:
         """Forget keys counted before `before` (the window's start)."""
@@ -155,7 +185,12 @@ class Deduper:
         # held foreign spans in arrival (hence deadline) order: key → (record, deadline, parent key)
         self._held: OrderedDict[int, tuple[UsageRecord, float, int | None]] = OrderedDict()
         self._held_children: dict[int, list[int]] = {}  # parent key → held child keys
+        #: no held span's deadline is later (while any is held): past it, `_release` takes them all
+        self._latest_deadline = -math.inf
         self.duplicates_dropped = 0
+        #: Whole-batch paths (`_offer_batch`, `_release_due`) where they provably give what the
+        #: per-record rules give; False runs only the per-record rules (the tests compare the two).
+        self.batch_paths = True
 
     @property
     def held(self) -> int:
@@ -176,8 +211,13 @@ class Deduper:
         """Records to count now (in order) and how many duplicates were dropped. `by_content`: the
         records came from spans, so one without a span id is identified by its content."""
         counted: list[UsageRecord] = []
+        records = records if isinstance(records, list) else list(records)
         with self._lock:
             self._expire(now)
+            if self.batch_paths:
+                at_once = self._offer_batch(records, now)
+                if at_once is not None:
+                    return at_once, 0
             before = self.duplicates_dropped
             for record in records:
                 if self._offer(record, now, by_content):
@@ -194,11 +234,9 @@ class Deduper:
         """`holds` of each record, under one acquisition of the lock."""
         with self._lock:
             get = self._held.get
-            found = []
-            for record in records:
-                held = get(_key(record.trace_id, record.span_id))
-                found.append(held is not None and held[0] is record)
-            return found
+            return [
+                (held := get((r.trace_id << 64) | r.span_id)) is not None and held[0] is r for r in records
+            ]  # `_key`, inline (per record)
 
     def amend_held(self, record: UsageRecord, attribution: Attribution) -> bool:
         """Give a record still held here a better attribution (an ancestor span named its agent);
@@ -232,8 +270,10 @@ class Deduper:
             self._counted_parents.update(state.counted_parents)
             self._held.clear()
             self._held_children.clear()
+            self._latest_deadline = -math.inf
             for key, record, deadline, parent in state.held:
                 self._held[key] = (record, deadline, parent)
+                self._latest_deadline = max(self._latest_deadline, deadline)
                 if parent is not None:
                     self._held_children.setdefault(parent, []).append(key)
             self.duplicates_dropped = state.duplicates_dropped
@@ -247,6 +287,54 @@ class Deduper:
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _release(self, now: float) -> list[UsageRecord]:
+        """Pop the held spans due by `now` (the oldest first) and remember them as counted."""
+        counted, parents = self._counted, self._counted_parents
+        if not self.batch_paths or len(counted) > counted.max or len(parents) > parents.max:
+            return self._release_each(now)  # (a restored memory above the cap: the per-span rule)
+        held = self._held
+        if not held:
+            return []
+        if self._latest_deadline <= now:  # all due (the common case: a flush past every deadline)
+            entries = list(held.items())
+        else:
+            due = 0  # the held spans are in arrival order: the due ones are a prefix
+            for _, deadline, _ in held.values():
+                if deadline > now:
+                    break
+                due += 1
+            if not due:
+                return []
+            entries = list(islice(held.items(), due))
+        return self._release_entries(entries, now)
+
+    def _release_entries(
+        self, entries: list[tuple[int, tuple[UsageRecord, float, int | None]]], now: float
+    ) -> list[UsageRecord]:
+        """`_release_each` of these entries, the oldest held ones, in bulk: the same memory order."""
+        held, children = self._held, self._held_children
+        if len(entries) == len(held):
+            held.clear()
+            children.clear()
+            self._latest_deadline = -math.inf
+        else:
+            popitem = held.popitem
+            for _ in entries:
+                popitem(last=False)
+        parents = [entry[2] for _, entry in entries if entry[2] is not None]
+        if children:
+            # each parent's child list is in arrival order too: its released children are a prefix
+            for parent, n in Counter(parents).items():
+                siblings = children.get(parent)
+                if siblings is not None:
+                    del siblings[:n]
+                    if not siblings:
+                        del children[parent]
+        self._counted.add_many([key for key, _ in entries], now)
+        if parents:
+            self._counted_parents.add_many(parents, now)
+        return [entry[0] for _, entry in entries]
+
+    def _release_each(self, now: float) -> list[UsageRecord]:
         """Pop the held spans due by `now` (the oldest first) and remember them as counted. Runs
         for every foreign span with a parent, so `_pop_held` and remembering are inline here: the
         oldest is popped (put back if not due yet), its parent key is the one stored with it, and
@@ -284,6 +372,8 @@ class Deduper:
                         parents.popitem(last=False)
                         parents.evicted_early += 1
             released.append(record)
+        if not held:
+            self._latest_deadline = -math.inf
         return released
 
     def _expire(self, now: float) -> None:
@@ -340,6 +430,77 @@ class Deduper:
     def _hold(self, key: int, record: UsageRecord, deadline: float, parent: int) -> None:
         self._held[key] = (record, deadline, parent)
         self._held_children.setdefault(parent, []).append(key)
+        if deadline > self._latest_deadline:
+            self._latest_deadline = deadline
+
+    def _offer_batch(self, records: list[UsageRecord], now: float) -> list[UsageRecord] | None:
+        """`_offer` of each record, in bulk, when no record can meet another or anything remembered:
+        every key new and distinct, no key another's parent, nothing held or counted under a parent.
+        Then each foreign record with a parent is held (while there is room, in order), every other
+        one counted, and nothing is a duplicate. None when that is not proven: the caller goes per
+        record. (A record without a span id, identified by content or by nothing, goes per record.)"""
+        keys = [(r.trace_id << 64) | r.span_id for r in records]  # `_key`, inline (per record)
+        key_set = set(keys)
+        if len(key_set) != len(keys) or not all(r.span_id for r in records):
+            return None
+        parents = [(r.trace_id << 64) | r.parent_span_id if r.parent_span_id else None for r in records]
+        parent_set = set(parents)
+        parent_set.discard(None)
+        counted, held = self._counted, self._held
+        linked = key_set | parent_set
+        if (
+            len(linked) != len(key_set) + len(parent_set)  # a key is a parent within the batch
+            or not counted.keys().isdisjoint(linked)
+            or not held.keys().isdisjoint(linked)
+            or not self._held_children.keys().isdisjoint(key_set)
+            or not self._counted_parents.keys().isdisjoint(key_set)
+        ):
+            return None
+        room = self.max_held - len(held) if self.hold_seconds > 0 else 0
+        hold = (
+            [not r.ours and p is not None for r, p in zip(records, parents, strict=True)] if room > 0 else []
+        )
+        if not any(hold):  # nothing to hold: every record counted, as it is
+            self._remember(keys, parents, now)
+            return records
+        if sum(hold) > room:  # only the first `room` are held, the rest counted at once
+            taken = 0
+            for i, wants in enumerate(hold):
+                if wants:
+                    taken += 1
+                    hold[i] = taken <= room
+        self._hold_many(
+            list(compress(keys, hold)), list(compress(records, hold)), list(compress(parents, hold)), now
+        )
+        if all(hold):
+            return []
+        rest = [not h for h in hold]
+        self._remember(list(compress(keys, rest)), list(compress(parents, rest)), now)
+        return list(compress(records, rest))
+
+    def _remember(self, keys: list[int], parents: list[int | None], now: float) -> None:
+        """Counted spans' keys and parent keys remembered, in order (as `_offer` does one by one)."""
+        self._counted.add_many(keys, now)
+        linked = [p for p in parents if p is not None]
+        if linked:
+            self._counted_parents.add_many(linked, now)
+
+    def _hold_many(
+        self, keys: list[int], records: list[UsageRecord], parents: list[int | None], now: float
+    ) -> None:
+        """`_hold` of each (new, distinct) key in order."""
+        deadline = now + self.hold_seconds
+        self._held.update(zip(keys, zip(records, repeat(deadline), parents), strict=True))
+        if deadline > self._latest_deadline:
+            self._latest_deadline = deadline
+        children = self._held_children
+        get = children.get
+        for key, parent in zip(keys, parents, strict=True):
+            siblings = get(parent)  # type: ignore[arg-type]  # held spans have a parent
+            if siblings is None:
+                children[parent] = [key]  # type: ignore[index]
+            else:
+                siblings.append(key)
 
     def _pop_held(self, key: int) -> int:
         """Forget a held span; returns 1 (for counting duplicates)."""

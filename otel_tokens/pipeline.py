@@ -80,6 +80,40 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
 
+def _link_records(records: list[UsageRecord], wanted: Container[int], links: Links, scopes: Scopes) -> None:
+    """The batch's usage spans of the `wanted` traces as links too (a link the scan found first
+    stays), and each naming its own agent as a final scope: its descendants take its agent."""
+    if wanted is not _EVERY_TRACE:
+        records = [r for r in records if r.trace_id in wanted]
+    # `span_key`, inline (per record); reversed, so the first of a span id seen twice wins
+    found = {
+        (r.trace_id << 64) | r.span_id: (r.trace_id << 64) | (r.parent_span_id or 0)
+        for r in reversed(records)
+        if r.span_id
+    }
+    if not found.keys() <= links.keys():  # the scan found them all, usually: it saw these spans
+        found.update(links)
+        links.update(found)
+    for r in records:
+        who = r.attribution
+        if who.agent is not None and not r.agent_from_resource and r.span_id:
+            scopes.setdefault((r.trace_id << 64) | r.span_id, Scope(who.agent, who.workflow, final=True))
+
+
+def _link_each_record(
+    records: list[UsageRecord], wanted: Container[int], links: Links, scopes: Scopes
+) -> None:
+    """`_link_records`, record by record (the rule it must match)."""
+    for r in records:
+        trace_id = r.trace_id
+        if trace_id in wanted and r.span_id:
+            key = (trace_id << 64) | r.span_id
+            if key not in links:
+                links[key] = (trace_id << 64) | (r.parent_span_id or 0)
+            if r.attribution.agent is not None and not r.agent_from_resource:
+                scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
+
+
 class _EveryTrace:
     """The trace filter of a worker's scan while the main process tracks walks: every trace."""
 
@@ -278,6 +312,16 @@ class Pipeline:
         #: process publishes it to its ingest workers).
         self.on_walks: Callable[[int], None] | None = None
 
+    @property
+    def batch_paths(self) -> bool:
+        """Whole-batch paths of the deduper and the ancestor walks, where they provably give what the
+        per-record rules give (`Deduper.batch_paths`); False: per record only (the tests compare)."""
+        return self._deduper.batch_paths
+
+    @batch_paths.setter
+    def batch_paths(self, on: bool) -> None:
+        self._deduper.batch_paths = on
+
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request. With the compiled walk, the
         request is serialized again and counted as `ingest_otlp_scanned` counts bytes (cheaper than
@@ -462,8 +506,12 @@ class Pipeline:
         """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
         spans of their traces (and of traces with walks in progress) are scanned only when needed.
         Walks this batch cannot finish go with the batch, tracked if the deduper holds their record."""
-        needs = AncestorResolver.needs
-        traces = {r.trace_id for r in batch.records if needs(r)}
+        records = batch.records
+        traces = {
+            r.trace_id
+            for r in records
+            if r.parent_span_id and (r.attribution.agent is None or r.agent_from_resource)
+        }  # `AncestorResolver.needs`, inline (per record)
         elsewhere = self.walks_elsewhere is not None and self.walks_elsewhere()
         if not traces and not self._resolver.waiting and not elsewhere:
             return
@@ -474,17 +522,12 @@ class Pipeline:
             wanted: Container[int] = _EVERY_TRACE if elsewhere else traces
             if scan is not None:
                 scan(wanted, links, scopes)
-            for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
-                trace_id = r.trace_id
-                if trace_id in wanted and r.span_id:
-                    key = (trace_id << 64) | r.span_id  # span_key, inline (per record)
-                    if key not in links:
-                        links[key] = (trace_id << 64) | (r.parent_span_id or 0)
-                    if r.attribution.agent is not None and not r.agent_from_resource:
-                        scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
+            (_link_records if self.batch_paths else _link_each_record)(records, wanted, links, scopes)
             self._advance(links, scopes)
             deadline = self._clock() + self.dedupe.hold_seconds
-            batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
+            batch.records, batch.walks = AncestorResolver.start(
+                records, links, scopes, deadline, batch_path=self.batch_paths
+            )
         if elsewhere:
             batch.links, batch.scopes = links, scopes
 

@@ -75,6 +75,8 @@ class DedupeConfig:
                 raise ValueError(f"{key}: expected {low}, got {value!r}")
 
 
+_SPAN_MASK = (1 << 64) - 1
+
 #: Content keys live above every (trace << 64 | span) key, so the two kinds never collide.
 _CONTENT_TAG = 1 << 192
 
@@ -206,16 +208,23 @@ class Deduper:
         return self._counted.evicted_early
 
     def offer_many(
-        self, records: Iterable[UsageRecord], now: float, *, by_content: bool = False
+        self,
+        records: Iterable[UsageRecord],
+        now: float,
+        *,
+        by_content: bool = False,
+        keys: tuple[list[int], list[int]] | None = None,
     ) -> tuple[list[UsageRecord], int]:
         """Records to count now (in order) and how many duplicates were dropped. `by_content`: the
-        records came from spans, so one without a span id is identified by its content."""
+        records came from spans, so one without a span id is identified by its content. `keys`:
+        each record's span key and parent key (`ancestry.span_key`, span id 0 for a root's
+        parent), when the caller has them already."""
         counted: list[UsageRecord] = []
         records = records if isinstance(records, list) else list(records)
         with self._lock:
             self._expire(now)
             if self.batch_paths:
-                at_once = self._offer_batch(records, now)
+                at_once = self._offer_batch(records, now, keys)
                 if at_once is not None:
                     return at_once, 0
             before = self.duplicates_dropped
@@ -230,13 +239,16 @@ class Deduper:
             held = self._held.get(_key(record.trace_id, record.span_id))
             return held is not None and held[0] is record
 
-    def holding(self, records: Iterable[UsageRecord]) -> list[bool]:
-        """`holds` of each record, under one acquisition of the lock."""
+    def holding(self, records: Iterable[UsageRecord], keys: list[int] | None = None) -> list[bool]:
+        """`holds` of each record, under one acquisition of the lock (`keys`: their span keys)."""
         with self._lock:
             get = self._held.get
-            return [
-                (held := get((r.trace_id << 64) | r.span_id)) is not None and held[0] is r for r in records
-            ]  # `_key`, inline (per record)
+            if keys is None:
+                return [
+                    (held := get((r.trace_id << 64) | r.span_id)) is not None and held[0] is r
+                    for r in records
+                ]  # `_key`, inline (per record)
+            return [(held := get(k)) is not None and held[0] is r for k, r in zip(keys, records, strict=True)]
 
     def amend_held(self, record: UsageRecord, attribution: Attribution) -> bool:
         """Give a record still held here a better attribution (an ancestor span named its agent);
@@ -433,17 +445,24 @@ class Deduper:
         if deadline > self._latest_deadline:
             self._latest_deadline = deadline
 
-    def _offer_batch(self, records: list[UsageRecord], now: float) -> list[UsageRecord] | None:
+    def _offer_batch(
+        self, records: list[UsageRecord], now: float, linked_keys: tuple[list[int], list[int]] | None = None
+    ) -> list[UsageRecord] | None:
         """`_offer` of each record, in bulk, when no record can meet another or anything remembered:
         every key new and distinct, no key another's parent, nothing held or counted under a parent.
         Then each foreign record with a parent is held (while there is room, in order), every other
         one counted, and nothing is a duplicate. None when that is not proven: the caller goes per
         record. (A record without a span id, identified by content or by nothing, goes per record.)"""
-        keys = [(r.trace_id << 64) | r.span_id for r in records]  # `_key`, inline (per record)
-        key_set = set(keys)
-        if len(key_set) != len(keys) or not all(r.span_id for r in records):
+        if not all(r.span_id for r in records):
             return None
-        parents = [(r.trace_id << 64) | r.parent_span_id if r.parent_span_id else None for r in records]
+        if linked_keys is None:
+            keys = [(r.trace_id << 64) | r.span_id for r in records]  # `_key`, inline (per record)
+            parents = [(r.trace_id << 64) | r.parent_span_id if r.parent_span_id else None for r in records]
+        else:  # a root's parent key has span id 0: here None
+            keys, parents = linked_keys[0], [p if p & _SPAN_MASK else None for p in linked_keys[1]]
+        key_set = set(keys)
+        if len(key_set) != len(keys):
+            return None
         parent_set = set(parents)
         parent_set.discard(None)
         counted, held = self._counted, self._held

@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import compress, islice, repeat
+from operator import attrgetter, itemgetter
 
 from otel_tokens.record import Attribution, UsageRecord
 
@@ -76,6 +77,9 @@ class DedupeConfig:
 
 
 _SPAN_MASK = (1 << 64) - 1
+#: a held entry's (record, deadline, parent key) parts
+_RECORD, _PARENT = itemgetter(0), itemgetter(2)
+_SPAN_ID = attrgetter("span_id")
 
 #: Content keys live above every (trace << 64 | span) key, so the two kinds never collide.
 _CONTENT_TAG = 1 << 192
@@ -98,16 +102,21 @@ class _RecentKeys(OrderedDict[int, float]):
             self.popitem(last=False)
             self.evicted_early += 1  # `expire(window start)` ran first: the oldest was still inside
 
-    def add_many(self, keys: list[int], now: float) -> None:
+    def add_many(self, keys: list[int], now: float, *, new: bool = False, distinct: bool = False) -> None:
         """`add` of each key in order, with the same outcome (order, evictions, `evicted_early`)
-        computed by C-level bulk operations when that is provably the same; per key otherwise."""
+        computed by C-level bulk operations when that is provably the same; per key otherwise.
+        `new`: the caller knows the keys are distinct and none is remembered yet; `distinct`: only
+        that they are distinct."""
         if len(self) > self.max:  # over the cap already (a restored larger memory): per key
             for key in keys:
                 self.add(key, now)
             return
-        # `add` moves a key seen again to the end: the keys end up ordered by their last occurrence
-        ordered = keys if len(set(keys)) == len(keys) else list(dict.fromkeys(reversed(keys)))[::-1]
-        known = self.keys() & ordered  # each moves to the end instead of growing the memory
+        if new:
+            ordered, known = keys, set()
+        else:  # `add` moves a key seen again to the end: they end up ordered by their last occurrence
+            unique = distinct or len(set(keys)) == len(keys)
+            ordered = keys if unique else list(dict.fromkeys(reversed(keys)))[::-1]
+            known = self.keys() & ordered  # each moves to the end instead of growing the memory
         evict = len(self) + len(ordered) - len(known) - self.max
         # each insert past the cap pops the front; a key this batch adds again, popped before it
         # comes again (then inserted anew, popping another one): only per key is exact then
@@ -307,7 +316,7 @@ class Deduper:
         if not held:
             return []
         if self._latest_deadline <= now:  # all due (the common case: a flush past every deadline)
-            entries = list(held.items())
+            keys, entries = list(held), list(held.values())
         else:
             due = 0  # the held spans are in arrival order: the due ones are a prefix
             for _, deadline, _ in held.values():
@@ -316,11 +325,11 @@ class Deduper:
                 due += 1
             if not due:
                 return []
-            entries = list(islice(held.items(), due))
-        return self._release_entries(entries, now)
+            keys, entries = list(islice(held, due)), list(islice(held.values(), due))
+        return self._release_entries(keys, entries, now)
 
     def _release_entries(
-        self, entries: list[tuple[int, tuple[UsageRecord, float, int | None]]], now: float
+        self, keys: list[int], entries: list[tuple[UsageRecord, float, int | None]], now: float
     ) -> list[UsageRecord]:
         """`_release_each` of these entries, the oldest held ones, in bulk: the same memory order."""
         held, children = self._held, self._held_children
@@ -332,7 +341,7 @@ class Deduper:
             popitem = held.popitem
             for _ in entries:
                 popitem(last=False)
-        parents = [entry[2] for _, entry in entries if entry[2] is not None]
+        parents = [parent for parent in map(_PARENT, entries) if parent is not None]
         if children:
             # each parent's child list is in arrival order too: its released children are a prefix
             for parent, n in Counter(parents).items():
@@ -341,10 +350,10 @@ class Deduper:
                     del siblings[:n]
                     if not siblings:
                         del children[parent]
-        self._counted.add_many([key for key, _ in entries], now)
+        self._counted.add_many(keys, now, distinct=True)
         if parents:
             self._counted_parents.add_many(parents, now)
-        return [entry[0] for _, entry in entries]
+        return list(map(_RECORD, entries))
 
     def _release_each(self, now: float) -> list[UsageRecord]:
         """Pop the held spans due by `now` (the oldest first) and remember them as counted. Runs
@@ -453,7 +462,7 @@ class Deduper:
         Then each foreign record with a parent is held (while there is room, in order), every other
         one counted, and nothing is a duplicate. None when that is not proven: the caller goes per
         record. (A record without a span id, identified by content or by nothing, goes per record.)"""
-        if not all(r.span_id for r in records):
+        if not all(map(_SPAN_ID, records)):
             return None
         if linked_keys is None:
             keys = [(r.trace_id << 64) | r.span_id for r in records]  # `_key`, inline (per record)
@@ -479,10 +488,14 @@ class Deduper:
         hold = (
             [not r.ours and p is not None for r, p in zip(records, parents, strict=True)] if room > 0 else []
         )
-        if not any(hold):  # nothing to hold: every record counted, as it is
+        n_hold = sum(hold)
+        if not n_hold:  # nothing to hold: every record counted, as it is
             self._remember(keys, parents, now)
             return records
-        if sum(hold) > room:  # only the first `room` are held, the rest counted at once
+        if n_hold == len(records) and n_hold <= room:  # every one held (foreign spans under a parent)
+            self._hold_many(keys, records, parents, now)
+            return []
+        if n_hold > room:  # only the first `room` are held, the rest counted at once
             taken = 0
             for i, wants in enumerate(hold):
                 if wants:
@@ -499,7 +512,7 @@ class Deduper:
 
     def _remember(self, keys: list[int], parents: list[int | None], now: float) -> None:
         """Counted spans' keys and parent keys remembered, in order (as `_offer` does one by one)."""
-        self._counted.add_many(keys, now)
+        self._counted.add_many(keys, now, new=True)
         linked = [p for p in parents if p is not None]
         if linked:
             self._counted_parents.add_many(linked, now)

@@ -131,9 +131,8 @@ class _RecentKeys(OrderedDict[int, float]):
             del self[key]
         self.update(zip(ordered, repeat(now)))
         if evict > 0:  # the front: the oldest untouched keys, then (a batch past the cap) its first
-            popitem = self.popitem
-            for _ in range(evict):
-                popitem(last=False)
+            for key in list(islice(self, evict)):
+                del self[key]
             self.evicted_early += evict
 
     def expire(self, before: float) -> None:
@@ -340,7 +339,7 @@ class Deduper:
         else:
             popitem = held.popitem
             for _ in entries:
-                popitem(last=False)
+                popitem(False)
         parents = [parent for parent in map(_PARENT, entries) if parent is not None]
         if children:
             # each parent's child list is in arrival order too: its released children are a prefix

@@ -26,7 +26,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PURE_PYTHON_ENV", "Build", "LinksWalk", "ScanResult", "links_walk", "record_builder", "scanner"]
+__all__ = [
+    "PURE_PYTHON_ENV",
+    "Build",
+    "LinksWalk",
+    "ScanResult",
+    "links_walk",
+    "rates_compiler",
+    "record_builder",
+    "scanner",
+]
 
 #: "1": never use the compiled walk, even when it is built.
 PURE_PYTHON_ENV = "OTEL_TOKENS_PURE_PYTHON"
@@ -47,14 +56,16 @@ LinksWalk = Callable[
     [bytes, set[int], tuple[str, str, str]], tuple[dict[int, int], list[tuple[Any, ...]]] | None
 ]
 
-#: `build(hits, resources, ours, ceiling)`: replaces, in place, each of `scan`'s hits that needs none
-#: of extract._record's rare rules (plain in-range counts, nothing to make consistent, a plain cost
-#: or none, a service tier that is a label as it is or none, no error type, enrichment failure,
-#: 1-hour split or total) by the
-#: UsageRecord _record would build — its cost left None when the span gave none, for the caller to
-#: price; `resources[scope]` is the scope's resource attribution as a tuple of Attribution's fields
-#: (or None), `ours[scope]` whether the scope is otel-tokens' own, `ceiling` max_tokens_per_call.
-Build = Callable[[list[Any], list[Any], list[bool], int], int]
+#: `build(hits, resources, ours, ceiling[, prices, unpriced])`: replaces, in place, each of `scan`'s
+#: hits that needs none of extract._record's rare rules (plain in-range counts, nothing to make
+#: consistent, a plain cost or none, a service tier that is a label as it is or none, no error type,
+#: enrichment failure, 1-hour split or total) by the UsageRecord _record would build; returns how
+#: many. A span without a cost is priced by the compiled price set `prices`
+#: (`pricing.PriceTable.compiled`) has for the record's price key, as `fast` prices it; without one
+#: the cost is left None and the record appended to `unpriced`, for the caller to price.
+#: `resources[scope]` is the scope's resource attribution as a tuple of Attribution's fields (or
+#: None), `ours[scope]` whether the scope is otel-tokens' own, `ceiling` max_tokens_per_call.
+Build = Callable[..., int]
 
 # the C walk's kinds (K_*) by descriptor field type
 _VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)
@@ -245,6 +256,24 @@ def record_builder() -> Build | None:
     """The compiled record build (`build`), when the compiled walk (`scanner()`) is on."""
     scanner()
     return _build
+
+
+def rates_compiler() -> Callable[[Any], object | None] | None:
+    """What turns a price set (`pricing._Rates`) into the form `build` prices records with (None
+    for a set of a shape the C code does not take), when the compiled build is on: the C cost is
+    the generated `fast`'s, bit for bit (tests/test_price_table.py)."""
+    if record_builder() is None:
+        return None
+    from otel_tokens import _otlp_scan  # type: ignore[attr-defined]
+
+    compile_linear = _otlp_scan.linear
+
+    def compile_rates(rates: Any) -> object | None:
+        terms = tuple((term.coefs, term.constant, term.rates) for term in rates.terms)
+        linear: object | None = compile_linear(rates.thresholds, terms)
+        return linear
+
+    return compile_rates
 
 
 def links_walk() -> LinksWalk | None:

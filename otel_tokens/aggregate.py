@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from itertools import pairwise
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from otel_tokens import metric_names as names
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
-from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
+from otel_tokens.record import Attribution, TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
 
 __all__ = [
@@ -280,6 +280,9 @@ class Aggregator:
         cfg = self.config
         self._clock = clock
         self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in cfg.dimensions])
+        #: raw dimension values → the key (`_key_of_values`); replaced whole when full
+        self._keys: dict[tuple[str | None, ...], Key] = {}
+        self._max_keys = 4 * (cfg.max_series_per_metric + cfg.max_budgeted_series_per_metric)
         self._buckets = cfg.input_token_buckets
         self._lock = threading.Lock()
         self.ingest_stats = IngestStats()
@@ -317,7 +320,21 @@ class Aggregator:
 
     def key_of(self, record: UsageRecord) -> Key:
         """The label values of a record, bounded in length; missing attribution is "unknown"."""
-        return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in self._label_values(record)])
+        return self._key_of_values(self._label_values(record))
+
+    def _key_of_values(self, values: tuple[str | None, ...]) -> Key:
+        """`key_of` from the record's raw dimension values, remembered: records repeat a handful of
+        label combinations, so most records cost one lookup here, and equal keys share one tuple
+        (its hash computed once, compared by identity in every dict it is looked up in). Bounded:
+        past the limit the memo starts over."""
+        key = self._keys.get(values)
+        if key is None:
+            key = tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in values])
+            key = self._keys.setdefault(key, key)  # a key that is its own raw values: one tuple
+            if len(self._keys) >= self._max_keys:
+                self._keys = {}
+            self._keys[values] = key
+        return key
 
     def always_admit(self, values: Mapping[str, Iterable[str]]) -> None:
         """Label values (by label name: agent, task, model, ...) that always get series of their own,
@@ -335,57 +352,82 @@ class Aggregator:
         self.add_many((record,))
 
     def add_many(self, records: Sequence[UsageRecord]) -> None:
-        """Count records (already deduplicated); one lock acquisition per batch."""
-        key_of = self.key_of
-        keyed = [(key_of(r), r) for r in records]
+        """Count records (already deduplicated); one lock acquisition per batch, label keys found
+        before it is taken."""
+        values, keys, key_of_values = self._label_values, self._keys, self._key_of_values
+        keyed = [keys.get(raw) or key_of_values(raw) for raw in map(values, records)]
         now = self._clock()
         with self._lock:
-            for key, record in keyed:
-                self._add_locked(key, record, now)
+            self._add_locked(keyed, records, now)
 
-    def _add_locked(self, key: Key, record: UsageRecord, now: float) -> None:
-        series = self._series.entries.get(key)  # KeyedFamily.get_or_create's common case, inline
-        if series is None:
-            series = self._series.get_or_create(key, now)
-        else:
-            series.last_seen = now
-        counts = record.tokens
-        cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
-        # TokenCounts.disjoint_counts(), inline: this runs per record
-        fresh_input = max(counts.input - cache_read - cache_write, 0)
-        visible_output = max(counts.output - reasoning, 0)
-        tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
-        tokens[0] += fresh_input
-        tokens[1] += visible_output
-        tokens[2] += cache_read
-        tokens[3] += cache_write
-        tokens[4] += reasoning
-        total = fresh_input + visible_output + cache_read + cache_write + reasoning
-        if record.cost_usd is not None:
-            series.cost_usd += record.cost_usd
-        else:
-            self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
-        if record.status == "error":
-            series.requests_error += 1
-        else:
-            series.requests_ok += 1
-        if record.estimated:
-            series.estimated_tokens += total
-        series.input_buckets[bisect_left(self._buckets, counts.input)] += 1
-        series.input_sum += counts.input
-        attribution = record.attribution
-        if attribution.task_id:
-            if self._observed_ids:
-                self._observed_ids.pop(attribution.task_id, None)  # a new run of a reused task id
-            self._tasks.add(
-                attribution.task_id,
-                attribution.agent,
-                attribution.task,
-                total,
-                record.cost_usd or 0.0,
-                now,
-                record.model,
+    def _add_locked(self, keys: Sequence[Key], records: Sequence[UsageRecord], now: float) -> None:
+        """Each record added to its key's series, in order (costs are floats: the order of their
+        additions is the result). One loop with everything inline: this runs per record; counts
+        that are 0 (no cache, no reasoning: most calls) skip their addition."""
+        entries, get_or_create = self._series.entries, self._series.get_or_create
+        buckets, n_buckets = self._buckets, len(self._buckets)
+        for key, record in zip(keys, records, strict=True):
+            series = entries.get(key)  # KeyedFamily.get_or_create's common case, inline
+            if series is None:
+                series = get_or_create(key, now)
+            else:
+                series.last_seen = now
+            counts = record.tokens
+            # TokenCounts.disjoint_counts(), inline
+            inp, cache_read, cache_write, reasoning = (
+                counts.input,
+                counts.cache_read,
+                counts.cache_write,
+                counts.reasoning,
             )
+            tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
+            fresh_input = inp - cache_read - cache_write
+            if fresh_input > 0:
+                tokens[0] += fresh_input
+            else:
+                fresh_input = 0
+            visible_output = counts.output - reasoning
+            if visible_output > 0:
+                tokens[1] += visible_output
+            else:
+                visible_output = 0
+            if cache_read:
+                tokens[2] += cache_read
+            if cache_write:
+                tokens[3] += cache_write
+            if reasoning:
+                tokens[4] += reasoning
+            cost = record.cost_usd
+            if cost is not None:
+                series.cost_usd += cost
+            else:
+                self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
+            if record.status == "error":
+                series.requests_error += 1
+            else:
+                series.requests_ok += 1
+            if record.estimated:
+                series.estimated_tokens += fresh_input + visible_output + cache_read + cache_write + reasoning
+            # bisect_left(buckets, inp), its common case first: the smallest bucket
+            series.input_buckets[0 if inp <= buckets[0] else bisect_left(buckets, inp, 1, n_buckets)] += 1
+            series.input_sum += inp
+            attribution = record.attribution
+            if attribution.task_id:
+                self._add_task(
+                    attribution,
+                    record,
+                    now,
+                    fresh_input + visible_output + cache_read + cache_write + reasoning,
+                )
+
+    def _add_task(self, attribution: Attribution, record: UsageRecord, now: float, total: int) -> None:
+        """A call of a task instance: added to its running total (`complete_tasks` observes it)."""
+        task_id = cast("str", attribution.task_id)
+        if self._observed_ids:
+            self._observed_ids.pop(task_id, None)  # a new run of a reused task id
+        self._tasks.add(
+            task_id, attribution.agent, attribution.task, total, record.cost_usd or 0.0, now, record.model
+        )
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         """Remember each task's verdicts until it is observed (all passed → passed)."""

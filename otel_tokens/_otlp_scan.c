@@ -1240,6 +1240,184 @@ static PyObject *configure_records(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* --- tally(): records added to their series (aggregate.Aggregator._add_locked, in C) ---------------- */
+
+/* The Series class (aggregate.py) as configure_series() gave it: a slotted dataclass whose fields
+   tally() reads and replaces in place, as the Python loop's `+=` does. */
+enum { SE_TOKENS, SE_BUCKETS, SE_COST, SE_OK, SE_ERROR, SE_ESTIMATED, SE_INPUT_SUM, SE_LAST_SEEN, N_SERIES_FIELDS };
+enum { R_TOKENS = 4, R_ESTIMATED = 5, R_ATTRIBUTION = 7, R_STATUS = 8 }; /* UsageRecord's fields (R_COST: 6) */
+enum { A_TASK_ID = 2 };                                                    /* Attribution's */
+static Layout series_layout;
+static int series_configured = 0;
+#define N_TOKEN_TYPES 5
+#define TALLY_MAX (1LL << 60) /* counts tally() adds in C: sums of a few stay far from overflow */
+#define FIELD(obj, layout, i) (*(PyObject **)((char *)(obj) + (layout).offset[i]))
+
+/* `old + add` as Python's int `+` gives it; a new reference. */
+static PyObject *int_plus(PyObject *old, long long add) {
+    if (PyLong_CheckExact(old)) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(old, &overflow);
+        if (!overflow && !(n == -1 && PyErr_Occurred()) && n < TALLY_MAX && n > -TALLY_MAX)
+            return PyLong_FromLongLong(n + add);
+        PyErr_Clear();
+    }
+    PyObject *addend = PyLong_FromLongLong(add);
+    if (addend == NULL) return NULL;
+    PyObject *sum = PyNumber_Add(old, addend);
+    Py_DECREF(addend);
+    return sum;
+}
+
+/* obj's field i += add (an int); -1 on error. */
+static int add_int_field(PyObject *obj, const Layout *layout, int i, long long add) {
+    PyObject **field = (PyObject **)((char *)obj + layout->offset[i]);
+    PyObject *sum = int_plus(*field, add);
+    if (sum == NULL) return -1;
+    Py_SETREF(*field, sum);
+    return 0;
+}
+
+/* list[i] += add; -1 on error. */
+static int add_int_item(PyObject *list, Py_ssize_t i, long long add) {
+    PyObject *sum = int_plus(PyList_GET_ITEM(list, i), add);
+    if (sum == NULL) return -1;
+    PyObject *old = PyList_GET_ITEM(list, i);
+    PyList_SET_ITEM(list, i, sum);
+    Py_DECREF(old);
+    return 0;
+}
+
+/* obj's field i += value, as Python's `+=` on a float: float + float (or + int, converted by
+   PyLong_AsDouble, as float.__add__ converts it) in double; anything else by PyNumber_InPlaceAdd. */
+static int add_float_field(PyObject *obj, const Layout *layout, int i, PyObject *value) {
+    PyObject **field = (PyObject **)((char *)obj + layout->offset[i]);
+    PyObject *sum;
+    if (PyFloat_CheckExact(*field) && (PyFloat_CheckExact(value) || PyLong_CheckExact(value))) {
+        double add = PyFloat_CheckExact(value) ? PyFloat_AS_DOUBLE(value) : PyLong_AsDouble(value);
+        if (add == -1.0 && PyErr_Occurred()) return -1;
+        sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(*field) + add);
+    } else {
+        sum = PyNumber_InPlaceAdd(*field, value);
+    }
+    if (sum == NULL) return -1;
+    Py_SETREF(*field, sum);
+    return 0;
+}
+
+/* A count tally() adds in C: an exact int of magnitude below TALLY_MAX. */
+static int tally_count(PyObject *v, long long *out) { return bounded_ll(v, TALLY_MAX - 1, out) && PyLong_CheckExact(v); }
+
+/* One record added to its series, or 0 (nothing changed) when it is not one tally() mirrors
+   exactly: the caller adds it in Python. Everything is checked before anything is changed. */
+static int tally_one(PyObject *record, PyObject *series, PyObject *buckets, PyObject *now, PyObject *extras) {
+    if (Py_TYPE(record) != record_layout.type || Py_TYPE(series) != series_layout.type) return 0;
+    PyObject *tokens = FIELD(record, record_layout, R_TOKENS), *cost = FIELD(record, record_layout, R_COST),
+             *attribution = FIELD(record, record_layout, R_ATTRIBUTION),
+             *status = FIELD(record, record_layout, R_STATUS), *estimated = FIELD(record, record_layout, R_ESTIMATED);
+    if (Py_TYPE(tokens) != tokens_layout.type || Py_TYPE(attribution) != attribution_layout.type) return 0;
+    if (!(cost == Py_None || PyFloat_CheckExact(cost)) || !(estimated == Py_True || estimated == Py_False) ||
+        !PyUnicode_CheckExact(status))
+        return 0;
+    long long c[N_TOKEN_TYPES];
+    for (int i = 0; i < N_TOKEN_TYPES; i++)
+        if (!tally_count(FIELD(tokens, tokens_layout, i), &c[i])) return 0;
+    PyObject *counts = FIELD(series, series_layout, SE_TOKENS), *hist = FIELD(series, series_layout, SE_BUCKETS);
+    Py_ssize_t n_buckets = PyTuple_GET_SIZE(buckets);
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != N_TOKEN_TYPES || !PyList_CheckExact(hist) ||
+        PyList_GET_SIZE(hist) != n_buckets + 1)
+        return 0;
+    PyObject *task_id = FIELD(attribution, attribution_layout, A_TASK_ID);
+    int has_task = task_id != Py_None && PyObject_IsTrue(task_id);
+    if (has_task < 0) return -1;
+    PyObject *input = FIELD(tokens, tokens_layout, 0);
+    Py_ssize_t lo = 0, hi = n_buckets; /* bisect_left(buckets, input), as the bisect module compares */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int less = PyObject_RichCompareBool(PyTuple_GET_ITEM(buckets, mid), input, Py_LT);
+        if (less < 0) return -1;
+        if (less) lo = mid + 1;
+        else hi = mid;
+    }
+    int is_error = PyUnicode_Compare(status, str_error) == 0;
+    if (is_error == 0 && PyErr_Occurred()) return -1;
+    /* the changes, as the Python loop makes them (TokenCounts.disjoint_counts() inline) */
+    long long fresh = c[0] - c[2] - c[3], visible = c[1] - c[4];
+    if (fresh < 0) fresh = 0;
+    if (visible < 0) visible = 0;
+    long long add[N_TOKEN_TYPES] = {fresh, visible, c[2], c[3], c[4]};
+    long long total = fresh + visible + c[2] + c[3] + c[4];
+    Py_INCREF(now);
+    Py_SETREF(FIELD(series, series_layout, SE_LAST_SEEN), now);
+    for (int i = 0; i < N_TOKEN_TYPES; i++)
+        if (add[i] && add_int_item(counts, i, add[i]) < 0) return -1;
+    if (cost != Py_None && add_float_field(series, &series_layout, SE_COST, cost) < 0) return -1;
+    if (add_int_field(series, &series_layout, is_error ? SE_ERROR : SE_OK, 1) < 0) return -1;
+    if (estimated == Py_True && add_int_field(series, &series_layout, SE_ESTIMATED, total) < 0) return -1;
+    if (add_int_item(hist, lo, 1) < 0 || add_float_field(series, &series_layout, SE_INPUT_SUM, input) < 0) return -1;
+    if (cost == Py_None || has_task) {
+        PyObject *item = Py_BuildValue("(OL)", record, total);
+        if (item == NULL || PyList_Append(extras, item) < 0) {
+            Py_XDECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+    }
+    return 1;
+}
+
+/* tally(records, keys, entries, buckets, now, start, extras) -> the index of the first record from
+   `start` on that it did not add (len(records): it added them all). Each record is added to the
+   series entries[keys[i]], as aggregate.Aggregator's Python loop adds it; a record whose key has no
+   series yet, or that is not of the shape mirrored here, stops it (the caller adds that one in
+   Python and calls again after it). (record, its total tokens) of each added record that is unpriced
+   or belongs to a task instance is appended to `extras`, which the caller then counts in order. */
+static PyObject *tally(PyObject *self, PyObject *args) {
+    PyObject *records, *keys, *entries, *buckets, *now, *extras;
+    Py_ssize_t i;
+    if (!records_configured || !series_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_series() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!nO!", &PyList_Type, &records, &PyList_Type, &keys, &PyDict_Type, &entries,
+                          &PyTuple_Type, &buckets, &PyFloat_Type, &now, &i, &PyList_Type, &extras))
+        return NULL;
+    if (PyList_GET_SIZE(keys) != PyList_GET_SIZE(records)) {
+        PyErr_SetString(PyExc_ValueError, "tally: one key per record");
+        return NULL;
+    }
+    for (; i >= 0 && i < PyList_GET_SIZE(records); i++) {
+        PyObject *series = PyDict_GetItemWithError(entries, PyList_GET_ITEM(keys, i));
+        if (series == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break;
+        }
+        int done = tally_one(PyList_GET_ITEM(records, i), series, buckets, now, extras);
+        if (done < 0) return NULL;
+        if (!done) break;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+/* configure_series(Series, its field names: tokens, input_buckets, cost_usd, requests_ok,
+   requests_error, estimated_tokens, input_sum, last_seen), after configure_records. */
+static PyObject *configure_series(PyObject *self, PyObject *args) {
+    PyObject *cls, *names;
+    series_configured = 0;
+    if (!records_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_records() first");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyTuple_Type, &names)) return NULL;
+    if (layout_of(cls, names, &series_layout) < 0 || series_layout.n != N_SERIES_FIELDS) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_series: not the expected slots");
+        return NULL;
+    }
+    Py_INCREF(cls); /* kept: its slot offsets are used */
+    series_configured = 1;
+    Py_RETURN_NONE;
+}
+
 static void clear_table(void) {
     for (int i = 0; i < TABLE_SIZE; i++) {
         PyMem_Free(table[i].key);
@@ -1328,6 +1506,9 @@ static PyMethodDef methods[] = {
     {"linear", linear, METH_VARARGS,
      "linear(thresholds, terms) -> a price set compiled for build() (pricing._Rates' parts), or None."},
     {"price", price, METH_VARARGS, "price(linear, counts) -> the cost build() gives a record of these counts."},
+    {"tally", tally, METH_VARARGS,
+     "tally(records, keys, entries, buckets, now, start, extras) -> the index of the first record not added."},
+    {"configure_series", configure_series, METH_VARARGS, "Give tally() the aggregator's Series class."},
     {"configure_records", configure_records, METH_VARARGS,
      "Give build() the record classes, the slots it reads and the bounds it checks."},
     {"links", links, METH_VARARGS,

@@ -31,10 +31,12 @@ __all__ = [
     "Build",
     "LinksWalk",
     "ScanResult",
+    "Tally",
     "links_walk",
     "rates_compiler",
     "record_builder",
     "scanner",
+    "series_tally",
 ]
 
 #: "1": never use the compiled walk, even when it is built.
@@ -274,6 +276,39 @@ def rates_compiler() -> Callable[[Any], object | None] | None:
         return linear
 
     return compile_rates
+
+
+#: `tally(records, keys, entries, buckets, now, start, extras) -> stop`: aggregate.Aggregator's
+#: `_add_series` loop in C (see _otlp_scan.c); None when not built, switched off or not matching.
+Tally = Callable[[list[Any], list[Any], dict[Any, Any], tuple[float, ...], float, int, list[Any]], int]
+_SERIES_FIELDS = (
+    "tokens", "input_buckets", "cost_usd", "requests_ok", "requests_error", "estimated_tokens",
+    "input_sum", "last_seen",
+)  # fmt: skip
+_tally: Tally | None = None
+_tally_configured = False
+
+
+def series_tally(series_class: type) -> Tally | None:
+    """The compiled loop that adds records to their series (`aggregate.Aggregator`), configured with
+    the aggregator's `Series` class, when the compiled record build is on and the class still has
+    the fields, in the order, it reads."""
+    global _tally, _tally_configured
+    if not _tally_configured:
+        _tally_configured = True
+        from dataclasses import fields
+
+        if record_builder() is None or tuple(f.name for f in fields(series_class)) != _SERIES_FIELDS:
+            return None
+        from otel_tokens import _otlp_scan  # type: ignore[attr-defined]
+
+        try:
+            _otlp_scan.configure_series(series_class, _SERIES_FIELDS)
+        except ValueError as exc:
+            _log.info("otel-tokens: the compiled series tally is off: %s", exc)
+            return None
+        _tally = _otlp_scan.tally
+    return _tally
 
 
 def links_walk() -> LinksWalk | None:

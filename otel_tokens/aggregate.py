@@ -40,6 +40,7 @@ from operator import attrgetter
 from typing import Any, cast
 
 from otel_tokens import metric_names as names
+from otel_tokens.accelerator import series_tally
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
@@ -274,7 +275,11 @@ class Aggregator:
     (it only dates series for idle expiry and task instances for recency)."""
 
     def __init__(
-        self, config: MetricsConfig | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        config: MetricsConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        compiled: bool = True,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         cfg = self.config
@@ -283,7 +288,9 @@ class Aggregator:
         #: raw dimension values → the key (`_key_of_values`); replaced whole when full
         self._keys: dict[tuple[str | None, ...], Key] = {}
         self._max_keys = 4 * (cfg.max_series_per_metric + cfg.max_budgeted_series_per_metric)
-        self._buckets = cfg.input_token_buckets
+        self._buckets = tuple(cfg.input_token_buckets)
+        #: the compiled `_add_series` (accelerator.series_tally), unless `compiled=False`
+        self._tally = series_tally(Series) if compiled else None
         self._lock = threading.Lock()
         self.ingest_stats = IngestStats()
         self._series: KeyedFamily[Series] = self._family(
@@ -362,24 +369,52 @@ class Aggregator:
 
     def _add_locked(self, keys: Sequence[Key], records: Sequence[UsageRecord], now: float) -> None:
         """Each record added to its key's series, in order (costs are floats: the order of their
-        additions is the result). One loop with everything inline: this runs per record; counts
-        that are 0 (no cache, no reasoning: most calls) skip their addition."""
+        additions is the result), by the compiled `tally` when it is on (the records it does not
+        mirror, and those of keys without a series yet, one at a time in Python); then, in order,
+        the unpriced ones counted and the task instances' calls added to their totals (families of
+        their own, so doing them after the series changes nothing)."""
+        extras: list[tuple[UsageRecord, int]] = []
+        tally, n = self._tally, len(records)
+        if tally is None or type(now) is not float:
+            self._add_series(keys, records, 0, n, now, extras)
+        else:
+            keys, records, i = list(keys), list(records), 0
+            while (i := tally(records, keys, self._series.entries, self._buckets, now, i, extras)) < n:
+                self._add_series(keys, records, i, i + 1, now, extras)
+                i += 1
+        for record, total in extras:
+            if record.cost_usd is None:
+                self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
+            attribution = record.attribution
+            if attribution.task_id:
+                self._add_task(attribution, record, now, total)
+
+    def _add_series(
+        self,
+        keys: Sequence[Key],
+        records: Sequence[UsageRecord],
+        start: int,
+        stop: int,
+        now: float,
+        extras: list[tuple[UsageRecord, int]],
+    ) -> None:
+        """records[start:stop] added to their series; (record, its total tokens) of the unpriced
+        ones and of task instances' calls appended to `extras`. One loop with everything inline:
+        this runs per record; counts that are 0 (no cache, no reasoning: most calls) are not
+        added. `tally` (_otlp_scan.c) is this loop in C, and must stay the same arithmetic."""
         entries, get_or_create = self._series.entries, self._series.get_or_create
         buckets, n_buckets = self._buckets, len(self._buckets)
-        for key, record in zip(keys, records, strict=True):
-            series = entries.get(key)  # KeyedFamily.get_or_create's common case, inline
+        for index in range(start, stop):
+            record = records[index]
+            series = entries.get(keys[index])  # KeyedFamily.get_or_create's common case, inline
             if series is None:
-                series = get_or_create(key, now)
+                series = get_or_create(keys[index], now)
             else:
                 series.last_seen = now
             counts = record.tokens
             # TokenCounts.disjoint_counts(), inline
-            inp, cache_read, cache_write, reasoning = (
-                counts.input,
-                counts.cache_read,
-                counts.cache_write,
-                counts.reasoning,
-            )
+            inp, cache_read, cache_write = counts.input, counts.cache_read, counts.cache_write
+            reasoning = counts.reasoning
             tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
             fresh_input = inp - cache_read - cache_write
             if fresh_input > 0:
@@ -397,28 +432,21 @@ class Aggregator:
                 tokens[3] += cache_write
             if reasoning:
                 tokens[4] += reasoning
+            total = fresh_input + visible_output + cache_read + cache_write + reasoning
             cost = record.cost_usd
             if cost is not None:
                 series.cost_usd += cost
-            else:
-                self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
             if record.status == "error":
                 series.requests_error += 1
             else:
                 series.requests_ok += 1
             if record.estimated:
-                series.estimated_tokens += fresh_input + visible_output + cache_read + cache_write + reasoning
+                series.estimated_tokens += total
             # bisect_left(buckets, inp), its common case first: the smallest bucket
             series.input_buckets[0 if inp <= buckets[0] else bisect_left(buckets, inp, 1, n_buckets)] += 1
             series.input_sum += inp
-            attribution = record.attribution
-            if attribution.task_id:
-                self._add_task(
-                    attribution,
-                    record,
-                    now,
-                    fresh_input + visible_output + cache_read + cache_write + reasoning,
-                )
+            if cost is None or record.attribution.task_id:
+                extras.append((record, total))
 
     def _add_task(self, attribution: Attribution, record: UsageRecord, now: float, total: int) -> None:
         """A call of a task instance: added to its running total (`complete_tasks` observes it)."""

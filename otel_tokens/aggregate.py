@@ -37,14 +37,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from itertools import pairwise
 from operator import attrgetter
-from typing import Any, cast
+from typing import Any
 
 from otel_tokens import metric_names as names
 from otel_tokens.accelerator import series_tally
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
-from otel_tokens.record import Attribution, TaskCompletion, UsageRecord, Verdict
+from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
 
 __all__ = [
@@ -382,12 +382,17 @@ class Aggregator:
             while (i := tally(records, keys, self._series.entries, self._buckets, now, i, extras)) < n:
                 self._add_series(keys, records, i, i + 1, now, extras)
                 i += 1
+        observed, add_task = self._observed_ids, self._tasks.add
         for record, total in extras:
-            if record.cost_usd is None:
+            cost = record.cost_usd
+            if cost is None:
                 self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
             attribution = record.attribution
-            if attribution.task_id:
-                self._add_task(attribution, record, now, total)
+            task_id = attribution.task_id
+            if task_id:  # a call of a task instance: added to its running total
+                if observed:
+                    observed.pop(task_id, None)  # a new run of a task id observed before
+                add_task(task_id, attribution.agent, attribution.task, total, cost or 0.0, now, record.model)
 
     def _add_series(
         self,
@@ -447,15 +452,6 @@ class Aggregator:
             series.input_sum += inp
             if cost is None or record.attribution.task_id:
                 extras.append((record, total))
-
-    def _add_task(self, attribution: Attribution, record: UsageRecord, now: float, total: int) -> None:
-        """A call of a task instance: added to its running total (`complete_tasks` observes it)."""
-        task_id = cast("str", attribution.task_id)
-        if self._observed_ids:
-            self._observed_ids.pop(task_id, None)  # a new run of a reused task id
-        self._tasks.add(
-            task_id, attribution.agent, attribution.task, total, record.cost_usd or 0.0, now, record.model
-        )
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         """Remember each task's verdicts until it is observed (all passed → passed)."""

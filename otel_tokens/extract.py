@@ -779,6 +779,7 @@ class Extractor:
                 return
         from_span, add = self._from_otlp_span, batch.add  # looked up once, not per span
         slots_of = _slots_from_otlp
+        price, ceiling, stats = self._price, self.max_tokens_per_call, self.stats
         prices = self._batch_prices()
         for resource_spans in request.resource_spans:
             fallback = self.agent_fallback_attribute
@@ -790,10 +791,35 @@ class Extractor:
                 for span in spans:
                     # the attribute walk inline: a span without usage (most spans) costs only this
                     found_slots = slots_of(span.attributes)
-                    if found_slots is not None:
+                    if found_slots is None:
+                        continue
+                    vals, ranks = found_slots
+                    if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare
                         outcome = from_span(span, resource, scope_ours, found_slots, prices)
-                        if outcome is not None:
-                            add(outcome)
+                    else:  # `_outcome`'s usage case, inline: this runs per usage span
+                        ids = (
+                            int.from_bytes(span.trace_id, "big"),
+                            int.from_bytes(span.span_id, "big"),
+                            int.from_bytes(span.parent_span_id, "big") or None,
+                            span.start_time_unix_nano,
+                            span.end_time_unix_nano,
+                        )
+                        error = span.status.code == _OTLP_STATUS_ERROR
+                        outcome = _record(
+                            vals,
+                            ranks,
+                            price,
+                            resource,
+                            scope_ours,
+                            error,
+                            ceiling,
+                            stats,
+                            ids,
+                            False,
+                            prices,
+                        )
+                    if outcome is not None:
+                        add(outcome)
 
     @property
     def compiled(self) -> bool:

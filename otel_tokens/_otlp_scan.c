@@ -21,6 +21,12 @@
  * (scan's second argument, e.g. service.name), as the Python path does.
  * Every field of every message is checked against the schema configure()
  * was given (built from the installed protobuf descriptors), read or not.
+ *
+ * Besides the walk: build() turns plain hits into usage records and prices
+ * them with compiled price sets (linear(): pricing._Rates, the same float
+ * operations in the same order as its generated Python), and tally() adds
+ * records to the aggregator's series as its Python loop does. Both stop at
+ * whatever they do not mirror exactly and leave it to Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -8,9 +8,14 @@ verify spans only, and each resource's attribution attributes plus its `fallback
 extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
 from the decoded request — or None to decline, and the extractor then takes the Python path on the
 same payload. `build` then turns each plain usage span's hit into the UsageRecord `extract._record`
-would build (record_builder(); the rare rules stay in Python), and `links` gives the ancestor walk
-its parent links as a dict. So both paths count the same spans the same way;
-tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
+would build (record_builder(); the rare rules stay in Python), priced in C by the batch's price
+table (`pricing.PriceTable`, compiled by `rates_compiler()`: the same float operations as the
+generated Python cost), and `links` gives the ancestor walk its parent links as a dict. The
+aggregator adds records to their series with `tally` (series_tally(); the records it does not
+mirror in Python, in order). So both paths count the same spans the same way:
+tests/test_accelerator.py feeds both the same payloads, fuzzed ones included;
+tests/test_price_table.py holds C and Python prices equal bit for bit, and
+tests/test_aggregate_compiled.py the aggregator's two loops.
 
 The walk checks every field against the schema of the installed `opentelemetry-proto` (built
 here from its descriptors) so it never accepts a payload upb would refuse; the few field numbers it

@@ -6,8 +6,10 @@ one counted overflow series, budgeted names always admitted, idle series expirin
 per-task-instance totals a `TaskInstanceTable` (task_instances.py, the same table the budget ledger
 keeps); the ingest self-metrics an `IngestStats` (ingest_stats.py, locked on its own). Exposition is
 exposition.py's, from `snapshot()` copies; this module knows nothing of Prometheus. One lock with a
-tiny critical section: label tuples are computed before it is taken, and a batch of records is
-counted under one acquisition.
+tiny critical section: label tuples are computed before it is taken (remembered by the records' raw
+values, so equal keys are one tuple), and a batch of records is counted under one acquisition, by
+one loop — in C (`_otlp_scan.tally`, accelerator.py) when the compiled build is on and the
+aggregator was not made with `compiled=False`, with the same arithmetic in the same order.
 
 Tokens per completed task: a task instance's calls may come from several processes, so only here is
 its total known. When its owner signals completion (`complete_tasks`, from the task span), the

@@ -20,6 +20,9 @@ The compiled form reproduces genai-prices' own semantics (checked by a golden te
   `priority` at double) are applied as genai-prices' `price_context={"service_tier": tier}` does:
   only for a model of the provider's own list, with each variant's start date checked at call
   time. A tier without a variant (or no tier) is the standard price.
+- A batch of records (the collector's) is priced through a `PriceTable`: the rates of each price key
+  resolved once and kept until one of them may change, checked once per batch, so a record costs a
+  dict lookup and the generated function (or its C twin in the compiled record build).
 - Cache writes with Anthropic's 1-hour TTL are a *subset* of cache writes
   (`TokenCounts.cache_write_1h`), reported to genai-prices as `cache_write_1h_tokens`: on a model
   with a `cache_write_1h_mtok` price they leave the 5-minute bucket and bill at the 1-hour rate; on

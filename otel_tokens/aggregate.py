@@ -70,27 +70,47 @@ _TASK_METRICS = (names.TASK_TOKENS, names.TASK_COST)
 #: The unpriced-record counter's labels.
 UNPRICED_LABELS: tuple[str, ...] = (names.PROVIDER, names.MODEL)
 
-#: dimension → where a UsageRecord holds its value (an `operator.attrgetter` path).
-_DIMENSION_PATHS: dict[str, str] = {
-    names.AGENT: "attribution.agent",
-    names.TASK: "attribution.task",
-    names.MODEL: "model",
-    names.PROVIDER: "provider",
-    names.USER: "attribution.user",
-    names.SESSION: "attribution.session",
-    names.WORKFLOW: "attribution.workflow",
-    names.STEP: "attribution.step",
-    names.OPERATION: "operation",
+#: dimension → where a UsageRecord holds its value (`operator.attrgetter` paths: the first one set
+#: wins). The model is `UsageRecord.model`, read as the fields it is made of: that property is a
+#: Python call per record.
+_DIMENSION_PATHS: dict[str, tuple[str, ...]] = {
+    names.AGENT: ("attribution.agent",),
+    names.TASK: ("attribution.task",),
+    names.MODEL: ("request_model", "response_model"),
+    names.PROVIDER: ("provider",),
+    names.USER: ("attribution.user",),
+    names.SESSION: ("attribution.session",),
+    names.WORKFLOW: ("attribution.workflow",),
+    names.STEP: ("attribution.step",),
+    names.OPERATION: ("operation",),
 }
 ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_PATHS)
 
 
 def _values_getter(paths: Sequence[str]) -> Callable[[UsageRecord], tuple[str | None, ...]]:
-    """One C call fetching every dimension's raw value (attrgetter returns a bare value for one path)."""
+    """One C call fetching every path's raw value (attrgetter returns a bare value for one path)."""
     getter: Callable[[UsageRecord], Any] = attrgetter(*paths)
     if len(paths) == 1:
         return lambda record: (getter(record),)
     return getter
+
+
+def _key_maker(dimensions: Sequence[str]) -> Callable[[tuple[str | None, ...]], Key]:
+    """The key of the raw values `_values_getter` reads for `dimensions`: each dimension's first set
+    value (missing: "unknown"), bounded in length."""
+    spans, at = [], 0
+    for dimension in dimensions:
+        width = len(_DIMENSION_PATHS[dimension])
+        spans.append((at, at + width))
+        at += width
+    if at == len(spans):  # one path per dimension (no model among them): the values themselves
+        return lambda values: tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in values])
+
+    def key(values: tuple[str | None, ...]) -> Key:
+        firsts = [next((v for v in values[start:stop] if v), None) for start, stop in spans]
+        return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in firsts])
+
+    return key
 
 
 _VERIFIED = {True: names.VERIFIED_PASSED, False: names.VERIFIED_FAILED}
@@ -286,7 +306,8 @@ class Aggregator:
         self.config = config if config is not None else MetricsConfig()
         cfg = self.config
         self._clock = clock
-        self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in cfg.dimensions])
+        self._label_values = _values_getter([path for d in cfg.dimensions for path in _DIMENSION_PATHS[d]])
+        self._make_key = _key_maker(cfg.dimensions)
         #: raw dimension values → the key (`_key_of_values`); replaced whole when full
         self._keys: dict[tuple[str | None, ...], Key] = {}
         self._max_keys = 4 * (cfg.max_series_per_metric + cfg.max_budgeted_series_per_metric)
@@ -333,13 +354,12 @@ class Aggregator:
 
     def _key_of_values(self, values: tuple[str | None, ...]) -> Key:
         """`key_of` from the record's raw dimension values, remembered: records repeat a handful of
-        label combinations, so most records cost one lookup here, and equal keys share one tuple
-        (its hash computed once, compared by identity in every dict it is looked up in). Bounded:
+        label combinations, so most records cost one lookup here, and records of equal values share
+        one key tuple (its hash computed once, compared by identity in the series dict). Bounded:
         past the limit the memo starts over."""
         key = self._keys.get(values)
         if key is None:
-            key = tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in values])
-            key = self._keys.setdefault(key, key)  # a key that is its own raw values: one tuple
+            key = self._make_key(values)
             if len(self._keys) >= self._max_keys:
                 self._keys = {}
             self._keys[values] = key

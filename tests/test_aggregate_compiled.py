@@ -8,7 +8,8 @@ ones, task instances (including a task id reused after its completion), a record
 beyond the series limit (the overflow series), label values longer than a label may be, a series
 restored from state with integer and very large values, and batches of one record.
 
-Without the extension built these tests skip (as tests/test_accelerator.py's do).
+Without the extension built these tests skip (as tests/test_accelerator.py's do); the label keys,
+remembered by the records' raw values, are checked against their definition on both paths.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from otel_tokens import metric_names as mn
 from otel_tokens.accelerator import series_tally
-from otel_tokens.aggregate import Aggregator, MetricsConfig, Series
+from otel_tokens.aggregate import ALLOWED_DIMENSIONS, MAX_LABEL_LENGTH, Aggregator, MetricsConfig, Series
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
 
-pytestmark = pytest.mark.skipif(series_tally(Series) is None, reason="the compiled tally is not built")
+compiled_only = pytest.mark.skipif(series_tally(Series) is None, reason="the compiled tally is not built")
 
 
 @dataclass(slots=True)
@@ -53,7 +55,7 @@ def record(rnd: random.Random, i: int) -> UsageRecord:
     cls = TaggedRecord if rnd.random() < 0.03 else UsageRecord
     return cls(
         provider=rnd.choice(("openai", "anthropic", "x" * 300)),
-        request_model=rnd.choice(("gpt-4o", "o3", "claude-sonnet-4-5", "m" * 200)),
+        request_model=rnd.choice(("gpt-4o", "o3", "claude-sonnet-4-5", "m" * 200, "")),
         response_model=rnd.choice((None, "gpt-4o-2024-08-06")),
         tokens=TokenCounts(*(count(rnd) for _ in range(5))),
         cost_usd=cost,
@@ -89,6 +91,7 @@ def page(agg: Aggregator) -> bytes:
     return generate_latest(registry)
 
 
+@compiled_only
 @pytest.mark.parametrize("seed", range(4))
 def test_the_compiled_tally_counts_what_the_python_loop_counts(seed: int) -> None:
     rnd = random.Random(seed)
@@ -105,6 +108,7 @@ def test_the_compiled_tally_counts_what_the_python_loop_counts(seed: int) -> Non
     assert compiled.state()["families"]["series"]["overflowed"] > 0  # the overflow series was hit
 
 
+@compiled_only
 def test_restored_series_of_other_number_types_add_up_the_same() -> None:
     """Counters restored from a store (JSON: an int where a float was 0, very large counts) are
     added to as Python adds to them."""
@@ -120,3 +124,25 @@ def test_restored_series_of_other_number_types_add_up_the_same() -> None:
     python, compiled = run(False, batches, state), run(True, batches, state)
     assert repr(compiled.state()) == repr(python.state())
     assert page(compiled) == page(python)
+
+
+def test_label_keys_are_the_records_label_values() -> None:
+    """Each dimension's label is the record's value (model: `UsageRecord.model`), "unknown" when
+    missing, cut to the label length; the memo of keys by raw values gives the same, for every
+    dimension and a few orders of them, also once the memo was full and started over."""
+    rnd = random.Random(2)
+    records = [record(rnd, i) for i in range(400)]
+    dims = sorted(ALLOWED_DIMENSIONS)
+    for dimensions in (mn.DEFAULT_DIMENSIONS, tuple(dims), tuple(reversed(dims)), (mn.MODEL,), (mn.USER,)):
+        agg = Aggregator(
+            MetricsConfig(dimensions=dimensions, max_series_per_metric=2, max_budgeted_series_per_metric=0)
+        )
+        for r in records * 2:
+            expected = tuple(
+                (
+                    (r.model if d == mn.MODEL else getattr(r.attribution, d, None) or getattr(r, d, None))
+                    or "unknown"
+                )[:MAX_LABEL_LENGTH]
+                for d in dimensions
+            )
+            assert agg.key_of(r) == expected, (dimensions, r)

@@ -1321,20 +1321,24 @@ static int tally_one(PyObject *record, PyObject *series, PyObject *buckets, PyOb
     PyObject *tokens = FIELD(record, record_layout, R_TOKENS), *cost = FIELD(record, record_layout, R_COST),
              *attribution = FIELD(record, record_layout, R_ATTRIBUTION),
              *status = FIELD(record, record_layout, R_STATUS), *estimated = FIELD(record, record_layout, R_ESTIMATED);
+    if (!tokens || !cost || !attribution || !status || !estimated) return 0; /* a deleted field: Python raises */
     if (Py_TYPE(tokens) != tokens_layout.type || Py_TYPE(attribution) != attribution_layout.type) return 0;
+    for (int i = 0; i < N_SERIES_FIELDS; i++)
+        if (FIELD(series, series_layout, i) == NULL) return 0;
     if (!(cost == Py_None || PyFloat_CheckExact(cost)) || !(estimated == Py_True || estimated == Py_False) ||
         !PyUnicode_CheckExact(status))
         return 0;
     long long c[N_TOKEN_TYPES];
     for (int i = 0; i < N_TOKEN_TYPES; i++)
-        if (!tally_count(FIELD(tokens, tokens_layout, i), &c[i])) return 0;
+        if (FIELD(tokens, tokens_layout, i) == NULL || !tally_count(FIELD(tokens, tokens_layout, i), &c[i])) return 0;
     PyObject *counts = FIELD(series, series_layout, SE_TOKENS), *hist = FIELD(series, series_layout, SE_BUCKETS);
     Py_ssize_t n_buckets = PyTuple_GET_SIZE(buckets);
     if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != N_TOKEN_TYPES || !PyList_CheckExact(hist) ||
         PyList_GET_SIZE(hist) != n_buckets + 1)
         return 0;
     PyObject *task_id = FIELD(attribution, attribution_layout, A_TASK_ID);
-    int has_task = task_id != Py_None && PyObject_IsTrue(task_id);
+    if (task_id == NULL) return 0;
+    int has_task = task_id == Py_None ? 0 : PyObject_IsTrue(task_id);
     if (has_task < 0) return -1;
     PyObject *input = FIELD(tokens, tokens_layout, 0);
     Py_ssize_t lo = 0, hi = n_buckets; /* bisect_left(buckets, input), as the bisect module compares */

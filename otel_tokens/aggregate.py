@@ -53,6 +53,7 @@ __all__ = [
     "Aggregator",
     "Count",
     "MetricsConfig",
+    "Presummed",
     "Series",
     "Snapshot",
     "TaskSeries",
@@ -125,6 +126,34 @@ def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
 
 def _label(value: str | None) -> str:
     return (value or UNKNOWN)[:MAX_LABEL_LENGTH]
+
+
+#: `Aggregator.presum` of one batch: (records, per series (key, records, tokens by type, requests
+#: ok, requests error, estimated tokens, input buckets, input tokens), each priced record's series
+#: (an index into the former) and cost in record order, unpriced records by (provider, model), each
+#: record's task-instance share in order).
+PresumTask = tuple[str, str | None, str | None, int, float, str]
+Presummed = tuple[
+    int,
+    list[tuple[Key, int, list[int], int, int, int, list[int], int]],
+    tuple[list[int], list[float]],
+    list[tuple[tuple[str, str], int]],
+    list[PresumTask],
+]
+
+
+def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
+    """`get_or_create` for `records` records of one key: a key that is not admitted sends each of
+    them to the overflow series, counted one by one, as `add_many` would."""
+    entry = family.entries.get(key)
+    if entry is not None:
+        entry.last_seen = now
+        return entry
+    entry = family.get_or_create(key, now)
+    for _ in range(records - 1):
+        if key not in family.entries:
+            family.get_or_create(key, now)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -386,6 +415,84 @@ class Aggregator:
                 now,
                 record.model,
             )
+
+    # --- an ingest worker's batch, summed there (collector --workers; see collector/worker_wire.py) ---
+    def presum(self, records: Sequence[UsageRecord]) -> Presummed:
+        """What `add_many(records)` would add, summed per series in order of first appearance, as
+        plain values. An ingest worker computes it; its main process, when the deduper counted the
+        whole batch, adds it with `add_presummed`: per series, not per record. Mirrors `_add_locked`
+        (a test holds the two to the same state for every field a record can set)."""
+        series: dict[Key, list[Any]] = {}
+        cost_series: list[int] = []
+        costs: list[float] = []
+        unpriced: dict[tuple[str, str], int] = {}
+        tasks: list[PresumTask] = []
+        key_of, buckets = self.key_of, self._buckets
+        for record in records:
+            key = key_of(record)
+            s = series.get(key)
+            if s is None:
+                s = series[key] = [0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * (len(buckets) + 1), 0, len(series)]
+            counts = record.tokens
+            cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
+            fresh_input = max(counts.input - cache_read - cache_write, 0)
+            visible_output = max(counts.output - reasoning, 0)
+            tokens = s[1]
+            tokens[0] += fresh_input
+            tokens[1] += visible_output
+            tokens[2] += cache_read
+            tokens[3] += cache_write
+            tokens[4] += reasoning
+            total = fresh_input + visible_output + cache_read + cache_write + reasoning
+            s[0] += 1
+            if record.cost_usd is not None:
+                cost_series.append(s[7])
+                costs.append(record.cost_usd)
+            else:
+                label = (_label(record.provider), _label(record.model))
+                unpriced[label] = unpriced.get(label, 0) + 1
+            s[3 if record.status == "error" else 2] += 1
+            if record.estimated:
+                s[4] += total
+            s[5][bisect_left(buckets, counts.input)] += 1
+            s[6] += counts.input
+            attribution = record.attribution
+            if attribution.task_id:
+                tasks.append((attribution.task_id, attribution.agent, attribution.task, total,
+                              record.cost_usd or 0.0, record.model))  # fmt: skip
+        summed = [(k, *v[:7]) for k, v in series.items()]
+        return (len(records), summed, (cost_series, costs), list(unpriced.items()), tasks)
+
+    def add_presummed(self, presummed: Presummed) -> None:
+        """Count a batch as `presum` summed it: what `add_many` of its records would have counted
+        (one clock read, one lock; each family's keys met in the same order, every record beyond
+        the series limit counted toward the overflow one by one; costs added one by one in record
+        order — several keys may share the overflow series — so the float sums are the same too)."""
+        _, series_rows, (cost_series, costs), unpriced_rows, task_rows = presummed
+        now = self._clock()
+        with self._lock:
+            targets: list[Series] = []
+            for key, n, tokens, ok, error, estimated, buckets, input_sum in series_rows:
+                series = _take(self._series, key, n, now)
+                targets.append(series)
+                totals = series.tokens
+                for i, count in enumerate(tokens):
+                    totals[i] += count
+                series.requests_ok += ok
+                series.requests_error += error
+                series.estimated_tokens += estimated
+                counted = series.input_buckets
+                for i, count in enumerate(buckets):
+                    counted[i] += count
+                series.input_sum += input_sum
+            for at, cost in zip(cost_series, costs, strict=True):
+                targets[at].cost_usd += cost
+            for label, n in unpriced_rows:
+                _take(self._unpriced, label, n, now).value += n
+            for task_id, agent, task, total, cost_usd, model in task_rows:
+                if self._observed_ids:
+                    self._observed_ids.pop(task_id, None)
+                self._tasks.add(task_id, agent, task, total, cost_usd, now, model)
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         """Remember each task's verdicts until it is observed (all passed → passed)."""

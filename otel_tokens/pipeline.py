@@ -55,7 +55,7 @@ from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.aggregate import Aggregator, MetricsConfig, Presummed
 from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
@@ -114,6 +114,7 @@ class Batch:
         "completions",
         "decisions",
         "links",
+        "presummed",
         "records",
         "rejected",
         "result",
@@ -136,6 +137,9 @@ class Batch:
         #: an ingest worker's scan for the main process's tracked walks (see the module docstring)
         self.links: Links | None = None
         self.scopes: Scopes | None = None
+        #: an ingest worker's `Aggregator.presum` of `records`: counted per series when the deduper
+        #: counts every record (collector/worker_wire.py); not journaled (the records are)
+        self.presummed: Presummed | None = None
 
     @property
     def spans_received(self) -> int:
@@ -383,7 +387,8 @@ class Pipeline:
             self._continue_walks(batch.links, batch.scopes or {})
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
-            batch.result.records_counted = self._emit(counted)
+            whole = batch.presummed if len(counted) == len(batch.records) else None
+            batch.result.records_counted = self._emit(counted, whole)
             if batch.walks:
                 self._track(batch.walks)
         self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
@@ -541,10 +546,13 @@ class Pipeline:
             self._pending = deque((d, c) for d, c in self._pending if d > now)
         return due
 
-    def _emit(self, counted: list[UsageRecord]) -> int:
+    def _emit(self, counted: list[UsageRecord], presummed: Presummed | None = None) -> int:
         if not counted:
             return 0
-        self.aggregator.add_many(counted)
+        if presummed is None:
+            self.aggregator.add_many(counted)
+        else:  # the same counts, summed by an ingest worker
+            self.aggregator.add_presummed(presummed)
         for fn in self._listeners:
             for record in counted:
                 try:

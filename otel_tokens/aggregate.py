@@ -35,8 +35,8 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
-from itertools import pairwise
-from operator import attrgetter
+from itertools import pairwise, repeat
+from operator import attrgetter, sub
 from typing import Any
 
 from otel_tokens import metric_names as names
@@ -140,6 +140,18 @@ Presummed = tuple[
     list[tuple[tuple[str, str], int]],
     list[PresumTask],
 ]
+
+
+_token_counts: Callable[[UsageRecord], tuple[int, int, int, int, int]] = attrgetter(
+    "tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_write", "tokens.reasoning"
+)
+
+
+def _cost_error_estimated(record: UsageRecord) -> tuple[float | None, bool, bool]:
+    return record.cost_usd, record.status == "error", record.estimated
+
+
+_attribution: Callable[[UsageRecord], Any] = attrgetter("attribution")
 
 
 def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
@@ -421,47 +433,70 @@ class Aggregator:
         """What `add_many(records)` would add, summed per series in order of first appearance, as
         plain values. An ingest worker computes it; its main process, when the deduper counted the
         whole batch, adds it with `add_presummed`: per series, not per record. Mirrors `_add_locked`
-        (a test holds the two to the same state for every field a record can set)."""
-        series: dict[Key, list[Any]] = {}
-        cost_series: list[int] = []
-        costs: list[float] = []
-        unpriced: dict[tuple[str, str], int] = {}
-        tasks: list[PresumTask] = []
-        key_of, buckets = self.key_of, self._buckets
-        for record in records:
-            key = key_of(record)
-            s = series.get(key)
-            if s is None:
-                s = series[key] = [0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * (len(buckets) + 1), 0, len(series)]
-            counts = record.tokens
-            cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
-            fresh_input = max(counts.input - cache_read - cache_write, 0)
-            visible_output = max(counts.output - reasoning, 0)
-            tokens = s[1]
-            tokens[0] += fresh_input
-            tokens[1] += visible_output
-            tokens[2] += cache_read
-            tokens[3] += cache_write
-            tokens[4] += reasoning
-            total = fresh_input + visible_output + cache_read + cache_write + reasoning
+        (a test holds the two to the same state for every field a record can set), a column at a
+        time where a C loop (`map`) can do the work."""
+        n = len(records)
+        keys = self._keys(records)
+        index: dict[Key, int] = {}
+        group_of = [index.setdefault(key, len(index)) for key in keys]
+        inputs, outputs, cache_read, cache_write, reasoning = list(
+            zip(*map(_token_counts, records), strict=True)
+        )
+        fresh = list(map(max, map(sub, map(sub, inputs, cache_read), cache_write), repeat(0, n)))
+        visible = list(map(max, map(sub, outputs, reasoning), repeat(0, n)))
+        totals = list(map(sum, zip(fresh, visible, cache_read, cache_write, reasoning, strict=True)))
+        buckets = list(map(bisect_left, repeat(self._buckets, n), inputs))
+        costs, errors, estimated = (list(c) for c in zip(*map(_cost_error_estimated, records), strict=True))
+        n_buckets = len(self._buckets) + 1
+        sums = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in index]
+        for g, f, v, r, w, z, total, b, i, error, est in zip(
+            group_of,
+            fresh,
+            visible,
+            cache_read,
+            cache_write,
+            reasoning,
+            totals,
+            buckets,
+            inputs,
+            errors,
+            estimated,
+            strict=True,
+        ):
+            s = sums[g]
             s[0] += 1
-            if record.cost_usd is not None:
-                cost_series.append(s[7])
-                costs.append(record.cost_usd)
-            else:
+            t = s[1]
+            t[0] += f
+            t[1] += v
+            t[2] += r
+            t[3] += w
+            t[4] += z
+            s[3 if error else 2] += 1
+            if est:
+                s[4] += total
+            s[5][b] += 1
+            s[6] += i
+        priced = [i for i, c in enumerate(costs) if c is not None]
+        unpriced: dict[tuple[str, str], int] = {}
+        if len(priced) < n:
+            for record in (records[i] for i, c in enumerate(costs) if c is None):
                 label = (_label(record.provider), _label(record.model))
                 unpriced[label] = unpriced.get(label, 0) + 1
-            s[3 if record.status == "error" else 2] += 1
-            if record.estimated:
-                s[4] += total
-            s[5][bisect_left(buckets, counts.input)] += 1
-            s[6] += counts.input
-            attribution = record.attribution
-            if attribution.task_id:
-                tasks.append((attribution.task_id, attribution.agent, attribution.task, total,
-                              record.cost_usd or 0.0, record.model))  # fmt: skip
-        summed = [(k, *v[:7]) for k, v in series.items()]
-        return (len(records), summed, (cost_series, costs), list(unpriced.items()), tasks)
+        cost_series = list(map(group_of.__getitem__, priced))
+        priced_costs = list(map(costs.__getitem__, priced))
+        tasks: list[PresumTask] = [
+            (a.task_id, a.agent, a.task, total, cost or 0.0, r.model)
+            for r, a, total, cost in zip(records, map(_attribution, records), totals, costs, strict=True)
+            if a.task_id
+        ]
+        summed = [(key, *s) for key, s in zip(index, sums, strict=True)]
+        return (n, summed, (cost_series, priced_costs), list(unpriced.items()), tasks)
+
+    def _keys(self, records: Sequence[UsageRecord]) -> list[Key]:
+        """`key_of` of each record, a column at a time: each distinct value bounded once."""
+        columns = zip(*map(self._label_values, records), strict=True)
+        labels = [list(map({v: _label(v) for v in set(c)}.__getitem__, c)) for c in columns]
+        return list(zip(*labels, strict=True)) if labels else [()] * len(records)
 
     def add_presummed(self, presummed: Presummed) -> None:
         """Count a batch as `presum` summed it: what `add_many` of its records would have counted

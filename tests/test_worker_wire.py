@@ -86,15 +86,20 @@ def test_columns_of_one_value_and_of_equal_values_of_other_types_come_back_as_th
     assert [type(r.cost_usd) for r in _crossed(mixed)] == [int, float, bool]
 
 
-def test_a_subclass_or_an_unhashable_field_travels_whole() -> None:
-    class Tagged(UsageRecord):
-        __slots__ = ("tag",)
+class Tagged(UsageRecord):
+    """A UsageRecord subclass (an extension's record) crosses whole, its own fields too."""
 
+    __slots__ = ("tag",)
+
+
+def test_a_subclass_travels_whole_and_an_odd_value_comes_back_as_it_was() -> None:
     tagged = Tagged("openai", "gpt-4o")
     tagged.tag = "x"
     assert pack_records([tagged])[0] == "objects"
+    (got,) = _crossed([tagged])
+    assert isinstance(got, Tagged) and got.tag == "x" and got == tagged
     odd = UsageRecord("openai", "gpt-4o", service_tier=["flex"])  # type: ignore[arg-type]
-    assert pack_records([odd, odd])[0] == "objects" and _crossed([odd, odd]) == [odd, odd]
+    assert _crossed([odd, odd]) == [odd, odd]
 
 
 def _config(limit: int = 2000) -> MetricsConfig:

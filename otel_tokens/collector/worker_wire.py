@@ -28,7 +28,7 @@ index, so the main process tracks the very record object its deduper holds.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from itertools import repeat
 from operator import attrgetter
@@ -61,11 +61,12 @@ _attribution_values: Callable[[Attribution], tuple[Any, ...]] = attrgetter(*ATTR
 _tokens_of: Callable[[UsageRecord], TokenCounts] = attrgetter("tokens")
 _token_values: Callable[[TokenCounts], tuple[int, ...]] = attrgetter(*_TOKEN_FIELDS)
 _TOKENS_AT, _ATTRIBUTION_AT = _FIELDS.index("tokens"), _FIELDS.index("attribution")
-#: Fields holding a string or None: sent with each distinct string once (see `_text_column`).
+#: Fields holding a string or None (see `_text_column`); the nested ones, sent as their own columns.
 _TEXT = frozenset(
     {"provider", "request_model", "operation", "response_model", "status", "error_type", "service_tier"}
 )
 _TEXT_AT = frozenset(i for i, name in enumerate(_FIELDS) if name in _TEXT)
+_NESTED_AT = (_TOKENS_AT, _ATTRIBUTION_AT)
 #: Each Attribution slot's setter (a frozen dataclass's `__init__` sets its slots the same way).
 _ATTRIBUTION_SETTERS = tuple(getattr(Attribution, name).__set__ for name in ATTRIBUTION_FIELDS)
 
@@ -88,26 +89,16 @@ def pack_records(records: list[UsageRecord]) -> PackedRecords:
     """Records as columns of plain values (see the module docstring)."""
     if not records or any(type(r) is not UsageRecord for r in records):  # a subclass: keep it whole
         return ("objects", records)
-    try:
-        columns = list(zip(*map(_record_of, records), strict=True))
-        tokens = _columns(map(_token_values, map(_tokens_of, records)), ())
-        attributions = _columns(map(_attribution_values, map(_attribution_of, records)), ATTRIBUTION_FIELDS)
-        sent = [
-            (None,)
-            if at in (_TOKENS_AT, _ATTRIBUTION_AT)
-            else _text_column(c)
-            if at in _TEXT_AT
-            else _column(c)
-            for at, c in enumerate(columns)
-        ]
-    except TypeError:  # a text field holding something unhashable (a list): send the records whole
-        return ("objects", records)
+    columns = list(zip(*map(_record_of, records), strict=True))
+    tokens = [_column(c) for c in zip(*map(_token_values, map(_tokens_of, records)), strict=True)]
+    attributions = [
+        _text_column(c) for c in zip(*map(_attribution_values, map(_attribution_of, records)), strict=True)
+    ]
+    sent = [
+        (None,) if at in _NESTED_AT else _text_column(c) if at in _TEXT_AT else _column(c)
+        for at, c in enumerate(columns)
+    ]
     return ("columns", (len(records), sent, tokens, attributions))
-
-
-def _columns(rows: Iterator[tuple[Any, ...]], text: tuple[str, ...]) -> list[Column]:
-    """Rows as columns (all of `text`'s fields hold a string or None)."""
-    return [_text_column(c) if text else _column(c) for c in zip(*rows, strict=True)]
 
 
 def _column(values: tuple[Any, ...]) -> Column:
@@ -119,12 +110,8 @@ def _column(values: tuple[Any, ...]) -> Column:
 
 
 def _text_column(values: tuple[Any, ...]) -> Column:
-    """Strings (or None): each equal string as one object, so pickle sends it once and the main
-    process keeps one copy; the one value they all are, if so."""
-    distinct = dict(zip(values, values, strict=True))
-    if len(distinct) == 1:
-        return values[:1]
-    return tuple(map(distinct.__getitem__, values))
+    """`_column` of strings (or None): no type to tell apart, equal strings are interchangeable."""
+    return values[:1] if values.count(values[0]) == len(values) else values
 
 
 def unpack_records(packed: PackedRecords) -> list[UsageRecord]:

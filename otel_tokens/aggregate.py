@@ -133,9 +133,10 @@ def _label(value: str | None) -> str:
 #: (an index into the former) and cost in record order, unpriced records by (provider, model), each
 #: record's task-instance share in order).
 PresumTask = tuple[str, str | None, str | None, int, float, str]
+PresumSeries = tuple[Key, int, list[int], int, int, int, list[int], int]
 Presummed = tuple[
     int,
-    list[tuple[Key, int, list[int], int, int, int, list[int], int]],
+    list[PresumSeries],
     tuple[list[int], list[float]],
     list[tuple[tuple[str, str], int]],
     list[PresumTask],
@@ -448,7 +449,7 @@ class Aggregator:
         buckets = list(map(bisect_left, repeat(self._buckets, n), inputs))
         costs, errors, estimated = (list(c) for c in zip(*map(_cost_error_estimated, records), strict=True))
         n_buckets = len(self._buckets) + 1
-        sums = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in index]
+        sums: list[list[Any]] = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in index]
         for g, f, v, r, w, z, total, b, i, error, est in zip(
             group_of,
             fresh,
@@ -489,7 +490,9 @@ class Aggregator:
             for r, a, total, cost in zip(records, map(_attribution, records), totals, costs, strict=True)
             if a.task_id
         ]
-        summed = [(key, *s) for key, s in zip(index, sums, strict=True)]
+        summed: list[PresumSeries] = [
+            (key, s[0], s[1], s[2], s[3], s[4], s[5], s[6]) for key, s in zip(index, sums, strict=True)
+        ]
         return (n, summed, (cost_series, priced_costs), list(unpriced.items()), tasks)
 
     def _keys(self, records: Sequence[UsageRecord]) -> list[Key]:

@@ -247,7 +247,7 @@ def _cpu_shares() -> None:
     def run_main(n: int) -> None:
         for _ in range(n):
             rid, _, payload = pickle.loads(next(sent))
-            batch, _ = unpack_batch(payload)
+            batch, _ = unpack_batch(payload, keys_only=True)  # the main process without a data dir
             result = main_side.gate.batch(batch)
             ForkingPickler.dumps((rid, OK, result))
             counted[0] += result.records_counted

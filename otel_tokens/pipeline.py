@@ -114,6 +114,7 @@ class Batch:
         "completions",
         "decisions",
         "links",
+        "materialize",
         "presummed",
         "records",
         "rejected",
@@ -140,6 +141,9 @@ class Batch:
         #: an ingest worker's `Aggregator.presum` of `records`: counted per series when the deduper
         #: counts every record (collector/worker_wire.py); not journaled (the records are)
         self.presummed: Presummed | None = None
+        #: with `presummed`, records may hold their dedupe keys alone: this gives the whole ones
+        #: for those the pipeline counts one by one or hands to listeners
+        self.materialize: Callable[[list[UsageRecord]], list[UsageRecord]] | None = None
 
     @property
     def spans_received(self) -> int:
@@ -388,6 +392,8 @@ class Pipeline:
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
             whole = batch.presummed if len(counted) == len(batch.records) else None
+            if batch.materialize is not None and counted and (whole is None or self._listeners):
+                counted = batch.materialize(counted)
             batch.result.records_counted = self._emit(counted, whole)
             if batch.walks:
                 self._track(batch.walks)

@@ -137,26 +137,50 @@ def _batch(records: list[UsageRecord]) -> Batch:
     return batch
 
 
-def _via_wire(main: Pipeline, worker: Pipeline, records: list[UsageRecord]) -> tuple[int, bool]:
+def _via_wire(
+    main: Pipeline, worker: Pipeline, records: list[UsageRecord], keys_only: bool = True
+) -> tuple[int, bool]:
     """(records counted, whether the worker sent its sums)."""
     packed = pack_batch(_batch(records), None, worker.aggregator.presum)
-    got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)))
+    got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=keys_only)
     return main.gate.batch(got).records_counted, got.presummed is not None
 
 
-def test_the_main_process_counts_a_worker_batch_as_one_process_would_with_resends() -> None:
+@pytest.mark.parametrize(
+    "keys_only", [True, False], ids=["no data dir: key stubs", "data dir: whole records"]
+)
+def test_the_main_process_counts_a_worker_batch_as_one_process_would_with_resends(keys_only: bool) -> None:
     """Whole new batches are added from the worker's sums; a batch with a resend in it (the deduper
     drops a record) is counted record by record: either way the page is the same as one process's,
-    which counts the same batches record by record."""
+    which counts the same batches record by record. A listener (the budget ledger) sees every
+    counted record whole, as one process's listener does."""
     alone, main = _pipelines()
+    seen: dict[str, list[UsageRecord]] = {"alone": [], "main": []}
+    alone.add_listener(seen["alone"].append)
+    main.add_listener(seen["main"].append)
     worker = Pipeline(clock=lambda: CLOCK)
     batches = [_records(150, 1), _records(150, 2), [*_records(150, 2)[:40], *_records(60, 5)]]
-    counted = [_via_wire(main, worker, b) for b in batches]
+    counted = [_via_wire(main, worker, b, keys_only) for b in batches]
     assert counted == [(150, True), (150, True), (60, True)]  # the third: 40 resent, 60 new
     for batch in [_records(150, 1), _records(150, 2), [*_records(150, 2)[:40], *_records(60, 5)]]:
         alone.gate.batch(_batch(batch))
     assert main.aggregator.state() == alone.aggregator.state()
     assert _counted_requests(main) == 360
+    assert seen["main"] == seen["alone"] and len(seen["main"]) == 360
+
+
+def test_without_listeners_a_whole_batch_is_counted_from_its_keys_and_sums_alone() -> None:
+    """The main process's common case: no record is rebuilt whole, and the page is still exact."""
+    alone, main = _pipelines()
+    worker = Pipeline(clock=lambda: CLOCK)
+    packed = pack_batch(_batch(_records(200, 4)), None, worker.aggregator.presum)
+    got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
+    assert packed[1][0] == "keyed" and got.materialize is not None
+    with pytest.raises(AttributeError):
+        got.records[0].tokens  # noqa: B018 - a key stub: nothing but its dedupe keys
+    assert main.gate.batch(got).records_counted == 200
+    alone.gate.batch(_batch(_records(200, 4)))
+    assert main.aggregator.state() == alone.aggregator.state()
 
 
 def test_a_worker_batch_of_held_foreign_spans_is_counted_when_released() -> None:
@@ -182,3 +206,17 @@ def test_every_record_field_is_a_column() -> None:
     record = _records(1)[0]
     (got,) = _crossed([record])
     assert [f.name for f in fields(UsageRecord) if getattr(got, f.name) != getattr(record, f.name)] == []
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_key_stubs_of_one_trace_and_of_a_single_record_keep_their_keys(n: int) -> None:
+    """Columns of one value (a trace's calls, a batch of one) expand back to every record."""
+    records = [
+        UsageRecord("openai", "gpt-4o", trace_id=5, span_id=i + 1, parent_span_id=9, ours=True)
+        for i in range(n)
+    ]
+    packed = pack_batch(_batch(records), None, Pipeline(clock=lambda: CLOCK).aggregator.presum)
+    got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
+    keys = [(r.trace_id, r.span_id, r.parent_span_id, r.ours) for r in got.records]
+    assert keys == [(5, i + 1, 9, True) for i in range(n)]
+    assert got.materialize is not None and got.materialize(got.records) == records

@@ -27,6 +27,7 @@ index, so the main process tracks the very record object its deduper holds.
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
@@ -67,13 +68,18 @@ _TEXT = frozenset(
 )
 _TEXT_AT = frozenset(i for i, name in enumerate(_FIELDS) if name in _TEXT)
 _NESTED_AT = (_TOKENS_AT, _ATTRIBUTION_AT)
+#: What the main process's deduper reads of a record it will not hold (see `unpack_batch`).
+_KEY_FIELDS = ("trace_id", "span_id", "parent_span_id", "ours")
+_KEY_AT = tuple(_FIELDS.index(name) for name in _KEY_FIELDS)
+_KEY_SETTERS = tuple(getattr(UsageRecord, name).__set__ for name in _KEY_FIELDS)
 #: Each Attribution slot's setter (a frozen dataclass's `__init__` sets its slots the same way).
 _ATTRIBUTION_SETTERS = tuple(getattr(Attribution, name).__set__ for name in ATTRIBUTION_FIELDS)
 
 #: One field's values across a batch's records; a 1-tuple when they are all the same value.
 Column = tuple[Any, ...]
 #: Records as they cross the pipe: ("columns", (count, record columns, token columns, attribution
-#: columns)), or ("objects", the records themselves).
+#: columns)), ("keyed", (count, their dedupe keys' columns, the former pickled)), or ("objects",
+#: the records themselves).
 PackedRecords = tuple[str, Any]
 #: An unfinished ancestor walk as it crosses the pipe: (its record's index in the batch, frontier,
 #: agent, workflow, deadline).
@@ -161,11 +167,15 @@ def unpack_walks(records: list[UsageRecord], packed: list[PackedWalk]) -> list[W
 
 def pack_batch(batch: Batch, stats: StatsDelta | None, presum: Presum | None = None) -> PackedBatch:
     """The request for one batch; takes the records and walks out of `batch` (it is not reused).
-    `presum`: sums the records per series for the main process (see the module docstring)."""
+    `presum`: sums the records per series for the main process (see the module docstring); a
+    summed batch's records also travel as their dedupe keys, their columns pickled apart."""
     records = batch.records
     summed = presum(records) if presum is not None and records and not _held_likely(records) else None
     walks, batch.walks = pack_walks(records, batch.walks), []
     packed, batch.records = pack_records(records), []
+    if summed is not None and packed[0] == "columns" and all(r.span_id for r in records):
+        keys = tuple(packed[1][1][at] for at in _KEY_AT)  # columns of the keys, as packed
+        packed = ("keyed", (len(records), keys, pickle.dumps(packed, pickle.HIGHEST_PROTOCOL)))
     return (batch, packed, walks, stats, summed)
 
 
@@ -175,11 +185,45 @@ def _held_likely(records: list[UsageRecord]) -> bool:
     return any(not r.ours and r.parent_span_id for r in records)
 
 
-def unpack_batch(payload: PackedBatch) -> tuple[Batch, StatsDelta | None]:
+def unpack_batch(payload: PackedBatch, *, keys_only: bool = False) -> tuple[Batch, StatsDelta | None]:
     """A batch request as the main process applies it: the batch with its records rebuilt, its
-    unfinished walks pointing at them and its sums; and the worker's stats delta."""
+    unfinished walks pointing at them and its sums; and the worker's stats delta.
+
+    `keys_only` (the main process without a data dir): a summed batch's records are built with
+    their dedupe keys alone (trace, span and parent ids, `ours`: all the deduper reads of a span it
+    will not hold — and it holds none of a summed batch), and `Batch.materialize` builds the whole
+    ones when the pipeline needs them: a listener, or a batch the deduper did not count whole."""
     batch, records, walks, delta, summed = payload
-    batch.records = unpack_records(records)
+    kind, items = records
+    if kind != "keyed":
+        batch.records = unpack_records(records)
+    elif keys_only:
+        n, keys, blob = items
+        batch.records = _stubs(n, keys)
+        batch.materialize = _Materialize(batch.records, blob)
+    else:
+        batch.records = unpack_records(pickle.loads(items[2]))
     batch.walks = unpack_walks(batch.records, walks)
     batch.presummed = summed
     return batch, delta
+
+
+def _stubs(n: int, keys: tuple[Column, ...]) -> list[UsageRecord]:
+    """Records holding their dedupe keys alone, built a column at a time."""
+    stubs: list[UsageRecord] = list(map(object.__new__, repeat(UsageRecord, n)))
+    for setter, column in zip(_KEY_SETTERS, keys, strict=True):
+        deque(map(setter, stubs, _expand(column, n)), maxlen=0)
+    return stubs
+
+
+class _Materialize:
+    """The whole records standing behind a batch's key stubs (see `unpack_batch`)."""
+
+    def __init__(self, stubs: list[UsageRecord], blob: bytes) -> None:
+        self._stubs = stubs
+        self._blob = blob
+
+    def __call__(self, stubs: list[UsageRecord]) -> list[UsageRecord]:
+        whole = unpack_records(pickle.loads(self._blob))
+        at = {id(stub): i for i, stub in enumerate(self._stubs)}
+        return [whole[at[id(stub)]] for stub in stubs]

@@ -214,7 +214,8 @@ class WorkerPool:
     def _apply_one(self, worker: _Worker, rid: int, kind: str, payload: Any) -> None:
         try:
             if kind == BATCH:
-                batch, delta = unpack_batch(payload)
+                keys_only = not isinstance(self.pipeline.gate, Durability)
+                batch, delta = unpack_batch(payload, keys_only=keys_only)
                 if delta is not None:
                     with self._stats_lock:
                         add_stats(self.pipeline.extract_stats, delta)

@@ -222,7 +222,7 @@ def _cpu_shares() -> None:
 
     def worker_side() -> tuple[Pipeline, _CapturedLink]:
         p, link = pipeline(), _CapturedLink()
-        p.gate = RemoteGate(link, p.extract_stats, p.aggregator.presum)  # type: ignore[arg-type]
+        p.gate = RemoteGate(link, p.extract_stats, p.aggregator.presum_columns)  # type: ignore[arg-type]
         return p, link
 
     seed, captured = worker_side()

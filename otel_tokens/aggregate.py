@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from itertools import pairwise, repeat
-from operator import attrgetter, sub
+from operator import attrgetter, eq, sub
 from typing import Any
 
 from otel_tokens import metric_names as names
@@ -143,16 +143,34 @@ Presummed = tuple[
 ]
 
 
-_token_counts: Callable[[UsageRecord], tuple[int, int, int, int, int]] = attrgetter(
-    "tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_write", "tokens.reasoning"
+#: What `Aggregator.presum` reads of a record, its tokens and its attribution (`presum_columns`).
+_PRESUM_FIELDS = (
+    "provider",
+    "request_model",
+    "response_model",
+    "operation",
+    "status",
+    "estimated",
+    "cost_usd",
 )
+_PRESUM_TOKENS = ("input", "output", "cache_read", "cache_write", "reasoning")
+_PRESUM_ATTRIBUTION = ("agent", "task", "task_id", "user", "session", "step", "workflow")
+_presum_values: Callable[[UsageRecord], tuple[Any, ...]] = attrgetter(
+    *_PRESUM_FIELDS,
+    *(f"tokens.{f}" for f in _PRESUM_TOKENS),
+    *(f"attribution.{f}" for f in _PRESUM_ATTRIBUTION),
+)
+#: dimension → the column `presum_columns` reads it from ("model": `UsageRecord.model`'s rule)
+_DIMENSION_FIELDS: dict[str, str] = {names.AGENT: "agent", names.TASK: "task", names.MODEL: "model",
+    names.PROVIDER: "provider", names.USER: "user", names.SESSION: "session", names.WORKFLOW: "workflow",
+    names.STEP: "step", names.OPERATION: "operation"}  # fmt: skip
 
 
-def _cost_error_estimated(record: UsageRecord) -> tuple[float | None, bool, bool]:
-    return record.cost_usd, record.status == "error", record.estimated
-
-
-_attribution: Callable[[UsageRecord], Any] = attrgetter("attribution")
+def _record_columns(records: Sequence[UsageRecord]) -> dict[str, Sequence[Any]]:
+    names_ = (*_PRESUM_FIELDS, *_PRESUM_TOKENS, *_PRESUM_ATTRIBUTION)
+    if not records:
+        return {name: () for name in names_}
+    return dict(zip(names_, zip(*map(_presum_values, records), strict=True), strict=True))
 
 
 def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
@@ -322,6 +340,7 @@ class Aggregator:
         cfg = self.config
         self._clock = clock
         self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in cfg.dimensions])
+        self._dimension_fields = [_DIMENSION_FIELDS[d] for d in cfg.dimensions]
         self._buckets = cfg.input_token_buckets
         self._lock = threading.Lock()
         self.ingest_stats = IngestStats()
@@ -433,37 +452,65 @@ class Aggregator:
     def presum(self, records: Sequence[UsageRecord]) -> Presummed:
         """What `add_many(records)` would add, summed per series in order of first appearance, as
         plain values. An ingest worker computes it; its main process, when the deduper counted the
-        whole batch, adds it with `add_presummed`: per series, not per record. Mirrors `_add_locked`
-        (a test holds the two to the same state for every field a record can set), a column at a
-        time where a C loop (`map`) can do the work."""
-        n = len(records)
-        keys = self._keys(records)
+        whole batch, adds it with `add_presummed`: per series, not per record."""
+        return self.presum_columns(len(records), _record_columns(records))
+
+    def presum_columns(self, n: int, columns: Mapping[str, Sequence[Any]]) -> Presummed:
+        """`presum` of `n` records given as columns, by field name: the record's (`provider`,
+        `request_model`, `response_model`, `operation`, `status`, `estimated`, `cost_usd`), its
+        tokens' and its attribution's (field names do not clash) — an ingest worker has them at
+        hand. Mirrors `_add_locked` (a test holds the two to the same state for every field a
+        record can set), a column at a time where a C loop (`map`) can do the work."""
+        pairs = list(zip(columns["request_model"], columns["response_model"], strict=True))
+        models = list(map({p: p[0] or p[1] or UNKNOWN for p in set(pairs)}.__getitem__, pairs))
+        keys = self._keys(n, [models if f == "model" else columns[f] for f in self._dimension_fields])
         index: dict[Key, int] = {}
         group_of = [index.setdefault(key, len(index)) for key in keys]
-        inputs, outputs, cache_read, cache_write, reasoning = list(
-            zip(*map(_token_counts, records), strict=True)
+        inputs, cache_read, cache_write, reasoning = (
+            columns["input"],
+            columns["cache_read"],
+            columns["cache_write"],
+            columns["reasoning"],
         )
         fresh = list(map(max, map(sub, map(sub, inputs, cache_read), cache_write), repeat(0, n)))
-        visible = list(map(max, map(sub, outputs, reasoning), repeat(0, n)))
+        visible = list(map(max, map(sub, columns["output"], reasoning), repeat(0, n)))
         totals = list(map(sum, zip(fresh, visible, cache_read, cache_write, reasoning, strict=True)))
         buckets = list(map(bisect_left, repeat(self._buckets, n), inputs))
-        costs, errors, estimated = (list(c) for c in zip(*map(_cost_error_estimated, records), strict=True))
+        errors = list(map(eq, columns["status"], repeat("error", n)))
+        sums = self._sum_series(
+            len(index), zip(group_of, fresh, visible, cache_read, cache_write, reasoning, totals, buckets,
+                            inputs, errors, columns["estimated"], strict=True),
+        )  # fmt: skip
+        costs = columns["cost_usd"]
+        priced = [i for i, c in enumerate(costs) if c is not None]
+        unpriced: dict[tuple[str, str], int] = {}
+        for i in (i for i, c in enumerate(costs) if c is None) if len(priced) < n else ():
+            label = (_label(columns["provider"][i]), _label(models[i]))
+            unpriced[label] = unpriced.get(label, 0) + 1
+        tasks: list[PresumTask] = [
+            (task_id, agent, task, total, cost or 0.0, model)
+            for task_id, agent, task, total, cost, model in zip(
+                columns["task_id"], columns["agent"], columns["task"], totals, costs, models, strict=True
+            )
+            if task_id
+        ]
+        summed: list[PresumSeries] = [
+            (key, s[0], s[1], s[2], s[3], s[4], s[5], s[6]) for key, s in zip(index, sums, strict=True)
+        ]
+        cost_series = list(map(group_of.__getitem__, priced))
+        return (n, summed, (cost_series, list(map(costs.__getitem__, priced))), list(unpriced.items()), tasks)
+
+    def _keys(self, n: int, columns: list[Sequence[Any]]) -> list[Key]:
+        """`key_of` of each record from its dimensions' columns: each distinct value bounded once."""
+        labels = [list(map({v: _label(v) for v in set(c)}.__getitem__, c)) for c in columns]
+        return list(zip(*labels, strict=True)) if labels else [()] * n
+
+    def _sum_series(self, n_series: int, rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+        """Per series: records, tokens by type, requests ok, error, estimated tokens, input buckets
+        and input tokens (the part of `_add_locked` a record's numbers make)."""
         n_buckets = len(self._buckets) + 1
-        sums: list[list[Any]] = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in index]
-        for g, f, v, r, w, z, total, b, i, error, est in zip(
-            group_of,
-            fresh,
-            visible,
-            cache_read,
-            cache_write,
-            reasoning,
-            totals,
-            buckets,
-            inputs,
-            errors,
-            estimated,
-            strict=True,
-        ):
+        sums: list[list[Any]] = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in range(n_series)]
+        for g, f, v, r, w, z, total, b, i, error, est in rows:
             s = sums[g]
             s[0] += 1
             t = s[1]
@@ -477,29 +524,7 @@ class Aggregator:
                 s[4] += total
             s[5][b] += 1
             s[6] += i
-        priced = [i for i, c in enumerate(costs) if c is not None]
-        unpriced: dict[tuple[str, str], int] = {}
-        if len(priced) < n:
-            for record in (records[i] for i, c in enumerate(costs) if c is None):
-                label = (_label(record.provider), _label(record.model))
-                unpriced[label] = unpriced.get(label, 0) + 1
-        cost_series = list(map(group_of.__getitem__, priced))
-        priced_costs = list(map(costs.__getitem__, priced))
-        tasks: list[PresumTask] = [
-            (a.task_id, a.agent, a.task, total, cost or 0.0, r.model)
-            for r, a, total, cost in zip(records, map(_attribution, records), totals, costs, strict=True)
-            if a.task_id
-        ]
-        summed: list[PresumSeries] = [
-            (key, s[0], s[1], s[2], s[3], s[4], s[5], s[6]) for key, s in zip(index, sums, strict=True)
-        ]
-        return (n, summed, (cost_series, priced_costs), list(unpriced.items()), tasks)
-
-    def _keys(self, records: Sequence[UsageRecord]) -> list[Key]:
-        """`key_of` of each record, a column at a time: each distinct value bounded once."""
-        columns = zip(*map(self._label_values, records), strict=True)
-        labels = [list(map({v: _label(v) for v in set(c)}.__getitem__, c)) for c in columns]
-        return list(zip(*labels, strict=True)) if labels else [()] * len(records)
+        return sums
 
     def add_presummed(self, presummed: Presummed) -> None:
         """Count a batch as `presum` summed it: what `add_many` of its records would have counted

@@ -16,7 +16,7 @@ from dataclasses import fields
 import pytest
 
 from otel_tokens import metric_names as mn
-from otel_tokens.aggregate import Aggregator, MetricsConfig
+from otel_tokens.aggregate import ALLOWED_DIMENSIONS, Aggregator, MetricsConfig
 from otel_tokens.collector.worker_wire import pack_batch, pack_records, unpack_batch, unpack_records
 from otel_tokens.pipeline import Batch, Pipeline
 from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
@@ -34,13 +34,14 @@ def _records(n: int, seed: int = 3) -> list[UsageRecord]:
         attribution = shared if i % 5 == 0 else Attribution(
             agent=rnd.choice(["planner", "coder", None]), task=rnd.choice(["triage", "fix", None]),
             task_id=rnd.choice([f"run-{rnd.randrange(6)}", None]), user=f"u{rnd.randrange(3)}",
-            session=None, step=str(rnd.randrange(4)), workflow=rnd.choice([None, "wf"]),
+            session=rnd.choice([None, "s1", "s2"]), step=str(rnd.randrange(4)), workflow=rnd.choice([None, "wf"]),
         )  # fmt: skip
         out.append(
             UsageRecord(
                 provider=rnd.choice(["openai", "anthropic"]),
                 request_model=rnd.choice(["gpt-4o", "claude-sonnet-4-5", ""]),
                 response_model=rnd.choice([None, "gpt-4o-2024-08-06"]),
+                operation=rnd.choice(["chat", "embeddings"]),
                 tokens=TokenCounts(
                     rnd.randrange(5000),
                     rnd.randrange(900),
@@ -102,18 +103,22 @@ def test_a_subclass_travels_whole_and_an_odd_value_comes_back_as_it_was() -> Non
     assert _crossed([odd, odd]) == [odd, odd]
 
 
-def _config(limit: int = 2000) -> MetricsConfig:
-    return MetricsConfig(dimensions=(mn.AGENT, mn.TASK, mn.MODEL, mn.PROVIDER), max_series_per_metric=limit)
+EVERY_DIMENSION = tuple(sorted(ALLOWED_DIMENSIONS))
 
 
-@pytest.mark.parametrize("limit", [2000, 3], ids=["within the limit", "beyond the series limit"])
-def test_presummed_counts_equal_counting_record_by_record(limit: int) -> None:
+def _config(limit: int = 2000, dimensions: tuple[str, ...] = mn.DEFAULT_DIMENSIONS) -> MetricsConfig:
+    return MetricsConfig(dimensions=dimensions, max_series_per_metric=limit)
+
+
+@pytest.mark.parametrize(
+    ("limit", "dimensions"),
+    [(2000, mn.DEFAULT_DIMENSIONS), (3, mn.DEFAULT_DIMENSIONS), (2000, EVERY_DIMENSION)],
+    ids=["within the limit", "beyond the series limit", "every dimension"],
+)
+def test_presummed_counts_equal_counting_record_by_record(limit: int, dimensions: tuple[str, ...]) -> None:
     """Every counter the aggregator keeps (its whole `state()`): tokens by type, cost to the last
     bit, requests, estimated tokens, input buckets, unpriced records, task instances, overflow."""
-    one_by_one, summed = (
-        Aggregator(_config(limit), clock=lambda: CLOCK),
-        Aggregator(_config(limit), clock=lambda: CLOCK),
-    )
+    one_by_one, summed = (Aggregator(_config(limit, dimensions), clock=lambda: CLOCK) for _ in range(2))
     for agg in (one_by_one, summed):
         agg.always_admit({mn.AGENT: ["coder"]})
         agg.complete_tasks([TaskCompletion("run-2", "fix", "coder")])  # run-2 observed: a new run follows
@@ -141,7 +146,7 @@ def _via_wire(
     main: Pipeline, worker: Pipeline, records: list[UsageRecord], keys_only: bool = True
 ) -> tuple[int, bool]:
     """(records counted, whether the worker sent its sums)."""
-    packed = pack_batch(_batch(records), None, worker.aggregator.presum)
+    packed = pack_batch(_batch(records), None, worker.aggregator.presum_columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=keys_only)
     return main.gate.batch(got).records_counted, got.presummed is not None
 
@@ -173,7 +178,7 @@ def test_without_listeners_a_whole_batch_is_counted_from_its_keys_and_sums_alone
     """The main process's common case: no record is rebuilt whole, and the page is still exact."""
     alone, main = _pipelines()
     worker = Pipeline(clock=lambda: CLOCK)
-    packed = pack_batch(_batch(_records(200, 4)), None, worker.aggregator.presum)
+    packed = pack_batch(_batch(_records(200, 4)), None, worker.aggregator.presum_columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
     assert packed[1][0] == "keyed" and got.materialize is not None
     with pytest.raises(AttributeError):
@@ -215,7 +220,7 @@ def test_key_stubs_of_one_trace_and_of_a_single_record_keep_their_keys(n: int) -
         UsageRecord("openai", "gpt-4o", trace_id=5, span_id=i + 1, parent_span_id=9, ours=True)
         for i in range(n)
     ]
-    packed = pack_batch(_batch(records), None, Pipeline(clock=lambda: CLOCK).aggregator.presum)
+    packed = pack_batch(_batch(records), None, Pipeline(clock=lambda: CLOCK).aggregator.presum_columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
     keys = [(r.trace_id, r.span_id, r.parent_span_id, r.ours) for r in got.records]
     assert keys == [(5, i + 1, 9, True) for i in range(n)]

@@ -89,7 +89,7 @@ def run_worker(
     pipeline = Pipeline(
         config.metrics_config(), dedupe=config.dedupe_config(), max_tokens_per_call=config.max_tokens_per_call
     )
-    pipeline.gate = RemoteGate(link, pipeline.extract_stats, pipeline.aggregator.presum)
+    pipeline.gate = RemoteGate(link, pipeline.extract_stats, pipeline.aggregator.presum_columns)
     # while the main process tracks ancestor walks, batches carry their spans' links there
     pipeline.walks_elsewhere = lambda: bool(main_walks.value)
     settle_gc()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from itertools import repeat
 from operator import attrgetter
@@ -87,8 +87,8 @@ PackedWalk = tuple[int, int, str | None, str | None, float]
 #: A `RemoteGate.batch` request: the batch without records, walks or sums, its records, its walks,
 #: the worker's extractor stats since its last batch, and the records' `Aggregator.presum`.
 PackedBatch = tuple[Batch, PackedRecords, list[PackedWalk], StatsDelta | None, Presummed | None]
-#: What sums a batch's records per series (the worker pipeline's `Aggregator.presum`).
-Presum = Callable[[Sequence[UsageRecord]], Presummed]
+#: What sums a batch's records per series from their columns (`Aggregator.presum_columns`).
+Presum = Callable[[int, Mapping[str, Sequence[Any]]], Presummed]
 
 
 def pack_records(records: list[UsageRecord]) -> PackedRecords:
@@ -167,15 +167,25 @@ def unpack_walks(records: list[UsageRecord], packed: list[PackedWalk]) -> list[W
 
 def pack_batch(batch: Batch, stats: StatsDelta | None, presum: Presum | None = None) -> PackedBatch:
     """The request for one batch; takes the records and walks out of `batch` (it is not reused).
-    `presum`: sums the records per series for the main process (see the module docstring); a
-    summed batch's records also travel as their dedupe keys, their columns pickled apart."""
+    `presum`: sums the records per series for the main process, from their columns (see the module
+    docstring); a summed batch's records also travel as their dedupe keys, their columns pickled
+    apart."""
     records = batch.records
-    summed = presum(records) if presum is not None and records and not _held_likely(records) else None
     walks, batch.walks = pack_walks(records, batch.walks), []
     packed, batch.records = pack_records(records), []
-    if summed is not None and packed[0] == "columns" and all(r.span_id for r in records):
-        keys = tuple(packed[1][1][at] for at in _KEY_AT)  # columns of the keys, as packed
-        packed = ("keyed", (len(records), keys, pickle.dumps(packed, pickle.HIGHEST_PROTOCOL)))
+    if presum is None or packed[0] != "columns" or _held_likely(records):
+        return (batch, packed, walks, stats, None)
+    n, columns, tokens, attributions = packed[1]
+    named = zip(
+        (*_FIELDS, *_TOKEN_FIELDS, *ATTRIBUTION_FIELDS), (*columns, *tokens, *attributions), strict=True
+    )
+    try:
+        summed = presum(n, {name: c if len(c) == n else c * n for name, c in named})
+    except TypeError:  # a label holding something unhashable: the main process counts the records
+        return (batch, packed, walks, stats, None)
+    if all(r.span_id for r in records):
+        keys = tuple(columns[at] for at in _KEY_AT)  # the keys' columns, as packed
+        packed = ("keyed", (n, keys, pickle.dumps(packed, pickle.HIGHEST_PROTOCOL)))
     return (batch, packed, walks, stats, summed)
 
 

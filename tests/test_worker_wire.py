@@ -34,7 +34,8 @@ def _records(n: int, seed: int = 3) -> list[UsageRecord]:
         attribution = shared if i % 5 == 0 else Attribution(
             agent=rnd.choice(["planner", "coder", None]), task=rnd.choice(["triage", "fix", None]),
             task_id=rnd.choice([f"run-{rnd.randrange(6)}", None]), user=f"u{rnd.randrange(3)}",
-            session=rnd.choice([None, "s1", "s2"]), step=str(rnd.randrange(4)), workflow=rnd.choice([None, "wf"]),
+            session=rnd.choice([None, "s1", "s2"]), step=str(rnd.randrange(4)),
+            workflow=rnd.choice([None, "wf"]),
         )  # fmt: skip
         out.append(
             UsageRecord(

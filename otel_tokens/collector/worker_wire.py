@@ -1,24 +1,29 @@
 """How an ingest worker's extracted batch crosses the pipe to the main process, cheaply.
 
 The main process of `collector --workers N` is the serial part: every span any worker decoded is
-rebuilt, deduplicated and counted there, so whatever it does per span caps the whole collector.
-Two things keep that small (measured on the benchmark's payload, in process: 5.5 µs a span before,
-of which rebuilding records 2.1 µs and counting them 1.7 µs):
+deduplicated and counted there, so whatever it does per span caps the whole collector. Measured on
+the benchmark's payload, in process: it spent 5.5 µs a span (unpickling 0.8, rebuilding records
+2.1 — Attribution's frozen `__init__` alone 0.55 —, dedupe 1.0, counting 1.7), as much as one
+process doing everything; now ~2.4 µs. Three things do it:
 
 - **Records cross as columns.** The pipe pickles what it is given, and pickling objects runs
   Python code per object both ways. So a batch's records cross as one column of plain values per
-  field (a column whose values are all the same as a single value; text columns with each distinct
-  string once, so pickle sends it once). The main process builds every record, its `TokenCounts`
-  and its `Attribution` with `map` over the columns — no Python loop per record; an `Attribution`
-  through its slots' setters, as its frozen `__init__` would, at half the cost. The records it
-  holds are exactly the ones the worker extracted (a test sends one with every field set). A
-  `UsageRecord` subclass, should one ever reach a worker's gate, travels whole.
-- **Counts cross summed.** The worker adds the batch up per series (`Aggregator.presum`: label
-  keys, disjoint token counts, buckets, cost in order); when the main process's deduper counts
-  every record of the batch — the common case, a batch of new calls — it adds those sums
-  (`Aggregator.add_presummed`, per series, not per record); otherwise (a resend, a held span) it
-  counts the records it kept, as one process would. Not summed: batches of foreign spans with a
-  parent, which the deduper holds anyway.
+  field (a column whose values are all the same as a single value), rebuilt with `map` over the
+  columns — no Python loop per record; an `Attribution` through its slots' setters, as its frozen
+  `__init__` would, at half the cost. The records rebuilt are exactly the ones the worker extracted
+  (a test sends one with every field set). A `UsageRecord` subclass, should one ever reach a
+  worker's gate, travels whole.
+- **Counts cross summed.** The worker adds the batch up per series from those columns
+  (`Aggregator.presum_columns`: label keys, disjoint token counts, buckets, costs in record order,
+  task shares); when the main process's deduper counts every record of the batch — the common
+  case, a batch of new calls — it adds those sums (`Aggregator.add_presummed`, per series, not per
+  record); otherwise (a resend) it counts the records as one process would. Not summed: batches
+  with foreign spans that have a parent, which the deduper holds anyway.
+- **Records are rebuilt only when needed.** A summed batch also crosses as its dedupe keys' columns
+  (trace, span and parent ids, `ours`), its record columns pickled apart. Without a data dir the
+  main process builds key stubs — all the deduper reads of a span it will not hold — and
+  `Batch.materialize` rebuilds the whole records only for a listener (the budget ledger) or a batch
+  not counted whole; with a data dir the journal needs them, so they are rebuilt at once.
 
 The rest of a `Batch` — counts, rejections, completions, verdicts, a worker's scan for the main
 process's ancestor walks — is small and pickled as it is. Unfinished walks travel as their record's

@@ -5,11 +5,12 @@
 a port in use fails start-up with the usual message, and port 0 resolves once), then starts N worker
 processes (`spawn`, so no thread or grpc state is forked). Each worker accepts on the shared HTTP
 socket, binds gRPC on the reserved port with SO_REUSEPORT, and decodes and extracts there — the
-CPU-heavy part, now in parallel. What it extracted (a `Batch`: records, rejections, task
-completions) goes over a pipe to the main process (worker_link.py; packed by worker_wire.py so that
-crossing costs a fraction of extracting), which applies it through its one pipeline's gate: dedupe,
-counters, budget ledger, journal. The guard's decision events found in a worker's spans travel in
-the batch and are counted (and journaled) there too. So `/metrics`, the ledger and the data dir stay
+CPU-heavy part, now in parallel, with as much of the counting as can be done before dedupe: the
+batch summed per series. What it extracted (a `Batch`: records, their sums, rejections, task
+completions) goes over a pipe to the main process (worker_link.py; packed by worker_wire.py), which
+applies it through its one pipeline's gate: dedupe, counters, budget ledger, journal. The guard's
+decision events found in a worker's spans travel in the batch and are counted (and journaled) there
+too. So `/metrics`, the ledger and the data dir stay
 single and exact, and a worker answers an export only after the main process acknowledged it (with
 a data dir: after it is on disk).
 

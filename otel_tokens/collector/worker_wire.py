@@ -76,6 +76,7 @@ _NESTED_AT = (_TOKENS_AT, _ATTRIBUTION_AT)
 #: What the main process's deduper reads of a record it will not hold (see `unpack_batch`).
 _KEY_FIELDS = ("trace_id", "span_id", "parent_span_id", "ours")
 _KEY_AT = tuple(_FIELDS.index(name) for name in _KEY_FIELDS)
+_SPAN_AT, _PARENT_AT, _OURS_AT = _KEY_AT[1:]
 _KEY_SETTERS = tuple(getattr(UsageRecord, name).__set__ for name in _KEY_FIELDS)
 #: Each Attribution slot's setter (a frozen dataclass's `__init__` sets its slots the same way).
 _ATTRIBUTION_SETTERS = tuple(getattr(Attribution, name).__set__ for name in ATTRIBUTION_FIELDS)
@@ -178,9 +179,11 @@ def pack_batch(batch: Batch, stats: StatsDelta | None, presum: Presum | None = N
     records = batch.records
     walks, batch.walks = pack_walks(records, batch.walks), []
     packed, batch.records = pack_records(records), []
-    if presum is None or packed[0] != "columns" or _held_likely(records):
+    if presum is None or packed[0] != "columns":
         return (batch, packed, walks, stats, None)
     n, columns, tokens, attributions = packed[1]
+    if _held_likely(n, columns):
+        return (batch, packed, walks, stats, None)
     named = zip(
         (*_FIELDS, *_TOKEN_FIELDS, *ATTRIBUTION_FIELDS), (*columns, *tokens, *attributions), strict=True
     )
@@ -188,16 +191,19 @@ def pack_batch(batch: Batch, stats: StatsDelta | None, presum: Presum | None = N
         summed = presum(n, {name: c if len(c) == n else c * n for name, c in named})
     except TypeError:  # a label holding something unhashable: the main process counts the records
         return (batch, packed, walks, stats, None)
-    if all(r.span_id for r in records):
+    if 0 not in columns[_SPAN_AT]:  # every record has a span id (else it is deduped by content)
         keys = tuple(columns[at] for at in _KEY_AT)  # the keys' columns, as packed
         packed = ("keyed", (n, keys, pickle.dumps(packed, pickle.HIGHEST_PROTOCOL)))
     return (batch, packed, walks, stats, summed)
 
 
-def _held_likely(records: list[UsageRecord]) -> bool:
+def _held_likely(n: int, columns: list[Column]) -> bool:
     """A foreign span with a parent: the main process's deduper holds it (so the batch is not
     counted whole), unless its memory of held spans is full or holding is off."""
-    return any(not r.ours and r.parent_span_id for r in records)
+    ours, parents = columns[_OURS_AT], columns[_PARENT_AT]
+    if len(ours) == 1 and ours[0]:  # all ours (the common case): none held
+        return False
+    return any(not o and p for o, p in zip(_expand(ours, n), _expand(parents, n), strict=False))
 
 
 def unpack_batch(payload: PackedBatch, *, keys_only: bool = False) -> tuple[Batch, StatsDelta | None]:

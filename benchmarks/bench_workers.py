@@ -209,6 +209,7 @@ def _cpu_shares() -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
     from otel_tokens.collector import CollectorConfig
+    from otel_tokens.collector.presum import Presum
     from otel_tokens.collector.worker_link import OK, RemoteGate, unpack_batch
     from otel_tokens.collector.worker_process import settle_gc
     from otel_tokens.pipeline import Pipeline
@@ -222,7 +223,7 @@ def _cpu_shares() -> None:
 
     def worker_side() -> tuple[Pipeline, _CapturedLink]:
         p, link = pipeline(), _CapturedLink()
-        p.gate = RemoteGate(link, p.extract_stats, p.aggregator.presum_columns)  # type: ignore[arg-type]
+        p.gate = RemoteGate(link, p.extract_stats, Presum(p.config).columns)  # type: ignore[arg-type]
         return p, link
 
     seed, captured = worker_side()

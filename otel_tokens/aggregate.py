@@ -35,9 +35,9 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
-from itertools import pairwise, repeat
-from operator import attrgetter, eq, sub
-from typing import Any
+from itertools import pairwise
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from otel_tokens import metric_names as names
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
@@ -46,6 +46,9 @@ from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
 from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
 
+if TYPE_CHECKING:
+    from otel_tokens.collector.presum import Presummed
+
 __all__ = [
     "ALLOWED_DIMENSIONS",
     "OVERFLOW",
@@ -53,7 +56,6 @@ __all__ = [
     "Aggregator",
     "Count",
     "MetricsConfig",
-    "Presummed",
     "Series",
     "Snapshot",
     "TaskSeries",
@@ -126,51 +128,6 @@ def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
 
 def _label(value: str | None) -> str:
     return (value or UNKNOWN)[:MAX_LABEL_LENGTH]
-
-
-#: `Aggregator.presum` of one batch: (records, per series (key, records, tokens by type, requests
-#: ok, requests error, estimated tokens, input buckets, input tokens), each priced record's series
-#: (an index into the former) and cost in record order, unpriced records by (provider, model), each
-#: record's task-instance share in order).
-PresumTask = tuple[str, str | None, str | None, int, float, str]
-PresumSeries = tuple[Key, int, list[int], int, int, int, list[int], int]
-Presummed = tuple[
-    int,
-    list[PresumSeries],
-    tuple[list[int], list[float]],
-    list[tuple[tuple[str, str], int]],
-    list[PresumTask],
-]
-
-
-#: What `Aggregator.presum` reads of a record, its tokens and its attribution (`presum_columns`).
-_PRESUM_FIELDS = (
-    "provider",
-    "request_model",
-    "response_model",
-    "operation",
-    "status",
-    "estimated",
-    "cost_usd",
-)
-_PRESUM_TOKENS = ("input", "output", "cache_read", "cache_write", "reasoning")
-_PRESUM_ATTRIBUTION = ("agent", "task", "task_id", "user", "session", "step", "workflow")
-_presum_values: Callable[[UsageRecord], tuple[Any, ...]] = attrgetter(
-    *_PRESUM_FIELDS,
-    *(f"tokens.{f}" for f in _PRESUM_TOKENS),
-    *(f"attribution.{f}" for f in _PRESUM_ATTRIBUTION),
-)
-#: dimension → the column `presum_columns` reads it from ("model": `UsageRecord.model`'s rule)
-_DIMENSION_FIELDS: dict[str, str] = {names.AGENT: "agent", names.TASK: "task", names.MODEL: "model",
-    names.PROVIDER: "provider", names.USER: "user", names.SESSION: "session", names.WORKFLOW: "workflow",
-    names.STEP: "step", names.OPERATION: "operation"}  # fmt: skip
-
-
-def _record_columns(records: Sequence[UsageRecord]) -> dict[str, Sequence[Any]]:
-    names_ = (*_PRESUM_FIELDS, *_PRESUM_TOKENS, *_PRESUM_ATTRIBUTION)
-    if not records:
-        return {name: () for name in names_}
-    return dict(zip(names_, zip(*map(_presum_values, records), strict=True), strict=True))
 
 
 def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
@@ -340,7 +297,6 @@ class Aggregator:
         cfg = self.config
         self._clock = clock
         self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in cfg.dimensions])
-        self._dimension_fields = [_DIMENSION_FIELDS[d] for d in cfg.dimensions]
         self._buckets = cfg.input_token_buckets
         self._lock = threading.Lock()
         self.ingest_stats = IngestStats()
@@ -448,89 +404,13 @@ class Aggregator:
                 record.model,
             )
 
-    # --- an ingest worker's batch, summed there (collector --workers; see collector/worker_wire.py) ---
-    def presum(self, records: Sequence[UsageRecord]) -> Presummed:
-        """What `add_many(records)` would add, summed per series in order of first appearance, as
-        plain values. An ingest worker computes it; its main process, when the deduper counted the
-        whole batch, adds it with `add_presummed`: per series, not per record."""
-        return self.presum_columns(len(records), _record_columns(records))
-
-    def presum_columns(self, n: int, columns: Mapping[str, Sequence[Any]]) -> Presummed:
-        """`presum` of `n` records given as columns, by field name: the record's (`provider`,
-        `request_model`, `response_model`, `operation`, `status`, `estimated`, `cost_usd`), its
-        tokens' and its attribution's (field names do not clash) — an ingest worker has them at
-        hand. Mirrors `_add_locked` (a test holds the two to the same state for every field a
-        record can set), a column at a time where a C loop (`map`) can do the work."""
-        pairs = list(zip(columns["request_model"], columns["response_model"], strict=True))
-        models = list(map({p: p[0] or p[1] or UNKNOWN for p in set(pairs)}.__getitem__, pairs))
-        keys = self._keys(n, [models if f == "model" else columns[f] for f in self._dimension_fields])
-        index: dict[Key, int] = {}
-        group_of = [index.setdefault(key, len(index)) for key in keys]
-        inputs, cache_read, cache_write, reasoning = (
-            columns["input"],
-            columns["cache_read"],
-            columns["cache_write"],
-            columns["reasoning"],
-        )
-        fresh = list(map(max, map(sub, map(sub, inputs, cache_read), cache_write), repeat(0, n)))
-        visible = list(map(max, map(sub, columns["output"], reasoning), repeat(0, n)))
-        totals = list(map(sum, zip(fresh, visible, cache_read, cache_write, reasoning, strict=True)))
-        buckets = list(map(bisect_left, repeat(self._buckets, n), inputs))
-        errors = list(map(eq, columns["status"], repeat("error", n)))
-        sums = self._sum_series(
-            len(index), zip(group_of, fresh, visible, cache_read, cache_write, reasoning, totals, buckets,
-                            inputs, errors, columns["estimated"], strict=True),
-        )  # fmt: skip
-        costs = columns["cost_usd"]
-        priced = [i for i, c in enumerate(costs) if c is not None]
-        unpriced: dict[tuple[str, str], int] = {}
-        for i in (i for i, c in enumerate(costs) if c is None) if len(priced) < n else ():
-            label = (_label(columns["provider"][i]), _label(models[i]))
-            unpriced[label] = unpriced.get(label, 0) + 1
-        tasks: list[PresumTask] = [
-            (task_id, agent, task, total, cost or 0.0, model)
-            for task_id, agent, task, total, cost, model in zip(
-                columns["task_id"], columns["agent"], columns["task"], totals, costs, models, strict=True
-            )
-            if task_id
-        ]
-        summed: list[PresumSeries] = [
-            (key, s[0], s[1], s[2], s[3], s[4], s[5], s[6]) for key, s in zip(index, sums, strict=True)
-        ]
-        cost_series = list(map(group_of.__getitem__, priced))
-        return (n, summed, (cost_series, list(map(costs.__getitem__, priced))), list(unpriced.items()), tasks)
-
-    def _keys(self, n: int, columns: list[Sequence[Any]]) -> list[Key]:
-        """`key_of` of each record from its dimensions' columns: each distinct value bounded once."""
-        labels = [list(map({v: _label(v) for v in set(c)}.__getitem__, c)) for c in columns]
-        return list(zip(*labels, strict=True)) if labels else [()] * n
-
-    def _sum_series(self, n_series: int, rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-        """Per series: records, tokens by type, requests ok, error, estimated tokens, input buckets
-        and input tokens (the part of `_add_locked` a record's numbers make)."""
-        n_buckets = len(self._buckets) + 1
-        sums: list[list[Any]] = [[0, [0, 0, 0, 0, 0], 0, 0, 0, [0] * n_buckets, 0] for _ in range(n_series)]
-        for g, f, v, r, w, z, total, b, i, error, est in rows:
-            s = sums[g]
-            s[0] += 1
-            t = s[1]
-            t[0] += f
-            t[1] += v
-            t[2] += r
-            t[3] += w
-            t[4] += z
-            s[3 if error else 2] += 1
-            if est:
-                s[4] += total
-            s[5][b] += 1
-            s[6] += i
-        return sums
-
+    # --- an ingest worker's batch, summed there (collector/presum.py) ---------------------------
     def add_presummed(self, presummed: Presummed) -> None:
-        """Count a batch as `presum` summed it: what `add_many` of its records would have counted
-        (one clock read, one lock; each family's keys met in the same order, every record beyond
-        the series limit counted toward the overflow one by one; costs added one by one in record
-        order — several keys may share the overflow series — so the float sums are the same too)."""
+        """Count a batch as an ingest worker summed it (`collector/presum.py`): what `add_many` of
+        its records would have counted. One clock read, one lock; each family's keys met in the
+        same order, every record beyond the series limit counted toward the overflow one by one;
+        costs added one by one in record order (several keys may share the overflow series), so the
+        float sums are the same too."""
         _, series_rows, (cost_series, costs), unpriced_rows, task_rows = presummed
         now = self._clock()
         with self._lock:

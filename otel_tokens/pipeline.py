@@ -55,7 +55,7 @@ from prometheus_client.registry import Collector
 
 from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.aggregate import Aggregator, MetricsConfig, Presummed
+from otel_tokens.aggregate import Aggregator, MetricsConfig
 from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
@@ -76,6 +76,8 @@ from otel_tokens.record import Record, TaskCompletion, UsageRecord, Verdict
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
+
+    from otel_tokens.collector.presum import Presummed
 
 __all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
@@ -138,7 +140,7 @@ class Batch:
         #: an ingest worker's scan for the main process's tracked walks (see the module docstring)
         self.links: Links | None = None
         self.scopes: Scopes | None = None
-        #: an ingest worker's `Aggregator.presum` of `records`: counted per series when the deduper
+        #: an ingest worker's sums of `records` (collector/presum.py): counted per series when the deduper
         #: counts every record (collector/worker_wire.py); not journaled (the records are)
         self.presummed: Presummed | None = None
         #: with `presummed`, records may hold their dedupe keys alone: this gives the whole ones

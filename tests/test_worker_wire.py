@@ -1,7 +1,7 @@
 """What an ingest worker sends the main process (`collector --workers N`) counts as one process would.
 
 The wire (collector/worker_wire.py) carries a batch's records as columns and, summed per series by
-the worker (`Aggregator.presum`), their counts; the main process adds those sums when its deduper
+the worker (collector/presum.py), their counts; the main process adds those sums when its deduper
 counts the whole batch. What a user would check, without processes: the records rebuilt are the
 records sent, and the counters — every field the aggregator keeps, overflow and task instances
 included — are the same as counting the records one by one.
@@ -17,6 +17,7 @@ import pytest
 
 from otel_tokens import metric_names as mn
 from otel_tokens.aggregate import ALLOWED_DIMENSIONS, Aggregator, MetricsConfig
+from otel_tokens.collector.presum import Presum
 from otel_tokens.collector.worker_wire import pack_batch, pack_records, unpack_batch, unpack_records
 from otel_tokens.pipeline import Batch, Pipeline
 from otel_tokens.record import Attribution, TaskCompletion, TokenCounts, UsageRecord
@@ -126,7 +127,7 @@ def test_presummed_counts_equal_counting_record_by_record(limit: int, dimensions
     batches = [_records(200, seed) for seed in range(4)]
     for batch in batches:
         one_by_one.add_many(batch)
-        summed.add_presummed(pickle.loads(pickle.dumps(summed.presum(batch), protocol=5)))
+        summed.add_presummed(pickle.loads(pickle.dumps(Presum(summed.config).records(batch), protocol=5)))
     assert summed.state() == one_by_one.state()
     if limit == 3:
         assert summed.state()["families"]["series"]["overflowed"] > 0
@@ -147,7 +148,7 @@ def _via_wire(
     main: Pipeline, worker: Pipeline, records: list[UsageRecord], keys_only: bool = True
 ) -> tuple[int, bool]:
     """(records counted, whether the worker sent its sums)."""
-    packed = pack_batch(_batch(records), None, worker.aggregator.presum_columns)
+    packed = pack_batch(_batch(records), None, Presum(worker.config).columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=keys_only)
     return main.gate.batch(got).records_counted, got.presummed is not None
 
@@ -179,7 +180,7 @@ def test_without_listeners_a_whole_batch_is_counted_from_its_keys_and_sums_alone
     """The main process's common case: no record is rebuilt whole, and the page is still exact."""
     alone, main = _pipelines()
     worker = Pipeline(clock=lambda: CLOCK)
-    packed = pack_batch(_batch(_records(200, 4)), None, worker.aggregator.presum_columns)
+    packed = pack_batch(_batch(_records(200, 4)), None, Presum(worker.config).columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
     assert packed[1][0] == "keyed" and got.materialize is not None
     with pytest.raises(AttributeError):
@@ -221,7 +222,7 @@ def test_key_stubs_of_one_trace_and_of_a_single_record_keep_their_keys(n: int) -
         UsageRecord("openai", "gpt-4o", trace_id=5, span_id=i + 1, parent_span_id=9, ours=True)
         for i in range(n)
     ]
-    packed = pack_batch(_batch(records), None, Pipeline(clock=lambda: CLOCK).aggregator.presum_columns)
+    packed = pack_batch(_batch(records), None, Presum(MetricsConfig()).columns)
     got, _ = unpack_batch(pickle.loads(pickle.dumps(packed, protocol=5)), keys_only=True)
     keys = [(r.trace_id, r.span_id, r.parent_span_id, r.ours) for r in got.records]
     assert keys == [(5, i + 1, 9, True) for i in range(n)]

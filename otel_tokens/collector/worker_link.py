@@ -134,7 +134,7 @@ class WorkerLink:
 class RemoteGate:
     """A worker pipeline's gate: every change goes to the main process's gate (see the module
     docstring). The extractor's self-metrics counted since the last batch travel with it, and, with
-    `presum` (the worker pipeline's `Aggregator.presum`), its records summed per series."""
+    `presum` (`Presum.columns` of the collector's metrics config), its records summed per series."""
 
     def __init__(self, link: WorkerLink, stats: ExtractStats, presum: Presum | None = None) -> None:
         self._link = link

@@ -14,7 +14,7 @@ process doing everything; now ~2.4 µs. Three things do it:
   (a test sends one with every field set). A `UsageRecord` subclass, should one ever reach a
   worker's gate, travels whole.
 - **Counts cross summed.** The worker adds the batch up per series from those columns
-  (`Aggregator.presum_columns`: label keys, disjoint token counts, buckets, costs in record order,
+  (`collector/presum.py`: label keys, disjoint token counts, buckets, costs in record order,
   task shares); when the main process's deduper counts every record of the batch — the common
   case, a batch of new calls — it adds those sums (`Aggregator.add_presummed`, per series, not per
   record); otherwise (a resend) it counts the records as one process would. Not summed: batches
@@ -40,8 +40,8 @@ from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
-from otel_tokens.aggregate import Presummed
 from otel_tokens.ancestry import Walk
+from otel_tokens.collector.presum import Presummed
 from otel_tokens.pipeline import Batch
 from otel_tokens.record import ATTRIBUTION_FIELDS, Attribution, TokenCounts, UsageRecord
 
@@ -91,9 +91,9 @@ PackedRecords = tuple[str, Any]
 #: agent, workflow, deadline).
 PackedWalk = tuple[int, int, str | None, str | None, float]
 #: A `RemoteGate.batch` request: the batch without records, walks or sums, its records, its walks,
-#: the worker's extractor stats since its last batch, and the records' `Aggregator.presum`.
+#: the worker's extractor stats since its last batch, and the records summed (`collector/presum.py`).
 PackedBatch = tuple[Batch, PackedRecords, list[PackedWalk], StatsDelta | None, Presummed | None]
-#: What sums a batch's records per series from their columns (`Aggregator.presum_columns`).
+#: What sums a batch's records per series from their columns (`Presum.columns`).
 Presum = Callable[[int, Mapping[str, Sequence[Any]]], Presummed]
 
 

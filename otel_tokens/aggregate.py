@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from itertools import pairwise
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_tokens import metric_names as names
 from otel_tokens.accelerator import series_tally
@@ -48,6 +48,9 @@ from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
 from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
+
+if TYPE_CHECKING:
+    from otel_tokens.collector.presum import Presummed
 
 __all__ = [
     "ALLOWED_DIMENSIONS",
@@ -148,6 +151,20 @@ def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
 
 def _label(value: str | None) -> str:
     return (value or UNKNOWN)[:MAX_LABEL_LENGTH]
+
+
+def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
+    """`get_or_create` for `records` records of one key: a key that is not admitted sends each of
+    them to the overflow series, counted one by one, as `add_many` would."""
+    entry = family.entries.get(key)
+    if entry is not None:
+        entry.last_seen = now
+        return entry
+    entry = family.get_or_create(key, now)
+    for _ in range(records - 1):
+        if key not in family.entries:
+            family.get_or_create(key, now)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -474,6 +491,39 @@ class Aggregator:
             series.input_sum += inp
             if cost is None or record.attribution.task_id:
                 extras.append((record, total))
+
+    # --- an ingest worker's batch, summed there (collector/presum.py) ---------------------------
+    def add_presummed(self, presummed: Presummed) -> None:
+        """Count a batch as an ingest worker summed it (`collector/presum.py`): what `add_many` of
+        its records would have counted. One clock read, one lock; each family's keys met in the
+        same order, every record beyond the series limit counted toward the overflow one by one;
+        costs added one by one in record order (several keys may share the overflow series), so the
+        float sums are the same too."""
+        _, series_rows, (cost_series, costs), unpriced_rows, task_rows = presummed
+        now = self._clock()
+        with self._lock:
+            targets: list[Series] = []
+            for key, n, tokens, ok, error, estimated, buckets, input_sum in series_rows:
+                series = _take(self._series, key, n, now)
+                targets.append(series)
+                totals = series.tokens
+                for i, count in enumerate(tokens):
+                    totals[i] += count
+                series.requests_ok += ok
+                series.requests_error += error
+                series.estimated_tokens += estimated
+                counted = series.input_buckets
+                for i, count in enumerate(buckets):
+                    counted[i] += count
+                series.input_sum += input_sum
+            for at, cost in zip(cost_series, costs, strict=True):
+                targets[at].cost_usd += cost
+            for label, n in unpriced_rows:
+                _take(self._unpriced, label, n, now).value += n
+            for task_id, agent, task, total, cost_usd, model in task_rows:
+                if self._observed_ids:
+                    self._observed_ids.pop(task_id, None)
+                self._tasks.add(task_id, agent, task, total, cost_usd, now, model)
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         """Remember each task's verdicts until it is observed (all passed → passed)."""

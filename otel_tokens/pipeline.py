@@ -252,7 +252,7 @@ class Pipeline:
         self.dedupe = dedupe if dedupe is not None else DedupeConfig()
         self.dedupe.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.aggregator = Aggregator(self.config, clock=clock)
+        self.aggregator = Aggregator(self.config, clock=clock, compiled=compiled)
         self._clock = clock
         self._extractor = Extractor(
             price=price,

@@ -29,6 +29,11 @@ content instead — trace id, times, model, tokens, cost, attribution — so its
 too; records built in-process without a span keep the old rule (nothing to link them to).
 
 `state()` / `restore()` copy everything out and back in, for the collector's durable store.
+
+A batch is decided at once (set and dict operations in C, `_offer_batch`, `_release`) when a cheap
+check proves the rules above, applied span by span, would end the same way — no span of the batch
+meets another or anything remembered; otherwise span by span. Either way the outcome, down to the
+memory's order (what is evicted next) and `evicted_early`, is the same (tests/test_batch_paths.py).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dataclasses import dataclass, field
 from itertools import compress, islice, repeat
 from operator import attrgetter, itemgetter
 
+from otel_tokens.recent_keys import RecentKeys as _RecentKeys
 from otel_tokens.record import Attribution, UsageRecord
 
 __all__ = ["DEFAULT_WINDOW_SECONDS", "DedupeConfig", "Deduper", "DeduperState"]
@@ -83,65 +89,6 @@ _SPAN_ID = attrgetter("span_id")
 
 #: Content keys live above every (trace << 64 | span) key, so the two kinds never collide.
 _CONTENT_TAG = 1 << 192
-
-
-class _RecentKeys(OrderedDict[int, float]):
-    """Keys with the time they were counted, oldest first; forgets past a window or a size cap. An
-    OrderedDict itself, not a wrapper, so `in` (several per record) stays a C call."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-        self.max = maxsize
-        self.evicted_early = 0  # forgotten by the size cap while still inside the window
-
-    def add(self, key: int, now: float) -> None:
-        if key in self:  # a parent seen again (siblings): keep the order by time for `expire`
-            self.move_to_end(key)
-        self[key] = now
-        if len(self) > self.max:
-            self.popitem(last=False)
-            self.evicted_early += 1  # `expire(window start)` ran first: the oldest was still inside
-
-    def add_many(self, keys: list[int], now: float, *, new: bool = False, distinct: bool = False) -> None:
-        """`add` of each key in order, with the same outcome (order, evictions, `evicted_early`)
-        computed by C-level bulk operations when that is provably the same; per key otherwise.
-        `new`: the caller knows the keys are distinct and none is remembered yet; `distinct`: only
-        that they are distinct."""
-        if len(self) > self.max:  # over the cap already (a restored larger memory): per key
-            for key in keys:
-                self.add(key, now)
-            return
-        if new:
-            ordered, known = keys, set()
-        else:  # `add` moves a key seen again to the end: they end up ordered by their last occurrence
-            unique = distinct or len(set(keys)) == len(keys)
-            ordered = keys if unique else list(dict.fromkeys(reversed(keys)))[::-1]
-            known = self.keys() & ordered  # each moves to the end instead of growing the memory
-        evict = len(self) + len(ordered) - len(known) - self.max
-        # each insert past the cap pops the front; a key this batch adds again, popped before it
-        # comes again (then inserted anew, popping another one): only per key is exact then
-        if evict > 0 and (
-            (known and not known.isdisjoint(islice(self, evict)))
-            or (ordered is not keys and evict > len(self) - len(known))
-        ):
-            for key in keys:
-                self.add(key, now)
-            return
-        for key in known:
-            del self[key]
-        self.update(zip(ordered, repeat(now)))
-        if evict > 0:  # the front: the oldest untouched keys, then (a batch past the cap) its first
-            for key in list(islice(self, evict)):
-                del self[key]
-            self.evicted_early += evict
-
-    def expire(self, before: float) -> None:
-        """Forget keys counted before `before` (the window's start)."""
-        while self:
-            key, at = next(iter(self.items()))
-            if at >= before:
-                return
-            del self[key]
 
 
 def _key(trace_id: int, span_id: int) -> int:
@@ -198,7 +145,7 @@ class Deduper:
         #: no held span's deadline is later (while any is held): past it, `_release` takes them all
         self._latest_deadline = -math.inf
         self.duplicates_dropped = 0
-        #: Whole-batch paths (`_offer_batch`, `_release_due`) where they provably give what the
+        #: Whole-batch paths (`_offer_batch`, `_release`) where they provably give what the
         #: per-record rules give; False runs only the per-record rules (the tests compare the two).
         self.batch_paths = True
 

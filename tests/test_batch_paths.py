@@ -28,8 +28,9 @@ from otel_tokens import semconv as sc
 from otel_tokens.accelerator import scanner
 from otel_tokens.aggregate import MetricsConfig
 from otel_tokens.ancestry import AncestorResolver, Scope
-from otel_tokens.dedupe import DedupeConfig, Deduper, _RecentKeys
+from otel_tokens.dedupe import DedupeConfig, Deduper
 from otel_tokens.pipeline import Pipeline
+from otel_tokens.recent_keys import RecentKeys
 from otel_tokens.record import Attribution, TokenCounts, UsageRecord
 
 INF = float("inf")
@@ -163,7 +164,7 @@ def test_recent_keys_add_many_is_add_in_order(cap: int, before: list[int], added
     """Keys seen again move to the end; past the cap the oldest go, counted in `evicted_early` —
     also when a key the batch touches sits among those the batch evicts, and when a restored
     memory starts above the cap."""
-    bulk, each = _RecentKeys(cap), _RecentKeys(cap)
+    bulk, each = RecentKeys(cap), RecentKeys(cap)
     for memory in (bulk, each):
         memory.update((k, float(i)) for i, k in enumerate(before))  # as `restore` fills it
     bulk.add_many(added, 50.0)

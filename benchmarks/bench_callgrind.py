@@ -33,7 +33,10 @@ fake provider's exact response bytes — no socket):
 Every variant's process checks that it emitted one span per call (zero for the bare SDK), so a patch
 that silently failed to apply cannot pass as cheap.
 
-Run: `python benchmarks/bench_callgrind.py` (`make bench` runs it under both venvs). Needs `valgrind`
+Run: `python benchmarks/bench_callgrind.py` (`make bench` runs it under both venvs). To iterate on
+one figure: `--variants floor,otel-tokens openai` runs only those (and the bare SDK every figure is
+added to), `--repeats N` sets the processes per variant, and `--keep DIR` leaves each process's
+callgrind output there for `callgrind_annotate --inclusive=yes DIR/<file>`. Needs `valgrind`
 (`make system-deps`) and a C compiler; without either it says so and exits 0.
 """
 
@@ -382,7 +385,7 @@ def report(sdk: str, runs: dict[str, list[float]], calls: int) -> None:
     print(f"\n{sdk} sync call, mock transport: {calls} measured calls x {repeats} processes, "
           "instructions per call (callgrind; median, spread of the processes)")  # fmt: skip
     print(f"  {BASELINE:<28}{base:>12,.0f}")
-    for variant in VARIANTS[sdk][1:]:
+    for variant in [v for v in VARIANTS[sdk][1:] if v in runs]:
         added = _added(per_call, variant)
         if added is None:
             print(f"  {variant:<28}{'n/a':>12}  (not usable with this SDK version)")
@@ -430,23 +433,50 @@ def _added(per_call: dict[str, float | None], variant: str) -> float | None:
     return None if value is None or base is None else value - base
 
 
-def parent(sdks: Sequence[str]) -> int:
+#: `--variants` names: the floor and ours by a short name too, the rest by their report name.
+SHORT_NAMES = {"floor": FLOOR, "ours": OURS, "guard": GUARDED, "cold": GUARDED_COLD, "official": OFFICIAL}
+
+
+def selected_variants(sdk: str, wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """The variants to run for `sdk`: all, or the bare SDK (every figure is added to it) and those
+    named in `wanted` (short or report names) that this SDK has."""
+    if not wanted:
+        return VARIANTS[sdk]
+    names = {SHORT_NAMES.get(name, name) for name in wanted}
+    unknown = names - {v for vs in VARIANTS.values() for v in vs}
+    if unknown:
+        known = ", ".join([*SHORT_NAMES, *dict.fromkeys(v for vs in VARIANTS.values() for v in vs)])
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(unknown))} (known: {known})")
+    return tuple(v for v in VARIANTS[sdk] if v == BASELINE or v in names)
+
+
+def parent(
+    sdks: Sequence[str],
+    wanted: Sequence[str] | None = None,
+    repeats: int | None = None,
+    keep: Path | None = None,
+) -> int:
     if shutil.which("valgrind") is None:
         print("callgrind benchmark skipped: valgrind not installed (`make system-deps`)")
         return 0
-    calls, warm, repeats = (2, 2, 1) if QUICK else (20, WARM_UP_CALLS, REPEATS)
+    calls, warm, default_repeats = (2, 2, 1) if QUICK else (20, WARM_UP_CALLS, REPEATS)
+    repeats = repeats or default_repeats
     with tempfile.TemporaryDirectory(prefix="otel-tokens-callgrind-") as tmp:
         directory = Path(tmp)
         helper = build_helper(directory)
         if helper is None:
             print("callgrind benchmark skipped: no C compiler for benchmarks/_callgrind_measure.c")
             return 0
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
         print(f"python {sys.version.split()[0]}, {_versions()}")
         for sdk in sdks:
-            runs: dict[str, list[float]] = {variant: [] for variant in VARIANTS[sdk]}
+            variants = selected_variants(sdk, wanted)
+            runs: dict[str, list[float]] = {variant: [] for variant in variants}
             for round_ in range(repeats):  # interleaved: every variant once per round
-                for n, variant in enumerate(VARIANTS[sdk]):
-                    out = directory / f"{sdk}-{round_}-{n}.out"
+                for variant in variants:
+                    slug = re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
+                    out = (keep or directory) / f"{sdk}-{slug}-{round_}.out"
                     total = measure(sdk, variant, calls, warm, helper, out)
                     if total is not None:
                         runs[variant].append(total / calls)
@@ -471,10 +501,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=WARM_UP_CALLS, help=argparse.SUPPRESS)
     parser.add_argument("--helper", help=argparse.SUPPRESS)
     parser.add_argument("sdks", nargs="*", help="openai and/or anthropic (default: both)")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help=f"comma-separated, e.g. floor,ours (short: {', '.join(SHORT_NAMES)}); the bare SDK always runs",
+    )
+    parser.add_argument("--repeats", type=int, help=f"processes per variant (default {REPEATS})")
+    parser.add_argument("--keep", type=Path, help="keep each process's callgrind output in this directory")
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], args.child[1], args.calls, args.warm, args.helper)
-    return parent(args.sdks or list(VARIANTS))
+    return parent(args.sdks or list(VARIANTS), args.variants, args.repeats, args.keep)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ Every client has its own distinct batches and the dedupe memory is capped below 
 cycle, so every span posted is counted; each round checks `llm_requests_total` moved by exactly the
 spans sent (one exact /metrics, whichever worker decoded them).
 
+Wall-clock rounds say little while other work holds a core (then both variants get about one), so
+the same work is also measured in this process's CPU time, interleaved block by block: one
+`Pipeline` doing everything (`ingest_otlp_bytes`) against a worker's share (decode, extract, sum
+per series, pack, pickle, as `RemoteGate` does) and the main process's share (unpickle, rebuild,
+dedupe, count, answer) of the same batches, over the real wire format. From those: the main
+process's share of one process's cost (the serial part) and both shares together (what two cores
+must carry), and the most two workers could give on two free cores: min(1 / main share, 2 / both).
+
 Run: `.venv/bin/python benchmarks/bench_workers.py`.
 """
 
@@ -34,9 +42,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import QUICK, record, rounds, spread
+from _harness import CPU, QUICK, Block, interleave, record, rounds, spread
 
 BENCH = "workers"
 CLIENTS = 4
@@ -176,6 +185,113 @@ def _round(c: Collector, per_client: list[Iterator[bytes]], n: int, batch: int) 
     return Round(spans / elapsed, (cpu1[0] - cpu0[0]) * per10k, (cpu1[1] - cpu0[1]) * per10k, client * per10k)
 
 
+class _CapturedLink:
+    """A worker's link that keeps each request as the bytes the pipe would carry, and answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def call(self, kind: str, payload: Any) -> Any:
+        from multiprocessing.reduction import ForkingPickler
+
+        from otel_tokens.pipeline import IngestResult
+
+        self.sent.append(bytes(ForkingPickler.dumps((len(self.sent), kind, payload))))
+        return IngestResult(spans_received=len(payload[1][1][1][0]) if payload[1][0] == "columns" else 0)
+
+
+def _cpu_shares() -> None:
+    """One process's CPU per span against a worker's and the main process's share (see above)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from bench_collector import BATCH, make_batches
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from otel_tokens.collector import CollectorConfig
+    from otel_tokens.collector.presum import Presum
+    from otel_tokens.collector.worker_link import OK, RemoteGate, unpack_batch
+    from otel_tokens.collector.worker_process import settle_gc
+    from otel_tokens.pipeline import Pipeline
+
+    n_batches = 4 if QUICK else 16
+    payloads = [encode_spans(b).SerializeToString() for b in make_batches(n_batches, seed=11)]
+    cfg = CollectorConfig(dedupe_max_spans=BATCH * (n_batches - 2))  # replayed: every span counts
+
+    def pipeline() -> Pipeline:
+        return Pipeline(cfg.metrics_config(), dedupe=cfg.dedupe_config())
+
+    def worker_side() -> tuple[Pipeline, _CapturedLink]:
+        p, link = pipeline(), _CapturedLink()
+        p.gate = RemoteGate(link, p.extract_stats, Presum(p.config).columns)  # type: ignore[arg-type]
+        return p, link
+
+    seed, captured = worker_side()
+    for data in payloads:
+        seed.ingest_otlp_bytes(data)
+    messages = captured.sent
+    single, main_side = pipeline(), pipeline()
+    worker, link = worker_side()
+    nth = {"single": itertools.cycle(payloads), "worker": itertools.cycle(payloads)}
+    sent = itertools.cycle(messages)
+    counted = [0]
+
+    def run_single(n: int) -> None:
+        for _ in range(n):
+            single.ingest_otlp_bytes(next(nth["single"]))
+
+    def run_worker(n: int) -> None:
+        link.sent.clear()
+        for _ in range(n):
+            worker.ingest_otlp_bytes(next(nth["worker"]))
+
+    def run_main(n: int) -> None:
+        for _ in range(n):
+            rid, _, payload = pickle.loads(next(sent))
+            batch, _ = unpack_batch(payload, keys_only=True)  # the main process without a data dir
+            result = main_side.gate.batch(batch)
+            ForkingPickler.dumps((rid, OK, result))
+            counted[0] += result.records_counted
+
+    def check_main(n: int) -> None:
+        if counted[0] != n * BATCH:
+            raise AssertionError(f"main process share: {n * BATCH} spans applied, {counted[0]} counted")
+        counted[0] = 0
+
+    def reset(n: int) -> None:
+        counted[0] = 0
+
+    settle_gc()
+    blocks = [
+        Block("one process", run_single),
+        Block("worker share", run_worker),
+        Block("main share", run_main, setup=lambda: reset(0), check=check_main),
+    ]
+    samples = interleave(blocks, rounds(full=7), target_s=0.5, clock=CPU)
+    _report_cpu({b.name: [t / BATCH * 1e6 for t in samples.per_op[b.name]] for b in blocks})
+
+
+def _report_cpu(us: dict[str, list[float]]) -> None:
+    """Per span in µs by share; the ratios per round, so the spread is the rounds'."""
+    med = {name: statistics.median(v) for name, v in us.items()}
+    one, worker, main = us["one process"], us["worker share"], us["main share"]
+    main_share = [m / s for m, s in zip(main, one, strict=True)]
+    both = [(m + w) / s for m, w, s in zip(main, worker, one, strict=True)]
+    bound = [min(1 / m, 2 / b) for m, b in zip(main_share, both, strict=True)]
+    shares = ", ".join(f"{name} {med[name]:.2f} us ({spread(v, 1, 2)})" for name, v in us.items())
+    print(f"  in this process's CPU time, per span (median, min..max of rounds): {shares}")
+    print(f"  main share / one process: x{statistics.median(main_share):.2f} ({spread(main_share, 1, 2)}); "
+          f"both shares / one process: x{statistics.median(both):.2f} ({spread(both, 1, 2)}); "
+          f"two workers on two free cores: at most x{statistics.median(bound):.2f} "
+          f"({spread(bound, 1, 2)})")  # fmt: skip
+    for name in med:
+        record(BENCH, f"CPU per span, {name}", med[name], "us", f"rounds {spread(us[name], 1, 2)}")
+    record(BENCH, "main share / one process (CPU)", statistics.median(main_share), "ratio",
+           f"rounds {spread(main_share, 1, 2)}")  # fmt: skip
+    note = f"rounds {spread(both, 1, 2)}; on two free cores at most x{statistics.median(bound):.2f}"
+    record(BENCH, "both shares / one process (CPU)", statistics.median(both), "ratio", note)
+
+
 def main() -> None:
     from bench_collector import BATCH, N_BATCHES, make_batches
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -205,6 +321,7 @@ def main() -> None:
         for c in collectors:
             c.stop()
     _report(results, n_rounds, n, BATCH)
+    _cpu_shares()
 
 
 def _report(results: dict[int, list[Round]], n_rounds: int, n: int, batch: int) -> None:

@@ -21,10 +21,17 @@
  * (scan's second argument, e.g. service.name), as the Python path does.
  * Every field of every message is checked against the schema configure()
  * was given (built from the installed protobuf descriptors), read or not.
+ *
+ * Besides the walk: build() turns plain hits into usage records and prices
+ * them with compiled price sets (linear(): pricing._Rates, the same float
+ * operations in the same order as its generated Python), and tally() adds
+ * records to the aggregator's series as its Python loop does. Both stop at
+ * whatever they do not mirror exactly and leave it to Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -824,6 +831,138 @@ static PyObject *links(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* --- prices: a compiled price set (pricing._Rates), priced as its generated `fast` prices ------ */
+
+/* pricing._Rates.fast, in C: the same integer leaves and the same float operations in the same
+   order (a product of the rate and the leaf converted to double, added to a running total that
+   starts at 0.0), so the result is bit-identical. The build is -std=c99, where GCC does not fuse a
+   multiply and an add (-ffp-contract=off); clang is told so below. tests/test_price_table.py holds
+   the two equal over random counts of every price set genai-prices has. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+#define N_COUNTS 6 /* pricing._REPORTED_KEYS */
+#define MAX_REGIMES 16
+#define MAX_TERMS 32
+#define MAX_COEF (1LL << 20) /* leaves stay far from overflow: counts are at most 2**40 here */
+#define MAX_COUNT (1LL << 40)
+typedef struct {
+    int n_coefs;
+    int index[N_COUNTS];
+    long long coef[N_COUNTS];
+    long long constant;
+    double rate[MAX_REGIMES];
+} Term;
+typedef struct {
+    int n_thresholds, n_terms;
+    long long thresholds[MAX_REGIMES - 1];
+    int used[N_COUNTS]; /* the counts some term reads: only those are clamped at zero */
+    Term term[MAX_TERMS];
+} Linear;
+static const char LINEAR_NAME[] = "otel_tokens._otlp_scan.Linear";
+
+static void free_linear(PyObject *capsule) { PyMem_Free(PyCapsule_GetPointer(capsule, LINEAR_NAME)); }
+
+static double linear_cost(const Linear *l, long long c[N_COUNTS]) {
+    for (int i = 0; i < N_COUNTS; i++)
+        if (l->used[i] && c[i] < 0) c[i] = 0;
+    int regime = 0; /* bisect_left(thresholds, c[0]): how many thresholds lie below it */
+    while (regime < l->n_thresholds && l->thresholds[regime] < c[0]) regime++;
+    double total = 0.0;
+    for (int t = 0; t < l->n_terms; t++) {
+        const Term *term = &l->term[t];
+        long long leaf = term->constant;
+        for (int k = 0; k < term->n_coefs; k++) leaf += term->coef[k] * c[term->index[k]];
+        if (leaf > 0) total += term->rate[regime] * (double)leaf;
+    }
+    return total;
+}
+
+/* A Python int in [-limit, limit] into *out, else 0 (with no error set). */
+static int bounded_ll(PyObject *v, long long limit, long long *out) {
+    if (!PyLong_Check(v)) return 0;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (overflow || n < -limit || n > limit) return 0;
+    *out = n;
+    return 1;
+}
+
+static int read_term(PyObject *spec, int n_regimes, Term *term, int used[N_COUNTS]) {
+    PyObject *coefs, *constant, *rates;
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3) return 0;
+    coefs = PyTuple_GET_ITEM(spec, 0), constant = PyTuple_GET_ITEM(spec, 1), rates = PyTuple_GET_ITEM(spec, 2);
+    if (!PyTuple_Check(coefs) || PyTuple_GET_SIZE(coefs) > N_COUNTS || !PyTuple_Check(rates) ||
+        PyTuple_GET_SIZE(rates) != n_regimes || !bounded_ll(constant, MAX_COEF, &term->constant))
+        return 0;
+    term->n_coefs = (int)PyTuple_GET_SIZE(coefs);
+    for (int k = 0; k < term->n_coefs; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(coefs, k);
+        long long index;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !bounded_ll(PyTuple_GET_ITEM(pair, 0), N_COUNTS, &index) || index < 0 || index >= N_COUNTS ||
+            !bounded_ll(PyTuple_GET_ITEM(pair, 1), MAX_COEF, &term->coef[k]))
+            return 0;
+        term->index[k] = (int)index;
+        used[index] = 1;
+    }
+    for (int r = 0; r < n_regimes; r++) {
+        PyObject *rate = PyTuple_GET_ITEM(rates, r);
+        if (!PyFloat_CheckExact(rate)) return 0;
+        term->rate[r] = PyFloat_AS_DOUBLE(rate);
+    }
+    return 1;
+}
+
+/* linear(thresholds, terms) -> the price set compiled for build(), or None when it has a shape
+   this code does not take (then records of it are priced in Python): terms is a tuple of (coefs:
+   ((count index, coefficient), ...), constant, rates by regime: floats), as pricing._Term. */
+static PyObject *linear(PyObject *self, PyObject *args) {
+    PyObject *thresholds, *terms;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &thresholds, &PyTuple_Type, &terms)) return NULL;
+    if (PyTuple_GET_SIZE(thresholds) >= MAX_REGIMES || PyTuple_GET_SIZE(terms) > MAX_TERMS) Py_RETURN_NONE;
+    Linear *l = PyMem_Calloc(1, sizeof(Linear));
+    if (l == NULL) return PyErr_NoMemory();
+    l->n_thresholds = (int)PyTuple_GET_SIZE(thresholds);
+    l->n_terms = (int)PyTuple_GET_SIZE(terms);
+    int ok = 1;
+    for (int i = 0; ok && i < l->n_thresholds; i++)
+        ok = bounded_ll(PyTuple_GET_ITEM(thresholds, i), LLONG_MAX, &l->thresholds[i]);
+    for (int t = 0; ok && t < l->n_terms; t++)
+        ok = read_term(PyTuple_GET_ITEM(terms, t), l->n_thresholds + 1, &l->term[t], l->used);
+    if (!ok) {
+        PyMem_Free(l);
+        Py_RETURN_NONE;
+    }
+    PyObject *capsule = PyCapsule_New(l, LINEAR_NAME, free_linear);
+    if (capsule == NULL) PyMem_Free(l);
+    return capsule;
+}
+
+/* price(linear, counts) -> float: what build() prices a record of that price set with (for tests,
+   which hold it equal to pricing._Rates.fast); counts: six ints of magnitude at most 2**40. */
+static PyObject *price(PyObject *self, PyObject *args) {
+    PyObject *capsule, *counts;
+    if (!PyArg_ParseTuple(args, "OO!", &capsule, &PyTuple_Type, &counts)) return NULL;
+    const Linear *l = PyCapsule_GetPointer(capsule, LINEAR_NAME);
+    if (l == NULL) return NULL;
+    long long c[N_COUNTS];
+    if (PyTuple_GET_SIZE(counts) != N_COUNTS) {
+        PyErr_SetString(PyExc_ValueError, "price: six counts expected");
+        return NULL;
+    }
+    for (int i = 0; i < N_COUNTS; i++)
+        if (!bounded_ll(PyTuple_GET_ITEM(counts, i), MAX_COUNT, &c[i])) {
+            PyErr_SetString(PyExc_ValueError, "price: counts are ints of magnitude at most 2**40");
+            return NULL;
+        }
+    return PyFloat_FromDouble(linear_cost(l, c));
+}
+
 /* --- build(): usage records from scan()'s hits, for the plain case ----------------------- */
 
 /* What build() needs of the extractor (configure_records): the record classes, the slots it reads
@@ -837,6 +976,7 @@ static int build_slot[N_BUILD_SLOTS];
 static long long max_tokens = 0;
 static double max_cost = 0.0;
 static int records_configured = 0;
+#define R_COST 6 /* UsageRecord's cost_usd field, in accelerator._RECORD_FIELDS order */
 #define N_WHO 7 /* Attribution's fields, in order: the slots after the four model/provider/operation ones */
 
 /* The record classes are slotted dataclasses whose __init__ only stores its arguments: build() makes
@@ -898,9 +1038,38 @@ static int plain_optional(PyObject *v, long long *out) {
     return plain_count(v, out);
 }
 
+/* str.lower() of a label; the same object when it has nothing to lower (an ASCII str without
+   capitals: most provider names), so its hash, once computed, is shared too. */
+static PyObject *lowercase(PyObject *s) {
+    if (PyUnicode_IS_ASCII(s)) {
+        const Py_UCS1 *c = PyUnicode_1BYTE_DATA(s);
+        Py_ssize_t i = 0, n = PyUnicode_GET_LENGTH(s);
+        while (i < n && !(c[i] >= 'A' && c[i] <= 'Z')) i++;
+        if (i == n) return Py_NewRef(s);
+    }
+    return PyObject_CallMethodNoArgs(s, str_lower);
+}
+
+/* The record's cost by the compiled price set `prices` holds for its price key (pricing.PriceKey:
+   provider, request model, response model, service tier), a new float in *out; *out stays NULL
+   when there is none (the caller prices the record in Python). -1 on error. */
+static int price_of(PyObject *prices, PyObject *provider, PyObject *request_model, PyObject *response_model,
+                    PyObject *tier, long long counts[N_COUNTS], PyObject **out) {
+    PyObject *key = PyTuple_Pack(4, provider, request_model, response_model, tier);
+    if (key == NULL) return -1;
+    PyObject *found = PyDict_GetItemWithError(prices, key); /* borrowed */
+    Py_DECREF(key);
+    if (found == NULL) return PyErr_Occurred() ? -1 : 0;
+    const Linear *l = PyCapsule_IsValid(found, LINEAR_NAME) ? PyCapsule_GetPointer(found, LINEAR_NAME) : NULL;
+    if (l == NULL) return 0;
+    *out = PyFloat_FromDouble(linear_cost(l, counts));
+    return *out == NULL ? -1 : 0;
+}
+
 /* extract._record's result for a hit whose slots need none of its rare rules, or NULL with no error
    set when they might (the caller leaves the hit to Python); NULL with an error set on failure. */
-static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours, long long ceiling) {
+static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours, long long ceiling,
+                              PyObject *prices) {
     if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 9) return NULL;
     PyObject *vals = PyTuple_GET_ITEM(hit, 1);
     if (!PyList_CheckExact(vals) || PyList_GET_SIZE(vals) != n_slots) return NULL;
@@ -945,10 +1114,19 @@ static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours
     if (inherited != Py_None)
         from_resource = PyList_GET_ITEM(vals, base + 4) == Py_None && PyTuple_GET_ITEM(inherited, 0) != Py_None;
     /* the labels are the walk's own (as_label): a str or None */
-    PyObject *lowered = provider == Py_None ? Py_NewRef(str_unknown) : PyObject_CallMethodNoArgs(provider, str_lower);
+    PyObject *lowered = provider == Py_None ? Py_NewRef(str_unknown) : lowercase(provider);
     if (lowered == NULL) return NULL;
     if (request_model == Py_None) request_model = response_model != Py_None ? response_model : str_unknown;
     if (operation == Py_None) operation = str_chat;
+    PyObject *priced = NULL; /* the cost build() computed (a new reference) */
+    if (cost == Py_None && prices != NULL) {
+        long long counts[N_COUNTS] = {in, out, read, write, reasoning, 0};
+        if (price_of(prices, lowered, request_model, response_model, tier, counts, &priced) < 0) {
+            Py_DECREF(lowered);
+            return NULL;
+        }
+        if (priced != NULL) cost = priced;
+    }
     PyObject *counts[6] = {SLOT(S_IN), SLOT(S_OUT), SLOT(S_CACHE_READ), SLOT(S_CACHE_WRITE), SLOT(S_REASONING),
                            zero}; /* the last: cache_write_1h */
     for (int i = 2; i < 5; i++)
@@ -972,31 +1150,44 @@ static PyObject *plain_record(PyObject *hit, PyObject *resources, PyObject *ours
     }
 #undef SLOT
     Py_DECREF(lowered);
+    Py_XDECREF(priced);
     Py_XDECREF(tokens);
     Py_XDECREF(attribution);
     return record;
 }
 
-/* build(hits, resources, ours, ceiling) -> how many hits were replaced, in place, by their usage
-   record: resources[scope] is the scope's resource attribution as a tuple of Attribution's fields
-   (or None), ours[scope] whether the scope is otel-tokens' own, ceiling the extractor's
-   max_tokens_per_call. A record's cost is None when the span gave none (the caller prices it). */
+/* build(hits, resources, ours, ceiling, prices=None, unpriced=None) -> how many hits were replaced,
+   in place, by their usage record: resources[scope] is the scope's resource attribution as a tuple
+   of Attribution's fields (or None), ours[scope] whether the scope is otel-tokens' own, ceiling the
+   extractor's max_tokens_per_call. A span without a cost is priced by the compiled price set
+   prices (pricing.PriceTable.compiled) holds for the record's price key; without one its cost is
+   None and the record is appended to unpriced, for the caller to price. */
 static PyObject *build(PyObject *self, PyObject *args) {
-    PyObject *hits, *resources, *ours;
+    PyObject *hits, *resources, *ours, *prices = Py_None, *unpriced = Py_None;
     long long ceiling;
     if (!records_configured) {
         PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_records() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O!O!O!L", &PyList_Type, &hits, &PyList_Type, &resources, &PyList_Type, &ours,
-                          &ceiling))
+    if (!PyArg_ParseTuple(args, "O!O!O!L|OO", &PyList_Type, &hits, &PyList_Type, &resources, &PyList_Type, &ours,
+                          &ceiling, &prices, &unpriced))
         return NULL;
+    if ((prices != Py_None && !PyDict_CheckExact(prices)) || (unpriced != Py_None && !PyList_Check(unpriced))) {
+        PyErr_SetString(PyExc_TypeError, "build: prices must be a dict or None, unpriced a list or None");
+        return NULL;
+    }
     Py_ssize_t built = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hits); i++) {
-        PyObject *record = plain_record(PyList_GET_ITEM(hits, i), resources, ours, ceiling);
+        PyObject *record = plain_record(PyList_GET_ITEM(hits, i), resources, ours, ceiling,
+                                        prices != Py_None ? prices : NULL);
         if (record == NULL) {
             if (PyErr_Occurred()) return NULL;
             continue;
+        }
+        if (unpriced != Py_None && *(PyObject **)((char *)record + record_layout.offset[R_COST]) == Py_None &&
+            PyList_Append(unpriced, record) < 0) {
+            Py_DECREF(record);
+            return NULL;
         }
         PyList_SetItem(hits, i, record); /* steals record, drops the hit */
         built++;
@@ -1052,6 +1243,188 @@ static PyObject *configure_records(PyObject *self, PyObject *args) {
         if (!str_unknown || !str_chat || !str_ok || !str_error || !str_lower || !empty_tuple || !zero) return NULL;
     }
     records_configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* --- tally(): records added to their series (aggregate.Aggregator._add_locked, in C) ---------------- */
+
+/* The Series class (aggregate.py) as configure_series() gave it: a slotted dataclass whose fields
+   tally() reads and replaces in place, as the Python loop's `+=` does. */
+enum { SE_TOKENS, SE_BUCKETS, SE_COST, SE_OK, SE_ERROR, SE_ESTIMATED, SE_INPUT_SUM, SE_LAST_SEEN, N_SERIES_FIELDS };
+enum { R_TOKENS = 4, R_ESTIMATED = 5, R_ATTRIBUTION = 7, R_STATUS = 8 }; /* UsageRecord's fields (R_COST: 6) */
+enum { A_TASK_ID = 2 };                                                    /* Attribution's */
+static Layout series_layout;
+static int series_configured = 0;
+#define N_TOKEN_TYPES 5
+#define TALLY_MAX (1LL << 60) /* counts tally() adds in C: sums of a few stay far from overflow */
+#define FIELD(obj, layout, i) (*(PyObject **)((char *)(obj) + (layout).offset[i]))
+
+/* `old + add` as Python's int `+` gives it; a new reference. */
+static PyObject *int_plus(PyObject *old, long long add) {
+    if (PyLong_CheckExact(old)) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(old, &overflow);
+        if (!overflow && !(n == -1 && PyErr_Occurred()) && n < TALLY_MAX && n > -TALLY_MAX)
+            return PyLong_FromLongLong(n + add);
+        PyErr_Clear();
+    }
+    PyObject *addend = PyLong_FromLongLong(add);
+    if (addend == NULL) return NULL;
+    PyObject *sum = PyNumber_Add(old, addend);
+    Py_DECREF(addend);
+    return sum;
+}
+
+/* obj's field i += add (an int); -1 on error. */
+static int add_int_field(PyObject *obj, const Layout *layout, int i, long long add) {
+    PyObject **field = (PyObject **)((char *)obj + layout->offset[i]);
+    PyObject *sum = int_plus(*field, add);
+    if (sum == NULL) return -1;
+    Py_SETREF(*field, sum);
+    return 0;
+}
+
+/* list[i] += add; -1 on error. */
+static int add_int_item(PyObject *list, Py_ssize_t i, long long add) {
+    PyObject *sum = int_plus(PyList_GET_ITEM(list, i), add);
+    if (sum == NULL) return -1;
+    PyObject *old = PyList_GET_ITEM(list, i);
+    PyList_SET_ITEM(list, i, sum);
+    Py_DECREF(old);
+    return 0;
+}
+
+/* obj's field i += value, as Python's `+=` on a float: float + float (or + int, converted by
+   PyLong_AsDouble, as float.__add__ converts it) in double; anything else by PyNumber_InPlaceAdd. */
+static int add_float_field(PyObject *obj, const Layout *layout, int i, PyObject *value) {
+    PyObject **field = (PyObject **)((char *)obj + layout->offset[i]);
+    PyObject *sum;
+    if (PyFloat_CheckExact(*field) && (PyFloat_CheckExact(value) || PyLong_CheckExact(value))) {
+        double add = PyFloat_CheckExact(value) ? PyFloat_AS_DOUBLE(value) : PyLong_AsDouble(value);
+        if (add == -1.0 && PyErr_Occurred()) return -1;
+        sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(*field) + add);
+    } else {
+        sum = PyNumber_InPlaceAdd(*field, value);
+    }
+    if (sum == NULL) return -1;
+    Py_SETREF(*field, sum);
+    return 0;
+}
+
+/* A count tally() adds in C: an exact int of magnitude below TALLY_MAX. */
+static int tally_count(PyObject *v, long long *out) { return bounded_ll(v, TALLY_MAX - 1, out) && PyLong_CheckExact(v); }
+
+/* One record added to its series, or 0 (nothing changed) when it is not one tally() mirrors
+   exactly: the caller adds it in Python. Everything is checked before anything is changed. */
+static int tally_one(PyObject *record, PyObject *series, PyObject *buckets, PyObject *now, PyObject *extras) {
+    if (Py_TYPE(record) != record_layout.type || Py_TYPE(series) != series_layout.type) return 0;
+    PyObject *tokens = FIELD(record, record_layout, R_TOKENS), *cost = FIELD(record, record_layout, R_COST),
+             *attribution = FIELD(record, record_layout, R_ATTRIBUTION),
+             *status = FIELD(record, record_layout, R_STATUS), *estimated = FIELD(record, record_layout, R_ESTIMATED);
+    if (!tokens || !cost || !attribution || !status || !estimated) return 0; /* a deleted field: Python raises */
+    if (Py_TYPE(tokens) != tokens_layout.type || Py_TYPE(attribution) != attribution_layout.type) return 0;
+    for (int i = 0; i < N_SERIES_FIELDS; i++)
+        if (FIELD(series, series_layout, i) == NULL) return 0;
+    if (!(cost == Py_None || PyFloat_CheckExact(cost)) || !(estimated == Py_True || estimated == Py_False) ||
+        !PyUnicode_CheckExact(status))
+        return 0;
+    long long c[N_TOKEN_TYPES];
+    for (int i = 0; i < N_TOKEN_TYPES; i++)
+        if (FIELD(tokens, tokens_layout, i) == NULL || !tally_count(FIELD(tokens, tokens_layout, i), &c[i])) return 0;
+    PyObject *counts = FIELD(series, series_layout, SE_TOKENS), *hist = FIELD(series, series_layout, SE_BUCKETS);
+    Py_ssize_t n_buckets = PyTuple_GET_SIZE(buckets);
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != N_TOKEN_TYPES || !PyList_CheckExact(hist) ||
+        PyList_GET_SIZE(hist) != n_buckets + 1)
+        return 0;
+    PyObject *task_id = FIELD(attribution, attribution_layout, A_TASK_ID);
+    if (task_id == NULL) return 0;
+    int has_task = task_id == Py_None ? 0 : PyObject_IsTrue(task_id);
+    if (has_task < 0) return -1;
+    PyObject *input = FIELD(tokens, tokens_layout, 0);
+    Py_ssize_t lo = 0, hi = n_buckets; /* bisect_left(buckets, input), as the bisect module compares */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int less = PyObject_RichCompareBool(PyTuple_GET_ITEM(buckets, mid), input, Py_LT);
+        if (less < 0) return -1;
+        if (less) lo = mid + 1;
+        else hi = mid;
+    }
+    int is_error = PyUnicode_Compare(status, str_error) == 0;
+    if (is_error == 0 && PyErr_Occurred()) return -1;
+    /* the changes, as the Python loop makes them (TokenCounts.disjoint_counts() inline) */
+    long long fresh = c[0] - c[2] - c[3], visible = c[1] - c[4];
+    if (fresh < 0) fresh = 0;
+    if (visible < 0) visible = 0;
+    long long add[N_TOKEN_TYPES] = {fresh, visible, c[2], c[3], c[4]};
+    long long total = fresh + visible + c[2] + c[3] + c[4];
+    Py_INCREF(now);
+    Py_SETREF(FIELD(series, series_layout, SE_LAST_SEEN), now);
+    for (int i = 0; i < N_TOKEN_TYPES; i++)
+        if (add[i] && add_int_item(counts, i, add[i]) < 0) return -1;
+    if (cost != Py_None && add_float_field(series, &series_layout, SE_COST, cost) < 0) return -1;
+    if (add_int_field(series, &series_layout, is_error ? SE_ERROR : SE_OK, 1) < 0) return -1;
+    if (estimated == Py_True && add_int_field(series, &series_layout, SE_ESTIMATED, total) < 0) return -1;
+    if (add_int_item(hist, lo, 1) < 0 || add_float_field(series, &series_layout, SE_INPUT_SUM, input) < 0) return -1;
+    if (cost == Py_None || has_task) {
+        PyObject *item = Py_BuildValue("(OL)", record, total);
+        if (item == NULL || PyList_Append(extras, item) < 0) {
+            Py_XDECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+    }
+    return 1;
+}
+
+/* tally(records, keys, entries, buckets, now, start, extras) -> the index of the first record from
+   `start` on that it did not add (len(records): it added them all). Each record is added to the
+   series entries[keys[i]], as aggregate.Aggregator's Python loop adds it; a record whose key has no
+   series yet, or that is not of the shape mirrored here, stops it (the caller adds that one in
+   Python and calls again after it). (record, its total tokens) of each added record that is unpriced
+   or belongs to a task instance is appended to `extras`, which the caller then counts in order. */
+static PyObject *tally(PyObject *self, PyObject *args) {
+    PyObject *records, *keys, *entries, *buckets, *now, *extras;
+    Py_ssize_t i;
+    if (!records_configured || !series_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_series() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!nO!", &PyList_Type, &records, &PyList_Type, &keys, &PyDict_Type, &entries,
+                          &PyTuple_Type, &buckets, &PyFloat_Type, &now, &i, &PyList_Type, &extras))
+        return NULL;
+    if (PyList_GET_SIZE(keys) != PyList_GET_SIZE(records)) {
+        PyErr_SetString(PyExc_ValueError, "tally: one key per record");
+        return NULL;
+    }
+    for (; i >= 0 && i < PyList_GET_SIZE(records); i++) {
+        PyObject *series = PyDict_GetItemWithError(entries, PyList_GET_ITEM(keys, i));
+        if (series == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break;
+        }
+        int done = tally_one(PyList_GET_ITEM(records, i), series, buckets, now, extras);
+        if (done < 0) return NULL;
+        if (!done) break;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+/* configure_series(Series, its field names: tokens, input_buckets, cost_usd, requests_ok,
+   requests_error, estimated_tokens, input_sum, last_seen), after configure_records. */
+static PyObject *configure_series(PyObject *self, PyObject *args) {
+    PyObject *cls, *names;
+    series_configured = 0;
+    if (!records_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_scan.configure_records() first");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!", &cls, &PyTuple_Type, &names)) return NULL;
+    if (layout_of(cls, names, &series_layout) < 0 || series_layout.n != N_SERIES_FIELDS) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure_series: not the expected slots");
+        return NULL;
+    }
+    Py_INCREF(cls); /* kept: its slot offsets are used */
+    series_configured = 1;
     Py_RETURN_NONE;
 }
 
@@ -1137,7 +1510,15 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Give the walk the schema and the attribute names read."},
     {"build", build, METH_VARARGS,
-     "build(hits, resources, ours, ceiling) -> n: scan()'s plain usage hits replaced by their records."},
+     "build(hits, resources, ours, ceiling, prices=None, unpriced=None) -> n: scan()'s plain usage hits "
+     "replaced by their records, priced by prices' compiled price sets; records left without a cost are "
+     "appended to unpriced."},
+    {"linear", linear, METH_VARARGS,
+     "linear(thresholds, terms) -> a price set compiled for build() (pricing._Rates' parts), or None."},
+    {"price", price, METH_VARARGS, "price(linear, counts) -> the cost build() gives a record of these counts."},
+    {"tally", tally, METH_VARARGS,
+     "tally(records, keys, entries, buckets, now, start, extras) -> the index of the first record not added."},
+    {"configure_series", configure_series, METH_VARARGS, "Give tally() the aggregator's Series class."},
     {"configure_records", configure_records, METH_VARARGS,
      "Give build() the record classes, the slots it reads and the bounds it checks."},
     {"links", links, METH_VARARGS,

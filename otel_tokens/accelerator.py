@@ -8,9 +8,14 @@ verify spans only, and each resource's attribution attributes plus its `fallback
 extractor's `agent_fallback_attribute`, e.g. `service.name`) — the same values the Python walk reads
 from the decoded request — or None to decline, and the extractor then takes the Python path on the
 same payload. `build` then turns each plain usage span's hit into the UsageRecord `extract._record`
-would build (record_builder(); the rare rules stay in Python), and `links` gives the ancestor walk
-its parent links as a dict. So both paths count the same spans the same way;
-tests/test_accelerator.py feeds both the same payloads, fuzzed ones included.
+would build (record_builder(); the rare rules stay in Python), priced in C by the batch's price
+table (`pricing.PriceTable`, compiled by `rates_compiler()`: the same float operations as the
+generated Python cost), and `links` gives the ancestor walk its parent links as a dict. The
+aggregator adds records to their series with `tally` (series_tally(); the records it does not
+mirror in Python, in order). So both paths count the same spans the same way:
+tests/test_accelerator.py feeds both the same payloads, fuzzed ones included;
+tests/test_price_table.py holds C and Python prices equal bit for bit, and
+tests/test_aggregate_compiled.py the aggregator's two loops.
 
 The walk checks every field against the schema of the installed `opentelemetry-proto` (built
 here from its descriptors) so it never accepts a payload upb would refuse; the few field numbers it
@@ -26,7 +31,18 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PURE_PYTHON_ENV", "Build", "LinksWalk", "ScanResult", "links_walk", "record_builder", "scanner"]
+__all__ = [
+    "PURE_PYTHON_ENV",
+    "Build",
+    "LinksWalk",
+    "ScanResult",
+    "Tally",
+    "links_walk",
+    "rates_compiler",
+    "record_builder",
+    "scanner",
+    "series_tally",
+]
 
 #: "1": never use the compiled walk, even when it is built.
 PURE_PYTHON_ENV = "OTEL_TOKENS_PURE_PYTHON"
@@ -47,14 +63,16 @@ LinksWalk = Callable[
     [bytes, set[int], tuple[str, str, str]], tuple[dict[int, int], list[tuple[Any, ...]]] | None
 ]
 
-#: `build(hits, resources, ours, ceiling)`: replaces, in place, each of `scan`'s hits that needs none
-#: of extract._record's rare rules (plain in-range counts, nothing to make consistent, a plain cost
-#: or none, a service tier that is a label as it is or none, no error type, enrichment failure,
-#: 1-hour split or total) by the
-#: UsageRecord _record would build — its cost left None when the span gave none, for the caller to
-#: price; `resources[scope]` is the scope's resource attribution as a tuple of Attribution's fields
-#: (or None), `ours[scope]` whether the scope is otel-tokens' own, `ceiling` max_tokens_per_call.
-Build = Callable[[list[Any], list[Any], list[bool], int], int]
+#: `build(hits, resources, ours, ceiling[, prices, unpriced])`: replaces, in place, each of `scan`'s
+#: hits that needs none of extract._record's rare rules (plain in-range counts, nothing to make
+#: consistent, a plain cost or none, a service tier that is a label as it is or none, no error type,
+#: enrichment failure, 1-hour split or total) by the UsageRecord _record would build; returns how
+#: many. A span without a cost is priced by the compiled price set `prices`
+#: (`pricing.PriceTable.compiled`) has for the record's price key, as `fast` prices it; without one
+#: the cost is left None and the record appended to `unpriced`, for the caller to price.
+#: `resources[scope]` is the scope's resource attribution as a tuple of Attribution's fields (or
+#: None), `ours[scope]` whether the scope is otel-tokens' own, `ceiling` max_tokens_per_call.
+Build = Callable[..., int]
 
 # the C walk's kinds (K_*) by descriptor field type
 _VARINT, _FIXED64, _FIXED32, _BYTES, _STRING, _MESSAGE = range(1, 7)
@@ -245,6 +263,57 @@ def record_builder() -> Build | None:
     """The compiled record build (`build`), when the compiled walk (`scanner()`) is on."""
     scanner()
     return _build
+
+
+def rates_compiler() -> Callable[[Any], object | None] | None:
+    """What turns a price set (`pricing._Rates`) into the form `build` prices records with (None
+    for a set of a shape the C code does not take), when the compiled build is on: the C cost is
+    the generated `fast`'s, bit for bit (tests/test_price_table.py)."""
+    if record_builder() is None:
+        return None
+    from otel_tokens import _otlp_scan  # type: ignore[attr-defined]
+
+    compile_linear = _otlp_scan.linear
+
+    def compile_rates(rates: Any) -> object | None:
+        terms = tuple((term.coefs, term.constant, term.rates) for term in rates.terms)
+        linear: object | None = compile_linear(rates.thresholds, terms)
+        return linear
+
+    return compile_rates
+
+
+#: `tally(records, keys, entries, buckets, now, start, extras) -> stop`: aggregate.Aggregator's
+#: `_add_series` loop in C (see _otlp_scan.c); None when not built, switched off or not matching.
+Tally = Callable[[list[Any], list[Any], dict[Any, Any], tuple[float, ...], float, int, list[Any]], int]
+_SERIES_FIELDS = (
+    "tokens", "input_buckets", "cost_usd", "requests_ok", "requests_error", "estimated_tokens",
+    "input_sum", "last_seen",
+)  # fmt: skip
+_tally: Tally | None = None
+_tally_configured = False
+
+
+def series_tally(series_class: type) -> Tally | None:
+    """The compiled loop that adds records to their series (`aggregate.Aggregator`), configured with
+    the aggregator's `Series` class, when the compiled record build is on and the class still has
+    the fields, in the order, it reads."""
+    global _tally, _tally_configured
+    if not _tally_configured:
+        _tally_configured = True
+        from dataclasses import fields
+
+        if record_builder() is None or tuple(f.name for f in fields(series_class)) != _SERIES_FIELDS:
+            return None
+        from otel_tokens import _otlp_scan  # type: ignore[attr-defined]
+
+        try:
+            _otlp_scan.configure_series(series_class, _SERIES_FIELDS)
+        except ValueError as exc:
+            _log.info("otel-tokens: the compiled series tally is off: %s", exc)
+            return None
+        _tally = _otlp_scan.tally
+    return _tally
 
 
 def links_walk() -> LinksWalk | None:

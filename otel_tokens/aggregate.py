@@ -6,8 +6,10 @@ one counted overflow series, budgeted names always admitted, idle series expirin
 per-task-instance totals a `TaskInstanceTable` (task_instances.py, the same table the budget ledger
 keeps); the ingest self-metrics an `IngestStats` (ingest_stats.py, locked on its own). Exposition is
 exposition.py's, from `snapshot()` copies; this module knows nothing of Prometheus. One lock with a
-tiny critical section: label tuples are computed before it is taken, and a batch of records is
-counted under one acquisition.
+tiny critical section: label tuples are computed before it is taken (remembered by the records' raw
+values, so equal keys are one tuple), and a batch of records is counted under one acquisition, by
+one loop — in C (`_otlp_scan.tally`, accelerator.py) when the compiled build is on and the
+aggregator was not made with `compiled=False`, with the same arithmetic in the same order.
 
 Tokens per completed task: a task instance's calls may come from several processes, so only here is
 its total known. When its owner signals completion (`complete_tasks`, from the task span), the
@@ -37,14 +39,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from itertools import pairwise
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_tokens import metric_names as names
+from otel_tokens.accelerator import series_tally
 from otel_tokens.ingest_stats import IngestCounts, IngestStats
 from otel_tokens.keyed import Key, KeyedFamily
 from otel_tokens.metric_names import OVERFLOW, TASK_LABELS, UNKNOWN
 from otel_tokens.record import TaskCompletion, UsageRecord, Verdict
 from otel_tokens.task_instances import TaskInstanceTable
+
+if TYPE_CHECKING:
+    from otel_tokens.collector.presum import Presummed
 
 __all__ = [
     "ALLOWED_DIMENSIONS",
@@ -67,27 +73,47 @@ _TASK_METRICS = (names.TASK_TOKENS, names.TASK_COST)
 #: The unpriced-record counter's labels.
 UNPRICED_LABELS: tuple[str, ...] = (names.PROVIDER, names.MODEL)
 
-#: dimension → where a UsageRecord holds its value (an `operator.attrgetter` path).
-_DIMENSION_PATHS: dict[str, str] = {
-    names.AGENT: "attribution.agent",
-    names.TASK: "attribution.task",
-    names.MODEL: "model",
-    names.PROVIDER: "provider",
-    names.USER: "attribution.user",
-    names.SESSION: "attribution.session",
-    names.WORKFLOW: "attribution.workflow",
-    names.STEP: "attribution.step",
-    names.OPERATION: "operation",
+#: dimension → where a UsageRecord holds its value (`operator.attrgetter` paths: the first one set
+#: wins). The model is `UsageRecord.model`, read as the fields it is made of: that property is a
+#: Python call per record.
+_DIMENSION_PATHS: dict[str, tuple[str, ...]] = {
+    names.AGENT: ("attribution.agent",),
+    names.TASK: ("attribution.task",),
+    names.MODEL: ("request_model", "response_model"),
+    names.PROVIDER: ("provider",),
+    names.USER: ("attribution.user",),
+    names.SESSION: ("attribution.session",),
+    names.WORKFLOW: ("attribution.workflow",),
+    names.STEP: ("attribution.step",),
+    names.OPERATION: ("operation",),
 }
 ALLOWED_DIMENSIONS: frozenset[str] = frozenset(_DIMENSION_PATHS)
 
 
 def _values_getter(paths: Sequence[str]) -> Callable[[UsageRecord], tuple[str | None, ...]]:
-    """One C call fetching every dimension's raw value (attrgetter returns a bare value for one path)."""
+    """One C call fetching every path's raw value (attrgetter returns a bare value for one path)."""
     getter: Callable[[UsageRecord], Any] = attrgetter(*paths)
     if len(paths) == 1:
         return lambda record: (getter(record),)
     return getter
+
+
+def _key_maker(dimensions: Sequence[str]) -> Callable[[tuple[str | None, ...]], Key]:
+    """The key of the raw values `_values_getter` reads for `dimensions`: each dimension's first set
+    value (missing: "unknown"), bounded in length."""
+    spans, at = [], 0
+    for dimension in dimensions:
+        width = len(_DIMENSION_PATHS[dimension])
+        spans.append((at, at + width))
+        at += width
+    if at == len(spans):  # one path per dimension (no model among them): the values themselves
+        return lambda values: tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in values])
+
+    def key(values: tuple[str | None, ...]) -> Key:
+        firsts = [next((v for v in values[start:stop] if v), None) for start, stop in spans]
+        return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in firsts])
+
+    return key
 
 
 _VERIFIED = {True: names.VERIFIED_PASSED, False: names.VERIFIED_FAILED}
@@ -125,6 +151,20 @@ def _with_verified(family: dict[str, Any]) -> dict[str, Any]:
 
 def _label(value: str | None) -> str:
     return (value or UNKNOWN)[:MAX_LABEL_LENGTH]
+
+
+def _take(family: KeyedFamily[Any], key: Key, records: int, now: float) -> Any:
+    """`get_or_create` for `records` records of one key: a key that is not admitted sends each of
+    them to the overflow series, counted one by one, as `add_many` would."""
+    entry = family.entries.get(key)
+    if entry is not None:
+        entry.last_seen = now
+        return entry
+    entry = family.get_or_create(key, now)
+    for _ in range(records - 1):
+        if key not in family.entries:
+            family.get_or_create(key, now)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -274,13 +314,23 @@ class Aggregator:
     (it only dates series for idle expiry and task instances for recency)."""
 
     def __init__(
-        self, config: MetricsConfig | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        config: MetricsConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        compiled: bool = True,
     ) -> None:
         self.config = config if config is not None else MetricsConfig()
         cfg = self.config
         self._clock = clock
-        self._label_values = _values_getter([_DIMENSION_PATHS[d] for d in cfg.dimensions])
-        self._buckets = cfg.input_token_buckets
+        self._label_values = _values_getter([path for d in cfg.dimensions for path in _DIMENSION_PATHS[d]])
+        self._make_key = _key_maker(cfg.dimensions)
+        #: raw dimension values → the key (`_key_of_values`); replaced whole when full
+        self._keys: dict[tuple[str | None, ...], Key] = {}
+        self._max_keys = 4 * (cfg.max_series_per_metric + cfg.max_budgeted_series_per_metric)
+        self._buckets = tuple(cfg.input_token_buckets)
+        #: the compiled `_add_series` (accelerator.series_tally), unless `compiled=False`
+        self._tally = series_tally(Series) if compiled else None
         self._lock = threading.Lock()
         self.ingest_stats = IngestStats()
         self._series: KeyedFamily[Series] = self._family(
@@ -317,7 +367,20 @@ class Aggregator:
 
     def key_of(self, record: UsageRecord) -> Key:
         """The label values of a record, bounded in length; missing attribution is "unknown"."""
-        return tuple([(v or UNKNOWN)[:MAX_LABEL_LENGTH] for v in self._label_values(record)])
+        return self._key_of_values(self._label_values(record))
+
+    def _key_of_values(self, values: tuple[str | None, ...]) -> Key:
+        """`key_of` from the record's raw dimension values, remembered: records repeat a handful of
+        label combinations, so most records cost one lookup here, and records of equal values share
+        one key tuple (its hash computed once, compared by identity in the series dict). Bounded:
+        past the limit the memo starts over."""
+        key = self._keys.get(values)
+        if key is None:
+            key = self._make_key(values)
+            if len(self._keys) >= self._max_keys:
+                self._keys = {}
+            self._keys[values] = key
+        return key
 
     def always_admit(self, values: Mapping[str, Iterable[str]]) -> None:
         """Label values (by label name: agent, task, model, ...) that always get series of their own,
@@ -335,57 +398,132 @@ class Aggregator:
         self.add_many((record,))
 
     def add_many(self, records: Sequence[UsageRecord]) -> None:
-        """Count records (already deduplicated); one lock acquisition per batch."""
-        key_of = self.key_of
-        keyed = [(key_of(r), r) for r in records]
+        """Count records (already deduplicated); one lock acquisition per batch, label keys found
+        before it is taken."""
+        values, keys, key_of_values = self._label_values, self._keys, self._key_of_values
+        keyed = [keys.get(raw) or key_of_values(raw) for raw in map(values, records)]
         now = self._clock()
         with self._lock:
-            for key, record in keyed:
-                self._add_locked(key, record, now)
+            self._add_locked(keyed, records, now)
 
-    def _add_locked(self, key: Key, record: UsageRecord, now: float) -> None:
-        series = self._series.entries.get(key)  # KeyedFamily.get_or_create's common case, inline
-        if series is None:
-            series = self._series.get_or_create(key, now)
+    def _add_locked(self, keys: Sequence[Key], records: Sequence[UsageRecord], now: float) -> None:
+        """Each record added to its key's series, in order (costs are floats: the order of their
+        additions is the result), by the compiled `tally` when it is on (the records it does not
+        mirror, and those of keys without a series yet, one at a time in Python); then, in order,
+        the unpriced ones counted and the task instances' calls added to their totals (families of
+        their own, so doing them after the series changes nothing)."""
+        extras: list[tuple[UsageRecord, int]] = []
+        tally, n = self._tally, len(records)
+        if tally is None or type(now) is not float:
+            self._add_series(keys, records, 0, n, now, extras)
         else:
-            series.last_seen = now
-        counts = record.tokens
-        cache_read, cache_write, reasoning = counts.cache_read, counts.cache_write, counts.reasoning
-        # TokenCounts.disjoint_counts(), inline: this runs per record
-        fresh_input = max(counts.input - cache_read - cache_write, 0)
-        visible_output = max(counts.output - reasoning, 0)
-        tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
-        tokens[0] += fresh_input
-        tokens[1] += visible_output
-        tokens[2] += cache_read
-        tokens[3] += cache_write
-        tokens[4] += reasoning
-        total = fresh_input + visible_output + cache_read + cache_write + reasoning
-        if record.cost_usd is not None:
-            series.cost_usd += record.cost_usd
-        else:
-            self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
-        if record.status == "error":
-            series.requests_error += 1
-        else:
-            series.requests_ok += 1
-        if record.estimated:
-            series.estimated_tokens += total
-        series.input_buckets[bisect_left(self._buckets, counts.input)] += 1
-        series.input_sum += counts.input
-        attribution = record.attribution
-        if attribution.task_id:
-            if self._observed_ids:
-                self._observed_ids.pop(attribution.task_id, None)  # a new run of a reused task id
-            self._tasks.add(
-                attribution.task_id,
-                attribution.agent,
-                attribution.task,
-                total,
-                record.cost_usd or 0.0,
-                now,
-                record.model,
-            )
+            keys, records, i = list(keys), list(records), 0
+            while (i := tally(records, keys, self._series.entries, self._buckets, now, i, extras)) < n:
+                self._add_series(keys, records, i, i + 1, now, extras)
+                i += 1
+        observed, add_task = self._observed_ids, self._tasks.add
+        for record, total in extras:
+            cost = record.cost_usd
+            if cost is None:
+                self._unpriced.get_or_create((_label(record.provider), _label(record.model)), now).value += 1
+            attribution = record.attribution
+            task_id = attribution.task_id
+            if task_id:  # a call of a task instance: added to its running total
+                if observed:
+                    observed.pop(task_id, None)  # a new run of a task id observed before
+                add_task(task_id, attribution.agent, attribution.task, total, cost or 0.0, now, record.model)
+
+    def _add_series(
+        self,
+        keys: Sequence[Key],
+        records: Sequence[UsageRecord],
+        start: int,
+        stop: int,
+        now: float,
+        extras: list[tuple[UsageRecord, int]],
+    ) -> None:
+        """records[start:stop] added to their series; (record, its total tokens) of the unpriced
+        ones and of task instances' calls appended to `extras`. One loop with everything inline:
+        this runs per record; counts that are 0 (no cache, no reasoning: most calls) are not
+        added. `tally` (_otlp_scan.c) is this loop in C, and must stay the same arithmetic."""
+        entries, get_or_create = self._series.entries, self._series.get_or_create
+        buckets, n_buckets = self._buckets, len(self._buckets)
+        for index in range(start, stop):
+            record = records[index]
+            series = entries.get(keys[index])  # KeyedFamily.get_or_create's common case, inline
+            if series is None:
+                series = get_or_create(keys[index], now)
+            else:
+                series.last_seen = now
+            counts = record.tokens
+            # TokenCounts.disjoint_counts(), inline
+            inp, cache_read, cache_write = counts.input, counts.cache_read, counts.cache_write
+            reasoning = counts.reasoning
+            tokens = series.tokens  # in TOKEN_TYPES order, as disjoint_counts() returns them
+            fresh_input = inp - cache_read - cache_write
+            if fresh_input > 0:
+                tokens[0] += fresh_input
+            else:
+                fresh_input = 0
+            visible_output = counts.output - reasoning
+            if visible_output > 0:
+                tokens[1] += visible_output
+            else:
+                visible_output = 0
+            if cache_read:
+                tokens[2] += cache_read
+            if cache_write:
+                tokens[3] += cache_write
+            if reasoning:
+                tokens[4] += reasoning
+            total = fresh_input + visible_output + cache_read + cache_write + reasoning
+            cost = record.cost_usd
+            if cost is not None:
+                series.cost_usd += cost
+            if record.status == "error":
+                series.requests_error += 1
+            else:
+                series.requests_ok += 1
+            if record.estimated:
+                series.estimated_tokens += total
+            # bisect_left(buckets, inp), its common case first: the smallest bucket
+            series.input_buckets[0 if inp <= buckets[0] else bisect_left(buckets, inp, 1, n_buckets)] += 1
+            series.input_sum += inp
+            if cost is None or record.attribution.task_id:
+                extras.append((record, total))
+
+    # --- an ingest worker's batch, summed there (collector/presum.py) ---------------------------
+    def add_presummed(self, presummed: Presummed) -> None:
+        """Count a batch as an ingest worker summed it (`collector/presum.py`): what `add_many` of
+        its records would have counted. One clock read, one lock; each family's keys met in the
+        same order, every record beyond the series limit counted toward the overflow one by one;
+        costs added one by one in record order (several keys may share the overflow series), so the
+        float sums are the same too."""
+        _, series_rows, (cost_series, costs), unpriced_rows, task_rows = presummed
+        now = self._clock()
+        with self._lock:
+            targets: list[Series] = []
+            for key, n, tokens, ok, error, estimated, buckets, input_sum in series_rows:
+                series = _take(self._series, key, n, now)
+                targets.append(series)
+                totals = series.tokens
+                for i, count in enumerate(tokens):
+                    totals[i] += count
+                series.requests_ok += ok
+                series.requests_error += error
+                series.estimated_tokens += estimated
+                counted = series.input_buckets
+                for i, count in enumerate(buckets):
+                    counted[i] += count
+                series.input_sum += input_sum
+            for at, cost in zip(cost_series, costs, strict=True):
+                targets[at].cost_usd += cost
+            for label, n in unpriced_rows:
+                _take(self._unpriced, label, n, now).value += n
+            for task_id, agent, task, total, cost_usd, model in task_rows:
+                if self._observed_ids:
+                    self._observed_ids.pop(task_id, None)
+                self._tasks.add(task_id, agent, task, total, cost_usd, now, model)
 
     def add_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         """Remember each task's verdicts until it is observed (all passed → passed)."""

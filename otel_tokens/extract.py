@@ -52,7 +52,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_tokens import semconv as sc
 from otel_tokens._safety import swallow_internal_errors
-from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, record_builder, scanner
+from otel_tokens.accelerator import LinksWalk, ScanResult, links_walk, rates_compiler, record_builder, scanner
 from otel_tokens.ancestry import Links, Scope, Scopes
 from otel_tokens.extract_stats import (
     CACHE_EXCEEDS_INPUT,
@@ -72,6 +72,8 @@ from otel_tokens.record import (
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
+
+    from otel_tokens.pricing import PriceTable
 
 __all__ = [
     "Extractor",
@@ -200,6 +202,7 @@ Outcome = UsageRecord | Rejection | TaskCompletion | Verdict | None
 
 class _Batch(Protocol):
     spans_received: int
+    records: list[UsageRecord]
 
     def add(self, outcome: Outcome) -> None: ...
 
@@ -448,11 +451,13 @@ def _record(
     stats: ExtractStats | None,
     ids: SpanIds,
     labelled: bool = False,
+    prices: PriceTable | None = None,
 ) -> UsageRecord | Rejection:
     """`record_from_slots` with positional arguments (this runs once per usage span): the record
     is built in one constructor call and each check has its common case first (a plain value),
     leaving the rare ones to the helpers. `labelled`: the label slots hold labels already (the
-    compiled walk makes them, `LABEL_SLOTS`), so `_labels` (idempotent) is not run again."""
+    compiled walk makes them, `LABEL_SLOTS`), so `_labels` (idempotent) is not run again. `prices`:
+    the batch's price table, when `price` is the default one (see `_price`)."""
     tokens = tokens_from(vals, ranks, stats)
     if type(tokens) is Rejection:
         return tokens
@@ -482,7 +487,9 @@ def _record(
     if failed_steps and stats is not None:
         stats.enrichment_failed(failed_steps)
     if cost is None:
-        cost, pricing_failed = _price(price, provider, request_model, response_model, tokens, service_tier)
+        cost, pricing_failed = _price(
+            price, provider, request_model, response_model, tokens, service_tier, prices
+        )
         if pricing_failed and sc.ENRICHMENT_PRICING not in failed_steps:
             failed_steps += (sc.ENRICHMENT_PRICING,)
     trace_id, span_id, parent_span_id, start_ns, end_ns = ids
@@ -509,6 +516,9 @@ def _record(
     )
 
 
+_UNSEEN: Any = object()  # a price key the table has not resolved yet
+
+
 def _price(
     price: PriceFn,
     provider: str,
@@ -516,9 +526,29 @@ def _price(
     response_model: str | None,
     tokens: TokenCounts,
     service_tier: str | None,
+    prices: PriceTable | None = None,
 ) -> tuple[float | None, bool]:
     """(cost, whether pricing failed). The response model (often a dated snapshot) prices more
-    exactly; fall back to the request's. The tier is passed only when the span has one."""
+    exactly; fall back to the request's. The tier is passed only when the span has one.
+
+    With the batch's price table (`price` is then the default), the rates the price book would pick
+    are looked up once per price key, not per record; an internal error resolving them takes the
+    way below, which reports it."""
+    if prices is not None:
+        key = (provider, request_model, response_model, service_tier)
+        rates = prices.rates.get(key, _UNSEEN)
+        if rates is _UNSEEN:
+            try:
+                rates = prices.learn(key)
+            except Exception:
+                rates = _UNSEEN
+        if rates is not _UNSEEN:
+            if rates is None:
+                return None, False
+            t = tokens
+            return rates.fast(
+                t.input, t.output, t.cache_read, t.cache_write, t.reasoning, t.cache_write_1h
+            ), False
     if price is _default_price and _book_cost is not None:
         price = _book_cost  # what `_default_price` forwards to once loaded, without its frame
     extra = (service_tier,) if service_tier is not None else ()
@@ -734,6 +764,9 @@ class Extractor:
         self._scan = scanner() if compiled else None
         self._links = links_walk() if compiled else None
         self._build = record_builder() if compiled else None
+        self._compile_rates = rates_compiler() if compiled else None
+        #: the default price function's table (`_batch_prices`), made on first use
+        self._prices: PriceTable | None = None
 
     def extract_otlp(self, request: ExportTraceServiceRequest, batch: _Batch) -> None:
         """Every span of an export request, counted into `batch` (received, records, rejections).
@@ -744,8 +777,10 @@ class Extractor:
             if found is not None:
                 self.count_scanned(found, batch)
                 return
-        from_span, add = self.from_otlp_span, batch.add  # looked up once, not per span
+        from_span, add = self._from_otlp_span, batch.add  # looked up once, not per span
         slots_of = _slots_from_otlp
+        price, ceiling, stats = self._price, self.max_tokens_per_call, self.stats
+        prices = self._batch_prices()
         for resource_spans in request.resource_spans:
             fallback = self.agent_fallback_attribute
             resource = _otlp_resource_attribution(resource_spans.resource.attributes, fallback)
@@ -756,10 +791,35 @@ class Extractor:
                 for span in spans:
                     # the attribute walk inline: a span without usage (most spans) costs only this
                     found_slots = slots_of(span.attributes)
-                    if found_slots is not None:
-                        outcome = from_span(span, resource, scope_ours, found_slots)
-                        if outcome is not None:
-                            add(outcome)
+                    if found_slots is None:
+                        continue
+                    vals, ranks = found_slots
+                    if vals[TASK_SCOPE] is True or type(vals[VERIFY_PASSED]) is bool:  # rare
+                        outcome = from_span(span, resource, scope_ours, found_slots, prices)
+                    else:  # `_outcome`'s usage case, inline: this runs per usage span
+                        ids = (
+                            int.from_bytes(span.trace_id, "big"),
+                            int.from_bytes(span.span_id, "big"),
+                            int.from_bytes(span.parent_span_id, "big") or None,
+                            span.start_time_unix_nano,
+                            span.end_time_unix_nano,
+                        )
+                        error = span.status.code == _OTLP_STATUS_ERROR
+                        outcome = _record(
+                            vals,
+                            ranks,
+                            price,
+                            resource,
+                            scope_ours,
+                            error,
+                            ceiling,
+                            stats,
+                            ids,
+                            False,
+                            prices,
+                        )
+                    if outcome is not None:
+                        add(outcome)
 
     @property
     def compiled(self) -> bool:
@@ -786,13 +846,20 @@ class Extractor:
         scope_resource = [resources[index] for index, _ in scopes]
         ours = [name == sc.INSTRUMENTATION_SCOPE for _, name in scopes]
         price, ceiling, stats, add = self._price, self.max_tokens_per_call, self.stats, batch.add
-        if self._build is not None:  # the plain usage spans' records, built in C (accelerator.Build)
+        prices = self._batch_prices()
+        if self._build is not None:  # the plain usage spans' records, built (and priced) in C
             inherited = [None if r is None else _resource_values(r) for r in scope_resource]
-            self._build(hits, inherited, ours, ceiling)
+            unpriced: list[UsageRecord] = []
+            compiled_prices = prices.compiled if prices is not None else None
+            if self._build(hits, inherited, ours, ceiling, compiled_prices, unpriced) == len(hits):
+                for record in unpriced:  # every hit is a record (the common case): no loop over them
+                    self._price_built(record, prices)
+                batch.records.extend(hits)
+                return
         for hit in hits:
             if type(hit) is UsageRecord:
                 if hit.cost_usd is None:
-                    self._price_built(hit)
+                    self._price_built(hit, prices)
                 add(hit)
                 continue
             scope, vals, ranks, trace_id, span_id, parent, start, end, code = hit
@@ -803,17 +870,34 @@ class Extractor:
             else:  # `_outcome`'s usage case, inline: this runs per usage span
                 outcome = _record(
                     vals, ranks, price, scope_resource[scope], ours[scope], error, ceiling, stats,
-                    (trace_id, span_id, parent or None, start, end), True,
+                    (trace_id, span_id, parent or None, start, end), True, prices,
                 )  # fmt: skip
             if outcome is not None:
                 add(outcome)
 
-    def _price_built(self, record: UsageRecord) -> None:
+    def _batch_prices(self) -> PriceTable | None:
+        """The price table, refreshed for a new batch (see `_price`); None when the price function
+        is not the default one, or while genai-prices cannot load (each record then reports it)."""
+        table = self._prices
+        if table is None:
+            if self._price is not _default_price:
+                return None
+            from otel_tokens.pricing import PriceTable, PricingUnavailable, default_price_book
+
+            try:
+                book = default_price_book()
+            except PricingUnavailable:
+                return None
+            table = self._prices = PriceTable(book, self._compile_rates)
+        table.refresh()
+        return table
+
+    def _price_built(self, record: UsageRecord, prices: PriceTable | None) -> None:
         """`_record`'s pricing, for a record the compiled build made without a cost (it has no
         failed steps: the build leaves such spans to `_record`)."""
         cost, failed = _price(
             self._price, record.provider, record.request_model, record.response_model, record.tokens,
-            record.service_tier,
+            record.service_tier, prices,
         )  # fmt: skip
         record.cost_usd = cost
         if failed:
@@ -828,6 +912,17 @@ class Extractor:
     ) -> Outcome:
         """None for a span without GenAI usage (most spans), else a record or a rejection; a task
         span is a TaskCompletion. `found`: the span's slots, when the caller walked them already."""
+        return self._from_otlp_span(span, resource, scope_ours, found, None)
+
+    def _from_otlp_span(
+        self,
+        span: Any,
+        resource: Attribution | None,
+        scope_ours: bool,
+        found: tuple[_Slots, Sequence[int]] | None,
+        prices: PriceTable | None,
+    ) -> Outcome:
+        """`from_otlp_span`, priced with a batch's price table."""
         if found is None:
             found = _slots_from_otlp(span.attributes)
             if found is None:
@@ -839,7 +934,8 @@ class Extractor:
             span.start_time_unix_nano,
             span.end_time_unix_nano,
         )
-        return self._outcome(*found, resource, scope_ours, span.status.code == _OTLP_STATUS_ERROR, ids)
+        error = span.status.code == _OTLP_STATUS_ERROR
+        return self._outcome(*found, resource, scope_ours, error, ids, prices)
 
     def _outcome(
         self,
@@ -849,6 +945,7 @@ class Extractor:
         scope_ours: bool,
         error: bool,
         ids: tuple[int, int, int, int, int],
+        prices: PriceTable | None = None,
     ) -> Outcome:
         """One usage, task or verify span's outcome from its slots and ids (trace, span, parent or 0,
         start, end): both OTLP walks end here."""
@@ -859,7 +956,7 @@ class Extractor:
         trace_id, span_id, parent, start, end = ids
         return _record(
             vals, ranks, self._price, resource, scope_ours, error, self.max_tokens_per_call, self.stats,
-            (trace_id, span_id, parent or None, start, end),
+            (trace_id, span_id, parent or None, start, end), False, prices,
         )  # fmt: skip
 
     def from_readable_span(self, span: ReadableSpan) -> Outcome:

@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace import ReadableSpan
 
+    from otel_tokens.collector.presum import Presummed
+
 __all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
 
 
@@ -114,6 +116,8 @@ class Batch:
         "completions",
         "decisions",
         "links",
+        "materialize",
+        "presummed",
         "records",
         "rejected",
         "result",
@@ -136,6 +140,12 @@ class Batch:
         #: an ingest worker's scan for the main process's tracked walks (see the module docstring)
         self.links: Links | None = None
         self.scopes: Scopes | None = None
+        #: an ingest worker's sums of `records` (collector/presum.py): counted per series when the deduper
+        #: counts every record (collector/worker_wire.py); not journaled (the records are)
+        self.presummed: Presummed | None = None
+        #: with `presummed`, records may hold their dedupe keys alone: this gives the whole ones
+        #: for those the pipeline counts one by one or hands to listeners
+        self.materialize: Callable[[list[UsageRecord]], list[UsageRecord]] | None = None
 
     @property
     def spans_received(self) -> int:
@@ -242,7 +252,7 @@ class Pipeline:
         self.dedupe = dedupe if dedupe is not None else DedupeConfig()
         self.dedupe.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.aggregator = Aggregator(self.config, clock=clock)
+        self.aggregator = Aggregator(self.config, clock=clock, compiled=compiled)
         self._clock = clock
         self._extractor = Extractor(
             price=price,
@@ -383,7 +393,10 @@ class Pipeline:
             self._continue_walks(batch.links, batch.scopes or {})
         if batch.records:
             counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
-            batch.result.records_counted = self._emit(counted)
+            whole = batch.presummed if len(counted) == len(batch.records) else None
+            if batch.materialize is not None and counted and (whole is None or self._listeners):
+                counted = batch.materialize(counted)
+            batch.result.records_counted = self._emit(counted, whole)
             if batch.walks:
                 self._track(batch.walks)
         self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
@@ -541,10 +554,13 @@ class Pipeline:
             self._pending = deque((d, c) for d, c in self._pending if d > now)
         return due
 
-    def _emit(self, counted: list[UsageRecord]) -> int:
+    def _emit(self, counted: list[UsageRecord], presummed: Presummed | None = None) -> int:
         if not counted:
             return 0
-        self.aggregator.add_many(counted)
+        if presummed is None:
+            self.aggregator.add_many(counted)
+        else:  # the same counts, summed by an ingest worker
+            self.aggregator.add_presummed(presummed)
         for fn in self._listeners:
             for record in counted:
                 try:

@@ -20,6 +20,9 @@ The compiled form reproduces genai-prices' own semantics (checked by a golden te
   `priority` at double) are applied as genai-prices' `price_context={"service_tier": tier}` does:
   only for a model of the provider's own list, with each variant's start date checked at call
   time. A tier without a variant (or no tier) is the standard price.
+- A batch of records (the collector's) is priced through a `PriceTable`: the rates of each price key
+  resolved once and kept until one of them may change, checked once per batch, so a record costs a
+  dict lookup and the generated function (or its C twin in the compiled record build).
 - Cache writes with Anthropic's 1-hour TTL are a *subset* of cache writes
   (`TokenCounts.cache_write_1h`), reported to genai-prices as `cache_write_1h_tokens`: on a model
   with a `cache_write_1h_mtok` price they leave the 5-minute bucket and bill at the 1-hour rate; on
@@ -42,7 +45,7 @@ from typing import Any, Protocol, cast
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.record import TokenCounts
 
-__all__ = ["PriceBook", "PricingUnavailable", "default_price_book"]
+__all__ = ["PriceBook", "PriceKey", "PriceTable", "PricingUnavailable", "default_price_book"]
 
 #: Our provider names are semconv `gen_ai.provider.name` values; genai-prices has its own ids.
 #: Names missing here go to genai-prices with provider_id=None, which picks the provider from the
@@ -206,6 +209,15 @@ class _Entry:
             return self.rates
         return cast("_UntilNextChange", self._dated).rates()
 
+    def rates_until(self, service_tier: str | None) -> tuple[_Rates, float]:
+        """The rates `strict_cost_usd` prices a call answered in `service_tier` with now, and the
+        epoch second until which that choice holds (inf: until the price data is replaced)."""
+        if service_tier is not None and service_tier in self.tiers:
+            return self.tiers[service_tier].rates_until()
+        if self.rates is not None:
+            return self.rates, math.inf
+        return cast("_UntilNextChange", self._dated).rates_until()
+
     def _select(self, now: datetime) -> _Rates:
         # Same rule as genai-prices' ModelInfo.get_prices: the last active price wins; if none is
         # active, the first one applies.
@@ -241,6 +253,9 @@ class _TierPrices:
     def rates_now(self) -> _Rates:
         return self._dated.rates()
 
+    def rates_until(self) -> tuple[_Rates, float]:
+        return self._dated.rates_until()
+
     def _select(self, now: datetime) -> _Rates:
         active = tuple(c.active(now) for c in self._constraints)
         try:
@@ -269,13 +284,21 @@ class _UntilNextChange:
         self._memo: tuple[_Rates, float, float] | None = None  # (rates, valid from, valid until)
 
     def rates(self) -> _Rates:
-        memo = self._memo
+        memo = self._memo  # `rates_until()[0]`, inline: this runs per priced call
         if memo is not None and memo[1] <= time.time() < memo[2]:
             return memo[0]
+        return self.rates_until()[0]
+
+    def rates_until(self) -> tuple[_Rates, float]:
+        """The rates selected now, and the instant until which they stay selected."""
+        memo = self._memo
+        if memo is not None and memo[1] <= time.time() < memo[2]:
+            return memo[0], memo[2]
         now = datetime.now(tz=timezone.utc)
         rates = self._select(now)
-        self._memo = (rates, now.timestamp(), _next_change(self._constraints, now))
-        return rates
+        until = _next_change(self._constraints, now)
+        self._memo = (rates, now.timestamp(), until)
+        return rates, until
 
 
 def _next_change(constraints: Sequence[object], now: datetime) -> float:
@@ -401,6 +424,21 @@ class PriceBook:
             with swallow_internal_errors("pricing.estimate_cost_usd"):
                 raise
             return None
+
+    def rates_until(
+        self, provider: str, model: str, service_tier: str | None = None
+    ) -> tuple[_Rates | None, float]:
+        """The rates `strict_cost_usd` prices a call with now (None: no price known for the model),
+        and the epoch second until which that choice holds (inf: as long as the price data stays,
+        see `data_version`). Raises on an internal error, as `strict_cost_usd` does."""
+        entry = self._entry(provider, model)
+        if entry is None:
+            return None, math.inf
+        return entry.rates_until(service_tier)
+
+    def data_version(self) -> object:
+        """The price data in use: a new object once genai-prices' updater replaced it."""
+        return self._snapshots.get_snapshot()
 
     def _entry(self, provider: str, model: str) -> _Entry | None:
         key = (provider, model)
@@ -568,6 +606,70 @@ def _registry() -> Any:
 
         _registry_instance = UnitRegistry(unit_data)
     return _registry_instance
+
+
+#: A record's price key: (provider, request model, response model, service tier), its fields.
+PriceKey = tuple[str, str, "str | None", "str | None"]
+
+
+class PriceTable:
+    """Prices a batch of records with one dict lookup each: the rates of every (provider, request
+    model, response model, service tier) seen, resolved once through the price book as
+    `extract._price` picks them (the response model first, else the request model), and kept until
+    one of them may change (a dated price's next change, or new price data) — `refresh()`, once per
+    batch, checks both, so a batch is priced at the instant it is refreshed.
+
+    `compile` (the compiled build's, accelerator.py) turns rates into the form the C record build
+    prices with; `compiled` holds those, for the keys it could compile. Keys come from outsiders, so
+    both are bounded (past `max_entries` they start over). Thread-safe: lookups read a dict that is
+    replaced whole, never cleared in place; learning is locked.
+    """
+
+    def __init__(
+        self,
+        book: PriceBook,
+        compile: Callable[[_Rates], object | None] | None = None,
+        max_entries: int = _DEFAULT_MAX_MODELS,
+    ) -> None:
+        self._book = book
+        self._compile = compile
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self.rates: dict[PriceKey, _Rates | None] = {}
+        self.compiled: dict[PriceKey, object] = {}
+        self._until = -math.inf  # the first refresh starts the table
+        self._version: object = None
+
+    def refresh(self) -> None:
+        """Forget the rates if any may have changed since they were resolved."""
+        if time.time() < self._until and self._book.data_version() is self._version:
+            return
+        with self._lock:
+            self._version = self._book.data_version()  # before resolving: a newer one forgets again
+            self._until = math.inf
+            self.rates, self.compiled = {}, {}
+
+    def learn(self, key: PriceKey) -> _Rates | None:
+        """The rates of `key` now (None: neither model has a price), resolved and kept. Raises on an
+        internal error (the caller then prices the record the slow way, which reports it)."""
+        provider, request_model, response_model, tier = key
+        version = self._version  # a refresh meanwhile (new price data): not kept
+        rates, until = None, math.inf
+        if response_model and response_model != request_model:
+            rates, until = self._book.rates_until(provider, response_model, tier)
+        if rates is None:
+            rates, until = self._book.rates_until(provider, request_model, tier)
+        compiled = self._compile(rates) if rates is not None and self._compile is not None else None
+        with self._lock:
+            if version is not self._version:
+                return rates
+            if len(self.rates) >= self._max_entries:
+                self.rates, self.compiled = {}, {}
+            self.rates[key] = rates
+            if compiled is not None:
+                self.compiled[key] = compiled
+            self._until = min(self._until, until)
+        return rates
 
 
 class PricingUnavailable(RuntimeError):

@@ -179,6 +179,8 @@ def test_workers_benchmark_compares_one_and_two_ingest_processes():
         line = rf"--workers {workers}: +{NUMBER} spans/s .* CPU {NUMBER} s main / {NUMBER} s workers"
         assert re.search(line, out), out
     assert re.search(rf"--workers 2 / --workers 1: x{NUMBER}", out), out
+    shares = rf"main share / one process: x{NUMBER} .*; two workers on two free cores: at most x{NUMBER}"
+    assert re.search(shares, out), out
 
 
 def test_startup_benchmark_times_instrument_in_fresh_interpreters():

@@ -81,10 +81,10 @@ class CollectorConfig:
     max_connections: int = 256
     #: OTLP ingest processes (workers.py); 0: one per CPU core this process may use; 1 (the
     #: default): everything in one process. `CollectorService` itself is always one process:
-    #: `run_collector` picks the multi-process service when this resolves above 1. Default 1: once
-    #: the receivers took the compiled bytes path, one process ingests ~3x faster than before and
-    #: the main process of `--workers 2` spends as much per span as one whole process does
-    #: (make bench on 2 cores: x0.60), so more processes are an opt-in for many-core machines.
+    #: `run_collector` picks the multi-process service when this resolves above 1. Default 1: a
+    #: worker and the main process together spend ~1.5x one process's CPU a span (the main ~0.5x),
+    #: so two workers gain only on free cores (bench_workers: at most ~x1.36 on two; x0.76 on this
+    #: shared 2-core machine): more processes are an opt-in for machines with cores to spare.
     workers: int = 1
     # --- who gets in ---
     auth_token_file: str | None = None

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from otel_tokens.collector.store import StoreError
-from otel_tokens.collector.worker_wire import StatsDelta, pack_batch, unpack_batch
+from otel_tokens.collector.worker_wire import Presum, StatsDelta, pack_batch, unpack_batch
 from otel_tokens.extract_stats import ExtractStats
 from otel_tokens.pipeline import Batch, IngestResult
 
@@ -133,16 +133,18 @@ class WorkerLink:
 
 class RemoteGate:
     """A worker pipeline's gate: every change goes to the main process's gate (see the module
-    docstring). The extractor's self-metrics counted since the last batch travel with it."""
+    docstring). The extractor's self-metrics counted since the last batch travel with it, and, with
+    `presum` (`Presum.columns` of the collector's metrics config), its records summed per series."""
 
-    def __init__(self, link: WorkerLink, stats: ExtractStats) -> None:
+    def __init__(self, link: WorkerLink, stats: ExtractStats, presum: Presum | None = None) -> None:
         self._link = link
         self._stats = stats
+        self._presum = presum
         self._sent: StatsDelta = stats.snapshot()
         self._stats_lock = threading.Lock()
 
     def batch(self, batch: Batch) -> IngestResult:
-        result: IngestResult = self._link.call(BATCH, pack_batch(batch, self._stats_delta()))
+        result: IngestResult = self._link.call(BATCH, pack_batch(batch, self._stats_delta(), self._presum))
         return result
 
     def flush(self, until: float | None) -> None:

@@ -11,9 +11,11 @@ compiler and called through ctypes) switches collection on with callgrind's clie
 around a callback into Python that makes the N measured calls.
 Imports, client set-up and warm-up calls run before instrumentation is switched on, so they are
 neither counted nor slowed down; `PYTHONHASHSEED=0` makes dict layouts repeat. One process's count
-repeats within ~0.1%, but the address layout (ASLR) moves it by a few thousand instructions per
-call, so each variant runs in `REPEATS` processes, interleaved, and the median is reported with the
-spread.
+repeats within ~0.1%, but the address layout (ASLR) and how full the allocator's pools are when
+measuring starts (which moves with any unrelated change to what was allocated before) move it by
+up to ~10k instructions per call, so each variant runs in `REPEATS` processes, each round on a heap
+shifted by a different number of objects allocated first (`HEAP_OFFSETS`), interleaved, and the
+median is reported with the spread.
 
 Variants, per SDK (`client.chat.completions.create` for openai, `client.messages.create` for
 anthropic, non-streaming, over the SDK's own HTTP client with a `MockTransport` replaying the local
@@ -33,7 +35,10 @@ fake provider's exact response bytes — no socket):
 Every variant's process checks that it emitted one span per call (zero for the bare SDK), so a patch
 that silently failed to apply cannot pass as cheap.
 
-Run: `python benchmarks/bench_callgrind.py` (`make bench` runs it under both venvs). Needs `valgrind`
+Run: `python benchmarks/bench_callgrind.py` (`make bench` runs it under both venvs). To iterate on
+one figure: `--variants floor,otel-tokens openai` runs only those (and the bare SDK every figure is
+added to), `--repeats N` sets the processes per variant, and `--keep DIR` leaves each process's
+callgrind output there for `callgrind_annotate --inclusive=yes DIR/<file>`. Needs `valgrind`
 (`make system-deps`) and a C compiler; without either it says so and exits 0.
 """
 
@@ -89,11 +94,20 @@ CHILD_TIMEOUT_S = 240
 #: measured calls paid for warming every function that runs once per call, so an instrumentation
 #: made of more (small) functions looked costlier than it is at steady state.
 WARM_UP_CALLS = 10
-#: Processes per variant. One process's count repeats within ~0.1%, but where the address space
-#: lands (ASLR) moves it: the interpreter's type-attribute cache and the dicts and sets of objects
-#: hashed by address collide differently in each process, ±3-10k instructions per call. The median
-#: of a few processes, interleaved variant by variant, is what is reported, with the spread.
-REPEATS = 3
+#: Objects allocated before set-up in each round's processes (round r uses entry r % len): each
+#: shifts where everything after it lands in the allocator's pools. The count depends on that: a
+#: size class whose pools are nearly full makes a call that briefly holds a few more objects open
+#: and release pools (`allocate_from_new_pool`, `_PyObject_Free`'s slow path), and it moves with
+#: any unrelated change to what was allocated before (a line added to this file moved otel-tokens'
+#: figure by 8k and the floor's by 10k). One heap layout per round, the same for every variant of
+#: the round, so the median is over layouts rather than one lucky or unlucky layout.
+HEAP_OFFSETS = (0, 700, 3000, 9000, 1500)
+#: Processes per variant, one per heap layout (`HEAP_OFFSETS`). One process's count repeats within
+#: ~0.1%, but where the address space lands (ASLR) and how full the allocator's pools are when
+#: measuring starts move it: the interpreter's type-attribute cache and the dicts and sets of
+#: objects hashed by address collide differently, and pools open and close, ±3-10k instructions per
+#: call. The median of the processes, interleaved variant by variant, is reported, with the spread.
+REPEATS = len(HEAP_OFFSETS)
 
 
 # --- the child: one variant, measured calls inside the C helper -------------------------------------
@@ -108,7 +122,8 @@ class Setup:
     spans_per_call: int
 
 
-def child(sdk: str, variant: str, calls: int, warm: int, helper: str) -> int:
+def child(sdk: str, variant: str, calls: int, warm: int, helper: str, layout: int = 0) -> int:
+    _HEAP_OFFSET[:] = _heap_offset(layout)  # held until the process exits
     setup = prepare(sdk, variant)
     if setup is None:
         print(json.dumps({"skipped": f"{variant} not usable with this {sdk} SDK"}))
@@ -142,6 +157,15 @@ def child(sdk: str, variant: str, calls: int, warm: int, helper: str) -> int:
         raise AssertionError(f"{sdk} {variant}: {setup.spans()} spans, expected {expected}")
     print(json.dumps({"spans": setup.spans()}))
     return 0
+
+
+_HEAP_OFFSET: list[bytes] = []
+
+
+def _heap_offset(layout: int) -> list[bytes]:
+    """`HEAP_OFFSETS[layout]` small objects of assorted sizes (every size class up to 512 bytes)."""
+    count = HEAP_OFFSETS[layout % len(HEAP_OFFSETS)]
+    return [bytes(16 + (i * 37) % 480) for i in range(count)]
 
 
 def prepare(sdk: str, variant: str) -> Setup | None:
@@ -336,7 +360,9 @@ def build_helper(directory: Path) -> Path | None:
     return library
 
 
-def measure(sdk: str, variant: str, calls: int, warm: int, helper: Path, out: Path) -> int | None:
+def measure(
+    sdk: str, variant: str, calls: int, warm: int, helper: Path, out: Path, layout: int = 0
+) -> int | None:
     """Instructions executed inside the measured function for `calls` calls; None if skipped."""
     command = [
         "valgrind",
@@ -355,6 +381,8 @@ def measure(sdk: str, variant: str, calls: int, warm: int, helper: Path, out: Pa
         str(warm),
         "--helper",
         str(helper),
+        "--layout",
+        str(layout),
     ]
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
@@ -382,7 +410,7 @@ def report(sdk: str, runs: dict[str, list[float]], calls: int) -> None:
     print(f"\n{sdk} sync call, mock transport: {calls} measured calls x {repeats} processes, "
           "instructions per call (callgrind; median, spread of the processes)")  # fmt: skip
     print(f"  {BASELINE:<28}{base:>12,.0f}")
-    for variant in VARIANTS[sdk][1:]:
+    for variant in [v for v in VARIANTS[sdk][1:] if v in runs]:
         added = _added(per_call, variant)
         if added is None:
             print(f"  {variant:<28}{'n/a':>12}  (not usable with this SDK version)")
@@ -430,24 +458,51 @@ def _added(per_call: dict[str, float | None], variant: str) -> float | None:
     return None if value is None or base is None else value - base
 
 
-def parent(sdks: Sequence[str]) -> int:
+#: `--variants` names: the floor and ours by a short name too, the rest by their report name.
+SHORT_NAMES = {"floor": FLOOR, "ours": OURS, "guard": GUARDED, "cold": GUARDED_COLD, "official": OFFICIAL}
+
+
+def selected_variants(sdk: str, wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """The variants to run for `sdk`: all, or the bare SDK (every figure is added to it) and those
+    named in `wanted` (short or report names) that this SDK has."""
+    if not wanted:
+        return VARIANTS[sdk]
+    names = {SHORT_NAMES.get(name, name) for name in wanted}
+    unknown = names - {v for vs in VARIANTS.values() for v in vs}
+    if unknown:
+        known = ", ".join([*SHORT_NAMES, *dict.fromkeys(v for vs in VARIANTS.values() for v in vs)])
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(unknown))} (known: {known})")
+    return tuple(v for v in VARIANTS[sdk] if v == BASELINE or v in names)
+
+
+def parent(
+    sdks: Sequence[str],
+    wanted: Sequence[str] | None = None,
+    repeats: int | None = None,
+    keep: Path | None = None,
+) -> int:
     if shutil.which("valgrind") is None:
         print("callgrind benchmark skipped: valgrind not installed (`make system-deps`)")
         return 0
-    calls, warm, repeats = (2, 2, 1) if QUICK else (20, WARM_UP_CALLS, REPEATS)
+    calls, warm, default_repeats = (2, 2, 1) if QUICK else (20, WARM_UP_CALLS, REPEATS)
+    repeats = repeats or default_repeats
     with tempfile.TemporaryDirectory(prefix="otel-tokens-callgrind-") as tmp:
         directory = Path(tmp)
         helper = build_helper(directory)
         if helper is None:
             print("callgrind benchmark skipped: no C compiler for benchmarks/_callgrind_measure.c")
             return 0
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
         print(f"python {sys.version.split()[0]}, {_versions()}")
         for sdk in sdks:
-            runs: dict[str, list[float]] = {variant: [] for variant in VARIANTS[sdk]}
+            variants = selected_variants(sdk, wanted)
+            runs: dict[str, list[float]] = {variant: [] for variant in variants}
             for round_ in range(repeats):  # interleaved: every variant once per round
-                for n, variant in enumerate(VARIANTS[sdk]):
-                    out = directory / f"{sdk}-{round_}-{n}.out"
-                    total = measure(sdk, variant, calls, warm, helper, out)
+                for variant in variants:
+                    slug = re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
+                    out = (keep or directory) / f"{sdk}-{slug}-{round_}.out"
+                    total = measure(sdk, variant, calls, warm, helper, out, round_)
                     if total is not None:
                         runs[variant].append(total / calls)
             report(sdk, runs, calls)
@@ -470,11 +525,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--warm", type=int, default=WARM_UP_CALLS, help=argparse.SUPPRESS)
     parser.add_argument("--helper", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("sdks", nargs="*", help="openai and/or anthropic (default: both)")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help=f"comma-separated, e.g. floor,ours (short: {', '.join(SHORT_NAMES)}); the bare SDK always runs",
+    )
+    parser.add_argument("--repeats", type=int, help=f"processes per variant (default {REPEATS})")
+    parser.add_argument("--keep", type=Path, help="keep each process's callgrind output in this directory")
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child[0], args.child[1], args.calls, args.warm, args.helper)
-    return parent(args.sdks or list(VARIANTS))
+        return child(args.child[0], args.child[1], args.calls, args.warm, args.helper, args.layout)
+    return parent(args.sdks or list(VARIANTS), args.variants, args.repeats, args.keep)
 
 
 if __name__ == "__main__":

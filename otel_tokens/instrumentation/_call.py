@@ -336,17 +336,18 @@ class LLMCall:
     def finish(
         self,
         tokens: TokenCounts | None,
-        *,
         response_model: str | None = None,
         response_id: str | None = None,
         finish_reasons: Sequence[str] = (),
+        *,
         estimated: bool = False,
         error: BaseException | None = None,
         error_type: str | None = None,
     ) -> UsageRecord | None:
         """End the span, then hand the record to the in-process sinks (`otel_tokens.sinks`), the
         budget guard and the response cache. Safe to call more than once (only the first call
-        counts); never raises.
+        counts); never raises. The response fields may be passed by position (the per-call fast
+        paths do: keywords cost the call a few hundred instructions more).
 
         The span needs only the counts, the cost and the status, so those are all this builds on
         the caller's path; the `UsageRecord` is built only when a sink is subscribed, the guard

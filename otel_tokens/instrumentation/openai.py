@@ -319,7 +319,20 @@ def _open_call(
     ctx: Context | None = None,
 ) -> LLMCall | None:
     try:
-        address, port = _server(instance)
+        # `_server`'s cache hit and `_max_tokens`, inline: this runs per call
+        last_url, address, port = _last_server
+        try:
+            url = instance._client._base_url
+        except AttributeError:
+            url = None
+        if url is not last_url or url is None:
+            address, port = _server(instance)
+        max_tokens = None
+        for name in endpoint.max_tokens_args:
+            value = kwargs.get(name)
+            if type(value) is int:
+                max_tokens = value
+                break
         model = kwargs.get("model")
         call = LLMCall(  # by position: see `LLMCall.__init__`
             settings,
@@ -329,7 +342,7 @@ def _open_call(
             kwargs.get("stream") is True,  # `_is_stream_request`, inline
             address,
             port,
-            _max_tokens(endpoint, kwargs),
+            max_tokens,
             ctx,
         )
     except Exception:
@@ -469,16 +482,21 @@ def _finish_chat_completion(
     fraction of a `getattr(obj, name, None)` call) and handed to `finish` without building a
     `Result`. Anything else, or any field missing or odd, takes the general, duck-typed path."""
     try:
-        usage, choices = completion.usage, completion.choices
+        # The fields from the instance dict, where pydantic (v1 and v2) keeps them: an attribute read
+        # on an SDK model goes through pydantic's `__getattr__` hook (~650 instructions each, 13
+        # here), a dict subscript does not. A field missing there takes the general path.
+        fields = completion.__dict__
+        usage, choices = fields["usage"], fields["choices"]
         if usage is None or len(choices) != 1 or call.settings.capture_content:
             _finish_from_response(endpoint, call, kwargs, completion)
             return
         reason = choices[0].finish_reason
-        prompt, output = usage.prompt_tokens, usage.completion_tokens
-        prompt_details, output_details = usage.prompt_tokens_details, usage.completion_tokens_details
+        counts = usage.__dict__
+        prompt, output = counts["prompt_tokens"], counts["completion_tokens"]
+        prompt_details, output_details = counts["prompt_tokens_details"], counts["completion_tokens_details"]
         cached = prompt_details.cached_tokens if prompt_details is not None else 0
         reasoning = output_details.reasoning_tokens if output_details is not None else 0
-        model, response_id, tier = completion.model, completion.id, completion.service_tier
+        model, response_id, tier = fields["model"], fields["id"], fields["service_tier"]
     except Exception:  # e.g. a field a proxy or an older SDK leaves out
         _finish_from_response(endpoint, call, kwargs, completion)
         return
@@ -491,11 +509,11 @@ def _finish_chat_completion(
     )
     # as `service_tier()` bounds it: only ever looked up among the known tiers
     call.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 else None
-    call.finish(
+    call.finish(  # by position: see `LLMCall.finish`
         tokens,
-        response_model=model if isinstance(model, str) else None,
-        response_id=response_id if isinstance(response_id, str) else None,
-        finish_reasons=[reason] if isinstance(reason, str) else (),
+        model if isinstance(model, str) else None,
+        response_id if isinstance(response_id, str) else None,
+        [reason] if isinstance(reason, str) else (),
     )
 
 

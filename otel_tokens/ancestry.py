@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import rshift
 
 from otel_tokens.record import Attribution, UsageRecord
 
-__all__ = ["AncestorResolver", "Links", "Scope", "Scopes", "Walk", "span_key"]
+__all__ = ["AncestorResolver", "FreshWalks", "Links", "Scope", "Scopes", "Walk", "span_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +56,20 @@ class Walk:
 
     __slots__ = ("agent", "deadline", "frontier", "record", "workflow")
 
-    def __init__(self, record: UsageRecord, deadline: float) -> None:
+    def __init__(self, record: UsageRecord, deadline: float, frontier: int | None = None) -> None:
         self.record = record
         self.deadline = deadline
-        self.frontier = span_key(record.trace_id, record.parent_span_id or 0)
+        #: where the walk has got to: first the record's parent (`frontier`, when the caller has it)
+        self.frontier = (
+            span_key(record.trace_id, record.parent_span_id or 0) if frontier is None else frontier
+        )
         self.agent: str | None = None
         self.workflow: str | None = None
 
     def advance(self, links: Links, scopes: Scopes) -> bool:
-        """Walk as far as these spans allow; True when done (an agent found, or the root passed)."""
-        while True:
+        """Walk as far as these spans allow; True when done (an agent found, the root passed, or a
+        cycle: a sender's span naming itself, or a descendant, as its parent must not hang ingest)."""
+        for _ in range(len(links) + 2):  # a chain visits each link once, then one span not among them
             scope = scopes.get(self.frontier)
             if scope is not None:
                 if self.workflow is None:
@@ -77,6 +83,7 @@ class Walk:
             if parent & _SPAN_MASK == 0:
                 return True  # the root: no ancestor names an agent
             self.frontier = parent
+        return True  # the parent links loop: no ancestor beyond what was found
 
     def attribution(self) -> Attribution | None:
         """The record's attribution with what the walk found; None when it found nothing new."""
@@ -99,18 +106,56 @@ class Walk:
 _SPAN_MASK = (1 << 64) - 1
 
 
+class FreshWalks:
+    """Walks stopped at their first step (each record's parent not among the spans seen so far),
+    as parallel lists instead of a `Walk` apiece: most walks never take a second step (their
+    record is counted when its hold is over), so each becomes a `Walk` only when spans of its
+    trace arrive (`AncestorResolver.advance`) or someone asks for `walks()`."""
+
+    __slots__ = ("deadline", "frontiers", "keys", "records", "traces")
+
+    def __init__(
+        self, records: list[UsageRecord], frontiers: list[int], deadline: float, keys: list[int] | None = None
+    ) -> None:
+        self.records = records
+        self.frontiers = frontiers  # each record's parent key
+        self.deadline = deadline
+        #: each record's own key (`span_key`), when the caller has them (the deduper's keys)
+        self.keys = keys
+        self.traces: set[int] = set()  # filled when tracked
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def walks(self) -> list[Walk]:
+        """The same walks as `Walk` objects (record, deadline, frontier; nothing found yet)."""
+        return list(map(Walk, self.records, repeat(self.deadline), self.frontiers))
+
+    def only(self, keep: list[bool]) -> FreshWalks:
+        """These walks where `keep` is True (as many flags as walks)."""
+        return FreshWalks(
+            list(compress(self.records, keep)),
+            list(compress(self.frontiers, keep)),
+            self.deadline,
+            None if self.keys is None else list(compress(self.keys, keep)),
+        )
+
+
 class AncestorResolver:
     """Walks of records whose ancestors have not all arrived, by trace; bounded; not locked.
 
     Records are resolved where they arrive (`start`); a walk that cannot finish there is tracked
     (`track`) only while the deduper holds its record, so a record never waits for an ancestor
     longer than it waits for its duplicates: `advance` finishes walks with later batches' spans and
-    the pipeline amends the held record; `expire` forgets walks whose hold is over.
+    the pipeline amends the held record; `expire` forgets walks whose hold is over. Walks that
+    never took a step are kept as tracked (`track_fresh`), in bulk, until a span may move them.
     """
 
     def __init__(self, *, max_walks: int) -> None:
         self.max_walks = max_walks
         self._by_trace: dict[int, list[Walk]] = {}
+        #: tracked after every walk in `_by_trace`, oldest first: not yet indexed by trace
+        self._fresh: list[FreshWalks] = []
         self._count = 0
 
     @property
@@ -120,7 +165,12 @@ class AncestorResolver:
     @property
     def traces(self) -> set[int]:
         """Trace ids with walks in progress: a batch's spans of these continue them."""
-        return set(self._by_trace)
+        return set(self._by_trace).union(*(group.traces for group in self._fresh))
+
+    def walks(self) -> list[Walk]:
+        """Every walk in progress (for tests and diagnostics; fresh ones built anew on each call)."""
+        indexed = [walk for walks in self._by_trace.values() for walk in walks]
+        return indexed + [walk for group in self._fresh for walk in group.walks()]
 
     @staticmethod
     def needs(record: UsageRecord) -> bool:
@@ -152,6 +202,18 @@ class AncestorResolver:
                 unfinished.append(walk)
         return out, unfinished
 
+    @staticmethod
+    def start_fresh(
+        needing: list[UsageRecord], frontiers: list[int], links: Links, scopes: Scopes, deadline: float
+    ) -> FreshWalks | None:
+        """`start`, in bulk, for the records that `needs` (`needing`, with their parent keys): when
+        no parent is among these spans (the common case: a parent ends, and is exported, after its
+        children) every walk stops at its first step, all unfinished, no record changed. None when
+        some walk would go further (then `start` walks record by record)."""
+        if links.keys().isdisjoint(frontiers) and scopes.keys().isdisjoint(frontiers):
+            return FreshWalks(needing, frontiers, deadline)
+        return None
+
     def track(self, walk: Walk) -> None:
         """Continue this walk with later batches (dropped when full: the record keeps what it has)."""
         self.track_many([walk])
@@ -161,7 +223,23 @@ class AncestorResolver:
         room = self.max_walks - self._count
         if room <= 0:
             return
+        self._index_fresh()  # they were tracked first: keep the order
         walks = walks[:room]
+        self._index(walks)
+        self._count += len(walks)
+
+    def track_fresh(self, fresh: FreshWalks) -> None:
+        """`track_many(fresh.walks())`, without building the walks until a span may move them."""
+        room = self.max_walks - self._count
+        if room <= 0 or not fresh.records:
+            return
+        if len(fresh) > room:
+            fresh = fresh.only([True] * room + [False] * (len(fresh) - room))
+        fresh.traces = {r.trace_id for r in fresh.records}
+        self._fresh.append(fresh)
+        self._count += len(fresh)
+
+    def _index(self, walks: list[Walk]) -> None:
         by_trace = self._by_trace
         for walk in walks:
             trace_id = walk.record.trace_id
@@ -170,12 +248,24 @@ class AncestorResolver:
                 by_trace[trace_id] = [walk]
             else:
                 trace_walks.append(walk)
-        self._count += len(walks)
+
+    def _index_fresh(self) -> None:
+        """The fresh walks as `Walk` objects indexed by trace, in the order they were tracked."""
+        for group in self._fresh:
+            self._index(group.walks())
+        self._fresh.clear()
 
     def advance(self, links: Links, scopes: Scopes) -> list[Walk]:
         """The tracked walks these spans finish (forgotten here)."""
+        touched = set(map(rshift, links, repeat(64)))  # the trace of each span
+        if self._fresh and any(
+            not group.traces.isdisjoint(touched)
+            and not (links.keys().isdisjoint(group.frontiers) and scopes.keys().isdisjoint(group.frontiers))
+            for group in self._fresh
+        ):  # a span of theirs may move some: walk them one by one from now on
+            self._index_fresh()
         done: list[Walk] = []
-        for trace_id in {key >> 64 for key in links}.intersection(self._by_trace):
+        for trace_id in touched.intersection(self._by_trace):
             walks = self._by_trace[trace_id]
             finished = [w for w in walks if w.advance(links, scopes)]
             if finished:
@@ -192,8 +282,13 @@ class AncestorResolver:
         """Forget walks whose record's hold is over (the deduper has released it)."""
         if now == float("inf"):  # every hold is over (shutdown, or a flush past every window)
             self._by_trace.clear()
+            self._fresh.clear()
             self._count = 0
             return
+        if self._fresh:
+            kept = [group for group in self._fresh if group.deadline > now]
+            self._count -= sum(len(group) for group in self._fresh) - sum(len(group) for group in kept)
+            self._fresh = kept
         for trace_id in [t for t, ws in self._by_trace.items() if any(w.deadline <= now for w in ws)]:
             rest = [w for w in self._by_trace[trace_id] if w.deadline > now]
             self._count -= len(self._by_trace[trace_id]) - len(rest)

@@ -29,6 +29,11 @@ content instead — trace id, times, model, tokens, cost, attribution — so its
 too; records built in-process without a span keep the old rule (nothing to link them to).
 
 `state()` / `restore()` copy everything out and back in, for the collector's durable store.
+
+A batch is decided at once (set and dict operations in C, `_offer_batch`, `_release`) when a cheap
+check proves the rules above, applied span by span, would end the same way — no span of the batch
+meets another or anything remembered; otherwise span by span. Either way the outcome, down to the
+memory's order (what is evicted next) and `evicted_early`, is the same (tests/test_batch_paths.py).
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress, islice, repeat
+from operator import attrgetter, itemgetter
 
+from otel_tokens.recent_keys import RecentKeys as _RecentKeys
 from otel_tokens.record import Attribution, UsageRecord
 
 __all__ = ["DEFAULT_WINDOW_SECONDS", "DedupeConfig", "Deduper", "DeduperState"]
@@ -74,34 +82,13 @@ class DedupeConfig:
                 raise ValueError(f"{key}: expected {low}, got {value!r}")
 
 
+_SPAN_MASK = (1 << 64) - 1
+#: a held entry's (record, deadline, parent key) parts
+_RECORD, _PARENT = itemgetter(0), itemgetter(2)
+_SPAN_ID = attrgetter("span_id")
+
 #: Content keys live above every (trace << 64 | span) key, so the two kinds never collide.
 _CONTENT_TAG = 1 << 192
-
-
-class _RecentKeys(OrderedDict[int, float]):
-    """Keys with the time they were counted, oldest first; forgets past a window or a size cap. An
-    OrderedDict itself, not a wrapper, so `in` (several per record) stays a C call."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-        self.max = maxsize
-        self.evicted_early = 0  # forgotten by the size cap while still inside the window
-
-    def add(self, key: int, now: float) -> None:
-        if key in self:  # a parent seen again (siblings): keep the order by time for `expire`
-            self.move_to_end(key)
-        self[key] = now
-        if len(self) > self.max:
-            self.popitem(last=False)
-            self.evicted_early += 1  # `expire(window start)` ran first: the oldest was still inside
-
-    def expire(self, before: float) -> None:
-        """Forget keys counted before `before` (the window's start)."""
-        while self:
-            key, at = next(iter(self.items()))
-            if at >= before:
-                return
-            del self[key]
 
 
 def _key(trace_id: int, span_id: int) -> int:
@@ -155,7 +142,12 @@ class Deduper:
         # held foreign spans in arrival (hence deadline) order: key → (record, deadline, parent key)
         self._held: OrderedDict[int, tuple[UsageRecord, float, int | None]] = OrderedDict()
         self._held_children: dict[int, list[int]] = {}  # parent key → held child keys
+        #: no held span's deadline is later (while any is held): past it, `_release` takes them all
+        self._latest_deadline = -math.inf
         self.duplicates_dropped = 0
+        #: Whole-batch paths (`_offer_batch`, `_release`) where they provably give what the
+        #: per-record rules give; False runs only the per-record rules (the tests compare the two).
+        self.batch_paths = True
 
     @property
     def held(self) -> int:
@@ -171,13 +163,25 @@ class Deduper:
         return self._counted.evicted_early
 
     def offer_many(
-        self, records: Iterable[UsageRecord], now: float, *, by_content: bool = False
+        self,
+        records: Iterable[UsageRecord],
+        now: float,
+        *,
+        by_content: bool = False,
+        keys: tuple[list[int], list[int]] | None = None,
     ) -> tuple[list[UsageRecord], int]:
         """Records to count now (in order) and how many duplicates were dropped. `by_content`: the
-        records came from spans, so one without a span id is identified by its content."""
+        records came from spans, so one without a span id is identified by its content. `keys`:
+        each record's span key and parent key (`ancestry.span_key`, span id 0 for a root's
+        parent), when the caller has them already."""
         counted: list[UsageRecord] = []
+        records = records if isinstance(records, list) else list(records)
         with self._lock:
             self._expire(now)
+            if self.batch_paths:
+                at_once = self._offer_batch(records, now, keys)
+                if at_once is not None:
+                    return at_once, 0
             before = self.duplicates_dropped
             for record in records:
                 if self._offer(record, now, by_content):
@@ -190,15 +194,16 @@ class Deduper:
             held = self._held.get(_key(record.trace_id, record.span_id))
             return held is not None and held[0] is record
 
-    def holding(self, records: Iterable[UsageRecord]) -> list[bool]:
-        """`holds` of each record, under one acquisition of the lock."""
+    def holding(self, records: Iterable[UsageRecord], keys: list[int] | None = None) -> list[bool]:
+        """`holds` of each record, under one acquisition of the lock (`keys`: their span keys)."""
         with self._lock:
             get = self._held.get
-            found = []
-            for record in records:
-                held = get(_key(record.trace_id, record.span_id))
-                found.append(held is not None and held[0] is record)
-            return found
+            if keys is None:
+                return [
+                    (held := get((r.trace_id << 64) | r.span_id)) is not None and held[0] is r
+                    for r in records
+                ]  # `_key`, inline (per record)
+            return [(held := get(k)) is not None and held[0] is r for k, r in zip(keys, records, strict=True)]
 
     def amend_held(self, record: UsageRecord, attribution: Attribution) -> bool:
         """Give a record still held here a better attribution (an ancestor span named its agent);
@@ -232,8 +237,10 @@ class Deduper:
             self._counted_parents.update(state.counted_parents)
             self._held.clear()
             self._held_children.clear()
+            self._latest_deadline = -math.inf
             for key, record, deadline, parent in state.held:
                 self._held[key] = (record, deadline, parent)
+                self._latest_deadline = max(self._latest_deadline, deadline)
                 if parent is not None:
                     self._held_children.setdefault(parent, []).append(key)
             self.duplicates_dropped = state.duplicates_dropped
@@ -247,6 +254,54 @@ class Deduper:
 
     # --- internals (lock held) -----------------------------------------------------------------
     def _release(self, now: float) -> list[UsageRecord]:
+        """Pop the held spans due by `now` (the oldest first) and remember them as counted."""
+        counted, parents = self._counted, self._counted_parents
+        if not self.batch_paths or len(counted) > counted.max or len(parents) > parents.max:
+            return self._release_each(now)  # (a restored memory above the cap: the per-span rule)
+        held = self._held
+        if not held:
+            return []
+        if self._latest_deadline <= now:  # all due (the common case: a flush past every deadline)
+            keys, entries = list(held), list(held.values())
+        else:
+            due = 0  # the held spans are in arrival order: the due ones are a prefix
+            for _, deadline, _ in held.values():
+                if deadline > now:
+                    break
+                due += 1
+            if not due:
+                return []
+            keys, entries = list(islice(held, due)), list(islice(held.values(), due))
+        return self._release_entries(keys, entries, now)
+
+    def _release_entries(
+        self, keys: list[int], entries: list[tuple[UsageRecord, float, int | None]], now: float
+    ) -> list[UsageRecord]:
+        """`_release_each` of these entries, the oldest held ones, in bulk: the same memory order."""
+        held, children = self._held, self._held_children
+        if len(entries) == len(held):
+            held.clear()
+            children.clear()
+            self._latest_deadline = -math.inf
+        else:
+            popitem = held.popitem
+            for _ in entries:
+                popitem(False)
+        parents = [parent for parent in map(_PARENT, entries) if parent is not None]
+        if children:
+            # each parent's child list is in arrival order too: its released children are a prefix
+            for parent, n in Counter(parents).items():
+                siblings = children.get(parent)
+                if siblings is not None:
+                    del siblings[:n]
+                    if not siblings:
+                        del children[parent]
+        self._counted.add_many(keys, now, distinct=True)
+        if parents:
+            self._counted_parents.add_many(parents, now)
+        return list(map(_RECORD, entries))
+
+    def _release_each(self, now: float) -> list[UsageRecord]:
         """Pop the held spans due by `now` (the oldest first) and remember them as counted. Runs
         for every foreign span with a parent, so `_pop_held` and remembering are inline here: the
         oldest is popped (put back if not due yet), its parent key is the one stored with it, and
@@ -284,6 +339,8 @@ class Deduper:
                         parents.popitem(last=False)
                         parents.evicted_early += 1
             released.append(record)
+        if not held:
+            self._latest_deadline = -math.inf
         return released
 
     def _expire(self, now: float) -> None:
@@ -340,6 +397,88 @@ class Deduper:
     def _hold(self, key: int, record: UsageRecord, deadline: float, parent: int) -> None:
         self._held[key] = (record, deadline, parent)
         self._held_children.setdefault(parent, []).append(key)
+        if deadline > self._latest_deadline:
+            self._latest_deadline = deadline
+
+    def _offer_batch(
+        self, records: list[UsageRecord], now: float, linked_keys: tuple[list[int], list[int]] | None = None
+    ) -> list[UsageRecord] | None:
+        """`_offer` of each record, in bulk, when no record can meet another or anything remembered:
+        every key new and distinct, no key another's parent, nothing held or counted under a parent.
+        Then each foreign record with a parent is held (while there is room, in order), every other
+        one counted, and nothing is a duplicate. None when that is not proven: the caller goes per
+        record. (A record without a span id, identified by content or by nothing, goes per record.)"""
+        if not all(map(_SPAN_ID, records)):
+            return None
+        if linked_keys is None:
+            keys = [(r.trace_id << 64) | r.span_id for r in records]  # `_key`, inline (per record)
+            parents = [(r.trace_id << 64) | r.parent_span_id if r.parent_span_id else None for r in records]
+        else:  # a root's parent key has span id 0: here None
+            keys, parents = linked_keys[0], [p if p & _SPAN_MASK else None for p in linked_keys[1]]
+        key_set = set(keys)
+        if len(key_set) != len(keys):
+            return None
+        parent_set = set(parents)
+        parent_set.discard(None)
+        counted, held = self._counted, self._held
+        linked = key_set | parent_set
+        if (
+            len(linked) != len(key_set) + len(parent_set)  # a key is a parent within the batch
+            or not counted.keys().isdisjoint(linked)
+            or not held.keys().isdisjoint(linked)
+            or not self._held_children.keys().isdisjoint(key_set)
+            or not self._counted_parents.keys().isdisjoint(key_set)
+        ):
+            return None
+        room = self.max_held - len(held) if self.hold_seconds > 0 else 0
+        hold = (
+            [not r.ours and p is not None for r, p in zip(records, parents, strict=True)] if room > 0 else []
+        )
+        n_hold = sum(hold)
+        if not n_hold:  # nothing to hold: every record counted, as it is
+            self._remember(keys, parents, now)
+            return records
+        if n_hold == len(records) and n_hold <= room:  # every one held (foreign spans under a parent)
+            self._hold_many(keys, records, parents, now)
+            return []
+        if n_hold > room:  # only the first `room` are held, the rest counted at once
+            taken = 0
+            for i, wants in enumerate(hold):
+                if wants:
+                    taken += 1
+                    hold[i] = taken <= room
+        self._hold_many(
+            list(compress(keys, hold)), list(compress(records, hold)), list(compress(parents, hold)), now
+        )
+        if all(hold):
+            return []
+        rest = [not h for h in hold]
+        self._remember(list(compress(keys, rest)), list(compress(parents, rest)), now)
+        return list(compress(records, rest))
+
+    def _remember(self, keys: list[int], parents: list[int | None], now: float) -> None:
+        """Counted spans' keys and parent keys remembered, in order (as `_offer` does one by one)."""
+        self._counted.add_many(keys, now, new=True)
+        linked = [p for p in parents if p is not None]
+        if linked:
+            self._counted_parents.add_many(linked, now)
+
+    def _hold_many(
+        self, keys: list[int], records: list[UsageRecord], parents: list[int | None], now: float
+    ) -> None:
+        """`_hold` of each (new, distinct) key in order."""
+        deadline = now + self.hold_seconds
+        self._held.update(zip(keys, zip(records, repeat(deadline), parents), strict=True))
+        if deadline > self._latest_deadline:
+            self._latest_deadline = deadline
+        children = self._held_children
+        get = children.get
+        for key, parent in zip(keys, parents, strict=True):
+            siblings = get(parent)  # type: ignore[arg-type]  # held spans have a parent
+            if siblings is None:
+                children[parent] = [key]  # type: ignore[index]
+            else:
+                siblings.append(key)
 
     def _pop_held(self, key: int) -> int:
         """Forget a held span; returns 1 (for counting duplicates)."""

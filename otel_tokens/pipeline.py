@@ -56,7 +56,7 @@ from prometheus_client.registry import Collector
 from otel_tokens import metric_names as mn
 from otel_tokens._safety import swallow_internal_errors
 from otel_tokens.aggregate import Aggregator, MetricsConfig
-from otel_tokens.ancestry import AncestorResolver, Links, Scope, Scopes, Walk
+from otel_tokens.ancestry import AncestorResolver, FreshWalks, Links, Scope, Scopes, Walk
 from otel_tokens.dedupe import DedupeConfig, Deduper, DeduperState
 from otel_tokens.exposition import TokenMetricsCollector
 from otel_tokens.extract import (
@@ -80,6 +80,41 @@ if TYPE_CHECKING:
     from otel_tokens.collector.presum import Presummed
 
 __all__ = ["Batch", "DedupeConfig", "Gate", "IngestResult", "MetricsConfig", "Pipeline", "PipelineState"]
+
+
+def _link_records(
+    records: list[UsageRecord],
+    keys: list[int],
+    parents: list[int],
+    wanted: Container[int],
+    links: Links,
+    scopes: Scopes,
+) -> None:
+    """`_link_each_record`, in bulk: the batch's usage spans of the `wanted` traces as links too (a
+    link the scan found first stays), each naming its own agent as a final scope."""
+    if not links.keys() >= set(keys):  # else the scan found them all (usually: it saw these spans)
+        at = [i for i, r in enumerate(records) if r.span_id and r.trace_id in wanted]
+        found = {keys[i]: parents[i] for i in reversed(at)}  # reversed: the first of a span id wins
+        found.update(links)
+        links.update(found)
+    for r in records:
+        who = r.attribution
+        if who.agent is not None and not r.agent_from_resource and r.span_id and r.trace_id in wanted:
+            scopes.setdefault((r.trace_id << 64) | r.span_id, Scope(who.agent, who.workflow, final=True))
+
+
+def _link_each_record(
+    records: list[UsageRecord], wanted: Container[int], links: Links, scopes: Scopes
+) -> None:
+    """`_link_records`, record by record (the rule it must match)."""
+    for r in records:
+        trace_id = r.trace_id
+        if trace_id in wanted and r.span_id:
+            key = (trace_id << 64) | r.span_id
+            if key not in links:
+                links[key] = (trace_id << 64) | (r.parent_span_id or 0)
+            if r.attribution.agent is not None and not r.agent_from_resource:
+                scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
 
 
 class _EveryTrace:
@@ -112,6 +147,9 @@ class Batch:
     content (a resend of it is not counted twice)."""
 
     __slots__ = (
+        "_fresh",
+        "_keys",
+        "_walks",
         "by_content",
         "completions",
         "decisions",
@@ -123,7 +161,6 @@ class Batch:
         "result",
         "scopes",
         "verdicts",
-        "walks",
     )
 
     def __init__(self, *, by_content: bool = False) -> None:
@@ -135,8 +172,10 @@ class Batch:
         #: the guard's decision events of the batch's spans, counted by `apply_batch` (journaled)
         self.decisions: list[SpanDecisions] = []
         self.by_content = by_content
-        #: ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled
-        self.walks: list[Walk] = []
+        self._walks: list[Walk] = []
+        self._fresh: FreshWalks | None = None  # `walks` before they are asked for one by one
+        #: (the records list they belong to, each record's span key, each one's parent key)
+        self._keys: tuple[list[UsageRecord], list[int], list[int]] | None = None
         #: an ingest worker's scan for the main process's tracked walks (see the module docstring)
         self.links: Links | None = None
         self.scopes: Scopes | None = None
@@ -146,6 +185,43 @@ class Batch:
         #: with `presummed`, records may hold their dedupe keys alone: this gives the whole ones
         #: for those the pipeline counts one by one or hands to listeners
         self.materialize: Callable[[list[UsageRecord]], list[UsageRecord]] | None = None
+
+    @property
+    def walks(self) -> list[Walk]:
+        """Ancestor walks this batch could not finish (see `Pipeline._resolve`); not journaled."""
+        if self._fresh is not None:
+            self._walks, self._fresh = self._fresh.walks(), None
+        return self._walks
+
+    @walks.setter
+    def walks(self, walks: list[Walk]) -> None:
+        self._walks, self._fresh = walks, None
+
+    @property
+    def has_walks(self) -> bool:
+        return bool(self._walks) or self._fresh is not None
+
+    def span_keys(self) -> tuple[list[int], list[int]]:
+        """Each record's span key and its parent's (`span_key`; a root's parent has span id 0),
+        computed once for the batch: the ancestor walks and the deduper both key spans so."""
+        records = self.records
+        if self._keys is None or self._keys[0] is not records:
+            keys = [(r.trace_id << 64) | r.span_id for r in records]  # `span_key`, inline (per record)
+            parents = [(r.trace_id << 64) | (r.parent_span_id or 0) for r in records]
+            self._keys = (records, keys, parents)
+        return self._keys[1], self._keys[2]
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (an ingest worker's batch to the main process) without the key cache, which
+        points at the records, and with its walks as `Walk` objects."""
+        state = {name: getattr(self, name) for name in self.__slots__ if name not in ("_fresh", "_keys")}
+        state["_walks"] = self.walks
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self._fresh = self._keys = None
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     @property
     def spans_received(self) -> int:
@@ -288,6 +364,16 @@ class Pipeline:
         #: process publishes it to its ingest workers).
         self.on_walks: Callable[[int], None] | None = None
 
+    @property
+    def batch_paths(self) -> bool:
+        """Whole-batch paths of the deduper and the ancestor walks, where they provably give what the
+        per-record rules give (`Deduper.batch_paths`); False: per record only (the tests compare)."""
+        return self._deduper.batch_paths
+
+    @batch_paths.setter
+    def batch_paths(self, on: bool) -> None:
+        self._deduper.batch_paths = on
+
     def ingest_otlp(self, request: ExportTraceServiceRequest) -> IngestResult:
         """Count the usage spans of one decoded OTLP export request. With the compiled walk, the
         request is serialized again and counted as `ingest_otlp_scanned` counts bytes (cheaper than
@@ -392,13 +478,16 @@ class Pipeline:
         if batch.links is not None:
             self._continue_walks(batch.links, batch.scopes or {})
         if batch.records:
-            counted, dropped = self._deduper.offer_many(batch.records, now, by_content=batch.by_content)
+            keys = batch.span_keys() if self.batch_paths else None
+            counted, dropped = self._deduper.offer_many(
+                batch.records, now, by_content=batch.by_content, keys=keys
+            )
             whole = batch.presummed if len(counted) == len(batch.records) else None
             if batch.materialize is not None and counted and (whole is None or self._listeners):
                 counted = batch.materialize(counted)
             batch.result.records_counted = self._emit(counted, whole)
-            if batch.walks:
-                self._track(batch.walks)
+            if batch.has_walks:
+                self._track(batch)
         self.aggregator.ingest_stats.add(batch.result.spans_received, batch.rejected, dropped)
         if batch.verdicts:
             self.aggregator.add_verdicts(batch.verdicts)
@@ -475,8 +564,11 @@ class Pipeline:
         """Records without an agent of their own take an ancestor `invoke_agent` span's: the batch's
         spans of their traces (and of traces with walks in progress) are scanned only when needed.
         Walks this batch cannot finish go with the batch, tracked if the deduper holds their record."""
-        needs = AncestorResolver.needs
-        traces = {r.trace_id for r in batch.records if needs(r)}
+        records = batch.records
+        needing = [
+            r for r in records if r.parent_span_id and (r.attribution.agent is None or r.agent_from_resource)
+        ]  # `AncestorResolver.needs`, inline (per record)
+        traces = {r.trace_id for r in needing}
         elsewhere = self.walks_elsewhere is not None and self.walks_elsewhere()
         if not traces and not self._resolver.waiting and not elsewhere:
             return
@@ -487,19 +579,38 @@ class Pipeline:
             wanted: Container[int] = _EVERY_TRACE if elsewhere else traces
             if scan is not None:
                 scan(wanted, links, scopes)
-            for r in batch.records:  # a usage span is a link too; one naming its agent ends a walk
-                trace_id = r.trace_id
-                if trace_id in wanted and r.span_id:
-                    key = (trace_id << 64) | r.span_id  # span_key, inline (per record)
-                    if key not in links:
-                        links[key] = (trace_id << 64) | (r.parent_span_id or 0)
-                    if r.attribution.agent is not None and not r.agent_from_resource:
-                        scopes.setdefault(key, Scope(r.attribution.agent, r.attribution.workflow, final=True))
-            self._advance(links, scopes)
-            deadline = self._clock() + self.dedupe.hold_seconds
-            batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
+            if not self.batch_paths:
+                _link_each_record(records, wanted, links, scopes)
+                self._advance(links, scopes)
+                deadline = self._clock() + self.dedupe.hold_seconds
+                batch.records, batch.walks = AncestorResolver.start(records, links, scopes, deadline)
+            else:
+                keys, parents = batch.span_keys()
+                _link_records(records, keys, parents, wanted, links, scopes)
+                self._advance(links, scopes)
+                deadline = self._clock() + self.dedupe.hold_seconds
+                self._start(batch, needing, links, scopes, deadline)
         if elsewhere:
             batch.links, batch.scopes = links, scopes
+
+    @staticmethod
+    def _start(
+        batch: Batch, needing: list[UsageRecord], links: Links, scopes: Scopes, deadline: float
+    ) -> None:
+        """`AncestorResolver.start` of the batch, the walks kept as `FreshWalks` when none moves."""
+        if not needing:
+            return
+        keys, parents = batch.span_keys()
+        if len(needing) == len(batch.records):  # often every record (foreign spans under a parent)
+            frontiers, own = parents, keys
+        else:
+            frontiers, own = [(r.trace_id << 64) | r.parent_span_id for r in needing], None  # type: ignore[operator]
+        fresh = AncestorResolver.start_fresh(needing, frontiers, links, scopes, deadline)
+        if fresh is not None:
+            fresh.keys = own
+            batch._fresh = fresh
+        else:
+            batch.records, batch.walks = AncestorResolver.start(batch.records, links, scopes, deadline)
 
     def _advance(self, links: Links, scopes: Scopes) -> None:
         """Continue the tracked walks with these spans, amending each held record a walk finishes
@@ -521,10 +632,19 @@ class Pipeline:
         if self.on_walks is not None:
             self.on_walks(self._resolver.waiting)
 
-    def _track(self, walks: list[Walk]) -> None:
+    def _track(self, batch: Batch) -> None:
+        """Track the batch's unfinished walks whose record the deduper holds."""
+        fresh = batch._fresh
         with self._resolver_lock:
-            held = self._deduper.holding([walk.record for walk in walks])
-            self._resolver.track_many([walk for walk, is_held in zip(walks, held, strict=True) if is_held])
+            if fresh is not None:
+                held = self._deduper.holding(fresh.records, fresh.keys)
+                self._resolver.track_fresh(fresh if all(held) else fresh.only(held))
+            else:
+                walks = batch.walks
+                held = self._deduper.holding([walk.record for walk in walks])
+                self._resolver.track_many(
+                    [walk for walk, is_held in zip(walks, held, strict=True) if is_held]
+                )
             self._publish_walks()
 
     def _complete(self, completions: list[TaskCompletion], now: float) -> None:

@@ -707,6 +707,7 @@ typedef struct {
     Py_ssize_t key_lens[3];
     PyObject *links;  /* span key -> parent key (ancestry.span_key) */
     PyObject *scoped; /* (span key, operation, agent, workflow) of spans naming an operation */
+    PyObject *operations; /* NULL, or a set: only spans naming one of these operations get a row */
 } Links;
 
 /* ancestry.span_key(int.from_bytes(trace, "big"), int.from_bytes(span, "big")): (trace << 64) | span,
@@ -770,7 +771,13 @@ static int link_span(const uint8_t *p, const uint8_t *end, int depth, Links *out
             PyObject *parent = span_key_of(ids[0], id_len[0], ids[2], id_len[2]);
             if (key == NULL || parent == NULL || PyDict_SetItem(out->links, key, parent) < 0) rc = PYERR;
             PyObject *op = values[0];
-            if (rc == 0 && op != NULL && PyUnicode_Check(op) && PyUnicode_GET_LENGTH(op) > 0) {
+            int listed = 1; /* a row is wanted (every non-empty operation when no set is given) */
+            if (rc == 0 && op != NULL && PyUnicode_Check(op) && PyUnicode_GET_LENGTH(op) > 0 &&
+                out->operations != NULL) {
+                listed = PySet_Contains(out->operations, op);
+                if (listed < 0) rc = PYERR;
+            }
+            if (rc == 0 && listed > 0 && op != NULL && PyUnicode_Check(op) && PyUnicode_GET_LENGTH(op) > 0) {
                 PyObject *row = Py_BuildValue("(OOOO)", key, op, values[1] ? values[1] : Py_None,
                                               values[2] ? values[2] : Py_None);
                 if (row == NULL || PyList_Append(out->scoped, row) < 0) rc = PYERR;
@@ -802,16 +809,25 @@ static int link_level(const uint8_t *p, const uint8_t *end, int depth, const int
     return 0;
 }
 
-/* links(data, traces, (operation key, agent key, workflow key)) -> ({span key: parent key}, [(span key,
-   operation, agent, workflow)]) for the spans of `traces` (keys as ancestry.span_key makes them; the
-   rows only for spans whose operation is a non-empty str, each value the attribute's scalar as
-   read_any reads it, None when absent or unset), or None to decline. Only for data scan() accepted. */
+/* links(data, traces, (operation key, agent key, workflow key)[, operations]) -> ({span key: parent key},
+   [(span key, operation, agent, workflow)]) for the spans of `traces` (keys as ancestry.span_key makes
+   them; the rows only for spans whose operation is a non-empty str — and one of `operations`, a set
+   or frozenset, when given: the rest (every chat span) would be skipped in Python, a row each — each
+   value the attribute's scalar as read_any reads it, None when absent or unset), or None to decline.
+   Only for data scan() accepted. */
 static PyObject *links(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL, NULL};
-    if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
-                          &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2]))
+    Links out = {NULL, {NULL, NULL, NULL}, {0, 0, 0}, NULL, NULL, NULL};
+    if (!PyArg_ParseTuple(args, "y*O!(s#s#s#)|O", &buf, &PySet_Type, &out.traces, &out.keys[0], &out.key_lens[0],
+                          &out.keys[1], &out.key_lens[1], &out.keys[2], &out.key_lens[2], &out.operations))
         return NULL;
+    if (out.operations == Py_None) {
+        out.operations = NULL;
+    } else if (out.operations != NULL && !PyAnySet_Check(out.operations)) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_TypeError, "links(): operations must be a set or frozenset");
+        return NULL;
+    }
     static const int path[] = {1, 2, 2, 0}; /* resource_spans > scope_spans > spans */
     out.links = PyDict_New();
     out.scoped = PyList_New(0);
@@ -1522,7 +1538,7 @@ static PyMethodDef methods[] = {
     {"configure_records", configure_records, METH_VARARGS,
      "Give build() the record classes, the slots it reads and the bounds it checks."},
     {"links", links, METH_VARARGS,
-     "links(data, traces, keys) -> ({span key: parent key}, [(span key, operation, agent, workflow)]) of "
+     "links(data, traces, keys[, operations]) -> ({span key: parent key}, [(span key, operation, agent, workflow)]) of "
      "the spans of traces, or None to decline."},
     {"scan", scan, METH_VARARGS,
      "scan(data, fallback=None) -> (n_spans, resources, scopes, hits, n_events), or None to decline (take the "

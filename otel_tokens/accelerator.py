@@ -54,13 +54,15 @@ _log = logging.getLogger(__name__)
 #: span id, start ns, end ns, status code), span events seen: the guard's decision events are
 #: read from the decoded request, only when there are any)
 ScanResult = tuple[int, list[Any], list[list[Any]], list[Any], int]
-#: `links(data, traces, (operation key, agent key, workflow key))`: for the spans of `traces`, their
-#: parent links ({span key: parent key}, keys as `ancestry.span_key` makes them) and, for each span
-#: whose operation is a non-empty str, (span key, operation, agent, workflow: the attributes' scalar
-#: values or None); or None to decline. Only for a payload `scan` accepted (the ancestor walk's
+#: `links(data, traces, (operation key, agent key, workflow key), operations)`: for the spans of
+#: `traces`, their parent links ({span key: parent key}, keys as `ancestry.span_key` makes them) and,
+#: for each span whose operation is one of `operations` (only those can open a scope; a row per chat
+#: span was a Python iteration per span), (span key, operation, agent, workflow: the attributes'
+#: scalar values or None); or None to decline. Only for a payload `scan` accepted (the ancestor walk's
 #: parent links, extract.scan_otlp_bytes): the links are built in C, not per span in Python.
 LinksWalk = Callable[
-    [bytes, set[int], tuple[str, str, str]], tuple[dict[int, int], list[tuple[Any, ...]]] | None
+    [bytes, set[int], tuple[str, str, str], frozenset[str]],
+    tuple[dict[int, int], list[tuple[Any, ...]]] | None,
 ]
 
 #: `build(hits, resources, ours, ceiling[, prices, unpriced])`: replaces, in place, each of `scan`'s

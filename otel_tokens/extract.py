@@ -699,7 +699,9 @@ def scan_otlp_bytes(
     """`scan_otlp` over the serialized request `data` (one the compiled walk accepted): read by the
     compiled `links` walk when there is one and it does not decline, else decoded."""
     # the compiled walk filters by a real set; "every trace" (a collector worker's) is decoded
-    found = compiled(data, traces, _SCOPE_KEYS) if compiled is not None and isinstance(traces, set) else None
+    found = None
+    if compiled is not None and isinstance(traces, set):
+        found = compiled(data, traces, _SCOPE_KEYS, _SCOPE_OPERATIONS)
     if found is None:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -709,7 +711,7 @@ def scan_otlp_bytes(
     links.update(found_links)
     for key, operation, agent, workflow in scoped:  # only spans naming an operation (a non-empty str)
         if type(operation) is not str or operation not in _SCOPE_OPERATIONS:
-            continue  # `_scope` is None for it: most spans (every chat span) end here, per span
+            continue  # `_scope` is None for it (the walk lists only these operations already)
         # as `kv.value.string_value` reads them: a value of another kind is ""
         scope = _scope(operation, *(v if type(v) is str and v else None for v in (agent, workflow)))
         if scope is not None:

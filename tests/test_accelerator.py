@@ -236,6 +236,30 @@ def test_the_link_walk_finds_the_ancestors_scan_otlp_finds() -> None:
     assert_same_links(decoded.SerializeToString(), all_traces=True)
 
 
+def test_the_link_walk_lists_only_the_operations_asked_for() -> None:
+    """Given the operations that open a scope, chat spans get no row (each was a Python iteration)."""
+    request = ExportTraceServiceRequest.FromString(encode_spans(interop_spans()).SerializeToString())
+    for rs in request.resource_spans:  # every span not naming an operation becomes a chat span
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                if all(kv.key != sc.GEN_AI_OPERATION_NAME for kv in span.attributes):
+                    span.attributes.add(key=sc.GEN_AI_OPERATION_NAME).value.string_value = "chat"
+    payload = request.SerializeToString()
+    traces = {int.from_bytes(span.trace_id, "big") for rs in request.resource_spans
+              for ss in rs.scope_spans for span in ss.spans}  # fmt: skip
+    keys = (sc.GEN_AI_OPERATION_NAME, sc.GEN_AI_AGENT_NAME, sc.GEN_AI_WORKFLOW_NAME)
+    walk = links_walk()
+    assert walk is not None
+    every = walk(payload, traces, keys)  # type: ignore[call-arg]
+    only = walk(payload, traces, keys, frozenset({sc.OPERATION_INVOKE_AGENT}))
+    assert every is not None and only is not None
+    assert only[0] == every[0]  # the links are the same
+    assert {row[1] for row in every[1]} > {sc.OPERATION_INVOKE_AGENT}  # chat spans too, without it
+    assert only[1] == [row for row in every[1] if row[1] == sc.OPERATION_INVOKE_AGENT] != []
+    with pytest.raises(TypeError, match="operations must be a set"):
+        walk(payload, traces, keys, [sc.OPERATION_INVOKE_AGENT])  # type: ignore[arg-type]
+
+
 @settings(settings.get_profile(_PROFILE))
 @given(request=_requests)
 def test_fuzzed_requests_give_the_same_links(request: ExportTraceServiceRequest) -> None:

@@ -299,7 +299,9 @@ def test_fifty_asyncio_tasks_against_a_shared_budget_of_ten_send_ten(
             return await asyncio.gather(*calls, return_exceptions=True)
 
         outcomes = asyncio.run(main())
-    unreachable = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+        # read while the collector still runs: the guard's background sync keeps polling it and
+        # rightly reports it unreachable once the `with` has stopped it (not a fail-open of a call)
+        unreachable = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert not unreachable, f"the guard failed open: not the connected bound: {unreachable}"
     assert sum(isinstance(o, otel_tokens.BudgetExceeded) for o in outcomes) == 40
     assert len(fake_provider.requests) == 10

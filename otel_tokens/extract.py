@@ -709,9 +709,9 @@ def scan_otlp_bytes(
         return
     found_links, scoped = found
     links.update(found_links)
-    for key, operation, agent, workflow in scoped:  # only spans naming an operation (a non-empty str)
-        if type(operation) is not str or operation not in _SCOPE_OPERATIONS:
-            continue  # `_scope` is None for it (the walk lists only these operations already)
+    # only spans naming one of _SCOPE_OPERATIONS come back (the walk filters them; `_scope` is None
+    # for any other operation anyway)
+    for key, operation, agent, workflow in scoped:
         # as `kv.value.string_value` reads them: a value of another kind is ""
         scope = _scope(operation, *(v if type(v) is str and v else None for v in (agent, workflow)))
         if scope is not None:

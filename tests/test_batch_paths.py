@@ -55,6 +55,17 @@ def record_of(spec: tuple[int, int, int, bool, int]) -> UsageRecord:
     )  # fmt: skip
 
 
+def attributed_records(specs: list[Any]) -> list[UsageRecord]:
+    """`record_of` each (spec, agent, workflow); the agent "resource" stands for the resource's fallback."""
+    records = []
+    for spec, agent, workflow in specs:
+        record = record_of(spec)
+        record.attribution = Attribution(agent=agent, workflow=workflow)
+        record.agent_from_resource = agent == "resource"
+        records.append(record)
+    return records
+
+
 deduper_ops = st.lists(
     st.one_of(
         # a batch offered `dt` seconds after the previous step (the clock may go back)
@@ -195,12 +206,7 @@ def test_walks_start_in_bulk_as_record_by_record(
 ) -> None:
     links = {(t << 64) | s: (t << 64) | p for (t, s), p in link_specs.items()}
     scopes = {(t << 64) | s: scope for (t, s), scope in scope_specs.items()}
-    records = []
-    for spec, agent, workflow in specs:
-        record = record_of(spec)
-        record.attribution = Attribution(agent=agent, workflow=workflow)
-        record.agent_from_resource = agent == "resource"
-        records.append(record)
+    records = attributed_records(specs)
     needing = [r for r in records if AncestorResolver.needs(r)]
     frontiers = [(r.trace_id << 64) | (r.parent_span_id or 0) for r in needing]
     fresh = AncestorResolver.start_fresh(needing, frontiers, links, scopes, 7.0)
@@ -342,13 +348,7 @@ def test_in_process_records_batch_paths_count_what_per_record_counts(
     for specs in batches:
         for pipeline, clock, _ in sides:
             clock.now += 1
-            records = []
-            for spec, agent, workflow in specs:
-                record = record_of(spec)
-                record.attribution = Attribution(agent=agent, workflow=workflow)
-                record.agent_from_resource = agent == "resource"
-                records.append(record)
-            pipeline.ingest_records(records)
+            pipeline.ingest_records(attributed_records(specs))
         (fast, _, fast_counted), (slow, _, slow_counted) = sides
         assert fast_counted == slow_counted
         assert fast.state() == slow.state()
